@@ -1,0 +1,9 @@
+"""actorlog's actors: how users define aggregates (write side) and projectors (read side).
+
+Pure definitions: no I/O, no tasks. The engine hosts them."""
+
+from ._aggregate import Aggregate
+from ._dispatch import applies, handles
+from ._projector import Projector
+
+__all__ = ["Aggregate", "Projector", "applies", "handles"]

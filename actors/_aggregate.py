@@ -1,0 +1,142 @@
+"""The :class:`Aggregate` base class: how users define the write side.
+
+No I/O and no tasks here: an aggregate is a plain object whose handlers decide and whose
+appliers evolve. The engine hosts it as an actor (``engine/_aggregates.py``).
+"""
+
+from __future__ import annotations
+
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar, Self
+
+import msgspec
+
+from engine import DefinitionError, HandlerError
+
+from ._dispatch import decorated, message_type, returned_event_types
+
+__all__ = ["Aggregate"]
+
+Handler = Callable[[Any, Any], Sequence[Any] | None]
+Applier = Callable[[Any, Any], None]
+
+
+class Aggregate:
+    """Base class of aggregates: consistency boundaries that turn commands into events.
+
+    Subclass it, give ``__init__`` no required arguments (it builds the empty state), mark
+    command handlers with ``@handles`` and event appliers with ``@applies``. The class is
+    checked when it is created: two handlers for one command type, two appliers for one
+    event type, or a handler that emits an event type without an applier raise
+    :class:`~engine.DefinitionError`.
+
+    Class options:
+        snapshot_every: take a snapshot every N events (None: never, the default).
+        snapshot_format: bump it whenever the state's shape changes; snapshots of another
+            format are ignored (the aggregate is rebuilt from its events instead).
+
+    State is saved in snapshots from the annotated instance attributes (``balance: int``),
+    encoded with msgspec; override :meth:`snapshot_state` and :meth:`from_snapshot` for
+    anything else.
+    """
+
+    command_handlers: ClassVar[Mapping[type, Handler]] = {}
+    event_appliers: ClassVar[Mapping[type, Applier]] = {}
+    emitted_types: ClassVar[frozenset[type]] = frozenset()
+    snapshot_every: ClassVar[int | None] = None
+    snapshot_format: ClassVar[int] = 1
+    _state_type: ClassVar[type[msgspec.Struct] | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        handlers: dict[type, Handler] = dict(cls.command_handlers)
+        appliers: dict[type, Applier] = dict(cls.event_appliers)
+        emitted: set[type] = set(cls.emitted_types)
+        own_handlers: set[type] = set()
+        own_appliers: set[type] = set()
+        for name, fn in decorated(cls, "handles"):
+            command = message_type(fn, cls)
+            if command in own_handlers:
+                raise DefinitionError(
+                    f"{cls.__qualname__} has two handlers for {command.__name__} "
+                    f"(the second is {name})"
+                )
+            own_handlers.add(command)
+            handlers[command] = fn
+            emitted |= returned_event_types(fn, cls)
+        for name, fn in decorated(cls, "applies"):
+            event = message_type(fn, cls)
+            if event in own_appliers:
+                raise DefinitionError(
+                    f"{cls.__qualname__} has two appliers for {event.__name__} "
+                    f"(the second is {name})"
+                )
+            own_appliers.add(event)
+            appliers[event] = fn
+        missing = sorted(t.__name__ for t in emitted if t not in appliers)
+        if missing:
+            raise DefinitionError(
+                f"{cls.__qualname__} emits {', '.join(missing)} but has no @applies for it"
+            )
+        cls.command_handlers = handlers
+        cls.event_appliers = appliers
+        cls.emitted_types = frozenset(emitted)
+        every = cls.snapshot_every
+        if every is not None and (not isinstance(every, int) or every < 1):
+            raise DefinitionError(f"{cls.__qualname__}.snapshot_every must be None or >= 1")
+        cls._state_type = _state_struct(cls)
+
+    def snapshot_state(self) -> bytes:
+        """Encode the state for a snapshot (the annotated instance attributes)."""
+        state_type = type(self)._state_type
+        if state_type is None:
+            raise HandlerError(
+                f"{type(self).__qualname__} has no annotated attributes to snapshot"
+            )
+        fields = state_type.__struct_fields__
+        return msgspec.msgpack.encode(state_type(**{f: getattr(self, f) for f in fields}))
+
+    @classmethod
+    def from_snapshot(cls, data: bytes) -> Self:
+        """Rebuild an aggregate from :meth:`snapshot_state`'s bytes."""
+        state_type = cls._state_type
+        if state_type is None:
+            raise HandlerError(f"{cls.__qualname__} has no annotated attributes to restore")
+        state = msgspec.msgpack.decode(data, type=state_type)
+        self = cls()
+        for field in state_type.__struct_fields__:
+            setattr(self, field, getattr(state, field))
+        return self
+
+
+def _state_struct(cls: type[Aggregate]) -> type[msgspec.Struct] | None:
+    """A msgspec Struct mirroring the class's annotated, non-ClassVar attributes."""
+    try:
+        hints = typing.get_type_hints(cls, include_extras=False)
+    except Exception:
+        # Unresolvable annotations only matter if snapshots are on.
+        if cls.snapshot_every is not None:
+            raise DefinitionError(
+                f"{cls.__qualname__}: cannot resolve the state annotations for snapshots"
+            ) from None
+        return None
+    fields = [
+        (name, tp)
+        for name, tp in hints.items()
+        if not name.startswith("_") and typing.get_origin(tp) is not ClassVar
+        and name not in _BASE_NAMES
+    ]
+    if not fields:
+        if cls.snapshot_every is not None:
+            raise DefinitionError(
+                f"{cls.__qualname__} takes snapshots but annotates no state attributes "
+                "(declare them, e.g. 'balance: int', or override snapshot_state)"
+            )
+        return None
+    return msgspec.defstruct(f"{cls.__name__}State", fields)
+
+
+_BASE_NAMES = frozenset(
+    ("command_handlers", "event_appliers", "emitted_types", "snapshot_every", "snapshot_format")
+)

@@ -1,0 +1,127 @@
+"""``@handles`` and ``@applies``: dispatch tables built from type annotations.
+
+A decorated method's message type is the annotation of its first parameter after ``self``.
+Annotations are resolved once, when the class is created, so a mistake fails there and the
+hot path is a single dict lookup.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+import types
+import typing
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import msgspec
+
+from engine import DefinitionError
+
+__all__ = ["applies", "handles", "message_type", "returned_event_types"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_ROLE = "__actorlog_role__"
+
+
+def handles(fn: F) -> F:
+    """Mark a method as the command handler for the type of its first parameter.
+
+    The handler returns the events to append (a list, possibly empty, or None) and declares
+    their types in its return annotation (``-> list[Deposited | Withdrawn]``). To refuse the
+    command it raises :class:`~engine.Rejected` (or a subclass); nothing is appended then.
+    """
+    setattr(fn, _ROLE, "handles")
+    return fn
+
+
+def applies(fn: F) -> F:
+    """Mark a method as the applier of the event type of its first parameter.
+
+    On an aggregate it evolves the state (``def f(self, e: Deposited) -> None``); on a
+    projector it updates the read cache and may take the event's metadata as a second
+    parameter (``def f(self, e: Deposited, meta: Recorded) -> None``).
+    """
+    setattr(fn, _ROLE, "applies")
+    return fn
+
+
+def role_of(fn: object) -> str | None:
+    """``"handles"``, ``"applies"`` or None for an undecorated attribute."""
+    return getattr(fn, _ROLE, None)
+
+
+def decorated(cls: type, role: str) -> Iterator[tuple[str, Callable[..., Any]]]:
+    """The ``(name, function)`` pairs of ``cls``'s own body marked with ``role``."""
+    for name, value in vars(cls).items():
+        if callable(value) and role_of(value) == role:
+            yield name, value
+
+
+def _hints(fn: Callable[..., Any], owner: type) -> dict[str, Any]:
+    """Resolve ``fn``'s annotations, also against the scope that defined ``owner``."""
+    localns: dict[str, Any] = {owner.__name__: owner}
+    # A class defined inside a function (tests do this) annotates with that function's
+    # locals, which get_type_hints cannot see; borrow them from the defining frames.
+    frame = sys._getframe(1)
+    for _ in range(6):
+        if frame is None:
+            break
+        localns = {**frame.f_locals, **localns}
+        frame = frame.f_back
+    try:
+        return typing.get_type_hints(fn, localns=localns)
+    except Exception as e:
+        raise DefinitionError(
+            f"{owner.__qualname__}.{fn.__name__}: cannot resolve its annotations ({e})"
+        ) from e
+
+
+def message_type(fn: Callable[..., Any], owner: type) -> type:
+    """The annotated type of ``fn``'s first parameter after ``self``."""
+    params = list(inspect.signature(fn).parameters.values())
+    where = f"{owner.__qualname__}.{fn.__name__}"
+    if len(params) < 2:
+        raise DefinitionError(f"{where} needs a parameter annotated with the message type")
+    hint = _hints(fn, owner).get(params[1].name)
+    if hint is None:
+        raise DefinitionError(f"{where}: annotate {params[1].name!r} with the message type")
+    if not (isinstance(hint, type) and issubclass(hint, msgspec.Struct)):
+        raise DefinitionError(f"{where}: {hint!r} is not a msgspec.Struct type")
+    return hint
+
+
+def returned_event_types(fn: Callable[..., Any], owner: type) -> frozenset[type]:
+    """The event types a handler declares in its return annotation.
+
+    Accepted forms: ``None``, ``E``, ``list[E]``, ``Sequence[E | F]``, ``tuple[E, ...]``,
+    ``list[E] | None``.
+    """
+    where = f"{owner.__qualname__}.{fn.__name__}"
+    hints = _hints(fn, owner)
+    if "return" not in hints:
+        raise DefinitionError(
+            f"{where}: annotate the return type with the events it emits, "
+            "e.g. -> list[Deposited] (or -> None if it emits none)"
+        )
+    found: set[type] = set()
+
+    def walk(tp: Any) -> None:
+        if tp is None or tp is type(None):
+            return
+        origin = typing.get_origin(tp)
+        if origin in (typing.Union, types.UnionType):
+            for arg in typing.get_args(tp):
+                walk(arg)
+        elif origin is not None:
+            for arg in typing.get_args(tp):
+                if arg is not Ellipsis:
+                    walk(arg)
+        elif isinstance(tp, type) and issubclass(tp, msgspec.Struct):
+            found.add(tp)
+        else:
+            raise DefinitionError(f"{where}: {tp!r} in the return annotation is not an event")
+
+    walk(hints["return"])
+    return frozenset(found)

@@ -1,0 +1,86 @@
+"""The :class:`Projector` base class: how users define read models.
+
+A projector is a plain object: ``@applies`` methods fold committed events into its read
+cache, and its other public methods are queries. The engine hosts it as an actor
+(``engine/_projections.py``) and calls queries through ``Engine.query``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, Literal
+
+from engine import DefinitionError, Recorded
+
+from ._dispatch import decorated, message_type, role_of
+
+__all__ = ["Projector"]
+
+ProjectorApplier = Callable[[Any, Any, Recorded], None]
+
+
+class Projector:
+    """Base class of projectors: read models built only from committed events.
+
+    Subclass it, build the empty cache in an argument-free ``__init__``, mark appliers with
+    ``@applies`` (``def f(self, e: Deposited, meta: Recorded) -> None``; ``meta`` is
+    optional) and write queries as plain public methods. A query must only read; whatever
+    it returns is copied by the engine unless it is immutable, so callers cannot alias the
+    cache.
+
+    Class options:
+        on_error: ``"halt"`` (default) stops at an event whose applier raises and makes
+            queries raise :class:`~engine.ProjectorFaulted`; ``"park"`` records the event
+            as parked and carries on.
+        name: the projector's name in statistics and errors (default: the class name).
+    """
+
+    event_appliers: ClassVar[Mapping[type, ProjectorApplier]] = {}
+    query_functions: ClassVar[frozenset[Callable[..., Any]]] = frozenset()
+    on_error: ClassVar[Literal["halt", "park"]] = "halt"
+    name: ClassVar[str] = "Projector"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" not in vars(cls):
+            cls.name = cls.__name__
+        if cls.on_error not in ("halt", "park"):
+            raise DefinitionError(f"{cls.__qualname__}.on_error must be 'halt' or 'park'")
+        appliers: dict[type, ProjectorApplier] = dict(cls.event_appliers)
+        own: set[type] = set()
+        for fname, fn in decorated(cls, "applies"):
+            event = message_type(fn, cls)
+            if event in own:
+                raise DefinitionError(
+                    f"{cls.__qualname__} has two appliers for {event.__name__} "
+                    f"(the second is {fname})"
+                )
+            own.add(event)
+            appliers[event] = _with_meta(fn)
+        cls.event_appliers = appliers
+        queries = set(cls.query_functions)
+        for fname, value in vars(cls).items():
+            if (
+                not fname.startswith("_")
+                and inspect.isfunction(value)
+                and role_of(value) is None
+            ):
+                queries.add(value)
+        cls.query_functions = frozenset(queries)
+
+
+def _with_meta(fn: Callable[..., Any]) -> ProjectorApplier:
+    """Call every applier as ``fn(self, event, meta)``, adapting one that takes no meta."""
+    positional = [
+        p
+        for p in inspect.signature(fn).parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    if len(positional) >= 3:
+        return fn
+
+    def without_meta(self: Any, event: Any, meta: Recorded) -> None:
+        fn(self, event)
+
+    return without_meta

@@ -1,0 +1,352 @@
+"""The peer: the Python ``eventsourcing`` library (9.5.x) on its SQLite persistence.
+
+The benchmarks quote the engine next to a mature, idiomatic event-sourcing library running the
+same bank workload, so a reader can place our numbers. The peer is configured the way its docs
+recommend for a durable single-process application, and nothing is tuned in our favour:
+
+- ``PERSISTENCE_MODULE=eventsourcing.sqlite`` with ``SQLITE_DBNAME`` a file: the library
+  switches the database to WAL journal mode and leaves ``synchronous`` at SQLite's default,
+  FULL (2), which fsyncs the WAL on every commit, so a saved event survives power loss. Every
+  ``save`` is its own transaction: the library has no group commit, so W1 pays one fsync per
+  accepted command. The mode actually in force is read back and returned with W1's figures.
+- ``AGGREGATE_CACHE_MAXSIZE`` holds every account, with the library's default fast-forward
+  (each ``get`` from the cache still asks SQLite for newer events, under a per-aggregate lock)
+  and deepcopy-on-get. Those defaults are what make the cache safe across threads; turning
+  fast-forward off is documented as unsafe with concurrent writers.
+- Concurrent writers to one account are resolved the library's way: ``save`` raises
+  ``IntegrityError`` on a version clash and the command is retried from a fresh ``get``.
+
+It does not import the engine: it must measure the library, not us.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+from uuid import NAMESPACE_URL, UUID, uuid5
+
+from eventsourcing.application import Application
+from eventsourcing.domain import Aggregate, event
+from eventsourcing.persistence import IntegrityError
+from eventsourcing.system import NotificationLogReader
+
+__all__ = ["run_peer_w1", "run_peer_w3", "run_peer_w4"]
+
+_SEED = 20240601  # the same seed and recipe as benchmarks/_floor.py
+# Rows per notification-log query in W4. Measured on the 1M-event log: 10 (the library's
+# default) is several times slower; past ~1,000 the gain is within noise.
+_SECTION_SIZE = 1_000
+# Events per transaction while writing the W4 log (setup, not timed).
+_SETUP_BATCH = 50_000
+
+
+class Rejected(Exception):
+    """A bank rule refused the command; nothing was saved."""
+
+
+class Account(Aggregate):
+    """A bank account: opened once, then deposits and withdrawals that keep balance >= 0."""
+
+    @staticmethod
+    def create_id(name: str) -> UUID:
+        """Derive the id from the name, so a second open of one name clashes on save."""
+        return uuid5(NAMESPACE_URL, f"/accounts/{name}")
+
+    @event("Opened")
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.balance = 0
+
+    def deposit(self, amount: int) -> None:
+        """Add ``amount``; raises Rejected unless it is positive."""
+        if amount <= 0:
+            raise Rejected("amount must be positive")
+        self._deposited(amount)
+
+    def withdraw(self, amount: int) -> None:
+        """Take ``amount``; raises Rejected if it is not positive or exceeds the balance."""
+        if amount <= 0 or amount > self.balance:
+            raise Rejected("insufficient funds")
+        self._withdrawn(amount)
+
+    # The rules live in the public methods above and the decorated methods only mutate: the
+    # decorator records an event every time the method runs, so a check inside it would be
+    # replayed on load instead of guarding the command.
+    @event("Deposited")
+    def _deposited(self, amount: int) -> None:
+        self.balance += amount
+
+    @event("Withdrawn")
+    def _withdrawn(self, amount: int) -> None:
+        self.balance -= amount
+
+
+class Bank(Application[UUID]):
+    """The bank application: one method per command, each a get-decide-save."""
+
+    # Lets NotificationLogReader ask for _SECTION_SIZE rows at a time (the default is 10).
+    log_section_size = _SECTION_SIZE
+
+    def open_account(self, name: str) -> UUID:
+        """Open and durably save an account; raises Rejected if ``name`` is already open."""
+        account = Account(name)
+        try:
+            self.save(account)
+        except IntegrityError:
+            raise Rejected(f"account {name!r} is already open") from None
+        return account.id
+
+    def deposit(self, account_id: UUID, amount: int) -> int:
+        """Deposit and durably save; return how many version clashes were retried."""
+        return self._command(account_id, Account.deposit, amount)
+
+    def withdraw(self, account_id: UUID, amount: int) -> int:
+        """Withdraw and durably save; raises Rejected, else return the clashes retried."""
+        return self._command(account_id, Account.withdraw, amount)
+
+    def balance(self, account_id: UUID) -> int:
+        """Return the account's balance as last saved."""
+        account: Account = self.repository.get(account_id)
+        return account.balance
+
+    def _command(
+        self, account_id: UUID, decide: Callable[[Account, int], None], amount: int
+    ) -> int:
+        """Get, decide and save, retrying on a version clash with another thread."""
+        clashes = 0
+        while True:
+            account: Account = self.repository.get(account_id)
+            decide(account, amount)
+            try:
+                self.save(account)
+            except IntegrityError:
+                clashes += 1
+                continue
+            return clashes
+
+
+def bank_workload(accounts: int, commands: int, *, seed: int = _SEED) -> list[tuple[int, str, int]]:
+    """Return ``commands`` (account index, "deposit" | "withdraw", amount) triples, seeded.
+
+    The same draws in the same order as ``benchmarks/_floor.py``'s workload.
+    """
+    rng = random.Random(seed)
+    workload: list[tuple[int, str, int]] = []
+    for _ in range(commands):
+        account = rng.randrange(accounts)
+        amount = rng.randint(1, 100)
+        workload.append((account, "deposit" if rng.random() < 0.5 else "withdraw", amount))
+    return workload
+
+
+def _open_bank(path: str, *, cache: int) -> Bank:
+    """Return a Bank on the SQLite file ``path``, its aggregate cache holding ``cache`` items."""
+    return Bank(
+        env={
+            "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+            "SQLITE_DBNAME": path,
+            "AGGREGATE_CACHE_MAXSIZE": str(cache),
+        }
+    )
+
+
+def _require_new(path: str) -> None:
+    if os.path.exists(path) and os.path.getsize(path):
+        raise ValueError(f"{path!r} already exists; the peer needs a new database file")
+
+
+def _sqlite_modes(app: Bank) -> dict[str, Any]:
+    """Read back the journal mode and synchronous level in force on the app's connections."""
+    datastore = app.factory.datastore  # type: ignore[attr-defined]
+    with datastore.transaction(commit=False) as cursor:
+        cursor.execute("PRAGMA journal_mode")
+        journal_mode = cursor.fetchone()[0]
+        cursor.execute("PRAGMA synchronous")
+        synchronous = cursor.fetchone()[0]
+    return {"journal_mode": journal_mode, "synchronous": synchronous}
+
+
+def run_peer_w1(path: str, *, accounts: int, commands: int, clients: int) -> dict[str, Any]:
+    """Run the bank write workload (W1) on the peer; return its figures.
+
+    Opens ``accounts`` accounts (timed separately as ``open_seconds``), then ``clients``
+    threads issue ``commands`` seeded random deposits and withdrawals, each waiting for its
+    save before the next. Every accepted command is durable when its call returns. ``path``
+    is a new SQLite file. Afterwards the log and every balance are checked against what the
+    clients were told, which is how the thread-safety of this setup is verified, not assumed.
+    """
+    _require_new(path)
+    workload = bank_workload(accounts, commands)
+    app = _open_bank(path, cache=accounts)
+    try:
+        started = time.perf_counter()
+        ids = [app.open_account(f"a-{i}") for i in range(accounts)]
+        open_seconds = time.perf_counter() - started
+        try:
+            app.open_account("a-0")
+        except Rejected:
+            pass
+        else:
+            raise RuntimeError("a second open was accepted")
+
+        def client(share: Sequence[tuple[int, str, int]]) -> tuple[int, int, list[int]]:
+            rejected = clashes = 0
+            net = [0] * accounts  # what this client was told it moved, per account
+            for account, kind, amount in share:
+                try:
+                    if kind == "deposit":
+                        clashes += app.deposit(ids[account], amount)
+                        net[account] += amount
+                    else:
+                        clashes += app.withdraw(ids[account], amount)
+                        net[account] -= amount
+                except Rejected:
+                    rejected += 1
+            return rejected, clashes, net
+
+        started = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=clients) as pool:
+            futures = [pool.submit(client, workload[i::clients]) for i in range(clients)]
+            results = [future.result() for future in futures]
+        seconds = time.perf_counter() - started
+
+        rejected = sum(r[0] for r in results)
+        clashes = sum(r[1] for r in results)
+        expected = [sum(r[2][i] for r in results) for i in range(accounts)]
+        logged = app.recorder.max_notification_id()
+        if logged != accounts + commands - rejected:
+            raise RuntimeError(
+                f"log holds {logged} events, expected {accounts + commands - rejected}"
+            )
+        fresh = _open_bank(path, cache=accounts)  # balances from the log, not the cache
+        try:
+            if [fresh.balance(ids[i]) for i in range(accounts)] != expected:
+                raise RuntimeError("balances in the log differ from what clients were told")
+        finally:
+            fresh.close()
+        modes = _sqlite_modes(app)
+    finally:
+        app.close()
+    accepted = commands - rejected
+    return {
+        "workload": "w1",
+        "system": "eventsourcing-sqlite",
+        "sync": True,
+        "accounts": accounts,
+        "clients": clients,
+        "commands": commands,
+        "rejected": rejected,
+        "seconds": seconds,
+        "per_second": commands / seconds,
+        # One SQLite transaction (one WAL fsync) per accepted command: no group commit.
+        "batches": accepted,
+        "mean_batch": 1.0,
+        "retried_clashes": clashes,
+        "open_seconds": open_seconds,
+        **modes,
+        "note": f"{clients} threads sharing one Application; version clashes retried",
+    }
+
+
+def run_peer_w3(path: str, *, events: int, repeats: int = 5) -> dict[str, Any]:
+    """Time a cold load (W3) of one account holding ``events`` events; return its figures.
+
+    The stream is written in one save (not timed). Each repeat opens a new Application, so
+    its aggregate cache is empty, warms only the SQLite connection, then times one
+    ``repository.get``: the select, the decoding and the replay of every event. ``seconds`` is
+    the median over ``repeats``. ``path`` is a new SQLite file.
+    """
+    _require_new(path)
+    app = _open_bank(path, cache=1)
+    try:
+        account = Account("w3")
+        for _ in range(events - 1):
+            account.deposit(1)
+        app.save(account)
+    finally:
+        app.close()
+
+    timings: list[float] = []
+    for _ in range(repeats):
+        cold = _open_bank(path, cache=1)
+        try:
+            cold.recorder.max_notification_id()  # open the connection outside the timing
+            started = time.perf_counter()
+            loaded: Account = cold.repository.get(account.id)
+            timings.append(time.perf_counter() - started)
+            if loaded.version != events or loaded.balance != events - 1:
+                raise RuntimeError(f"loaded version {loaded.version}, expected {events}")
+        finally:
+            cold.close()
+    return {
+        "workload": "w3",
+        "system": "eventsourcing-sqlite",
+        "events": events,
+        "seconds": statistics.median(timings),
+        "min_seconds": min(timings),
+        "repeats": repeats,
+    }
+
+
+def run_peer_w4(path: str, *, events: int, accounts: int = 1_000) -> dict[str, Any]:
+    """Time rebuilding a balances view (W4) from a log of ``events`` events; return figures.
+
+    The log (``accounts`` opens, then deposits round-robin) is written in saves of
+    ``_SETUP_BATCH`` events (not timed). The rebuild is the library's public catch-up path,
+    the one its process applications use: ``NotificationLogReader.select`` over the
+    notification log in sections of ``_SECTION_SIZE``, each notification decoded by the
+    application's mapper into a domain event, then applied to a dict. SQLite cannot push
+    notifications (its recorder has no ``subscribe``), so the ``projection`` module's
+    runners, which need a subscription, are not an option here. ``path`` is a new file.
+    """
+    _require_new(path)
+    app = _open_bank(path, cache=1)
+    try:
+        aggregates = [Account(f"w4-{i}") for i in range(accounts)]
+        pending = accounts
+        for i in range(events - accounts):
+            aggregates[i % accounts].deposit(1)
+            pending += 1
+            if pending >= _SETUP_BATCH:
+                app.save(*aggregates)
+                pending = 0
+        app.save(*aggregates)
+    finally:
+        app.close()
+
+    app = _open_bank(path, cache=1)
+    try:
+        app.recorder.max_notification_id()  # open the connection outside the timing
+        started = time.perf_counter()
+        balances: dict[UUID, int] = {}
+        to_domain_event = app.mapper.to_domain_event
+        reader = NotificationLogReader(app.notification_log, section_size=_SECTION_SIZE)
+        read = 0
+        for notifications in reader.select(start=1):
+            for notification in notifications:
+                domain_event = to_domain_event(notification)
+                if isinstance(domain_event, Account.Deposited):
+                    balances[domain_event.originator_id] += domain_event.amount
+                elif isinstance(domain_event, Account.Withdrawn):
+                    balances[domain_event.originator_id] -= domain_event.amount
+                else:
+                    balances[domain_event.originator_id] = 0
+            read += len(notifications)
+        seconds = time.perf_counter() - started
+    finally:
+        app.close()
+    if read != events or sum(balances.values()) != events - accounts:
+        raise RuntimeError(f"rebuilt {read} events into {sum(balances.values())}, wrong")
+    return {
+        "workload": "w4",
+        "system": "eventsourcing-sqlite",
+        "events": read,
+        "seconds": seconds,
+        "per_second": read / seconds,
+        "section_size": _SECTION_SIZE,
+    }

@@ -1,0 +1,84 @@
+"""actorlog's engine: the event log, group commit, and the actors that run commands and
+projections. Import the public API from here; the underscored modules are private."""
+
+from ._aggregates import AggregatesStatistics, AggregateType, Pending
+from ._codec import EventRegistry, decode_command, event_name
+from ._engine import Engine, EngineStatistics
+from ._errors import (
+    CodecError,
+    ConcurrencyError,
+    DecodeError,
+    DefinitionError,
+    EngineClosed,
+    EngineError,
+    HandlerError,
+    Overloaded,
+    PayloadTooLarge,
+    ProjectorFaulted,
+    Rejected,
+    StorageError,
+    StorageFull,
+    StorageLocked,
+    UnknownCommand,
+    UnknownEventType,
+    UnknownQuery,
+)
+from ._log import EventLog
+from ._log_lmdb import LmdbEventLog
+from ._log_memory import MemoryEventLog
+from ._projections import Parked, ProjectorStatistics, ProjectorType
+from ._records import (
+    ANY,
+    NO_STREAM,
+    Append,
+    AppendResult,
+    Committed,
+    Recorded,
+    Snapshot,
+    StoredEvent,
+)
+from ._writer import Writer, WriterStatistics
+
+__all__ = [
+    "ANY",
+    "AggregateType",
+    "AggregatesStatistics",
+    "Append",
+    "AppendResult",
+    "CodecError",
+    "Committed",
+    "ConcurrencyError",
+    "DecodeError",
+    "DefinitionError",
+    "Engine",
+    "EngineClosed",
+    "EngineError",
+    "EngineStatistics",
+    "EventLog",
+    "EventRegistry",
+    "HandlerError",
+    "LmdbEventLog",
+    "MemoryEventLog",
+    "NO_STREAM",
+    "Overloaded",
+    "Parked",
+    "PayloadTooLarge",
+    "Pending",
+    "ProjectorFaulted",
+    "ProjectorStatistics",
+    "ProjectorType",
+    "Recorded",
+    "Rejected",
+    "Snapshot",
+    "StorageError",
+    "StorageFull",
+    "StorageLocked",
+    "StoredEvent",
+    "UnknownCommand",
+    "UnknownEventType",
+    "UnknownQuery",
+    "Writer",
+    "WriterStatistics",
+    "decode_command",
+    "event_name",
+]

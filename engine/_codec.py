@@ -1,0 +1,211 @@
+"""msgspec codecs: event type registry, envelopes, payloads, untrusted commands, snapshots.
+
+Pure: no I/O. Encoders and decoders are created once and reused. Every msgspec error that
+leaves this module is wrapped in a :mod:`engine._errors` codec error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Final
+
+import msgspec
+
+from ._errors import DecodeError, DefinitionError, PayloadTooLarge, UnknownEventType
+from ._records import StoredEvent
+
+__all__ = [
+    "DEFAULT_MAX_COMMAND_BYTES",
+    "EventRegistry",
+    "decode_command",
+    "decode_stored",
+    "encode_state",
+    "encode_stored",
+    "event_name",
+]
+
+DEFAULT_MAX_COMMAND_BYTES: Final = 64 * 1024
+
+_encoder: Final = msgspec.msgpack.Encoder()
+_stored_decoder: Final = msgspec.msgpack.Decoder(StoredEvent)
+
+
+def event_name(cls: type[msgspec.Struct]) -> str:
+    """The stable name an event type is stored under: its msgspec ``tag`` if set, else its
+    class name. Set ``tag="..."`` on the class to keep old logs readable after a rename."""
+    tag = cls.__struct_config__.tag
+    return tag if isinstance(tag, str) else cls.__name__
+
+
+def _check_event_type(cls: type) -> None:
+    if not (isinstance(cls, type) and issubclass(cls, msgspec.Struct)):
+        raise DefinitionError(f"{cls!r} is not a msgspec.Struct; events must be Structs")
+    if not cls.__struct_config__.frozen:
+        # Live projectors receive the very object the aggregate emitted; frozen makes
+        # sharing it between aggregates, projectors and queries safe without copying.
+        raise DefinitionError(f"event type {cls.__name__} must be frozen (frozen=True)")
+
+
+class EventRegistry:
+    """Maps event types to their stable names and back, with one decoder per type.
+
+    Registering the same class twice is a no-op; two classes under one name is a
+    :class:`DefinitionError`.
+    """
+
+    def __init__(self, types: Iterable[type[msgspec.Struct]] = ()) -> None:
+        self._by_name: dict[str, type[msgspec.Struct]] = {}
+        self._names: dict[type[msgspec.Struct], str] = {}
+        self._decoders: dict[str, msgspec.msgpack.Decoder[Any]] = {}
+        for cls in types:
+            self.register(cls)
+
+    def register(self, cls: type[msgspec.Struct]) -> str:
+        """Register ``cls`` and return its stored name."""
+        known = self._names.get(cls)
+        if known is not None:
+            return known
+        _check_event_type(cls)
+        name = event_name(cls)
+        other = self._by_name.get(name)
+        if other is not None and other is not cls:
+            raise DefinitionError(
+                f"event name {name!r} is used by both {other.__qualname__} and "
+                f"{cls.__qualname__}; give one a distinct tag"
+            )
+        self._by_name[name] = cls
+        self._names[cls] = name
+        self._decoders[name] = msgspec.msgpack.Decoder(cls)
+        return name
+
+    def name_of(self, cls: type[msgspec.Struct]) -> str:
+        """The stored name of a registered type."""
+        try:
+            return self._names[cls]
+        except KeyError:
+            raise UnknownEventType(f"{cls.__qualname__} is not a registered event type") from None
+
+    def type_of(self, name: str) -> type[msgspec.Struct]:
+        """The registered type stored under ``name``."""
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise UnknownEventType(f"no event type is registered as {name!r}") from None
+
+    def encode(self, event: msgspec.Struct) -> tuple[str, bytes]:
+        """Encode one event into ``(name, payload)``."""
+        return self.name_of(type(event)), _encoder.encode(event)
+
+    def decode(self, name: str, payload: bytes | msgspec.Raw) -> Any:
+        """Decode one payload stored under ``name`` into its registered type."""
+        decoder = self._decoders.get(name)
+        if decoder is None:
+            raise UnknownEventType(f"no event type is registered as {name!r}")
+        try:
+            return decoder.decode(payload)
+        except msgspec.DecodeError as e:
+            raise DecodeError(f"cannot decode a {name} payload: {e}") from e
+
+    def decoder_for(self, name: str) -> msgspec.msgpack.Decoder[Any]:
+        """The reusable decoder of ``name`` (for hot loops that catch errors themselves)."""
+        try:
+            return self._decoders[name]
+        except KeyError:
+            raise UnknownEventType(f"no event type is registered as {name!r}") from None
+
+
+def encode_stored(event: StoredEvent) -> bytes:
+    """Encode a log entry (metadata and raw payload) as one msgpack array."""
+    return _encoder.encode(event)
+
+
+def decode_stored(data: bytes) -> StoredEvent:
+    """Decode a log entry without decoding its payload (it stays ``msgspec.Raw``)."""
+    try:
+        return _stored_decoder.decode(data)
+    except msgspec.DecodeError as e:
+        raise DecodeError(f"corrupt log entry: {e}") from e
+
+
+def encode_state(state: Any) -> bytes:
+    """Encode a snapshot state with msgpack."""
+    try:
+        return _encoder.encode(state)
+    except (TypeError, msgspec.EncodeError) as e:
+        raise DecodeError(f"cannot encode snapshot state: {e}") from e
+
+
+def decode_command(
+    data: bytes | str,
+    types: Iterable[type[msgspec.Struct]],
+    *,
+    format: str = "json",
+    max_bytes: int = DEFAULT_MAX_COMMAND_BYTES,
+) -> msgspec.Struct:
+    """Decode and strictly validate an untrusted command into one of ``types``.
+
+    The input is a tagged object: ``{"type": "<command name>", ...fields}``, where the name is
+    the command class's ``tag`` or class name. The size is checked before any decoding.
+
+    Raises:
+        PayloadTooLarge: ``data`` is longer than ``max_bytes``.
+        UnknownEventType: the ``type`` field names none of ``types``.
+        DecodeError: malformed input, wrong field types, missing or extra fields.
+    """
+    if len(data) > max_bytes:
+        raise PayloadTooLarge(f"command of {len(data)} bytes exceeds the limit of {max_bytes}")
+    raw = data.encode() if isinstance(data, str) else data
+    by_name = {event_name(t): t for t in types}
+    try:
+        if format == "json":
+            header = msgspec.json.decode(raw, type=_TypeHeader)
+        elif format == "msgpack":
+            header = msgspec.msgpack.decode(raw, type=_TypeHeader)
+        else:
+            raise DecodeError(f"unknown command format {format!r}; use 'json' or 'msgpack'")
+    except msgspec.DecodeError as e:
+        raise DecodeError(f"malformed command: {e}") from e
+    cls = by_name.get(header.type)
+    if cls is None:
+        raise UnknownEventType(f"unknown command type {header.type!r}")
+    try:
+        if format == "json":
+            obj = msgspec.json.decode(raw, type=_tagged(cls), strict=True)
+        else:
+            obj = msgspec.msgpack.decode(raw, type=_tagged(cls), strict=True)
+    except msgspec.DecodeError as e:
+        raise DecodeError(f"invalid {header.type} command: {e}") from e
+    # The strict twin carries the tag; user code only ever sees its own class.
+    return cls(**{name: getattr(obj, name) for name in cls.__struct_fields__})
+
+
+class _TypeHeader(msgspec.Struct):
+    """Just the discriminator of a tagged command; other fields are ignored here."""
+
+    type: str
+
+
+_tagged_cache: dict[type[msgspec.Struct], Any] = {}
+
+
+def _tagged(cls: type[msgspec.Struct]) -> Any:
+    """A strict twin of ``cls``: ``type``-tagged and forbidding unknown fields."""
+    twin = _tagged_cache.get(cls)
+    if twin is None:
+        fields: list[tuple[str, Any] | tuple[str, Any, Any]] = []
+        for f in msgspec.structs.fields(cls):
+            if f.default is not msgspec.NODEFAULT:
+                fields.append((f.name, f.type, f.default))
+            elif f.default_factory is not msgspec.NODEFAULT:
+                fields.append((f.name, f.type, msgspec.field(default_factory=f.default_factory)))
+            else:
+                fields.append((f.name, f.type))
+        twin = msgspec.defstruct(
+            cls.__name__,
+            fields,
+            tag_field="type",
+            tag=event_name(cls),
+            forbid_unknown_fields=True,
+        )
+        _tagged_cache[cls] = twin
+    return twin

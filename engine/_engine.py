@@ -1,0 +1,304 @@
+"""The :class:`Engine` façade: wires log, writer, aggregates and projectors; the async API."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, Literal, TypeVar
+
+import anyio
+import msgspec
+
+from ._aggregates import Aggregates, AggregatesStatistics, AggregateType, Pending
+from ._codec import DEFAULT_MAX_COMMAND_BYTES, EventRegistry, decode_command
+from ._errors import DefinitionError, EngineClosed, UnknownQuery
+from ._log import EventLog
+from ._log_lmdb import DEFAULT_MAX_MAP_SIZE, DEFAULT_MAP_SIZE, LmdbEventLog
+from ._log_memory import MemoryEventLog
+from ._projections import (
+    Broadcast,
+    Parked,
+    ProjectionHost,
+    ProjectorStatistics,
+    ProjectorType,
+    detach,
+)
+from ._records import Committed
+from ._writer import Writer, WriterStatistics
+
+__all__ = ["Engine", "EngineStatistics"]
+
+T = TypeVar("T")
+
+
+class EngineStatistics(msgspec.Struct, frozen=True):
+    """Everything the engine counts: the writer, the aggregate actors, each projector."""
+
+    writer: WriterStatistics
+    aggregates: AggregatesStatistics
+    projectors: tuple[ProjectorStatistics, ...]
+    head: int
+
+
+class Engine:
+    """An embedded CQRS engine. Open it with ``async with Engine.open(...) as engine``.
+
+    Commands go to aggregate actors with :meth:`send`; their events are group-committed to
+    the log; projectors fold them into read caches that :meth:`query` reads.
+    """
+
+    def __init__(self, *, log: EventLog, writer: Writer, aggregates: Aggregates,
+                 projections: Sequence[ProjectionHost], broadcast: Broadcast,
+                 registry: EventRegistry) -> None:
+        # Use Engine.open: the engine only works inside the task group it creates.
+        self._log = log
+        self._writer = writer
+        self._aggregates = aggregates
+        self._projections = {host.kind: host for host in projections}
+        self._queries: dict[Callable[..., Any], ProjectionHost] = {
+            fn: host for host in projections for fn in host.kind.query_functions
+        }
+        self._broadcast = broadcast
+        self._registry = registry
+        self._closed = False
+
+    @classmethod
+    @asynccontextmanager
+    async def open(
+        cls,
+        path: str | os.PathLike[str] | None,
+        *,
+        aggregates: Iterable[AggregateType],
+        projectors: Iterable[ProjectorType] = (),
+        sync: bool = True,
+        log: EventLog | None = None,
+        mailbox_size: int = 64,
+        max_live_aggregates: int = 100_000,
+        idle_timeout: float | None = None,
+        map_size: int = DEFAULT_MAP_SIZE,
+        max_map_size: int = DEFAULT_MAX_MAP_SIZE,
+    ) -> AsyncIterator[Engine]:
+        """Open the log at ``path``, start the actors, and close it all on exit.
+
+        Args:
+            path: the LMDB directory; ``None`` with ``log=None`` uses an in-memory log.
+            aggregates: the aggregate classes to host.
+            projectors: the projector classes to host; each catches up from the log.
+            sync: fsync each group commit (durable against OS crashes). ``sync=False``
+                survives a process crash, not an OS crash.
+            log: a ready backend to use instead of opening ``path`` (it is closed on exit).
+            mailbox_size: commands per aggregate decided but not yet durable; beyond it
+                ``send`` waits and ``send_nowait`` raises ``Overloaded``.
+            max_live_aggregates: the most aggregates kept in memory (least recently used
+                idle ones are passivated first).
+            idle_timeout: passivate aggregates idle this many seconds (None: never).
+            map_size: initial LMDB map size in bytes (it grows by itself).
+            max_map_size: the cap on map growth; beyond it commands fail with StorageFull.
+
+        On exit the engine stops accepting commands, fails those still waiting for mailbox
+        room with ``EngineClosed``, commits every command already decided, and closes the
+        log. If the body is cancelled, the same happens.
+        """
+        aggregate_kinds = list(aggregates)
+        projector_kinds = list(projectors)
+        if idle_timeout is not None and idle_timeout <= 0:
+            raise DefinitionError("idle_timeout must be positive or None")
+        if len({p.name for p in projector_kinds}) != len(projector_kinds):
+            raise DefinitionError("two projectors share a name")
+        if log is None:
+            if path is None:
+                log = MemoryEventLog()
+            else:
+                log = LmdbEventLog(path, sync=sync, map_size=map_size,
+                                   max_map_size=max_map_size)
+        try:
+            registry = EventRegistry()
+            broadcast = Broadcast(log.head_position())
+            writer = Writer(log, on_commit=broadcast.publish)
+            hosts = Aggregates(
+                aggregate_kinds, log=log, writer=writer, registry=registry,
+                mailbox_size=mailbox_size, max_live=max_live_aggregates,
+            )
+            projections = [
+                ProjectionHost(kind, log=log, broadcast=broadcast, registry=registry)
+                for kind in projector_kinds
+            ]
+            engine = cls(log=log, writer=writer, aggregates=hosts, projections=projections,
+                         broadcast=broadcast, registry=registry)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(writer.run)
+                for host in projections:
+                    tg.start_soon(host.run)
+                if idle_timeout is not None:
+                    tg.start_soon(hosts.run_idle_sweeper, idle_timeout)
+                try:
+                    yield engine
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await engine._shutdown()
+                    tg.cancel_scope.cancel()
+        finally:
+            log.close()
+
+    async def _shutdown(self) -> None:
+        """Refuse new work, commit what was decided, then stop the writer."""
+        self._closed = True
+        self._aggregates.close()
+        self._writer.close()
+        await self._writer.wait_stopped()
+        closed = EngineClosed("the engine closed")
+        for host in self._projections.values():
+            host.fail_waiters(closed)
+
+    # -- commands --------------------------------------------------------------------------
+
+    async def send(
+        self,
+        aggregate: AggregateType,
+        stream_id: str,
+        command: Any,
+        *,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+    ) -> Committed:
+        """Run ``command`` on aggregate ``stream_id``; return once its events are durable.
+
+        Waits for room if the aggregate's mailbox is full (backpressure). If cancelled
+        while waiting for room, nothing happened; if cancelled after the command entered
+        the mailbox, it may still commit.
+
+        Raises:
+            UnknownCommand: the aggregate has no handler for this command type (nothing
+                was queued).
+            Rejected: the handler refused the command; nothing was appended.
+            HandlerError: the handler or an applier raised; nothing was appended and the
+                aggregate is reloaded from the log.
+            StorageError: the commit failed (``StorageFull`` past the map cap).
+            ConcurrencyError: another writer changed the stream (should not happen).
+            EngineClosed: the engine is closed or closed before the command ran.
+        """
+        return await self._aggregates.send(
+            aggregate, stream_id, command, correlation_id, causation_id
+        )
+
+    def send_nowait(
+        self,
+        aggregate: AggregateType,
+        stream_id: str,
+        command: Any,
+        *,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+    ) -> Pending:
+        """Put ``command`` in the mailbox now, never waiting for room.
+
+        Returns a :class:`Pending`; ``await`` it for the :class:`Committed`. The handler
+        has already run when this returns, so its errors are raised here.
+
+        Raises:
+            Overloaded: the mailbox is full; nothing was queued.
+            (and the errors of :meth:`send`)
+        """
+        return self._aggregates.send_nowait(
+            aggregate, stream_id, command, correlation_id, causation_id
+        )
+
+    def decode_command(
+        self,
+        aggregate: AggregateType,
+        data: bytes | str,
+        *,
+        format: Literal["json", "msgpack"] = "json",
+        max_bytes: int = DEFAULT_MAX_COMMAND_BYTES,
+    ) -> Any:
+        """Decode and strictly validate an untrusted command for ``aggregate``.
+
+        The input is an object tagged with the command's name:
+        ``{"type": "Deposit", "amount": 5}``. Its size is checked before decoding.
+
+        Raises:
+            PayloadTooLarge, UnknownEventType, DecodeError: see :func:`decode_command`.
+        """
+        return decode_command(
+            data, aggregate.command_handlers.keys(), format=format, max_bytes=max_bytes
+        )
+
+    # -- queries ---------------------------------------------------------------------------
+
+    async def query(
+        self, query: Callable[..., T], /, *args: Any, after: int | None = None, **kwargs: Any
+    ) -> T:
+        """Call a projector query (``Balances.balance``) on the projector's cache.
+
+        With ``after=position`` (typically ``Committed.position``) it first waits until the
+        projector has applied that position, so a caller reads its own writes. The result
+        cannot alias the cache: anything mutable is copied. Without ``after`` it does not
+        wait at all. If cancelled while waiting, nothing happened.
+
+        Raises:
+            UnknownQuery: ``query`` is not a query of a hosted projector.
+            ProjectorFaulted: the projector halted (before reaching ``after``).
+            EngineClosed: the engine closed while waiting.
+        """
+        host = self._queries.get(query)
+        if host is None:
+            raise UnknownQuery(f"{getattr(query, '__qualname__', query)!r} is not a query here")
+        if host.fault is not None:
+            raise host.fault
+        if after is not None and host.checkpoint < after:
+            if self._closed:
+                raise EngineClosed("the engine is closed")
+            await host.wait_position(after)
+        return detach(query(host.instance, *args, **kwargs))  # type: ignore[no-any-return]
+
+    async def wait_projected(self, position: int | None = None) -> None:
+        """Wait until every projector has applied ``position`` (default: the current head).
+
+        Raises ProjectorFaulted if one halts before that. Cancelling the wait is safe.
+        """
+        target = self._broadcast.head if position is None else position
+        for host in self._projections.values():
+            await host.wait_position(target)
+
+    def rebuild(self, projector: ProjectorType) -> None:
+        """Drop ``projector``'s cache and rebuild it from position 0 in the background.
+
+        Queries see the cache grow from empty; ``query(..., after=p)`` waits for ``p``.
+        """
+        self._projection(projector).rebuild()
+
+    def resume(self, projector: ProjectorType) -> None:
+        """Clear a halted projector's fault and retry the event it stopped at."""
+        self._projection(projector).resume()
+
+    def parked(self, projector: ProjectorType) -> list[Parked]:
+        """The events a ``park`` projector skipped because its applier raised."""
+        return list(self._projection(projector).parked)
+
+    def _projection(self, projector: ProjectorType) -> ProjectionHost:
+        try:
+            return self._projections[projector]
+        except KeyError:
+            raise UnknownQuery(f"{projector!r} is not a hosted projector") from None
+
+    # -- inspection ------------------------------------------------------------------------
+
+    @property
+    def log(self) -> EventLog:
+        """The event log (for reads; only the engine's writer writes)."""
+        return self._log
+
+    def statistics(self) -> EngineStatistics:
+        """Counters of the writer, the aggregate actors, and each projector."""
+        return EngineStatistics(
+            writer=self._writer.statistics(),
+            aggregates=self._aggregates.statistics(),
+            projectors=tuple(h.statistics() for h in self._projections.values()),
+            head=self._broadcast.head,
+        )
+
+    def is_live(self, stream_id: str) -> bool:
+        """True if the aggregate ``stream_id`` is in memory (not passivated)."""
+        return self._aggregates.is_live(stream_id)
+

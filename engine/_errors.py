@@ -1,0 +1,168 @@
+"""The engine's one error tree.
+
+Every error that crosses the public API is an :class:`EngineError`; raw ``lmdb`` and
+``msgspec`` errors are wrapped, with the original as ``__cause__``::
+
+    EngineError
+    ├── DefinitionError (TypeError)      a class or option is wrong; raised at definition/open
+    ├── UnknownCommand (TypeError)       send() got a command type the aggregate does not handle
+    ├── UnknownQuery (TypeError)         query() got a function that is not a projector query
+    ├── EngineClosed (RuntimeError)      the engine is closed or closing
+    ├── Overloaded                       send_nowait() found the mailbox full
+    ├── Rejected                         the domain said no; user code subclasses it
+    ├── HandlerError                     user code (handler, applier) raised; cause attached
+    ├── ConcurrencyError                 expected_version did not match the stream's version
+    ├── CodecError (ValueError)          bytes could not be encoded/decoded
+    │   ├── DecodeError                  malformed bytes, wrong field types, extra fields
+    │   ├── UnknownEventType             a type name nobody registered
+    │   └── PayloadTooLarge              input over the size limit, refused before decoding
+    ├── StorageError                     the log failed; nothing of the failed write remains
+    │   ├── StorageFull                  the map reached its cap
+    │   └── StorageLocked                another process holds the log
+    └── ProjectorFaulted                 a projector halted at a position; queries say so
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CodecError",
+    "ConcurrencyError",
+    "DecodeError",
+    "DefinitionError",
+    "EngineClosed",
+    "EngineError",
+    "HandlerError",
+    "Overloaded",
+    "PayloadTooLarge",
+    "ProjectorFaulted",
+    "Rejected",
+    "StorageError",
+    "StorageFull",
+    "StorageLocked",
+    "UnknownCommand",
+    "UnknownEventType",
+    "UnknownQuery",
+]
+
+
+class EngineError(Exception):
+    """Base of every error the engine raises; catch this to catch them all."""
+
+
+class DefinitionError(EngineError, TypeError):
+    """An aggregate, projector, event type or option is defined wrongly.
+
+    Raised when a class is created or the engine is opened, never mid-flight. Fix the code.
+    """
+
+
+class UnknownCommand(EngineError, TypeError):
+    """``send`` got a command type that the aggregate has no handler for.
+
+    Raised before anything is queued, so nothing was written. Fix the caller.
+    """
+
+
+class UnknownQuery(EngineError, TypeError):
+    """``query`` got a function that is not a query of a projector the engine hosts."""
+
+
+class EngineClosed(EngineError, RuntimeError):
+    """The engine is closed or closing and accepts no more work.
+
+    Raised by ``send``/``query`` after ``close``; commands still in flight at close are
+    either committed or failed with this error, never dropped silently.
+    """
+
+
+class Overloaded(EngineError):
+    """``send_nowait`` found the aggregate's mailbox full.
+
+    Nothing was queued. Retry later, or use ``send`` to wait for room (backpressure).
+    """
+
+
+class Rejected(EngineError):
+    """The domain refused a command; no event was appended.
+
+    Raised by user handlers (subclass it for domain-specific reasons) and passed to the
+    caller of ``send`` unchanged.
+    """
+
+
+class HandlerError(EngineError):
+    """User code (a command handler or event applier) raised an unexpected exception.
+
+    The original exception is ``__cause__``. The command appended nothing and the aggregate
+    is reloaded from the log before its next command, so half-applied state never survives.
+    """
+
+
+class ConcurrencyError(EngineError):
+    """An append's ``expected_version`` did not match the stream's actual version.
+
+    Only that append failed; the others in its group commit still committed. Re-read the
+    stream and decide again.
+    """
+
+    def __init__(self, stream_id: str, expected: int, actual: int) -> None:
+        super().__init__(
+            f"stream {stream_id!r}: expected version {expected}, actual version {actual}"
+        )
+        self.stream_id = stream_id
+        self.expected = expected
+        self.actual = actual
+
+    def __reduce__(self) -> tuple[type[ConcurrencyError], tuple[str, int, int]]:
+        return (type(self), (self.stream_id, self.expected, self.actual))
+
+
+class CodecError(EngineError, ValueError):
+    """Bytes could not be encoded or decoded; base of the codec errors."""
+
+
+class DecodeError(CodecError):
+    """Malformed bytes, or a value that fails validation (wrong type, extra field, ...)."""
+
+
+class UnknownEventType(CodecError):
+    """A type name (tag) that no registered event or command type carries."""
+
+
+class PayloadTooLarge(CodecError):
+    """Input is larger than the configured limit; refused before any decoding."""
+
+
+class StorageError(EngineError):
+    """The event log failed. The failed write transaction left nothing behind.
+
+    The original ``lmdb`` error, if any, is ``__cause__``.
+    """
+
+
+class StorageFull(StorageError):
+    """The log's map reached its configured cap; the write was not made.
+
+    Queries keep working. Raise the cap (``max_map_size``) or free space, then retry.
+    """
+
+
+class StorageLocked(StorageError):
+    """Another process has this log open; one engine per log directory at a time."""
+
+
+class ProjectorFaulted(EngineError):
+    """A projector halted because its applier raised at ``position``.
+
+    Queries on it raise this until it is resumed or rebuilt; other projectors and the write
+    side are unaffected. The applier's exception is ``__cause__``.
+    """
+
+    def __init__(self, projector: str, position: int, event_type: str, error: str) -> None:
+        super().__init__(
+            f"projector {projector} halted at position {position} ({event_type}): {error}"
+        )
+        self.projector = projector
+        self.position = position
+        self.event_type = event_type
+        self.error = error

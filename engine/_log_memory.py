@@ -1,0 +1,137 @@
+"""An in-memory event log: a verified fake of the LMDB backend for fast tests.
+
+It passes the same contract suite (``engine.testing.check_event_log``). ``max_events``
+simulates a full disk: a group that would pass it fails whole with ``StorageFull``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import msgspec
+
+from ._errors import StorageError, StorageFull
+from ._log import AppendOutcome, check_stream_id, expected_ok
+from ._records import Append, AppendResult, Snapshot, StoredEvent
+
+__all__ = ["MemoryEventLog"]
+
+
+class MemoryEventLog:
+    """An :class:`~engine._log.EventLog` held in memory; nothing survives ``close``.
+
+    Args:
+        max_events: the most events it will hold; ``None`` for no limit.
+    """
+
+    def __init__(self, *, max_events: int | None = None) -> None:
+        self._events: list[StoredEvent] = []
+        self._streams: dict[str, list[int]] = {}  # stream id -> positions, by version
+        self._snapshots: dict[str, Snapshot] = {}
+        self._checkpoints: dict[str, int] = {}
+        self._closed = False
+        self.max_events = max_events
+
+    @property
+    def sync(self) -> bool:
+        """Always False: memory survives nothing."""
+        return False
+
+    def append_batch(
+        self,
+        appends: Sequence[Append],
+        *,
+        snapshots: Sequence[tuple[str, Snapshot]] = (),
+        checkpoints: Sequence[tuple[str, int]] = (),
+    ) -> tuple[list[AppendOutcome], list[StoredEvent]]:
+        """Commit a group atomically; see :class:`~engine._log.EventLog`."""
+        self._check_open()
+        outcomes: list[AppendOutcome] = []
+        stored: list[StoredEvent] = []
+        new_positions: dict[str, list[int]] = {}
+        position = len(self._events)
+        timestamp = time.time()
+        for append in appends:
+            stream_id = check_stream_id(append.stream_id)
+            pending = new_positions.get(stream_id)
+            version = len(self._streams.get(stream_id, ())) + (len(pending) if pending else 0)
+            error = expected_ok(append, version)
+            if error is not None:
+                outcomes.append(error)
+                continue
+            first_version, first_position = version + 1, position + 1
+            for name, payload in append.events:
+                position += 1
+                version += 1
+                stored.append(
+                    StoredEvent(
+                        position, stream_id, version, name, timestamp,
+                        append.correlation_id, append.causation_id, msgspec.Raw(payload),
+                    )
+                )
+                new_positions.setdefault(stream_id, []).append(position)
+            outcomes.append(
+                AppendResult(stream_id, first_version, version, first_position, position,
+                             timestamp)
+            )
+        if self.max_events is not None and position > self.max_events:
+            full = StorageFull(f"the memory log is capped at {self.max_events} events")
+            return [full for _ in appends], []
+        # All checks passed: apply the whole group at once, like a committed transaction.
+        self._events.extend(stored)
+        for stream_id, positions in new_positions.items():
+            self._streams.setdefault(stream_id, []).extend(positions)
+        for stream_id, snapshot in snapshots:
+            self._snapshots[check_stream_id(stream_id)] = snapshot
+        self._checkpoints.update(checkpoints)
+        return outcomes, stored
+
+    def read_stream(
+        self, stream_id: str, from_version: int = 1, limit: int | None = None
+    ) -> list[StoredEvent]:
+        """Events of one stream with version >= ``from_version``, in version order."""
+        self._check_open()
+        positions = self._streams.get(check_stream_id(stream_id), [])
+        start = max(from_version, 1) - 1
+        end = len(positions) if limit is None else min(len(positions), start + limit)
+        return [self._events[p - 1] for p in positions[start:end]]
+
+    def read_all(self, from_position: int = 1, limit: int = 1024) -> list[StoredEvent]:
+        """Up to ``limit`` events with position >= ``from_position``, in log order."""
+        self._check_open()
+        start = max(from_position, 1) - 1
+        return self._events[start : start + limit]
+
+    def head_position(self) -> int:
+        """The position of the last committed event; 0 for an empty log."""
+        self._check_open()
+        return len(self._events)
+
+    def stream_version(self, stream_id: str) -> int:
+        """The version of the stream's last event; 0 if it does not exist."""
+        self._check_open()
+        return len(self._streams.get(check_stream_id(stream_id), ()))
+
+    def load_snapshot(self, stream_id: str) -> Snapshot | None:
+        """The stream's last saved snapshot, if any."""
+        self._check_open()
+        return self._snapshots.get(check_stream_id(stream_id))
+
+    def load_checkpoint(self, name: str) -> int:
+        """A named checkpoint; 0 if never saved."""
+        self._check_open()
+        return self._checkpoints.get(name, 0)
+
+    def positions_of(self, stream_id: str) -> list[int]:
+        """The global positions of a stream's events (a test aid)."""
+        return list(self._streams.get(stream_id, ()))
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StorageError("the memory log is closed")
+
+    def close(self) -> None:
+        """Mark the log closed. Idempotent."""
+        self._closed = True
+

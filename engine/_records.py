@@ -1,0 +1,126 @@
+"""Record types that cross the engine's boundaries: what goes into the log and what comes back.
+
+Pure data, no I/O. Positions (global, 1-based) and versions (per stream, 1-based) are
+consecutive integers; 0 means "nothing yet".
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import msgspec
+
+__all__ = [
+    "ANY",
+    "NO_STREAM",
+    "Append",
+    "AppendResult",
+    "Committed",
+    "Recorded",
+    "Snapshot",
+    "StoredEvent",
+]
+
+ANY: Final = -1
+"""``expected_version`` that accepts whatever version the stream has."""
+
+NO_STREAM: Final = 0
+"""``expected_version`` that requires the stream not to exist yet (version 0)."""
+
+
+class Committed(msgspec.Struct, frozen=True):
+    """What ``Engine.send`` returns: the command's events are durable.
+
+    Attributes:
+        stream_id: the aggregate's id.
+        version: the stream's version after this command (unchanged if it emitted no event).
+        position: the global position of the command's last event; 0 if it emitted none.
+            Pass it as ``after=`` to a query to read your own write.
+        events: how many events the command appended.
+    """
+
+    stream_id: str
+    version: int
+    position: int
+    events: int = 0
+
+
+class Recorded(msgspec.Struct, frozen=True, array_like=True):
+    """An event's metadata as recorded in the log; projector appliers receive it.
+
+    Attributes:
+        position: global position in the log (1-based, consecutive).
+        stream_id: the stream (aggregate id) the event belongs to.
+        version: the event's version within its stream (1-based, consecutive).
+        type: the event type's registered name.
+        timestamp: commit time, seconds since the epoch.
+        correlation_id: the id of the request that started the chain, if given.
+        causation_id: the id of the message that caused this event, if given.
+    """
+
+    position: int
+    stream_id: str
+    version: int
+    type: str
+    timestamp: float
+    correlation_id: str | None = None
+    causation_id: str | None = None
+
+
+class StoredEvent(Recorded, frozen=True, array_like=True):
+    """A :class:`Recorded` with its still-encoded payload, exactly as read from the log.
+
+    The payload stays ``msgspec.Raw`` so readers decode only the event types they handle.
+    """
+
+    payload: msgspec.Raw = msgspec.Raw(b"")
+
+
+class Append(msgspec.Struct, frozen=True):
+    """One all-or-nothing append to one stream, as handed to the log.
+
+    Attributes:
+        stream_id: the stream to append to.
+        expected_version: the stream's version before this append, or ``ANY``
+            (``NO_STREAM`` is 0).
+        events: ``(type name, encoded payload)`` pairs, appended in order; may be empty,
+            in which case only the expected version is checked.
+        correlation_id: stored on every event of the append.
+        causation_id: stored on every event of the append.
+    """
+
+    stream_id: str
+    expected_version: int
+    events: tuple[tuple[str, bytes], ...]
+    correlation_id: str | None = None
+    causation_id: str | None = None
+
+
+class AppendResult(msgspec.Struct, frozen=True):
+    """The outcome of one successful :class:`Append`.
+
+    ``first_position``/``first_version`` are those of the append's first event; for an
+    empty append they are one past the last ones (nothing was written).
+    """
+
+    stream_id: str
+    first_version: int
+    last_version: int
+    first_position: int
+    last_position: int
+    timestamp: float
+
+
+class Snapshot(msgspec.Struct, frozen=True, array_like=True):
+    """An aggregate's encoded state at a stream version.
+
+    Attributes:
+        version: the stream version the state reflects.
+        format: the aggregate class's ``snapshot_format`` when it was taken; a snapshot of
+            another format is ignored, never misread.
+        state: the msgpack-encoded state.
+    """
+
+    version: int
+    format: int
+    state: bytes

@@ -1,0 +1,274 @@
+"""Group commit: every append waiting right now, from every actor, in ONE write transaction.
+
+::
+
+    actor/caller ──submit(append, done)──┐        (sync: no await, no task wake-up
+    actor/caller ──submit(append, done)──┤         unless the writer was idle)
+    caller ──await append(...)───────────┤
+                                         ▼
+                               pending appends (list)
+                                         │  writer task wakes once per batch
+                                         ▼
+               log.append_batch(all pending, snapshots, checkpoints)
+                 one transaction, one fsync (sync=True), inline on the event loop
+                                         │
+                    ┌────────────────────┴───────────────────┐
+                    ▼                                        ▼
+          on_commit(batch) → broadcast           done(outcome) for each append, in
+          to projectors (log order)              order: its positions, or its own error
+
+Why inline: py-lmdb releases the GIL during commit, so a worker thread looks attractive,
+but on this 2-core machine getting the GIL back waits out the interpreter's switch
+interval, and the hand-off costs two more wake-ups. ``benchmarks/probe_writer.py`` measures
+both in one run; inline won (see its figures in the README). While the loop is blocked in a
+commit, new appends simply queue up and form the next batch, so batching still happens.
+
+Durability: an append's ``done`` is called only after the transaction that holds it has
+committed (fsync'd with ``sync=True``). A failed transaction fails every append in it with
+the same ``StorageError`` and writes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import msgspec
+
+from ._errors import EngineClosed, EngineError
+from ._log import AppendOutcome, EventLog
+from ._records import Append, AppendResult, Snapshot, StoredEvent
+from ._reply import Reply, reply_factory
+
+__all__ = ["CommitBatch", "Writer", "WriterStatistics"]
+
+CommitBatch = list[tuple[StoredEvent, Any]]
+"""What the writer broadcasts after a commit: each stored event with the object that was
+encoded into it (or None if unknown), in log order."""
+
+Done = Callable[[AppendOutcome], None]
+
+
+class WriterStatistics(msgspec.Struct, frozen=True):
+    """A snapshot of the writer's counters."""
+
+    commits: int
+    appends: int
+    events: int
+    failed_appends: int
+    largest_batch: int
+    mean_batch: float
+    pending: int
+
+
+class Writer:
+    """The one owner of every write transaction. Run :meth:`run` in a task group.
+
+    Args:
+        log: the backend to write to.
+        on_commit: called (synchronously, in the writer task) with each committed batch,
+            before the appenders are told; must not raise.
+        max_pending: how many appends :meth:`append` lets wait before it waits for room.
+        in_thread: commit in a worker thread instead of inline (kept for the probe that
+            justifies the default).
+    """
+
+    def __init__(
+        self,
+        log: EventLog,
+        *,
+        on_commit: Callable[[CommitBatch], None] | None = None,
+        max_pending: int = 4096,
+        in_thread: bool = False,
+    ) -> None:
+        self._log = log
+        self._on_commit = on_commit
+        self._max_pending = max_pending
+        self._in_thread = in_thread
+        self._appends: list[Append] = []
+        self._dones: list[Done] = []
+        self._objects: list[Sequence[Any] | None] = []
+        self._snapshots: list[tuple[str, Snapshot]] = []
+        self._checkpoints: list[tuple[str, int]] = []
+        self._wakeup: Reply | None = None
+        self._room: list[anyio.Event] = []
+        self._new_reply = reply_factory()
+        self._closing = False
+        self._stopped = anyio.Event()
+        self._commits = 0
+        self._appended = 0
+        self._events = 0
+        self._failed = 0
+        self._largest = 0
+
+    # -- submitting ------------------------------------------------------------------------
+
+    def submit(
+        self, append: Append, done: Done, objects: Sequence[Any] | None = None
+    ) -> None:
+        """Queue an append for the next group commit; never waits.
+
+        ``done`` is called with the append's outcome after its transaction ends. ``objects``
+        are the events as objects, handed to projectors so they need not decode them.
+
+        Raises:
+            EngineClosed: the writer is closing.
+        """
+        if self._closing:
+            raise EngineClosed("the writer is closed")
+        self._appends.append(append)
+        self._dones.append(done)
+        self._objects.append(objects)
+        self._wake()
+
+    def save_snapshot(self, stream_id: str, snapshot: Snapshot) -> None:
+        """Write a snapshot in the next group commit (best effort: a lost one is retaken)."""
+        if not self._closing:
+            self._snapshots.append((stream_id, snapshot))
+            self._wake()
+
+    def save_checkpoint(self, name: str, position: int) -> None:
+        """Write a named checkpoint in the next group commit."""
+        if not self._closing:
+            self._checkpoints.append((name, position))
+            self._wake()
+
+    async def append(self, append: Append) -> AppendResult:
+        """Append through the group commit and return the result once it is durable.
+
+        Waits for room if ``max_pending`` appends are already queued. If cancelled after
+        the append was queued, it may still commit.
+
+        Raises:
+            ConcurrencyError: the stream's version did not match ``expected_version``.
+            StorageError: the transaction failed; nothing of it was written.
+            EngineClosed: the writer is closing.
+        """
+        while len(self._appends) >= self._max_pending and not self._closing:
+            room = anyio.Event()
+            self._room.append(room)
+            await room.wait()
+        reply = self._new_reply()
+
+        def done(outcome: AppendOutcome) -> None:
+            if isinstance(outcome, EngineError):
+                reply.set_error(outcome)
+            else:
+                reply.set_result(outcome)
+
+        self.submit(append, done)
+        result: AppendResult = await reply.wait()
+        return result
+
+    def _wake(self) -> None:
+        wakeup = self._wakeup
+        if wakeup is not None:
+            self._wakeup = None
+            wakeup.set_result(None)
+
+    # -- the loop --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Commit batches until :meth:`close`; then commit what is left and return.
+
+        Cancelling it abandons queued appends (their callers are failed with EngineClosed);
+        a commit already running completes and its callers are told.
+        """
+        try:
+            while True:
+                if not (self._appends or self._snapshots or self._checkpoints):
+                    if self._closing:
+                        return
+                    self._wakeup = self._new_reply()
+                    await self._wakeup.wait()
+                    continue
+                # Let every task that is runnable right now queue its append first: one
+                # scheduler pass costs less than the fsync it saves.
+                await anyio.lowlevel.checkpoint()
+                with anyio.CancelScope(shield=True):
+                    await self._commit_pending()
+        finally:
+            self._closing = True
+            self._fail_pending(EngineClosed("the engine closed before this append was written"))
+            self._stopped.set()
+
+    async def _commit_pending(self) -> None:
+        appends, self._appends = self._appends, []
+        dones, self._dones = self._dones, []
+        objects, self._objects = self._objects, []
+        snapshots, self._snapshots = self._snapshots, []
+        checkpoints, self._checkpoints = self._checkpoints, []
+        if self._in_thread:
+            outcomes, stored = await anyio.to_thread.run_sync(
+                lambda: self._log.append_batch(
+                    appends, snapshots=snapshots, checkpoints=checkpoints
+                )
+            )
+        else:
+            outcomes, stored = self._log.append_batch(
+                appends, snapshots=snapshots, checkpoints=checkpoints
+            )
+        self._commits += 1
+        self._appended += len(appends)
+        self._events += len(stored)
+        self._largest = max(self._largest, len(appends))
+        if stored and self._on_commit is not None:
+            self._on_commit(_pair(outcomes, objects, stored))
+        for done, outcome in zip(dones, outcomes, strict=True):
+            if isinstance(outcome, EngineError):
+                self._failed += 1
+            done(outcome)
+        while self._room and len(self._appends) < self._max_pending:
+            self._room.pop(0).set()
+
+    def _fail_pending(self, error: EngineError) -> None:
+        dones, self._dones = self._dones, []
+        self._appends, self._objects = [], []
+        for done in dones:
+            done(error)
+        for room in self._room:
+            room.set()
+        self._room.clear()
+
+    def close(self) -> None:
+        """Stop accepting appends; :meth:`run` commits what is queued and returns."""
+        self._closing = True
+        self._wake()
+
+    async def wait_stopped(self) -> None:
+        """Wait until :meth:`run` has returned."""
+        await self._stopped.wait()
+
+    def statistics(self) -> WriterStatistics:
+        """Counters since start: commits, appends, events, batch sizes, queue length."""
+        return WriterStatistics(
+            commits=self._commits,
+            appends=self._appended,
+            events=self._events,
+            failed_appends=self._failed,
+            largest_batch=self._largest,
+            mean_batch=self._appended / self._commits if self._commits else 0.0,
+            pending=len(self._appends),
+        )
+
+
+def _pair(
+    outcomes: list[AppendOutcome],
+    objects: list[Sequence[Any] | None],
+    stored: list[StoredEvent],
+) -> CommitBatch:
+    """Line up the stored events with the objects they were encoded from."""
+    batch: CommitBatch = []
+    i = 0
+    for outcome, objs in zip(outcomes, objects, strict=True):
+        if isinstance(outcome, EngineError):
+            continue
+        n = outcome.last_position - outcome.first_position + 1
+        if objs is None:
+            batch.extend((event, None) for event in stored[i : i + n])
+        else:
+            batch.extend(zip(stored[i : i + n], objs, strict=True))
+        i += n
+    return batch
