@@ -1,0 +1,1 @@
+"""actorlog's benchmark harness and the shared bank domain. Run ``python -m benchmarks``."""
