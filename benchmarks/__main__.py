@@ -1,5 +1,7 @@
-"""``python -m benchmarks``: until the harness lands, the bank demo."""
+"""``python -m benchmarks``: the bank workloads beside their floors and peer."""
 
-from .demo import main
+import sys
 
-main()
+from .harness import main
+
+sys.exit(main())

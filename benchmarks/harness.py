@@ -1,0 +1,289 @@
+"""The benchmark harness: every bank workload beside its floor and its peer, in one run.
+
+``python -m benchmarks`` runs W1-W6 (about 3-5 minutes here), ``--quick`` scales every count
+down ~20x, ``--only W1,W4`` selects, ``--json PATH`` writes one JSON object per line. The
+machine is shared and noisy, so absolute figures drift between runs; the ratios, measured
+minutes apart in the same process, are what to quote.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import sys
+import tempfile
+from collections.abc import Callable
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from . import floors, workloads
+from ._floor import run_floor_latency, run_floor_w1
+from ._peer import run_peer_w1, run_peer_w3, run_peer_w4
+
+__all__ = ["main"]
+
+Row = dict[str, Any]
+
+
+def _versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for name in ("trio", "anyio", "msgspec", "lmdb", "eventsourcing"):
+        try:
+            found[name] = version(name)
+        except Exception:
+            found[name] = "missing"
+    return found
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} x{os.cpu_count()}"
+    except OSError:
+        pass
+    return f"{platform.processor() or platform.machine()} x{os.cpu_count()}"
+
+
+def _row(workload: str, variant: str, value: float, unit: str, *, floor: float | None = None,
+         peer: float | None = None, higher_is_better: bool = True, **extra: Any) -> Row:
+    """One result line; ratios > 1 always mean 'the engine is better'."""
+    def ratio(base: float | None) -> float | None:
+        if base is None or base == 0 or value == 0:
+            return None
+        return round(value / base if higher_is_better else base / value, 3)
+
+    return {
+        "workload": workload,
+        "variant": variant,
+        "value": round(value, 4),
+        "unit": unit,
+        "ratio_vs_floor": ratio(floor),
+        "ratio_vs_peer": ratio(peer),
+        "floor": None if floor is None else round(floor, 4),
+        "peer": None if peer is None else round(peer, 4),
+        **extra,
+    }
+
+
+class Harness:
+    """Runs the selected workloads at a scale, collecting rows."""
+
+    def __init__(self, root: Path, *, quick: bool, peer: bool) -> None:
+        self.root = root
+        self.scale = 20 if quick else 1
+        self.peer = peer
+        self.rows: list[Row] = []
+        self._dirs = 0
+        self.sweep: dict[str, dict[int, float]] = {}
+
+    def fresh(self, name: str) -> Path:
+        """A new empty directory for one run."""
+        self._dirs += 1
+        path = self.root / f"{self._dirs:03d}-{name}"
+        path.mkdir()
+        return path
+
+    def n(self, full: int, minimum: int = 1) -> int:
+        """A count scaled for --quick."""
+        return max(minimum, full // self.scale)
+
+    # -- workloads ----------------------------------------------------------------------------
+
+    def w1(self) -> None:
+        """W1: write throughput, 64 clients, durable and sync=False, trio and asyncio."""
+        accounts, commands, clients = 1000, self.n(100_000), 64
+        peer = None
+        if self.peer:
+            peer = run_peer_w1(str(self.fresh("peer-w1") / "bank.sqlite"), accounts=accounts,
+                               commands=self.n(20_000), clients=clients)["per_second"]
+        for sync in (True, False):
+            floor = trio.run(lambda: run_floor_w1(str(self.fresh("floor-w1")), accounts=accounts,
+                                                  commands=commands, clients=clients,
+                                                  sync=sync))["per_second"]
+            for backend in ("trio", "asyncio"):
+                def run() -> dict[str, Any]:
+                    job = workloads.engine_write_throughput(
+                        self.fresh("w1"), accounts=accounts, commands=commands,
+                        clients=clients, sync=sync)
+                    return trio.run(lambda: job) if backend == "trio" else asyncio.run(job)
+                result = run()
+                self.rows.append(_row(
+                    "W1", f"{'durable' if sync else 'sync=False'} {backend}",
+                    result["per_second"], "commands/s", floor=floor,
+                    peer=peer if sync else None, sync=sync, backend=backend,
+                    mean_batch=round(result["mean_batch"], 1), commands=commands))
+
+    def w1_sweep(self) -> None:
+        """W1 against the number of concurrent clients, for the plot."""
+        accounts, commands = 1000, self.n(20_000)
+        for clients in (1, 4, 16, 64, 256):
+            n = commands if clients >= 16 else max(clients, commands // 4)
+            engine = trio.run(lambda: workloads.engine_write_throughput(
+                self.fresh("sweep"), accounts=accounts, commands=n, clients=clients,
+                sync=True))["per_second"]
+            floor = trio.run(lambda: run_floor_w1(str(self.fresh("sweep-floor")),
+                                                  accounts=accounts, commands=n,
+                                                  clients=clients, sync=True))["per_second"]
+            self.sweep.setdefault("engine", {})[clients] = engine
+            self.sweep.setdefault("floor", {})[clients] = floor
+            if self.peer:
+                peer = run_peer_w1(str(self.fresh("sweep-peer") / "bank.sqlite"),
+                                   accounts=accounts, commands=max(clients, n // 4),
+                                   clients=clients)["per_second"]
+                self.sweep.setdefault("peer", {})[clients] = peer
+
+    def w2(self) -> None:
+        """W2: latency at a fixed offered load of half the measured W1 rate."""
+        w1 = [r for r in self.rows if r["workload"] == "W1" and r["variant"] == "durable trio"]
+        rate = (w1[0]["value"] if w1 else 30_000) / 2
+        duration = 5.0 / self.scale if self.scale > 1 else 5.0
+        engine = trio.run(lambda: workloads.engine_latency(
+            self.fresh("w2"), accounts=1000, rate=rate, duration_s=duration))
+        floor = trio.run(lambda: run_floor_latency(
+            str(self.fresh("w2-floor")), accounts=1000, rate=rate, duration_s=duration))
+        for q in ("p50_ms", "p99_ms"):
+            self.rows.append(_row("W2", f"{q[:3]} at {rate:,.0f}/s offered", engine[q], "ms",
+                                  floor=floor[q], higher_is_better=False, sync=True))
+
+    def w3(self) -> None:
+        """W3: activate one account with 10,000 events, cold and from a snapshot."""
+        events = self.n(10_000, 200)
+        engine = trio.run(lambda: workloads.engine_rehydrate(self.fresh("w3"), events=events))
+        floor = floors.floor_rehydrate(self.fresh("w3-floor"), events=events)["cold_ms"]
+        peer = None
+        if self.peer:
+            peer = run_peer_w3(str(self.fresh("w3-peer") / "bank.sqlite"),
+                               events=events)["seconds"] * 1e3
+        self.rows.append(_row("W3", f"cold, {events} events", engine["cold_ms"], "ms",
+                              floor=floor, peer=peer, higher_is_better=False))
+        self.rows.append(_row("W3", f"from snapshot, {events} events", engine["snapshot_ms"],
+                              "ms", floor=floor, higher_is_better=False))
+
+    def w4(self) -> None:
+        """W4: rebuild the balances view from a log of 1,000,000 events."""
+        events = self.n(1_000_000)
+        root = self.fresh("w4")
+        engine = trio.run(lambda: workloads.engine_rebuild(root, events=events))
+        floor = floors.floor_rebuild(root / "log")["per_second"]
+        peer = None
+        if self.peer:
+            peer = run_peer_w4(str(self.fresh("w4-peer") / "bank.sqlite"),
+                               events=self.n(100_000))["per_second"]
+        self.rows.append(_row("W4", f"rebuild {events:,} events", engine["per_second"],
+                              "events/s", floor=floor, peer=peer))
+
+    def w5(self) -> None:
+        """W5: point queries through the public API."""
+        queries = self.n(1_000_000)
+        engine = trio.run(lambda: workloads.engine_query(self.fresh("w5"), queries=queries))
+        floor = trio.run(lambda: floors.floor_query(queries=queries))
+        self.rows.append(_row("W5", "point query", engine["per_second"], "queries/s",
+                              floor=floor["per_second"]))
+
+    def w6(self) -> None:
+        """W6: from a command's reply until an ``after=`` query sees it."""
+        commands = self.n(5_000, 200)
+        engine = trio.run(lambda: workloads.engine_read_your_writes(
+            self.fresh("w6"), commands=commands))
+        floor = trio.run(lambda: floors.floor_read_your_writes(commands=commands))
+        for q in ("p50_ms", "p99_ms"):
+            self.rows.append(_row("W6", q[:3], engine[q], "ms", floor=floor[q],
+                                  higher_is_better=False))
+
+
+WORKLOADS: dict[str, Callable[[Harness], None]] = {
+    "W1": Harness.w1,
+    "W1-clients": Harness.w1_sweep,
+    "W2": Harness.w2,
+    "W3": Harness.w3,
+    "W4": Harness.w4,
+    "W5": Harness.w5,
+    "W6": Harness.w6,
+}
+
+
+def _table(rows: list[Row]) -> str:
+    header = ("workload", "variant", "value", "unit", "vs floor", "vs peer")
+    lines = [header]
+    for r in rows:
+        lines.append((
+            r["workload"], r["variant"], f"{r['value']:,.3f}" if r["value"] < 100
+            else f"{r['value']:,.0f}", r["unit"],
+            "-" if r["ratio_vs_floor"] is None else f"{r['ratio_vs_floor']:.2f}x",
+            "-" if r["ratio_vs_peer"] is None else f"{r['ratio_vs_peer']:.2f}x",
+        ))
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(str(cell).ljust(w) for cell, w in zip(line, widths, strict=True))
+        for line in lines
+    )
+
+
+def _plot(sweep: dict[str, dict[int, float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, points in sweep.items():
+        xs = sorted(points)
+        ax.plot(xs, [points[x] for x in xs], marker="o", label=name)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("concurrent clients")
+    ax.set_ylabel("durable commands/s")
+    ax.set_title("W1 write throughput vs clients (bank, durable)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the harness; returns the process exit code."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="scale every count down ~20x")
+    parser.add_argument("--only", default="", help="comma-separated workloads, e.g. W1,W4")
+    parser.add_argument("--json", type=Path, help="write one JSON object per line here")
+    parser.add_argument("--plot", type=Path, default=Path("results/w1_clients.png"),
+                        help="where to save the W1-vs-clients plot")
+    parser.add_argument("--no-peer", action="store_true", help="skip the eventsourcing peer")
+    args = parser.parse_args(argv)
+    selected = [w.strip() for w in args.only.split(",") if w.strip()] or list(WORKLOADS)
+    unknown = [w for w in selected if w not in WORKLOADS]
+    if unknown:
+        parser.error(f"unknown workloads {unknown}; choose from {', '.join(WORKLOADS)}")
+
+    from tqdm import tqdm
+
+    meta = {"versions": _versions(), "cpu": _cpu(), "quick": args.quick}
+    with tempfile.TemporaryDirectory(prefix="actorlog-bench-") as tmp:
+        harness = Harness(Path(tmp), quick=args.quick, peer=not args.no_peer)
+        for name in tqdm(selected, desc="workloads", unit="workload", file=sys.stderr):
+            WORKLOADS[name](harness)
+    rows = [{**row, **meta} for row in harness.rows]
+    print(_table(harness.rows))
+    print(f"\n{meta['cpu']}; " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()))
+    if harness.sweep:
+        _plot(harness.sweep, args.plot)
+        print(f"plot: {args.plot}")
+        rows.append({"workload": "W1-clients", "variant": "sweep", "value": None,
+                     "unit": "commands/s", "ratio_vs_floor": None, "ratio_vs_peer": None,
+                     "points": {k: {str(c): round(v) for c, v in p.items()}
+                                for k, p in harness.sweep.items()}, **meta})
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        with args.json.open("w") as out:
+            for row in rows:
+                out.write(json.dumps(row) + "\n")
+    return 0

@@ -1,0 +1,255 @@
+"""The engine's side of each bank workload (W1-W6), measured through the public API.
+
+Each function opens its own engine on a fresh LMDB directory under ``root`` and returns a
+dict of figures. The harness (``benchmarks/__main__.py``) runs them beside their baselines.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from engine import Engine, LmdbEventLog, Rejected
+from engine._records import Append
+
+from .bank import (
+    Account,
+    AccountOpened,
+    Balances,
+    Deposit,
+    Deposited,
+    OpenAccount,
+    SnapshottingAccount,
+    Totals,
+    Withdraw,
+    Withdrawn,
+)
+
+__all__ = [
+    "engine_latency",
+    "engine_query",
+    "engine_read_your_writes",
+    "engine_rebuild",
+    "engine_rehydrate",
+    "engine_write_throughput",
+    "percentile",
+    "write_bank_log",
+]
+
+
+def percentile(samples: list[float], q: float) -> float:
+    """The ``q``-quantile (0..1) of ``samples`` by nearest rank."""
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def _commands(accounts: int, commands: int, seed: int) -> list[tuple[str, Any]]:
+    """Deposits and withdrawals spread uniformly over the accounts (2 deposits : 1 withdraw)."""
+    rng = random.Random(seed)
+    out: list[tuple[str, Any]] = []
+    for _ in range(commands):
+        account = f"acct-{rng.randrange(accounts)}"
+        out.append((account, Withdraw(rng.randint(1, 50)) if rng.random() < 1 / 3
+                    else Deposit(rng.randint(1, 100))))
+    return out
+
+
+async def _open_accounts(engine: Engine, accounts: int) -> None:
+    async def opener(first: int) -> None:
+        for n in range(first, accounts, 64):
+            await engine.send(Account, f"acct-{n}", OpenAccount(f"owner-{n}"))
+
+    async with anyio.create_task_group() as tg:
+        for first in range(min(64, accounts)):
+            tg.start_soon(opener, first)
+
+
+async def engine_write_throughput(
+    root: Path, *, accounts: int, commands: int, clients: int, sync: bool, seed: int = 1
+) -> dict[str, Any]:
+    """W1: ``commands`` from ``clients`` concurrent clients; each waits for its durable reply."""
+    work = _commands(accounts, commands, seed)
+    async with Engine.open(root, aggregates=[Account], projectors=[Balances, Totals],
+                           sync=sync) as engine:
+        await _open_accounts(engine, accounts)
+        before = engine.statistics().writer
+        rejected = 0
+
+        async def client(first: int) -> None:
+            nonlocal rejected
+            for i in range(first, len(work), clients):
+                account, command = work[i]
+                try:
+                    await engine.send(Account, account, command)
+                except Rejected:
+                    rejected += 1
+
+        started = time.perf_counter()
+        async with anyio.create_task_group() as tg:
+            for first in range(clients):
+                tg.start_soon(client, first)
+        seconds = time.perf_counter() - started
+        after = engine.statistics().writer
+    commits = after.commits - before.commits
+    return {
+        "commands": commands,
+        "seconds": seconds,
+        "per_second": commands / seconds,
+        "rejected": rejected,
+        "mean_batch": (after.appends - before.appends) / commits if commits else 0.0,
+    }
+
+
+async def engine_latency(
+    root: Path, *, accounts: int, rate: float, duration_s: float, sync: bool = True,
+    clients: int = 64, seed: int = 2,
+) -> dict[str, Any]:
+    """W2: ``rate`` commands/s offered by ``clients`` paced clients; per-command latency.
+
+    Each client has a fixed schedule (one command every ``clients / rate`` s) and measures
+    from the command's *scheduled* start, so a stall counts for every command it delays
+    (no coordinated omission).
+    """
+    total = max(clients, int(rate * duration_s))
+    work = _commands(accounts, total, seed)
+    samples: list[float] = []
+    async with Engine.open(root, aggregates=[Account], projectors=[Balances, Totals],
+                           sync=sync) as engine:
+        await _open_accounts(engine, accounts)
+        interval = clients / rate
+
+        async def client(first: int, start: float) -> None:
+            for k, i in enumerate(range(first, total, clients)):
+                scheduled = start + k * interval
+                delay = scheduled - time.perf_counter()
+                if delay > 0:
+                    await anyio.sleep(delay)
+                account, command = work[i]
+                try:
+                    await engine.send(Account, account, command)
+                except Rejected:
+                    pass
+                samples.append(time.perf_counter() - scheduled)
+
+        started = time.perf_counter()
+        async with anyio.create_task_group() as tg:
+            for first in range(clients):
+                # Stagger the clients evenly over one interval.
+                tg.start_soon(client, first, started + first * interval / clients)
+        seconds = time.perf_counter() - started
+    return {
+        "commands": total,
+        "offered_per_second": rate,
+        "achieved_per_second": total / seconds,
+        "p50_ms": percentile(samples, 0.50) * 1e3,
+        "p99_ms": percentile(samples, 0.99) * 1e3,
+    }
+
+
+def write_bank_log(path: Path, *, events: int, accounts: int = 1000, seed: int = 3) -> None:
+    """Write a bank log of ``events`` events straight through the LMDB backend (fast setup)."""
+    from engine import EventRegistry
+
+    registry = EventRegistry([AccountOpened, Deposited, Withdrawn])
+    rng = random.Random(seed)
+    log = LmdbEventLog(path, sync=False)
+    try:
+        versions = [0] * accounts
+        opened = [AccountOpened(f"owner-{n}") for n in range(accounts)]
+        written = 0
+        while written < events:
+            group: list[Append] = []
+            for _ in range(min(10_000, events - written)):
+                n = rng.randrange(accounts)
+                if versions[n] == 0:
+                    event: Any = opened[n]
+                else:
+                    event = Deposited(rng.randint(1, 100))
+                group.append(Append(f"acct-{n}", versions[n], (registry.encode(event),)))
+                versions[n] += 1
+                written += 1
+            outcomes, _ = log.append_batch(group)
+            assert all(not isinstance(o, Exception) for o in outcomes)
+    finally:
+        log.close()
+
+
+async def engine_rebuild(root: Path, *, events: int) -> dict[str, Any]:
+    """W4: open an engine on a log of ``events`` events; time Balances catching up."""
+    path = root / "log"
+    write_bank_log(path, events=events)
+    started = time.perf_counter()
+    async with Engine.open(path, aggregates=[Account], projectors=[Balances]) as engine:
+        await engine.wait_projected()
+        seconds = time.perf_counter() - started
+        applied = engine.statistics().projectors[0].applied
+    return {"events": applied, "seconds": seconds, "per_second": applied / seconds}
+
+
+async def engine_rehydrate(root: Path, *, events: int) -> dict[str, Any]:
+    """W3: activate one account with ``events`` events, cold and from a snapshot.
+
+    The probe command is a withdrawal larger than any balance: it activates the aggregate
+    and is rejected, so the timing holds no commit.
+    """
+    results: dict[str, Any] = {}
+    for variant, kind in (("cold", Account), ("snapshot", SnapshottingAccount)):
+        path = root / variant
+        async with Engine.open(path, aggregates=[kind], sync=False) as engine:
+            await engine.send(kind, "acct-big", OpenAccount("big"))
+            batch = 64
+            for _ in range(0, events - 1, batch):
+                pendings = [engine.send_nowait(kind, "acct-big", Deposit(1))
+                            for _ in range(min(batch, events - 1 - _))]
+                for pending in pendings:
+                    await pending
+        timings = []
+        for _ in range(5):
+            async with Engine.open(path, aggregates=[kind]) as engine:
+                t0 = time.perf_counter()
+                try:
+                    await engine.send(kind, "acct-big", Withdraw(10**12))
+                except Rejected:
+                    pass
+                timings.append(time.perf_counter() - t0)
+        results[f"{variant}_ms"] = min(timings) * 1e3
+        results[f"{variant}_median_ms"] = percentile(timings, 0.5) * 1e3
+    return results
+
+
+async def engine_query(root: Path, *, queries: int) -> dict[str, Any]:
+    """W5: point reads of one balance through ``engine.query``."""
+    async with Engine.open(root, aggregates=[Account], projectors=[Balances]) as engine:
+        ack = await engine.send(Account, "acct-1", OpenAccount("q"))
+        await engine.send(Account, "acct-1", Deposit(5))
+        await engine.wait_projected(ack.position)
+        query = engine.query
+        balance = Balances.balance
+        started = time.perf_counter()
+        for _ in range(queries):
+            await query(balance, "acct-1")
+        seconds = time.perf_counter() - started
+    return {"queries": queries, "seconds": seconds, "per_second": queries / seconds}
+
+
+async def engine_read_your_writes(root: Path, *, commands: int, sync: bool = True
+                                  ) -> dict[str, Any]:
+    """W6: time from a command's reply until an ``after=`` query sees its event."""
+    samples: list[float] = []
+    async with Engine.open(root, aggregates=[Account], projectors=[Balances],
+                           sync=sync) as engine:
+        await engine.send(Account, "acct-1", OpenAccount("w6"))
+        for _ in range(commands):
+            ack = await engine.send(Account, "acct-1", Deposit(1))
+            t0 = time.perf_counter()
+            await engine.query(Balances.balance, "acct-1", after=ack.position)
+            samples.append(time.perf_counter() - t0)
+    return {
+        "commands": commands,
+        "p50_ms": percentile(samples, 0.5) * 1e3,
+        "p99_ms": percentile(samples, 0.99) * 1e3,
+    }
