@@ -14,7 +14,7 @@ import msgspec
 
 from engine import DefinitionError, HandlerError
 
-from ._dispatch import decorated, message_type, returned_event_types
+from ._dispatch import decorated, message_type, resolve_hints, returned_event_types
 
 __all__ = ["Aggregate"]
 
@@ -83,17 +83,21 @@ class Aggregate:
         cls.event_appliers = appliers
         cls.emitted_types = frozenset(emitted)
         every = cls.snapshot_every
-        if every is not None and (not isinstance(every, int) or every < 1):
-            raise DefinitionError(f"{cls.__qualname__}.snapshot_every must be None or >= 1")
+        if every is not None and (
+            not isinstance(every, int) or isinstance(every, bool) or every < 1
+        ):
+            raise DefinitionError(
+                f"{cls.__qualname__}.snapshot_every must be None or an int >= 1, not {every!r}"
+            )
+        if not isinstance(cls.snapshot_format, int) or isinstance(cls.snapshot_format, bool):
+            raise DefinitionError(f"{cls.__qualname__}.snapshot_format must be an int")
         cls._state_type = _state_struct(cls)
 
     def snapshot_state(self) -> bytes:
         """Encode the state for a snapshot (the annotated instance attributes)."""
         state_type = type(self)._state_type
         if state_type is None:
-            raise HandlerError(
-                f"{type(self).__qualname__} has no annotated attributes to snapshot"
-            )
+            raise HandlerError(f"{type(self).__qualname__} has no annotated attributes to snapshot")
         fields = state_type.__struct_fields__
         return msgspec.msgpack.encode(state_type(**{f: getattr(self, f) for f in fields}))
 
@@ -112,11 +116,16 @@ class Aggregate:
 
 def _state_struct(cls: type[Aggregate]) -> type[msgspec.Struct] | None:
     """A msgspec Struct mirroring the class's annotated, non-ClassVar attributes."""
+    # The struct is needed only by the default snapshot_state/from_snapshot, and only
+    # if snapshots are on: otherwise a class that cannot have one is fine.
+    needed = cls.snapshot_every is not None and (
+        cls.snapshot_state is Aggregate.snapshot_state
+        or cls.from_snapshot.__func__ is Aggregate.from_snapshot.__func__  # type: ignore[attr-defined]
+    )
     try:
-        hints = typing.get_type_hints(cls, include_extras=False)
+        hints = resolve_hints(cls, cls)
     except Exception:
-        # Unresolvable annotations only matter if snapshots are on.
-        if cls.snapshot_every is not None:
+        if needed:
             raise DefinitionError(
                 f"{cls.__qualname__}: cannot resolve the state annotations for snapshots"
             ) from None
@@ -124,14 +133,16 @@ def _state_struct(cls: type[Aggregate]) -> type[msgspec.Struct] | None:
     fields = [
         (name, tp)
         for name, tp in hints.items()
-        if not name.startswith("_") and typing.get_origin(tp) is not ClassVar
+        if not name.startswith("_")
+        and typing.get_origin(tp) is not ClassVar
         and name not in _BASE_NAMES
     ]
     if not fields:
-        if cls.snapshot_every is not None:
+        if needed:
             raise DefinitionError(
                 f"{cls.__qualname__} takes snapshots but annotates no state attributes "
-                "(declare them, e.g. 'balance: int', or override snapshot_state)"
+                "(declare them, e.g. 'balance: int', or override snapshot_state and "
+                "from_snapshot)"
             )
         return None
     return msgspec.defstruct(f"{cls.__name__}State", fields)

@@ -18,7 +18,13 @@ import msgspec
 
 from engine import DefinitionError
 
-__all__ = ["applies", "handles", "message_type", "returned_event_types"]
+__all__ = [
+    "applies",
+    "handles",
+    "message_type",
+    "resolve_hints",
+    "returned_event_types",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -59,19 +65,28 @@ def decorated(cls: type, role: str) -> Iterator[tuple[str, Callable[..., Any]]]:
             yield name, value
 
 
-def _hints(fn: Callable[..., Any], owner: type) -> dict[str, Any]:
-    """Resolve ``fn``'s annotations, also against the scope that defined ``owner``."""
-    localns: dict[str, Any] = {owner.__name__: owner}
-    # A class defined inside a function (tests do this) annotates with that function's
-    # locals, which get_type_hints cannot see; borrow them from the defining frames.
-    frame = sys._getframe(1)
-    for _ in range(6):
-        if frame is None:
-            break
-        localns = {**frame.f_locals, **localns}
+def resolve_hints(obj: Any, owner: type) -> dict[str, Any]:
+    """Resolve the annotations of ``obj`` (a method or class), also in ``owner``'s scope.
+
+    A class defined inside a function (tests do this) annotates with that function's
+    locals, which ``get_type_hints`` cannot see; borrow them from the nearest frames
+    outside this package (the class statement's, then its callers').
+    """
+    localns: dict[str, Any] = {}
+    frame: types.FrameType | None = sys._getframe(1)
+    borrowed = 0
+    while frame is not None and borrowed < 3:
+        if not frame.f_globals.get("__name__", "").startswith("actors."):
+            localns = {**frame.f_locals, **localns}  # nearer frames win
+            borrowed += 1
         frame = frame.f_back
+    localns[owner.__name__] = owner
+    return typing.get_type_hints(obj, localns=localns)
+
+
+def _hints(fn: Callable[..., Any], owner: type) -> dict[str, Any]:
     try:
-        return typing.get_type_hints(fn, localns=localns)
+        return resolve_hints(fn, owner)
     except Exception as e:
         raise DefinitionError(
             f"{owner.__qualname__}.{fn.__name__}: cannot resolve its annotations ({e})"

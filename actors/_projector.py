@@ -25,9 +25,11 @@ class Projector:
 
     Subclass it, build the empty cache in an argument-free ``__init__``, mark appliers with
     ``@applies`` (``def f(self, e: Deposited, meta: Recorded) -> None``; ``meta`` is
-    optional) and write queries as plain public methods. A query must only read; whatever
-    it returns is copied by the engine unless it is immutable, so callers cannot alias the
-    cache.
+    optional) and write queries as plain public methods. The class is checked when it is
+    created: two appliers for one event type, an applier with other parameters, an
+    ``__init__`` that needs arguments or a bad option raise
+    :class:`~engine.DefinitionError`. A query must only read; whatever it returns is copied
+    by the engine unless it is immutable, so callers cannot alias the cache.
 
     Class options:
         on_error: ``"halt"`` (default) stops at an event whose applier raises and makes
@@ -45,8 +47,18 @@ class Projector:
         super().__init_subclass__(**kwargs)
         if "name" not in vars(cls):
             cls.name = cls.__name__
+        if not isinstance(cls.name, str) or not cls.name:
+            raise DefinitionError(f"{cls.__qualname__}.name must be a non-empty str")
         if cls.on_error not in ("halt", "park"):
-            raise DefinitionError(f"{cls.__qualname__}.on_error must be 'halt' or 'park'")
+            raise DefinitionError(
+                f"{cls.__qualname__}.on_error must be 'halt' or 'park', not {cls.on_error!r}"
+            )
+        try:
+            inspect.signature(cls).bind()
+        except TypeError:
+            raise DefinitionError(
+                f"{cls.__qualname__}() must take no arguments: it builds the empty cache"
+            ) from None
         appliers: dict[type, ProjectorApplier] = dict(cls.event_appliers)
         own: set[type] = set()
         for fname, fn in decorated(cls, "applies"):
@@ -57,26 +69,34 @@ class Projector:
                     f"(the second is {fname})"
                 )
             own.add(event)
-            appliers[event] = _with_meta(fn)
+            appliers[event] = _with_meta(fn, cls)
         cls.event_appliers = appliers
         queries = set(cls.query_functions)
         for fname, value in vars(cls).items():
-            if (
-                not fname.startswith("_")
-                and inspect.isfunction(value)
-                and role_of(value) is None
-            ):
+            if not fname.startswith("_") and inspect.isfunction(value) and role_of(value) is None:
                 queries.add(value)
         cls.query_functions = frozenset(queries)
 
 
-def _with_meta(fn: Callable[..., Any]) -> ProjectorApplier:
-    """Call every applier as ``fn(self, event, meta)``, adapting one that takes no meta."""
-    positional = [
+def _with_meta(fn: Callable[..., Any], owner: type) -> ProjectorApplier:
+    """Call every applier as ``fn(self, event, meta)``, adapting one that takes no meta.
+
+    Raises:
+        DefinitionError: ``fn`` requires more than ``(self, event, meta)``, or a
+            keyword-only argument (the engine passes neither).
+    """
+    params = list(inspect.signature(fn).parameters.values())
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    required = [
         p
-        for p in inspect.signature(fn).parameters.values()
-        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        for p in params
+        if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
     ]
+    if len(required) > 3 or any(p.kind is p.KEYWORD_ONLY for p in required):
+        raise DefinitionError(
+            f"{owner.__qualname__}.{fn.__name__}: an applier takes (self, event) or "
+            "(self, event, meta: Recorded), nothing more"
+        )
     if len(positional) >= 3:
         return fn
 

@@ -262,6 +262,8 @@ async def run_floor_w1(
     under trio. ``path`` must be an empty or missing directory. Cancelling it abandons the run
     and closes the environment; committed events stay committed.
     """
+    if accounts < 1 or clients < 1:
+        raise ValueError("the floor needs at least one account and one client")
     workload = bank_workload(accounts, commands)
     env = _open_env(path, sync=sync)
     try:
@@ -326,6 +328,8 @@ async def run_floor_latency(
     directory. Cancelling it abandons the run and closes the environment.
     """
     offered = int(rate * duration_s)
+    if accounts < 1 or offered < 1 or max_in_flight < 1:
+        raise ValueError("the floor needs an account, a command to offer and room for it")
     workload = bank_workload(accounts, offered)
     latencies: list[float] = []
     env = _open_env(path, sync=sync)

@@ -102,7 +102,8 @@ class Harness:
         peer = None
         if self.peer:
             peer = run_peer_w1(str(self.fresh("peer-w1") / "bank.sqlite"), accounts=accounts,
-                               commands=self.n(20_000), clients=clients)["per_second"]
+                               commands=self.n(20_000), clients=clients,
+                               fastforward=False)["per_second"]
         for sync in (True, False):
             floor = trio.run(lambda: run_floor_w1(str(self.fresh("floor-w1")), accounts=accounts,
                                                   commands=commands, clients=clients,
@@ -136,7 +137,7 @@ class Harness:
             if self.peer:
                 peer = run_peer_w1(str(self.fresh("sweep-peer") / "bank.sqlite"),
                                    accounts=accounts, commands=max(clients, n // 4),
-                                   clients=clients)["per_second"]
+                                   clients=clients, fastforward=False)["per_second"]
                 self.sweep.setdefault("peer", {})[clients] = peer
 
     def w2(self) -> None:

@@ -47,15 +47,18 @@ def percentile(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
-def _commands(accounts: int, commands: int, seed: int) -> list[tuple[str, Any]]:
-    """Deposits and withdrawals spread uniformly over the accounts (2 deposits : 1 withdraw)."""
-    rng = random.Random(seed)
-    out: list[tuple[str, Any]] = []
-    for _ in range(commands):
-        account = f"acct-{rng.randrange(accounts)}"
-        out.append((account, Withdraw(rng.randint(1, 50)) if rng.random() < 1 / 3
-                    else Deposit(rng.randint(1, 100))))
-    return out
+def _commands(accounts: int, commands: int, seed: int | None = None) -> list[tuple[str, Any]]:
+    """The floor's and the peer's recipe and seed: uniform accounts, half deposits, half
+    withdrawals, amounts 1..100 (so a fair share of withdrawals is rejected)."""
+    from ._floor import Deposit as FloorDeposit
+    from ._floor import bank_workload
+
+    recipe = bank_workload(accounts, commands) if seed is None else bank_workload(
+        accounts, commands, seed=seed)
+    return [
+        (f"acct-{n}", Deposit(c.amount) if isinstance(c, FloorDeposit) else Withdraw(c.amount))
+        for n, c in recipe
+    ]
 
 
 async def _open_accounts(engine: Engine, accounts: int) -> None:
@@ -69,7 +72,8 @@ async def _open_accounts(engine: Engine, accounts: int) -> None:
 
 
 async def engine_write_throughput(
-    root: Path, *, accounts: int, commands: int, clients: int, sync: bool, seed: int = 1
+    root: Path, *, accounts: int, commands: int, clients: int, sync: bool,
+    seed: int | None = None,
 ) -> dict[str, Any]:
     """W1: ``commands`` from ``clients`` concurrent clients; each waits for its durable reply."""
     work = _commands(accounts, commands, seed)
@@ -106,7 +110,7 @@ async def engine_write_throughput(
 
 async def engine_latency(
     root: Path, *, accounts: int, rate: float, duration_s: float, sync: bool = True,
-    clients: int = 64, seed: int = 2,
+    clients: int = 64, seed: int | None = None,
 ) -> dict[str, Any]:
     """W2: ``rate`` commands/s offered by ``clients`` paced clients; per-command latency.
 

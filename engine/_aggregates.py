@@ -16,16 +16,28 @@ one, because the writer commits them in the same order. If any of them fails to 
 the later ones fail their expected-version check, and the actor is reloaded from the log
 (once nothing of it is in flight), so state that never became durable never survives.
 
+Room in a full mailbox is handed out in arrival order::
+
+    sender ─(full, or others already waiting)─▶ room queue ──┐
+    commit done: inflight - 1 ─▶ _hand_out: wake the first waiter and count the slot
+                                 as ``handed`` (reserved), so no later sender barges in
+    woken sender: handed - 1, decides at once (the reservation guarantees room)
+
+A sender that is woken but leaves without deciding (cancelled, Rejected, a handler error,
+the actor turned stale) passes its slot on, so a waiter is never stranded.
+
 Wake-ups per command: one (the caller, when its commit lands), plus the writer's one per
-batch. Passivation evicts idle actors (LRU beyond ``max_live``, and after ``idle_timeout``)
-but never one with commands in flight or waiting.
+batch; two more only for a sender that had to wait for room. Passivation evicts idle
+actors (LRU beyond ``max_live``, and after ``idle_timeout``) but never one with commands
+in flight or senders waiting, nor the one being activated: a busy actor stays live, so
+``max_live`` is exceeded only by actors that are busy right now.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar, Protocol
+from typing import Any, Protocol
 
 import anyio
 import msgspec
@@ -49,19 +61,38 @@ __all__ = ["AggregateType", "Aggregates", "AggregatesStatistics", "Pending"]
 
 
 class AggregateType(Protocol):
-    """What the engine needs of an aggregate class (``actors.Aggregate`` provides it)."""
+    """What the engine needs of an aggregate class (``actors.Aggregate`` provides it).
 
-    command_handlers: ClassVar[Mapping[type, Callable[[Any, Any], Sequence[Any] | None]]]
-    event_appliers: ClassVar[Mapping[type, Callable[[Any, Any], None]]]
-    emitted_types: ClassVar[frozenset[type]]
-    snapshot_every: ClassVar[int | None]
-    snapshot_format: ClassVar[int]
-    __name__: str
-    __qualname__: str
+    Read-only members, so that a class object matches it for type checkers (a ClassVar or
+    a settable attribute in a protocol cannot be matched by a class object).
+    """
 
-    def __call__(self) -> Any: ...
+    @property
+    def command_handlers(self) -> Mapping[type, Callable[[Any, Any], Sequence[Any] | None]]:
+        """Command type -> handler ``(state, command) -> events``."""
 
-    def from_snapshot(self, data: bytes) -> Any: ...
+    @property
+    def event_appliers(self) -> Mapping[type, Callable[[Any, Any], None]]:
+        """Event type -> applier ``(state, event) -> None``."""
+
+    @property
+    def snapshot_every(self) -> int | None:
+        """Snapshot every this many events; None: never."""
+
+    @property
+    def snapshot_format(self) -> int:
+        """The snapshot format version; snapshots of another are ignored."""
+
+    def __call__(self) -> Any:
+        """A new, empty state."""
+
+    def from_snapshot(self, data: bytes) -> Any:
+        """A state rebuilt from ``snapshot_state()``'s bytes."""
+
+
+def _name(kind: AggregateType) -> str:
+    # Not a protocol member: type checkers do not see a class object's __name__ there.
+    return getattr(kind, "__name__", repr(kind))
 
 
 class AggregatesStatistics(msgspec.Struct, frozen=True):
@@ -81,34 +112,43 @@ class _Actor:
 
     __slots__ = (
         "drained",
+        "handed",
         "inflight",
         "kind",
         "room",
         "snapshot_version",
-        "state",
         "stale",
+        "state",
         "stream_id",
         "touched",
         "version",
     )
 
-    def __init__(self, kind: AggregateType, stream_id: str, state: Any, version: int) -> None:
+    def __init__(
+        self, kind: AggregateType, stream_id: str, state: Any, version: int, snapshot: int
+    ) -> None:
         self.kind = kind
         self.stream_id = stream_id
         self.state = state
         self.version = version  # includes decisions still in flight
-        self.snapshot_version = version
+        self.snapshot_version = snapshot  # of the last snapshot saved or loaded (0: none)
         self.inflight = 0  # decided, not yet durable: the mailbox's length
-        self.room: list[Reply] = []  # senders waiting for a mailbox slot, FIFO
-        self.drained: list[Reply] = []  # senders waiting for inflight == 0
+        self.handed = 0  # mailbox slots handed to woken senders that have not yet run
+        self.room: deque[Reply] = deque()  # senders waiting for a mailbox slot, FIFO
+        self.drained: list[Reply] = []  # senders waiting for inflight == 0 (to reload)
         self.stale = False  # state may hold what never committed: reload before use
         self.touched = True  # used since the last idle sweep
+
+    def busy(self) -> bool:
+        """Commands in flight or senders waiting: it must not be passivated."""
+        return bool(self.inflight or self.handed or self.room or self.drained)
 
 
 class Pending:
     """A command in an actor's mailbox; ``await`` it for its :class:`Committed`.
 
     Returned by ``send_nowait``. Awaiting is optional: the command commits either way.
+    It may be awaited again (one task at a time), also after a cancelled wait.
     """
 
     __slots__ = ("_reply",)
@@ -120,13 +160,14 @@ class Pending:
         """Wait until the command's events are durable.
 
         Raises the command's error (``StorageError``, ``ConcurrencyError``,
-        ``EngineClosed``). If cancelled, the command may still commit.
+        ``EngineClosed``). If cancelled, the command may still commit, and a later
+        ``wait`` returns its outcome.
         """
         result: Committed = await self._reply.wait()
         return result
 
     def __await__(self) -> Any:
-        return self.wait().__await__()
+        return self._reply.wait().__await__()
 
 
 class Aggregates:
@@ -175,23 +216,14 @@ class Aggregates:
     ) -> Committed:
         """Run ``command`` on the actor, waiting for mailbox room; see ``Engine.send``."""
         handler = self._handler(kind, command)
-        woken = False  # once woken for room, this sender is next in line
-        while True:
-            actor = self._actor(kind, stream_id)
-            if actor.stale:
-                if actor.inflight:
-                    await self._wait(actor.drained, front=False)
-                else:
-                    self._reload(actor)
-                continue
-            if actor.inflight >= self._mailbox_size or (actor.room and not woken):
-                await self._wait(actor.room, front=woken)
-                woken = True
-                continue
-            break
-        result: Committed = await self._decide(
-            actor, handler, command, correlation_id, causation_id
-        ).wait()
+        actor = self._actor(kind, stream_id)
+        if actor.stale or actor.room or actor.inflight + actor.handed >= self._mailbox_size:
+            reply = await self._wait_and_decide(
+                actor, handler, command, correlation_id, causation_id
+            )
+        else:  # the hot path: no wait before deciding
+            reply = self._decide(actor, handler, command, correlation_id, causation_id)
+        result: Committed = await reply.wait()
         return result
 
     def send_nowait(
@@ -207,41 +239,77 @@ class Aggregates:
         actor = self._actor(kind, stream_id)
         if actor.stale and not actor.inflight:
             self._reload(actor)
-            actor = self._actor(kind, stream_id)
-        if actor.stale or actor.inflight >= self._mailbox_size or actor.room:
+        if actor.stale or actor.room or actor.inflight + actor.handed >= self._mailbox_size:
             raise Overloaded(
-                f"the mailbox of {kind.__name__} {stream_id!r} is full "
-                f"({self._mailbox_size} commands in flight)"
+                f"the mailbox of {_name(kind)} {stream_id!r} is full "
+                f"({self._mailbox_size} commands in flight, or senders waiting for room)"
             )
-        return self._decide(actor, handler, command, correlation_id, causation_id)
+        return Pending(self._decide(actor, handler, command, correlation_id, causation_id))
 
     def _handler(self, kind: AggregateType, command: Any) -> Callable[[Any, Any], Any]:
         if self._closed:
             raise EngineClosed("the engine is closed")
         if kind not in self._kinds:
-            raise UnknownCommand(f"{getattr(kind, '__name__', kind)!r} is not hosted here")
+            raise UnknownCommand(f"{_name(kind)!r} is not hosted here")
         handler = kind.command_handlers.get(type(command))
         if handler is None:
-            raise UnknownCommand(
-                f"{kind.__name__} has no handler for {type(command).__name__}"
-            )
+            raise UnknownCommand(f"{_name(kind)} has no handler for {type(command).__name__}")
         return handler
 
-    async def _wait(self, queue: list[Reply], *, front: bool) -> None:
-        """Park in ``queue`` until woken; fails with EngineClosed if the engine closes."""
-        if self._closed:
-            raise EngineClosed("the engine is closed")
+    async def _wait_and_decide(
+        self,
+        actor: _Actor,
+        handler: Callable[[Any, Any], Any],
+        command: Any,
+        correlation_id: str | None,
+        causation_id: str | None,
+    ) -> Reply:
+        """The slow path of ``send``: wait until the actor is usable and has room, decide."""
+        kind, stream_id = actor.kind, actor.stream_id
+        try:
+            while True:
+                if self._closed:
+                    raise EngineClosed("the engine closed before this command ran")
+                if actor.stale:
+                    if actor.inflight:
+                        await self._park(actor, actor.drained)
+                        # Drained actors have no waiters left: it may have been passivated.
+                        actor = self._actor(kind, stream_id)
+                        continue
+                    self._reload(actor)
+                if actor.room or actor.inflight + actor.handed >= self._mailbox_size:
+                    await self._park(actor, actor.room)
+                    actor.handed -= 1  # the slot handed to this sender is its own now
+                    if actor.stale or self._closed:
+                        continue  # not usable after all; the loop passes the slot on
+                return self._decide(actor, handler, command, correlation_id, causation_id)
+        except BaseException:
+            # Leaving without a slot (Rejected, HandlerError, cancelled, closed): a slot
+            # this sender was handed, or one that freed meanwhile, goes to the next waiter.
+            self._hand_out(actor)
+            raise
+
+    async def _park(self, actor: _Actor, queue: deque[Reply] | list[Reply]) -> None:
+        """Wait in ``queue`` until woken; fails with EngineClosed if the engine closes."""
         reply = self._new_reply()
-        if front:
-            queue.insert(0, reply)
-        else:
-            queue.append(reply)
+        queue.append(reply)
         try:
             await reply.wait()
-        finally:
-            # Cancelled or closed: leave no dead entry that would swallow a wake-up.
+        except BaseException:
             if reply in queue:
-                queue.remove(reply)
+                queue.remove(reply)  # never woken: leave no dead entry behind
+            elif queue is actor.room and not self._closed:
+                # Handed a slot, then cancelled before taking it (asyncio can do this):
+                # give the slot back for the next waiter.
+                actor.handed -= 1
+            raise
+
+    def _hand_out(self, actor: _Actor) -> None:
+        """Wake waiting senders, first come first served, while slots are free."""
+        room = actor.room
+        while room and actor.inflight + actor.handed < self._mailbox_size:
+            room.popleft().set_result(None)
+            actor.handed += 1
 
     def _decide(
         self,
@@ -250,18 +318,18 @@ class Aggregates:
         command: Any,
         correlation_id: str | None,
         causation_id: str | None,
-    ) -> Pending:
+    ) -> Reply:
         """The actor's turn: decide, evolve, submit. Synchronous, so nothing interleaves."""
         kind = actor.kind
         state = actor.state
         try:
             events = handler(state, command)
         except Rejected:
-            raise
+            raise  # a handler decides without touching the state: nothing to undo
         except Exception as e:
             actor.stale = True  # the handler may have touched the state
             raise HandlerError(
-                f"{kind.__name__}.{getattr(handler, '__name__', 'handler')} raised "
+                f"{_name(kind)}.{getattr(handler, '__name__', 'handler')} raised "
                 f"{type(e).__name__}: {e}"
             ) from e
         except BaseException:
@@ -270,9 +338,9 @@ class Aggregates:
         if events is None:
             events = ()
         elif not isinstance(events, list | tuple):
-            actor.stale = True
+            actor.stale = True  # as for an exception: the handler may have touched the state
             raise HandlerError(
-                f"{kind.__name__} handler returned {type(events).__name__}, not a list of events"
+                f"{_name(kind)} handler returned {type(events).__name__}, not a list of events"
             )
         appliers = kind.event_appliers
         encode = self._registry.encode
@@ -282,23 +350,20 @@ class Aggregates:
                 applier = appliers.get(type(event))
                 if applier is None:
                     raise HandlerError(
-                        f"{kind.__name__} emitted {type(event).__name__}, which it cannot apply"
+                        f"{_name(kind)} emitted {type(event).__name__}, which it cannot apply"
                     )
                 # Encode first: an event that cannot be stored must not evolve the state.
                 encoded.append(encode(event))
                 applier(state, event)
         except BaseException as e:
-            actor.stale = True
+            actor.stale = True  # some appliers may have run: the state is half-evolved
             if isinstance(e, EngineError) or not isinstance(e, Exception):
                 raise
-            raise HandlerError(f"{kind.__name__} failed to apply its events: {e!r}") from e
+            raise HandlerError(f"{_name(kind)} failed to apply its events: {e!r}") from e
         expected = actor.version
-        actor.version = expected + len(encoded)
-        actor.inflight += 1
-        actor.touched = True
+        count = len(encoded)
         reply = self._new_reply()
         stream_id = actor.stream_id
-        count = len(encoded)
 
         def done(outcome: AppendOutcome) -> None:
             actor.inflight -= 1
@@ -314,22 +379,29 @@ class Aggregates:
                         count,
                     )
                 )
-            # Hand the freed slot to the first sender still waiting (skip ones cancelled).
-            while actor.room and not actor.room.pop(0).set_result(None):
-                pass
+            if actor.room:
+                self._hand_out(actor)
             if not actor.inflight:
                 if actor.drained:
                     waiting, actor.drained = actor.drained, []
                     for waiter in waiting:
                         waiter.set_result(None)
                 self._maybe_snapshot(actor)
+                if len(self._live) > self._max_live:
+                    self._evict_lru()
 
-        self._writer.submit(
-            Append(stream_id, expected, tuple(encoded), correlation_id, causation_id),
-            done,
-            events,
-        )
-        return Pending(reply)
+        try:
+            self._writer.submit(
+                Append(stream_id, expected, tuple(encoded), correlation_id, causation_id),
+                done,
+                events,
+            )
+        except BaseException:
+            actor.stale = True  # evolved by events that will never be written
+            raise
+        actor.version = expected + count
+        actor.inflight += 1
+        return reply
 
     # -- activation, reload, passivation --------------------------------------------------
 
@@ -339,25 +411,26 @@ class Aggregates:
             return self._activate(kind, stream_id)
         if actor.kind is not kind:
             raise DefinitionError(
-                f"stream {stream_id!r} is a live {actor.kind.__name__}, not a {kind.__name__}; "
+                f"stream {stream_id!r} is a live {_name(actor.kind)}, not a {_name(kind)}; "
                 "stream ids are shared by all aggregate types"
             )
         self._live.move_to_end(stream_id)
+        actor.touched = True
         return actor
 
     def _activate(self, kind: AggregateType, stream_id: str) -> _Actor:
         """Load snapshot + tail from the log (synchronously) and make the actor live."""
         check_stream_id(stream_id)
-        state, version = self._load(kind, stream_id)
-        actor = _Actor(kind, stream_id, state, version)
+        actor = _Actor(kind, stream_id, *self._load(kind, stream_id))
         self._live[stream_id] = actor
         self._activations += 1
         if len(self._live) > self._max_live:
-            self._evict_lru()
+            self._evict_lru(keep=actor)
         self._peak = max(self._peak, len(self._live))
         return actor
 
-    def _load(self, kind: AggregateType, stream_id: str) -> tuple[Any, int]:
+    def _load(self, kind: AggregateType, stream_id: str) -> tuple[Any, int, int]:
+        """Rebuild the state: (state, version, version of the snapshot it started from)."""
         state: Any = None
         version = 0
         if kind.snapshot_every is not None:
@@ -373,6 +446,7 @@ class Aggregates:
             if state is None:
                 state = kind()
                 version = 0
+            snapshot_version = version
             appliers = kind.event_appliers
             decode = self._registry.decode
             for stored in self._log.read_stream(stream_id, version + 1):
@@ -383,18 +457,20 @@ class Aggregates:
             raise
         except Exception as e:
             raise HandlerError(
-                f"cannot rebuild {kind.__name__} {stream_id!r} from its events: {e!r}"
+                f"cannot rebuild {_name(kind)} {stream_id!r} from its events: {e!r}"
             ) from e
-        return state, version
+        return state, version, snapshot_version
 
     def _reload(self, actor: _Actor) -> None:
-        """Replace a stale actor (nothing in flight) with one rebuilt from the log."""
+        """Replace a stale actor's state (nothing in flight) with one rebuilt from the log."""
         self._reloads += 1
-        state, version = self._load(actor.kind, actor.stream_id)
+        state, version, snapshot_version = self._load(actor.kind, actor.stream_id)
         actor.state, actor.version, actor.stale = state, version, False
-        actor.snapshot_version = version
+        actor.snapshot_version = snapshot_version
+        self._hand_out(actor)  # slots given back while it was stale
 
     def _maybe_snapshot(self, actor: _Actor) -> None:
+        """Snapshot an actor whose state is all durable, if ``snapshot_every`` says so."""
         every = actor.kind.snapshot_every
         if every is None or actor.stale or actor.version - actor.snapshot_version < every:
             return
@@ -407,26 +483,22 @@ class Aggregates:
             actor.stream_id, Snapshot(actor.version, actor.kind.snapshot_format, data)
         )
 
-    def _evict_lru(self) -> None:
+    def _evict_lru(self, keep: _Actor | None = None) -> None:
         """Passivate least recently used idle actors until within ``max_live``."""
         live = self._live
         for _ in range(len(live)):
             if len(live) <= self._max_live:
                 return
             stream_id, actor = next(iter(live.items()))
-            if actor.inflight or actor.room or actor.drained:
-                live.move_to_end(stream_id)  # busy: it stays, and costs no wake-up
+            if actor is keep or actor.busy():
+                live.move_to_end(stream_id)  # it stays, and costs no wake-up
                 continue
             del live[stream_id]
             self._passivations += 1
 
     def sweep_idle(self) -> int:
         """Passivate actors not used since the previous sweep; returns how many."""
-        gone = [
-            sid
-            for sid, actor in self._live.items()
-            if not actor.touched and not (actor.inflight or actor.room or actor.drained)
-        ]
+        gone = [sid for sid, actor in self._live.items() if not actor.touched and not actor.busy()]
         for sid in gone:
             del self._live[sid]
         for actor in self._live.values():

@@ -1,7 +1,9 @@
 """msgspec codecs: event type registry, envelopes, payloads, untrusted commands, snapshots.
 
 Pure: no I/O. Encoders and decoders are created once and reused. Every msgspec error that
-leaves this module is wrapped in a :mod:`engine._errors` codec error.
+leaves this module is wrapped in a :mod:`engine._errors` codec error; so are the two that
+msgspec lets through itself on hostile bytes: ``UnicodeDecodeError`` (invalid UTF-8 in a
+string) and ``RecursionError`` (input nested past its depth limit).
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ __all__ = [
 ]
 
 DEFAULT_MAX_COMMAND_BYTES: Final = 64 * 1024
+
+# What decoding bytes can raise: msgspec.DecodeError and UnicodeDecodeError are ValueErrors.
+_DECODE_FAILURES: Final = (ValueError, RecursionError)
 
 _encoder: Final = msgspec.msgpack.Encoder()
 _stored_decoder: Final = msgspec.msgpack.Decoder(StoredEvent)
@@ -103,7 +108,7 @@ class EventRegistry:
             raise UnknownEventType(f"no event type is registered as {name!r}")
         try:
             return decoder.decode(payload)
-        except msgspec.DecodeError as e:
+        except _DECODE_FAILURES as e:
             raise DecodeError(f"cannot decode a {name} payload: {e}") from e
 
     def decoder_for(self, name: str) -> msgspec.msgpack.Decoder[Any]:
@@ -123,7 +128,7 @@ def decode_stored(data: bytes) -> StoredEvent:
     """Decode a log entry without decoding its payload (it stays ``msgspec.Raw``)."""
     try:
         return _stored_decoder.decode(data)
-    except msgspec.DecodeError as e:
+    except _DECODE_FAILURES as e:
         raise DecodeError(f"corrupt log entry: {e}") from e
 
 
@@ -152,18 +157,25 @@ def decode_command(
         UnknownEventType: the ``type`` field names none of ``types``.
         DecodeError: malformed input, wrong field types, missing or extra fields.
     """
+    # A str has at most as many characters as its UTF-8 bytes: refuse by length first, so
+    # a huge input is never encoded, then check the bytes themselves.
     if len(data) > max_bytes:
         raise PayloadTooLarge(f"command of {len(data)} bytes exceeds the limit of {max_bytes}")
-    raw = data.encode() if isinstance(data, str) else data
+    try:
+        raw = data.encode() if isinstance(data, str) else data
+    except UnicodeEncodeError as e:
+        raise DecodeError(f"malformed command: {e}") from e
+    if len(raw) > max_bytes:
+        raise PayloadTooLarge(f"command of {len(raw)} bytes exceeds the limit of {max_bytes}")
+    if format not in ("json", "msgpack"):
+        raise DecodeError(f"unknown command format {format!r}; use 'json' or 'msgpack'")
     by_name = {event_name(t): t for t in types}
     try:
         if format == "json":
             header = msgspec.json.decode(raw, type=_TypeHeader)
-        elif format == "msgpack":
-            header = msgspec.msgpack.decode(raw, type=_TypeHeader)
         else:
-            raise DecodeError(f"unknown command format {format!r}; use 'json' or 'msgpack'")
-    except msgspec.DecodeError as e:
+            header = msgspec.msgpack.decode(raw, type=_TypeHeader)
+    except _DECODE_FAILURES as e:
         raise DecodeError(f"malformed command: {e}") from e
     cls = by_name.get(header.type)
     if cls is None:
@@ -173,7 +185,7 @@ def decode_command(
             obj = msgspec.json.decode(raw, type=_tagged(cls), strict=True)
         else:
             obj = msgspec.msgpack.decode(raw, type=_tagged(cls), strict=True)
-    except msgspec.DecodeError as e:
+    except _DECODE_FAILURES as e:
         raise DecodeError(f"invalid {header.type} command: {e}") from e
     # The strict twin carries the tag; user code only ever sees its own class.
     return cls(**{name: getattr(obj, name) for name in cls.__struct_fields__})

@@ -9,7 +9,10 @@ Contract (``engine.testing.check_event_log`` runs it against any backend):
 - ``append_batch`` commits every append of the group in ONE transaction; each append is all
   or nothing; an expected-version mismatch fails that append only (``ConcurrencyError``).
 - positions and versions are consecutive from 1; global order is commit order; no gaps.
-- a storage failure fails the whole group with a ``StorageError`` and writes nothing.
+- a storage failure fails the whole group with a ``StorageError`` and writes nothing;
+  an invalid stream id or checkpoint name raises ``DefinitionError`` and writes nothing.
+- an empty append (no events) only checks the expected version.
+- reads after ``close`` raise ``StorageError``.
 """
 
 from __future__ import annotations
@@ -17,13 +20,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from ._errors import ConcurrencyError, DefinitionError, StorageError
+from ._errors import ConcurrencyError, DefinitionError, EngineError
 from ._records import ANY, Append, AppendResult, Snapshot, StoredEvent
 
-__all__ = ["AppendOutcome", "EventLog", "check_stream_id", "expected_ok"]
+__all__ = ["AppendOutcome", "EventLog", "check_name", "check_stream_id", "expected_ok"]
 
-AppendOutcome = AppendResult | ConcurrencyError | StorageError
-"""What ``append_batch`` reports for each append, in order."""
+AppendOutcome = AppendResult | EngineError
+"""What each append comes to, in order: its result, or the error that failed it alone.
+
+``append_batch`` reports ``ConcurrencyError`` or ``StorageError``; the writer may also
+report ``EngineClosed`` (closed before the append was written)."""
 
 MAX_STREAM_ID_BYTES = 400  # LMDB keys are at most 511 bytes; the index adds 9.
 
@@ -53,11 +59,17 @@ class EventLog(Protocol):
     def read_stream(
         self, stream_id: str, from_version: int = 1, limit: int | None = None
     ) -> list[StoredEvent]:
-        """Events of one stream with version >= ``from_version``, in version order."""
+        """Events of one stream with version >= ``from_version``, in version order.
+
+        At most ``limit`` of them if given (``0`` gives none).
+        """
         ...
 
     def read_all(self, from_position: int = 1, limit: int = 1024) -> list[StoredEvent]:
-        """Up to ``limit`` events with position >= ``from_position``, in log order."""
+        """Up to ``limit`` events with position >= ``from_position``, in log order.
+
+        Fewer than ``limit`` means the head was reached; read on from the last position + 1.
+        """
         ...
 
     def head_position(self) -> int:
@@ -92,9 +104,19 @@ def check_stream_id(stream_id: object) -> str:
     return stream_id
 
 
+def check_name(name: object) -> str:
+    """Validate a checkpoint name: a non-empty str of at most 400 UTF-8 bytes."""
+    if not isinstance(name, str) or not name or len(name.encode()) > MAX_STREAM_ID_BYTES:
+        raise DefinitionError(
+            f"a checkpoint name must be a non-empty str of at most {MAX_STREAM_ID_BYTES} "
+            f"bytes, not {name!r}"
+        )
+    return name
+
+
 def expected_ok(append: Append, actual: int) -> ConcurrencyError | None:
     """The error if ``append``'s expected version does not admit ``actual``, else None."""
     expected = append.expected_version
-    if expected == ANY or expected == actual:
+    if expected in (ANY, actual):
         return None
     return ConcurrencyError(append.stream_id, expected, actual)

@@ -1,28 +1,40 @@
-"""The LMDB event log: one environment, four named databases.
+"""The LMDB event log: one environment, six named databases.
 
-Key layout, chosen for the write path (measured: bulk appends in key order run ~5M/s, while
-a per-event stream index inserted in random key order cuts that to ~1M/s):
+The key layout is chosen for the write path, whose cost is the pages each commit dirties
+(LMDB writes every dirty page whole, then fsyncs). Measured with 64 single-event appends per
+commit to 64 streams: a per-append index keyed by stream and version dirties ~85 pages per
+commit (one leaf per stream, random order); this layout dirties ~7 (``benchmarks/
+probe_writer.py`` and the figures in its report):
 
-- ``events``:      position (u64 BE)                    -> StoredEvent (msgpack array)
-  Positions only grow, so every put is an ordered ``append=True`` insert.
-- ``streams``:     stream id + NUL + last version (u64 BE) -> first version, first position
-  ONE index entry per append, not per event: an append's events sit at consecutive
-  positions, so a range maps versions to positions. The stream's head version is the last
-  key under its prefix (one cursor step), cached in memory since this process is the only
-  writer (a file lock makes sure of that).
-- ``snapshots``:   stream id -> Snapshot;   ``checkpoints``: name -> position (u64 BE).
+- ``events``:  position (u64 BE) -> link (u64 BE) + StoredEvent (msgpack array).
+  Positions only grow, so every put is an ordered ``append=True`` insert. The link is the
+  position of the stream's previous event (0 for its first): a stream is a chain through
+  the log, so appending to it writes nothing outside ``events`` but its head.
+- ``heads``:   stream id -> version (u64 BE) + position of its last event (u64 BE).
+  One small entry per stream, rewritten once per group; cached in memory, since this process
+  is the only writer (a file lock makes sure of that).
+- ``anchors``: stream id + NUL + version (u64 BE) -> position, every ``ANCHOR_EVERY``
+  versions, so reading an old slice of a long stream walks at most that far past it.
+- ``snapshots``: stream id -> Snapshot;  ``checkpoints``: name -> position (u64 BE).
+- ``meta``: ``format`` -> ``FORMAT``. A log of another layout is refused at open rather
+  than misread.
+
+``read_stream`` walks a stream's chain back from its head (or the nearest anchor past the
+slice), so it costs one lookup per event read, plus under ``ANCHOR_EVERY`` skipped ones.
 
 Durability: ``sync=True`` (default) fsyncs data and meta pages before commit returns;
 ``sync=False`` leaves flushing to the OS: it survives a process crash, not an OS crash.
 The map grows by itself between transactions, doubling up to ``max_map_size``; a group that
-does not fit under the cap fails whole with ``StorageFull``.
+does not fit under the cap fails whole with ``StorageFull`` and leaves nothing behind.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import struct
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,15 +45,20 @@ import msgspec
 
 from ._codec import decode_stored, encode_stored
 from ._errors import DecodeError, DefinitionError, StorageError, StorageFull, StorageLocked
-from ._log import AppendOutcome, check_stream_id, expected_ok
+from ._log import AppendOutcome, check_name, check_stream_id, expected_ok
 from ._records import Append, AppendResult, Snapshot, StoredEvent
 
-__all__ = ["LmdbEventLog"]
+__all__ = ["ANCHOR_EVERY", "FORMAT", "LmdbEventLog"]
+
+ANCHOR_EVERY: Final = 1024
+"""A stream gets an anchor every this many versions (~1 extra put per 1024 events)."""
 
 _u64: Final = struct.Struct(">Q")
 _u64x2: Final = struct.Struct(">QQ")
-_MAX_KEY: Final = b"\xff" * 8
+_LINK: Final = _u64.size
 _HEAD_CACHE_LIMIT: Final = 100_000
+FORMAT: Final = b"actorlog-1"
+"""The on-disk layout this module reads and writes; bump it when the layout changes."""
 _snapshot_encoder: Final = msgspec.msgpack.Encoder()
 _snapshot_decoder: Final = msgspec.msgpack.Decoder(Snapshot)
 
@@ -52,15 +69,18 @@ DEFAULT_MAX_MAP_SIZE: Final = 1 << 40
 class LmdbEventLog:
     """An :class:`~engine._log.EventLog` on LMDB. Open one per directory per process.
 
+    One writer at a time: ``append_batch`` is called by one task or thread (the
+    :class:`~engine.Writer`); reads may come from any thread, concurrently with it.
+
     Args:
         path: directory holding the environment (created if missing).
         sync: fsync every commit (durable against OS crashes). ``False`` survives only a
             process crash.
         map_size: initial map size in bytes.
-        max_map_size: the cap the map may grow to; past it appends raise ``StorageFull``.
+        max_map_size: the cap the map may grow to; past it appends fail with ``StorageFull``.
 
     Raises:
-        StorageLocked: another process has the directory open.
+        StorageLocked: another process (or another log in this one) has the directory open.
         DefinitionError: inconsistent sizes.
         StorageError: LMDB could not open the environment.
     """
@@ -86,7 +106,9 @@ class LmdbEventLog:
             self._env = lmdb.open(
                 str(self._path),
                 map_size=map_size,
-                max_dbs=4,
+                max_dbs=6,
+                # sync and metasync go together: data fsync'd without its meta page would
+                # roll back to the previous commit after an OS crash, losing acknowledged data.
                 sync=sync,
                 metasync=sync,
                 # writemap would let a stray pointer scribble on the file, and readahead
@@ -95,17 +117,37 @@ class LmdbEventLog:
                 max_readers=254,
             )
             self._events = self._env.open_db(b"events")
-            self._streams = self._env.open_db(b"streams")
+            self._heads_db = self._env.open_db(b"heads")
+            self._anchors = self._env.open_db(b"anchors")
             self._snapshots = self._env.open_db(b"snapshots")
             self._checkpoints = self._env.open_db(b"checkpoints")
-        except lmdb.Error as e:
+            meta = self._env.open_db(b"meta")
+            with self._env.begin(write=True) as txn:
+                cur = txn.cursor(db=self._events)
+                head = _u64.unpack(cur.key())[0] if cur.last() else 0
+                found = txn.get(b"format", db=meta)
+                if found is None and head == 0:
+                    txn.put(b"format", FORMAT, db=meta)
+                elif found != FORMAT:
+                    raise StorageError(
+                        f"the log at {self._path} has format {found!r}; this version of "
+                        f"actorlog reads {FORMAT!r} only"
+                    )
+        except BaseException as e:
+            with contextlib.suppress(lmdb.Error, AttributeError):
+                self._env.close()
             os.close(self._lock_fd)
-            raise StorageError(f"cannot open the log at {self._path}: {e}") from e
-        self._heads: dict[str, int] = {}
+            if isinstance(e, lmdb.Error):
+                raise StorageError(f"cannot open the log at {self._path}: {e}") from e
+            raise
+        # stream id -> (version, position of its last event); committed state only.
+        self._heads: dict[str, tuple[int, int]] = {}
+        self._head: int = head
+        # Growing the map invalidates every open transaction of this process. Reads hold
+        # this lock, and growth takes it, so a read on another thread (a writer committing
+        # with ``in_thread=True``) never sees its transaction vanish.
+        self._remap = threading.Lock()
         self._closed = False
-        with self._read() as txn:
-            cur = txn.cursor(db=self._events)
-            self._head = _u64.unpack(cur.key())[0] if cur.last() else 0
 
     # -- properties -----------------------------------------------------------------------
 
@@ -122,15 +164,18 @@ class LmdbEventLog:
     @property
     def map_size(self) -> int:
         """The current map size in bytes."""
+        self._check_open()
         return int(self._env.info()["map_size"])
 
     @property
     def max_map_size(self) -> int:
-        """The cap the map may grow to."""
+        """The cap the map may grow to; raise it to let writes resume after ``StorageFull``."""
         return self._max_map_size
 
     @max_map_size.setter
     def max_map_size(self, value: int) -> None:
+        if not isinstance(value, int) or value <= 0:
+            raise DefinitionError(f"max_map_size must be a positive int, not {value!r}")
         self._max_map_size = value
 
     # -- writes ---------------------------------------------------------------------------
@@ -142,22 +187,33 @@ class LmdbEventLog:
         snapshots: Sequence[tuple[str, Snapshot]] = (),
         checkpoints: Sequence[tuple[str, int]] = (),
     ) -> tuple[list[AppendOutcome], list[StoredEvent]]:
-        """Commit a group in one write transaction; see :class:`~engine._log.EventLog`."""
+        """Commit a group in one write transaction; see :class:`~engine._log.EventLog`.
+
+        Durable when it returns if ``sync``. A full map is grown (no transaction is open
+        then) and the group retried from scratch; past the cap every append of the group
+        gets the same ``StorageFull`` and nothing of it is written.
+
+        Raises:
+            DefinitionError: a stream id or checkpoint name is invalid; nothing is written.
+            StorageError: the log is closed.
+        """
         self._check_open()
         while True:
             try:
                 return self._try_append(appends, snapshots, checkpoints)
             except lmdb.MapFullError as e:
-                if not self._grow():
+                try:
+                    grown = self._grow()
+                except lmdb.Error as e2:
+                    return _fail_all(appends, StorageError(f"cannot grow the map: {e2}"), e2)
+                if not grown:
                     full = StorageFull(
                         f"the log at {self._path} reached its cap of {self._max_map_size} bytes"
                     )
-                    full.__cause__ = e
-                    return [full for _ in appends], []
+                    return _fail_all(appends, full, e)
             except lmdb.Error as e:
                 failed = StorageError(f"write to the log at {self._path} failed: {e}")
-                failed.__cause__ = e
-                return [failed for _ in appends], []
+                return _fail_all(appends, failed, e)
 
     def _try_append(
         self,
@@ -167,18 +223,23 @@ class LmdbEventLog:
     ) -> tuple[list[AppendOutcome], list[StoredEvent]]:
         outcomes: list[AppendOutcome] = []
         stored: list[StoredEvent] = []
-        new_heads: dict[str, int] = {}
+        # stream id -> (version, last position) as of this group; written once per stream.
+        new_heads: dict[str, tuple[int, int]] = {}
+        extended: set[str] = set()  # streams that got events: their heads entry is rewritten
         position = self._head
         timestamp = time.time()
-        # The context manager aborts on any exception, so a failed group leaves nothing.
+        pack = _u64.pack
+        # The context manager aborts on any exception, so a failed group leaves nothing,
+        # and the in-memory view (head, cache) only moves after the commit below.
         with self._env.begin(write=True) as txn:
             put = txn.put
             events_db = self._events
             for append in appends:
                 stream_id = append.stream_id
-                version = new_heads.get(stream_id)
-                if version is None:
-                    version = self._head_version(txn, check_stream_id(stream_id))
+                head = new_heads.get(stream_id)
+                if head is None:
+                    head = self._stream_head(txn, check_stream_id(stream_id))
+                version, link = head
                 error = expected_ok(append, version)
                 if error is not None:
                     outcomes.append(error)
@@ -189,28 +250,41 @@ class LmdbEventLog:
                     position += 1
                     version += 1
                     event = StoredEvent(
-                        position, stream_id, version, name, timestamp, corr, caus,
+                        position,
+                        stream_id,
+                        version,
+                        name,
+                        timestamp,
+                        corr,
+                        caus,
                         msgspec.Raw(payload),
                     )
-                    put(_u64.pack(position), encode_stored(event), db=events_db, append=True)
-                    stored.append(event)
-                if append.events:
                     put(
-                        stream_id.encode() + b"\x00" + _u64.pack(version),
-                        _u64x2.pack(first_version, first_position),
-                        db=self._streams,
+                        pack(position), pack(link) + encode_stored(event), db=events_db, append=True
                     )
-                new_heads[stream_id] = version
+                    link = position
+                    stored.append(event)
+                    if version % ANCHOR_EVERY == 0:
+                        put(_anchor_key(stream_id, version), pack(position), db=self._anchors)
+                new_heads[stream_id] = (version, link)
+                if append.events:
+                    extended.add(stream_id)
                 outcomes.append(
                     AppendResult(
                         stream_id, first_version, version, first_position, position, timestamp
                     )
                 )
+            heads_db = self._heads_db
+            for stream_id in extended:
+                put(stream_id.encode(), _u64x2.pack(*new_heads[stream_id]), db=heads_db)
             for stream_id, snapshot in snapshots:
-                put(check_stream_id(stream_id).encode(), _snapshot_encoder.encode(snapshot),
-                    db=self._snapshots)
+                put(
+                    check_stream_id(stream_id).encode(),
+                    _snapshot_encoder.encode(snapshot),
+                    db=self._snapshots,
+                )
             for name, checkpoint in checkpoints:
-                put(name.encode(), _u64.pack(checkpoint), db=self._checkpoints)
+                put(check_name(name).encode(), pack(checkpoint), db=self._checkpoints)
         # Committed: only now may the in-memory view move forward.
         self._head = position
         if len(self._heads) > _HEAD_CACHE_LIMIT:
@@ -219,97 +293,118 @@ class LmdbEventLog:
         return outcomes, stored
 
     def _grow(self) -> bool:
-        """Double the map (between transactions), up to the cap; False if at the cap."""
+        """Double the map (no transaction is open), up to the cap; False if at the cap."""
         current = self.map_size
         if current >= self._max_map_size:
             return False
-        self._env.set_mapsize(min(current * 2, self._max_map_size))
+        with self._remap:
+            self._env.set_mapsize(min(current * 2, self._max_map_size))
         return True
 
-    def _head_version(self, txn: Any, stream_id: str) -> int:
+    def _stream_head(self, txn: Any, stream_id: str) -> tuple[int, int]:
+        """(version, position of the last event) of a stream; (0, 0) if it has none."""
         cached = self._heads.get(stream_id)
         if cached is not None:
             return cached
-        prefix = stream_id.encode() + b"\x00"
-        cur = txn.cursor(db=self._streams)
-        version = 0
-        if cur.set_range(prefix + _MAX_KEY):
-            found = cur.prev()
-        else:
-            found = cur.last()
-        if found:
-            key = cur.key()
-            if len(key) == len(prefix) + 8 and key.startswith(prefix):
-                version = _u64.unpack(key[-8:])[0]
-        return version
+        data = txn.get(stream_id.encode(), db=self._heads_db)
+        if data is None:
+            return 0, 0
+        head: tuple[int, int] = _u64x2.unpack(data)
+        return head
 
     # -- reads ----------------------------------------------------------------------------
-
-    def _read(self) -> Any:
-        self._check_open()
-        return self._env.begin(buffers=False)
+    # Reads take the remap lock and their own read transaction, and return only decoded
+    # records or bytes: nothing that points into the map outlives the transaction.
 
     def read_stream(
         self, stream_id: str, from_version: int = 1, limit: int | None = None
     ) -> list[StoredEvent]:
         """Events of one stream with version >= ``from_version``, in version order."""
-        prefix = check_stream_id(stream_id).encode() + b"\x00"
-        out: list[StoredEvent] = []
+        key = check_stream_id(stream_id).encode()
         want = max(from_version, 1)
-        with self._read() as txn:
-            cur = txn.cursor(db=self._streams)
-            events = txn.cursor(db=self._events)
-            if not cur.set_range(prefix + _u64.pack(want)):
-                return out
-            for key, value in cur:
-                if not key.startswith(prefix) or len(key) != len(prefix) + 8:
-                    break
-                last_version = _u64.unpack(key[-8:])[0]
-                first_version, first_position = _u64x2.unpack(value)
-                start = max(want, first_version)
-                events.set_key(_u64.pack(first_position + start - first_version))
-                for _ in range(last_version - start + 1):
-                    out.append(self._decode(events.value()))
-                    if limit is not None and len(out) >= limit:
-                        return out
-                    events.next()
+        if limit is not None and limit <= 0:
+            return []
+        with self._reading() as txn:
+            data = txn.get(key, db=self._heads_db)
+            if data is None:
+                return []
+            version, position = _u64x2.unpack(data)
+            last = version if limit is None else min(version, want + limit - 1)
+            if last < want:
+                return []
+            if version - last >= ANCHOR_EVERY:
+                # Start from the first anchor at or past the slice instead of the head.
+                cur = txn.cursor(db=self._anchors)
+                if cur.set_range(_anchor_key(stream_id, last)):
+                    anchor = cur.key()
+                    if anchor[: len(key) + 1] == key + b"\x00":
+                        version = _u64.unpack(anchor[-_LINK:])[0]
+                        position = _u64.unpack(cur.value())[0]
+            out: list[StoredEvent] = []
+            get = txn.get
+            events_db = self._events
+            while version >= want:
+                value = get(_u64.pack(position), db=events_db)
+                if value is None:
+                    raise StorageError(
+                        f"corrupt log: stream {stream_id!r} lost position {position}"
+                    )
+                if version <= last:
+                    event = self._decode(value, position)
+                    if event.version != version or event.stream_id != stream_id:
+                        raise StorageError(
+                            f"corrupt log: position {position} is not {stream_id!r} "
+                            f"version {version}"
+                        )
+                    out.append(event)
+                position = _u64.unpack_from(value)[0]
+                version -= 1
+        out.reverse()
         return out
 
     def read_all(self, from_position: int = 1, limit: int = 1024) -> list[StoredEvent]:
-        """Up to ``limit`` events with position >= ``from_position``, in log order."""
+        """Up to ``limit`` events with position >= ``from_position``, in log order.
+
+        An unreadable entry ends the batch just before it, so a reader applies everything
+        readable and then, reading from that entry, gets a ``StorageError`` naming it.
+        """
         out: list[StoredEvent] = []
-        with self._read() as txn:
-            cur = txn.cursor(db=self._events)
-            if not cur.set_range(_u64.pack(max(from_position, 1))):
-                return out
-            decode = self._decode
-            append = out.append
-            for value in cur.iternext(keys=False, values=True):
-                append(decode(value))
-                if len(out) >= limit:
+        position = max(from_position, 1)  # positions are consecutive: the n-th is start + n
+        for value in self._scan(from_position, limit):
+            try:
+                out.append(self._decode(value, position + len(out)))
+            except StorageError:
+                if out:
                     break
+                raise
         return out
 
     def read_all_raw(self, from_position: int = 1, limit: int = 1024) -> list[bytes]:
-        """Like :meth:`read_all` but undecoded, for hot catch-up loops that filter first."""
-        with self._read() as txn:
+        """Like :meth:`read_all` but undecoded envelopes, for hot loops that filter first."""
+        return [value[_LINK:] for value in self._scan(from_position, limit)]
+
+    def _scan(self, from_position: int, limit: int) -> list[bytes]:
+        if limit <= 0:
+            self._check_open()
+            return []
+        out: list[bytes] = []
+        with self._reading() as txn:
             cur = txn.cursor(db=self._events)
             if not cur.set_range(_u64.pack(max(from_position, 1))):
-                return []
-            out: list[bytes] = []
+                return out
             append = out.append
             for value in cur.iternext(keys=False, values=True):
                 append(value)
                 if len(out) >= limit:
                     break
-            return out
+        return out
 
     @staticmethod
-    def _decode(value: bytes) -> StoredEvent:
+    def _decode(value: bytes, position: int) -> StoredEvent:
         try:
-            return decode_stored(value)
+            return decode_stored(value[_LINK:])
         except DecodeError as e:
-            raise StorageError(f"corrupt log entry: {e}") from e
+            raise StorageError(f"corrupt log entry at position {position}: {e}") from e
 
     def head_position(self) -> int:
         """The position of the last committed event; 0 for an empty log."""
@@ -318,25 +413,41 @@ class LmdbEventLog:
 
     def stream_version(self, stream_id: str) -> int:
         """The version of the stream's last event; 0 if it does not exist."""
-        with self._read() as txn:
-            return self._head_version(txn, check_stream_id(stream_id))
+        check_stream_id(stream_id)
+        cached = self._heads.get(stream_id)
+        if cached is not None:
+            self._check_open()
+            return cached[0]
+        with self._reading() as txn:
+            return self._stream_head(txn, stream_id)[0]
 
     def load_snapshot(self, stream_id: str) -> Snapshot | None:
-        """The stream's last saved snapshot, if any."""
-        with self._read() as txn:
-            data = txn.get(check_stream_id(stream_id).encode(), db=self._snapshots)
+        """The stream's last saved snapshot, if any.
+
+        One that cannot be decoded counts as none: a snapshot is only a shortcut, and the
+        stream's events, replayed from version 1, remain the truth.
+        """
+        key = check_stream_id(stream_id).encode()
+        with self._reading() as txn:
+            data = txn.get(key, db=self._snapshots)
         if data is None:
             return None
         try:
-            return _snapshot_decoder.decode(data)
-        except msgspec.DecodeError as e:
-            raise StorageError(f"corrupt snapshot of {stream_id!r}: {e}") from e
+            snapshot: Snapshot = _snapshot_decoder.decode(data)
+        except (ValueError, RecursionError):
+            return None
+        return snapshot
 
     def load_checkpoint(self, name: str) -> int:
         """A named checkpoint; 0 if never saved."""
-        with self._read() as txn:
-            data = txn.get(name.encode(), db=self._checkpoints)
+        key = check_name(name).encode()
+        with self._reading() as txn:
+            data = txn.get(key, db=self._checkpoints)
         return 0 if data is None else int(_u64.unpack(data)[0])
+
+    def _reading(self) -> _ReadTxn:
+        self._check_open()
+        return _ReadTxn(self)
 
     # -- lifetime -------------------------------------------------------------------------
 
@@ -349,8 +460,53 @@ class LmdbEventLog:
         if self._closed:
             return
         self._closed = True
-        self._env.close()
+        with self._remap:
+            self._env.close()
         os.close(self._lock_fd)
+
+
+class _ReadTxn:
+    """A read transaction under the remap lock; ``lmdb.Error`` leaves as ``StorageError``."""
+
+    __slots__ = ("_log", "_txn")
+
+    def __init__(self, log: LmdbEventLog) -> None:
+        self._log = log
+        self._txn: Any = None
+
+    def __enter__(self) -> Any:
+        log = self._log
+        log._remap.acquire()
+        try:
+            log._check_open()  # closed while we waited for the lock
+            self._txn = log._env.begin(buffers=False)
+        except BaseException as e:
+            log._remap.release()
+            if isinstance(e, lmdb.Error):
+                raise StorageError(f"cannot read the log at {log._path}: {e}") from e
+            raise
+        return self._txn
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, tb: object
+    ) -> None:
+        try:
+            self._txn.abort()
+        finally:
+            self._log._remap.release()
+        if isinstance(error, lmdb.Error):
+            raise StorageError(f"cannot read the log at {self._log._path}: {error}") from error
+
+
+def _anchor_key(stream_id: str, version: int) -> bytes:
+    return stream_id.encode() + b"\x00" + _u64.pack(version)
+
+
+def _fail_all(
+    appends: Sequence[Append], error: StorageError, cause: BaseException
+) -> tuple[list[AppendOutcome], list[StoredEvent]]:
+    error.__cause__ = cause
+    return [error for _ in appends], []
 
 
 def _lock_directory(path: Path) -> int:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import msgspec
 
 from ._errors import StorageError, StorageFull
-from ._log import AppendOutcome, check_stream_id, expected_ok
+from ._log import AppendOutcome, check_name, check_stream_id, expected_ok
 from ._records import Append, AppendResult, Snapshot, StoredEvent
 
 __all__ = ["MemoryEventLog"]
@@ -47,6 +47,9 @@ class MemoryEventLog:
     ) -> tuple[list[AppendOutcome], list[StoredEvent]]:
         """Commit a group atomically; see :class:`~engine._log.EventLog`."""
         self._check_open()
+        # Validate everything first: a group that raises must leave nothing behind.
+        snapshots = [(check_stream_id(s), snapshot) for s, snapshot in snapshots]
+        checkpoints = [(check_name(name), position) for name, position in checkpoints]
         outcomes: list[AppendOutcome] = []
         stored: list[StoredEvent] = []
         new_positions: dict[str, list[int]] = {}
@@ -66,14 +69,19 @@ class MemoryEventLog:
                 version += 1
                 stored.append(
                     StoredEvent(
-                        position, stream_id, version, name, timestamp,
-                        append.correlation_id, append.causation_id, msgspec.Raw(payload),
+                        position,
+                        stream_id,
+                        version,
+                        name,
+                        timestamp,
+                        append.correlation_id,
+                        append.causation_id,
+                        msgspec.Raw(payload),
                     )
                 )
                 new_positions.setdefault(stream_id, []).append(position)
             outcomes.append(
-                AppendResult(stream_id, first_version, version, first_position, position,
-                             timestamp)
+                AppendResult(stream_id, first_version, version, first_position, position, timestamp)
             )
         if self.max_events is not None and position > self.max_events:
             full = StorageFull(f"the memory log is capped at {self.max_events} events")
@@ -82,8 +90,7 @@ class MemoryEventLog:
         self._events.extend(stored)
         for stream_id, positions in new_positions.items():
             self._streams.setdefault(stream_id, []).extend(positions)
-        for stream_id, snapshot in snapshots:
-            self._snapshots[check_stream_id(stream_id)] = snapshot
+        self._snapshots.update(snapshots)
         self._checkpoints.update(checkpoints)
         return outcomes, stored
 
@@ -94,14 +101,14 @@ class MemoryEventLog:
         self._check_open()
         positions = self._streams.get(check_stream_id(stream_id), [])
         start = max(from_version, 1) - 1
-        end = len(positions) if limit is None else min(len(positions), start + limit)
+        end = len(positions) if limit is None else min(len(positions), start + max(limit, 0))
         return [self._events[p - 1] for p in positions[start:end]]
 
     def read_all(self, from_position: int = 1, limit: int = 1024) -> list[StoredEvent]:
         """Up to ``limit`` events with position >= ``from_position``, in log order."""
         self._check_open()
         start = max(from_position, 1) - 1
-        return self._events[start : start + limit]
+        return self._events[start : start + max(limit, 0)]
 
     def head_position(self) -> int:
         """The position of the last committed event; 0 for an empty log."""
@@ -121,7 +128,7 @@ class MemoryEventLog:
     def load_checkpoint(self, name: str) -> int:
         """A named checkpoint; 0 if never saved."""
         self._check_open()
-        return self._checkpoints.get(name, 0)
+        return self._checkpoints.get(check_name(name), 0)
 
     def positions_of(self, stream_id: str) -> list[int]:
         """The global positions of a stream's events (a test aid)."""
@@ -134,4 +141,3 @@ class MemoryEventLog:
     def close(self) -> None:
         """Mark the log closed. Idempotent."""
         self._closed = True
-

@@ -24,9 +24,10 @@ from __future__ import annotations
 import copy
 import heapq
 import itertools
+import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar, Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import anyio.lowlevel
 import msgspec
@@ -47,16 +48,38 @@ __all__ = [
     "detach",
 ]
 
-CATCH_UP_BATCH = 4096  # events per log read: long enough to amortise, short enough to yield
+# Events per batch (a log read or a window slice). The size adapts so that one batch holds
+# the event loop for about SLICE seconds: a fast projector reads big batches (a log read
+# transaction costs ~10 us, amortised), a slow one small ones, so commands and queries
+# never wait long behind a catch-up. It starts small and doubles while batches are quick.
+SLICE = 0.004
+MIN_BATCH = 16
+FIRST_BATCH = 256
+MAX_BATCH = 4096
+
+State = Literal["catching_up", "live", "halted"]
 
 
 class ProjectorType(Protocol):
-    """What the engine needs of a projector class (``actors.Projector`` provides it)."""
+    """What the engine needs of a projector class (``actors.Projector`` provides it).
 
-    event_appliers: ClassVar[Mapping[type, Callable[[Any, Any, Recorded], None]]]
-    query_functions: ClassVar[frozenset[Callable[..., Any]]]
-    on_error: ClassVar[Literal["halt", "park"]]
-    name: ClassVar[str]
+    The protocol describes the class object itself (``Balances``, not an instance), so its
+    members are read-only properties rather than ClassVars: type checkers never match a
+    ClassVar protocol member against a class object, and a settable member would have to
+    match exactly (``on_error = "park"`` is narrower than the Literal below).
+    """
+
+    @property
+    def event_appliers(self) -> Mapping[type, Callable[[Any, Any, Recorded], None]]: ...
+
+    @property
+    def query_functions(self) -> frozenset[Callable[..., Any]]: ...
+
+    @property
+    def on_error(self) -> Literal["halt", "park"]: ...
+
+    @property
+    def name(self) -> str: ...
 
     def __call__(self) -> Any: ...
 
@@ -78,7 +101,7 @@ class ProjectorStatistics(msgspec.Struct, frozen=True):
     """
 
     name: str
-    state: str
+    state: State
     checkpoint: int
     head: int
     lag: int
@@ -88,7 +111,8 @@ class ProjectorStatistics(msgspec.Struct, frozen=True):
 
 
 class Broadcast:
-    """The head position and a bounded window of the most recently committed events."""
+    """What every projector shares: the head position, a bounded window of the most
+    recently committed events, and the last batch any of them read from the log."""
 
     def __init__(self, head: int, *, window: int = 65536) -> None:
         self.head = head
@@ -96,6 +120,10 @@ class Broadcast:
         self._batches: deque[CommitBatch] = deque()
         self._held = 0
         self._listeners: list[ProjectionHost] = []
+        # Projectors catching up together (every one of them, when the engine starts) ask
+        # for the same positions in turn: the first reads and decodes, the others reuse it.
+        # Positions below the head never change, so this can never be stale.
+        self.last_read: list[StoredEvent] = []
 
     def subscribe(self, host: ProjectionHost) -> None:
         """Wake ``host`` after every publish."""
@@ -147,16 +175,18 @@ class ProjectionHost:
         self.name = kind.name
         self._log = log
         self._broadcast = broadcast
-        self._appliers: dict[str, tuple[Callable[..., None], Any]] = {}
+        # Type name -> (applier, payload decoder). Types missing here are never decoded.
+        self._appliers: dict[str, tuple[Callable[..., None], Callable[[Any], Any]]] = {}
         for event_type, fn in kind.event_appliers.items():
             name = registry.register(event_type)
-            self._appliers[name] = (fn, registry.decoder_for(name))
+            self._appliers[name] = (fn, registry.decoder_for(name).decode)
         self.instance: Any = kind()
         self.checkpoint = 0
         self.fault: ProjectorFaulted | None = None
         self.parked: list[Parked] = []
         self.applied = 0
         self.catching_up = True
+        self._batch = FIRST_BATCH
         self._waiters: list[tuple[int, int, Reply]] = []  # (position, seq, reply): a heap
         self._seq = itertools.count()
         self._new_reply = reply_factory()
@@ -173,7 +203,12 @@ class ProjectionHost:
             wakeup.set_result(None)
 
     async def run(self) -> None:
-        """Apply events forever: catch up from the log, then follow the broadcast."""
+        """Apply events forever: catch up from the log, then follow the broadcast.
+
+        Each turn applies one batch starting exactly at ``checkpoint + 1`` (from the window
+        if it still holds that position, else from the log), then yields. The test and the
+        park below happen with no await in between, so a publish cannot slip through.
+        """
         while True:
             if self.fault is not None or self.checkpoint >= self._broadcast.head:
                 if self.fault is None:
@@ -182,59 +217,119 @@ class ProjectionHost:
                 await self._wakeup.wait()
                 continue
             start = self.checkpoint + 1
-            batch = self._broadcast.since(start, CATCH_UP_BATCH)
-            if batch is None:
+            began = time.perf_counter()
+            live = self._broadcast.since(start, self._batch)
+            if live is not None:
+                self._apply_live(live)
+            else:
                 self.catching_up = True
                 try:
-                    stored = self._log.read_all(start, CATCH_UP_BATCH)
+                    self._apply_stored(
+                        _read_consecutive(self._broadcast, self._log, start, self._batch)
+                    )
                 except StorageError as e:
                     self._halt(start, "(log)", e)
-                    continue
-                self._apply([(event, None) for event in stored])
-            else:
-                self._apply(batch)
             self._release_waiters()
+            self._batch = _next_batch(self._batch, time.perf_counter() - began)
             # Between batches, let commands and queries run: catch-up never hogs the loop.
             await anyio.lowlevel.checkpoint()
 
-    def _apply(self, batch: Sequence[tuple[StoredEvent, Any]]) -> None:
-        appliers = self._appliers
+    # The two folds below are the rebuild hot path (benchmarks/workloads.py engine_rebuild):
+    # one try around the whole loop (free in 3.11 until something raises), no per-event
+    # position check (a batch always starts at checkpoint + 1 and is consecutive), and the
+    # failing event found again from the loop variable. They differ only in where the event
+    # object comes from, which is why they are two loops and not one with a branch.
+
+    def _apply_stored(self, events: list[StoredEvent]) -> None:
+        """Fold events read from the log, decoding only the types this projector handles."""
+        get = self._appliers.get
         instance = self.instance
-        applied = 0
-        checkpoint = self.checkpoint
-        for stored, event in batch:
-            position = stored.position
-            if position <= checkpoint:
-                continue  # already applied (a rebuild racing a publish); never twice
-            entry = appliers.get(stored.type)
-            if entry is not None:
-                fn, decoder = entry
-                try:
-                    if event is None:
-                        event = decoder.decode(stored.payload)
-                    fn(instance, event, stored)
-                    applied += 1
-                except Exception as e:
-                    if self.kind.on_error == "park":
-                        self.parked.append(
-                            Parked(position, stored.stream_id, stored.type, repr(e))
-                        )
-                    else:
-                        self.checkpoint = checkpoint
-                        self.applied += applied
-                        self._halt(position, stored.type, e)
-                        return
-            checkpoint = position
-        self.checkpoint = checkpoint
-        self.applied += applied
+        first = events[0].position
+        rest: Sequence[StoredEvent] = events
+        while True:
+            applied = 0
+            stored = rest[0]
+            try:
+                for stored in rest:
+                    entry = get(stored.type)
+                    if entry is not None:
+                        fn, decode = entry
+                        fn(instance, decode(stored.payload), stored)
+                        applied += 1
+            except Exception as e:
+                self.applied += applied
+                if not self._failed(stored, e):
+                    return
+                rest = events[stored.position - first + 1 :]
+                if rest:
+                    continue
+                return  # parked the last event: _failed moved the checkpoint past it
+            self.applied += applied
+            self.checkpoint = events[-1].position
+            return
+
+    def _apply_live(self, batch: CommitBatch) -> None:
+        """Fold broadcast events, reusing the objects the aggregates emitted when known."""
+        get = self._appliers.get
+        instance = self.instance
+        first = batch[0][0].position
+        rest: Sequence[tuple[StoredEvent, Any]] = batch
+        while True:
+            applied = 0
+            stored = rest[0][0]
+            try:
+                for stored, event in rest:
+                    entry = get(stored.type)
+                    if entry is not None:
+                        fn, decode = entry
+                        fn(instance, decode(stored.payload) if event is None else event, stored)
+                        applied += 1
+            except Exception as e:
+                self.applied += applied
+                if not self._failed(stored, e):
+                    return
+                rest = batch[stored.position - first + 1 :]
+                if rest:
+                    continue
+                return  # parked the last event: _failed moved the checkpoint past it
+            self.applied += applied
+            self.checkpoint = batch[-1][0].position
+            return
+
+    def _failed(self, stored: StoredEvent, error: Exception) -> bool:
+        """An applier (or decoding) raised at ``stored``: park it and go on, or halt."""
+        if self.kind.on_error == "park":
+            self.parked.append(Parked(stored.position, stored.stream_id, stored.type, repr(error)))
+            self.checkpoint = stored.position
+            return True
+        # The cache holds everything before the failed event; resume retries it.
+        self.checkpoint = stored.position - 1
+        self._halt(stored.position, stored.type, error)
+        return False
 
     def _halt(self, position: int, event_type: str, error: Exception) -> None:
         fault = ProjectorFaulted(self.name, position, event_type, repr(error))
         fault.__cause__ = error
         self.fault = fault
+        # Even waiters for positions already applied fail: the failing applier may have
+        # left part of its work in the cache, which no query may see.
         waiting, self._waiters = self._waiters, []
         for _, _, reply in waiting:
-            reply.set_error(fault)
+            reply.set_error(self.fault_error())
+
+    def fault_error(self) -> ProjectorFaulted:
+        """A fresh copy of the fault to raise; the projector must be halted.
+
+        Raise a copy, never ``self.fault`` itself: every raise of one exception object
+        prepends frames to its traceback, so a halted projector queried in a loop would
+        grow it without bound (and concurrent waiters would share one traceback).
+        """
+        fault = self.fault
+        if fault is None:
+            raise RuntimeError(f"projector {self.name} is not halted")
+        error = ProjectorFaulted(fault.projector, fault.position, fault.event_type, fault.error)
+        error.__cause__ = fault.__cause__
+        return error
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -243,9 +338,12 @@ class ProjectionHost:
 
         Event-driven: the projector wakes the waiter after applying that position.
         Cancelling the wait is safe.
+
+        Raises:
+            ProjectorFaulted: the projector is halted, or halts before ``position``.
         """
         if self.fault is not None:
-            raise self.fault
+            raise self.fault_error()
         if self.checkpoint >= position:
             return
         reply = self._new_reply()
@@ -273,17 +371,19 @@ class ProjectionHost:
         self.wake()
 
     def resume(self) -> None:
-        """Clear a halt and retry the event that failed (after the code was fixed)."""
+        """Clear a halt and retry the event that failed (after the code was fixed).
+
+        The failed applier must not have changed the cache before it raised; if it may
+        have, rebuild instead.
+        """
         self.fault = None
         self.wake()
 
     def statistics(self) -> ProjectorStatistics:
         """Where this projector stands (checkpoint, lag, state, parked, fault)."""
         head = self._broadcast.head
-        state = (
-            "halted" if self.fault is not None
-            else "catching_up" if self.catching_up
-            else "live"
+        state: State = (
+            "halted" if self.fault is not None else "catching_up" if self.catching_up else "live"
         )
         return ProjectorStatistics(
             name=self.name,
@@ -303,6 +403,41 @@ class ProjectionHost:
             reply.set_error(error)
 
 
+def _read_consecutive(
+    broadcast: Broadcast, log: EventLog, start: int, limit: int
+) -> list[StoredEvent]:
+    """Up to ``limit`` events from ``start`` on, checked to be gap-free.
+
+    Served from the batch another projector just read when it holds ``start``.
+
+    Raises:
+        StorageError: a position is missing from the log (below its head).
+    """
+    cached = broadcast.last_read
+    if cached and cached[0].position <= start <= cached[-1].position:
+        offset = start - cached[0].position
+        return cached[offset : offset + limit]
+    events = log.read_all(start, limit)
+    if events and events[-1].position == start + len(events) - 1:
+        broadcast.last_read = events
+        return events  # the first must be ``start`` too: positions only grow
+    missing = start
+    for event in events:
+        if event.position != missing:
+            break
+        missing += 1
+    raise StorageError(f"position {missing} is missing from the log (its head is beyond it)")
+
+
+def _next_batch(batch: int, seconds: float) -> int:
+    """Adapt the batch size so that one batch holds the event loop about ``SLICE``."""
+    if seconds > SLICE and batch > MIN_BATCH:
+        return batch // 2
+    if seconds < SLICE / 4 and batch < MAX_BATCH:
+        return batch * 2
+    return batch
+
+
 _IMMUTABLE = frozenset({int, float, str, bytes, bool, type(None), complex, range})
 
 
@@ -311,7 +446,6 @@ def detach(value: Any) -> Any:
     cls = type(value)
     if cls in _IMMUTABLE:
         return value
-    if cls is tuple or cls is frozenset:
-        if all(type(item) in _IMMUTABLE for item in value):
-            return value
+    if (cls is tuple or cls is frozenset) and all(type(item) in _IMMUTABLE for item in value):
+        return value
     return copy.deepcopy(value)

@@ -84,7 +84,9 @@ class Append(msgspec.Struct, frozen=True):
         expected_version: the stream's version before this append, or ``ANY``
             (``NO_STREAM`` is 0).
         events: ``(type name, encoded payload)`` pairs, appended in order; may be empty,
-            in which case only the expected version is checked.
+            in which case only the expected version is checked. A payload is exactly one
+            msgpack value (what ``EventRegistry.encode`` returns): the log embeds it in its
+            envelope as it is.
         correlation_id: stored on every event of the append.
         causation_id: stored on every event of the append.
     """

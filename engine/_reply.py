@@ -1,17 +1,21 @@
 """One-shot replies: the cheapest way to hand one value to one waiting task.
 
 The command path is dominated by task wake-ups, so a reply is the bare primitive of the
-running event loop: on trio the waiting task itself is parked and rescheduled with the
-value (no Event, no channel); on asyncio it is a Future. Anything else falls back to an
-``anyio.Event``. :func:`reply_factory` picks one per engine when it opens.
+running event loop: on trio the waiting task itself is parked and rescheduled (no Event,
+no channel); on asyncio it waits on a Future created only if it has to wait. Anything else
+falls back to an ``anyio.Event``. :func:`reply_factory` picks one per engine when it opens.
 
-A reply is set at most once, from the event loop's thread, and awaited by at most one task.
-If that task is cancelled the value is dropped (the command may still have committed).
+A reply is completed at most once, from the event loop's thread; the first completion
+wins. It keeps its value: a waiter that is cancelled only stops waiting, and a later
+``wait`` (by the same or another task, one at a time) still gets the value. Code that
+hands out turns through replies (the mailbox's room queue) must therefore pass a turn on
+itself when a waiter leaves without using it; see ``Aggregates._park``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -22,10 +26,10 @@ __all__ = ["Reply", "reply_factory"]
 
 
 class Reply(Protocol):
-    """A one-shot slot: ``set_result``/``set_error`` once, ``wait`` once."""
+    """A one-shot slot: ``set_result``/``set_error`` once, ``wait`` for it."""
 
     def set_result(self, value: Any) -> bool:
-        """Complete with a value; False if already completed or the waiter gave up."""
+        """Complete with a value; False (and no effect) if already completed."""
 
     def set_error(self, error: BaseException) -> bool:
         """Complete with an error to raise in the waiter; False as for set_result."""
@@ -33,7 +37,8 @@ class Reply(Protocol):
     async def wait(self) -> Any:
         """Wait for completion and return the value (or raise the error).
 
-        If cancelled, the completion is discarded.
+        If cancelled, nothing is lost: the completion is kept for a later ``wait``.
+        One task at a time may wait; a second concurrent waiter is a RuntimeError.
         """
 
 
@@ -47,64 +52,104 @@ def reply_factory() -> Callable[[], Reply]:
     return _AnyioReply  # pragma: no cover - no third backend exists today
 
 
+def _second_waiter() -> RuntimeError:
+    return RuntimeError("another task is already waiting for this reply")
+
+
 class _TrioReply:
-    __slots__ = ("_done", "_outcome", "_task")
+    __slots__ = ("_done", "_error", "_task", "_value")
 
     def __init__(self) -> None:
         self._done = False
-        self._outcome: Any = None
+        self._value: Any = None
+        self._error: BaseException | None = None
         self._task: Any = None
 
     def set_result(self, value: Any) -> bool:
-        return self._complete(_outcome.Value(value))
-
-    def set_error(self, error: BaseException) -> bool:
-        return self._complete(_outcome.Error(error))
-
-    def _complete(self, result: Any) -> bool:
         if self._done:
             return False
         self._done = True
-        self._outcome = result
-        task, self._task = self._task, None
-        if task is not None:
-            _trio.lowlevel.reschedule(task, result)
-        return True
-
-    async def wait(self) -> Any:
-        if self._outcome is not None:
-            return self._outcome.unwrap()
-        self._task = _trio.lowlevel.current_task()
-
-        def abort(_: Any) -> Any:
-            # Cancelled while parked: forget the task so a late completion is dropped.
-            self._task = None
-            self._done = True
-            return _trio.lowlevel.Abort.SUCCEEDED
-
-        return await _trio.lowlevel.wait_task_rescheduled(abort)
-
-
-class _AsyncioReply:
-    __slots__ = ("_future",)
-
-    def __init__(self) -> None:
-        self._future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-
-    def set_result(self, value: Any) -> bool:
-        if self._future.done():
-            return False
-        self._future.set_result(value)
+        self._value = value
+        self._wake()
         return True
 
     def set_error(self, error: BaseException) -> bool:
-        if self._future.done():
+        if self._done:
             return False
-        self._future.set_exception(error)
+        self._done = True
+        self._error = error
+        self._wake()
         return True
 
+    def _wake(self) -> None:
+        task = self._task
+        if task is not None:
+            self._task = None
+            _trio.lowlevel.reschedule(task)
+
+    def _abort(self, _: Any) -> Any:
+        # Cancelled while parked: forget the task; a late completion is kept, not sent.
+        self._task = None
+        return _trio.lowlevel.Abort.SUCCEEDED
+
     async def wait(self) -> Any:
-        return await self._future
+        if not self._done:
+            if self._task is not None:
+                raise _second_waiter()
+            self._task = _trio.lowlevel.current_task()
+            await _trio.lowlevel.wait_task_rescheduled(self._abort)
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+class _AsyncioReply:
+    __slots__ = ("_done", "_error", "_future", "_value")
+
+    def __init__(self) -> None:
+        self._done = False
+        self._value: Any = None
+        self._error: BaseException | None = None
+        # Created only by a waiter, and never given the error: so a reply nobody waits
+        # for ends silently (no "Future exception was never retrieved").
+        self._future: asyncio.Future[None] | None = None
+
+    def set_result(self, value: Any) -> bool:
+        if self._done:
+            return False
+        self._done = True
+        self._value = value
+        self._wake()
+        return True
+
+    def set_error(self, error: BaseException) -> bool:
+        if self._done:
+            return False
+        self._done = True
+        self._error = error
+        self._wake()
+        return True
+
+    def _wake(self) -> None:
+        future = self._future
+        if future is not None:
+            self._future = None
+            if not future.done():  # done means cancelled: the waiter has left
+                future.set_result(None)
+
+    async def wait(self) -> Any:
+        if not self._done:
+            if self._future is not None:
+                raise _second_waiter()
+            future = self._future = asyncio.get_running_loop().create_future()
+            try:
+                await future
+            finally:
+                if self._future is future:
+                    self._future = None
+        if self._error is not None:
+            raise self._error
+        return self._value
 
 
 class _AnyioReply:  # pragma: no cover - only for a backend anyio may add later
@@ -136,8 +181,5 @@ class _AnyioReply:  # pragma: no cover - only for a backend anyio may add later
         return self._value
 
 
-try:  # trio is a dependency, but keep asyncio-only hosts importable if it is absent
-    import outcome as _outcome
+with contextlib.suppress(ImportError):  # keep asyncio-only hosts importable without trio
     import trio as _trio
-except ImportError:  # pragma: no cover
-    pass

@@ -1,0 +1,317 @@
+"""Test kits for code built on the engine. Public API.
+
+:func:`check_event_log` is the event-log contract: any storage backend runs it to show it
+behaves like the two that ship (``LmdbEventLog`` and the ``MemoryEventLog`` fake)::
+
+    from engine.testing import check_event_log
+
+    def test_my_backend_meets_the_contract(tmp_path):
+        n = itertools.count()
+        check_event_log(lambda: MyEventLog(tmp_path / str(next(n))))
+
+It raises ``AssertionError`` naming the rule that was broken, with what the backend
+returned and what the contract wants (explicit checks, not ``assert``: they hold under
+``python -O`` too). :func:`assert_log_consistent` checks the invariants of a whole log
+(positions and versions consecutive from 1, the stream index agreeing with the global log);
+crash and property tests run it after the fact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import msgspec
+
+from ._errors import ConcurrencyError, DefinitionError, StorageError
+from ._log import EventLog
+from ._records import ANY, NO_STREAM, Append, AppendResult, Snapshot, StoredEvent
+
+__all__ = ["assert_log_consistent", "check_event_log", "make_append"]
+
+_encode = msgspec.msgpack.Encoder().encode
+
+
+def make_append(
+    stream_id: str,
+    expected_version: int,
+    count: int = 1,
+    *,
+    type: str = "Tested",
+    correlation_id: str | None = None,
+    causation_id: str | None = None,
+) -> Append:
+    """An append of ``count`` events; each payload (a msgpack str) says where it was sent."""
+    events = tuple((type, _encode(f"{stream_id}#{expected_version}+{i}")) for i in range(count))
+    return Append(stream_id, expected_version, events, correlation_id, causation_id)
+
+
+def assert_log_consistent(log: EventLog, batch: int = 1000) -> dict[str, int]:
+    """Check a whole (quiescent) log and return each stream's version.
+
+    Positions run 1..head with no gap, each stream's versions run 1..n in log order, and
+    ``read_stream``/``stream_version`` agree with the global log.
+    """
+    by_stream: dict[str, list[StoredEvent]] = {}
+    position = 0
+    while True:
+        events = log.read_all(position + 1, batch)
+        for event in events:
+            position += 1
+            _same(event.position, position, "the position after a gapless log's last one")
+            stream = by_stream.setdefault(event.stream_id, [])
+            _same(event.version, len(stream) + 1, f"the next version of {event.stream_id!r}")
+            stream.append(event)
+        if len(events) < batch:
+            break
+    _same(log.head_position(), position, "head_position() of the log read back")
+    for stream_id, events in by_stream.items():
+        _same(log.stream_version(stream_id), len(events), f"stream_version({stream_id!r})")
+        _same(log.read_stream(stream_id), events, f"read_stream({stream_id!r})")
+    return {stream_id: len(events) for stream_id, events in by_stream.items()}
+
+
+def check_event_log(make_log: Callable[[], EventLog]) -> None:
+    """Run the event-log contract against fresh, empty logs from ``make_log``.
+
+    Each check gets its own log and closes it. Raises ``AssertionError`` on a violation.
+    """
+    for check in _CHECKS:
+        log = make_log()
+        try:
+            check(log)
+        except AssertionError as e:
+            raise AssertionError(f"{check.__name__.strip('_')}: {e}") from e
+        finally:
+            log.close()
+
+
+def _same(got: Any, want: Any, what: str) -> None:
+    if got != want:
+        raise AssertionError(f"{what}: got {_show(got)}, want {_show(want)}")
+
+
+def _show(value: Any) -> str:
+    """Events as (position, stream id, version, payload), so a failure reads at a glance."""
+    if isinstance(value, StoredEvent):
+        return repr((value.position, value.stream_id, value.version, bytes(value.payload)))
+    if isinstance(value, list) and value and isinstance(value[0], StoredEvent):
+        return "[" + ", ".join(_show(event) for event in value) + "]"
+    return repr(value)
+
+
+def _holds(condition: bool, what: str) -> None:
+    if not condition:
+        raise AssertionError(what)
+
+
+@contextmanager
+def _raises(kind: type[BaseException], what: str) -> Iterator[None]:
+    try:
+        yield
+    except kind:
+        return
+    raise AssertionError(f"{what} did not raise {kind.__name__}")
+
+
+def _commit(log: EventLog, *appends: Append) -> list[AppendResult]:
+    outcomes, _ = log.append_batch(appends)
+    results = [o for o in outcomes if isinstance(o, AppendResult)]
+    _same(outcomes, results, "outcomes of appends that should all succeed")
+    return results
+
+
+def _summary(result: object) -> tuple[object, ...]:
+    if isinstance(result, AppendResult):
+        return (
+            result.stream_id,
+            result.first_version,
+            result.last_version,
+            result.first_position,
+            result.last_position,
+        )
+    if isinstance(result, ConcurrencyError):
+        return ("conflict", result.stream_id, result.expected, result.actual)
+    return ("unexpected", repr(result))
+
+
+def _starts_empty(log: EventLog) -> None:
+    _same(log.head_position(), 0, "head_position() of an empty log")
+    _same(log.read_all(), [], "read_all() of an empty log")
+    _same(log.stream_version("s"), 0, "stream_version() of a missing stream")
+    _same(log.read_stream("s"), [], "read_stream() of a missing stream")
+    _same(log.load_snapshot("s"), None, "load_snapshot() never saved")
+    _same(log.load_checkpoint("p"), 0, "load_checkpoint() never saved")
+
+
+def _group_commits_in_order(log: EventLog) -> None:
+    group = [make_append("a", NO_STREAM, 2), make_append("b", NO_STREAM), make_append("a", 2)]
+    outcomes, stored = log.append_batch(group)
+    want = [("a", 1, 2, 1, 2), ("b", 1, 1, 3, 3), ("a", 3, 3, 4, 4)]
+    _same([_summary(o) for o in outcomes], want, "outcomes of a group")
+    _same(
+        [(e.position, e.stream_id, e.version) for e in stored],
+        [(1, "a", 1), (2, "a", 2), (3, "b", 1), (4, "a", 3)],
+        "stored events of a group",
+    )
+    _same(log.read_all(), stored, "read_all() after a group")
+    _same(
+        [bytes(e.payload) for e in stored],
+        [p for a in group for _, p in a.events],
+        "payloads read back",
+    )
+    _same(log.head_position(), 4, "head_position() after a group")
+    _same(log.stream_version("a"), 3, "stream_version() after a group")
+
+
+def _mismatch_fails_only_that_append(log: EventLog) -> None:
+    _commit(log, make_append("a", NO_STREAM))
+    outcomes, stored = log.append_batch(
+        [make_append("b", NO_STREAM), make_append("a", 5, 3), make_append("c", NO_STREAM)]
+    )
+    _same(
+        [_summary(o) for o in outcomes],
+        [("b", 1, 1, 2, 2), ("conflict", "a", 5, 1), ("c", 1, 1, 3, 3)],
+        "outcomes of a group with one wrong expected version",
+    )
+    _same(len(stored), 2, "events stored by that group")
+    _same(log.stream_version("a"), 1, "version of the stream whose append failed")
+    assert_log_consistent(log)
+
+
+def _any_and_no_stream(log: EventLog) -> None:
+    first = _commit(log, make_append("a", ANY), make_append("a", ANY, 2))
+    _same([_summary(r) for r in first], [("a", 1, 1, 1, 1), ("a", 2, 3, 2, 3)], "ANY appends")
+    outcomes, _ = log.append_batch([make_append("a", NO_STREAM), make_append("b", NO_STREAM)])
+    _same(
+        [_summary(o) for o in outcomes],
+        [("conflict", "a", NO_STREAM, 3), ("b", 1, 1, 4, 4)],
+        "NO_STREAM on an existing and on a new stream",
+    )
+
+
+def _empty_append_checks_version_only(log: EventLog) -> None:
+    _commit(log, make_append("a", NO_STREAM))
+    outcomes, stored = log.append_batch(
+        [make_append("a", 1, 0), make_append("a", 0, 0), make_append("new", NO_STREAM, 0)]
+    )
+    _same(
+        [_summary(o) for o in outcomes],
+        [("a", 2, 1, 2, 1), ("conflict", "a", 0, 1), ("new", 1, 0, 2, 1)],
+        "empty appends (first = one past last: nothing written)",
+    )
+    _same(stored, [], "events stored by empty appends")
+    _same(log.head_position(), 1, "head_position() after empty appends")
+    _same(log.stream_version("new"), 0, "an empty append creates no stream")
+
+
+def _read_stream_from_a_version(log: EventLog) -> None:
+    _commit(log, make_append("a", NO_STREAM, 3), make_append("b", NO_STREAM, 2))
+    _commit(log, make_append("a", 3), make_append("b", 2, 3), make_append("a", 4, 2))
+    a = log.read_stream("a")
+    _same(
+        [(e.version, e.position) for e in a],
+        [(1, 1), (2, 2), (3, 3), (4, 6), (5, 10), (6, 11)],
+        "read_stream() of interleaved multi-event appends",
+    )
+    for start in range(0, 8):
+        tail = a[max(start, 1) - 1 :]
+        _same(log.read_stream("a", start), tail, f"read_stream('a', {start})")
+        for limit in range(0, 4):
+            _same(
+                log.read_stream("a", start, limit),
+                tail[:limit],
+                f"read_stream('a', {start}, {limit})",
+            )
+    _same([e.version for e in log.read_stream("b", 2)], [2, 3, 4, 5], "read_stream('b', 2)")
+
+
+def _read_all_in_batches(log: EventLog) -> None:
+    for i in range(10):
+        _commit(log, make_append(f"s{i % 3}", ANY, i % 4 + 1))
+    everything = log.read_all(1, 1000)
+    _same([e.position for e in everything], list(range(1, 24)), "positions of read_all()")
+    for batch in (1, 2, 7, 23, 24):
+        got: list[StoredEvent] = []
+        while chunk := log.read_all(len(got) + 1, batch):
+            _holds(len(chunk) <= batch, f"read_all(limit={batch}) returned {len(chunk)}")
+            got.extend(chunk)
+        _same(got, everything, f"read_all() in batches of {batch}")
+    _same(log.read_all(24), [], "read_all() past the head")
+    _same(log.read_all(0, 2), everything[:2], "read_all(0, 2)")
+    _same(log.read_all(5, 0), [], "read_all(limit=0)")
+
+
+def _metadata_round_trips(log: EventLog) -> None:
+    _commit(
+        log, make_append("a", NO_STREAM, 2, type="Opened", correlation_id="c", causation_id="k")
+    )
+    for event in log.read_stream("a"):
+        _same(
+            (event.type, event.correlation_id, event.causation_id),
+            ("Opened", "c", "k"),
+            "type and correlation/causation ids read back",
+        )
+        _holds(event.timestamp > 0, f"timestamp {event.timestamp} is not a commit time")
+
+
+def _snapshots_and_checkpoints(log: EventLog) -> None:
+    _commit(log, make_append("a", NO_STREAM))
+    log.append_batch([], snapshots=[("a", Snapshot(1, 7, b"state"))], checkpoints=[("P", 1)])
+    _same(log.load_snapshot("a"), Snapshot(1, 7, b"state"), "load_snapshot()")
+    _same(log.load_checkpoint("P"), 1, "load_checkpoint()")
+    log.append_batch(
+        [make_append("a", 1)],
+        snapshots=[("a", Snapshot(2, 7, b"later"))],
+        checkpoints=[("P", 2), ("Q", 1)],
+    )
+    _same(log.load_snapshot("a"), Snapshot(2, 7, b"later"), "load_snapshot() after a second")
+    _same((log.load_checkpoint("P"), log.load_checkpoint("Q")), (2, 1), "checkpoints")
+    _same(log.load_snapshot("b"), None, "load_snapshot() of another stream")
+
+
+def _invalid_stream_ids_are_refused(log: EventLog) -> None:
+    for bad in ("", "a\x00b", "x" * 401):
+        with _raises(DefinitionError, f"append_batch() to {bad[:8]!r}"):
+            log.append_batch([make_append("ok", NO_STREAM), make_append(bad, NO_STREAM)])
+        with _raises(DefinitionError, f"read_stream({bad[:8]!r})"):
+            log.read_stream(bad)
+        with _raises(DefinitionError, f"stream_version({bad[:8]!r})"):
+            log.stream_version(bad)
+    _same(log.head_position(), 0, "head_position() after refused groups")
+    _commit(log, make_append("ok", NO_STREAM))  # nothing of the refused groups counted
+    _commit(log, make_append("é" * 200, NO_STREAM))  # 400 UTF-8 bytes: the limit
+
+
+def _closed_log_refuses_everything(log: EventLog) -> None:
+    _commit(log, make_append("a", NO_STREAM))
+    log.close()
+    log.close()  # idempotent
+    calls: list[tuple[str, Callable[[], object]]] = [
+        ("append_batch", lambda: log.append_batch([make_append("a", 1)])),
+        ("read_stream", lambda: log.read_stream("a")),
+        ("read_all", lambda: log.read_all()),
+        ("head_position", log.head_position),
+        ("stream_version", lambda: log.stream_version("a")),
+        ("load_snapshot", lambda: log.load_snapshot("a")),
+        ("load_checkpoint", lambda: log.load_checkpoint("p")),
+    ]
+    for name, call in calls:
+        with _raises(StorageError, f"{name}() after close()"):
+            call()
+
+
+_CHECKS: tuple[Callable[[EventLog], None], ...] = (
+    _starts_empty,
+    _group_commits_in_order,
+    _mismatch_fails_only_that_append,
+    _any_and_no_stream,
+    _empty_append_checks_version_only,
+    _read_stream_from_a_version,
+    _read_all_in_batches,
+    _metadata_round_trips,
+    _snapshots_and_checkpoints,
+    _invalid_stream_ids_are_refused,
+    _closed_log_refuses_everything,
+)

@@ -1,0 +1,529 @@
+"""The event-log contract, run against both backends: real LMDB in tmp_path and the fake."""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import lmdb
+import msgspec
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from engine import (
+    ANY,
+    NO_STREAM,
+    Append,
+    AppendResult,
+    ConcurrencyError,
+    DefinitionError,
+    EventLog,
+    LmdbEventLog,
+    MemoryEventLog,
+    Snapshot,
+    StorageError,
+    StorageFull,
+    StorageLocked,
+    StoredEvent,
+)
+from engine._log import AppendOutcome
+from engine._log_lmdb import ANCHOR_EVERY
+from engine.testing import assert_log_consistent, check_event_log, make_append
+
+MakeLog = Callable[[], EventLog]
+
+
+@pytest.fixture(params=["lmdb", "memory"])
+def make_log(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MakeLog]:
+    """A factory of fresh, empty logs of the parametrized backend; all closed at teardown."""
+    logs: list[EventLog] = []
+    counter = itertools.count()
+
+    def make() -> EventLog:
+        log: EventLog
+        if request.param == "lmdb":
+            log = LmdbEventLog(tmp_path / f"log{next(counter)}", sync=False)
+        else:
+            log = MemoryEventLog()
+        logs.append(log)
+        return log
+
+    yield make
+    for log in logs:
+        log.close()
+
+
+@pytest.fixture
+def log(make_log: MakeLog) -> EventLog:
+    return make_log()
+
+
+def commit(log: EventLog, *appends: Append) -> list[AppendResult]:
+    outcomes, _ = log.append_batch(appends)
+    results = [o for o in outcomes if isinstance(o, AppendResult)]
+    assert len(results) == len(outcomes), outcomes
+    return results
+
+
+def test_backend_meets_the_contract_check(make_log: MakeLog) -> None:
+    check_event_log(make_log)
+
+
+def test_group_of_appends_commits_in_one_transaction(tmp_path: Path) -> None:
+    with_lmdb = LmdbEventLog(tmp_path)
+    try:
+        before = with_lmdb._env.info()["last_txnid"]
+        commit(with_lmdb, *(make_append(f"s{i}", NO_STREAM, 2) for i in range(50)))
+        assert with_lmdb._env.info()["last_txnid"] == before + 1
+    finally:
+        with_lmdb.close()
+
+
+def test_mismatch_fails_only_that_append_and_leaves_no_gap(log: EventLog) -> None:
+    commit(log, make_append("a", NO_STREAM, 2))
+    outcomes, stored = log.append_batch(
+        [make_append("b", NO_STREAM), make_append("a", 1, 3), make_append("a", 2, 2)]
+    )
+    assert isinstance(outcomes[0], AppendResult)
+    error = outcomes[1]
+    assert isinstance(error, ConcurrencyError)
+    assert (error.stream_id, error.expected, error.actual) == ("a", 1, 2)
+    assert outcomes[2] == AppendResult("a", 3, 4, 4, 5, stored[0].timestamp)
+    assert [(e.position, e.stream_id, e.version) for e in log.read_all()] == [
+        (1, "a", 1),
+        (2, "a", 2),
+        (3, "b", 1),
+        (4, "a", 3),
+        (5, "a", 4),
+    ]
+
+
+def test_multi_event_append_is_all_or_nothing(log: EventLog) -> None:
+    outcomes, stored = log.append_batch([make_append("a", 3, 5)])
+    assert isinstance(outcomes[0], ConcurrencyError)
+    assert stored == [] and log.read_all() == [] and log.stream_version("a") == 0
+
+
+def test_any_accepts_every_version_and_no_stream_only_a_new_stream(log: EventLog) -> None:
+    commit(log, make_append("a", NO_STREAM), make_append("a", ANY), make_append("b", ANY))
+    outcomes, _ = log.append_batch([make_append("a", NO_STREAM), make_append("c", NO_STREAM)])
+    assert isinstance(outcomes[0], ConcurrencyError) and outcomes[0].actual == 2
+    assert isinstance(outcomes[1], AppendResult)
+    assert [log.stream_version(s) for s in "abc"] == [2, 1, 1]
+
+
+def test_empty_append_checks_the_version_and_writes_nothing(log: EventLog) -> None:
+    commit(log, make_append("a", NO_STREAM, 3))
+    (ok,) = commit(log, make_append("a", 3, 0))
+    assert (ok.first_version, ok.last_version) == (4, 3)
+    assert (ok.first_position, ok.last_position) == (4, 3)
+    outcomes, _ = log.append_batch([make_append("a", 2, 0)])
+    assert isinstance(outcomes[0], ConcurrencyError)
+    assert log.head_position() == 3
+
+
+def test_read_stream_of_interleaved_multi_event_appends(log: EventLog) -> None:
+    expected: dict[str, list[bytes]] = {"a": [], "b": [], "c": []}
+    for round_ in range(6):
+        group = []
+        for stream_id in "abc":
+            count = (round_ + ord(stream_id)) % 3  # 0, 1 or 2 events
+            append = make_append(stream_id, len(expected[stream_id]), count)
+            group.append(append)
+            expected[stream_id].extend(payload for _, payload in append.events)
+        commit(log, *group)
+    for stream_id, payloads in expected.items():
+        for start in range(len(payloads) + 2):
+            events = log.read_stream(stream_id, start)
+            assert [bytes(e.payload) for e in events] == payloads[max(start, 1) - 1 :]
+            assert [e.version for e in events] == list(range(max(start, 1), len(payloads) + 1))
+    assert_log_consistent(log)
+
+
+def test_read_stream_slices_of_a_long_stream(log: EventLog) -> None:
+    """Long enough to cross several anchors of the LMDB backend, with a neighbour stream."""
+    total = 3 * ANCHOR_EVERY + 5
+    version = 0
+    while version < total:
+        count = min(7, total - version)
+        commit(log, make_append("long", version, count), make_append("other", ANY))
+        version += count
+    everything = log.read_stream("long")
+    assert [e.version for e in everything] == list(range(1, total + 1))
+    for start in (1, 2, ANCHOR_EVERY - 1, ANCHOR_EVERY, ANCHOR_EVERY + 1, 2 * ANCHOR_EVERY):
+        for limit in (1, 3, ANCHOR_EVERY, None):
+            want = everything[start - 1 :] if limit is None else everything[start - 1 :][:limit]
+            assert log.read_stream("long", start, limit) == want, (start, limit)
+
+
+def test_read_all_in_batches_returns_the_log_in_order(log: EventLog) -> None:
+    for i in range(20):
+        commit(log, make_append(f"s{i % 4}", ANY, i % 3 + 1))
+    head = log.head_position()
+    got: list[StoredEvent] = []
+    while batch := log.read_all(len(got) + 1, 6):
+        got.extend(batch)
+    assert [e.position for e in got] == list(range(1, head + 1))
+    assert log.read_all(head + 1) == []
+
+
+def test_snapshots_and_checkpoints_keep_the_last_write(log: EventLog) -> None:
+    log.append_batch([], snapshots=[("a", Snapshot(1, 0, b"x"))], checkpoints=[("p", 5)])
+    log.append_batch([], snapshots=[("a", Snapshot(9, 1, b"y"))], checkpoints=[("p", 7)])
+    assert log.load_snapshot("a") == Snapshot(9, 1, b"y")
+    assert log.load_checkpoint("p") == 7
+    assert log.load_checkpoint("q") == 0
+
+
+@pytest.mark.parametrize("bad", ["", "nul\x00inside", "x" * 401])
+def test_invalid_stream_id_is_a_definition_error(log: EventLog, bad: str) -> None:
+    with pytest.raises(DefinitionError):
+        log.append_batch([make_append("fine", NO_STREAM), make_append(bad, NO_STREAM)])
+    with pytest.raises(DefinitionError):
+        log.read_stream(bad)
+    with pytest.raises(DefinitionError):
+        log.append_batch([], snapshots=[(bad, Snapshot(1, 0, b""))])
+    assert log.head_position() == 0 and log.stream_version("fine") == 0
+    commit(log, make_append("fine", NO_STREAM))  # the aborted groups advanced nothing
+
+
+def test_invalid_checkpoint_name_is_a_definition_error(log: EventLog) -> None:
+    with pytest.raises(DefinitionError):
+        log.append_batch([make_append("a", NO_STREAM)], checkpoints=[("", 1)])
+    with pytest.raises(DefinitionError):
+        log.load_checkpoint("")
+    assert log.head_position() == 0
+
+
+def test_use_after_close_is_a_storage_error(log: EventLog) -> None:
+    commit(log, make_append("a", NO_STREAM))
+    log.close()
+    log.close()
+    with pytest.raises(StorageError):
+        log.append_batch([make_append("a", 1)])
+    with pytest.raises(StorageError):
+        log.read_all()
+    with pytest.raises(StorageError):
+        log.stream_version("a")
+
+
+# -- LMDB only: persistence, locking, the map -----------------------------------------------
+
+
+def test_reopened_lmdb_log_keeps_everything(tmp_path: Path) -> None:
+    log = LmdbEventLog(tmp_path)
+    commit(log, make_append("a", NO_STREAM, 3), make_append("b", NO_STREAM))
+    log.append_batch(
+        [make_append("a", 3)], snapshots=[("a", Snapshot(3, 2, b"s"))], checkpoints=[("p", 4)]
+    )
+    before = log.read_all()
+    log.close()
+    log = LmdbEventLog(tmp_path)
+    try:
+        assert log.read_all() == before
+        assert log.head_position() == 5
+        assert assert_log_consistent(log) == {"a": 4, "b": 1}
+        assert log.load_snapshot("a") == Snapshot(3, 2, b"s")
+        assert log.load_checkpoint("p") == 4
+        outcomes, stored = log.append_batch([make_append("a", 3), make_append("a", 4)])
+        assert isinstance(outcomes[0], ConcurrencyError)
+        assert outcomes[1] == AppendResult("a", 5, 5, 6, 6, stored[0].timestamp)
+    finally:
+        log.close()
+
+
+def test_second_log_on_the_same_directory_is_locked_out(tmp_path: Path) -> None:
+    log = LmdbEventLog(tmp_path)
+    try:
+        with pytest.raises(StorageLocked):
+            LmdbEventLog(tmp_path)
+        child = subprocess.run(
+            [sys.executable, "-c", _OPEN_IN_CHILD, str(tmp_path)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert child.stdout.strip() == "StorageLocked", child.stderr
+    finally:
+        log.close()
+    LmdbEventLog(tmp_path).close()  # closing released the lock
+
+
+_OPEN_IN_CHILD = """
+import sys
+from engine import LmdbEventLog, StorageLocked
+try:
+    LmdbEventLog(sys.argv[1]).close()
+    print("opened")
+except StorageLocked:
+    print("StorageLocked")
+"""
+
+
+def test_map_grows_transparently(tmp_path: Path) -> None:
+    log = LmdbEventLog(tmp_path, sync=False, map_size=64 << 10)
+    payload = msgspec.msgpack.encode(b"x" * 2000)
+    try:
+        for i in range(40):
+            commit(log, Append(f"s{i % 3}", ANY, (("Big", payload),) * 10))
+        grown = log.map_size
+        assert grown > 64 << 10
+        assert log.head_position() == 400
+        assert_log_consistent(log)
+    finally:
+        log.close()
+    reopened = LmdbEventLog(tmp_path, sync=False, map_size=64 << 10)
+    try:
+        # LMDB maps at least what the file holds, and grows again on demand.
+        assert reopened.head_position() == 400
+        commit(reopened, *(Append("s0", ANY, (("Big", payload),) * 10) for _ in range(20)))
+        assert reopened.map_size > grown
+        assert_log_consistent(reopened)
+    finally:
+        reopened.close()
+
+
+def test_group_past_the_cap_fails_whole_and_raising_the_cap_resumes(tmp_path: Path) -> None:
+    log = LmdbEventLog(tmp_path, sync=False, map_size=256 << 10, max_map_size=256 << 10)
+    try:
+        commit(log, make_append("a", NO_STREAM), make_append("b", NO_STREAM))
+        before = log.read_all()
+        big = (("Big", msgspec.msgpack.encode(b"x" * 4000)),) * 100
+        group = [Append("a", 1, big), Append("b", ANY, big), make_append("c", NO_STREAM)]
+        outcomes, stored = log.append_batch(group, checkpoints=[("p", 9)])
+        assert stored == []
+        assert len(outcomes) == 3 and all(isinstance(o, StorageFull) for o in outcomes)
+        assert log.read_all() == before
+        assert log.load_checkpoint("p") == 0
+        assert assert_log_consistent(log) == {"a": 1, "b": 1}
+        log.max_map_size = 8 << 20
+        results = commit(log, *group)
+        assert [r.last_version for r in results] == [101, 101, 1]
+        assert log.map_size > 256 << 10
+        assert_log_consistent(log)
+    finally:
+        log.close()
+
+
+def test_a_log_of_another_format_is_refused_not_misread(tmp_path: Path) -> None:
+    env = lmdb.open(str(tmp_path), max_dbs=6)
+    events = env.open_db(b"events")
+    with env.begin(write=True) as txn:
+        txn.put(b"\x00" * 7 + b"\x01", b"an event of some older layout", db=events)
+    env.close()
+    with pytest.raises(StorageError, match="format"):
+        LmdbEventLog(tmp_path)
+    with pytest.raises(StorageError, match="format"):  # not StorageLocked: the lock was freed
+        LmdbEventLog(tmp_path)
+
+
+def test_an_unreadable_entry_ends_read_all_before_it_and_is_a_storage_error(
+    tmp_path: Path,
+) -> None:
+    log = LmdbEventLog(tmp_path)
+    commit(log, make_append("a", NO_STREAM, 2), make_append("b", NO_STREAM), make_append("a", 2))
+    good = log.read_all()
+    log.close()
+    env = lmdb.open(str(tmp_path), max_dbs=6)
+    events = env.open_db(b"events", create=False)
+    with env.begin(write=True) as txn:
+        value = txn.get((3).to_bytes(8, "big"), db=events)
+        assert value is not None
+        txn.put((3).to_bytes(8, "big"), value.replace(b"b", b"\xff"), db=events)
+    env.close()
+    log = LmdbEventLog(tmp_path)
+    try:
+        assert log.read_all() == good[:2]  # everything readable before it
+        with pytest.raises(StorageError, match="position 3"):
+            log.read_all(3)
+        assert log.read_all(4) == good[3:]
+        with pytest.raises(StorageError, match="position 3"):
+            log.read_stream("b")
+        assert log.read_stream("a") == [good[0], good[1], good[3]]
+    finally:
+        log.close()
+
+
+def test_an_unreadable_snapshot_counts_as_none(tmp_path: Path) -> None:
+    log = LmdbEventLog(tmp_path)
+    log.append_batch([], snapshots=[("a", Snapshot(1, 0, b"s"))])
+    log.close()
+    env = lmdb.open(str(tmp_path), max_dbs=6)
+    snapshots = env.open_db(b"snapshots", create=False)
+    with env.begin(write=True) as txn:
+        txn.put(b"a", b"\xc1 not a snapshot", db=snapshots)
+    env.close()
+    log = LmdbEventLog(tmp_path)
+    try:
+        assert log.load_snapshot("a") is None
+    finally:
+        log.close()
+
+
+def test_bad_map_sizes_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(DefinitionError):
+        LmdbEventLog(tmp_path, map_size=1 << 20, max_map_size=1 << 10)
+    with pytest.raises(DefinitionError):
+        LmdbEventLog(tmp_path, map_size=0)
+    log = LmdbEventLog(tmp_path)  # a refused open left no lock behind
+    try:
+        with pytest.raises(DefinitionError):
+            log.max_map_size = 0
+    finally:
+        log.close()
+
+
+def test_memory_log_past_max_events_fails_whole() -> None:
+    log = MemoryEventLog(max_events=3)
+    commit(log, make_append("a", NO_STREAM, 2))
+    outcomes, stored = log.append_batch([make_append("a", 2), make_append("b", NO_STREAM)])
+    assert stored == [] and all(isinstance(o, StorageFull) for o in outcomes)
+    assert log.head_position() == 2
+
+
+# -- the property: random interleavings read back exactly what was acknowledged --------------
+
+Op = tuple[int, str, int]  # stream index, how the expected version is picked, event count
+Acknowledged = tuple[int, str, int, bytes]  # position, stream id, version, payload
+
+ops = st.tuples(
+    st.integers(0, 2),
+    st.sampled_from(["right", "ahead", "behind", "any", "no_stream"]),
+    st.integers(0, 3),
+)
+histories = st.lists(st.lists(ops, min_size=1, max_size=6), min_size=1, max_size=8)
+
+
+def pick_expected(pick: str, current: int) -> int:
+    if pick == "right":
+        return current
+    if pick == "ahead":
+        return current + 1
+    if pick == "behind":
+        return current - 1 if current > 0 else current + 2
+    return ANY if pick == "any" else NO_STREAM
+
+
+def run_history(log: EventLog, history: list[list[Op]]) -> list[Acknowledged]:
+    """Commit each group, check every outcome against a model, return what was acknowledged."""
+    versions = {f"s{i}": 0 for i in range(3)}
+    position = 0
+    acknowledged: list[Acknowledged] = []
+    for group in history:
+        appends = []
+        predicted: list[tuple[object, ...]] = []
+        for stream, pick, count in group:
+            stream_id, current = f"s{stream}", versions[f"s{stream}"]
+            append = make_append(stream_id, pick_expected(pick, current), count)
+            appends.append(append)
+            if append.expected_version in (ANY, current):
+                predicted.append(
+                    (stream_id, current + 1, current + count, position + 1, position + count)
+                )
+                for i, (_, payload) in enumerate(append.events):
+                    acknowledged.append((position + 1 + i, stream_id, current + 1 + i, payload))
+                versions[stream_id] += count
+                position += count
+            else:
+                predicted.append(("conflict", stream_id, append.expected_version, current))
+        outcomes, _ = log.append_batch(appends)
+        got: list[tuple[object, ...]] = []
+        for o in outcomes:
+            if isinstance(o, ConcurrencyError):
+                got.append(("conflict", o.stream_id, o.expected, o.actual))
+            else:
+                assert isinstance(o, AppendResult), o
+                got.append(
+                    (
+                        o.stream_id,
+                        o.first_version,
+                        o.last_version,
+                        o.first_position,
+                        o.last_position,
+                    )
+                )
+        assert got == predicted
+    return acknowledged
+
+
+def assert_reads_back(log: EventLog, acknowledged: list[Acknowledged]) -> None:
+    read = [(e.position, e.stream_id, e.version, bytes(e.payload)) for e in log.read_all(1, 10**6)]
+    assert read == acknowledged
+    versions: dict[str, int] = {}
+    for _, stream_id, version, _ in acknowledged:
+        versions[stream_id] = version
+    assert assert_log_consistent(log, batch=7) == versions
+
+
+@pytest.mark.parametrize("backend", ["lmdb", "memory"])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(history=histories)
+def test_random_interleavings_read_back_exactly_what_was_acknowledged(
+    backend: str, history: list[list[Op]]
+) -> None:
+    if backend == "memory":
+        memory = MemoryEventLog()
+        assert_reads_back(memory, run_history(memory, history))
+        return
+    with tempfile.TemporaryDirectory() as path:
+        log = LmdbEventLog(path, sync=False)
+        try:
+            acknowledged = run_history(log, history)
+            assert_reads_back(log, acknowledged)
+        finally:
+            log.close()
+        reopened = LmdbEventLog(path, sync=False)
+        try:
+            assert_reads_back(reopened, acknowledged)
+        finally:
+            reopened.close()
+
+
+# -- the contract check itself catches broken backends ----------------------------------------
+
+
+class IgnoresLimit(MemoryEventLog):
+    def read_stream(
+        self, stream_id: str, from_version: int = 1, limit: int | None = None
+    ) -> list[StoredEvent]:
+        return super().read_stream(stream_id, from_version)
+
+
+class ReadsAfterClose(MemoryEventLog):
+    def read_all(self, from_position: int = 1, limit: int = 1024) -> list[StoredEvent]:
+        return self._events[max(from_position, 1) - 1 :][:limit]
+
+
+class NoStreamMeansAny(MemoryEventLog):
+    def append_batch(
+        self,
+        appends: Sequence[Append],
+        *,
+        snapshots: Sequence[tuple[str, Snapshot]] = (),
+        checkpoints: Sequence[tuple[str, int]] = (),
+    ) -> tuple[list[AppendOutcome], list[StoredEvent]]:
+        appends = [
+            Append(a.stream_id, ANY, a.events) if a.expected_version == NO_STREAM else a
+            for a in appends
+        ]
+        return super().append_batch(appends, snapshots=snapshots, checkpoints=checkpoints)
+
+
+@pytest.mark.parametrize(
+    ("broken", "rule"),
+    [
+        (IgnoresLimit, "read_stream_from_a_version"),
+        (ReadsAfterClose, "closed_log_refuses_everything"),
+        (NoStreamMeansAny, "any_and_no_stream"),
+    ],
+)
+def test_contract_check_names_the_rule_a_broken_backend_breaks(
+    broken: type[MemoryEventLog], rule: str
+) -> None:
+    with pytest.raises(AssertionError, match=rule):
+        check_event_log(broken)
