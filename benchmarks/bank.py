@@ -70,7 +70,6 @@ class InsufficientFunds(Rejected):
 class Account(Aggregate):
     """A bank account: opened once, never overdrawn."""
 
-    snapshot_every = None
     opened: bool
     balance: int
 

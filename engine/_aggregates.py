@@ -44,6 +44,7 @@ import msgspec
 
 from ._codec import EventRegistry
 from ._errors import (
+    CodecError,
     DefinitionError,
     EngineClosed,
     EngineError,
@@ -58,6 +59,10 @@ from ._reply import Reply, reply_factory
 from ._writer import Writer
 
 __all__ = ["AggregateType", "Aggregates", "AggregatesStatistics", "Pending"]
+
+_EVICTION_SCAN = 16
+"""How many actors a commit looks at to get back under the cap: bounded, so that with
+many busy actors each commit costs O(1), not O(live)."""
 
 
 class AggregateType(Protocol):
@@ -388,7 +393,8 @@ class Aggregates:
                         waiter.set_result(None)
                 self._maybe_snapshot(actor)
                 if len(self._live) > self._max_live:
-                    self._evict_lru()
+                    # Over the cap because busy actors could not go: now one is idle.
+                    self._evict_lru(scan=_EVICTION_SCAN)
 
         try:
             self._writer.submit(
@@ -434,7 +440,10 @@ class Aggregates:
         state: Any = None
         version = 0
         if kind.snapshot_every is not None:
-            snapshot = self._log.load_snapshot(stream_id)
+            try:
+                snapshot = self._log.load_snapshot(stream_id)
+            except CodecError:
+                snapshot = None  # unreadable: only a lost shortcut, the events remain
             if snapshot is not None and snapshot.format == kind.snapshot_format:
                 try:
                     state = kind.from_snapshot(snapshot.state)
@@ -483,10 +492,13 @@ class Aggregates:
             actor.stream_id, Snapshot(actor.version, actor.kind.snapshot_format, data)
         )
 
-    def _evict_lru(self, keep: _Actor | None = None) -> None:
-        """Passivate least recently used idle actors until within ``max_live``."""
+    def _evict_lru(self, keep: _Actor | None = None, scan: int | None = None) -> None:
+        """Passivate least recently used idle actors until within ``max_live``.
+
+        Looks at ``scan`` actors at most (default: all); busy ones go to the back.
+        """
         live = self._live
-        for _ in range(len(live)):
+        for _ in range(len(live) if scan is None else min(scan, len(live))):
             if len(live) <= self._max_live:
                 return
             stream_id, actor = next(iter(live.items()))

@@ -27,6 +27,7 @@ from engine import (
     Recorded,
     StorageError,
     StoredEvent,
+    _projections,
 )
 from engine._projections import (
     FIRST_BATCH,
@@ -362,3 +363,39 @@ async def test_rebuild_while_commits_keep_coming_applies_each_event_once() -> No
     assert h.instance is not first
     assert h.instance.positions() == list(range(1, 106))
     assert h.host.statistics().applied == 105
+
+
+class CountingLog(MemoryEventLog):
+    """Counts the catch-up reads that reach the log."""
+
+    reads = 0
+
+    def read_all(self, from_position: int = 1, limit: int = 1024) -> list[StoredEvent]:
+        self.reads += 1
+        return super().read_all(from_position, limit)
+
+
+@pytest.mark.parametrize("projectors", [1, 3])
+async def test_projectors_catching_up_together_share_each_log_read(
+    projectors: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_projections, "FIRST_BATCH", 1000)  # fixed sizes: a countable test
+    monkeypatch.setattr(_projections, "MIN_BATCH", 1000)
+    monkeypatch.setattr(_projections, "MAX_BATCH", 1000)
+    log = CountingLog()
+    h = Harness(Seen, log=log, window=1)
+    hosts = [h.host] + [
+        ProjectionHost(kind, log=log, broadcast=h.broadcast, registry=h.registry)
+        for kind in (Parking, Fragile)[: projectors - 1]
+    ]
+    h.commit_many(10, size=2000)
+    async with trio.open_nursery() as nursery:
+        for host in hosts:
+            nursery.start_soon(host.run)
+        for host in hosts:
+            await host.wait_position(20_000)
+        nursery.cancel_scope.cancel()
+    # One projector alone reads 18 times (the last commit is still in the window): so do three.
+    assert log.reads == 18
+    assert [host.applied for host in hosts] == [20_000] * projectors
+    assert h.instance.positions() == list(range(1, 20_001))
