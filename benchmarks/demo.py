@@ -38,8 +38,10 @@ async def demo(accounts: int = 100, commands: int = 5_000, clients: int = 16) ->
             await engine.wait_projected()
             net = await engine.query(Totals.net)
             balances = await engine.query(Balances.all_balances)
-            print(f"{commands // clients * clients} commands in {seconds:.2f} s "
-                  f"({commands / seconds:,.0f}/s durable), {rejected} rejected")
+            print(
+                f"{commands // clients * clients} commands in {seconds:.2f} s "
+                f"({commands / seconds:,.0f}/s durable), {rejected} rejected"
+            )
             print(f"sum of balances {sum(balances.values())} == deposits - withdrawals {net}")
             print(engine.statistics().writer)
 

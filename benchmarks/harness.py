@@ -15,10 +15,10 @@ import os
 import platform
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
@@ -29,6 +29,7 @@ from ._peer import run_peer_w1, run_peer_w3, run_peer_w4
 __all__ = ["main"]
 
 Row = dict[str, Any]
+T = TypeVar("T")
 
 
 def _versions() -> dict[str, str]:
@@ -51,9 +52,19 @@ def _cpu() -> str:
     return f"{platform.processor() or platform.machine()} x{os.cpu_count()}"
 
 
-def _row(workload: str, variant: str, value: float, unit: str, *, floor: float | None = None,
-         peer: float | None = None, higher_is_better: bool = True, **extra: Any) -> Row:
+def _row(
+    workload: str,
+    variant: str,
+    value: float,
+    unit: str,
+    *,
+    floor: float | None = None,
+    peer: float | None = None,
+    higher_is_better: bool = True,
+    **extra: Any,
+) -> Row:
     """One result line; ratios > 1 always mean 'the engine is better'."""
+
     def ratio(base: float | None) -> float | None:
         if base is None or base == 0 or value == 0:
             return None
@@ -70,6 +81,15 @@ def _row(workload: str, variant: str, value: float, unit: str, *, floor: float |
         "peer": None if peer is None else round(peer, 4),
         **extra,
     }
+
+
+def _trio(job: Coroutine[Any, Any, T]) -> T:
+    """Run one coroutine to completion on a fresh trio loop."""
+
+    async def run() -> T:
+        return await job
+
+    return trio.run(run)
 
 
 class Harness:
@@ -101,43 +121,76 @@ class Harness:
         accounts, commands, clients = 1000, self.n(100_000), 64
         peer = None
         if self.peer:
-            peer = run_peer_w1(str(self.fresh("peer-w1") / "bank.sqlite"), accounts=accounts,
-                               commands=self.n(20_000), clients=clients,
-                               fastforward=False)["per_second"]
+            peer = run_peer_w1(
+                str(self.fresh("peer-w1") / "bank.sqlite"),
+                accounts=accounts,
+                commands=self.n(20_000),
+                clients=clients,
+                fastforward=False,
+            )["per_second"]
         for sync in (True, False):
-            floor = trio.run(lambda: run_floor_w1(str(self.fresh("floor-w1")), accounts=accounts,
-                                                  commands=commands, clients=clients,
-                                                  sync=sync))["per_second"]
+            floor = _trio(
+                run_floor_w1(
+                    str(self.fresh("floor-w1")),
+                    accounts=accounts,
+                    commands=commands,
+                    clients=clients,
+                    sync=sync,
+                )
+            )["per_second"]
             for backend in ("trio", "asyncio"):
-                def run() -> dict[str, Any]:
-                    job = workloads.engine_write_throughput(
-                        self.fresh("w1"), accounts=accounts, commands=commands,
-                        clients=clients, sync=sync)
-                    return trio.run(lambda: job) if backend == "trio" else asyncio.run(job)
-                result = run()
-                self.rows.append(_row(
-                    "W1", f"{'durable' if sync else 'sync=False'} {backend}",
-                    result["per_second"], "commands/s", floor=floor,
-                    peer=peer if sync else None, sync=sync, backend=backend,
-                    mean_batch=round(result["mean_batch"], 1), commands=commands))
+                job = workloads.engine_write_throughput(
+                    self.fresh("w1"),
+                    accounts=accounts,
+                    commands=commands,
+                    clients=clients,
+                    sync=sync,
+                )
+                result = _trio(job) if backend == "trio" else asyncio.run(job)
+                self.rows.append(
+                    _row(
+                        "W1",
+                        f"{'durable' if sync else 'sync=False'} {backend}",
+                        result["per_second"],
+                        "commands/s",
+                        floor=floor,
+                        peer=peer if sync else None,
+                        sync=sync,
+                        backend=backend,
+                        mean_batch=round(result["mean_batch"], 1),
+                        commands=commands,
+                    )
+                )
 
     def w1_sweep(self) -> None:
         """W1 against the number of concurrent clients, for the plot."""
         accounts, commands = 1000, self.n(20_000)
         for clients in (1, 4, 16, 64, 256):
             n = commands if clients >= 16 else max(clients, commands // 4)
-            engine = trio.run(lambda: workloads.engine_write_throughput(
-                self.fresh("sweep"), accounts=accounts, commands=n, clients=clients,
-                sync=True))["per_second"]
-            floor = trio.run(lambda: run_floor_w1(str(self.fresh("sweep-floor")),
-                                                  accounts=accounts, commands=n,
-                                                  clients=clients, sync=True))["per_second"]
+            engine = _trio(
+                workloads.engine_write_throughput(
+                    self.fresh("sweep"), accounts=accounts, commands=n, clients=clients, sync=True
+                )
+            )["per_second"]
+            floor = _trio(
+                run_floor_w1(
+                    str(self.fresh("sweep-floor")),
+                    accounts=accounts,
+                    commands=n,
+                    clients=clients,
+                    sync=True,
+                )
+            )["per_second"]
             self.sweep.setdefault("engine", {})[clients] = engine
             self.sweep.setdefault("floor", {})[clients] = floor
             if self.peer:
-                peer = run_peer_w1(str(self.fresh("sweep-peer") / "bank.sqlite"),
-                                   accounts=accounts, commands=max(clients, n // 4),
-                                   clients=clients, fastforward=False)["per_second"]
+                peer = run_peer_w1(
+                    str(self.fresh("sweep-peer") / "bank.sqlite"),
+                    accounts=accounts,
+                    commands=max(clients, n // 4),
+                    clients=clients,
+                    fastforward=False,
+                )["per_second"]
                 self.sweep.setdefault("peer", {})[clients] = peer
 
     def w2(self) -> None:
@@ -145,58 +198,102 @@ class Harness:
         w1 = [r for r in self.rows if r["workload"] == "W1" and r["variant"] == "durable trio"]
         rate = (w1[0]["value"] if w1 else 30_000) / 2
         duration = 5.0 / self.scale if self.scale > 1 else 5.0
-        engine = trio.run(lambda: workloads.engine_latency(
-            self.fresh("w2"), accounts=1000, rate=rate, duration_s=duration))
-        floor = trio.run(lambda: run_floor_latency(
-            str(self.fresh("w2-floor")), accounts=1000, rate=rate, duration_s=duration))
+        engine = _trio(
+            workloads.engine_latency(
+                self.fresh("w2"), accounts=1000, rate=rate, duration_s=duration
+            )
+        )
+        floor = _trio(
+            run_floor_latency(
+                str(self.fresh("w2-floor")), accounts=1000, rate=rate, duration_s=duration
+            )
+        )
         for q in ("p50_ms", "p99_ms"):
-            self.rows.append(_row("W2", f"{q[:3]} at {rate:,.0f}/s offered", engine[q], "ms",
-                                  floor=floor[q], higher_is_better=False, sync=True))
+            self.rows.append(
+                _row(
+                    "W2",
+                    f"{q[:3]} at {rate:,.0f}/s offered",
+                    engine[q],
+                    "ms",
+                    floor=floor[q],
+                    higher_is_better=False,
+                    sync=True,
+                )
+            )
 
     def w3(self) -> None:
         """W3: activate one account with 10,000 events, cold and from a snapshot."""
         events = self.n(10_000, 200)
-        engine = trio.run(lambda: workloads.engine_rehydrate(self.fresh("w3"), events=events))
+        engine = _trio(workloads.engine_rehydrate(self.fresh("w3"), events=events))
         floor = floors.floor_rehydrate(self.fresh("w3-floor"), events=events)["cold_ms"]
         peer = None
         if self.peer:
-            peer = run_peer_w3(str(self.fresh("w3-peer") / "bank.sqlite"),
-                               events=events)["seconds"] * 1e3
-        self.rows.append(_row("W3", f"cold, {events} events", engine["cold_ms"], "ms",
-                              floor=floor, peer=peer, higher_is_better=False))
-        self.rows.append(_row("W3", f"from snapshot, {events} events", engine["snapshot_ms"],
-                              "ms", floor=floor, higher_is_better=False))
+            peer = (
+                run_peer_w3(str(self.fresh("w3-peer") / "bank.sqlite"), events=events)["seconds"]
+                * 1e3
+            )
+        self.rows.append(
+            _row(
+                "W3",
+                f"cold, {events} events",
+                engine["cold_ms"],
+                "ms",
+                floor=floor,
+                peer=peer,
+                higher_is_better=False,
+            )
+        )
+        self.rows.append(
+            _row(
+                "W3",
+                f"from snapshot, {events} events",
+                engine["snapshot_ms"],
+                "ms",
+                floor=floor,
+                higher_is_better=False,
+            )
+        )
 
     def w4(self) -> None:
         """W4: rebuild the balances view from a log of 1,000,000 events."""
         events = self.n(1_000_000)
         root = self.fresh("w4")
-        engine = trio.run(lambda: workloads.engine_rebuild(root, events=events))
+        engine = _trio(workloads.engine_rebuild(root, events=events))
         floor = floors.floor_rebuild(root / "log")["per_second"]
         peer = None
         if self.peer:
-            peer = run_peer_w4(str(self.fresh("w4-peer") / "bank.sqlite"),
-                               events=self.n(100_000))["per_second"]
-        self.rows.append(_row("W4", f"rebuild {events:,} events", engine["per_second"],
-                              "events/s", floor=floor, peer=peer))
+            peer = run_peer_w4(str(self.fresh("w4-peer") / "bank.sqlite"), events=self.n(100_000))[
+                "per_second"
+            ]
+        self.rows.append(
+            _row(
+                "W4",
+                f"rebuild {events:,} events",
+                engine["per_second"],
+                "events/s",
+                floor=floor,
+                peer=peer,
+            )
+        )
 
     def w5(self) -> None:
         """W5: point queries through the public API."""
         queries = self.n(1_000_000)
-        engine = trio.run(lambda: workloads.engine_query(self.fresh("w5"), queries=queries))
-        floor = trio.run(lambda: floors.floor_query(queries=queries))
-        self.rows.append(_row("W5", "point query", engine["per_second"], "queries/s",
-                              floor=floor["per_second"]))
+        engine = _trio(workloads.engine_query(self.fresh("w5"), queries=queries))
+        floor = _trio(floors.floor_query(queries=queries))
+        self.rows.append(
+            _row("W5", "point query", engine["per_second"], "queries/s", floor=floor["per_second"])
+        )
 
     def w6(self) -> None:
         """W6: from a command's reply until an ``after=`` query sees it."""
         commands = self.n(5_000, 200)
-        engine = trio.run(lambda: workloads.engine_read_your_writes(
-            self.fresh("w6"), commands=commands))
-        floor = trio.run(lambda: floors.floor_read_your_writes(commands=commands))
+        engine = _trio(workloads.engine_read_your_writes(self.fresh("w6"), commands=commands))
+        floor = _trio(floors.floor_read_your_writes(commands=commands))
         for q in ("p50_ms", "p99_ms"):
-            self.rows.append(_row("W6", q[:3], engine[q], "ms", floor=floor[q],
-                                  higher_is_better=False))
+            self.rows.append(
+                _row("W6", q[:3], engine[q], "ms", floor=floor[q], higher_is_better=False)
+            )
 
 
 WORKLOADS: dict[str, Callable[[Harness], None]] = {
@@ -214,12 +311,16 @@ def _table(rows: list[Row]) -> str:
     header = ("workload", "variant", "value", "unit", "vs floor", "vs peer")
     lines = [header]
     for r in rows:
-        lines.append((
-            r["workload"], r["variant"], f"{r['value']:,.3f}" if r["value"] < 100
-            else f"{r['value']:,.0f}", r["unit"],
-            "-" if r["ratio_vs_floor"] is None else f"{r['ratio_vs_floor']:.2f}x",
-            "-" if r["ratio_vs_peer"] is None else f"{r['ratio_vs_peer']:.2f}x",
-        ))
+        lines.append(
+            (
+                r["workload"],
+                r["variant"],
+                f"{r['value']:,.3f}" if r["value"] < 100 else f"{r['value']:,.0f}",
+                r["unit"],
+                "-" if r["ratio_vs_floor"] is None else f"{r['ratio_vs_floor']:.2f}x",
+                "-" if r["ratio_vs_peer"] is None else f"{r['ratio_vs_peer']:.2f}x",
+            )
+        )
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
     return "\n".join(
         "  ".join(str(cell).ljust(w) for cell, w in zip(line, widths, strict=True))
@@ -256,8 +357,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="scale every count down ~20x")
     parser.add_argument("--only", default="", help="comma-separated workloads, e.g. W1,W4")
     parser.add_argument("--json", type=Path, help="write one JSON object per line here")
-    parser.add_argument("--plot", type=Path, default=Path("results/w1_clients.png"),
-                        help="where to save the W1-vs-clients plot")
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        default=Path("results/w1_clients.png"),
+        help="where to save the W1-vs-clients plot",
+    )
     parser.add_argument("--no-peer", action="store_true", help="skip the eventsourcing peer")
     args = parser.parse_args(argv)
     selected = [w.strip() for w in args.only.split(",") if w.strip()] or list(WORKLOADS)
@@ -278,10 +383,20 @@ def main(argv: list[str] | None = None) -> int:
     if harness.sweep:
         _plot(harness.sweep, args.plot)
         print(f"plot: {args.plot}")
-        rows.append({"workload": "W1-clients", "variant": "sweep", "value": None,
-                     "unit": "commands/s", "ratio_vs_floor": None, "ratio_vs_peer": None,
-                     "points": {k: {str(c): round(v) for c, v in p.items()}
-                                for k, p in harness.sweep.items()}, **meta})
+        rows.append(
+            {
+                "workload": "W1-clients",
+                "variant": "sweep",
+                "value": None,
+                "unit": "commands/s",
+                "ratio_vs_floor": None,
+                "ratio_vs_peer": None,
+                "points": {
+                    k: {str(c): round(v) for c, v in p.items()} for k, p in harness.sweep.items()
+                },
+                **meta,
+            }
+        )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         with args.json.open("w") as out:

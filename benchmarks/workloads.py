@@ -6,6 +6,7 @@ dict of figures. The harness (``benchmarks/__main__.py``) runs them beside their
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from pathlib import Path
@@ -51,14 +52,21 @@ def _commands(accounts: int, commands: int, seed: int | None = None) -> list[tup
     """The floor's and the peer's recipe and seed: uniform accounts, half deposits, half
     withdrawals, amounts 1..100 (so a fair share of withdrawals is rejected)."""
     from ._floor import Deposit as FloorDeposit
+    from ._floor import Withdraw as FloorWithdraw
     from ._floor import bank_workload
 
-    recipe = bank_workload(accounts, commands) if seed is None else bank_workload(
-        accounts, commands, seed=seed)
-    return [
-        (f"acct-{n}", Deposit(c.amount) if isinstance(c, FloorDeposit) else Withdraw(c.amount))
-        for n, c in recipe
-    ]
+    recipe = (
+        bank_workload(accounts, commands)
+        if seed is None
+        else bank_workload(accounts, commands, seed=seed)
+    )
+    out: list[tuple[str, Any]] = []
+    for n, c in recipe:
+        if isinstance(c, FloorDeposit):
+            out.append((f"acct-{n}", Deposit(c.amount)))
+        elif isinstance(c, FloorWithdraw):
+            out.append((f"acct-{n}", Withdraw(c.amount)))
+    return out
 
 
 async def _open_accounts(engine: Engine, accounts: int) -> None:
@@ -72,13 +80,19 @@ async def _open_accounts(engine: Engine, accounts: int) -> None:
 
 
 async def engine_write_throughput(
-    root: Path, *, accounts: int, commands: int, clients: int, sync: bool,
+    root: Path,
+    *,
+    accounts: int,
+    commands: int,
+    clients: int,
+    sync: bool,
     seed: int | None = None,
 ) -> dict[str, Any]:
     """W1: ``commands`` from ``clients`` concurrent clients; each waits for its durable reply."""
     work = _commands(accounts, commands, seed)
-    async with Engine.open(root, aggregates=[Account], projectors=[Balances, Totals],
-                           sync=sync) as engine:
+    async with Engine.open(
+        root, aggregates=[Account], projectors=[Balances, Totals], sync=sync
+    ) as engine:
         await _open_accounts(engine, accounts)
         before = engine.statistics().writer
         rejected = 0
@@ -109,8 +123,14 @@ async def engine_write_throughput(
 
 
 async def engine_latency(
-    root: Path, *, accounts: int, rate: float, duration_s: float, sync: bool = True,
-    clients: int = 64, seed: int | None = None,
+    root: Path,
+    *,
+    accounts: int,
+    rate: float,
+    duration_s: float,
+    sync: bool = True,
+    clients: int = 64,
+    seed: int | None = None,
 ) -> dict[str, Any]:
     """W2: ``rate`` commands/s offered by ``clients`` paced clients; per-command latency.
 
@@ -121,8 +141,9 @@ async def engine_latency(
     total = max(clients, int(rate * duration_s))
     work = _commands(accounts, total, seed)
     samples: list[float] = []
-    async with Engine.open(root, aggregates=[Account], projectors=[Balances, Totals],
-                           sync=sync) as engine:
+    async with Engine.open(
+        root, aggregates=[Account], projectors=[Balances, Totals], sync=sync
+    ) as engine:
         await _open_accounts(engine, accounts)
         interval = clients / rate
 
@@ -133,10 +154,8 @@ async def engine_latency(
                 if delay > 0:
                     await anyio.sleep(delay)
                 account, command = work[i]
-                try:
+                with contextlib.suppress(Rejected):
                     await engine.send(Account, account, command)
-                except Rejected:
-                    pass
                 samples.append(time.perf_counter() - scheduled)
 
         started = time.perf_counter()
@@ -207,18 +226,18 @@ async def engine_rehydrate(root: Path, *, events: int) -> dict[str, Any]:
             await engine.send(kind, "acct-big", OpenAccount("big"))
             batch = 64
             for _ in range(0, events - 1, batch):
-                pendings = [engine.send_nowait(kind, "acct-big", Deposit(1))
-                            for _ in range(min(batch, events - 1 - _))]
+                pendings = [
+                    engine.send_nowait(kind, "acct-big", Deposit(1))
+                    for _ in range(min(batch, events - 1 - _))
+                ]
                 for pending in pendings:
                     await pending
         timings = []
         for _ in range(5):
             async with Engine.open(path, aggregates=[kind]) as engine:
                 t0 = time.perf_counter()
-                try:
+                with contextlib.suppress(Rejected):
                     await engine.send(kind, "acct-big", Withdraw(10**12))
-                except Rejected:
-                    pass
                 timings.append(time.perf_counter() - t0)
         results[f"{variant}_ms"] = min(timings) * 1e3
         results[f"{variant}_median_ms"] = percentile(timings, 0.5) * 1e3
@@ -240,12 +259,12 @@ async def engine_query(root: Path, *, queries: int) -> dict[str, Any]:
     return {"queries": queries, "seconds": seconds, "per_second": queries / seconds}
 
 
-async def engine_read_your_writes(root: Path, *, commands: int, sync: bool = True
-                                  ) -> dict[str, Any]:
+async def engine_read_your_writes(
+    root: Path, *, commands: int, sync: bool = True
+) -> dict[str, Any]:
     """W6: time from a command's reply until an ``after=`` query sees its event."""
     samples: list[float] = []
-    async with Engine.open(root, aggregates=[Account], projectors=[Balances],
-                           sync=sync) as engine:
+    async with Engine.open(root, aggregates=[Account], projectors=[Balances], sync=sync) as engine:
         await engine.send(Account, "acct-1", OpenAccount("w6"))
         for _ in range(commands):
             ack = await engine.send(Account, "acct-1", Deposit(1))

@@ -337,14 +337,8 @@ async def test_a_truncated_log_entry_is_a_storage_error(tmp_path: Path) -> None:
     sent, projected = await _errors_on_reopen(tmp_path)
     assert isinstance(sent, StorageError)
     assert isinstance(projected.__cause__, StorageError)
-    assert projected.position in (1, 2)  # see the xfail below for why not exactly 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: a projector whose catch-up batch holds an unreadable entry halts at "
-    "the batch's first position (and applies none of it), not at the unreadable one",
-)
 async def test_a_truncated_log_entry_halts_the_projector_exactly_there(tmp_path: Path) -> None:
     await _log_with_marked_event(tmp_path)
     assert _rewrite(tmp_path, b"MARKER-owner", lambda v: v[: v.index(b"MARKER-owner") + 3]) == 1
@@ -394,11 +388,6 @@ async def test_invalid_utf8_in_a_stored_envelope_is_a_storage_error(tmp_path: Pa
     assert isinstance(errors[0], StorageError), repr(errors[0])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: a corrupt snapshot makes its aggregate unloadable (StorageError on "
-    "every send) instead of being ignored and replayed from the events",
-)
 async def test_a_corrupt_snapshot_is_ignored_and_the_events_replayed(tmp_path: Path) -> None:
     async with Engine.open(tmp_path, aggregates=[Account]) as engine:
         for _ in range(Account.snapshot_every or 0):
