@@ -63,9 +63,16 @@ class Engine:
         self._writer = writer
         self._aggregates = aggregates
         self._projections = {host.kind: host for host in projections}
-        self._queries: dict[Callable[..., Any], ProjectionHost] = {
-            fn: host for host in projections for fn in host.kind.query_functions
-        }
+        # A query belongs to the projector whose class defines it; a hosted subclass that
+        # merely inherits it must not answer for its parent.
+        self._queries: dict[Callable[..., Any], ProjectionHost] = {}
+        for host in projections:
+            for fn in host.kind.query_functions:
+                if vars(host.kind).get(getattr(fn, "__name__", "")) is fn:
+                    self._queries[fn] = host
+        for host in projections:
+            for fn in host.kind.query_functions:
+                self._queries.setdefault(fn, host)
         self._broadcast = broadcast
         self._registry = registry
         self._closed = False
@@ -264,11 +271,13 @@ class Engine:
         if host is None:
             raise UnknownQuery(f"{getattr(query, '__qualname__', query)!r} is not a query here")
         if host.fault is not None:
-            raise host.fault
+            raise host.fault_error()  # a fresh error each time: tracebacks must not pile up
         if after is not None and host.checkpoint < after:
             if self._closed:
                 raise EngineClosed("the engine is closed")
             await host.wait_position(after)
+            if host.fault is not None:  # halted between releasing us and now
+                raise host.fault_error()
         return detach(query(host.instance, *args, **kwargs))  # type: ignore[no-any-return]
 
     async def wait_projected(self, position: int | None = None) -> None:
@@ -276,6 +285,8 @@ class Engine:
 
         Raises ProjectorFaulted if one halts before that. Cancelling the wait is safe.
         """
+        if self._closed:
+            raise EngineClosed("the engine is closed")
         target = self._broadcast.head if position is None else position
         for host in self._projections.values():
             await host.wait_position(target)

@@ -166,3 +166,6 @@ class ProjectorFaulted(EngineError):
         self.position = position
         self.event_type = event_type
         self.error = error
+
+    def __reduce__(self) -> tuple[type[ProjectorFaulted], tuple[str, int, str, str]]:
+        return (type(self), (self.projector, self.position, self.event_type, self.error))

@@ -84,11 +84,6 @@ async def test_cancelling_a_waiting_query_leaves_the_projector_working(
         assert await engine.query(Balances.balance, "a", after=ack.position) == 3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: Engine.query raises host.fault itself, so its traceback grows "
-    "with every query on a halted projector (fix: raise host.fault_error())",
-)
 async def test_each_query_on_a_halted_projector_raises_a_fresh_error() -> None:
     Fragile.broken = True
     try:
@@ -113,22 +108,12 @@ class Doubled(Balances):
         self.by_account[meta.stream_id] = self.by_account.get(meta.stream_id, 0) + 2 * e.amount
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: Engine maps each query function to the LAST hosted projector that "
-    "has it, so a hosted subclass steals its parent's queries",
-)
 async def test_a_query_goes_to_the_projector_that_defines_it() -> None:
     async with Engine.open(None, aggregates=[Account], projectors=[Balances, Doubled]) as engine:
         ack = await engine.send(Account, "a", Deposit(5))
         assert await engine.query(Balances.balance, "a", after=ack.position) == 5
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: wait_projected after the engine closed waits forever "
-    "(fix: raise EngineClosed when closed, as query does)",
-)
 async def test_wait_projected_after_close_raises(autojump_clock: trio.testing.MockClock) -> None:
     async with Engine.open(None, aggregates=[Account], projectors=[Balances]) as engine:
         pass
@@ -136,11 +121,6 @@ async def test_wait_projected_after_close_raises(autojump_clock: trio.testing.Mo
         await engine.wait_projected(1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: ProjectorFaulted has no __reduce__, so it cannot be unpickled "
-    "(ConcurrencyError has one)",
-)
 def test_projector_faulted_survives_pickling() -> None:
     error = ProjectorFaulted("Balances", 3, "Deposited", "ValueError('x')")
     copy = pickle.loads(pickle.dumps(error))
