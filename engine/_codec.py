@@ -9,6 +9,7 @@ string) and ``RecursionError`` (input nested past its depth limit).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from operator import itemgetter
 from typing import Any, Final
 
 import msgspec
@@ -21,6 +22,7 @@ __all__ = [
     "EventRegistry",
     "decode_command",
     "decode_stored",
+    "decode_stored_many",
     "encode_state",
     "encode_stored",
     "event_name",
@@ -122,6 +124,20 @@ class EventRegistry:
 def encode_stored(event: StoredEvent) -> bytes:
     """Encode a log entry (metadata and raw payload) as one msgpack array."""
     return _encoder.encode(event)
+
+
+def decode_stored_many(values: Iterable[bytes], skip: int = 0) -> list[StoredEvent]:
+    """Decode many log entries (each after ``skip`` leading bytes) in one C-level pass.
+
+    Raises:
+        DecodeError: one of them is corrupt; decode them one by one to find which.
+    """
+    try:
+        if skip:
+            values = map(itemgetter(slice(skip, None)), values)
+        return list(map(_stored_decoder.decode, values))
+    except _DECODE_FAILURES as e:
+        raise DecodeError(f"corrupt log entry: {e}") from e
 
 
 def decode_stored(data: bytes) -> StoredEvent:

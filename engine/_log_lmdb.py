@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import os
 import struct
 import threading
@@ -43,7 +44,7 @@ from typing import Any, Final
 import lmdb
 import msgspec
 
-from ._codec import decode_stored, encode_stored
+from ._codec import decode_stored, decode_stored_many, encode_stored
 from ._errors import DecodeError, DefinitionError, StorageError, StorageFull, StorageLocked
 from ._log import AppendOutcome, check_name, check_stream_id, expected_ok
 from ._records import Append, AppendResult, Snapshot, StoredEvent
@@ -368,9 +369,16 @@ class LmdbEventLog:
         An unreadable entry ends the batch just before it, so a reader applies everything
         readable and then, reading from that entry, gets a ``StorageError`` naming it.
         """
+        values = self._scan(from_position, limit)
+        try:
+            # One C-level pass is ~1.4x the per-event loop (W4 rebuild, catch-up); only a
+            # corrupt entry sends us down the slow path that finds it.
+            return decode_stored_many(values, _LINK)
+        except DecodeError:
+            pass
         out: list[StoredEvent] = []
         position = max(from_position, 1)  # positions are consecutive: the n-th is start + n
-        for value in self._scan(from_position, limit):
+        for value in values:
             try:
                 out.append(self._decode(value, position + len(out)))
             except StorageError:
@@ -387,17 +395,11 @@ class LmdbEventLog:
         if limit <= 0:
             self._check_open()
             return []
-        out: list[bytes] = []
         with self._reading() as txn:
             cur = txn.cursor(db=self._events)
             if not cur.set_range(_u64.pack(max(from_position, 1))):
-                return out
-            append = out.append
-            for value in cur.iternext(keys=False, values=True):
-                append(value)
-                if len(out) >= limit:
-                    break
-        return out
+                return []
+            return list(itertools.islice(cur.iternext(keys=False, values=True), limit))
 
     @staticmethod
     def _decode(value: bytes, position: int) -> StoredEvent:

@@ -20,8 +20,9 @@ rebuilt views equal a recomputation from the log, no balance is ever negative, t
 balances equals deposits minus withdrawals, every snapshot matches the events it claims
 to summarise, and a few aggregates, reloaded from snapshot and tail, hold exactly the
 balance the log says (withdrawing one more is refused, withdrawing all of it is not; those
-acknowledgements join the audit of the next round). A directory is reused by later rounds (a log that grows across
-crashes, every earlier acknowledgement audited again) or replaced by a fresh one.
+acknowledgements join the audit of the next round). A directory is reused by later
+rounds (a log that grows across crashes, every earlier acknowledgement audited again) or
+replaced by a fresh one.
 
 Rounds run in lanes (two by default: one per core), each with its own directories. The
 seed fixes every choice (kill mode and delay, reuse, map size, the child's load); the
