@@ -365,12 +365,6 @@ def _owner_becomes_int(value: bytes) -> bytes:
     return value[: at - 1] + b"\xc4\x12" + b"\x00" * 18 + value[at + 19 :]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: invalid UTF-8 inside a stored envelope leaks msgspec's raw "
-    "UnicodeDecodeError from read_stream/read_all (decode_stored catches only "
-    "msgspec.DecodeError)",
-)
 async def test_invalid_utf8_in_a_stored_envelope_is_a_storage_error(tmp_path: Path) -> None:
     await _log_with_marked_event(tmp_path)
     # The stream id sits in the envelope; make its bytes invalid UTF-8 (same length).
@@ -378,14 +372,16 @@ async def test_invalid_utf8_in_a_stored_envelope_is_a_storage_error(tmp_path: Pa
         tmp_path, b"acct-bad", lambda v: v.replace(b"acct-bad", b"\xff" * 8) if len(v) > 16 else v
     )
     assert events_with_id >= 2
-    errors: list[BaseException] = []
-    async with Engine.open(tmp_path, aggregates=[Account], projectors=[Balances]) as engine:
-        try:
-            engine.log.read_all()
-        except Exception as e:
-            errors.append(e)
-    assert len(errors) == 1
-    assert isinstance(errors[0], StorageError), repr(errors[0])
+    async with Engine.open(tmp_path, aggregates=[Account]) as engine:
+        log = engine.log
+        assert [e.position for e in log.read_all()] == [1]  # the readable prefix
+        with pytest.raises(StorageError, match="position 2") as caught:
+            log.read_all(2)
+        assert isinstance(caught.value.__cause__, DecodeError)
+        assert isinstance(caught.value.__cause__.__cause__, UnicodeDecodeError)
+        with pytest.raises(StorageError):
+            await engine.send(Account, "acct-bad", Deposit(1))
+        await engine.send(Account, "acct-good", Deposit(1))
 
 
 async def test_a_corrupt_snapshot_is_ignored_and_the_events_replayed(tmp_path: Path) -> None:
