@@ -1,8 +1,8 @@
-"""Given/when/then for aggregates, as pure functions: no engine, no log, no I/O.
+"""Given/when/then for aggregates and projectors, as pure functions: no engine, no log, no I/O.
 
 ::
 
-    from actors.testing import given
+    from actors.testing import given, given_events
 
     def test_withdraw_within_the_balance() -> None:
         (given(Account, [AccountOpened("ann"), Deposited(5)])
@@ -15,29 +15,68 @@
             InsufficientFunds, match="balance 5"
         )
 
+    def test_balances_follow_deposits() -> None:
+        given_events(
+            Balances, [("acct-1", AccountOpened("ann")), ("acct-1", Deposited(5))]
+        ).then_query(Balances.balance, "acct-1", equals=5)
+
 The kit runs a command exactly as the engine does, with the same checks: the given
 events are applied in order; the handler decides; its events are encoded with msgspec
 (so a type the log could not store fails here too), decoded back, and applied. What the
 engine would raise, the kit raises: :class:`~engine.UnknownCommand` for a command the
 aggregate has no handler for, :class:`~engine.HandlerError` (with the original as
-``__cause__``) when a handler or applier raises, :class:`~engine.DefinitionError` for an
-event type the log cannot register. An expectation that is not met is an
-``AssertionError`` whose message shows what happened instead.
+``__cause__``) when a handler or applier raises or an event cannot be encoded,
+:class:`~engine.DefinitionError` for an event type the log cannot register. An
+expectation that is not met is an ``AssertionError`` whose message shows what happened
+instead.
+
+A projector folds ``(stream_id, event)`` pairs as a projector catching up from the log
+does: each event gets the next position (from 1) and the next version of its stream, is
+read back from its encoding, and reaches the applier with its metadata (a
+:class:`~engine.StoredEvent`). An applier that raises halts the projector there (its
+queries then raise :class:`~engine.ProjectorFaulted`, as ``Engine.query`` does) or, with
+``on_error = "park"``, parks the event and goes on. Query results are copied as the
+engine copies them, so a test sees what a caller of ``Engine.query`` would. Expect with
+``then_query(query, *args, equals=...)``, ``then_parked([(stream_id, event), ...])`` and
+``then_halted(error, at=(stream_id, event), match=...)``, or assert freely on
+``query(...)``.
+
+A little over 400 lines, one file on purpose: it is the one module users import, and both
+kits share the check that an event survives the log (``_store``).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Any, Concatenate, Generic, ParamSpec, TypeVar
 
-from engine import EventRegistry, HandlerError, Rejected, UnknownCommand
+import msgspec
+
+from engine import (
+    DecodeError,
+    EventRegistry,
+    HandlerError,
+    Parked,
+    ProjectorFaulted,
+    Rejected,
+    StoredEvent,
+    UnknownCommand,
+    UnknownQuery,
+)
+
+# The one private import: the kit must copy query results exactly as Engine.query does.
+from engine._projections import detach
 
 from ._aggregate import Aggregate
+from ._projector import Projector
 
-__all__ = ["Given", "When", "given"]
+__all__ = ["Given", "GivenEvents", "When", "given", "given_events"]
 
 A = TypeVar("A", bound=Aggregate)
+P = TypeVar("P", bound=Projector)
+Q = ParamSpec("Q")
+T = TypeVar("T")
 
 
 def given(aggregate: type[A], events: Iterable[Any] = ()) -> Given[A]:
@@ -103,13 +142,7 @@ class Given(Generic[A]):
             raise HandlerError(
                 f"{self.aggregate.__name__} has no @applies for {type(event).__name__}"
             )
-        name, payload = self._registry.encode(event)
-        back = self._registry.decode(name, payload)
-        if back != event:
-            raise AssertionError(
-                f"{event!r} does not survive encoding: it is read back as {back!r}"
-            )
-        return back
+        return _store(self._registry, event)[2]
 
     def _apply(self, state: A, event: Any, what: str) -> None:
         applier = self.aggregate.event_appliers[type(event)]
@@ -184,6 +217,212 @@ class When(Generic[A]):
                 f"the state after {self.command!r} fails the check: {_attrs(self.state)}"
             )
         return self
+
+
+def given_events(
+    projector: type[P], events: Iterable[tuple[str, Any]] = (), *, timestamp: float = 0.0
+) -> GivenEvents[P]:
+    """Start a projector scenario: ``projector`` has folded ``events`` as the log holds them.
+
+    Args:
+        projector: the projector class.
+        events: ``(stream_id, event)`` pairs in log order. Positions run from 1 and
+            versions from 1 per stream, as the log assigns them.
+        timestamp: the commit time recorded for every event (seconds since the epoch).
+
+    Raises:
+        DefinitionError: an event (or applier) type is not a frozen ``msgspec.Struct``, or
+            two types share a name.
+        HandlerError: an event cannot be encoded (the engine refuses to append it).
+        AssertionError: an event is read back from its encoding as something else.
+    """
+    return GivenEvents(projector, events, timestamp=timestamp)
+
+
+class GivenEvents(Generic[P]):
+    """A projector after folding the given events, as the engine would (see :func:`given_events`).
+
+    Attributes:
+        projector: the projector class.
+        events: the given ``(stream_id, event)`` pairs, in log order.
+        recorded: the metadata each event was delivered with (``recorded[i].position``
+            is ``i + 1``).
+        instance: the projector's cache. Prefer queries, which see it as callers do.
+        parked: the events a ``park`` projector skipped, as ``Engine.parked`` lists them.
+        fault: why the projector halted, or None. It halts at the first event whose
+            applier raises, unless ``on_error = "park"``; later events are not applied.
+
+    Every ``then*`` method returns ``self``, so expectations chain.
+    """
+
+    def __init__(
+        self,
+        projector: type[P],
+        events: Iterable[tuple[str, Any]] = (),
+        *,
+        timestamp: float = 0.0,
+    ) -> None:
+        self.projector = projector
+        self.events = [_pair(entry) for entry in events]
+        registry = EventRegistry(projector.event_appliers)
+        appliers = {registry.name_of(t): fn for t, fn in projector.event_appliers.items()}
+        # Store every event before applying any: a malformed scenario fails as a whole.
+        versions: dict[str, int] = {}
+        self.recorded: list[StoredEvent] = []
+        read_back: list[Any] = []
+        for position, (stream_id, event) in enumerate(self.events, 1):
+            name, payload, back = _store(registry, event)
+            version = versions[stream_id] = versions.get(stream_id, 0) + 1
+            self.recorded.append(
+                StoredEvent(
+                    position, stream_id, version, name, timestamp, payload=msgspec.Raw(payload)
+                )
+            )
+            read_back.append(back)
+        self.instance: P = projector()
+        self.parked: list[Parked] = []
+        self.fault: ProjectorFaulted | None = None
+        for meta, event in zip(self.recorded, read_back, strict=True):
+            applier = appliers.get(meta.type)
+            if applier is None:
+                continue  # the engine never even decodes a type the projector ignores
+            try:
+                applier(self.instance, event, meta)
+            except Exception as e:  # what the engine catches: BaseException passes through
+                if projector.on_error == "park":
+                    self.parked.append(Parked(meta.position, meta.stream_id, meta.type, repr(e)))
+                    continue
+                self.fault = ProjectorFaulted(projector.name, meta.position, meta.type, repr(e))
+                self.fault.__cause__ = e
+                break
+
+    def query(
+        self, query: Callable[Concatenate[P, Q], T], /, *args: Q.args, **kwargs: Q.kwargs
+    ) -> T:
+        """Call ``query`` on the cache and return its result, copied as ``Engine.query`` does.
+
+        Raises:
+            UnknownQuery: ``query`` is not a query of this projector.
+            ProjectorFaulted: the projector halted; the applier's exception is ``__cause__``.
+        """
+        if query not in self.projector.query_functions:
+            raise UnknownQuery(f"{_name(query)} is not a query of {self.projector.__qualname__}")
+        if self.fault is not None:
+            raise _fresh(self.fault)
+        result: T = detach(query(self.instance, *args, **kwargs))
+        return result
+
+    def then_query(
+        self, query: Callable[..., object], /, *args: Any, equals: object, **kwargs: Any
+    ) -> GivenEvents[P]:
+        """Expect ``query(*args, **kwargs)`` to return something equal to ``equals``.
+
+        Raises:
+            UnknownQuery, ProjectorFaulted: as :meth:`query`.
+        """
+        result = self.query(query, *args, **kwargs)
+        if result != equals:
+            call = ", ".join([*map(repr, args), *(f"{k}={v!r}" for k, v in kwargs.items())])
+            raise AssertionError(
+                f"{_name(query)}({call}) returned {result!r}; expected {equals!r}"
+                + self._parked_note()
+            )
+        return self
+
+    def then_parked(self, expected: Sequence[tuple[str, Any]]) -> GivenEvents[P]:
+        """Expect exactly these ``(stream_id, event)`` pairs parked, in log order (``[]``: none)."""
+        wanted = [_pair(entry) for entry in expected]
+        if self.fault is not None:
+            raise AssertionError(f"{self.fault}; expected parked {wanted!r}")
+        parked = [self.events[p.position - 1] for p in self.parked]
+        if parked != wanted:
+            never = "" if self.projector.on_error == "park" else " (on_error is 'halt')"
+            raise AssertionError(
+                f"{self.projector.name} parked {parked!r}{never}; expected {wanted!r}"
+                + self._parked_note()
+            )
+        return self
+
+    def then_halted(
+        self,
+        error: type[Exception] = Exception,
+        *,
+        at: tuple[str, Any] | None = None,
+        match: str | None = None,
+    ) -> GivenEvents[P]:
+        """Expect the projector halted because an applier raised ``error`` (or a subclass).
+
+        ``at`` is the ``(stream_id, event)`` pair it halted at; ``match`` is a regular
+        expression searched for in the applier's exception message.
+        """
+        fault = self.fault
+        name = self.projector.name
+        if fault is None:
+            raise AssertionError(
+                f"{name} applied every event; expected it to halt with {error.__name__}"
+                + self._parked_note()
+            )
+        cause = fault.__cause__
+        if not isinstance(cause, error):
+            raise AssertionError(f"{fault}; expected {error.__name__}")
+        halted_at = self.events[fault.position - 1]
+        if at is not None and halted_at != _pair(at):
+            raise AssertionError(
+                f"{name} halted at {halted_at!r} (position {fault.position}); "
+                f"expected at {_pair(at)!r}"
+            )
+        if match is not None and not re.search(match, str(cause)):
+            raise AssertionError(f"the applier's message {str(cause)!r} does not match {match!r}")
+        return self
+
+    def _parked_note(self) -> str:
+        notes = [
+            f"{self.events[p.position - 1]!r} at position {p.position}: {p.error}"
+            for p in self.parked
+        ]
+        return f" (parked: {'; '.join(notes)})" if notes else ""
+
+
+def _pair(entry: object) -> tuple[str, Any]:
+    if isinstance(entry, tuple | list) and len(entry) == 2 and isinstance(entry[0], str):
+        return entry[0], entry[1]
+    raise TypeError(f"expected a (stream_id, event) pair, got {entry!r}")
+
+
+def _store(registry: EventRegistry, event: Any) -> tuple[str, bytes, Any]:
+    """Encode ``event`` as the log stores it and decode it back, as a reader gets it.
+
+    Returns ``(type name, payload, the event read back)``.
+
+    Raises:
+        DefinitionError: the event's type is not a frozen Struct, or its name is taken.
+        HandlerError: msgspec cannot encode it (the engine would refuse to append it).
+        AssertionError: it cannot be decoded, or is decoded as something else.
+    """
+    name = registry.register(type(event))
+    try:
+        payload = registry.encode(event)[1]
+    except Exception as e:
+        raise HandlerError(f"{event!r} cannot be stored in the log: {e!r}") from e
+    try:
+        back = registry.decode(name, payload)
+    except DecodeError as e:
+        raise AssertionError(f"{event!r} does not survive encoding: {e}") from e
+    if back != event:
+        raise AssertionError(f"{event!r} does not survive encoding: it is read back as {back!r}")
+    return name, payload, back
+
+
+def _fresh(fault: ProjectorFaulted) -> ProjectorFaulted:
+    """A copy of ``fault`` to raise, as the engine raises one: raising the same object
+    again and again would pile traceback frames onto it."""
+    error = ProjectorFaulted(fault.projector, fault.position, fault.event_type, fault.error)
+    error.__cause__ = fault.__cause__
+    return error
+
+
+def _name(fn: object) -> str:
+    return str(getattr(fn, "__qualname__", repr(fn)))
 
 
 def _show(error: BaseException) -> str:

@@ -25,6 +25,7 @@ acknowledged command survives ``kill -9`` and power loss. ``sync=False`` skips t
 
 from __future__ import annotations
 
+import gc
 import random
 import struct
 import time
@@ -317,6 +318,7 @@ async def run_floor_latency(
     duration_s: float,
     sync: bool = True,
     max_in_flight: int = 1024,
+    freeze_gc: bool = True,
 ) -> dict[str, Any]:
     """Offer W1 commands at a fixed ``rate`` per second for ``duration_s``; return latencies.
 
@@ -324,8 +326,10 @@ async def run_floor_latency(
     ones have finished, each in its own task (this is the load generator, not the system under
     test), with at most ``max_in_flight`` outstanding. Latency runs from the *scheduled* start,
     so time spent waiting for the ticker or the semaphore counts against the floor (no
-    coordinated omission). Must run under trio; ``path`` must be an empty or missing
-    directory. Cancelling it abandons the run and closes the environment.
+    coordinated omission). With ``freeze_gc`` the setup's objects are frozen out of the
+    cyclic collector after setup (see ``load.paced_load``). Must run under trio; ``path``
+    must be an empty or missing directory. Cancelling it abandons the run and closes the
+    environment.
     """
     offered = int(rate * duration_s)
     if accounts < 1 or offered < 1 or max_in_flight < 1:
@@ -348,6 +352,9 @@ async def run_floor_latency(
             nursery.start_soon(floor.run_writer)
             await _open_accounts(floor, accounts=accounts, clients=min(64, max_in_flight))
             batches_before, commands_before = floor.batches, floor.batched_commands
+            if freeze_gc:
+                gc.collect()
+                gc.freeze()
             async with trio.open_nursery() as load:
                 start = trio.current_time()
                 for i, (account, command) in enumerate(workload):
@@ -363,6 +370,8 @@ async def run_floor_latency(
                         await limiter.acquire()
                     load.start_soon(one, account, command, scheduled)
             seconds = trio.current_time() - start
+            if freeze_gc:
+                gc.unfreeze()
             nursery.cancel_scope.cancel()
         _check_log(env, floor)
     finally:
@@ -389,3 +398,35 @@ async def run_floor_latency(
         "batches": batches,
         "mean_batch": (floor.batched_commands - commands_before) / max(batches, 1),
     }
+
+
+async def run_floor_paced_latency(
+    path: str,
+    *,
+    accounts: int,
+    rate: float,
+    duration_s: float,
+    sync: bool = True,
+    clients: int = 64,
+) -> dict[str, Any]:
+    """W2 through the floor with the engine's generator (``load.paced_load``), so the two
+    latencies compare. Must run under trio; ``path`` must be empty or missing."""
+    from .load import paced_load
+
+    workload = bank_workload(accounts, max(clients, int(rate * duration_s)))
+    env = _open_env(path, sync=sync)
+    try:
+        floor = _Floor(env, accounts=accounts, in_flight=max(clients, 64))
+
+        async def send(item: tuple[int, Command]) -> None:
+            await floor.send(item[0], item[1])
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(floor.run_writer)
+            await _open_accounts(floor, accounts=accounts, clients=min(64, clients))
+            result = await paced_load(send, workload, rate=rate, clients=clients)
+            nursery.cancel_scope.cancel()
+        _check_log(env, floor)
+    finally:
+        env.close()
+    return result

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import trio
 
 from . import floors, workloads
-from ._floor import run_floor_latency, run_floor_w1
+from ._floor import run_floor_paced_latency, run_floor_w1
 from ._peer import run_peer_w1, run_peer_w3, run_peer_w4
 
 __all__ = ["main"]
@@ -138,25 +138,29 @@ class Harness:
                     sync=sync,
                 )
             )["per_second"]
-            for backend in ("trio", "asyncio"):
+            variants = [("trio", True), ("asyncio", True), ("trio", False)]
+            for backend, views in variants:
                 job = workloads.engine_write_throughput(
                     self.fresh("w1"),
                     accounts=accounts,
                     commands=commands,
                     clients=clients,
                     sync=sync,
+                    views=views,
                 )
                 result = _trio(job) if backend == "trio" else asyncio.run(job)
+                label = f"{'durable' if sync else 'sync=False'} {backend}"
                 self.rows.append(
                     _row(
                         "W1",
-                        f"{'durable' if sync else 'sync=False'} {backend}",
+                        label if views else f"{label}, no views",
                         result["per_second"],
                         "commands/s",
                         floor=floor,
                         peer=peer if sync else None,
                         sync=sync,
                         backend=backend,
+                        views=views,
                         mean_batch=round(result["mean_batch"], 1),
                         commands=commands,
                     )
@@ -204,7 +208,7 @@ class Harness:
             )
         )
         floor = _trio(
-            run_floor_latency(
+            run_floor_paced_latency(
                 str(self.fresh("w2-floor")), accounts=1000, rate=rate, duration_s=duration
             )
         )

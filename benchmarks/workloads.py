@@ -29,6 +29,7 @@ from .bank import (
     Withdraw,
     Withdrawn,
 )
+from .load import paced_load
 
 __all__ = [
     "engine_latency",
@@ -86,13 +87,17 @@ async def engine_write_throughput(
     commands: int,
     clients: int,
     sync: bool,
+    views: bool = True,
     seed: int | None = None,
 ) -> dict[str, Any]:
-    """W1: ``commands`` from ``clients`` concurrent clients; each waits for its durable reply."""
+    """W1: ``commands`` from ``clients`` concurrent clients; each waits for its durable reply.
+
+    With ``views`` the two bank views (Balances, Totals) follow the writes live, as they
+    would in an application; without, only the write side runs (what the floor does).
+    """
     work = _commands(accounts, commands, seed)
-    async with Engine.open(
-        root, aggregates=[Account], projectors=[Balances, Totals], sync=sync
-    ) as engine:
+    projectors = [Balances, Totals] if views else []
+    async with Engine.open(root, aggregates=[Account], projectors=projectors, sync=sync) as engine:
         await _open_accounts(engine, accounts)
         before = engine.statistics().writer
         rejected = 0
@@ -130,47 +135,19 @@ async def engine_latency(
     duration_s: float,
     sync: bool = True,
     clients: int = 64,
-    seed: int | None = None,
 ) -> dict[str, Any]:
-    """W2: ``rate`` commands/s offered by ``clients`` paced clients; per-command latency.
-
-    Each client has a fixed schedule (one command every ``clients / rate`` s) and measures
-    from the command's *scheduled* start, so a stall counts for every command it delays
-    (no coordinated omission).
-    """
-    total = max(clients, int(rate * duration_s))
-    work = _commands(accounts, total, seed)
-    samples: list[float] = []
+    """W2: ``rate`` commands/s offered by ``clients`` paced clients (``load.paced_load``)."""
+    work = _commands(accounts, max(clients, int(rate * duration_s)))
     async with Engine.open(
         root, aggregates=[Account], projectors=[Balances, Totals], sync=sync
     ) as engine:
         await _open_accounts(engine, accounts)
-        interval = clients / rate
 
-        async def client(first: int, start: float) -> None:
-            for k, i in enumerate(range(first, total, clients)):
-                scheduled = start + k * interval
-                delay = scheduled - time.perf_counter()
-                if delay > 0:
-                    await anyio.sleep(delay)
-                account, command = work[i]
-                with contextlib.suppress(Rejected):
-                    await engine.send(Account, account, command)
-                samples.append(time.perf_counter() - scheduled)
+        async def send(item: tuple[str, Any]) -> None:
+            with contextlib.suppress(Rejected):
+                await engine.send(Account, item[0], item[1])
 
-        started = time.perf_counter()
-        async with anyio.create_task_group() as tg:
-            for first in range(clients):
-                # Stagger the clients evenly over one interval.
-                tg.start_soon(client, first, started + first * interval / clients)
-        seconds = time.perf_counter() - started
-    return {
-        "commands": total,
-        "offered_per_second": rate,
-        "achieved_per_second": total / seconds,
-        "p50_ms": percentile(samples, 0.50) * 1e3,
-        "p99_ms": percentile(samples, 0.99) * 1e3,
-    }
+        return await paced_load(send, work, rate=rate, clients=clients)
 
 
 def write_bank_log(path: Path, *, events: int, accounts: int = 1000, seed: int = 3) -> None:

@@ -31,6 +31,9 @@ batch; two more only for a sender that had to wait for room. Passivation evicts 
 actors (LRU beyond ``max_live``, and after ``idle_timeout``) but never one with commands
 in flight or senders waiting, nor the one being activated: a busy actor stays live, so
 ``max_live`` is exceeded only by actors that are busy right now.
+Why one file over 400 lines: activation, the mailbox window and passivation all read and
+write the same per-actor counters inside one synchronous turn; split apart, each piece would
+need the others' invariants restated.
 """
 
 from __future__ import annotations

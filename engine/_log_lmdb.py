@@ -26,6 +26,8 @@ Durability: ``sync=True`` (default) fsyncs data and meta pages before commit ret
 ``sync=False`` leaves flushing to the OS: it survives a process crash, not an OS crash.
 The map grows by itself between transactions, doubling up to ``max_map_size``; a group that
 does not fit under the cap fails whole with ``StorageFull`` and leaves nothing behind.
+Why one file over 400 lines: the key layout above is one decision; the writer, the readers and
+the map-growth lock all depend on it, and reading them side by side is how it is checked.
 """
 
 from __future__ import annotations
