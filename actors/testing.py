@@ -54,7 +54,6 @@ from typing import Any, Concatenate, Generic, ParamSpec, TypeVar
 import msgspec
 
 from engine import (
-    DecodeError,
     EventRegistry,
     HandlerError,
     Parked,
@@ -396,18 +395,13 @@ def _store(registry: EventRegistry, event: Any) -> tuple[str, bytes, Any]:
 
     Raises:
         DefinitionError: the event's type is not a frozen Struct, or its name is taken.
-        HandlerError: msgspec cannot encode it (the engine would refuse to append it).
-        AssertionError: it cannot be decoded, or is decoded as something else.
+        EncodeError: it cannot be stored or read back as its type (the engine refuses to
+            append it with the same error).
+        AssertionError: it is read back as something unequal (e.g. a NaN field).
     """
     name = registry.register(type(event))
-    try:
-        payload = registry.encode(event)[1]
-    except Exception as e:
-        raise HandlerError(f"{event!r} cannot be stored in the log: {e!r}") from e
-    try:
-        back = registry.decode(name, payload)
-    except DecodeError as e:
-        raise AssertionError(f"{event!r} does not survive encoding: {e}") from e
+    payload = registry.encode(event)[1]  # EncodeError, exactly as on the command path
+    back = registry.decode(name, payload)
     if back != event:
         raise AssertionError(f"{event!r} does not survive encoding: it is read back as {back!r}")
     return name, payload, back

@@ -14,7 +14,13 @@ from typing import Any, Final
 
 import msgspec
 
-from ._errors import DecodeError, DefinitionError, PayloadTooLarge, UnknownEventType
+from ._errors import (
+    DecodeError,
+    DefinitionError,
+    EncodeError,
+    PayloadTooLarge,
+    UnknownEventType,
+)
 from ._records import StoredEvent
 
 __all__ = [
@@ -100,8 +106,24 @@ class EventRegistry:
             raise UnknownEventType(f"no event type is registered as {name!r}") from None
 
     def encode(self, event: msgspec.Struct) -> tuple[str, bytes]:
-        """Encode one event into ``(name, payload)``."""
-        return self.name_of(type(event)), _encoder.encode(event)
+        """Encode one event into ``(name, payload)``, checking that it reads back.
+
+        msgspec does not validate a Struct when it is built, so ``Deposited("5")`` for an
+        ``int`` field encodes fine and would then fail every later read: the aggregate could
+        never be loaded again. Decoding each payload once here (well under a microsecond for
+        a small event) keeps such an event out of the log.
+
+        Raises:
+            UnknownEventType: the event's type is not registered.
+            EncodeError: it cannot be encoded, or does not decode as its own type.
+        """
+        name = self.name_of(type(event))
+        try:
+            payload = _encoder.encode(event)
+            self._decoders[name].decode(payload)
+        except (TypeError, OverflowError, msgspec.EncodeError, *_DECODE_FAILURES) as e:
+            raise EncodeError(f"cannot store {event!r}: {e}") from e
+        return name, payload
 
     def decode(self, name: str, payload: bytes | msgspec.Raw) -> Any:
         """Decode one payload stored under ``name`` into its registered type."""

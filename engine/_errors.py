@@ -13,6 +13,7 @@ Every error that crosses the public API is an :class:`EngineError`; raw ``lmdb``
     ├── HandlerError                     user code (handler, applier) raised; cause attached
     ├── ConcurrencyError                 expected_version did not match the stream's version
     ├── CodecError (ValueError)          bytes could not be encoded/decoded
+    │   ├── EncodeError                  an event that cannot be stored and read back
     │   ├── DecodeError                  malformed bytes, wrong field types, extra fields
     │   ├── UnknownEventType             a type name nobody registered
     │   └── PayloadTooLarge              input over the size limit, refused before decoding
@@ -29,6 +30,7 @@ __all__ = [
     "ConcurrencyError",
     "DecodeError",
     "DefinitionError",
+    "EncodeError",
     "EngineClosed",
     "EngineError",
     "HandlerError",
@@ -119,6 +121,15 @@ class ConcurrencyError(EngineError):
 
 class CodecError(EngineError, ValueError):
     """Bytes could not be encoded or decoded; base of the codec errors."""
+
+
+class EncodeError(CodecError):
+    """An event cannot be stored, or would not read back as its own type.
+
+    Raised on the command path before anything is written (e.g. a field holding a value of
+    the wrong type, or an int beyond msgpack's 64 bits); the command appended nothing and
+    the aggregate is reloaded. Fix the handler that built the event.
+    """
 
 
 class DecodeError(CodecError):

@@ -33,6 +33,7 @@ the map-growth lock all depend on it, and reading them side by side is how it is
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import itertools
 import os
@@ -215,6 +216,11 @@ class LmdbEventLog:
                     )
                     return _fail_all(appends, full, e)
             except lmdb.Error as e:
+                if _out_of_space(e):
+                    # The disk, not the map, is full: same promise (nothing written), same
+                    # remedy (make room, retry), so the same error as the map cap.
+                    full = StorageFull(f"the disk holding {self._path} is full: {e}")
+                    return _fail_all(appends, full, e)
                 failed = StorageError(f"write to the log at {self._path} failed: {e}")
                 return _fail_all(appends, failed, e)
 
@@ -504,6 +510,15 @@ class _ReadTxn:
 
 def _anchor_key(stream_id: str, version: int) -> bytes:
     return stream_id.encode() + b"\x00" + _u64.pack(version)
+
+
+def _out_of_space(error: lmdb.Error) -> bool:
+    """True if LMDB failed because the file system ran out of space (ENOSPC/EDQUOT)."""
+    text = str(error)
+    return any(
+        os.strerror(code) in text or f"errno {code}" in text.lower()
+        for code in (errno.ENOSPC, errno.EDQUOT)
+    )
 
 
 def _fail_all(
