@@ -99,6 +99,15 @@ class Aggregate:
         if state_type is None:
             raise HandlerError(f"{type(self).__qualname__} has no annotated attributes to snapshot")
         fields = state_type.__struct_fields__
+        public = (name for name in getattr(self, "__dict__", {}) if not name.startswith("_"))
+        missing = sorted(set(public) - set(fields))
+        if missing:
+            # Restoring would silently leave these at their __init__ values. (Private
+            # attributes are caches by convention: they are rebuilt, not snapshotted.)
+            raise HandlerError(
+                f"{type(self).__qualname__} cannot snapshot: attribute(s) {', '.join(missing)} "
+                "are not annotated on the class (annotate them, or override snapshot_state)"
+            )
         return msgspec.msgpack.encode(state_type(**{f: getattr(self, f) for f in fields}))
 
     @classmethod

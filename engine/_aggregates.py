@@ -63,6 +63,12 @@ from ._writer import Writer
 
 __all__ = ["AggregateType", "Aggregates", "AggregatesStatistics", "Pending"]
 
+
+class _AtCapacity(Overloaded):
+    """Every live actor is busy and the cap is reached: ``send`` waits, ``send_nowait``
+    raises it (an :class:`Overloaded`)."""
+
+
 _EVICTION_SCAN = 16
 """How many actors a commit looks at to get back under the cap: bounded, so that with
 many busy actors each commit costs O(1), not O(live)."""
@@ -113,6 +119,7 @@ class AggregatesStatistics(msgspec.Struct, frozen=True):
     reloads: int
     in_flight: int
     waiting: int
+    snapshot_failures: int = 0
 
 
 class _Actor:
@@ -199,6 +206,11 @@ class Aggregates:
         for kind in kinds:
             for event_type in kind.event_appliers:
                 registry.register(event_type)
+        # Kinds whose every event type is immutable all the way down (the usual case):
+        # their events go to live projectors as they are, with no per-event check.
+        self._immutable_kinds = {
+            kind for kind in kinds if all(registry.shareable(t) for t in kind.event_appliers)
+        }
         self._log = log
         self._writer = writer
         self._registry = registry
@@ -211,6 +223,8 @@ class Aggregates:
         self._activations = 0
         self._passivations = 0
         self._reloads = 0
+        self._capacity: deque[Reply] = deque()  # senders waiting for a live-actor slot
+        self._snapshot_failures = 0
 
     # -- the command path ------------------------------------------------------------------
 
@@ -224,7 +238,10 @@ class Aggregates:
     ) -> Committed:
         """Run ``command`` on the actor, waiting for mailbox room; see ``Engine.send``."""
         handler = self._handler(kind, command)
-        actor = self._actor(kind, stream_id)
+        try:
+            actor = self._actor(kind, stream_id)
+        except _AtCapacity:
+            actor = await self._wait_for_capacity(kind, stream_id)
         if actor.stale or actor.room or actor.inflight + actor.handed >= self._mailbox_size:
             reply = await self._wait_and_decide(
                 actor, handler, command, correlation_id, causation_id
@@ -254,6 +271,23 @@ class Aggregates:
             )
         return Pending(self._decide(actor, handler, command, correlation_id, causation_id))
 
+    async def _wait_for_capacity(self, kind: AggregateType, stream_id: str) -> _Actor:
+        """Wait until an actor goes idle (so it can be passivated), then activate ours."""
+        while True:
+            reply = self._new_reply()
+            self._capacity.append(reply)
+            try:
+                await reply.wait()
+            finally:
+                if reply in self._capacity:
+                    self._capacity.remove(reply)
+            if self._closed:
+                raise EngineClosed("the engine closed before this command ran")
+            try:
+                return self._actor(kind, stream_id)
+            except _AtCapacity:
+                continue
+
     def _handler(self, kind: AggregateType, command: Any) -> Callable[[Any, Any], Any]:
         if self._closed:
             raise EngineClosed("the engine is closed")
@@ -282,7 +316,10 @@ class Aggregates:
                     if actor.inflight:
                         await self._park(actor, actor.drained)
                         # Drained actors have no waiters left: it may have been passivated.
-                        actor = self._actor(kind, stream_id)
+                        try:
+                            actor = self._actor(kind, stream_id)
+                        except _AtCapacity:
+                            actor = await self._wait_for_capacity(kind, stream_id)
                         continue
                     self._reload(actor)
                 if actor.room or actor.inflight + actor.handed >= self._mailbox_size:
@@ -395,10 +432,15 @@ class Aggregates:
                     for waiter in waiting:
                         waiter.set_result(None)
                 self._maybe_snapshot(actor)
-                if len(self._live) > self._max_live:
-                    # Over the cap because busy actors could not go: now one is idle.
-                    self._evict_lru(scan=_EVICTION_SCAN)
+                if self._capacity:
+                    # A sender is waiting for an actor to go idle: this one just did.
+                    self._capacity.popleft().set_result(None)
 
+        if kind not in self._immutable_kinds:
+            # A mutable part (a list field, say) must not reach live projectors by
+            # reference: they decode those events from the stored bytes instead.
+            shareable = self._registry.shareable
+            events = [event if shareable(type(event)) else None for event in events]
         try:
             self._writer.submit(
                 Append(stream_id, expected, tuple(encoded), correlation_id, causation_id),
@@ -430,11 +472,17 @@ class Aggregates:
     def _activate(self, kind: AggregateType, stream_id: str) -> _Actor:
         """Load snapshot + tail from the log (synchronously) and make the actor live."""
         check_stream_id(stream_id)
+        if len(self._live) >= self._max_live:
+            # A bounded look at the least recently used: O(1) per activation, and busy
+            # actors move to the back so the next look starts with likelier candidates.
+            self._evict_lru(scan=_EVICTION_SCAN, room_for=1)
+            if len(self._live) >= self._max_live:
+                raise _AtCapacity(
+                    f"{self._max_live} aggregates are live and busy (max_live_aggregates)"
+                )
         actor = _Actor(kind, stream_id, *self._load(kind, stream_id))
         self._live[stream_id] = actor
         self._activations += 1
-        if len(self._live) > self._max_live:
-            self._evict_lru(keep=actor)
         self._peak = max(self._peak, len(self._live))
         return actor
 
@@ -486,26 +534,29 @@ class Aggregates:
         every = actor.kind.snapshot_every
         if every is None or actor.stale or actor.version - actor.snapshot_version < every:
             return
+        # Counted as taken even if it fails, so a broken snapshot_state is tried once per
+        # ``every`` events, not after every commit.
+        actor.snapshot_version = actor.version
         try:
             data = actor.state.snapshot_state()
         except Exception:
+            self._snapshot_failures += 1
             return  # a snapshot is an optimisation; the events remain the truth
-        actor.snapshot_version = actor.version
         self._writer.save_snapshot(
             actor.stream_id, Snapshot(actor.version, actor.kind.snapshot_format, data)
         )
 
-    def _evict_lru(self, keep: _Actor | None = None, scan: int | None = None) -> None:
-        """Passivate least recently used idle actors until within ``max_live``.
+    def _evict_lru(self, scan: int, room_for: int = 0) -> None:
+        """Passivate least recently used idle actors until ``room_for`` more fit.
 
-        Looks at ``scan`` actors at most (default: all); busy ones go to the back.
+        Looks at ``scan`` actors at most; busy ones go to the back.
         """
         live = self._live
-        for _ in range(len(live) if scan is None else min(scan, len(live))):
-            if len(live) <= self._max_live:
+        for _ in range(min(scan, len(live))):
+            if len(live) + room_for <= self._max_live:
                 return
             stream_id, actor = next(iter(live.items()))
-            if actor is keep or actor.busy():
+            if actor.busy():
                 live.move_to_end(stream_id)  # it stays, and costs no wake-up
                 continue
             del live[stream_id]
@@ -530,6 +581,10 @@ class Aggregates:
     def close(self) -> None:
         """Refuse new commands and fail every sender still waiting for room."""
         self._closed = True
+        while self._capacity:
+            self._capacity.popleft().set_error(
+                EngineClosed("the engine closed before this command ran")
+            )
         for actor in self._live.values():
             for queue in (actor.room, actor.drained):
                 waiting = list(queue)
@@ -551,5 +606,6 @@ class Aggregates:
             passivations=self._passivations,
             reloads=self._reloads,
             in_flight=sum(a.inflight for a in actors),
-            waiting=sum(len(a.room) + len(a.drained) for a in actors),
+            waiting=sum(len(a.room) + len(a.drained) for a in actors) + len(self._capacity),
+            snapshot_failures=self._snapshot_failures,
         )

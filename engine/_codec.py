@@ -70,6 +70,10 @@ class EventRegistry:
         self._by_name: dict[str, type[msgspec.Struct]] = {}
         self._names: dict[type[msgspec.Struct], str] = {}
         self._decoders: dict[str, msgspec.msgpack.Decoder[Any]] = {}
+        # Types whose instances nothing can change (frozen all the way down): live
+        # projectors may receive the very object an aggregate emitted. Others are decoded
+        # from the stored bytes, so a list inside an event cannot alias two caches.
+        self._shareable: set[type[msgspec.Struct]] = set()
         for cls in types:
             self.register(cls)
 
@@ -88,8 +92,14 @@ class EventRegistry:
             )
         self._by_name[name] = cls
         self._names[cls] = name
+        if _deeply_immutable(msgspec.inspect.type_info(cls)):
+            self._shareable.add(cls)
         self._decoders[name] = msgspec.msgpack.Decoder(cls)
         return name
+
+    def shareable(self, cls: type) -> bool:
+        """True if instances of a registered ``cls`` are immutable all the way down."""
+        return cls in self._shareable
 
     def name_of(self, cls: type[msgspec.Struct]) -> str:
         """The stored name of a registered type."""
@@ -141,6 +151,45 @@ class EventRegistry:
             return self._decoders[name]
         except KeyError:
             raise UnknownEventType(f"no event type is registered as {name!r}") from None
+
+
+_IMMUTABLE_LEAVES: Final = (
+    msgspec.inspect.IntType,
+    msgspec.inspect.FloatType,
+    msgspec.inspect.StrType,
+    msgspec.inspect.BoolType,
+    msgspec.inspect.NoneType,
+    msgspec.inspect.BytesType,
+    msgspec.inspect.DateTimeType,
+    msgspec.inspect.DateType,
+    msgspec.inspect.TimeType,
+    msgspec.inspect.TimeDeltaType,
+    msgspec.inspect.UUIDType,
+    msgspec.inspect.DecimalType,
+    msgspec.inspect.EnumType,
+    msgspec.inspect.LiteralType,
+)
+
+
+def _deeply_immutable(info: msgspec.inspect.Type, seen: set[type] | None = None) -> bool:
+    """True if no value of this msgspec type can be changed after it is built."""
+    seen = set() if seen is None else seen
+    if isinstance(info, _IMMUTABLE_LEAVES):
+        return True
+    if isinstance(info, msgspec.inspect.UnionType):
+        return all(_deeply_immutable(t, seen) for t in info.types)
+    if isinstance(info, msgspec.inspect.FrozenSetType | msgspec.inspect.VarTupleType):
+        return _deeply_immutable(info.item_type, seen)
+    if isinstance(info, msgspec.inspect.TupleType):
+        return all(_deeply_immutable(t, seen) for t in info.item_types)
+    if isinstance(info, msgspec.inspect.StructType):
+        if info.cls in seen:
+            return True  # a recursive type: judged by its other fields
+        if not info.cls.__struct_config__.frozen:
+            return False
+        seen.add(info.cls)
+        return all(_deeply_immutable(f.type, seen) for f in info.fields)
+    return False  # lists, dicts, sets, bytearrays, Any, custom types: assume mutable
 
 
 def encode_stored(event: StoredEvent) -> bytes:

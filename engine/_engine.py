@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+    Sequence,
+)
 from contextlib import asynccontextmanager
 from typing import Any, Literal, TypeVar
 
@@ -39,6 +46,12 @@ class EngineStatistics(msgspec.Struct, frozen=True):
     aggregates: AggregatesStatistics
     projectors: tuple[ProjectorStatistics, ...]
     head: int
+
+
+async def _shielded(run: Callable[[], Awaitable[None]]) -> None:
+    """Run ``run`` immune to outside cancellation; it must stop by other means."""
+    with anyio.CancelScope(shield=True):
+        await run()
 
 
 class Engine:
@@ -150,7 +163,9 @@ class Engine:
                 registry=registry,
             )
             async with anyio.create_task_group() as tg:
-                tg.start_soon(writer.run)
+                # Shielded: if the host cancels us, _shutdown (shielded too) still needs the
+                # writer to commit what was decided; it stops through writer.close().
+                tg.start_soon(_shielded, writer.run)
                 for host in projections:
                     tg.start_soon(host.run)
                 if idle_timeout is not None:

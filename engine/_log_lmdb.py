@@ -102,6 +102,7 @@ class LmdbEventLog:
         if max_map_size < map_size:
             raise DefinitionError(f"max_map_size ({max_map_size}) < map_size ({map_size})")
         self._path = Path(path)
+        created = not self._path.exists()
         self._path.mkdir(parents=True, exist_ok=True)
         self._sync = sync
         self._max_map_size = max_map_size
@@ -120,6 +121,12 @@ class LmdbEventLog:
                 writemap=False,
                 max_readers=254,
             )
+            if sync:
+                # LMDB fsyncs its files, not the directory entries that name them: without
+                # this, a power cut soon after creating a log could lose the files whole.
+                _fsync_directory(self._path)
+                if created:
+                    _fsync_directory(self._path.parent)
             self._events = self._env.open_db(b"events")
             self._heads_db = self._env.open_db(b"heads")
             self._anchors = self._env.open_db(b"anchors")
@@ -510,6 +517,14 @@ class _ReadTxn:
 
 def _anchor_key(stream_id: str, version: int) -> bytes:
     return stream_id.encode() + b"\x00" + _u64.pack(version)
+
+
+def _fsync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _out_of_space(error: lmdb.Error) -> bool:

@@ -146,6 +146,11 @@ class Broadcast:
         """Record a committed batch (called by the writer, in log order) and wake readers."""
         if not batch:
             return
+        if batch[0][0].position != self.head + 1:
+            # Something wrote to the log behind the writer's back: the window would have a
+            # hole. Start it afresh; readers fill the gap from the log.
+            self._batches.clear()
+            self._held = 0
         self._batches.append(batch)
         self._held += len(batch)
         while self._held > self._window and len(self._batches) > 1:
@@ -169,7 +174,9 @@ class Broadcast:
                     out.extend(batch[start : start + limit - len(out)])
                     if len(out) >= limit:
                         break
-                return out
+                # Batches in the window are consecutive by construction (publish); check
+                # the first anyway, since a wrong start would skip events silently.
+                return out if out and out[0][0].position == position else None
         return None  # pragma: no cover - excluded by the first check
 
 
@@ -360,8 +367,16 @@ class ProjectionHost:
         if self.checkpoint >= position:
             return
         reply = self._new_reply()
-        heapq.heappush(self._waiters, (position, next(self._seq), reply))
-        await reply.wait()
+        entry = (position, next(self._seq), reply)
+        heapq.heappush(self._waiters, entry)
+        try:
+            await reply.wait()
+        except BaseException:
+            # Cancelled (or failed): leave nothing behind, or cancelled waits would pile up.
+            if entry in self._waiters:
+                self._waiters.remove(entry)
+                heapq.heapify(self._waiters)
+            raise
 
     def _release_waiters(self) -> None:
         waiters = self._waiters

@@ -34,6 +34,7 @@ ids are refused at ``submit``, so one bad append cannot fail its whole group.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -247,6 +248,7 @@ class Writer:
         for done, outcome in zip(dones, outcomes, strict=True):
             if isinstance(outcome, EngineError):
                 self._failed += 1
+                outcome = _own_copy(outcome)
             done(outcome)
         self._release_room()
 
@@ -259,7 +261,7 @@ class Writer:
         dones, self._dones = self._dones, []
         self._appends, self._objects = [], []
         for done in dones:
-            done(error)
+            done(_own_copy(error))
         self._release_room()
 
     def close(self) -> None:
@@ -286,6 +288,14 @@ class Writer:
             mean_batch=self._appended / self._commits if self._commits else 0.0,
             pending=len(self._appends),
         )
+
+
+def _own_copy(error: EngineError) -> EngineError:
+    """A copy of a group-wide error for one caller: raised in many tasks, one shared object
+    would collect every task's traceback frames and keep them all alive."""
+    twin = copy.copy(error)
+    twin.__cause__ = error.__cause__
+    return twin
 
 
 def _pair(

@@ -549,14 +549,17 @@ async def passivation_under_a_small_cap_keeps_live_count_bounded(tmp_path: Path)
 
 
 @scenario
-async def lru_never_passivates_the_aggregate_being_activated(tmp_path: Path) -> None:
+async def the_live_cap_is_hard_send_waits_and_send_nowait_is_overloaded(tmp_path: Path) -> None:
     async with Engine.open(None, aggregates=[Ledger], max_live_aggregates=1) as engine:
         busy = engine.send_nowait(Ledger, "a", Add(1))  # "a" has a command in flight
-        first = engine.send_nowait(Ledger, "b", Add(2))  # "b" activates; "a" is busy
-        second = engine.send_nowait(Ledger, "b", Add(3))  # the same "b", not a second one
+        with pytest.raises(Overloaded):  # "b" would need a second live slot
+            engine.send_nowait(Ledger, "b", Add(2))
+        # send waits until "a" is idle, then passivates it and activates "b".
+        assert await engine.send(Ledger, "b", Add(2)) == Committed("b", 1, 2, 1)
         assert await busy == Committed("a", 1, 1, 1)
-        assert [await first, await second] == [Committed("b", 1, 2, 1), Committed("b", 2, 3, 1)]
         assert engine.statistics().aggregates.live == 1
+        assert engine.statistics().aggregates.peak_live == 1
+        assert await engine.send(Ledger, "a", Add(3)) == Committed("a", 2, 3, 1)  # comes back
 
 
 # -- closing -----------------------------------------------------------------------------
