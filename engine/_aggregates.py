@@ -126,15 +126,18 @@ class _Actor:
     """One live aggregate: its state, its version, and its mailbox counters."""
 
     __slots__ = (
+        "completed",
         "drained",
         "handed",
         "inflight",
         "kind",
         "room",
+        "settled",
         "snapshot_version",
         "stale",
         "state",
         "stream_id",
+        "submitted",
         "touched",
         "version",
     )
@@ -153,10 +156,14 @@ class _Actor:
         self.drained: list[Reply] = []  # senders waiting for inflight == 0 (to reload)
         self.stale = False  # state may hold what never committed: reload before use
         self.touched = True  # used since the last idle sweep
+        self.submitted = 0  # appends handed to the writer, ever
+        self.completed = 0  # of which the writer has answered (in order)
+        # rejected senders waiting for ``completed`` to reach their count (see send)
+        self.settled: list[tuple[int, Reply]] = []
 
     def busy(self) -> bool:
         """Commands in flight or senders waiting: it must not be passivated."""
-        return bool(self.inflight or self.handed or self.room or self.drained)
+        return bool(self.inflight or self.handed or self.room or self.drained or self.settled)
 
 
 class Pending:
@@ -242,14 +249,35 @@ class Aggregates:
             actor = self._actor(kind, stream_id)
         except _AtCapacity:
             actor = await self._wait_for_capacity(kind, stream_id)
-        if actor.stale or actor.room or actor.inflight + actor.handed >= self._mailbox_size:
-            reply = await self._wait_and_decide(
-                actor, handler, command, correlation_id, causation_id
-            )
-        else:  # the hot path: no wait before deciding
-            reply = self._decide(actor, handler, command, correlation_id, causation_id)
+        try:
+            if actor.stale or actor.room or actor.inflight + actor.handed >= self._mailbox_size:
+                reply = await self._wait_and_decide(
+                    actor, handler, command, correlation_id, causation_id
+                )
+            else:  # the hot path: no wait before deciding
+                reply = self._decide(actor, handler, command, correlation_id, causation_id)
+        except Rejected as rejection:
+            if not actor.inflight:
+                raise
+            # Rejected on state that is not all durable yet: if what is in flight fails,
+            # the rejection was decided on state that never existed. Wait for it to land.
+            await self._settle(actor)
+            if not actor.stale:
+                raise rejection from None
+            return await self.send(kind, stream_id, command, correlation_id, causation_id)
         result: Committed = await reply.wait()
         return result
+
+    async def _settle(self, actor: _Actor) -> None:
+        """Wait until every append of ``actor`` submitted so far has completed."""
+        reply = self._new_reply()
+        entry = (actor.submitted, reply)
+        actor.settled.append(entry)
+        try:
+            await reply.wait()
+        finally:
+            if entry in actor.settled:
+                actor.settled.remove(entry)
 
     def send_nowait(
         self,
@@ -412,6 +440,12 @@ class Aggregates:
 
         def done(outcome: AppendOutcome) -> None:
             actor.inflight -= 1
+            actor.completed += 1
+            if actor.settled:
+                completed = actor.completed
+                for entry in [e for e in actor.settled if e[0] <= completed]:
+                    actor.settled.remove(entry)
+                    entry[1].set_result(None)
             if isinstance(outcome, EngineError):
                 actor.stale = True
                 reply.set_error(outcome)
@@ -452,6 +486,7 @@ class Aggregates:
             raise
         actor.version = expected + count
         actor.inflight += 1
+        actor.submitted += 1
         return reply
 
     # -- activation, reload, passivation --------------------------------------------------

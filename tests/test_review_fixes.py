@@ -3,14 +3,30 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
 import trio
 
 from actors import Aggregate, Projector, applies, handles
-from benchmarks.bank import Account, Balances, Deposit, OpenAccount
-from engine import Engine, HandlerError, LmdbEventLog, Overloaded, Recorded, StorageFull
+from benchmarks.bank import (
+    Account,
+    Balances,
+    Deposit,
+    InsufficientFunds,
+    OpenAccount,
+    Withdraw,
+)
+from engine import (
+    Engine,
+    HandlerError,
+    LmdbEventLog,
+    MemoryEventLog,
+    Overloaded,
+    Recorded,
+    StorageFull,
+)
 
 
 class Add(msgspec.Struct, frozen=True):
@@ -120,3 +136,35 @@ def test_snapshot_state_refuses_unannotated_public_attributes() -> None:
 
     with pytest.raises(HandlerError, match="count"):
         Counter().snapshot_state()
+
+
+class FailOnce(MemoryEventLog):
+    """A memory log whose ``fail_at``-th group commit fails with StorageFull, once."""
+
+    def __init__(self, fail_at: int) -> None:
+        super().__init__()
+        self.groups = 0
+        self.fail_at = fail_at
+
+    def append_batch(self, appends: Any, **kwargs: Any) -> Any:
+        self.groups += 1
+        if self.groups == self.fail_at:
+            full = StorageFull("injected")
+            return [full for _ in appends], []
+        return super().append_batch(appends, **kwargs)
+
+
+async def test_a_rejection_decided_on_state_that_fails_to_commit_is_decided_again() -> None:
+    log = FailOnce(fail_at=3)
+    async with Engine.open(None, log=log, aggregates=[Account]) as engine:
+        await engine.send(Account, "a", OpenAccount("ann"))  # group 1
+        await engine.send(Account, "a", Deposit(10))  # group 2: durable balance 10
+        doomed = engine.send_nowait(Account, "a", Withdraw(10))  # in flight: group 3 fails
+        # Decided now, this would be rejected (balance 0 once the in-flight withdrawal
+        # lands); it must instead wait for that to land, see it fail, and decide again.
+        ack = await engine.send(Account, "a", Withdraw(5))
+        with pytest.raises(StorageFull):
+            await doomed
+        assert ack.version == 3  # opened, deposited, withdrawn 5: nothing else
+        with pytest.raises(InsufficientFunds):  # and the balance is now really 5
+            await engine.send(Account, "a", Withdraw(6))
