@@ -25,8 +25,8 @@ events are applied in order; the handler decides; its events are encoded with ms
 (so a type the log could not store fails here too), decoded back, and applied. What the
 engine would raise, the kit raises: :class:`~engine.UnknownCommand` for a command the
 aggregate has no handler for, :class:`~engine.HandlerError` (with the original as
-``__cause__``) when a handler or applier raises or an event cannot be encoded,
-:class:`~engine.DefinitionError` for an event type the log cannot register. An
+``__cause__``) when a handler or applier raises, :class:`~engine.EncodeError` when an
+event cannot be stored and read back, :class:`~engine.DefinitionError` for an event type the log cannot register. An
 expectation that is not met is an ``AssertionError`` whose message shows what happened
 instead.
 
@@ -232,7 +232,8 @@ def given_events(
     Raises:
         DefinitionError: an event (or applier) type is not a frozen ``msgspec.Struct``, or
             two types share a name.
-        HandlerError: an event cannot be encoded (the engine refuses to append it).
+        EncodeError: an event cannot be stored and read back (the engine refuses to
+            append it with the same error).
         AssertionError: an event is read back from its encoding as something else.
     """
     return GivenEvents(projector, events, timestamp=timestamp)

@@ -29,7 +29,6 @@ __all__ = [
     "decode_command",
     "decode_stored",
     "decode_stored_many",
-    "encode_state",
     "encode_stored",
     "event_name",
 ]
@@ -217,14 +216,6 @@ def decode_stored(data: bytes) -> StoredEvent:
         return _stored_decoder.decode(data)
     except _DECODE_FAILURES as e:
         raise DecodeError(f"corrupt log entry: {e}") from e
-
-
-def encode_state(state: Any) -> bytes:
-    """Encode a snapshot state with msgpack."""
-    try:
-        return _encoder.encode(state)
-    except (TypeError, msgspec.EncodeError) as e:
-        raise DecodeError(f"cannot encode snapshot state: {e}") from e
 
 
 def decode_command(

@@ -204,9 +204,14 @@ class Engine:
 
         Use it as ``await engine.send(...)``: it is an async function in all but name.
 
-        Waits for room if the aggregate's mailbox is full (backpressure). If cancelled
-        while waiting for room, nothing happened; if cancelled after the command entered
+        Waits for room if the aggregate's mailbox is full, and for a live slot if
+        ``max_live_aggregates`` aggregates are live and all busy (backpressure). If
+        cancelled while waiting, nothing happened; if cancelled after the command entered
         the mailbox, it may still commit.
+
+        A rejection is final: if it was decided while earlier commands of the aggregate
+        were still being written, ``send`` first waits for them, and if one of them failed
+        the command is decided again on the state reloaded from the log.
 
         Raises:
             UnknownCommand: the aggregate has no handler for this command type (nothing
@@ -214,7 +219,12 @@ class Engine:
             Rejected: the handler refused the command; nothing was appended.
             HandlerError: the handler or an applier raised; nothing was appended and the
                 aggregate is reloaded from the log.
-            StorageError: the commit failed (``StorageFull`` past the map cap).
+            EncodeError: an event the handler built cannot be stored and read back;
+                nothing was appended and the aggregate is reloaded.
+            DefinitionError: ``stream_id`` is invalid, or is a live aggregate of another
+                type (stream ids are shared by all aggregate types).
+            StorageError: the commit failed (``StorageFull`` past the map cap or with the
+                disk full); nothing of it was written.
             ConcurrencyError: another writer changed the stream (should not happen).
             EngineClosed: the engine is closed or closed before the command ran.
         """

@@ -17,7 +17,7 @@ from engine import (
     decode_command,
     event_name,
 )
-from engine._codec import decode_stored, encode_state, encode_stored
+from engine._codec import decode_stored, encode_stored
 
 
 class Opened(msgspec.Struct, frozen=True):
@@ -160,12 +160,6 @@ def test_envelope_decodes_even_if_its_payload_type_is_unknown_or_invalid() -> No
 def test_malformed_envelope_is_a_decode_error(data: bytes) -> None:
     with pytest.raises(DecodeError):
         decode_stored(data)
-
-
-def test_unencodable_snapshot_state_is_a_decode_error() -> None:
-    assert msgspec.msgpack.decode(encode_state({"a": 1})) == {"a": 1}
-    with pytest.raises(DecodeError):
-        encode_state(object())
 
 
 # -- untrusted commands ----------------------------------------------------------------------
