@@ -26,9 +26,9 @@ events are applied in order; the handler decides; its events are encoded with ms
 engine would raise, the kit raises: :class:`~engine.UnknownCommand` for a command the
 aggregate has no handler for, :class:`~engine.HandlerError` (with the original as
 ``__cause__``) when a handler or applier raises, :class:`~engine.EncodeError` when an
-event cannot be stored and read back, :class:`~engine.DefinitionError` for an event type the log cannot register. An
-expectation that is not met is an ``AssertionError`` whose message shows what happened
-instead.
+event cannot be stored and read back, :class:`~engine.DefinitionError` for an event type
+the log cannot register. An expectation that is not met is an ``AssertionError`` whose
+message shows what happened instead.
 
 A projector folds ``(stream_id, event)`` pairs as a projector catching up from the log
 does: each event gets the next position (from 1) and the next version of its stream, is
