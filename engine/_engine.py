@@ -7,7 +7,6 @@ from collections.abc import (
     AsyncIterator,
     Awaitable,
     Callable,
-    Coroutine,
     Iterable,
     Sequence,
 )
@@ -191,7 +190,7 @@ class Engine:
 
     # -- commands --------------------------------------------------------------------------
 
-    def send(
+    async def send(
         self,
         aggregate: AggregateType,
         stream_id: str,
@@ -199,10 +198,8 @@ class Engine:
         *,
         correlation_id: str | None = None,
         causation_id: str | None = None,
-    ) -> Coroutine[Any, Any, Committed]:
+    ) -> Committed:
         """Run ``command`` on aggregate ``stream_id``; return once its events are durable.
-
-        Use it as ``await engine.send(...)``: it is an async function in all but name.
 
         Waits for room if the aggregate's mailbox is full, and for a live slot if
         ``max_live_aggregates`` aggregates are live and all busy (backpressure). If
@@ -228,10 +225,9 @@ class Engine:
             ConcurrencyError: another writer changed the stream (should not happen).
             EngineClosed: the engine is closed or closed before the command ran.
         """
-        # Not ``async def``: handing back the inner coroutine saves a frame that every
-        # resume on the command path would otherwise travel through (measured in
-        # docs/design.md, "Command path").
-        return self._aggregates.send(aggregate, stream_id, command, correlation_id, causation_id)
+        return await self._aggregates.send(
+            aggregate, stream_id, command, correlation_id, causation_id
+        )
 
     def send_nowait(
         self,
