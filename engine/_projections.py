@@ -37,7 +37,7 @@ import heapq
 import itertools
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal, Protocol
 
 import anyio.lowlevel
@@ -146,7 +146,7 @@ class Broadcast:
         """Record a committed batch (called by the writer, in log order) and wake readers."""
         if not batch:
             return
-        if batch[0][0].position != self.head + 1:
+        if batch.events[0].position != self.head + 1:
             # Something wrote to the log behind the writer's back: the window would have a
             # hole. Start it afresh; readers fill the gap from the log.
             self._batches.clear()
@@ -155,28 +155,32 @@ class Broadcast:
         self._held += len(batch)
         while self._held > self._window and len(self._batches) > 1:
             self._held -= len(self._batches.popleft())
-        self.head = batch[-1][0].position
+        self.head = batch.events[-1].position
         for host in self._listeners:
             host.wake()
 
     def since(self, position: int, limit: int) -> CommitBatch | None:
         """Up to ``limit`` events from ``position`` on, or None if it left the window."""
         batches = self._batches
-        if not batches or batches[0][0][0].position > position:
+        if not batches or batches[0].events[0].position > position:
             return None
-        out: CommitBatch = []
+        events: list[StoredEvent] = []
+        objects: list[Any] = []
         # Readers are usually one batch behind: search from the newest end.
         for i in range(len(batches) - 1, -1, -1):
-            first = batches[i][0][0].position
-            if first <= position:
+            if batches[i].events[0].position <= position:
                 for batch in itertools.islice(batches, i, None):
-                    start = max(position - batch[0][0].position, 0)
-                    out.extend(batch[start : start + limit - len(out)])
-                    if len(out) >= limit:
+                    start = max(position - batch.events[0].position, 0)
+                    end = start + limit - len(events)
+                    events.extend(batch.events[start:end])
+                    objects.extend(batch.objects[start:end])
+                    if len(events) >= limit:
                         break
                 # Batches in the window are consecutive by construction (publish); check
                 # the first anyway, since a wrong start would skip events silently.
-                return out if out and out[0][0].position == position else None
+                if events and events[0].position == position:
+                    return CommitBatch(events, objects)
+                return None
         return None  # pragma: no cover - excluded by the first check
 
 
@@ -240,12 +244,12 @@ class ProjectionHost:
             began = time.perf_counter()
             live = self._broadcast.since(start, self._batch)
             if live is not None:
-                self._apply_live(live)
+                self._fold(live.events, live.objects)
             else:
                 self.catching_up = True
                 try:
-                    self._apply_stored(
-                        _read_consecutive(self._broadcast, self._log, start, self._batch)
+                    self._fold(
+                        _read_consecutive(self._broadcast, self._log, start, self._batch), None
                     )
                 except StorageError as e:
                     self._halt(start, "(log)", e)
@@ -254,51 +258,29 @@ class ProjectionHost:
             # Between batches, let commands and queries run: catch-up never hogs the loop.
             await anyio.lowlevel.checkpoint()
 
-    # The two folds below are the rebuild hot path (benchmarks/workloads.py engine_rebuild):
-    # one try around the whole loop (free in 3.11 until something raises), no per-event
-    # position check (a batch always starts at checkpoint + 1 and is consecutive), and the
-    # failing event found again from the loop variable. They differ only in where the event
-    # object comes from, which is why they are two loops and not one with a branch.
+    def _fold(self, events: list[StoredEvent], objects: list[Any] | None) -> None:
+        """Fold a batch that starts at ``checkpoint + 1``, decoding only the types this
+        projector handles, and only where no emitted object came with the event.
 
-    def _apply_stored(self, events: list[StoredEvent]) -> None:
-        """Fold events read from the log, decoding only the types this projector handles."""
+        The rebuild hot path (``benchmarks/workloads.py`` engine_rebuild): one ``try``
+        around the whole loop (free in 3.11 until something raises), no per-event position
+        check (a batch is consecutive), and the failing event found again from the loop
+        variable.
+        """
         get = self._appliers.get
         instance = self.instance
         first = events[0].position
-        rest: Sequence[StoredEvent] = events
+        skip = 0
         while True:
             applied = 0
-            stored = rest[0]
+            stored = events[skip]
+            rest = events[skip:] if skip else events
+            if objects is None:
+                others: Iterable[Any] = itertools.repeat(None)
+            else:
+                others = objects[skip:] if skip else objects
             try:
-                for stored in rest:
-                    entry = get(stored.type)
-                    if entry is not None:
-                        fn, decode = entry
-                        fn(instance, decode(stored.payload), stored)
-                        applied += 1
-            except Exception as e:
-                self.applied += applied
-                if not self._failed(stored, e):
-                    return
-                rest = events[stored.position - first + 1 :]
-                if rest:
-                    continue
-                return  # parked the last event: _failed moved the checkpoint past it
-            self.applied += applied
-            self.checkpoint = events[-1].position
-            return
-
-    def _apply_live(self, batch: CommitBatch) -> None:
-        """Fold broadcast events, reusing the objects the aggregates emitted when known."""
-        get = self._appliers.get
-        instance = self.instance
-        first = batch[0][0].position
-        rest: Sequence[tuple[StoredEvent, Any]] = batch
-        while True:
-            applied = 0
-            stored = rest[0][0]
-            try:
-                for stored, event in rest:
+                for stored, event in zip(rest, others, strict=False):  # others may be endless
                     entry = get(stored.type)
                     if entry is not None:
                         fn, decode = entry
@@ -308,12 +290,12 @@ class ProjectionHost:
                 self.applied += applied
                 if not self._failed(stored, e):
                     return
-                rest = batch[stored.position - first + 1 :]
-                if rest:
+                skip = stored.position - first + 1
+                if skip < len(events):
                     continue
                 return  # parked the last event: _failed moved the checkpoint past it
             self.applied += applied
-            self.checkpoint = batch[-1][0].position
+            self.checkpoint = events[-1].position
             return
 
     def _failed(self, stored: StoredEvent, error: Exception) -> bool:

@@ -35,7 +35,8 @@ ids are refused at ``submit``, so one bad append cannot fail its whole group.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+import itertools
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import anyio
@@ -49,9 +50,27 @@ from ._reply import Reply, reply_factory
 
 __all__ = ["CommitBatch", "Writer", "WriterStatistics"]
 
-CommitBatch = list[tuple[StoredEvent, Any]]
-"""What the writer broadcasts after a commit: each stored event with the object that was
-encoded into it (or None if unknown), in log order."""
+
+class CommitBatch:
+    """What the writer broadcasts after a commit: the stored events in log order, and beside
+    each the object it was encoded from (None where a reader must decode the payload).
+
+    Two parallel lists rather than a list of pairs: the command path then builds no tuple
+    per event, and readers slice both alike. Iterating yields ``(event, object)`` pairs.
+    """
+
+    __slots__ = ("events", "objects")
+
+    def __init__(self, events: list[StoredEvent], objects: list[Any]) -> None:
+        self.events = events
+        self.objects = objects
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+    def __iter__(self) -> Iterator[tuple[StoredEvent, Any]]:
+        return zip(self.events, self.objects, strict=True)
+
 
 Done = Callable[[AppendOutcome], None]
 
@@ -244,7 +263,7 @@ class Writer:
         self._events += len(stored)
         self._largest = max(self._largest, len(appends))
         if stored and self._on_commit is not None:
-            self._on_commit(_pair(outcomes, objects, stored))
+            self._on_commit(CommitBatch(stored, _objects_for(outcomes, objects)))
         for done, outcome in zip(dones, outcomes, strict=True):
             if isinstance(outcome, EngineError):
                 self._failed += 1
@@ -298,21 +317,14 @@ def _own_copy(error: EngineError) -> EngineError:
     return twin
 
 
-def _pair(
-    outcomes: list[AppendOutcome],
-    objects: list[Sequence[Any] | None],
-    stored: list[StoredEvent],
-) -> CommitBatch:
-    """Line up the stored events with the objects they were encoded from."""
-    batch: CommitBatch = []
-    i = 0
+def _objects_for(outcomes: list[AppendOutcome], objects: list[Sequence[Any] | None]) -> list[Any]:
+    """The objects of the committed appends' events, in log order (None where unknown)."""
+    flat: list[Any] = []
     for outcome, objs in zip(outcomes, objects, strict=True):
         if isinstance(outcome, EngineError):
             continue
-        n = outcome.last_position - outcome.first_position + 1
         if objs is None:
-            batch.extend((event, None) for event in stored[i : i + n])
+            flat.extend(itertools.repeat(None, outcome.last_position - outcome.first_position + 1))
         else:
-            batch.extend(zip(stored[i : i + n], objs, strict=True))
-        i += n
-    return batch
+            flat.extend(objs)
+    return flat

@@ -7,7 +7,7 @@ each commit), so a test decides what is committed and when the projector may run
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
@@ -37,6 +37,7 @@ from engine._projections import (
     ProjectionHost,
     _next_batch,
 )
+from engine._writer import CommitBatch
 from tests.projector_scenarios import POISON, Fragile, Parking
 
 
@@ -72,7 +73,7 @@ class Harness:
         """Append ``events`` as one group commit and publish it, as the writer does."""
         appends = [Append(stream_id, ANY, (self.registry.encode(e),)) for e in events]
         _, stored = self.log.append_batch(appends)
-        self.broadcast.publish(list(zip(stored, events, strict=True)))
+        self.broadcast.publish(CommitBatch(stored, list(events)))
         self.emitted.update((s.position, e) for s, e in zip(stored, events, strict=True))
 
     def commit_many(self, count: int, *, size: int = 1) -> None:
@@ -85,11 +86,12 @@ class Harness:
         return self.host.instance
 
 
-def stored_batch(first: int, count: int) -> list[tuple[StoredEvent, Any]]:
-    return [
-        (StoredEvent(p, "a", p, "Deposited", 0.0, payload=msgspec.Raw(b"")), None)
+def stored_batch(first: int, count: int) -> CommitBatch:
+    events = [
+        StoredEvent(p, "a", p, "Deposited", 0.0, payload=msgspec.Raw(b""))
         for p in range(first, first + count)
     ]
+    return CommitBatch(events, [None] * count)
 
 
 def test_broadcast_since_slices_across_batches() -> None:
@@ -98,7 +100,7 @@ def test_broadcast_since_slices_across_batches() -> None:
         broadcast.publish(stored_batch(first, count))
     assert broadcast.head == 9
 
-    def positions(batch: Sequence[tuple[StoredEvent, Any]] | None) -> list[int]:
+    def positions(batch: Iterable[tuple[StoredEvent, Any]] | None) -> list[int]:
         assert batch is not None
         return [stored.position for stored, _ in batch]
 
@@ -117,7 +119,7 @@ def test_broadcast_window_drops_old_batches_but_keeps_the_newest() -> None:
     assert broadcast.since(4, 10) is None
     since = broadcast.since(6, 100)
     assert since is not None and len(since) == 10
-    broadcast.publish([])  # an empty commit is not an event
+    broadcast.publish(CommitBatch([], []))  # an empty commit is not an event
     assert broadcast.head == 15
 
 
