@@ -63,9 +63,7 @@ from engine import (
     UnknownCommand,
     UnknownQuery,
 )
-
-# The one private import: the kit must copy query results exactly as Engine.query does.
-from engine._projections import detach
+from engine.testing import detach  # copies query results exactly as Engine.query does
 
 from ._aggregate import Aggregate
 from ._projector import Projector

@@ -25,7 +25,6 @@ acknowledged command survives ``kill -9`` and power loss. ``sync=False`` skips t
 
 from __future__ import annotations
 
-import gc
 import random
 import struct
 import time
@@ -36,7 +35,7 @@ import lmdb
 import msgspec
 import trio
 
-__all__ = ["run_floor_latency", "run_floor_w1"]
+__all__ = ["run_floor_paced_latency", "run_floor_w1"]
 
 # Sparse on Linux: reserves address space, not disk. 1M small events need well under 1 GiB.
 _MAP_SIZE = 1 << 30
@@ -307,96 +306,6 @@ async def run_floor_w1(
         "batches": batches,
         "mean_batch": (floor.batched_commands - commands_before) / max(batches, 1),
         "open_seconds": open_seconds,
-    }
-
-
-async def run_floor_latency(
-    path: str,
-    *,
-    accounts: int,
-    rate: float,
-    duration_s: float,
-    sync: bool = True,
-    max_in_flight: int = 1024,
-    freeze_gc: bool = True,
-) -> dict[str, Any]:
-    """Offer W1 commands at a fixed ``rate`` per second for ``duration_s``; return latencies.
-
-    Open loop: a ticker starts command ``i`` at ``start + i / rate`` whether or not earlier
-    ones have finished, each in its own task (this is the load generator, not the system under
-    test), with at most ``max_in_flight`` outstanding. Latency runs from the *scheduled* start,
-    so time spent waiting for the ticker or the semaphore counts against the floor (no
-    coordinated omission). With ``freeze_gc`` the setup's objects are frozen out of the
-    cyclic collector after setup (see ``load.paced_load``). Must run under trio; ``path``
-    must be an empty or missing directory. Cancelling it abandons the run and closes the
-    environment.
-    """
-    offered = int(rate * duration_s)
-    if accounts < 1 or offered < 1 or max_in_flight < 1:
-        raise ValueError("the floor needs an account, a command to offer and room for it")
-    workload = bank_workload(accounts, offered)
-    latencies: list[float] = []
-    env = _open_env(path, sync=sync)
-    try:
-        floor = _Floor(env, accounts=accounts, in_flight=max_in_flight)
-        limiter = trio.Semaphore(max_in_flight)
-
-        async def one(account: int, command: Command, scheduled: float) -> None:
-            try:
-                await floor.send(account, command)
-                latencies.append(trio.current_time() - scheduled)
-            finally:
-                limiter.release()
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(floor.run_writer)
-            await _open_accounts(floor, accounts=accounts, clients=min(64, max_in_flight))
-            batches_before, commands_before = floor.batches, floor.batched_commands
-            if freeze_gc:
-                gc.collect()
-                gc.freeze()
-            async with trio.open_nursery() as load:
-                start = trio.current_time()
-                for i, (account, command) in enumerate(workload):
-                    scheduled = start + i / rate
-                    # Start every overdue command without yielding in between. A checkpoint
-                    # per command would let the writer run between any two starts, so the
-                    # generator, not the floor, would decide the batch size (always 1).
-                    if scheduled > trio.current_time():
-                        await trio.sleep_until(scheduled)
-                    try:
-                        limiter.acquire_nowait()
-                    except trio.WouldBlock:
-                        await limiter.acquire()
-                    load.start_soon(one, account, command, scheduled)
-            seconds = trio.current_time() - start
-            if freeze_gc:
-                gc.unfreeze()
-            nursery.cancel_scope.cancel()
-        _check_log(env, floor)
-    finally:
-        env.close()
-    latencies.sort()
-    batches = floor.batches - batches_before
-
-    def percentile_ms(q: float) -> float:
-        return 1000 * latencies[min(len(latencies) - 1, int(q * len(latencies)))]
-
-    return {
-        "workload": "w1-latency",
-        "system": "floor",
-        "sync": sync,
-        "accounts": accounts,
-        "rate": rate,
-        "offered": offered,
-        "completed": len(latencies),
-        "seconds": seconds,
-        "per_second": len(latencies) / seconds,
-        "p50_ms": percentile_ms(0.50),
-        "p99_ms": percentile_ms(0.99),
-        "max_ms": 1000 * latencies[-1],
-        "batches": batches,
-        "mean_batch": (floor.batched_commands - commands_before) / max(batches, 1),
     }
 
 

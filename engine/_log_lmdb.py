@@ -402,10 +402,6 @@ class LmdbEventLog:
                 raise
         return out
 
-    def read_all_raw(self, from_position: int = 1, limit: int = 1024) -> list[bytes]:
-        """Like :meth:`read_all` but undecoded envelopes, for hot loops that filter first."""
-        return [value[_LINK:] for value in self._scan(from_position, limit)]
-
     def _scan(self, from_position: int, limit: int) -> list[bytes]:
         if limit <= 0:
             self._check_open()

@@ -130,10 +130,6 @@ class MemoryEventLog:
         self._check_open()
         return self._checkpoints.get(check_name(name), 0)
 
-    def positions_of(self, stream_id: str) -> list[int]:
-        """The global positions of a stream's events (a test aid)."""
-        return list(self._streams.get(stream_id, ()))
-
     def _check_open(self) -> None:
         if self._closed:
             raise StorageError("the memory log is closed")

@@ -26,9 +26,10 @@ import msgspec
 
 from ._errors import ConcurrencyError, DefinitionError, StorageError
 from ._log import EventLog
+from ._projections import detach
 from ._records import ANY, NO_STREAM, Append, AppendResult, Snapshot, StoredEvent
 
-__all__ = ["assert_log_consistent", "check_event_log", "make_append"]
+__all__ = ["assert_log_consistent", "check_event_log", "detach", "make_append"]
 
 _encode = msgspec.msgpack.Encoder().encode
 
