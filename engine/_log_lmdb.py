@@ -11,13 +11,19 @@ probe_writer.py`` and the figures in its report):
   position of the stream's previous event (0 for its first): a stream is a chain through
   the log, so appending to it writes nothing outside ``events`` but its head.
 - ``heads``:   stream id -> version (u64 BE) + position of its last event (u64 BE).
-  One small entry per stream, rewritten once per group; cached in memory, since this process
-  is the only writer (a file lock makes sure of that).
+  An index the log can rebuild, so it is written back lazily: heads live in memory (this
+  process is the only writer; a file lock makes sure of that) and the ones that moved are
+  written in the group that crosses ``HEADS_FLUSH_EVERY`` events since the last such write,
+  together with ``meta[heads_at]``, the position up to which the table is complete. Opening
+  the log replays the events after ``heads_at`` (at most about that many) into memory. A
+  commit thus dirties only ``events`` pages and the meta page: with 64 appends to 64 of
+  1,000 streams, writing heads every group cost ~90 µs of a ~500 µs durable commit.
 - ``anchors``: stream id + NUL + version (u64 BE) -> position, every ``ANCHOR_EVERY``
   versions, so reading an old slice of a long stream walks at most that far past it.
 - ``snapshots``: stream id -> Snapshot;  ``checkpoints``: name -> position (u64 BE).
-- ``meta``: ``format`` -> ``FORMAT``. A log of another layout is refused at open rather
-  than misread.
+- ``meta``: ``format`` -> ``FORMAT``, and ``heads_at`` (above). A log of another layout is
+  refused at open rather than misread; a log without ``heads_at`` wrote heads every group,
+  so its table is complete.
 
 ``read_stream`` walks a stream's chain back from its head (or the nearest anchor past the
 slice), so it costs one lookup per event read, plus under ``ANCHOR_EVERY`` skipped ones.
@@ -61,6 +67,10 @@ _u64: Final = struct.Struct(">Q")
 _u64x2: Final = struct.Struct(">QQ")
 _LINK: Final = _u64.size
 _HEAD_CACHE_LIMIT: Final = 100_000
+HEADS_FLUSH_EVERY: Final = 16_384
+"""Stream heads are written back once this many events have been appended since the last
+write-back (bounding the replay at open), or once this many streams have unwritten heads
+(bounding the memory they pin)."""
 FORMAT: Final = b"actorlog-1"
 """The on-disk layout this module reads and writes; bump it when the layout changes."""
 _snapshot_encoder: Final = msgspec.msgpack.Encoder()
@@ -132,13 +142,16 @@ class LmdbEventLog:
             self._anchors = self._env.open_db(b"anchors")
             self._snapshots = self._env.open_db(b"snapshots")
             self._checkpoints = self._env.open_db(b"checkpoints")
-            meta = self._env.open_db(b"meta")
+            self._meta = meta = self._env.open_db(b"meta")
             with self._env.begin(write=True) as txn:
                 cur = txn.cursor(db=self._events)
                 head = _u64.unpack(cur.key())[0] if cur.last() else 0
+                heads_at = txn.get(b"heads_at", db=meta)
                 found = txn.get(b"format", db=meta)
                 if found is None and head == 0:
                     txn.put(b"format", FORMAT, db=meta)
+                    heads_at = _u64.pack(0)
+                    txn.put(b"heads_at", heads_at, db=meta)
                 elif found != FORMAT:
                     raise StorageError(
                         f"the log at {self._path} has format {found!r}; this version of "
@@ -151,14 +164,23 @@ class LmdbEventLog:
             if isinstance(e, lmdb.Error):
                 raise StorageError(f"cannot open the log at {self._path}: {e}") from e
             raise
-        # stream id -> (version, position of its last event); committed state only.
+        # stream id -> (version, position of its last event); committed state only. Holds
+        # every head not yet written back (``_unwritten``) plus a bounded cache of others.
         self._heads: dict[str, tuple[int, int]] = {}
+        self._unwritten: dict[str, tuple[int, int]] = {}
         self._head: int = head
+        self._heads_at: int = head if heads_at is None else _u64.unpack(heads_at)[0]
         # Growing the map invalidates every open transaction of this process. Reads hold
         # this lock, and growth takes it, so a read on another thread (a writer committing
         # with ``in_thread=True``) never sees its transaction vanish.
         self._remap = threading.Lock()
         self._closed = False
+        try:
+            self._replay_heads()
+        except BaseException:
+            self._unwritten.clear()  # incomplete: close must not write it back
+            self.close()
+            raise
 
     # -- properties -----------------------------------------------------------------------
 
@@ -239,9 +261,8 @@ class LmdbEventLog:
     ) -> tuple[list[AppendOutcome], list[StoredEvent]]:
         outcomes: list[AppendOutcome] = []
         stored: list[StoredEvent] = []
-        # stream id -> (version, last position) as of this group; written once per stream.
+        # stream id -> (version, last position) as of this group.
         new_heads: dict[str, tuple[int, int]] = {}
-        extended: set[str] = set()  # streams that got events: their heads entry is rewritten
         position = self._head
         timestamp = time.time()
         pack = _u64.pack
@@ -283,16 +304,17 @@ class LmdbEventLog:
                     if version % ANCHOR_EVERY == 0:
                         put(_anchor_key(stream_id, version), pack(position), db=self._anchors)
                 new_heads[stream_id] = (version, link)
-                if append.events:
-                    extended.add(stream_id)
                 outcomes.append(
                     AppendResult(
                         stream_id, first_version, version, first_position, position, timestamp
                     )
                 )
-            heads_db = self._heads_db
-            for stream_id in extended:
-                put(stream_id.encode(), _u64x2.pack(*new_heads[stream_id]), db=heads_db)
+            write_back = (
+                position - self._heads_at >= HEADS_FLUSH_EVERY
+                or len(self._unwritten) >= HEADS_FLUSH_EVERY
+            )
+            if write_back:
+                self._write_heads(txn, {**self._unwritten, **new_heads}, position)
             for stream_id, snapshot in snapshots:
                 put(
                     check_stream_id(stream_id).encode(),
@@ -303,10 +325,63 @@ class LmdbEventLog:
                 put(check_name(name).encode(), pack(checkpoint), db=self._checkpoints)
         # Committed: only now may the in-memory view move forward.
         self._head = position
+        if write_back:
+            self._unwritten.clear()
+            self._heads_at = position
+        else:
+            self._unwritten.update(new_heads)
         if len(self._heads) > _HEAD_CACHE_LIMIT:
             self._heads.clear()
+            self._heads.update(self._unwritten)
         self._heads.update(new_heads)
         return outcomes, stored
+
+    def _write_heads(self, txn: Any, heads: dict[str, tuple[int, int]], position: int) -> None:
+        """Write ``heads`` and mark the table complete up to ``position``, in ``txn``."""
+        put, heads_db, pack2 = txn.put, self._heads_db, _u64x2.pack
+        for stream_id, head in heads.items():
+            put(stream_id.encode(), pack2(*head), db=heads_db)
+        txn.put(b"heads_at", _u64.pack(position), db=self._meta)
+
+    def _replay_heads(self) -> None:
+        """Bring the heads of the events after ``heads_at`` into memory (at open)."""
+        position = self._heads_at + 1
+        while position <= self._head:
+            values = self._scan(position, 4096)
+            if not values:
+                raise StorageError(f"corrupt log: position {position} is missing")
+            for value in values:
+                try:
+                    event = decode_stored(value[_LINK:])
+                    stream_id, version = event.stream_id, event.version
+                except DecodeError:
+                    stream_id, version = self._owner_of(value, position)
+                self._unwritten[stream_id] = (version, position)
+                position += 1
+        self._heads.update(self._unwritten)
+
+    def _owner_of(self, value: bytes, position: int) -> tuple[str, int]:
+        """(stream id, version) of an unreadable entry, found through its stream's chain:
+        the nearest readable event before it names the stream, the hops give the version.
+        Without one the stream's head cannot be rebuilt, and appending to it could reuse a
+        version, so the log is refused."""
+        hops = 1
+        with self._reading() as txn:
+            while len(value) >= _LINK and (link := _u64.unpack_from(value)[0]):
+                found = txn.get(_u64.pack(link), db=self._events)
+                if found is None:
+                    break
+                value = found
+                try:
+                    event = decode_stored(value[_LINK:])
+                except DecodeError:
+                    hops += 1
+                    continue
+                return event.stream_id, event.version + hops
+        raise StorageError(
+            f"corrupt log: the entry at position {position} is unreadable and no readable "
+            "event names its stream, so the stream index cannot be rebuilt"
+        )
 
     def _grow(self) -> bool:
         """Double the map (no transaction is open), up to the cap; False if at the cap."""
@@ -340,11 +415,16 @@ class LmdbEventLog:
         want = max(from_version, 1)
         if limit is not None and limit <= 0:
             return []
+        # The in-memory head first, then the transaction: a head is in memory only once its
+        # commit is, so the transaction below sees every event the head points to.
+        head = self._heads.get(stream_id)
         with self._reading() as txn:
-            data = txn.get(key, db=self._heads_db)
-            if data is None:
-                return []
-            version, position = _u64x2.unpack(data)
+            if head is None:
+                data = txn.get(key, db=self._heads_db)
+                if data is None:
+                    return []
+                head = _u64x2.unpack(data)
+            version, position = head
             last = version if limit is None else min(version, want + limit - 1)
             if last < want:
                 return []
@@ -474,6 +554,10 @@ class LmdbEventLog:
             return
         self._closed = True
         with self._remap:
+            if self._unwritten:
+                # Saves the next open its replay; if it fails, that replay is the remedy.
+                with contextlib.suppress(lmdb.Error), self._env.begin(write=True) as txn:
+                    self._write_heads(txn, self._unwritten, self._head)
             self._env.close()
         os.close(self._lock_fd)
 
