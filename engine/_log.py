@@ -97,7 +97,11 @@ def check_stream_id(stream_id: object) -> str:
     """Validate a stream id: a non-empty str without NUL, at most 400 UTF-8 bytes."""
     if not isinstance(stream_id, str) or not stream_id:
         raise DefinitionError(f"stream id must be a non-empty str, not {stream_id!r}")
-    if "\x00" in stream_id or len(stream_id.encode()) > MAX_STREAM_ID_BYTES:
+    # A str encodes to at most 4 bytes a character: short ids skip the encode.
+    if "\x00" in stream_id or (
+        len(stream_id) > MAX_STREAM_ID_BYTES // 4
+        and len(stream_id.encode()) > MAX_STREAM_ID_BYTES
+    ):
         raise DefinitionError(
             f"stream id must not contain NUL or exceed {MAX_STREAM_ID_BYTES} bytes"
         )
