@@ -6,15 +6,15 @@ appliers evolve. The engine hosts it as an actor (``engine/_aggregates.py``).
 
 from __future__ import annotations
 
-import typing
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Self
 
 import msgspec
 
-from engine import DefinitionError, HandlerError
+from engine import DefinitionError
 
-from ._dispatch import decorated, message_type, resolve_hints, returned_event_types
+from ._dispatch import decorated, message_type, returned_event_types
+from ._snapshot import decode_state, encode_state, state_struct
 
 __all__ = ["Aggregate"]
 
@@ -95,32 +95,12 @@ class Aggregate:
 
     def snapshot_state(self) -> bytes:
         """Encode the state for a snapshot (the annotated instance attributes)."""
-        state_type = type(self)._state_type
-        if state_type is None:
-            raise HandlerError(f"{type(self).__qualname__} has no annotated attributes to snapshot")
-        fields = state_type.__struct_fields__
-        public = (name for name in getattr(self, "__dict__", {}) if not name.startswith("_"))
-        missing = sorted(set(public) - set(fields))
-        if missing:
-            # Restoring would silently leave these at their __init__ values. (Private
-            # attributes are caches by convention: they are rebuilt, not snapshotted.)
-            raise HandlerError(
-                f"{type(self).__qualname__} cannot snapshot: attribute(s) {', '.join(missing)} "
-                "are not annotated on the class (annotate them, or override snapshot_state)"
-            )
-        return msgspec.msgpack.encode(state_type(**{f: getattr(self, f) for f in fields}))
+        return encode_state(self, type(self)._state_type)
 
     @classmethod
     def from_snapshot(cls, data: bytes) -> Self:
         """Rebuild an aggregate from :meth:`snapshot_state`'s bytes."""
-        state_type = cls._state_type
-        if state_type is None:
-            raise HandlerError(f"{cls.__qualname__} has no annotated attributes to restore")
-        state = msgspec.msgpack.decode(data, type=state_type)
-        self = cls()
-        for field in state_type.__struct_fields__:
-            setattr(self, field, getattr(state, field))
-        return self
+        return decode_state(cls, data, cls._state_type)
 
 
 def _state_struct(cls: type[Aggregate]) -> type[msgspec.Struct] | None:
@@ -131,30 +111,7 @@ def _state_struct(cls: type[Aggregate]) -> type[msgspec.Struct] | None:
         cls.snapshot_state is Aggregate.snapshot_state
         or cls.from_snapshot.__func__ is Aggregate.from_snapshot.__func__  # type: ignore[attr-defined]
     )
-    try:
-        hints = resolve_hints(cls, cls)
-    except Exception:
-        if needed:
-            raise DefinitionError(
-                f"{cls.__qualname__}: cannot resolve the state annotations for snapshots"
-            ) from None
-        return None
-    fields = [
-        (name, tp)
-        for name, tp in hints.items()
-        if not name.startswith("_")
-        and typing.get_origin(tp) is not ClassVar
-        and name not in _BASE_NAMES
-    ]
-    if not fields:
-        if needed:
-            raise DefinitionError(
-                f"{cls.__qualname__} takes snapshots but annotates no state attributes "
-                "(declare them, e.g. 'balance: int', or override snapshot_state and "
-                "from_snapshot)"
-            )
-        return None
-    return msgspec.defstruct(f"{cls.__name__}State", fields)
+    return state_struct(cls, needed=needed, reserved=_BASE_NAMES)
 
 
 _BASE_NAMES = frozenset(

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Self
+
+import msgspec
 
 from engine import DefinitionError, Recorded
 
 from ._dispatch import decorated, message_type, role_of
+from ._snapshot import decode_state, encode_state, state_struct
 
 __all__ = ["Projector"]
 
@@ -35,13 +38,28 @@ class Projector:
         on_error: ``"halt"`` (default) stops at an event whose applier raises and makes
             queries raise :class:`~engine.ProjectorFaulted`; ``"park"`` records the event
             as parked and carries on.
-        name: the projector's name in statistics and errors (default: the class name).
+        name: the projector's name in statistics, errors and the log (default: the class
+            name). Saved states are found by it: keep it stable.
+        snapshot_every: save the cache to the log after every N log positions it has
+            passed, and when the engine closes; a restart then loads it and replays only
+            the events after it (None: never, the default: the cache is rebuilt from the
+            whole log on every start).
+        snapshot_format: bump it whenever the cache's shape *or what the appliers compute*
+            changes: a saved cache of another format is ignored and the cache is rebuilt
+            from the log.
+
+    The cache is saved from the annotated attributes (``by_account: dict[str, int]`` in the
+    class body), encoded with msgspec; override :meth:`snapshot_state` and
+    :meth:`from_snapshot` for anything else. Parked events are not saved.
     """
 
     event_appliers: ClassVar[Mapping[type, ProjectorApplier]] = {}
     query_functions: ClassVar[frozenset[Callable[..., Any]]] = frozenset()
     on_error: ClassVar[Literal["halt", "park"]] = "halt"
     name: ClassVar[str] = "Projector"
+    snapshot_every: ClassVar[int | None] = None
+    snapshot_format: ClassVar[int] = 1
+    _state_type: ClassVar[type[msgspec.Struct] | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -73,9 +91,50 @@ class Projector:
         cls.event_appliers = appliers
         queries = set(cls.query_functions)
         for fname, value in vars(cls).items():
-            if not fname.startswith("_") and inspect.isfunction(value) and role_of(value) is None:
+            if (
+                not fname.startswith("_")
+                and fname not in _NOT_QUERIES
+                and inspect.isfunction(value)
+                and role_of(value) is None
+            ):
                 queries.add(value)
         cls.query_functions = frozenset(queries)
+        every = cls.snapshot_every
+        if every is not None and (
+            not isinstance(every, int) or isinstance(every, bool) or every < 1
+        ):
+            raise DefinitionError(
+                f"{cls.__qualname__}.snapshot_every must be None or an int >= 1, not {every!r}"
+            )
+        if not isinstance(cls.snapshot_format, int) or isinstance(cls.snapshot_format, bool):
+            raise DefinitionError(f"{cls.__qualname__}.snapshot_format must be an int")
+        needed = every is not None and (
+            cls.snapshot_state is Projector.snapshot_state
+            or cls.from_snapshot.__func__ is Projector.from_snapshot.__func__  # type: ignore[attr-defined]
+        )
+        cls._state_type = state_struct(cls, needed=needed, reserved=_BASE_NAMES)
+
+    def snapshot_state(self) -> bytes:
+        """Encode the cache for the log (the annotated instance attributes)."""
+        return encode_state(self, type(self)._state_type)
+
+    @classmethod
+    def from_snapshot(cls, data: bytes) -> Self:
+        """Rebuild a projector from :meth:`snapshot_state`'s bytes."""
+        return decode_state(cls, data, cls._state_type)
+
+
+_NOT_QUERIES = frozenset(("snapshot_state",))
+_BASE_NAMES = frozenset(
+    (
+        "event_appliers",
+        "query_functions",
+        "on_error",
+        "name",
+        "snapshot_every",
+        "snapshot_format",
+    )
+)
 
 
 def _with_meta(fn: Callable[..., Any], owner: type) -> ProjectorApplier:

@@ -48,8 +48,10 @@ class EventLog(Protocol):
         *,
         snapshots: Sequence[tuple[str, Snapshot]] = (),
         checkpoints: Sequence[tuple[str, int]] = (),
+        projections: Sequence[tuple[str, Snapshot]] = (),
     ) -> tuple[list[AppendOutcome], list[StoredEvent]]:
-        """Commit a group of appends (plus snapshot/checkpoint writes) in one transaction.
+        """Commit a group of appends (plus snapshot, checkpoint and projection writes) in
+        one transaction.
 
         Returns each append's outcome, in order, and the stored events in log order. Durable
         on return if ``sync``; with ``sync=False`` it survives a process crash, not an OS one.
@@ -88,6 +90,10 @@ class EventLog(Protocol):
         """A named checkpoint (e.g. a projector's position); 0 if never saved."""
         ...
 
+    def load_projection(self, name: str) -> Snapshot | None:
+        """A projector's last saved state (``version`` is the log position it includes)."""
+        ...
+
     def close(self) -> None:
         """Release the storage. Idempotent. Later calls raise ``StorageError``."""
         ...
@@ -99,8 +105,7 @@ def check_stream_id(stream_id: object) -> str:
         raise DefinitionError(f"stream id must be a non-empty str, not {stream_id!r}")
     # A str encodes to at most 4 bytes a character: short ids skip the encode.
     if "\x00" in stream_id or (
-        len(stream_id) > MAX_STREAM_ID_BYTES // 4
-        and len(stream_id.encode()) > MAX_STREAM_ID_BYTES
+        len(stream_id) > MAX_STREAM_ID_BYTES // 4 and len(stream_id.encode()) > MAX_STREAM_ID_BYTES
     ):
         raise DefinitionError(
             f"stream id must not contain NUL or exceed {MAX_STREAM_ID_BYTES} bytes"

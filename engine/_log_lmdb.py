@@ -1,4 +1,4 @@
-"""The LMDB event log: one environment, six named databases.
+"""The LMDB event log: one environment, seven named databases.
 
 The key layout is chosen for the write path, whose cost is the pages each commit dirties
 (LMDB writes every dirty page whole, then fsyncs). Measured with 64 single-event appends per
@@ -20,7 +20,8 @@ probe_writer.py`` and the figures in its report):
   1,000 streams, writing heads every group cost ~90 µs of a ~500 µs durable commit.
 - ``anchors``: stream id + NUL + version (u64 BE) -> position, every ``ANCHOR_EVERY``
   versions, so reading an old slice of a long stream walks at most that far past it.
-- ``snapshots``: stream id -> Snapshot;  ``checkpoints``: name -> position (u64 BE).
+- ``snapshots``: stream id -> Snapshot;  ``checkpoints``: name -> position (u64 BE);
+  ``projections``: projector name -> Snapshot (its ``version`` is a log position).
 - ``meta``: ``format`` -> ``FORMAT``, and ``heads_at`` (above). A log of another layout is
   refused at open rather than misread; a log without ``heads_at`` wrote heads every group,
   so its table is complete.
@@ -121,7 +122,7 @@ class LmdbEventLog:
             self._env = lmdb.open(
                 str(self._path),
                 map_size=map_size,
-                max_dbs=6,
+                max_dbs=7,
                 # sync and metasync go together: data fsync'd without its meta page would
                 # roll back to the previous commit after an OS crash, losing acknowledged data.
                 sync=sync,
@@ -142,6 +143,7 @@ class LmdbEventLog:
             self._anchors = self._env.open_db(b"anchors")
             self._snapshots = self._env.open_db(b"snapshots")
             self._checkpoints = self._env.open_db(b"checkpoints")
+            self._projections = self._env.open_db(b"projections")
             self._meta = meta = self._env.open_db(b"meta")
             with self._env.begin(write=True) as txn:
                 cur = txn.cursor(db=self._events)
@@ -219,6 +221,7 @@ class LmdbEventLog:
         *,
         snapshots: Sequence[tuple[str, Snapshot]] = (),
         checkpoints: Sequence[tuple[str, int]] = (),
+        projections: Sequence[tuple[str, Snapshot]] = (),
     ) -> tuple[list[AppendOutcome], list[StoredEvent]]:
         """Commit a group in one write transaction; see :class:`~engine._log.EventLog`.
 
@@ -233,7 +236,7 @@ class LmdbEventLog:
         self._check_open()
         while True:
             try:
-                return self._try_append(appends, snapshots, checkpoints)
+                return self._try_append(appends, snapshots, checkpoints, projections)
             except lmdb.MapFullError as e:
                 try:
                     grown = self._grow()
@@ -258,6 +261,7 @@ class LmdbEventLog:
         appends: Sequence[Append],
         snapshots: Sequence[tuple[str, Snapshot]],
         checkpoints: Sequence[tuple[str, int]],
+        projections: Sequence[tuple[str, Snapshot]] = (),
     ) -> tuple[list[AppendOutcome], list[StoredEvent]]:
         outcomes: list[AppendOutcome] = []
         stored: list[StoredEvent] = []
@@ -323,6 +327,12 @@ class LmdbEventLog:
                 )
             for name, checkpoint in checkpoints:
                 put(check_name(name).encode(), pack(checkpoint), db=self._checkpoints)
+            for name, state in projections:
+                put(
+                    check_name(name).encode(),
+                    _snapshot_encoder.encode(state),
+                    db=self._projections,
+                )
         # Committed: only now may the in-memory view move forward.
         self._head = position
         if write_back:
@@ -530,6 +540,20 @@ class LmdbEventLog:
         except (ValueError, RecursionError):
             return None
         return snapshot
+
+    def load_projection(self, name: str) -> Snapshot | None:
+        """A projector's last saved state; one that cannot be decoded counts as none (the
+        projector then replays the log, which remains the truth)."""
+        key = check_name(name).encode()
+        with self._reading() as txn:
+            data = txn.get(key, db=self._projections)
+        if data is None:
+            return None
+        try:
+            state: Snapshot = _snapshot_decoder.decode(data)
+        except (ValueError, RecursionError):
+            return None
+        return state
 
     def load_checkpoint(self, name: str) -> int:
         """A named checkpoint; 0 if never saved."""

@@ -30,6 +30,7 @@ class MemoryEventLog:
         self._streams: dict[str, list[int]] = {}  # stream id -> positions, by version
         self._snapshots: dict[str, Snapshot] = {}
         self._checkpoints: dict[str, int] = {}
+        self._projections: dict[str, Snapshot] = {}
         self._closed = False
         self.max_events = max_events
 
@@ -44,12 +45,14 @@ class MemoryEventLog:
         *,
         snapshots: Sequence[tuple[str, Snapshot]] = (),
         checkpoints: Sequence[tuple[str, int]] = (),
+        projections: Sequence[tuple[str, Snapshot]] = (),
     ) -> tuple[list[AppendOutcome], list[StoredEvent]]:
         """Commit a group atomically; see :class:`~engine._log.EventLog`."""
         self._check_open()
         # Validate everything first: a group that raises must leave nothing behind.
         snapshots = [(check_stream_id(s), snapshot) for s, snapshot in snapshots]
         checkpoints = [(check_name(name), position) for name, position in checkpoints]
+        projections = [(check_name(name), state) for name, state in projections]
         outcomes: list[AppendOutcome] = []
         stored: list[StoredEvent] = []
         new_positions: dict[str, list[int]] = {}
@@ -92,6 +95,7 @@ class MemoryEventLog:
             self._streams.setdefault(stream_id, []).extend(positions)
         self._snapshots.update(snapshots)
         self._checkpoints.update(checkpoints)
+        self._projections.update(projections)
         return outcomes, stored
 
     def read_stream(
@@ -129,6 +133,11 @@ class MemoryEventLog:
         """A named checkpoint; 0 if never saved."""
         self._check_open()
         return self._checkpoints.get(check_name(name), 0)
+
+    def load_projection(self, name: str) -> Snapshot | None:
+        """A projector's last saved state, if any."""
+        self._check_open()
+        return self._projections.get(check_name(name))
 
     def _check_open(self) -> None:
         if self._closed:

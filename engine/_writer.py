@@ -9,7 +9,7 @@
                                pending appends (list)
                                          │  writer task wakes once per batch
                                          ▼
-               log.append_batch(all pending, snapshots, checkpoints)
+               log.append_batch(all pending, snapshots, checkpoints, projections)
                  one transaction, one fsync (sync=True), inline on the event loop
                                          │
                     ┌────────────────────┴───────────────────┐
@@ -121,6 +121,7 @@ class Writer:
         self._objects: list[Sequence[Any] | None] = []
         self._snapshots: list[tuple[str, Snapshot]] = []
         self._checkpoints: list[tuple[str, int]] = []
+        self._projections: list[tuple[str, Snapshot]] = []
         self._wakeup: Reply | None = None
         # Set (and replaced) after each commit: every append() waiting for room rechecks.
         # Waking them all is what keeps a cancelled waiter from stranding the others.
@@ -168,6 +169,14 @@ class Writer:
             self._checkpoints.append((name, position))
             self._wake()
 
+    def save_projection(self, name: str, state: Snapshot) -> None:
+        """Write a projector's state (``state.version``: the position it includes) in the
+        next group commit; best effort, like a snapshot."""
+        check_name(name)
+        if not self._closing:
+            self._projections.append((name, state))
+            self._wake()
+
     async def append(self, append: Append) -> AppendResult:
         """Append through the group commit and return the result once it is durable.
 
@@ -212,7 +221,7 @@ class Writer:
         """
         try:
             while True:
-                if not (self._appends or self._snapshots or self._checkpoints):
+                if not (self._appends or self._snapshots or self._checkpoints or self._projections):
                     if self._closing:
                         return
                     self._wakeup = self._new_reply()
@@ -234,17 +243,21 @@ class Writer:
         objects, self._objects = self._objects, []
         snapshots, self._snapshots = self._snapshots, []
         checkpoints, self._checkpoints = self._checkpoints, []
+        projections, self._projections = self._projections, []
+        # Passed only when there are some, so a backend written before projections were
+        # saved keeps working for every engine whose projectors do not save their state.
+        extra: dict[str, Any] = {"projections": projections} if projections else {}
         outcomes: list[AppendOutcome]
         try:
             if self._in_thread:
                 outcomes, stored = await anyio.to_thread.run_sync(
                     lambda: self._log.append_batch(
-                        appends, snapshots=snapshots, checkpoints=checkpoints
+                        appends, snapshots=snapshots, checkpoints=checkpoints, **extra
                     )
                 )
             else:
                 outcomes, stored = self._log.append_batch(
-                    appends, snapshots=snapshots, checkpoints=checkpoints
+                    appends, snapshots=snapshots, checkpoints=checkpoints, **extra
                 )
         except EngineError as e:
             # The backend refused the group as a whole (e.g. it was closed): nothing was

@@ -272,6 +272,26 @@ def _snapshots_and_checkpoints(log: EventLog) -> None:
     _same(log.load_snapshot("b"), None, "load_snapshot() of another stream")
 
 
+def _projections_round_trip(log: EventLog) -> None:
+    _same(log.load_projection("Balances"), None, "load_projection() never saved")
+    log.append_batch(
+        [make_append("a", NO_STREAM)], projections=[("Balances", Snapshot(1, 3, b"cache"))]
+    )
+    _same(log.load_projection("Balances"), Snapshot(1, 3, b"cache"), "load_projection()")
+    # Same name as a stream and as a checkpoint: three separate namespaces.
+    log.append_batch(
+        [],
+        snapshots=[("Balances", Snapshot(9, 9, b"stream"))],
+        checkpoints=[("Balances", 9)],
+        projections=[("Balances", Snapshot(2, 3, b"later"))],
+    )
+    _same(log.load_projection("Balances"), Snapshot(2, 3, b"later"), "projection overwritten")
+    _same(log.load_snapshot("Balances"), Snapshot(9, 9, b"stream"), "a stream's snapshot")
+    with _raises(DefinitionError, "append_batch() with a projection named ''"):
+        log.append_batch([make_append("b", NO_STREAM)], projections=[("", Snapshot(1, 1, b""))])
+    _same(log.stream_version("b"), 0, "stream_version() after a refused group")
+
+
 def _invalid_stream_ids_are_refused(log: EventLog) -> None:
     for bad in ("", "a\x00b", "x" * 401):
         with _raises(DefinitionError, f"append_batch() to {bad[:8]!r}"):
@@ -297,6 +317,7 @@ def _closed_log_refuses_everything(log: EventLog) -> None:
         ("stream_version", lambda: log.stream_version("a")),
         ("load_snapshot", lambda: log.load_snapshot("a")),
         ("load_checkpoint", lambda: log.load_checkpoint("p")),
+        ("load_projection", lambda: log.load_projection("p")),
     ]
     for name, call in calls:
         with _raises(StorageError, f"{name}() after close()"):
@@ -313,6 +334,7 @@ _CHECKS: tuple[Callable[[EventLog], None], ...] = (
     _read_all_in_batches,
     _metadata_round_trips,
     _snapshots_and_checkpoints,
+    _projections_round_trip,
     _invalid_stream_ids_are_refused,
     _closed_log_refuses_everything,
 )

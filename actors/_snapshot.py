@@ -1,0 +1,94 @@
+"""Snapshot encoding shared by aggregates and projectors: the annotated instance attributes
+of a class, as a msgspec Struct built for it.
+
+Only attributes annotated on the class are state; private ones (``_cache``) are caches by
+convention, rebuilt rather than saved. A public attribute that is not annotated makes the
+snapshot fail loudly: restoring would silently leave it at its ``__init__`` value.
+"""
+
+from __future__ import annotations
+
+import typing
+from typing import Any, ClassVar, TypeVar
+
+import msgspec
+
+from engine import DefinitionError, HandlerError
+
+from ._dispatch import resolve_hints
+
+__all__ = ["decode_state", "encode_state", "state_struct"]
+
+T = TypeVar("T")
+
+
+def state_struct(
+    cls: type, *, needed: bool, reserved: frozenset[str]
+) -> type[msgspec.Struct] | None:
+    """A msgspec Struct mirroring ``cls``'s annotated, non-ClassVar, public attributes.
+
+    ``needed``: snapshots are on and use the default encoding, so a class without such
+    attributes is a definition error; otherwise it just gets None. ``reserved``: the base
+    class's own option names, never state.
+    """
+    try:
+        hints = resolve_hints(cls, cls)
+    except Exception:
+        if needed:
+            raise DefinitionError(
+                f"{cls.__qualname__}: cannot resolve the state annotations for snapshots"
+            ) from None
+        return None
+    fields = [
+        (name, tp)
+        for name, tp in hints.items()
+        if not name.startswith("_")
+        and typing.get_origin(tp) is not ClassVar
+        and name not in reserved
+    ]
+    if not fields:
+        if needed:
+            raise DefinitionError(
+                f"{cls.__qualname__} takes snapshots but annotates no state attributes "
+                "(declare them, e.g. 'balance: int', or override snapshot_state and "
+                "from_snapshot)"
+            )
+        return None
+    return msgspec.defstruct(f"{cls.__name__}State", fields)
+
+
+def encode_state(obj: Any, state_type: type[msgspec.Struct] | None) -> bytes:
+    """Encode ``obj``'s annotated attributes.
+
+    Raises:
+        HandlerError: the class annotates no state, or ``obj`` has public attributes that
+            are not annotated (they would be lost).
+    """
+    name = type(obj).__qualname__
+    if state_type is None:
+        raise HandlerError(f"{name} has no annotated attributes to snapshot")
+    fields = state_type.__struct_fields__
+    public = (a for a in getattr(obj, "__dict__", {}) if not a.startswith("_"))
+    missing = sorted(set(public) - set(fields))
+    if missing:
+        raise HandlerError(
+            f"{name} cannot snapshot: attribute(s) {', '.join(missing)} are not annotated "
+            "on the class (annotate them, or override snapshot_state)"
+        )
+    return msgspec.msgpack.encode(state_type(**{f: getattr(obj, f) for f in fields}))
+
+
+def decode_state(cls: type[T], data: bytes, state_type: type[msgspec.Struct] | None) -> T:
+    """A new ``cls()`` with the attributes ``encode_state`` saved set on it.
+
+    Raises:
+        HandlerError: the class annotates no state.
+        msgspec.DecodeError / ValidationError: ``data`` is not such a state.
+    """
+    if state_type is None:
+        raise HandlerError(f"{cls.__qualname__} has no annotated attributes to restore")
+    state = msgspec.msgpack.decode(data, type=state_type)
+    obj = cls()
+    for field in state_type.__struct_fields__:
+        setattr(obj, field, getattr(state, field))
+    return obj
