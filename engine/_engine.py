@@ -150,7 +150,13 @@ class Engine:
                 max_live=max_live_aggregates,
             )
             projections = [
-                ProjectionHost(kind, log=log, broadcast=broadcast, registry=registry)
+                ProjectionHost(
+                    kind,
+                    log=log,
+                    broadcast=broadcast,
+                    registry=registry,
+                    save=writer.save_projection,
+                )
                 for kind in projector_kinds
             ]
             engine = cls(
@@ -182,6 +188,8 @@ class Engine:
         """Refuse new work, commit what was decided, then stop the writer."""
         self._closed = True
         self._aggregates.close()
+        for host in self._projections.values():
+            host.save_now()  # rides on the writer's last commit
         self._writer.close()
         await self._writer.wait_stopped()
         closed = EngineClosed("the engine closed")

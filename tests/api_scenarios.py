@@ -188,10 +188,13 @@ class WatchedLog(MemoryEventLog):
         *,
         snapshots: Sequence[tuple[str, Snapshot]] = (),
         checkpoints: Sequence[tuple[str, int]] = (),
+        projections: Sequence[tuple[str, Snapshot]] = (),
     ) -> Any:
         if self.on_batch is not None:
             self.on_batch(appends)
-        return super().append_batch(appends, snapshots=snapshots, checkpoints=checkpoints)
+        return super().append_batch(
+            appends, snapshots=snapshots, checkpoints=checkpoints, projections=projections
+        )
 
 
 # -- the registry ------------------------------------------------------------------------

@@ -506,12 +506,15 @@ class NoStreamMeansAny(MemoryEventLog):
         *,
         snapshots: Sequence[tuple[str, Snapshot]] = (),
         checkpoints: Sequence[tuple[str, int]] = (),
+        projections: Sequence[tuple[str, Snapshot]] = (),
     ) -> tuple[list[AppendOutcome], list[StoredEvent]]:
         appends = [
             Append(a.stream_id, ANY, a.events) if a.expected_version == NO_STREAM else a
             for a in appends
         ]
-        return super().append_batch(appends, snapshots=snapshots, checkpoints=checkpoints)
+        return super().append_batch(
+            appends, snapshots=snapshots, checkpoints=checkpoints, projections=projections
+        )
 
 
 @pytest.mark.parametrize(

@@ -259,11 +259,14 @@ class ExplodingLog(MemoryEventLog):
         *,
         snapshots: Sequence[tuple[str, Snapshot]] = (),
         checkpoints: Sequence[tuple[str, int]] = (),
+        projections: Sequence[tuple[str, Snapshot]] = (),
     ) -> tuple[list[AppendOutcome], list[StoredEvent]]:
         if self.explode:
             self.explode = False
             raise RuntimeError("boom")
-        return super().append_batch(appends, snapshots=snapshots, checkpoints=checkpoints)
+        return super().append_batch(
+            appends, snapshots=snapshots, checkpoints=checkpoints, projections=projections
+        )
 
 
 async def test_a_backend_exception_fails_its_group_not_the_writer() -> None:

@@ -1,0 +1,231 @@
+"""Projectors with ``snapshot_every`` save their cache in the log and start from it.
+
+Every check compares a saving projector with a twin that replays the whole log (the same
+appliers, no snapshots): whatever path the saving one took to its cache, the two must agree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from actors import Projector, applies
+from benchmarks.bank import (
+    Account,
+    Balances,
+    Deposit,
+    Deposited,
+    OpenAccount,
+    Withdraw,
+    Withdrawn,
+)
+from engine import (
+    Append,
+    DefinitionError,
+    Engine,
+    LmdbEventLog,
+    ProjectorFaulted,
+    ProjectorStatistics,
+    Rejected,
+)
+
+
+class SavedBalances(Balances):
+    """Balances, saving its cache every 7 positions."""
+
+    snapshot_every = 7
+    by_account: dict[str, int]
+
+
+class SavedBalancesV2(SavedBalances):
+    """The same cache under another format: a saved cache of format 1 must be ignored."""
+
+    name = "SavedBalances"
+    snapshot_format = 2
+
+
+class BrokenSave(Balances):
+    """Saves nothing: its snapshot_state raises."""
+
+    snapshot_every = 3
+    by_account: dict[str, int]
+
+    def snapshot_state(self) -> bytes:
+        raise RuntimeError("cannot encode")
+
+
+async def _commands(engine: Engine, seed: int, count: int, accounts: int = 5) -> None:
+    rng = random.Random(seed)
+    for n in range(accounts):
+        with contextlib.suppress(Rejected):  # opened in an earlier session
+            await engine.send(Account, f"acct-{n}", OpenAccount(f"owner-{n}"))
+    for _ in range(count):
+        command = (
+            Deposit(rng.randint(1, 50)) if rng.random() < 0.6 else Withdraw(rng.randint(1, 50))
+        )
+        with contextlib.suppress(Rejected):
+            await engine.send(Account, f"acct-{rng.randrange(accounts)}", command)
+
+
+def _stats(engine: Engine, name: str) -> ProjectorStatistics:
+    return next(p for p in engine.statistics().projectors if p.name == name)
+
+
+async def _assert_twins_agree(engine: Engine) -> None:
+    await engine.wait_projected()
+    assert await engine.query(SavedBalances.all_balances) == await engine.query(
+        Balances.all_balances
+    )
+
+
+def _open(
+    path: Path, *projectors: type[Projector]
+) -> contextlib.AbstractAsyncContextManager[Engine]:
+    return Engine.open(path, aggregates=[Account], projectors=[Balances, *projectors])
+
+
+async def test_a_restart_starts_from_the_saved_cache(tmp_path: Path) -> None:
+    async with _open(tmp_path, SavedBalances) as engine:
+        await _commands(engine, seed=1, count=40)
+        await _assert_twins_agree(engine)
+        # Saved every 7 positions while running, not only at close.
+        saved = engine.log.load_projection("SavedBalances")
+        assert saved is not None and saved.version >= engine.log.head_position() - 7
+        head = engine.log.head_position()
+    async with _open(tmp_path, SavedBalances) as engine:
+        await engine.wait_projected()
+        stats = _stats(engine, "SavedBalances")
+        assert stats.restored_from == head  # saved at close, loaded at open
+        assert stats.applied == 0  # nothing replayed
+        assert _stats(engine, "Balances").applied == head  # the twin replayed everything
+        await _assert_twins_agree(engine)
+        await _commands(engine, seed=2, count=30)
+        await _assert_twins_agree(engine)
+
+
+async def test_events_after_the_saved_cache_are_replayed(tmp_path: Path) -> None:
+    async with _open(tmp_path, SavedBalances) as engine:
+        await _commands(engine, seed=3, count=20)
+        await engine.wait_projected()  # so that close saves the cache at the head
+        saved_at = engine.log.head_position()
+    # Events the projector never saw (written while no engine ran).
+    log = LmdbEventLog(tmp_path)
+    try:
+        version = log.stream_version("acct-0")
+        payload = msgspec.msgpack.encode(Deposited(1000))
+        log.append_batch([Append("acct-0", version, (("Deposited", payload),) * 3)])
+    finally:
+        log.close()
+    async with _open(tmp_path, SavedBalances) as engine:
+        await engine.wait_projected()
+        stats = _stats(engine, "SavedBalances")
+        assert (stats.restored_from, stats.applied) == (saved_at, 3)
+        await _assert_twins_agree(engine)
+        assert await engine.query(SavedBalances.balance, "acct-0") >= 3000
+
+
+async def test_a_cache_of_another_format_is_ignored(tmp_path: Path) -> None:
+    async with _open(tmp_path, SavedBalances) as engine:
+        await _commands(engine, seed=4, count=20)
+    async with _open(tmp_path, SavedBalancesV2) as engine:
+        await engine.wait_projected()
+        assert _stats(engine, "SavedBalances").restored_from == 0
+        assert await engine.query(SavedBalancesV2.all_balances) == await engine.query(
+            Balances.all_balances
+        )
+    # It saved its own format at close; the old class now ignores that one.
+    async with _open(tmp_path, SavedBalances) as engine:
+        await engine.wait_projected()
+        assert _stats(engine, "SavedBalances").restored_from == 0
+        await _assert_twins_agree(engine)
+
+
+async def test_an_unreadable_saved_cache_means_a_full_replay(tmp_path: Path) -> None:
+    async with _open(tmp_path, SavedBalances) as engine:
+        await _commands(engine, seed=5, count=20)
+    log = LmdbEventLog(tmp_path)
+    try:
+        saved = log.load_projection("SavedBalances")
+        assert saved is not None
+        # Same format, bytes that do not decode as the cache.
+        broken = msgspec.structs.replace(saved, state=b"\x01")
+        log.append_batch([], projections=[("SavedBalances", broken)])
+    finally:
+        log.close()
+    async with _open(tmp_path, SavedBalances) as engine:
+        await engine.wait_projected()
+        assert _stats(engine, "SavedBalances").restored_from == 0
+        await _assert_twins_agree(engine)
+
+
+async def test_a_failing_snapshot_state_is_counted_and_harmless(tmp_path: Path) -> None:
+    async with _open(tmp_path, BrokenSave) as engine:
+        await _commands(engine, seed=6, count=20)
+        await engine.wait_projected()
+        assert _stats(engine, "BrokenSave").snapshot_failures >= 1
+        assert await engine.query(BrokenSave.all_balances) == await engine.query(
+            Balances.all_balances
+        )
+        assert engine.log.load_projection("BrokenSave") is None
+
+
+class HaltsOnWithdrawal(Projector):
+    """Counts deposits; halts at the first withdrawal."""
+
+    snapshot_every = 1
+    seen: int
+
+    def __init__(self) -> None:
+        self.seen = 0
+
+    @applies
+    def deposited(self, e: Deposited) -> None:
+        self.seen += 1
+
+    @applies
+    def withdrawn(self, e: Withdrawn) -> None:
+        raise ValueError("no withdrawals here")
+
+
+async def test_a_halted_projector_saves_nothing_past_its_fault(tmp_path: Path) -> None:
+    async with Engine.open(
+        tmp_path, aggregates=[Account], projectors=[HaltsOnWithdrawal]
+    ) as engine:
+        await engine.send(Account, "a", OpenAccount("o"))  # position 1
+        await engine.send(Account, "a", Deposit(10))  # 2
+        await engine.send(Account, "a", Withdraw(5))  # 3: the projector halts here
+        await engine.send(Account, "a", Deposit(1))  # 4
+        with pytest.raises(ProjectorFaulted):
+            await engine.wait_projected()
+    log = LmdbEventLog(tmp_path)
+    try:
+        saved = log.load_projection("HaltsOnWithdrawal")
+    finally:
+        log.close()
+    # Saved while healthy (every position), never at or past the failing one, not at close.
+    assert saved is not None and saved.version == 2
+    assert HaltsOnWithdrawal.from_snapshot(saved.state).seen == 1
+
+
+def test_snapshot_options_are_checked_when_the_class_is_made() -> None:
+    with pytest.raises(DefinitionError, match="snapshot_every"):
+
+        class Zero(Projector):
+            snapshot_every = 0
+
+    with pytest.raises(DefinitionError, match="annotates no state"):
+
+        class Unannotated(Balances):
+            snapshot_every = 10
+
+    with pytest.raises(DefinitionError, match="snapshot_format"):
+
+        class BadFormat(Projector):
+            snapshot_format = "2"  # type: ignore[assignment]
+
+    assert SavedBalances.snapshot_state not in SavedBalances.query_functions
+    assert BrokenSave.snapshot_state not in BrokenSave.query_functions
