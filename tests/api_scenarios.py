@@ -197,6 +197,13 @@ class WatchedLog(MemoryEventLog):
         )
 
 
+class CachedBalances(Balances):
+    """Balances, saving its cache every 3 positions (and at close)."""
+
+    snapshot_every = 3
+    by_account: dict[str, int]
+
+
 # -- the registry ------------------------------------------------------------------------
 
 Scenario = Callable[[Path], Coroutine[Any, Any, None]]
@@ -228,6 +235,21 @@ async def query_after_position_reads_own_write(tmp_path: Path) -> None:
     async with Engine.open(None, aggregates=[Account], projectors=[Balances]) as engine:
         ack = await engine.send(Account, "acct-1", Deposit(5))
         assert await engine.query(Balances.balance, "acct-1", after=ack.position) == 5
+
+
+@scenario
+async def a_saved_projector_cache_is_loaded_after_a_restart(tmp_path: Path) -> None:
+    async with Engine.open(tmp_path, aggregates=[Account], projectors=[CachedBalances]) as engine:
+        for n in range(1, 11):
+            await engine.send(Account, "acct-1", Deposit(n))
+        await engine.wait_projected()
+        head = engine.log.head_position()
+    async with Engine.open(tmp_path, aggregates=[Account], projectors=[CachedBalances]) as engine:
+        stats = engine.statistics().projectors[0]
+        assert (stats.restored_from, stats.applied) == (head, 0)  # loaded, nothing replayed
+        assert await engine.query(CachedBalances.balance, "acct-1") == 55
+        ack = await engine.send(Account, "acct-1", Deposit(5))
+        assert await engine.query(CachedBalances.balance, "acct-1", after=ack.position) == 60
 
 
 @scenario
