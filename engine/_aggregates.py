@@ -577,6 +577,9 @@ class Aggregates:
         except Exception:
             self._snapshot_failures += 1
             return  # a snapshot is an optimisation; the events remain the truth
+        if not isinstance(data, bytes):
+            self._snapshot_failures += 1  # left to the writer, it would fail its whole group
+            return
         self._writer.save_snapshot(
             actor.stream_id, Snapshot(actor.version, actor.kind.snapshot_format, data)
         )

@@ -23,8 +23,8 @@ probe_writer.py`` and the figures in its report):
 - ``snapshots``: stream id -> Snapshot;  ``checkpoints``: name -> position (u64 BE);
   ``projections``: projector name -> Snapshot (its ``version`` is a log position).
 - ``meta``: ``format`` -> ``FORMAT``, and ``heads_at`` (above). A log of another layout is
-  refused at open rather than misread; a log without ``heads_at`` wrote heads every group,
-  so its table is complete.
+  refused at open rather than misread, except ``actorlog-1`` (heads written every group, so
+  complete), which is upgraded in place.
 
 ``read_stream`` walks a stream's chain back from its head (or the nearest anchor past the
 slice), so it costs one lookup per event read, plus under ``ANCHOR_EVERY`` skipped ones.
@@ -72,8 +72,12 @@ HEADS_FLUSH_EVERY: Final = 16_384
 """Stream heads are written back once this many events have been appended since the last
 write-back (bounding the replay at open), or once this many streams have unwritten heads
 (bounding the memory they pin)."""
-FORMAT: Final = b"actorlog-1"
+FORMAT: Final = b"actorlog-2"
 """The on-disk layout this module reads and writes; bump it when the layout changes."""
+_FORMAT_1: Final = b"actorlog-1"
+"""The layout before heads were written back lazily: its heads table is always complete.
+Opening one upgrades it in place (a version that reads only this one then refuses it,
+rather than trusting a heads table that may lag)."""
 _snapshot_encoder: Final = msgspec.msgpack.Encoder()
 _snapshot_decoder: Final = msgspec.msgpack.Decoder(Snapshot)
 
@@ -154,6 +158,10 @@ class LmdbEventLog:
                     txn.put(b"format", FORMAT, db=meta)
                     heads_at = _u64.pack(0)
                     txn.put(b"heads_at", heads_at, db=meta)
+                elif found == _FORMAT_1:
+                    txn.put(b"format", FORMAT, db=meta)
+                    heads_at = _u64.pack(head)  # written through: complete
+                    txn.put(b"heads_at", heads_at, db=meta)
                 elif found != FORMAT:
                     raise StorageError(
                         f"the log at {self._path} has format {found!r}; this version of "
@@ -171,7 +179,9 @@ class LmdbEventLog:
         self._heads: dict[str, tuple[int, int]] = {}
         self._unwritten: dict[str, tuple[int, int]] = {}
         self._head: int = head
-        self._heads_at: int = head if heads_at is None else _u64.unpack(heads_at)[0]
+        # No ``heads_at`` in this format means nothing vouches for the heads table: rebuild
+        # every head from the events (correct whatever the table holds).
+        self._heads_at: int = 0 if heads_at is None else _u64.unpack(heads_at)[0]
         # Growing the map invalidates every open transaction of this process. Reads hold
         # this lock, and growth takes it, so a read on another thread (a writer committing
         # with ``in_thread=True``) never sees its transaction vanish.
@@ -234,20 +244,29 @@ class LmdbEventLog:
             StorageError: the log is closed.
         """
         self._check_open()
+        write_back = True
         while True:
             try:
-                return self._try_append(appends, snapshots, checkpoints, projections)
+                return self._try_append(appends, snapshots, checkpoints, projections, write_back)
             except lmdb.MapFullError as e:
                 try:
                     grown = self._grow()
                 except lmdb.Error as e2:
                     return _fail_all(appends, StorageError(f"cannot grow the map: {e2}"), e2)
                 if not grown:
+                    if write_back and self._may_write_back(appends):
+                        # Once more without a heads write-back: the heads can wait (the log
+                        # rebuilds them), the appends should not fail for the room they take.
+                        write_back = False
+                        continue
                     full = StorageFull(
                         f"the log at {self._path} reached its cap of {self._max_map_size} bytes"
                     )
                     return _fail_all(appends, full, e)
             except lmdb.Error as e:
+                if _out_of_space(e) and write_back and self._may_write_back(appends):
+                    write_back = False
+                    continue
                 if _out_of_space(e):
                     # The disk, not the map, is full: same promise (nothing written), same
                     # remedy (make room, retry), so the same error as the map cap.
@@ -262,6 +281,7 @@ class LmdbEventLog:
         snapshots: Sequence[tuple[str, Snapshot]],
         checkpoints: Sequence[tuple[str, int]],
         projections: Sequence[tuple[str, Snapshot]] = (),
+        write_back: bool = True,
     ) -> tuple[list[AppendOutcome], list[StoredEvent]]:
         outcomes: list[AppendOutcome] = []
         stored: list[StoredEvent] = []
@@ -307,16 +327,14 @@ class LmdbEventLog:
                     stored.append(event)
                     if version % ANCHOR_EVERY == 0:
                         put(_anchor_key(stream_id, version), pack(position), db=self._anchors)
-                new_heads[stream_id] = (version, link)
+                if append.events:  # an empty append checks the version, moves nothing
+                    new_heads[stream_id] = (version, link)
                 outcomes.append(
                     AppendResult(
                         stream_id, first_version, version, first_position, position, timestamp
                     )
                 )
-            write_back = (
-                position - self._heads_at >= HEADS_FLUSH_EVERY
-                or len(self._unwritten) >= HEADS_FLUSH_EVERY
-            )
+            write_back = write_back and self._write_back_due(position)
             if write_back:
                 self._write_heads(txn, {**self._unwritten, **new_heads}, position)
             for stream_id, snapshot in snapshots:
@@ -341,10 +359,23 @@ class LmdbEventLog:
         else:
             self._unwritten.update(new_heads)
         if len(self._heads) > _HEAD_CACHE_LIMIT:
-            self._heads.clear()
-            self._heads.update(self._unwritten)
-        self._heads.update(new_heads)
+            # One assignment, never clear-then-refill: a reader on another thread must not
+            # catch a moment without the unwritten heads (the table lacks them).
+            self._heads = {**self._unwritten, **new_heads}
+        else:
+            self._heads.update(new_heads)
         return outcomes, stored
+
+    def _may_write_back(self, appends: Sequence[Append]) -> bool:
+        """Whether committing ``appends`` could have included a heads write-back."""
+        return self._write_back_due(self._head + sum(len(a.events) for a in appends))
+
+    def _write_back_due(self, position: int) -> bool:
+        """True once the heads written back lag ``position`` enough."""
+        return (
+            position - self._heads_at >= HEADS_FLUSH_EVERY
+            or len(self._unwritten) >= HEADS_FLUSH_EVERY
+        )
 
     def _write_heads(self, txn: Any, heads: dict[str, tuple[int, int]], position: int) -> None:
         """Write ``heads`` and mark the table complete up to ``position``, in ``txn``."""
@@ -376,12 +407,14 @@ class LmdbEventLog:
         Without one the stream's head cannot be rebuilt, and appending to it could reuse a
         version, so the log is refused."""
         hops = 1
+        at = position
         with self._reading() as txn:
-            while len(value) >= _LINK and (link := _u64.unpack_from(value)[0]):
+            # Links must point strictly backwards: a corrupt one that does not would loop.
+            while len(value) >= _LINK and 0 < (link := _u64.unpack_from(value)[0]) < at:
                 found = txn.get(_u64.pack(link), db=self._events)
                 if found is None:
                     break
-                value = found
+                value, at = found, link
                 try:
                     event = decode_stored(value[_LINK:])
                 except DecodeError:

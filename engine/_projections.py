@@ -280,6 +280,10 @@ class ProjectionHost:
         except Exception:
             self.snapshot_failures += 1
             return
+        if not isinstance(data, bytes):
+            # Left to the writer, it would fail the whole group it rides with.
+            self.snapshot_failures += 1
+            return
         self._save(self.name, Snapshot(self.checkpoint, self.kind.snapshot_format, data))
 
     # -- the actor loop --------------------------------------------------------------------
@@ -441,7 +445,11 @@ class ProjectionHost:
     def rebuild(self) -> None:
         """Start over from position 0 with an empty cache (and no fault, nothing parked)."""
         self.instance = self.kind()
-        self.checkpoint = self._saved_at = 0
+        self.checkpoint = 0
+        # Below any checkpoint, so the next save (at the latest, at close) replaces the
+        # cache saved before: a rebuild must not come back from the log after a restart.
+        self._saved_at = -1
+        self.restored_from = 0
         self.applied = 0
         self.parked = []
         self.fault = None

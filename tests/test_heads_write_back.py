@@ -18,7 +18,10 @@ import lmdb
 import msgspec
 import pytest
 
+import engine._log_lmdb as lmdb_log
 from engine import Append, AppendResult, ConcurrencyError, LmdbEventLog, StorageError
+
+_TICK = ("Tick", msgspec.msgpack.encode("tick"))
 
 _CHILD = textwrap.dedent(
     """
@@ -164,3 +167,83 @@ def test_an_unreadable_first_event_in_the_tail_refuses_the_log(tmp_path: Path) -
     # Refused cleanly: the directory lock was released.
     with pytest.raises(StorageError, match="stream index cannot be rebuilt"):
         LmdbEventLog(tmp_path)
+
+
+def test_an_empty_append_writes_no_head(tmp_path: Path) -> None:
+    log = LmdbEventLog(tmp_path)
+    outcomes, _ = log.append_batch([Append("ghost", 0, ()), Append("real", 0, (_TICK,))])
+    assert isinstance(outcomes[0], AppendResult) and isinstance(outcomes[1], AppendResult)
+    log.close()
+    heads, _ = _raw(tmp_path)
+    assert set(heads) == {b"real"}
+
+
+def _rewrite_meta(path: Path, format: bytes, *, drop_heads_at: bool) -> None:
+    env = lmdb.open(str(path), max_dbs=8)
+    try:
+        meta = env.open_db(b"meta", create=False)
+        with env.begin(write=True, db=meta) as txn:
+            txn.put(b"format", format)
+            if drop_heads_at:
+                txn.delete(b"heads_at")
+    finally:
+        env.close()
+
+
+def test_a_log_of_the_first_layout_is_upgraded_and_survives_a_crash(tmp_path: Path) -> None:
+    # The first layout wrote heads every group and had no heads_at: its table is complete.
+    _crash_after(tmp_path, every=1_000, groups=3)
+    LmdbEventLog(tmp_path).close()  # heads written back, as the first layout kept them
+    _rewrite_meta(tmp_path, b"actorlog-1", drop_heads_at=True)
+    _crash_after(tmp_path, every=1_000, groups=4)  # opens (upgrades), appends, dies
+    env = lmdb.open(str(tmp_path), max_dbs=8, readonly=True, lock=False)
+    try:
+        meta = env.open_db(b"meta", create=False)
+        with env.begin() as txn:
+            stored_format = txn.get(b"format", db=meta)
+    finally:
+        env.close()
+    assert stored_format == b"actorlog-2"  # a reader of the first layout now refuses it
+    log = LmdbEventLog(tmp_path)
+    try:
+        want = {
+            s: a + b for (s, a), b in zip(_expected(3).items(), _expected(4).values(), strict=True)
+        }
+        assert {s: log.stream_version(s) for s in want} == want
+    finally:
+        log.close()
+
+
+def test_a_log_without_heads_at_rebuilds_every_head(tmp_path: Path) -> None:
+    _crash_after(tmp_path, every=2, groups=6)  # some heads written back, then a crash
+    _rewrite_meta(tmp_path, b"actorlog-2", drop_heads_at=True)  # nothing vouches for them
+    log = LmdbEventLog(tmp_path)
+    try:
+        assert {s: log.stream_version(s) for s in "abc"} == _expected(6)
+    finally:
+        log.close()
+
+
+def test_a_write_back_that_does_not_fit_waits_rather_than_failing_appends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(lmdb_log, "HEADS_FLUSH_EVERY", 1)  # every group writes heads back
+    log = LmdbEventLog(tmp_path, map_size=1 << 20, max_map_size=1 << 20)  # at its cap
+
+    def no_room(*args: object) -> None:
+        raise lmdb.MapFullError("the heads do not fit")
+
+    monkeypatch.setattr(log, "_write_heads", no_room)
+    try:
+        for version in range(3):
+            outcomes, _ = log.append_batch([Append("a", version, (_TICK,))])
+            assert isinstance(outcomes[0], AppendResult), outcomes
+        assert log.stream_version("a") == 3
+    finally:
+        log.close()  # its write-back fails too, quietly: the next open replays
+    log = LmdbEventLog(tmp_path)
+    try:
+        assert log.stream_version("a") == 3
+        assert [e.version for e in log.read_stream("a")] == [1, 2, 3]
+    finally:
+        log.close()

@@ -229,3 +229,38 @@ def test_snapshot_options_are_checked_when_the_class_is_made() -> None:
 
     assert SavedBalances.snapshot_state not in SavedBalances.query_functions
     assert BrokenSave.snapshot_state not in BrokenSave.query_functions
+
+
+class WrongType(Balances):
+    """Its snapshot_state returns a str, not bytes."""
+
+    snapshot_every = 2
+    by_account: dict[str, int]
+
+    def snapshot_state(self) -> bytes:
+        return "not bytes"  # type: ignore[return-value]
+
+
+class WrongTypeAccount(Account):
+    """An aggregate whose snapshot_state returns a str."""
+
+    snapshot_every = 1
+
+    def snapshot_state(self) -> bytes:
+        return "not bytes"  # type: ignore[return-value]
+
+
+async def test_a_snapshot_state_that_is_not_bytes_fails_no_command(tmp_path: Path) -> None:
+    # Handed to the writer, it would fail every command of the group it rides with.
+    async with Engine.open(
+        tmp_path, aggregates=[WrongTypeAccount], projectors=[WrongType]
+    ) as engine:
+        await engine.send(WrongTypeAccount, "a", OpenAccount("o"))
+        for n in range(1, 6):
+            await engine.send(WrongTypeAccount, "a", Deposit(n))
+        assert await engine.query(WrongType.balance, "a", after=6) == 15
+        stats = engine.statistics()
+        assert stats.aggregates.snapshot_failures >= 1
+        assert _stats(engine, "WrongType").snapshot_failures >= 1
+        assert engine.log.load_snapshot("a") is None
+        assert engine.log.load_projection("WrongType") is None
