@@ -14,7 +14,7 @@ import msgspec
 from engine import DefinitionError
 
 from ._dispatch import decorated, message_type, returned_event_types
-from ._snapshot import decode_state, encode_state, state_struct
+from ._snapshot import check_snapshot_options, decode_state, encode_state, state_struct
 
 __all__ = ["Aggregate"]
 
@@ -82,15 +82,7 @@ class Aggregate:
         cls.command_handlers = handlers
         cls.event_appliers = appliers
         cls.emitted_types = frozenset(emitted)
-        every = cls.snapshot_every
-        if every is not None and (
-            not isinstance(every, int) or isinstance(every, bool) or every < 1
-        ):
-            raise DefinitionError(
-                f"{cls.__qualname__}.snapshot_every must be None or an int >= 1, not {every!r}"
-            )
-        if not isinstance(cls.snapshot_format, int) or isinstance(cls.snapshot_format, bool):
-            raise DefinitionError(f"{cls.__qualname__}.snapshot_format must be an int")
+        check_snapshot_options(cls)
         cls._state_type = _state_struct(cls)
 
     def snapshot_state(self) -> bytes:

@@ -16,7 +16,7 @@ import msgspec
 from engine import DefinitionError, Recorded
 
 from ._dispatch import decorated, message_type, role_of
-from ._snapshot import decode_state, encode_state, state_struct
+from ._snapshot import check_snapshot_options, decode_state, encode_state, state_struct
 
 __all__ = ["Projector"]
 
@@ -99,15 +99,7 @@ class Projector:
             ):
                 queries.add(value)
         cls.query_functions = frozenset(queries)
-        every = cls.snapshot_every
-        if every is not None and (
-            not isinstance(every, int) or isinstance(every, bool) or every < 1
-        ):
-            raise DefinitionError(
-                f"{cls.__qualname__}.snapshot_every must be None or an int >= 1, not {every!r}"
-            )
-        if not isinstance(cls.snapshot_format, int) or isinstance(cls.snapshot_format, bool):
-            raise DefinitionError(f"{cls.__qualname__}.snapshot_format must be an int")
+        every = check_snapshot_options(cls)
         needed = every is not None and (
             cls.snapshot_state is Projector.snapshot_state
             or cls.from_snapshot.__func__ is Projector.from_snapshot.__func__  # type: ignore[attr-defined]

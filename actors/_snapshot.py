@@ -17,9 +17,26 @@ from engine import DefinitionError, HandlerError
 
 from ._dispatch import resolve_hints
 
-__all__ = ["decode_state", "encode_state", "state_struct"]
+__all__ = ["check_snapshot_options", "decode_state", "encode_state", "state_struct"]
 
 T = TypeVar("T")
+
+
+def check_snapshot_options(cls: Any) -> int | None:
+    """Check a class's ``snapshot_every`` and ``snapshot_format``; return ``snapshot_every``.
+
+    Raises:
+        DefinitionError: ``snapshot_every`` is not None or an int >= 1, or
+            ``snapshot_format`` is not an int.
+    """
+    every = cls.snapshot_every
+    if every is not None and (not isinstance(every, int) or isinstance(every, bool) or every < 1):
+        raise DefinitionError(
+            f"{cls.__qualname__}.snapshot_every must be None or an int >= 1, not {every!r}"
+        )
+    if not isinstance(cls.snapshot_format, int) or isinstance(cls.snapshot_format, bool):
+        raise DefinitionError(f"{cls.__qualname__}.snapshot_format must be an int")
+    return every
 
 
 def state_struct(
