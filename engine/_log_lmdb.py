@@ -292,19 +292,23 @@ class LmdbEventLog:
         pack = _u64.pack
         # The context manager aborts on any exception, so a failed group leaves nothing,
         # and the in-memory view (head, cache) only moves after the commit below.
+        cached = self._heads
+        encode = encode_stored
         with self._env.begin(write=True) as txn:
             put = txn.put
             events_db = self._events
             for append in appends:
                 stream_id = append.stream_id
-                head = new_heads.get(stream_id)
+                # The group's own heads first, then the cache, then the table.
+                head = new_heads.get(stream_id) or cached.get(stream_id)
                 if head is None:
                     head = self._stream_head(txn, check_stream_id(stream_id))
                 version, link = head
-                error = expected_ok(append, version)
-                if error is not None:
-                    outcomes.append(error)
-                    continue
+                if append.expected_version != version:
+                    error = expected_ok(append, version)
+                    if error is not None:
+                        outcomes.append(error)
+                        continue
                 first_version, first_position = version + 1, position + 1
                 corr, caus = append.correlation_id, append.causation_id
                 for name, payload in append.events:
@@ -320,9 +324,7 @@ class LmdbEventLog:
                         caus,
                         msgspec.Raw(payload),
                     )
-                    put(
-                        pack(position), pack(link) + encode_stored(event), db=events_db, append=True
-                    )
+                    put(pack(position), pack(link) + encode(event), db=events_db, append=True)
                     link = position
                     stored.append(event)
                     if version % ANCHOR_EVERY == 0:

@@ -327,8 +327,10 @@ class ProjectionHost:
             if every is not None and self.checkpoint - self._saved_at >= every:
                 self.save_now()
             self._batch = _next_batch(self._batch, time.perf_counter() - began)
-            # Between batches, let commands and queries run: catch-up never hogs the loop.
-            await anyio.lowlevel.checkpoint()
+            if self.checkpoint < self._broadcast.head:
+                # Between batches, let commands and queries run: catch-up never hogs the
+                # loop. (Caught up, the park above yields anyway: no second task switch.)
+                await anyio.lowlevel.checkpoint()
 
     def _fold(self, events: list[StoredEvent], objects: list[Any] | None) -> None:
         """Fold a batch that starts at ``checkpoint + 1``, decoding only the types this
