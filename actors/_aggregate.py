@@ -32,6 +32,9 @@ class Aggregate:
     :class:`~engine.DefinitionError`.
 
     Class options:
+        aggregate_name: the type's name in the log (default: the class name). A stream
+            created by one aggregate type cannot be loaded as another; set it to the old
+            name when renaming the class, so its streams stay loadable.
         snapshot_every: take a snapshot every N events (None: never, the default).
         snapshot_format: bump it whenever the state's shape changes; snapshots of another
             format are ignored (the aggregate is rebuilt from its events instead).
@@ -44,12 +47,17 @@ class Aggregate:
     command_handlers: ClassVar[Mapping[type, Handler]] = {}
     event_appliers: ClassVar[Mapping[type, Applier]] = {}
     emitted_types: ClassVar[frozenset[type]] = frozenset()
+    aggregate_name: ClassVar[str] = "Aggregate"
     snapshot_every: ClassVar[int | None] = None
     snapshot_format: ClassVar[int] = 1
     _state_type: ClassVar[type[msgspec.Struct] | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        if "aggregate_name" not in vars(cls):
+            cls.aggregate_name = cls.__name__
+        if not isinstance(cls.aggregate_name, str) or not cls.aggregate_name:
+            raise DefinitionError(f"{cls.__qualname__}.aggregate_name must be a non-empty str")
         handlers: dict[type, Handler] = dict(cls.command_handlers)
         appliers: dict[type, Applier] = dict(cls.event_appliers)
         emitted: set[type] = set(cls.emitted_types)
@@ -107,5 +115,12 @@ def _state_struct(cls: type[Aggregate]) -> type[msgspec.Struct] | None:
 
 
 _BASE_NAMES = frozenset(
-    ("command_handlers", "event_appliers", "emitted_types", "snapshot_every", "snapshot_format")
+    (
+        "aggregate_name",
+        "command_handlers",
+        "event_appliers",
+        "emitted_types",
+        "snapshot_every",
+        "snapshot_format",
+    )
 )

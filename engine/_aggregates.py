@@ -90,6 +90,10 @@ class AggregateType(Protocol):
         """Event type -> applier ``(state, event) -> None``."""
 
     @property
+    def aggregate_name(self) -> str:
+        """The type's name in the log: a stream created by one type is refused to another."""
+
+    @property
     def snapshot_every(self) -> int | None:
         """Snapshot every this many events; None: never."""
 
@@ -102,6 +106,16 @@ class AggregateType(Protocol):
 
     def from_snapshot(self, data: bytes) -> Any:
         """A state rebuilt from ``snapshot_state()``'s bytes."""
+
+
+def _check_owner(kind: AggregateType, stream_id: str, owner: str | None) -> None:
+    """Refuse to load ``stream_id`` as ``kind`` if another aggregate type created it."""
+    if owner is not None and owner != kind.aggregate_name:
+        raise DefinitionError(
+            f"stream {stream_id!r} belongs to aggregate type {owner!r}, not "
+            f"{kind.aggregate_name!r}; stream ids are shared by all aggregate types (set "
+            "aggregate_name to the old name if the class was renamed)"
+        )
 
 
 def _name(kind: AggregateType) -> str:
@@ -477,7 +491,15 @@ class Aggregates:
             events = [event if shareable(type(event)) else None for event in events]
         try:
             self._writer.submit(
-                Append(stream_id, expected, tuple(encoded), correlation_id, causation_id),
+                Append(
+                    stream_id,
+                    expected,
+                    tuple(encoded),
+                    correlation_id,
+                    causation_id,
+                    # Recorded by the append that creates the stream (see _load).
+                    None if expected else kind.aggregate_name,
+                ),
                 done,
                 events,
             )
@@ -530,6 +552,8 @@ class Aggregates:
                 snapshot = self._log.load_snapshot(stream_id)
             except CodecError:
                 snapshot = None  # unreadable: only a lost shortcut, the events remain
+            if snapshot is not None:
+                _check_owner(kind, stream_id, snapshot.aggregate)
             if snapshot is not None and snapshot.format == kind.snapshot_format:
                 try:
                     state = kind.from_snapshot(snapshot.state)
@@ -545,6 +569,8 @@ class Aggregates:
             appliers = kind.event_appliers
             decode = self._registry.decode
             for stored in self._log.read_stream(stream_id, version + 1):
+                if stored.aggregate is not None:
+                    _check_owner(kind, stream_id, stored.aggregate)
                 event = decode(stored.type, stored.payload)
                 appliers[type(event)](state, event)
                 version = stored.version
@@ -581,7 +607,8 @@ class Aggregates:
             self._snapshot_failures += 1  # left to the writer, it would fail its whole group
             return
         self._writer.save_snapshot(
-            actor.stream_id, Snapshot(actor.version, actor.kind.snapshot_format, data)
+            actor.stream_id,
+            Snapshot(actor.version, actor.kind.snapshot_format, data, actor.kind.aggregate_name),
         )
 
     def _evict_lru(self, scan: int, room_for: int = 0) -> None:

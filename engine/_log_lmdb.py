@@ -310,7 +310,7 @@ class LmdbEventLog:
                         outcomes.append(error)
                         continue
                 first_version, first_position = version + 1, position + 1
-                corr, caus = append.correlation_id, append.causation_id
+                corr, caus, kind = append.correlation_id, append.causation_id, append.aggregate
                 for name, payload in append.events:
                     position += 1
                     version += 1
@@ -323,6 +323,7 @@ class LmdbEventLog:
                         corr,
                         caus,
                         msgspec.Raw(payload),
+                        kind,
                     )
                     put(pack(position), pack(link) + encode(event), db=events_db, append=True)
                     link = position

@@ -80,6 +80,7 @@ class MemoryEventLog:
                         append.correlation_id,
                         append.causation_id,
                         msgspec.Raw(payload),
+                        append.aggregate,
                     )
                 )
                 new_positions.setdefault(stream_id, []).append(position)

@@ -72,13 +72,18 @@ class Recorded(msgspec.Struct, frozen=True, array_like=True, gc=False):
     causation_id: str | None = None
 
 
-class StoredEvent(Recorded, frozen=True, array_like=True):
+class StoredEvent(Recorded, frozen=True, array_like=True, omit_defaults=True):
     """A :class:`Recorded` with its still-encoded payload, exactly as read from the log.
+
+    ``aggregate`` names the aggregate type that created the stream, on the stream's first
+    appended events only (None elsewhere, and for streams appended to without an
+    aggregate): it lets the engine refuse to load one type's stream as another's.
 
     The payload stays ``msgspec.Raw`` so readers decode only the event types they handle.
     """
 
     payload: msgspec.Raw = msgspec.Raw(b"")
+    aggregate: str | None = None
 
 
 class Append(msgspec.Struct, frozen=True, gc=False):
@@ -94,6 +99,8 @@ class Append(msgspec.Struct, frozen=True, gc=False):
             envelope as it is.
         correlation_id: stored on every event of the append.
         causation_id: stored on every event of the append.
+        aggregate: the aggregate type creating the stream, stored on every event of the
+            append; given only by the append that creates the stream.
     """
 
     stream_id: str
@@ -101,6 +108,7 @@ class Append(msgspec.Struct, frozen=True, gc=False):
     events: tuple[tuple[str, bytes], ...]
     correlation_id: str | None = None
     causation_id: str | None = None
+    aggregate: str | None = None
 
 
 class AppendResult(msgspec.Struct, frozen=True, gc=False):
@@ -118,7 +126,7 @@ class AppendResult(msgspec.Struct, frozen=True, gc=False):
     timestamp: float
 
 
-class Snapshot(msgspec.Struct, frozen=True, array_like=True, gc=False):
+class Snapshot(msgspec.Struct, frozen=True, array_like=True, gc=False, omit_defaults=True):
     """An aggregate's encoded state at a stream version.
 
     Attributes:
@@ -126,8 +134,10 @@ class Snapshot(msgspec.Struct, frozen=True, array_like=True, gc=False):
         format: the aggregate class's ``snapshot_format`` when it was taken; a snapshot of
             another format is ignored, never misread.
         state: the msgpack-encoded state.
+        aggregate: the aggregate type that took it (None if unknown).
     """
 
     version: int
     format: int
     state: bytes
+    aggregate: str | None = None

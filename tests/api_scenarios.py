@@ -156,8 +156,9 @@ class Ledger(Aggregate):
 
 
 class SnapLedger(Ledger):
-    """The same ledger, snapshotted every 3 events."""
+    """The same ledger, snapshotted every 3 events (the same aggregate type in the log)."""
 
+    aggregate_name = "Ledger"
     snapshot_every = 3
 
 
@@ -526,6 +527,7 @@ async def snapshot_of_another_format_is_ignored(tmp_path: Path) -> None:
     restored: list[bytes] = []
 
     class SnapLedgerV2(SnapLedger):
+        aggregate_name = "Ledger"  # the next version of the same type
         snapshot_format = 2
 
         @classmethod

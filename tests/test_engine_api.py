@@ -134,7 +134,10 @@ def test_snapshot_plus_tail_equals_full_replay(
 ) -> None:
     """Restarted at arbitrary points, a snapshotting aggregate rehydrates to the state a
     full replay of its events gives, and to the state the commands should produce."""
-    snapping = cast(type[Ledger], type("Snapping", (Ledger,), {"snapshot_every": every}))
+    snapping = cast(
+        type[Ledger],
+        type("Snapping", (Ledger,), {"snapshot_every": every, "aggregate_name": "Ledger"}),
+    )
     model = _Model()
     for command in commands:
         model.run(command)
