@@ -108,13 +108,13 @@ class AggregateType(Protocol):
         """A state rebuilt from ``snapshot_state()``'s bytes."""
 
 
-def _check_owner(kind: AggregateType, stream_id: str, owner: str | None) -> None:
-    """Refuse to load ``stream_id`` as ``kind`` if another aggregate type created it."""
-    if owner is not None and owner != kind.aggregate_name:
+def _check_owner(name: str, stream_id: str, owner: str | None) -> None:
+    """Refuse to load ``stream_id`` as type ``name`` if another aggregate type created it."""
+    if owner is not None and owner != name:
         raise DefinitionError(
-            f"stream {stream_id!r} belongs to aggregate type {owner!r}, not "
-            f"{kind.aggregate_name!r}; stream ids are shared by all aggregate types (set "
-            "aggregate_name to the old name if the class was renamed)"
+            f"stream {stream_id!r} belongs to aggregate type {owner!r}, not {name!r}; "
+            "stream ids are shared by all aggregate types (set aggregate_name to the old "
+            "name if the class was renamed)"
         )
 
 
@@ -224,6 +224,10 @@ class Aggregates:
         if max_live < 1:
             raise DefinitionError("max_live_aggregates must be >= 1")
         self._kinds = set(kinds)
+        # The type's name in the log; a kind that is not an actors.Aggregate may lack it.
+        self._owner_names: dict[AggregateType, str] = {
+            kind: getattr(kind, "aggregate_name", None) or _name(kind) for kind in kinds
+        }
         for kind in kinds:
             for event_type in kind.event_appliers:
                 registry.register(event_type)
@@ -314,21 +318,36 @@ class Aggregates:
         return Pending(self._decide(actor, handler, command, correlation_id, causation_id))
 
     async def _wait_for_capacity(self, kind: AggregateType, stream_id: str) -> _Actor:
-        """Wait until an actor goes idle (so it can be passivated), then activate ours."""
+        """Wait until an actor goes idle (so it can be passivated), then activate ours.
+
+        A wake-up is a free slot handed to one waiter: one that leaves without taking it
+        (cancelled after the wake-up, or its stream refused to load) hands it on.
+        """
         while True:
             reply = self._new_reply()
             self._capacity.append(reply)
             try:
                 await reply.wait()
-            finally:
+            except BaseException:
                 if reply in self._capacity:
                     self._capacity.remove(reply)
+                else:
+                    self._pass_capacity()
+                raise
             if self._closed:
                 raise EngineClosed("the engine closed before this command ran")
             try:
                 return self._actor(kind, stream_id)
             except _AtCapacity:
                 continue
+            except BaseException:
+                self._pass_capacity()
+                raise
+
+    def _pass_capacity(self) -> None:
+        """Wake the next sender waiting for a live slot, if there is a slot for it."""
+        if self._capacity and len(self._live) < self._max_live:
+            self._capacity.popleft().set_result(None)
 
     def _handler(self, kind: AggregateType, command: Any) -> Callable[[Any, Any], Any]:
         if self._closed:
@@ -498,7 +517,7 @@ class Aggregates:
                     correlation_id,
                     causation_id,
                     # Recorded by the append that creates the stream (see _load).
-                    None if expected else kind.aggregate_name,
+                    None if expected else self._owner_names[kind],
                 ),
                 done,
                 events,
@@ -537,7 +556,12 @@ class Aggregates:
                 raise _AtCapacity(
                     f"{self._max_live} aggregates are live and busy (max_live_aggregates)"
                 )
-        actor = _Actor(kind, stream_id, *self._load(kind, stream_id))
+        try:
+            loaded = self._load(kind, stream_id)
+        except BaseException:
+            self._pass_capacity()  # the eviction above may have freed a slot
+            raise
+        actor = _Actor(kind, stream_id, *loaded)
         self._live[stream_id] = actor
         self._activations += 1
         self._peak = max(self._peak, len(self._live))
@@ -547,13 +571,14 @@ class Aggregates:
         """Rebuild the state: (state, version, version of the snapshot it started from)."""
         state: Any = None
         version = 0
+        owner_name = self._owner_names[kind]
         if kind.snapshot_every is not None:
             try:
                 snapshot = self._log.load_snapshot(stream_id)
             except CodecError:
                 snapshot = None  # unreadable: only a lost shortcut, the events remain
             if snapshot is not None:
-                _check_owner(kind, stream_id, snapshot.aggregate)
+                _check_owner(owner_name, stream_id, snapshot.aggregate)
             if snapshot is not None and snapshot.format == kind.snapshot_format:
                 try:
                     state = kind.from_snapshot(snapshot.state)
@@ -570,7 +595,7 @@ class Aggregates:
             decode = self._registry.decode
             for stored in self._log.read_stream(stream_id, version + 1):
                 if stored.aggregate is not None:
-                    _check_owner(kind, stream_id, stored.aggregate)
+                    _check_owner(owner_name, stream_id, stored.aggregate)
                 event = decode(stored.type, stored.payload)
                 appliers[type(event)](state, event)
                 version = stored.version
@@ -608,7 +633,9 @@ class Aggregates:
             return
         self._writer.save_snapshot(
             actor.stream_id,
-            Snapshot(actor.version, actor.kind.snapshot_format, data, actor.kind.aggregate_name),
+            Snapshot(
+                actor.version, actor.kind.snapshot_format, data, self._owner_names[actor.kind]
+            ),
         )
 
     def _evict_lru(self, scan: int, room_for: int = 0) -> None:

@@ -72,7 +72,7 @@ class Recorded(msgspec.Struct, frozen=True, array_like=True, gc=False):
     causation_id: str | None = None
 
 
-class StoredEvent(Recorded, frozen=True, array_like=True, omit_defaults=True):
+class StoredEvent(Recorded, frozen=True, array_like=True):
     """A :class:`Recorded` with its still-encoded payload, exactly as read from the log.
 
     ``aggregate`` names the aggregate type that created the stream, on the stream's first
@@ -126,7 +126,7 @@ class AppendResult(msgspec.Struct, frozen=True, gc=False):
     timestamp: float
 
 
-class Snapshot(msgspec.Struct, frozen=True, array_like=True, gc=False, omit_defaults=True):
+class Snapshot(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """An aggregate's encoded state at a stream version.
 
     Attributes:

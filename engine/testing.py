@@ -42,10 +42,11 @@ def make_append(
     type: str = "Tested",
     correlation_id: str | None = None,
     causation_id: str | None = None,
+    aggregate: str | None = None,
 ) -> Append:
     """An append of ``count`` events; each payload (a msgpack str) says where it was sent."""
     events = tuple((type, _encode(f"{stream_id}#{expected_version}+{i}")) for i in range(count))
-    return Append(stream_id, expected_version, events, correlation_id, causation_id)
+    return Append(stream_id, expected_version, events, correlation_id, causation_id, aggregate)
 
 
 def assert_log_consistent(log: EventLog, batch: int = 1000) -> dict[str, int]:
@@ -255,6 +256,16 @@ def _metadata_round_trips(log: EventLog) -> None:
             "type and correlation/causation ids read back",
         )
         _holds(event.timestamp > 0, f"timestamp {event.timestamp} is not a commit time")
+    # The aggregate type that created a stream comes back on its events, by both reads;
+    # without it, a stream could be loaded as another aggregate type.
+    _commit(log, make_append("b", NO_STREAM, 2, aggregate="Account"))
+    _commit(log, make_append("b", 2))
+    for events, how in ((log.read_stream("b"), "read_stream"), (log.read_all(3), "read_all")):
+        _same(
+            [event.aggregate for event in events],
+            ["Account", "Account", None],
+            f"aggregate of the creating append, by {how}()",
+        )
 
 
 def _snapshots_and_checkpoints(log: EventLog) -> None:
@@ -268,6 +279,8 @@ def _snapshots_and_checkpoints(log: EventLog) -> None:
         checkpoints=[("P", 2), ("Q", 1)],
     )
     _same(log.load_snapshot("a"), Snapshot(2, 7, b"later"), "load_snapshot() after a second")
+    log.append_batch([], snapshots=[("a", Snapshot(2, 7, b"owned", "Account"))])
+    _same(log.load_snapshot("a"), Snapshot(2, 7, b"owned", "Account"), "a snapshot's aggregate")
     _same((log.load_checkpoint("P"), log.load_checkpoint("Q")), (2, 1), "checkpoints")
     _same(log.load_snapshot("b"), None, "load_snapshot() of another stream")
 
