@@ -112,6 +112,31 @@ async def test_a_snapshot_names_its_type_too(tmp_path: Path) -> None:
             await engine.send(SnappingSupplier, "42", Rename("Acme"))
 
 
+async def test_another_types_snapshot_is_not_used(tmp_path: Path) -> None:
+    # A stream written without a type belongs to no one, but a snapshot says who took it:
+    # the other type replays the events instead of adopting a state that is not its own.
+    log = LmdbEventLog(tmp_path)
+    try:
+        payload = msgspec.msgpack.encode(Renamed("raw"))
+        log.append_batch(
+            [Append("42", NO_STREAM, (("Renamed", payload),))],
+            snapshots=[("42", Snapshot(1, 1, msgspec.msgpack.encode({"name": "x"}), "Supplier"))],
+        )
+    finally:
+        log.close()
+    async with Engine.open(tmp_path, aggregates=[SnappingCustomer]) as engine:
+        ack = await engine.send(SnappingCustomer, "42", Rename("Ada"))
+        assert ack.version == 2
+    log = LmdbEventLog(tmp_path)  # the snapshot rides on a later group: read it after close
+    try:
+        snapshot = log.load_snapshot("42")
+    finally:
+        log.close()
+    # Its own snapshot, due only because it counted 2 events from version 0: had it adopted
+    # Supplier's (version 1), one event would not have made one due.
+    assert snapshot is not None and (snapshot.aggregate, snapshot.version) == ("Customer", 2)
+
+
 async def test_a_renamed_class_keeping_its_name_loads_its_streams(tmp_path: Path) -> None:
     async with Engine.open(tmp_path, aggregates=[Customer]) as engine:
         await engine.send(Customer, "42", Rename("Ada"))
