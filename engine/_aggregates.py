@@ -142,6 +142,7 @@ class _Actor:
     __slots__ = (
         "completed",
         "drained",
+        "failures",
         "handed",
         "inflight",
         "kind",
@@ -172,6 +173,7 @@ class _Actor:
         self.touched = True  # used since the last idle sweep
         self.submitted = 0  # appends handed to the writer, ever
         self.completed = 0  # of which the writer has answered (in order)
+        self.failures = 0  # of which failed (then the actor is stale)
         # rejected senders waiting for ``completed`` to reach their count (see send)
         self.settled: list[tuple[int, Reply]] = []
 
@@ -275,12 +277,17 @@ class Aggregates:
             else:  # the hot path: no wait before deciding
                 reply = self._decide(actor, handler, command, correlation_id, causation_id)
         except Rejected as rejection:
+            # The actor it was decided on: the slow path may have re-activated the stream
+            # (and _decide raised synchronously, so it is the live one now).
+            actor = self._live.get(stream_id, actor)
             if not actor.inflight:
                 raise
             # Rejected on state that is not all durable yet: if what is in flight fails,
             # the rejection was decided on state that never existed. Wait for it to land.
+            # (A failure count, not ``stale``: another sender may have reloaded already.)
+            failures = actor.failures
             await self._settle(actor)
-            if not actor.stale:
+            if actor.failures == failures:
                 raise rejection from None
             return await self.send(kind, stream_id, command, correlation_id, causation_id)
         result: Committed = await reply.wait()
@@ -345,8 +352,10 @@ class Aggregates:
                 raise
 
     def _pass_capacity(self) -> None:
-        """Wake the next sender waiting for a live slot, if there is a slot for it."""
-        if self._capacity and len(self._live) < self._max_live:
+        """Wake the next sender waiting for a live slot. Unconditionally: an idle actor
+        still counts as live until the woken sender's activation passivates it, and a
+        sender that finds no room simply waits again."""
+        if self._capacity:
             self._capacity.popleft().set_result(None)
 
     def _handler(self, kind: AggregateType, command: Any) -> Callable[[Any, Any], Any]:
@@ -391,8 +400,11 @@ class Aggregates:
                 return self._decide(actor, handler, command, correlation_id, causation_id)
         except BaseException:
             # Leaving without a slot (Rejected, HandlerError, cancelled, closed): a slot
-            # this sender was handed, or one that freed meanwhile, goes to the next waiter.
+            # this sender was handed, or one that freed meanwhile, goes to the next waiter;
+            # and if that leaves the actor idle, a sender waiting for a live slot may use it.
             self._hand_out(actor)
+            if not actor.busy():
+                self._pass_capacity()
             raise
 
     async def _park(self, actor: _Actor, queue: deque[Reply] | list[Reply]) -> None:
@@ -481,6 +493,7 @@ class Aggregates:
                     entry[1].set_result(None)
             if isinstance(outcome, EngineError):
                 actor.stale = True
+                actor.failures += 1
                 reply.set_error(outcome)
             else:
                 reply.set_result(
@@ -664,6 +677,8 @@ class Aggregates:
         for actor in self._live.values():
             actor.touched = False
         self._passivations += len(gone)
+        for _ in gone:  # each freed slot may let a sender waiting for one in
+            self._pass_capacity()
         return len(gone)
 
     async def run_idle_sweeper(self, idle_timeout: float) -> None:

@@ -49,7 +49,7 @@ import anyio.lowlevel
 import msgspec
 
 from ._codec import EventRegistry
-from ._errors import DefinitionError, EngineError, ProjectorFaulted, StorageError
+from ._errors import DefinitionError, EngineClosed, EngineError, ProjectorFaulted, StorageError
 from ._log import EventLog
 from ._records import Recorded, Snapshot, StoredEvent
 from ._reply import Reply, reply_factory
@@ -237,6 +237,7 @@ class ProjectionHost:
         self._new_reply = reply_factory()
         self._wakeup: Reply | None = None
         self._save = save
+        self._closed: EngineError | None = None  # set by fail_waiters when the engine closes
         self._snapshot_every = getattr(kind, "snapshot_every", None) if save else None
         self._saved_at = 0  # the checkpoint of the last cache saved or loaded
         self.restored_from = 0
@@ -422,6 +423,9 @@ class ProjectionHost:
             raise self.fault_error()
         if self.checkpoint >= position:
             return
+        if self._closed is not None:
+            # Its task is gone: nothing would ever wake this wait.
+            raise EngineClosed(str(self._closed))
         reply = self._new_reply()
         entry = (position, next(self._seq), reply)
         heapq.heappush(self._waiters, entry)
@@ -487,7 +491,8 @@ class ProjectionHost:
         )
 
     def fail_waiters(self, error: EngineError) -> None:
-        """Fail every waiting query (the engine is closing)."""
+        """Fail every waiting query, and every later one (the engine is closing)."""
+        self._closed = error
         waiting, self._waiters = self._waiters, []
         for _, _, reply in waiting:
             reply.set_error(error)
