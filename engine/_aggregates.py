@@ -275,7 +275,14 @@ class Aggregates:
                     actor, handler, command, correlation_id, causation_id
                 )
             else:  # the hot path: no wait before deciding
-                reply = self._decide(actor, handler, command, correlation_id, causation_id)
+                try:
+                    reply = self._decide(actor, handler, command, correlation_id, causation_id)
+                except BaseException:
+                    if self._capacity and not actor.busy():
+                        # Refused on an idle actor (perhaps activated just for this): a
+                        # sender waiting for a live slot may evict it.
+                        self._pass_capacity()
+                    raise
         except Rejected as rejection:
             # The actor it was decided on: the slow path may have re-activated the stream
             # (and _decide raised synchronously, so it is the live one now).
@@ -343,6 +350,10 @@ class Aggregates:
                 raise
             if self._closed:
                 raise EngineClosed("the engine closed before this command ran")
+            if stream_id in self._live:
+                # Another woken sender activated our stream: the slot freed for us is
+                # someone else's to take.
+                self._pass_capacity()
             try:
                 return self._actor(kind, stream_id)
             except _AtCapacity:
