@@ -291,6 +291,10 @@ class Engine:
         cannot alias the cache: anything mutable is copied. Without ``after`` it does not
         wait at all. If cancelled while waiting, nothing happened.
 
+        The query is answered by the hosted projector whose class defines it; an inherited
+        one by the first hosted projector that has it. So a projector hosted beside its base
+        class answers only the queries it defines itself: override the ones to be asked of it.
+
         Raises:
             UnknownQuery: ``query`` is not a query of a hosted projector.
             ProjectorFaulted: the projector halted (before reaching ``after``).
