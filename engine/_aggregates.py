@@ -45,7 +45,7 @@ from typing import Any, Protocol
 import anyio
 import msgspec
 
-from ._codec import EventRegistry
+from ._codec import EventRegistry, snapshot_bytes
 from ._errors import (
     CodecError,
     DefinitionError,
@@ -152,7 +152,6 @@ class _Actor:
         "stale",
         "state",
         "stream_id",
-        "submitted",
         "touched",
         "version",
     )
@@ -171,8 +170,7 @@ class _Actor:
         self.drained: list[Reply] = []  # senders waiting for inflight == 0 (to reload)
         self.stale = False  # state may hold what never committed: reload before use
         self.touched = True  # used since the last idle sweep
-        self.submitted = 0  # appends handed to the writer, ever
-        self.completed = 0  # of which the writer has answered (in order)
+        self.completed = 0  # appends the writer has answered, ever (in order)
         self.failures = 0  # of which failed (then the actor is stale)
         # rejected senders waiting for ``completed`` to reach their count (see send)
         self.settled: list[tuple[int, Reply]] = []
@@ -303,7 +301,7 @@ class Aggregates:
     async def _settle(self, actor: _Actor) -> None:
         """Wait until every append of ``actor`` submitted so far has completed."""
         reply = self._new_reply()
-        entry = (actor.submitted, reply)
+        entry = (actor.completed + actor.inflight, reply)  # every append submitted so far
         actor.settled.append(entry)
         try:
             await reply.wait()
@@ -551,7 +549,6 @@ class Aggregates:
             raise
         actor.version = expected + count
         actor.inflight += 1
-        actor.submitted += 1
         return reply
 
     # -- activation, reload, passivation --------------------------------------------------
@@ -649,13 +646,9 @@ class Aggregates:
         # Counted as taken even if it fails, so a broken snapshot_state is tried once per
         # ``every`` events, not after every commit.
         actor.snapshot_version = actor.version
-        try:
-            data = actor.state.snapshot_state()
-        except Exception:
+        data = snapshot_bytes(actor.state)
+        if data is None:
             self._snapshot_failures += 1
-            return  # a snapshot is an optimisation; the events remain the truth
-        if not isinstance(data, bytes):
-            self._snapshot_failures += 1  # left to the writer, it would fail its whole group
             return
         self._writer.save_snapshot(
             actor.stream_id,

@@ -30,6 +30,7 @@ __all__ = [
     "decode_stored",
     "decode_stored_many",
     "encode_stored",
+    "snapshot_bytes",
     "event_name",
 ]
 
@@ -194,6 +195,17 @@ def _deeply_immutable(info: msgspec.inspect.Type, seen: set[type] | None = None)
 encode_stored: Final[Callable[[StoredEvent], bytes]] = _encoder.encode
 """Encode a log entry (metadata and raw payload) as one msgpack array. The encoder's bound
 method itself, not a function around it: the append loop calls it once per event."""
+
+
+def snapshot_bytes(obj: Any) -> bytes | None:
+    """``obj.snapshot_state()`` if it returns bytes; None if it raises or returns anything
+    else. A snapshot is only a shortcut (the events stay the truth), and a bad one handed
+    to the writer would fail the whole group it rides with."""
+    try:
+        data = obj.snapshot_state()
+    except Exception:
+        return None
+    return data if isinstance(data, bytes) else None
 
 
 def decode_stored_many(values: Iterable[bytes], skip: int = 0) -> list[StoredEvent]:

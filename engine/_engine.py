@@ -318,11 +318,11 @@ class Engine:
 
         Raises ProjectorFaulted if one halts before that. Cancelling the wait is safe.
         """
+        if self._closed:
+            raise EngineClosed("the engine is closed")
         target = self._broadcast.head if position is None else position
         for host in self._projections.values():
-            # Checked before each projector: the engine may close while we wait on one.
-            if self._closed:
-                raise EngineClosed("the engine is closed")
+            # If the engine closes meanwhile, each projector refuses the wait itself.
             await host.wait_position(target)
 
     def rebuild(self, projector: ProjectorType) -> None:

@@ -302,7 +302,7 @@ class LmdbEventLog:
                 # The group's own heads first, then the cache, then the table.
                 head = new_heads.get(stream_id) or cached.get(stream_id)
                 if head is None:
-                    head = self._stream_head(txn, check_stream_id(stream_id))
+                    head = self._table_head(txn, check_stream_id(stream_id))
                 version, link = head
                 if append.expected_version != version:
                     error = expected_ok(append, version)
@@ -438,11 +438,10 @@ class LmdbEventLog:
             self._env.set_mapsize(min(current * 2, self._max_map_size))
         return True
 
-    def _stream_head(self, txn: Any, stream_id: str) -> tuple[int, int]:
-        """(version, position of the last event) of a stream; (0, 0) if it has none."""
-        cached = self._heads.get(stream_id)
-        if cached is not None:
-            return cached
+    def _table_head(self, txn: Any, stream_id: str) -> tuple[int, int]:
+        """(version, position of the last event) of a stream not in ``_heads``, from the
+        heads table (which is current for it: every unwritten head is in memory); (0, 0)
+        if it has none."""
         data = txn.get(stream_id.encode(), db=self._heads_db)
         if data is None:
             return 0, 0
@@ -558,7 +557,7 @@ class LmdbEventLog:
             self._check_open()
             return cached[0]
         with self._reading() as txn:
-            return self._stream_head(txn, stream_id)[0]
+            return self._table_head(txn, stream_id)[0]
 
     def load_snapshot(self, stream_id: str) -> Snapshot | None:
         """The stream's last saved snapshot, if any.

@@ -48,7 +48,7 @@ from typing import Any, Literal, Protocol
 import anyio.lowlevel
 import msgspec
 
-from ._codec import EventRegistry
+from ._codec import EventRegistry, snapshot_bytes
 from ._errors import DefinitionError, EngineClosed, EngineError, ProjectorFaulted, StorageError
 from ._log import EventLog
 from ._records import Recorded, Snapshot, StoredEvent
@@ -276,13 +276,8 @@ class ProjectionHost:
         if self.fault is not None or self.checkpoint <= self._saved_at:
             return
         self._saved_at = self.checkpoint  # even if it fails: retried ``every`` later
-        try:
-            data = self.instance.snapshot_state()
-        except Exception:
-            self.snapshot_failures += 1
-            return
-        if not isinstance(data, bytes):
-            # Left to the writer, it would fail the whole group it rides with.
+        data = snapshot_bytes(self.instance)
+        if data is None:
             self.snapshot_failures += 1
             return
         self._save(self.name, Snapshot(self.checkpoint, self.kind.snapshot_format, data))
