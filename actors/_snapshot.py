@@ -13,7 +13,8 @@ from typing import Any, ClassVar, TypeVar
 
 import msgspec
 
-from engine import DefinitionError, HandlerError
+from engine import DecodeError, DefinitionError, HandlerError
+from engine._codec import DECODE_FAILURES
 
 from ._dispatch import resolve_hints
 
@@ -100,11 +101,14 @@ def decode_state(cls: type[T], data: bytes, state_type: type[msgspec.Struct] | N
 
     Raises:
         HandlerError: the class annotates no state.
-        msgspec.DecodeError / ValidationError: ``data`` is not such a state.
+        DecodeError: ``data`` is not such a state (the msgspec error is ``__cause__``).
     """
     if state_type is None:
         raise HandlerError(f"{cls.__qualname__} has no annotated attributes to restore")
-    state = msgspec.msgpack.decode(data, type=state_type)
+    try:
+        state = msgspec.msgpack.decode(data, type=state_type)
+    except DECODE_FAILURES as e:
+        raise DecodeError(f"cannot restore {cls.__qualname__} from its snapshot: {e}") from e
     obj = cls()
     for field in state_type.__struct_fields__:
         setattr(obj, field, getattr(state, field))

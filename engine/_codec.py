@@ -24,6 +24,7 @@ from ._errors import (
 from ._records import StoredEvent
 
 __all__ = [
+    "DECODE_FAILURES",
     "DEFAULT_MAX_COMMAND_BYTES",
     "EventRegistry",
     "decode_command",
@@ -36,8 +37,9 @@ __all__ = [
 
 DEFAULT_MAX_COMMAND_BYTES: Final = 64 * 1024
 
-# What decoding bytes can raise: msgspec.DecodeError and UnicodeDecodeError are ValueErrors.
-_DECODE_FAILURES: Final = (ValueError, RecursionError)
+DECODE_FAILURES: Final = (msgspec.DecodeError, ValueError, RecursionError)
+"""What decoding bytes can raise. ``msgspec.DecodeError`` is named on its own: it is a
+``ValueError`` only from msgspec 0.19 on, and the declared range starts below that."""
 
 _encoder: Final = msgspec.msgpack.Encoder()
 _stored_decoder: Final = msgspec.msgpack.Decoder(StoredEvent)
@@ -131,7 +133,7 @@ class EventRegistry:
         try:
             payload = _encoder.encode(event)
             self._decoders[name].decode(payload)
-        except (TypeError, OverflowError, msgspec.EncodeError, *_DECODE_FAILURES) as e:
+        except (TypeError, OverflowError, msgspec.EncodeError, *DECODE_FAILURES) as e:
             raise EncodeError(f"cannot store {event!r}: {e}") from e
         return name, payload
 
@@ -142,7 +144,7 @@ class EventRegistry:
             raise UnknownEventType(f"no event type is registered as {name!r}")
         try:
             return decoder.decode(payload)
-        except _DECODE_FAILURES as e:
+        except DECODE_FAILURES as e:
             raise DecodeError(f"cannot decode a {name} payload: {e}") from e
 
     def decoder_for(self, name: str) -> msgspec.msgpack.Decoder[Any]:
@@ -218,7 +220,7 @@ def decode_stored_many(values: Iterable[bytes], skip: int = 0) -> list[StoredEve
         if skip:
             values = map(itemgetter(slice(skip, None)), values)
         return list(map(_stored_decoder.decode, values))
-    except _DECODE_FAILURES as e:
+    except DECODE_FAILURES as e:
         raise DecodeError(f"corrupt log entry: {e}") from e
 
 
@@ -226,7 +228,7 @@ def decode_stored(data: bytes) -> StoredEvent:
     """Decode a log entry without decoding its payload (it stays ``msgspec.Raw``)."""
     try:
         return _stored_decoder.decode(data)
-    except _DECODE_FAILURES as e:
+    except DECODE_FAILURES as e:
         raise DecodeError(f"corrupt log entry: {e}") from e
 
 
@@ -265,7 +267,7 @@ def decode_command(
             header = msgspec.json.decode(raw, type=_TypeHeader)
         else:
             header = msgspec.msgpack.decode(raw, type=_TypeHeader)
-    except _DECODE_FAILURES as e:
+    except DECODE_FAILURES as e:
         raise DecodeError(f"malformed command: {e}") from e
     cls = by_name.get(header.type)
     if cls is None:
@@ -275,7 +277,7 @@ def decode_command(
             obj = msgspec.json.decode(raw, type=_tagged(cls), strict=True)
         else:
             obj = msgspec.msgpack.decode(raw, type=_tagged(cls), strict=True)
-    except _DECODE_FAILURES as e:
+    except DECODE_FAILURES as e:
         raise DecodeError(f"invalid {header.type} command: {e}") from e
     # The strict twin carries the tag; user code only ever sees its own class.
     return cls(**{name: getattr(obj, name) for name in cls.__struct_fields__})

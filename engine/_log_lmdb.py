@@ -54,7 +54,7 @@ from typing import Any, Final
 import lmdb
 import msgspec
 
-from ._codec import decode_stored, decode_stored_many, encode_stored
+from ._codec import DECODE_FAILURES, decode_stored, decode_stored_many, encode_stored
 from ._errors import DecodeError, DefinitionError, StorageError, StorageFull, StorageLocked
 from ._log import AppendOutcome, check_name, check_stream_id, expected_ok
 from ._records import Append, AppendResult, Snapshot, StoredEvent
@@ -572,7 +572,7 @@ class LmdbEventLog:
             return None
         try:
             snapshot: Snapshot = _snapshot_decoder.decode(data)
-        except (ValueError, RecursionError):
+        except DECODE_FAILURES:
             return None
         return snapshot
 
@@ -586,7 +586,7 @@ class LmdbEventLog:
             return None
         try:
             state: Snapshot = _snapshot_decoder.decode(data)
-        except (ValueError, RecursionError):
+        except DECODE_FAILURES:
             return None
         return state
 

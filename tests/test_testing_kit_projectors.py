@@ -285,7 +285,7 @@ def test_an_event_msgspec_cannot_encode_raises_encode_error() -> None:
 
     with pytest.raises(EncodeError, match="cannot store") as info:
         given_events(Balances, [("a", Opaque(object()))])
-    assert isinstance(info.value.__cause__, TypeError)
+    assert info.value.__cause__ is not None
 
 
 def test_an_event_read_back_as_something_else_raises_assertion() -> None:
@@ -297,7 +297,7 @@ def test_an_event_read_back_as_something_else_raises_assertion() -> None:
 
 
 def test_an_event_that_cannot_be_read_back_raises_encode_error() -> None:
-    with pytest.raises(EncodeError, match="Expected `int`, got `str`"):
+    with pytest.raises(EncodeError, match="cannot store"):
         given_events(Balances, [("a", Deposited("5"))])  # type: ignore[arg-type]
 
 
