@@ -18,6 +18,7 @@ from ._errors import (
     DecodeError,
     DefinitionError,
     EncodeError,
+    InvalidArgument,
     PayloadTooLarge,
     UnknownEventType,
 )
@@ -61,6 +62,23 @@ def _check_event_type(cls: type) -> None:
         raise DefinitionError(f"event type {cls.__name__} must be frozen (frozen=True)")
 
 
+_MAX_NAME_BYTES: Final = 400  # as a stream id: a name is written into every envelope
+
+
+def _check_event_name(cls: type, name: str) -> None:
+    """Refuse a name the log could not store: a ``tag`` with no UTF-8 form (a lone
+    surrogate) would fail every group commit that carries one of its events."""
+    try:
+        size = len(name.encode()) if type(name) is str else 0
+    except UnicodeEncodeError:
+        size = 0
+    if not 0 < size <= _MAX_NAME_BYTES:
+        raise DefinitionError(
+            f"{cls.__qualname__}: an event or command name must be a non-empty str of at "
+            f"most {_MAX_NAME_BYTES} UTF-8 bytes, not {name[:60]!r}"
+        )
+
+
 class EventRegistry:
     """Maps event types to their stable names and back, with one decoder per type.
 
@@ -86,6 +104,7 @@ class EventRegistry:
             return known
         _check_event_type(cls)
         name = event_name(cls)
+        _check_event_name(cls, name)
         other = self._by_name.get(name)
         if other is not None and other is not cls:
             raise DefinitionError(
@@ -245,10 +264,17 @@ def decode_command(
     the command class's ``tag`` or class name. The size is checked before any decoding.
 
     Raises:
+        InvalidArgument: ``data`` is neither bytes nor str, or ``max_bytes`` is not an
+            int >= 0 (the caller's mistake, not the input's).
         PayloadTooLarge: ``data`` is longer than ``max_bytes``.
         UnknownEventType: the ``type`` field names none of ``types``.
         DecodeError: malformed input, wrong field types, missing or extra fields.
     """
+    # The caller's own arguments first: a wrong type is the program's bug, not the input's.
+    if not isinstance(data, str | bytes | bytearray | memoryview):
+        raise InvalidArgument(f"data must be bytes or str, not {type(data).__name__}")
+    if type(max_bytes) is not int or max_bytes < 0:
+        raise InvalidArgument(f"max_bytes must be an int >= 0, not {max_bytes!r}")
     # A str has at most as many characters as its UTF-8 bytes: refuse by length first, so
     # a huge input is never encoded, then check the bytes themselves.
     if len(data) > max_bytes:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+import sys
 from collections.abc import (
     AsyncIterator,
     Awaitable,
@@ -18,8 +20,14 @@ import msgspec
 
 from ._aggregates import Aggregates, AggregatesStatistics, AggregateType, Pending
 from ._codec import DEFAULT_MAX_COMMAND_BYTES, EventRegistry, decode_command
-from ._errors import DefinitionError, EngineClosed, UnknownQuery
-from ._log import EventLog
+from ._errors import (
+    DefinitionError,
+    EngineClosed,
+    HandlerError,
+    InvalidArgument,
+    UnknownQuery,
+)
+from ._log import EventLog, check_metadata, check_stream_id
 from ._log_lmdb import DEFAULT_MAP_SIZE, DEFAULT_MAX_MAP_SIZE, LmdbEventLog
 from ._log_memory import MemoryEventLog
 from ._projections import (
@@ -118,9 +126,16 @@ class Engine:
                 ``send`` waits and ``send_nowait`` raises ``Overloaded``.
             max_live_aggregates: the most aggregates kept in memory (least recently used
                 idle ones are passivated first).
-            idle_timeout: passivate aggregates idle this many seconds (None: never).
+            idle_timeout: passivate aggregates idle this many seconds, a finite number
+                above 0 (None: never).
             map_size: initial LMDB map size in bytes (it grows by itself).
             max_map_size: the cap on map growth; beyond it commands fail with StorageFull.
+                At least ``map_size``.
+
+        Raises:
+            DefinitionError: an option is out of range or of the wrong type (counts and
+                sizes are ints, ``sync`` a bool: ``True``/``1`` confusions are refused),
+                or two projectors share a name. Nothing was opened.
 
         On exit the engine stops accepting commands, fails those still waiting for mailbox
         room with ``EngineClosed``, commits every command already decided, and closes the
@@ -128,8 +143,14 @@ class Engine:
         """
         aggregate_kinds = list(aggregates)
         projector_kinds = list(projectors)
-        if idle_timeout is not None and idle_timeout <= 0:
-            raise DefinitionError("idle_timeout must be positive or None")
+        _check_options(
+            sync=sync,
+            mailbox_size=mailbox_size,
+            max_live_aggregates=max_live_aggregates,
+            idle_timeout=idle_timeout,
+            map_size=map_size,
+            max_map_size=max_map_size,
+        )
         if len({p.name for p in projector_kinds}) != len(projector_kinds):
             raise DefinitionError("two projectors share a name")
         if log is None:
@@ -218,6 +239,11 @@ class Engine:
         were still being written, ``send`` first waits for them, and if one of them failed
         the command is decided again on the state reloaded from the log.
 
+        ``stream_id`` is a non-empty str without NUL of at most 400 UTF-8 bytes;
+        ``correlation_id`` and ``causation_id`` (stored on each event) are None or a str of
+        at most 1024 UTF-8 bytes. A str subclass is stored as a plain str; a str with no
+        UTF-8 form (a lone surrogate) is refused.
+
         Raises:
             UnknownCommand: the aggregate has no handler for this command type (nothing
                 was queued).
@@ -226,13 +252,24 @@ class Engine:
                 aggregate is reloaded from the log.
             EncodeError: an event the handler built cannot be stored and read back;
                 nothing was appended and the aggregate is reloaded.
-            DefinitionError: ``stream_id`` is invalid, or is a live aggregate of another
-                type (stream ids are shared by all aggregate types).
+            InvalidArgument: ``stream_id``, ``correlation_id`` or ``causation_id`` is
+                malformed (see below); the handler did not run, nothing was appended.
+            DefinitionError: ``stream_id`` belongs to another aggregate type (stream ids
+                are shared by all aggregate types).
             StorageError: the commit failed (``StorageFull`` past the map cap or with the
                 disk full); nothing of it was written.
             ConcurrencyError: another writer changed the stream (should not happen).
             EngineClosed: the engine is closed or closed before the command ran.
         """
+        # Checked before anything is decided: a bad id would be acknowledged and then make
+        # the log unreadable, or fail the group commit of every command it rode with. The
+        # usual call (plain str id, no metadata) pays three identity tests; the stream id's
+        # content is checked when its aggregate is activated (a live one passed already).
+        if type(stream_id) is not str:
+            stream_id = check_stream_id(stream_id)
+        if correlation_id is not None or causation_id is not None:
+            correlation_id = check_metadata(correlation_id, "correlation_id")
+            causation_id = check_metadata(causation_id, "causation_id")
         return await self._aggregates.send(
             aggregate, stream_id, command, correlation_id, causation_id
         )
@@ -255,6 +292,11 @@ class Engine:
             Overloaded: the mailbox is full; nothing was queued.
             (and the errors of :meth:`send`)
         """
+        if type(stream_id) is not str:  # as in send
+            stream_id = check_stream_id(stream_id)
+        if correlation_id is not None or causation_id is not None:
+            correlation_id = check_metadata(correlation_id, "correlation_id")
+            causation_id = check_metadata(causation_id, "causation_id")
         return self._aggregates.send_nowait(
             aggregate, stream_id, command, correlation_id, causation_id
         )
@@ -295,14 +337,22 @@ class Engine:
         one by the first hosted projector that has it. So a projector hosted beside its base
         class answers only the queries it defines itself: override the ones to be asked of it.
 
+        A query is user code, like a handler: if it raises, or returns something that
+        cannot be copied (a generator, a dict view), ``HandlerError`` is raised with the
+        original exception as ``__cause__``; the projector carries on.
+
         Raises:
             UnknownQuery: ``query`` is not a query of a hosted projector.
+            InvalidArgument: ``after`` is not None or an int >= 0 (bools are refused).
+            HandlerError: the query raised, or its result cannot be copied.
             ProjectorFaulted: the projector halted (before reaching ``after``).
             EngineClosed: the engine closed while waiting.
         """
         host = self._queries.get(query)
         if host is None:
             raise UnknownQuery(f"{getattr(query, '__qualname__', query)!r} is not a query here")
+        if after is not None and (type(after) is not int or after < 0):
+            raise InvalidArgument(f"after must be None or an int >= 0, not {after!r}")
         if host.fault is not None:
             raise host.fault_error()  # a fresh error each time: tracebacks must not pile up
         if after is not None and host.checkpoint < after:
@@ -311,7 +361,14 @@ class Engine:
             await host.wait_position(after)
             if host.fault is not None:  # halted between releasing us and now
                 raise host.fault_error()
-        return detach(query(host.instance, *args, **kwargs))  # type: ignore[no-any-return]
+        try:
+            return detach(query(host.instance, *args, **kwargs))  # type: ignore[no-any-return]
+        except Exception as e:
+            # Wrapped like a handler's: the caller learns that user code failed, not what
+            # our copying or its internals happen to raise. BaseException passes through.
+            raise HandlerError(
+                f"query {getattr(query, '__qualname__', query)} failed: {type(e).__name__}: {e}"
+            ) from e
 
     async def wait_projected(self, position: int | None = None) -> None:
         """Wait until every projector has applied ``position`` (default: the current head).
@@ -365,3 +422,44 @@ class Engine:
     def is_live(self, stream_id: str) -> bool:
         """True if the aggregate ``stream_id`` is in memory (not passivated)."""
         return self._aggregates.is_live(stream_id)
+
+
+def _check_options(
+    *,
+    sync: bool,
+    mailbox_size: int,
+    max_live_aggregates: int,
+    idle_timeout: float | None,
+    map_size: int,
+    max_map_size: int,
+) -> None:
+    """Refuse every out-of-range or mistyped option of :meth:`Engine.open` up front.
+
+    Each would otherwise pass a ``<= 0`` test (``nan``), or be taken for another type
+    (``sync=0``, ``mailbox_size=True``), and fail later, mid-flight: a ``nan`` idle timeout
+    killed the engine at its first sweep.
+
+    Raises:
+        DefinitionError: which option, and why.
+    """
+    if type(sync) is not bool:
+        raise DefinitionError(f"sync must be True or False, not {sync!r}")
+    counts = {"mailbox_size": mailbox_size, "max_live_aggregates": max_live_aggregates}
+    # Sizes go to LMDB as a C size_t; the cap is what this machine's Python can index.
+    sizes = {"map_size": map_size, "max_map_size": max_map_size}
+    for name, value in (counts | sizes).items():
+        limit = sys.maxsize if name in sizes else math.inf
+        if type(value) is not int or not 1 <= value <= limit:
+            raise DefinitionError(f"{name} must be an int of at least 1, not {value!r}")
+    if max_map_size < map_size:
+        raise DefinitionError(f"max_map_size ({max_map_size}) < map_size ({map_size})")
+    # inf is refused, not read as "never": None says that, one meaning with one spelling.
+    # A bool is not a number of seconds.
+    if idle_timeout is not None and (
+        type(idle_timeout) not in (int, float)
+        or not (math.isfinite(idle_timeout) and idle_timeout > 0)
+    ):
+        raise DefinitionError(
+            f"idle_timeout must be a finite number of seconds above 0, or None, "
+            f"not {idle_timeout!r}"
+        )

@@ -5,12 +5,13 @@ Every error that crosses the public API is an :class:`EngineError`; raw ``lmdb``
 
     EngineError
     ├── DefinitionError (TypeError)      a class or option is wrong; raised at definition/open
+    │   └── InvalidArgument (ValueError) an argument of a call is malformed; nothing was decided
     ├── UnknownCommand (TypeError)       send() got a command type the aggregate does not handle
     ├── UnknownQuery (TypeError)         query() got a function that is not a projector query
     ├── EngineClosed (RuntimeError)      the engine is closed or closing
     ├── Overloaded                       send_nowait() found the mailbox full
     ├── Rejected                         the domain said no; user code subclasses it
-    ├── HandlerError                     user code (handler, applier) raised; cause attached
+    ├── HandlerError                     user code (handler, applier, query) raised
     ├── ConcurrencyError                 expected_version did not match the stream's version
     ├── CodecError (ValueError)          bytes could not be encoded/decoded
     │   ├── EncodeError                  an event that cannot be stored and read back
@@ -34,6 +35,7 @@ __all__ = [
     "EngineClosed",
     "EngineError",
     "HandlerError",
+    "InvalidArgument",
     "Overloaded",
     "PayloadTooLarge",
     "ProjectorFaulted",
@@ -54,7 +56,20 @@ class EngineError(Exception):
 class DefinitionError(EngineError, TypeError):
     """An aggregate, projector, event type or option is defined wrongly.
 
-    Raised when a class is created or the engine is opened, never mid-flight. Fix the code.
+    Raised when a class is created or the engine is opened. At a call it means the caller
+    is wrong, never the state: a malformed argument (:class:`InvalidArgument`), or a stream
+    that belongs to another aggregate type. Fix the code.
+    """
+
+
+class InvalidArgument(DefinitionError, ValueError):
+    """An argument of a call is malformed: a stream id, a correlation or causation id, a
+    query's ``after``, or a field of an :class:`~engine.Append` handed to the writer.
+
+    Raised by ``send``, ``send_nowait``, ``query`` and the writer before anything is
+    decided or queued, so no handler ran and nothing was appended; other callers' commands
+    are unaffected. Fix the caller. A :class:`DefinitionError` (and a ``ValueError``) so
+    code that caught those for a bad stream id keeps working.
     """
 
 
@@ -93,10 +108,12 @@ class Rejected(EngineError):
 
 
 class HandlerError(EngineError):
-    """User code (a command handler or event applier) raised an unexpected exception.
+    """User code (a command handler, an event applier, a query) raised unexpectedly.
 
-    The original exception is ``__cause__``. The command appended nothing and the aggregate
-    is reloaded from the log before its next command, so half-applied state never survives.
+    The original exception is ``__cause__``. A failed command appended nothing and the
+    aggregate is reloaded from the log before its next command, so half-applied state never
+    survives. A failed query (it raised, or returned something that cannot be copied)
+    changed nothing: the projector carries on.
     """
 
 

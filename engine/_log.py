@@ -10,7 +10,8 @@ Contract (``engine.testing.check_event_log`` runs it against any backend):
   or nothing; an expected-version mismatch fails that append only (``ConcurrencyError``).
 - positions and versions are consecutive from 1; global order is commit order; no gaps.
 - a storage failure fails the whole group with a ``StorageError`` and writes nothing;
-  an invalid stream id or checkpoint name raises ``DefinitionError`` and writes nothing.
+  an invalid stream id or checkpoint name raises ``InvalidArgument`` (a
+  ``DefinitionError``) and writes nothing.
 - an empty append (no events) only checks the expected version.
 - reads after ``close`` raise ``StorageError``.
 """
@@ -18,12 +19,26 @@ Contract (``engine.testing.check_event_log`` runs it against any backend):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Final, Protocol
 
-from ._errors import ConcurrencyError, DefinitionError, EngineError
+import msgspec
+
+from ._codec import DECODE_FAILURES
+from ._errors import ConcurrencyError, EngineError, InvalidArgument
 from ._records import ANY, Append, AppendResult, Snapshot, StoredEvent
 
-__all__ = ["AppendOutcome", "EventLog", "check_name", "check_stream_id", "expected_ok"]
+__all__ = [
+    "MAX_METADATA_BYTES",
+    "MAX_STREAM_ID_BYTES",
+    "AppendOutcome",
+    "EventLog",
+    "check_append",
+    "check_label",
+    "check_metadata",
+    "check_name",
+    "check_stream_id",
+    "expected_ok",
+]
 
 AppendOutcome = AppendResult | EngineError
 """What each append comes to, in order: its result, or the error that failed it alone.
@@ -31,7 +46,17 @@ AppendOutcome = AppendResult | EngineError
 ``append_batch`` reports ``ConcurrencyError`` or ``StorageError``; the writer may also
 report ``EngineClosed`` (closed before the append was written)."""
 
-MAX_STREAM_ID_BYTES = 400  # LMDB keys are at most 511 bytes; the index adds 9.
+MAX_STREAM_ID_BYTES: Final = 400  # LMDB keys are at most 511 bytes; the index adds 9.
+
+MAX_METADATA_BYTES: Final = 1024
+"""The bound on a correlation or causation id, in UTF-8 bytes. Larger than a stream id's
+because a causation id is often built from one (a stream id and a position); small enough
+that an event carrying both ids stays well inside an LMDB page (a record over ~2 KB spills
+to overflow pages) and that one caller cannot make each event it appends megabytes long."""
+
+# Walks one msgpack value without building it, and refuses trailing bytes: the framing
+# check of a payload the writer did not see encoded (~50 ns for a small event).
+_skip_one_value: Final = msgspec.msgpack.Decoder(msgspec.Raw).decode
 
 
 class EventLog(Protocol):
@@ -100,27 +125,188 @@ class EventLog(Protocol):
 
 
 def check_stream_id(stream_id: object) -> str:
-    """Validate a stream id: a non-empty str without NUL, at most 400 UTF-8 bytes."""
-    if not isinstance(stream_id, str) or not stream_id:
-        raise DefinitionError(f"stream id must be a non-empty str, not {stream_id!r}")
-    # A str encodes to at most 4 bytes a character: short ids skip the encode.
-    if "\x00" in stream_id or (
-        len(stream_id) > MAX_STREAM_ID_BYTES // 4 and len(stream_id.encode()) > MAX_STREAM_ID_BYTES
-    ):
-        raise DefinitionError(
-            f"stream id must not contain NUL or exceed {MAX_STREAM_ID_BYTES} bytes"
+    """Validate a stream id: a non-empty str without NUL, at most 400 UTF-8 bytes.
+
+    Returns it as a plain ``str``: a str subclass is accepted and converted, since msgspec
+    encodes only exact strs and the subclass's own ``__eq__``/``__hash__`` must not decide
+    which actor or key the id names.
+
+    Raises:
+        InvalidArgument: anything else, including a str that is not valid UTF-8 (a lone
+            surrogate such as ``"\\ud800"``), which no log could store.
+    """
+    if type(stream_id) is not str:
+        if not isinstance(stream_id, str):
+            raise InvalidArgument(
+                f"stream id must be a non-empty str, not {type(stream_id).__name__}"
+            )
+        stream_id = str.__str__(stream_id)  # a plain copy, whatever the subclass overrides
+    # An ASCII str (``isascii`` reads a flag, it does not scan) is its own UTF-8 encoding:
+    # the usual id is checked without encoding it. Others are encoded once, which measures
+    # them and refuses what has no UTF-8 form.
+    if stream_id.isascii():
+        size = len(stream_id)
+    else:
+        size = _utf8_size(stream_id, "stream id", MAX_STREAM_ID_BYTES)
+    if not size or size > MAX_STREAM_ID_BYTES or "\x00" in stream_id:
+        raise InvalidArgument(
+            f"stream id must be a non-empty str without NUL of at most {MAX_STREAM_ID_BYTES} "
+            f"UTF-8 bytes, not {_short(stream_id)}"
         )
     return stream_id
 
 
 def check_name(name: object) -> str:
-    """Validate a checkpoint name: a non-empty str of at most 400 UTF-8 bytes."""
-    if not isinstance(name, str) or not name or len(name.encode()) > MAX_STREAM_ID_BYTES:
-        raise DefinitionError(
+    """Validate a checkpoint name: a non-empty str of at most 400 UTF-8 bytes.
+
+    Returns it as a plain ``str``, like :func:`check_stream_id`.
+
+    Raises:
+        InvalidArgument: anything else, including a str that is not valid UTF-8.
+    """
+    if type(name) is not str:
+        if not isinstance(name, str):
+            raise InvalidArgument(
+                f"a checkpoint name must be a non-empty str, not {type(name).__name__}"
+            )
+        name = str.__str__(name)
+    size = (
+        len(name) if name.isascii() else _utf8_size(name, "a checkpoint name", MAX_STREAM_ID_BYTES)
+    )
+    if not size or size > MAX_STREAM_ID_BYTES:
+        raise InvalidArgument(
             f"a checkpoint name must be a non-empty str of at most {MAX_STREAM_ID_BYTES} "
-            f"bytes, not {name!r}"
+            f"bytes, not {_short(name)}"
         )
     return name
+
+
+def check_metadata(value: object, what: str = "metadata") -> str | None:
+    """Validate a correlation or causation id: None, or a str of at most 1024 UTF-8 bytes.
+
+    Returns it as a plain ``str`` (or None), like :func:`check_stream_id`. Any str is
+    allowed, the empty one and NUL included: it is stored in each event's envelope, never
+    in a key. ``what`` names the argument in the error.
+
+    Raises:
+        InvalidArgument: another type, over the bound, or not valid UTF-8 (a lone
+            surrogate): such an id would be acknowledged and then make the events that
+            carry it unreadable, or fail the whole group commit it rode in.
+    """
+    if value is None:
+        return None
+    if type(value) is not str:
+        if not isinstance(value, str):
+            raise InvalidArgument(f"{what} must be a str or None, not {type(value).__name__}")
+        value = str.__str__(value)
+    size = len(value) if value.isascii() else _utf8_size(value, what, MAX_METADATA_BYTES)
+    if size > MAX_METADATA_BYTES:
+        raise InvalidArgument(
+            f"{what} must be at most {MAX_METADATA_BYTES} UTF-8 bytes; this one has "
+            f"{len(value)} characters"
+        )
+    return value
+
+
+def check_append(append: Append) -> Append:
+    """Validate every field of an append before it goes near a write transaction.
+
+    The log writes these fields into envelopes and keys as they are: a field of the wrong
+    type or a str with no UTF-8 form would fail the whole group commit it rides in, and a
+    payload that is not one msgpack value would be written and then never read back. Each
+    is refused here, for this append alone. Returns the append, or a copy whose str
+    subclasses are plain strs.
+
+    Raises:
+        InvalidArgument: a field is malformed; nothing was queued.
+    """
+    if type(append) is not Append:
+        raise InvalidArgument(f"expected an Append, not {type(append).__name__}")
+    stream_id = check_stream_id(append.stream_id)
+    expected = append.expected_version
+    if type(expected) is not int or expected < ANY:
+        raise InvalidArgument(f"expected_version must be an int >= {ANY} (ANY), not {expected!r}")
+    events = append.events
+    if not isinstance(events, tuple | list):
+        raise InvalidArgument(f"events must be a tuple, not {type(events).__name__}")
+    for event in events:
+        if type(event) is not tuple or len(event) != 2:
+            raise InvalidArgument(f"each event must be a (type name, payload) pair: {event!r}")
+        name, payload = event
+        # Exact types: they are written as they are, and msgspec encodes no subclass.
+        if type(name) is not str:
+            raise InvalidArgument(f"an event type name must be a str, not {name!r}")
+        if not (0 < len(name) <= MAX_STREAM_ID_BYTES and name.isascii()):
+            check_label(name, "an event type name")
+        if type(payload) is not bytes:
+            raise InvalidArgument(f"a payload must be bytes, not {type(payload).__name__}")
+        try:
+            _skip_one_value(payload)
+        except DECODE_FAILURES as e:
+            raise InvalidArgument(f"a {name} payload is not exactly one msgpack value") from e
+    correlation_id, causation_id, aggregate = (
+        append.correlation_id,
+        append.causation_id,
+        append.aggregate,
+    )
+    if correlation_id is not None or causation_id is not None:
+        correlation_id = check_metadata(correlation_id, "correlation_id")
+        causation_id = check_metadata(causation_id, "causation_id")
+    if aggregate is not None:
+        aggregate = check_label(aggregate, "an aggregate name")
+    if (
+        stream_id is append.stream_id
+        and correlation_id is append.correlation_id
+        and causation_id is append.causation_id
+        and aggregate is append.aggregate
+    ):
+        return append  # the usual case: nothing to convert
+    return msgspec.structs.replace(
+        append,
+        stream_id=stream_id,
+        correlation_id=correlation_id,
+        causation_id=causation_id,
+        aggregate=aggregate,
+    )
+
+
+def check_label(value: object, what: str) -> str:
+    """Validate a name stored in envelopes (an event type, an aggregate type): a non-empty
+    str of at most 400 UTF-8 bytes. Returns it as a plain ``str``.
+
+    Raises:
+        InvalidArgument: anything else.
+    """
+    if type(value) is not str:
+        if not isinstance(value, str):
+            raise InvalidArgument(f"{what} must be a non-empty str, not {type(value).__name__}")
+        value = str.__str__(value)
+    size = len(value) if value.isascii() else _utf8_size(value, what, MAX_STREAM_ID_BYTES)
+    if not size or size > MAX_STREAM_ID_BYTES:
+        raise InvalidArgument(
+            f"{what} must be a non-empty str of at most {MAX_STREAM_ID_BYTES} UTF-8 bytes, "
+            f"not {_short(value)}"
+        )
+    return value
+
+
+def _utf8_size(value: str, what: str, bound: int) -> int:
+    """The UTF-8 size of a non-ASCII ``value``; its length, without encoding it, when it
+    has more characters than ``bound`` (a character is at least one byte): a huge str is
+    refused without being copied."""
+    if len(value) > bound:
+        return len(value)
+    try:
+        return len(value.encode())
+    except UnicodeEncodeError:
+        raise InvalidArgument(
+            f"{what} is not valid UTF-8 (a lone surrogate?): {_short(value)}"
+        ) from None
+
+
+def _short(value: str) -> str:
+    """``repr`` of ``value``, cut short: an error message must not copy a 10 MB argument."""
+    return repr(value) if len(value) <= 80 else f"{value[:60]!r}... ({len(value)} characters)"
 
 
 def expected_ok(append: Append, actual: int) -> ConcurrencyError | None:

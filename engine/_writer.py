@@ -28,8 +28,10 @@ overlap with the fsync anyway.
 
 Durability: an append's ``done`` is called only after the transaction that holds it has
 committed (fsync'd with ``sync=True``). A failed transaction fails every append in it with
-the same ``StorageError`` and writes nothing; the writer itself carries on. Invalid stream
-ids are refused at ``submit``, so one bad append cannot fail its whole group.
+the same ``StorageError`` and writes nothing; the writer itself carries on. Every field of
+an append (stream id, metadata, event names and payloads, ...) is checked at ``submit``
+(``check_append``), so one caller's bad append is refused alone, before it is queued: it
+can neither fail the group it would have joined nor be written and then not read back.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ import anyio.lowlevel
 import msgspec
 
 from ._errors import DefinitionError, EngineClosed, EngineError, StorageError
-from ._log import AppendOutcome, EventLog, check_name, check_stream_id
+from ._log import AppendOutcome, EventLog, check_append, check_name, check_stream_id
 from ._records import Append, AppendResult, Snapshot, StoredEvent
 from ._reply import Reply, reply_factory
 
@@ -99,7 +101,7 @@ class Writer:
             justifies the default).
 
     Raises:
-        DefinitionError: ``max_pending`` is below 1.
+        DefinitionError: ``max_pending`` is not an int of at least 1.
     """
 
     def __init__(
@@ -110,8 +112,8 @@ class Writer:
         max_pending: int = 4096,
         in_thread: bool = False,
     ) -> None:
-        if max_pending < 1:
-            raise DefinitionError(f"max_pending must be at least 1, not {max_pending}")
+        if type(max_pending) is not int or max_pending < 1:
+            raise DefinitionError(f"max_pending must be an int of at least 1, not {max_pending!r}")
         self._log = log
         self._on_commit = on_commit
         self._max_pending = max_pending
@@ -145,26 +147,26 @@ class Writer:
 
         Raises:
             EngineClosed: the writer is closing.
-            DefinitionError: the stream id is invalid; nothing was queued.
+            InvalidArgument: a field of the append is malformed (see ``check_append``);
+                nothing was queued.
         """
         if self._closing:
             raise EngineClosed("the writer is closed")
-        check_stream_id(append.stream_id)
-        self._appends.append(append)
+        self._appends.append(check_append(append))
         self._dones.append(done)
         self._objects.append(objects)
         self._wake()
 
     def save_snapshot(self, stream_id: str, snapshot: Snapshot) -> None:
         """Write a snapshot in the next group commit (best effort: a lost one is retaken)."""
-        check_stream_id(stream_id)
+        stream_id = check_stream_id(stream_id)
         if not self._closing:
             self._snapshots.append((stream_id, snapshot))
             self._wake()
 
     def save_checkpoint(self, name: str, position: int) -> None:
         """Write a named checkpoint in the next group commit."""
-        check_name(name)
+        name = check_name(name)
         if not self._closing:
             self._checkpoints.append((name, position))
             self._wake()
@@ -172,7 +174,7 @@ class Writer:
     def save_projection(self, name: str, state: Snapshot) -> None:
         """Write a projector's state (``state.version``: the position it includes) in the
         next group commit; best effort, like a snapshot."""
-        check_name(name)
+        name = check_name(name)
         if not self._closing:
             self._projections.append((name, state))
             self._wake()
@@ -187,7 +189,7 @@ class Writer:
             ConcurrencyError: the stream's version did not match ``expected_version``.
             StorageError: the transaction failed; nothing of it was written.
             EngineClosed: the writer is closing.
-            DefinitionError: the stream id is invalid.
+            InvalidArgument: a field of the append is malformed; nothing was queued.
         """
         while len(self._appends) >= self._max_pending and not self._closing:
             if self._room is None:
