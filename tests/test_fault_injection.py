@@ -29,6 +29,7 @@ from engine import (
     StorageError,
     StorageFull,
 )
+from engine._checksum import TRAILER, seal
 
 
 class Faults:
@@ -361,14 +362,18 @@ async def test_a_corrupt_payload_is_a_typed_error_and_halts_the_projector_there(
 def _owner_becomes_int(value: bytes) -> bytes:
     """Swap the 19-char owner (a fixstr: 1 header byte + 19) for a 20-byte msgpack bin."""
     at = value.index(b"MARKER-owner-MARKER")
-    return value[: at - 1] + b"\xc4\x12" + b"\x00" * 18 + value[at + 19 :]
+    # Resealed: the entry checks, as one a buggy writer stored would; its payload does not.
+    return seal(value[: at - 1] + b"\xc4\x12" + b"\x00" * 18 + value[at + 19 : -TRAILER])
 
 
 async def test_invalid_utf8_in_a_stored_envelope_is_a_storage_error(tmp_path: Path) -> None:
     await _log_with_marked_event(tmp_path)
-    # The stream id sits in the envelope; make its bytes invalid UTF-8 (same length).
+    # The stream id sits in the envelope; make its bytes invalid UTF-8 (same length), and
+    # reseal the entry, so that the envelope itself, not its checksum, is what fails.
     events_with_id = _rewrite(
-        tmp_path, b"acct-bad", lambda v: v.replace(b"acct-bad", b"\xff" * 8) if len(v) > 16 else v
+        tmp_path,
+        b"acct-bad",
+        lambda v: seal(v[:-TRAILER].replace(b"acct-bad", b"\xff" * 8)) if len(v) > 20 else v,
     )
     assert events_with_id >= 2
     async with Engine.open(tmp_path, aggregates=[Account]) as engine:

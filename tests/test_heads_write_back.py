@@ -20,6 +20,7 @@ import pytest
 
 import engine._log_lmdb as lmdb_log
 from engine import Append, AppendResult, ConcurrencyError, LmdbEventLog, StorageError
+from engine._checksum import TRAILER
 
 _TICK = ("Tick", msgspec.msgpack.encode("tick"))
 
@@ -103,7 +104,7 @@ def _raw(path: Path) -> tuple[dict[bytes, bytes], int]:
         meta = env.open_db(b"meta", create=False)
         with env.begin() as txn:
             heads = dict(txn.cursor(db=heads_db))
-            heads_at = int.from_bytes(txn.get(b"heads_at", db=meta) or b"", "big")
+            heads_at = int.from_bytes((txn.get(b"heads_at", db=meta) or b"")[:8], "big")
     finally:
         env.close()
     return heads, heads_at
@@ -190,10 +191,24 @@ def _rewrite_meta(path: Path, format: bytes, *, drop_heads_at: bool) -> None:
         env.close()
 
 
+def _unseal(path: Path) -> None:
+    """Strip the checksum from every event and head, as the layouts before it stored them."""
+    env = lmdb.open(str(path), max_dbs=8)
+    try:
+        for name in (b"events", b"heads"):
+            db = env.open_db(name, create=False)
+            with env.begin(write=True, db=db) as txn:
+                for key, value in list(txn.cursor()):
+                    txn.put(key, value[:-TRAILER])
+    finally:
+        env.close()
+
+
 def test_a_log_of_the_first_layout_is_upgraded_and_survives_a_crash(tmp_path: Path) -> None:
     # The first layout wrote heads every group and had no heads_at: its table is complete.
     _crash_after(tmp_path, every=1_000, groups=3)
     LmdbEventLog(tmp_path).close()  # heads written back, as the first layout kept them
+    _unseal(tmp_path)
     _rewrite_meta(tmp_path, b"actorlog-1", drop_heads_at=True)
     _crash_after(tmp_path, every=1_000, groups=4)  # opens (upgrades), appends, dies
     env = lmdb.open(str(tmp_path), max_dbs=8, readonly=True, lock=False)
@@ -203,7 +218,7 @@ def test_a_log_of_the_first_layout_is_upgraded_and_survives_a_crash(tmp_path: Pa
             stored_format = txn.get(b"format", db=meta)
     finally:
         env.close()
-    assert stored_format == b"actorlog-2"  # a reader of the first layout now refuses it
+    assert stored_format == lmdb_log.FORMAT  # a reader of the first layout now refuses it
     log = LmdbEventLog(tmp_path)
     try:
         want = {
@@ -216,7 +231,7 @@ def test_a_log_of_the_first_layout_is_upgraded_and_survives_a_crash(tmp_path: Pa
 
 def test_a_log_without_heads_at_rebuilds_every_head(tmp_path: Path) -> None:
     _crash_after(tmp_path, every=2, groups=6)  # some heads written back, then a crash
-    _rewrite_meta(tmp_path, b"actorlog-2", drop_heads_at=True)  # nothing vouches for them
+    _rewrite_meta(tmp_path, lmdb_log.FORMAT, drop_heads_at=True)  # nothing vouches for them
     log = LmdbEventLog(tmp_path)
     try:
         assert {s: log.stream_version(s) for s in "abc"} == _expected(6)
