@@ -37,6 +37,18 @@ def handles(fn: F) -> F:
     The handler returns the events to append (a list, possibly empty, or None) and declares
     their types in its return annotation (``-> list[Deposited | Withdrawn]``). To refuse the
     command it raises :class:`~engine.Rejected` (or a subclass); nothing is appended then.
+
+    A handler decides; only appliers change the state. If a handler changes the state anyway
+    and then raises (``Rejected`` or any other exception), the change is discarded: the
+    next command sees exactly the state that replaying the log gives. The engine restores
+    the attributes the handler found when they are all immutable (numbers, strings, tuples,
+    frozensets, frozen Structs of those), else it reloads the aggregate from its snapshot
+    and events before its next command, which costs a replay of the events since the last
+    snapshot: keep state in immutable values, or set ``snapshot_every``, if commands to
+    long streams are often refused. Any other exception from a handler, including a
+    ``BaseException`` that is not an ``Exception``, reaches the caller as
+    :class:`~engine.HandlerError`; cancellation, ``KeyboardInterrupt`` and ``SystemExit``
+    pass through unchanged.
     """
     setattr(fn, _ROLE, "handles")
     return fn

@@ -52,7 +52,7 @@ from ._codec import EventRegistry, snapshot_bytes
 from ._errors import DefinitionError, EngineClosed, EngineError, ProjectorFaulted, StorageError
 from ._log import EventLog
 from ._records import Recorded, Snapshot, StoredEvent
-from ._reply import Reply, reply_factory
+from ._reply import Reply, must_propagate, reply_factory
 from ._writer import CommitBatch
 
 __all__ = [
@@ -356,7 +356,11 @@ class ProjectionHost:
                         fn, decode = entry
                         fn(instance, decode(stored.payload) if event is None else event, stored)
                         applied += 1
-            except Exception as e:
+            except BaseException as e:
+                # A user's BaseException (not cancellation, Ctrl-C or sys.exit()) is an
+                # applier failure like any other: it halts (or parks) this projector only.
+                if must_propagate(e):
+                    raise
                 self.applied += applied
                 if not self._failed(stored, e):
                     return
@@ -368,7 +372,7 @@ class ProjectionHost:
             self.checkpoint = events[-1].position
             return
 
-    def _failed(self, stored: StoredEvent, error: Exception) -> bool:
+    def _failed(self, stored: StoredEvent, error: BaseException) -> bool:
         """An applier (or decoding) raised at ``stored``: park it and go on, or halt."""
         if self.kind.on_error == "park":
             self.parked.append(Parked(stored.position, stored.stream_id, stored.type, repr(error)))
@@ -379,7 +383,7 @@ class ProjectionHost:
         self._halt(stored.position, stored.type, error)
         return False
 
-    def _halt(self, position: int, event_type: str, error: Exception) -> None:
+    def _halt(self, position: int, event_type: str, error: BaseException) -> None:
         fault = ProjectorFaulted(self.name, position, event_type, repr(error))
         fault.__cause__ = error
         self.fault = fault

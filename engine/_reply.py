@@ -10,6 +10,10 @@ wins. It keeps its value: a waiter that is cancelled only stops waiting, and a l
 ``wait`` (by the same or another task, one at a time) still gets the value. Code that
 hands out turns through replies (the mailbox's room queue) must therefore pass a turn on
 itself when a waiter leaves without using it; see ``Aggregates._park``.
+
+:func:`must_propagate` tells the hosts which ``BaseException`` raised inside user code
+(a handler, an applier) is the event loop's or the process's business rather than the user
+code's failure.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from typing import Any, Protocol
 import anyio
 import sniffio
 
-__all__ = ["Reply", "reply_factory"]
+__all__ = ["Reply", "must_propagate", "reply_factory"]
 
 
 class Reply(Protocol):
@@ -50,6 +54,27 @@ def reply_factory() -> Callable[[], Reply]:
     if library == "asyncio":
         return _AsyncioReply
     return _AnyioReply  # pragma: no cover - no third backend exists today
+
+
+def must_propagate(error: BaseException) -> bool:
+    """True if ``error``, raised inside user code, must reach the host unchanged.
+
+    Those are the running backend's cancellation (anyio's cancelled class: a handler that
+    awaited nothing cannot raise it legitimately, but swallowing it would break the cancel
+    scope that sent it), ``KeyboardInterrupt`` (Ctrl-C lands wherever the loop happens to
+    be) and ``SystemExit`` (user code asked to end the process, e.g. ``sys.exit()``).
+    Every other exception, ``BaseException`` subclasses included (a user's ``class
+    Boom(BaseException)``, a stray ``GeneratorExit``), is a failure of that user code: the
+    hosts turn it into a typed error (``HandlerError``) or a projector fault.
+    """
+    if isinstance(error, Exception):
+        return False
+    if isinstance(error, KeyboardInterrupt | SystemExit):
+        return True
+    try:
+        return isinstance(error, anyio.get_cancelled_exc_class())
+    except sniffio.AsyncLibraryNotFoundError:  # pragma: no cover - always in a loop here
+        return False
 
 
 def _second_waiter() -> RuntimeError:

@@ -20,6 +20,7 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from actors import applies, handles
 from engine import (
     Committed,
     ConcurrencyError,
@@ -30,6 +31,7 @@ from engine import (
     Rejected,
     StorageError,
     StoredEvent,
+    UnknownCommand,
     Writer,
 )
 from engine._aggregates import Aggregates, Pending
@@ -51,6 +53,60 @@ from .api_scenarios import (
 from .test_aggregates import ManualWriter, Sender, host, nowait, start
 
 STREAMS = ("a", "b", "c")
+
+
+class Meddle(msgspec.Struct, frozen=True):
+    n: int
+
+
+class Meddled(Rejected):
+    """Meddle refused, after changing the state."""
+
+
+class MeddlingLedger(Ledger):
+    """A Ledger whose Meddle adds to the balance and the history, in place, and then
+    refuses: a handler that breaks the rule, which the engine must undo (here by a reload,
+    as a list changed in place cannot be restored)."""
+
+    @handles
+    def meddle(self, c: Meddle) -> None:
+        self.balance += c.n
+        self.history.append(c.n)
+        raise Meddled(f"meddled with {c.n}")
+
+
+class SnapMeddlingLedger(MeddlingLedger):
+    aggregate_name = "MeddlingLedger"
+    snapshot_every = 3
+
+
+class TupleLedger(MeddlingLedger):
+    """The same with an immutable history: a refusal is undone by restoring attributes."""
+
+    history: tuple[int, ...]  # type: ignore[assignment]
+
+    def __init__(self) -> None:
+        self.balance = 0
+        self.history = ()
+
+    @handles
+    def meddle(self, c: Meddle) -> None:
+        self.balance += c.n
+        self.history = (*self.history, c.n)
+        raise Meddled(f"meddled with {c.n}")
+
+    @applies
+    def added(self, e: Added) -> None:
+        self.balance += e.n
+        self.history = (*self.history, e.n)
+
+
+class SnapTupleLedger(TupleLedger):
+    aggregate_name = "TupleLedger"
+    snapshot_every = 3
+
+
+KINDS = [Ledger, SnapLedger, MeddlingLedger, SnapMeddlingLedger, TupleLedger, SnapTupleLedger]
 
 # -- the program ---------------------------------------------------------------------------
 
@@ -119,6 +175,7 @@ commands = st.one_of(
     st.just(Peek()),
     st.just(Noop()),
     st.just(Explode()),
+    st.builds(Meddle, st.integers(1, 5)),  # UnknownCommand on the kinds without it
 )
 sends = st.builds(Send, streams, commands, pauses)
 commits = st.builds(Commit, st.one_of(st.none(), st.integers(1, 3)), pauses)
@@ -219,7 +276,7 @@ def check_quiescent(run: Run, mailbox_size: int, when: str) -> None:
         full = actor.inflight >= mailbox_size or (actor.stale and actor.inflight > 0)
         if actor.room and not full:
             run.violations.append(f"{when}: {actor.stream_id!r} has room, senders still wait")
-        if any(count <= actor.completed for count, _ in actor.settled):
+        if any(count <= actor.completed for count in actor.settled.values()):
             run.violations.append(f"{when}: {actor.stream_id!r} settled, senders still wait")
 
 
@@ -237,7 +294,7 @@ async def play(run: Run, program: list[Step], mailbox_size: int) -> None:
                     pending = aggregates.send_nowait(
                         run.kind, step.stream, step.command, ident, None
                     )
-                except (Overloaded, Rejected, HandlerError):
+                except (Overloaded, Rejected, HandlerError, UnknownCommand):
                     pass  # decided on state maybe still in flight: nothing was queued
                 else:
                     run.pendings.append((ident, step.stream, step.command, pending))
@@ -369,6 +426,11 @@ def check(run: Run) -> dict[str, State]:
                     sender,
                     prefixes,
                 )
+            elif isinstance(result, Meddled):
+                assert isinstance(sender.command, Meddle), sender
+            elif isinstance(result, UnknownCommand):
+                assert isinstance(sender.command, Meddle), sender
+                assert not issubclass(run.kind, MeddlingLedger), sender
             elif isinstance(result, HandlerError):
                 assert isinstance(sender.command, Explode), sender
             elif isinstance(result, ConcurrencyError):
@@ -454,7 +516,7 @@ async def scenario(
 @settings(max_examples=300, deadline=None)
 @given(
     program=st.lists(steps, min_size=6, max_size=40),
-    kind=st.sampled_from([Ledger, SnapLedger]),
+    kind=st.sampled_from(KINDS),
     mailbox_size=st.integers(1, 3),
     max_live=st.integers(1, 3),
 )
