@@ -185,6 +185,8 @@ class LmdbEventLog:
             self._path.mkdir(parents=True, exist_ok=True)
         except OSError as e:  # a file where the directory or a parent should be, no room
             raise StorageError(f"cannot create the log directory {self._path}: {e}") from e
+        except ValueError as e:  # a NUL in the path
+            raise DefinitionError(f"not a usable path: {path!r}") from e
         self._sync = sync
         self._max_map_size = max_map_size
         self._poisoned: str | None = None
