@@ -33,6 +33,7 @@ __all__ = [
     "AppendOutcome",
     "EventLog",
     "check_append",
+    "check_events",
     "check_label",
     "check_metadata",
     "check_name",
@@ -135,19 +136,28 @@ def check_stream_id(stream_id: object) -> str:
         InvalidArgument: anything else, including a str that is not valid UTF-8 (a lone
             surrogate such as ``"\\ud800"``), which no log could store.
     """
+    # The usual id, in one test: an ASCII str (``isascii`` reads a flag, it does not scan)
+    # is its own UTF-8 encoding, so its length is its size and nothing is encoded.
+    if (
+        type(stream_id) is str
+        and stream_id.isascii()
+        and 0 < len(stream_id) <= MAX_STREAM_ID_BYTES
+        and "\x00" not in stream_id
+    ):
+        return stream_id
     if type(stream_id) is not str:
         if not isinstance(stream_id, str):
             raise InvalidArgument(
                 f"stream id must be a non-empty str, not {type(stream_id).__name__}"
             )
         stream_id = str.__str__(stream_id)  # a plain copy, whatever the subclass overrides
-    # An ASCII str (``isascii`` reads a flag, it does not scan) is its own UTF-8 encoding:
-    # the usual id is checked without encoding it. Others are encoded once, which measures
-    # them and refuses what has no UTF-8 form.
-    if stream_id.isascii():
-        size = len(stream_id)
-    else:
-        size = _utf8_size(stream_id, "stream id", MAX_STREAM_ID_BYTES)
+    # Others are encoded once (unless too long anyway), which measures them and refuses
+    # what has no UTF-8 form.
+    size = (
+        len(stream_id)
+        if stream_id.isascii()
+        else _utf8_size(stream_id, "stream id", MAX_STREAM_ID_BYTES)
+    )
     if not size or size > MAX_STREAM_ID_BYTES or "\x00" in stream_id:
         raise InvalidArgument(
             f"stream id must be a non-empty str without NUL of at most {MAX_STREAM_ID_BYTES} "
@@ -209,16 +219,16 @@ def check_metadata(value: object, what: str = "metadata") -> str | None:
 
 
 def check_append(append: Append) -> Append:
-    """Validate every field of an append before it goes near a write transaction.
+    """Validate every field of an append but its events (:func:`check_events`) before it
+    goes near a write transaction.
 
-    The log writes these fields into envelopes and keys as they are: a field of the wrong
-    type or a str with no UTF-8 form would fail the whole group commit it rides in, and a
-    payload that is not one msgpack value would be written and then never read back. Each
-    is refused here, for this append alone. Returns the append, or a copy whose str
-    subclasses are plain strs.
+    The log writes these fields into keys and envelopes as they are: one of the wrong type,
+    or a str with no UTF-8 form, would fail the whole group commit it rides in, or be
+    written and then never read back. Returns the append, or a copy whose str subclasses
+    are plain strs.
 
     Raises:
-        InvalidArgument: a field is malformed; nothing was queued.
+        InvalidArgument: a field is malformed.
     """
     if type(append) is not Append:
         raise InvalidArgument(f"expected an Append, not {type(append).__name__}")
@@ -226,41 +236,18 @@ def check_append(append: Append) -> Append:
     expected = append.expected_version
     if type(expected) is not int or expected < ANY:
         raise InvalidArgument(f"expected_version must be an int >= {ANY} (ANY), not {expected!r}")
-    events = append.events
-    if not isinstance(events, tuple | list):
-        raise InvalidArgument(f"events must be a tuple, not {type(events).__name__}")
-    for event in events:
-        if type(event) is not tuple or len(event) != 2:
-            raise InvalidArgument(f"each event must be a (type name, payload) pair: {event!r}")
-        name, payload = event
-        # Exact types: they are written as they are, and msgspec encodes no subclass.
-        if type(name) is not str:
-            raise InvalidArgument(f"an event type name must be a str, not {name!r}")
-        if not (0 < len(name) <= MAX_STREAM_ID_BYTES and name.isascii()):
-            check_label(name, "an event type name")
-        if type(payload) is not bytes:
-            raise InvalidArgument(f"a payload must be bytes, not {type(payload).__name__}")
-        try:
-            _skip_one_value(payload)
-        except DECODE_FAILURES as e:
-            raise InvalidArgument(f"a {name} payload is not exactly one msgpack value") from e
-    correlation_id, causation_id, aggregate = (
-        append.correlation_id,
-        append.causation_id,
-        append.aggregate,
-    )
-    if correlation_id is not None or causation_id is not None:
-        correlation_id = check_metadata(correlation_id, "correlation_id")
-        causation_id = check_metadata(causation_id, "causation_id")
-    if aggregate is not None:
-        aggregate = check_label(aggregate, "an aggregate name")
     if (
         stream_id is append.stream_id
-        and correlation_id is append.correlation_id
-        and causation_id is append.causation_id
-        and aggregate is append.aggregate
+        and append.correlation_id is None
+        and append.causation_id is None
+        and append.aggregate is None
     ):
-        return append  # the usual case: nothing to convert
+        return append  # the usual append: nothing more to check or convert
+    correlation_id = check_metadata(append.correlation_id, "correlation_id")
+    causation_id = check_metadata(append.causation_id, "causation_id")
+    aggregate = append.aggregate
+    if aggregate is not None:
+        aggregate = check_label(aggregate, "an aggregate name")
     return msgspec.structs.replace(
         append,
         stream_id=stream_id,
@@ -268,6 +255,53 @@ def check_append(append: Append) -> Append:
         causation_id=causation_id,
         aggregate=aggregate,
     )
+
+
+def check_events(events: object) -> None:
+    """Validate an append's events: ``(type name, payload)`` pairs, each name a non-empty
+    str of at most 400 UTF-8 bytes, each payload ``bytes`` holding exactly one msgpack value
+    (the log embeds it in its envelope as it is, so anything else could not be read back).
+
+    ``EventRegistry.encode`` output passes by construction: it proved a stronger thing
+    (the payload decodes as its type), which is why the writer skips this for appends
+    that come with the objects they were encoded from.
+
+    Raises:
+        InvalidArgument: an event is malformed.
+    """
+    if not isinstance(events, (tuple, list)):  # a tuple of types: faster than a union
+        raise InvalidArgument(f"events must be a tuple, not {type(events).__name__}")
+    # One pass, the usual event costing a few type tests and a walk over its payload; a
+    # malformed pair fails the unpacking itself.
+    try:
+        for name, payload in events:
+            if (
+                type(name) is not str  # exact types: msgspec encodes no subclass
+                or type(payload) is not bytes
+                or not (0 < len(name) <= MAX_STREAM_ID_BYTES and name.isascii())
+            ):
+                _check_event(name, payload)
+            _skip_one_value(payload)
+    except InvalidArgument:
+        raise
+    except _MALFORMED_EVENT as e:
+        raise InvalidArgument(
+            f"each event must be a (type name, payload) pair, its payload exactly one "
+            f"msgpack value: {e}"
+        ) from e
+
+
+_MALFORMED_EVENT: Final = (TypeError, *DECODE_FAILURES)
+
+
+def _check_event(name: object, payload: object) -> None:
+    """The slow path of an event's check: refuse it with a precise message, or pass a
+    name that is valid but not ASCII."""
+    if type(name) is not str:
+        raise InvalidArgument(f"an event type name must be a str, not {type(name).__name__}")
+    check_label(name, "an event type name")
+    if type(payload) is not bytes:
+        raise InvalidArgument(f"a payload must be bytes, not {type(payload).__name__}")
 
 
 def check_label(value: object, what: str) -> str:

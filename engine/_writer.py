@@ -29,9 +29,10 @@ overlap with the fsync anyway.
 Durability: an append's ``done`` is called only after the transaction that holds it has
 committed (fsync'd with ``sync=True``). A failed transaction fails every append in it with
 the same ``StorageError`` and writes nothing; the writer itself carries on. Every field of
-an append (stream id, metadata, event names and payloads, ...) is checked at ``submit``
-(``check_append``), so one caller's bad append is refused alone, before it is queued: it
-can neither fail the group it would have joined nor be written and then not read back.
+an append (stream id, metadata, event names and payloads, ...) is checked at ``submit``,
+so one caller's bad append is refused alone, before it is queued: it can neither fail the
+group it would have joined nor be written and then not read back. (Events that come with
+the objects they were encoded from were checked by ``EventRegistry.encode`` already.)
 """
 
 from __future__ import annotations
@@ -46,7 +47,14 @@ import anyio.lowlevel
 import msgspec
 
 from ._errors import DefinitionError, EngineClosed, EngineError, StorageError
-from ._log import AppendOutcome, EventLog, check_append, check_name, check_stream_id
+from ._log import (
+    AppendOutcome,
+    EventLog,
+    check_append,
+    check_events,
+    check_name,
+    check_stream_id,
+)
 from ._records import Append, AppendResult, Snapshot, StoredEvent
 from ._reply import Reply, reply_factory
 
@@ -143,16 +151,24 @@ class Writer:
         """Queue an append for the next group commit; never waits.
 
         ``done`` is called with the append's outcome after its transaction ends. ``objects``
-        are the events as objects, handed to projectors so they need not decode them.
+        are the events as objects, handed to projectors so they need not decode them; they
+        vouch for the payloads, which ``EventRegistry.encode`` made from them and read back
+        (the aggregates' path). Without them each event is checked here.
+
+        Every other field is checked always: a malformed append is refused alone, before it
+        could fail the group commit it would have joined or be written unreadable.
 
         Raises:
             EngineClosed: the writer is closing.
-            InvalidArgument: a field of the append is malformed (see ``check_append``);
-                nothing was queued.
+            InvalidArgument: a field of the append is malformed (see ``check_append`` and
+                ``check_events``); nothing was queued.
         """
         if self._closing:
             raise EngineClosed("the writer is closed")
-        self._appends.append(check_append(append))
+        append = check_append(append)
+        if objects is None:
+            check_events(append.events)
+        self._appends.append(append)
         self._dones.append(done)
         self._objects.append(objects)
         self._wake()

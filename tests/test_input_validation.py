@@ -1,0 +1,469 @@
+"""Everything that reaches the log is validated before it is decided (issue 11).
+
+A malformed argument (stream id, correlation or causation id, a query's ``after``, a field
+of an ``Append``) gets ``InvalidArgument`` at the call, before any handler runs; nothing is
+appended; other callers' commands in the same group commit still commit; and everything
+that was acknowledged reads back after a restart. ``Engine.open`` refuses every malformed
+option with ``DefinitionError``. A query that fails is reported as user code failing
+(``HandlerError``), like a handler.
+
+The send and query scenarios run on trio (pytest-trio) and again on asyncio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from actors import Aggregate, Projector, applies, handles
+from engine import (
+    ANY,
+    NO_STREAM,
+    Append,
+    Committed,
+    DefinitionError,
+    EncodeError,
+    Engine,
+    EventRegistry,
+    HandlerError,
+    InvalidArgument,
+    LmdbEventLog,
+    Recorded,
+    Writer,
+    decode_command,
+)
+from engine.testing import assert_log_consistent, make_append
+
+# -- the test domain ---------------------------------------------------------------------
+
+
+class Bump(msgspec.Struct, frozen=True):
+    n: int
+
+
+class Say(msgspec.Struct, frozen=True):
+    text: str
+
+
+class Bumped(msgspec.Struct, frozen=True):
+    n: int
+
+
+class Said(msgspec.Struct, frozen=True):
+    text: str
+
+
+HANDLED: list[str] = []  # every stream a handler ran for: "before the handler runs" is seen
+
+
+class Tally(Aggregate):
+    total: int
+
+    def __init__(self) -> None:
+        self.total = 0
+
+    @handles
+    def bump(self, c: Bump) -> list[Bumped]:
+        HANDLED.append("bump")
+        return [Bumped(c.n)]
+
+    @handles
+    def say(self, c: Say) -> list[Said]:
+        HANDLED.append("say")
+        return [Said(c.text)]
+
+    @applies
+    def bumped(self, e: Bumped) -> None:
+        self.total += e.n
+
+    @applies
+    def said(self, e: Said) -> None:
+        pass
+
+
+class Seen(Projector):
+    """Every event's metadata, as projectors receive it."""
+
+    def __init__(self) -> None:
+        self.metas: list[tuple[str, str | None, str | None]] = []
+        self.exact: bool = True  # every id a plain str (what a restart reads back)
+
+    @applies
+    def bumped(self, e: Bumped, meta: Recorded) -> None:
+        self.metas.append((meta.stream_id, meta.correlation_id, meta.causation_id))
+        for value in (meta.stream_id, meta.correlation_id, meta.causation_id):
+            self.exact = self.exact and (value is None or type(value) is str)
+
+    def seen(self) -> list[tuple[str, str | None, str | None]]:
+        return self.metas
+
+    def all_exact(self) -> bool:
+        return self.exact
+
+    def fails(self) -> int:
+        raise LookupError("the query itself failed")
+
+    def generator(self) -> Iterator[int]:
+        return (n for n in range(3))
+
+    def keys(self) -> Any:
+        return {"a": 1}.keys()
+
+
+class Id(str):
+    """A str subclass, as ``numpy.str_`` or a typed-id class is: msgspec encodes none."""
+
+    def __hash__(self) -> int:
+        return 0  # must not decide which actor the id names
+
+    def __eq__(self, other: object) -> bool:
+        return True
+
+
+Scenario = Callable[[Path], Coroutine[Any, Any, None]]
+SCENARIOS: dict[str, Scenario] = {}
+
+
+def scenario(fn: Scenario) -> Scenario:
+    """Run ``fn`` on trio and on asyncio."""
+    SCENARIOS[fn.__name__] = fn
+    return fn
+
+
+def _open(path: Path) -> AbstractAsyncContextManager[Engine]:
+    return Engine.open(path, aggregates=[Tally], projectors=[Seen])
+
+
+def _events(path: Path) -> list[tuple[str, str | None, str | None]]:
+    """Every event in the log at ``path`` (read back from disk), as (stream, corr, caus)."""
+    log = LmdbEventLog(path)
+    try:
+        assert_log_consistent(log)
+        return [(e.stream_id, e.correlation_id, e.causation_id) for e in log.read_all(1, 1000)]
+    finally:
+        log.close()
+
+
+BAD_METADATA: list[Any] = [
+    42,
+    b"req-1",
+    {"id": "req-1"},
+    1.5,
+    True,
+    ["req-1"],
+    "\ud800",  # a lone surrogate: no UTF-8 form
+    "req-\udfff-1",
+    "x" * 1025,  # one byte over the bound
+    "€" * 342,  # 342 characters, 1026 UTF-8 bytes
+    "x" * 10**7,
+]
+
+
+# -- metadata ----------------------------------------------------------------------------
+
+
+@scenario
+async def bad_metadata_is_refused_before_the_handler_runs(tmp_path: Path) -> None:
+    HANDLED.clear()
+    async with _open(tmp_path) as engine:
+        for bad in BAD_METADATA:
+            for name in ("correlation_id", "causation_id"):
+                metadata: dict[str, Any] = {name: bad}
+                with pytest.raises(InvalidArgument):
+                    await engine.send(Tally, "a", Bump(1), **metadata)
+                with pytest.raises(InvalidArgument):
+                    engine.send_nowait(Tally, "a", Bump(1), **metadata)
+        assert HANDLED == []
+        assert engine.log.head_position() == 0
+        ack = await engine.send(Tally, "a", Bump(1), correlation_id="r", causation_id="c")
+        assert await engine.query(Seen.seen, after=ack.position) == [("a", "r", "c")]
+    # Nothing bad was acknowledged, so everything reads back after a restart.
+    assert _events(tmp_path) == [("a", "r", "c")]
+    async with _open(tmp_path) as engine:
+        await engine.wait_projected()
+        assert await engine.query(Seen.seen) == [("a", "r", "c")]
+
+
+@scenario
+async def bad_metadata_is_an_invalid_argument_and_a_value_error(tmp_path: Path) -> None:
+    async with _open(tmp_path) as engine:
+        with pytest.raises(ValueError):
+            await engine.send(Tally, "a", Bump(1), causation_id=42)  # type: ignore[arg-type]
+        with pytest.raises(DefinitionError):  # what callers caught for bad stream ids
+            await engine.send(Tally, "a", Bump(1), causation_id=42)  # type: ignore[arg-type]
+
+
+@scenario
+async def metadata_at_the_bound_is_stored_and_read_back(tmp_path: Path) -> None:
+    longest = "x" * 1024
+    widest = "€" * 341 + "x"  # 1024 UTF-8 bytes
+    async with _open(tmp_path) as engine:
+        await engine.send(Tally, "a", Bump(1), correlation_id=longest, causation_id=widest)
+        await engine.send(Tally, "a", Bump(1), correlation_id="", causation_id="a\x00b")
+    assert _events(tmp_path) == [("a", longest, widest), ("a", "", "a\x00b")]
+
+
+@scenario
+async def a_bad_id_never_fails_the_group_commit_of_another_caller(tmp_path: Path) -> None:
+    async with _open(tmp_path) as engine:
+        innocent = engine.send_nowait(Tally, "innocent", Bump(1), correlation_id="ok")
+        # Queued behind the innocent append, in the same group commit if it were queued.
+        with pytest.raises(InvalidArgument):
+            await engine.send(Tally, "guilty", Bump(2), correlation_id="\ud800")
+        with pytest.raises(InvalidArgument):
+            await engine.send(Tally, "guilty", Bump(2), causation_id=Id("x" * 2000))
+        assert await innocent == Committed("innocent", 1, 1, 1)
+        assert await engine.send(Tally, "guilty", Bump(3)) == Committed("guilty", 1, 2, 1)
+    assert _events(tmp_path) == [("innocent", "ok", None), ("guilty", None, None)]
+
+
+@scenario
+async def str_subclass_ids_are_stored_as_plain_str(tmp_path: Path) -> None:
+    async with _open(tmp_path) as engine:
+        ack = await engine.send(Tally, Id("a"), Bump(1), correlation_id=Id("r"))
+        assert ack == Committed("a", 1, 1, 1) and type(ack.stream_id) is str
+        # Id("b") == Id("a") and hashes alike: it must still name its own stream.
+        pending = engine.send_nowait(Tally, Id("b"), Bump(2), causation_id=Id("c"))
+        assert await pending == Committed("b", 1, 2, 1)
+        assert await engine.query(Seen.seen, after=2) == [("a", "r", None), ("b", None, "c")]
+        assert await engine.query(Seen.all_exact)  # live projectors see what a restart reads
+    assert _events(tmp_path) == [("a", "r", None), ("b", None, "c")]
+
+
+# -- stream ids --------------------------------------------------------------------------
+
+
+@scenario
+async def a_stream_id_with_no_utf8_form_is_refused(tmp_path: Path) -> None:
+    HANDLED.clear()
+    async with _open(tmp_path) as engine:
+        for bad in ["\ud800", "acct-\udc80", "é\ud800", "\ud800" * 100, "a\ud800" * 200]:
+            with pytest.raises(InvalidArgument):
+                await engine.send(Tally, bad, Bump(1))
+            with pytest.raises(InvalidArgument):
+                engine.send_nowait(Tally, bad, Bump(1))
+        for bad_id in [42, b"a", None, "", "a\x00", "x" * 401, "é" * 201]:
+            with pytest.raises(InvalidArgument):
+                await engine.send(Tally, bad_id, Bump(1))  # type: ignore[arg-type]
+        assert HANDLED == []
+        widest = "é" * 200  # 400 UTF-8 bytes: the bound
+        assert await engine.send(Tally, widest, Bump(1)) == Committed(widest, 1, 1, 1)
+    assert _events(tmp_path) == [(widest, None, None)]
+
+
+# -- events ------------------------------------------------------------------------------
+
+
+@scenario
+async def an_event_holding_a_lone_surrogate_is_an_encode_error(tmp_path: Path) -> None:
+    async with _open(tmp_path) as engine:
+        with pytest.raises(EncodeError):
+            await engine.send(Tally, "a", Say("\ud800"))
+        with pytest.raises(EncodeError):
+            engine.send_nowait(Tally, "a", Say("a\udfffb"))
+        assert engine.log.head_position() == 0
+        assert await engine.send(Tally, "a", Say("fine")) == Committed("a", 1, 1, 1)
+    assert [e[0] for e in _events(tmp_path)] == ["a"]
+
+
+# -- queries -----------------------------------------------------------------------------
+
+
+@scenario
+async def a_malformed_after_is_refused(tmp_path: Path) -> None:
+    async with _open(tmp_path) as engine:
+        await engine.send(Tally, "a", Bump(1))
+        for bad in ["3", True, False, -1, 1.5, 1.0, math.nan, b"1"]:
+            with pytest.raises(InvalidArgument):
+                await engine.query(Seen.seen, after=bad)  # type: ignore[arg-type]
+        assert await engine.query(Seen.seen, after=0) is not None
+        assert await engine.query(Seen.seen, after=1) == [("a", None, None)]
+
+
+@scenario
+async def a_failing_query_is_a_handler_error(tmp_path: Path) -> None:
+    async with _open(tmp_path) as engine:
+        ack = await engine.send(Tally, "a", Bump(1))
+        with pytest.raises(HandlerError) as raised:
+            await engine.query(Seen.fails, after=ack.position)
+        assert isinstance(raised.value.__cause__, LookupError)
+        for uncopyable in (Seen.generator, Seen.keys):
+            with pytest.raises(HandlerError) as raised:
+                await engine.query(uncopyable)
+            assert raised.value.__cause__ is not None
+        # The projector carries on.
+        assert await engine.query(Seen.seen) == [("a", None, None)]
+        ack = await engine.send(Tally, "a", Bump(2))
+        assert len(await engine.query(Seen.seen, after=ack.position)) == 2
+
+
+@pytest.mark.parametrize("name", SCENARIOS)
+async def test_on_trio(name: str, tmp_path: Path) -> None:
+    await SCENARIOS[name](tmp_path)
+
+
+@pytest.mark.parametrize("name", SCENARIOS)
+def test_on_asyncio(name: str, tmp_path: Path) -> None:
+    asyncio.run(SCENARIOS[name](tmp_path))
+
+
+# -- Engine.open options -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"idle_timeout": math.nan},
+        {"idle_timeout": math.inf},
+        {"idle_timeout": -1.0},
+        {"idle_timeout": 0},
+        {"idle_timeout": "10"},
+        {"idle_timeout": True},
+        {"mailbox_size": True},
+        {"mailbox_size": 1.5},
+        {"mailbox_size": "64"},
+        {"mailbox_size": 0},
+        {"max_live_aggregates": math.inf},
+        {"max_live_aggregates": 10.0},
+        {"max_live_aggregates": -1},
+        {"map_size": 0},
+        {"map_size": 2**20 + 0.5},
+        {"map_size": 2**64},
+        {"map_size": True},
+        {"max_map_size": -1},
+        {"max_map_size": 2**64},
+        {"map_size": 2**30, "max_map_size": 2**20},
+        {"sync": 1},
+        {"sync": "yes"},
+        {"sync": None},
+    ],
+    ids=repr,
+)
+async def test_a_malformed_option_fails_at_open(options: dict[str, Any], tmp_path: Path) -> None:
+    with pytest.raises(DefinitionError):
+        async with Engine.open(tmp_path, aggregates=[Tally], **options):
+            pytest.fail("the engine opened")
+
+
+async def test_well_formed_options_open(tmp_path: Path) -> None:
+    async with Engine.open(
+        tmp_path,
+        aggregates=[Tally],
+        sync=False,
+        mailbox_size=1,
+        max_live_aggregates=1,
+        idle_timeout=0.5,
+        map_size=2**20,
+        max_map_size=2**20,
+    ) as engine:
+        assert await engine.send(Tally, "a", Bump(1)) == Committed("a", 1, 1, 1)
+    async with Engine.open(None, aggregates=[Tally], idle_timeout=3) as engine:
+        assert await engine.send(Tally, "a", Bump(1)) == Committed("a", 1, 1, 1)
+
+
+# -- the writer: any path into the log ---------------------------------------------------
+
+
+def _payload(value: object) -> bytes:
+    return msgspec.msgpack.encode(value)
+
+
+BAD_APPENDS: dict[str, Append] = {
+    "correlation_id int": Append("s", ANY, (("T", _payload(1)),), 42),  # type: ignore[arg-type]
+    "causation_id surrogate": Append("s", ANY, (("T", _payload(1)),), None, "\ud800"),
+    "correlation_id too long": Append("s", ANY, (("T", _payload(1)),), "x" * 1025),
+    "stream id surrogate": Append("\ud800", ANY, (("T", _payload(1)),)),
+    "stream id int": Append(7, ANY, (("T", _payload(1)),)),  # type: ignore[arg-type]
+    "event name surrogate": Append("s", ANY, (("\ud800", _payload(1)),)),
+    "event name empty": Append("s", ANY, (("", _payload(1)),)),
+    "event name int": Append("s", ANY, ((1, _payload(1)),)),  # type: ignore[arg-type]
+    "event name subclass": Append("s", ANY, ((Id("T"), _payload(1)),)),
+    "payload str": Append("s", ANY, (("T", "x"),)),  # type: ignore[arg-type]
+    "payload truncated": Append("s", ANY, (("T", _payload("abc")[:-1]),)),
+    "payload two values": Append("s", ANY, (("T", _payload(1) + _payload(2)),)),
+    "payload empty": Append("s", ANY, (("T", b""),)),
+    "event not a pair": Append("s", ANY, (("T",),)),  # type: ignore[arg-type]
+    "events not a tuple": Append("s", ANY, "TT"),  # type: ignore[arg-type]
+    "expected_version str": Append("s", "0", (("T", _payload(1)),)),  # type: ignore[arg-type]
+    "expected_version bool": Append("s", False, (("T", _payload(1)),)),
+    "expected_version -2": Append("s", -2, (("T", _payload(1)),)),
+    "aggregate surrogate": Append("s", NO_STREAM, (("T", _payload(1)),), aggregate="\ud800"),
+    "aggregate int": Append("s", NO_STREAM, (("T", _payload(1)),), aggregate=3),  # type: ignore[arg-type]
+}
+
+
+@pytest.mark.parametrize("bad", BAD_APPENDS.values(), ids=BAD_APPENDS.keys())
+async def test_a_malformed_append_is_refused_alone_at_submit(bad: Append, tmp_path: Path) -> None:
+    log = LmdbEventLog(tmp_path)
+    try:
+        writer = Writer(log)
+        outcomes: list[object] = []
+        writer.submit(make_append("before", NO_STREAM), outcomes.append)
+        with pytest.raises(InvalidArgument):
+            writer.submit(bad, outcomes.append)
+        writer.submit(make_append("after", NO_STREAM), outcomes.append)
+        writer.close()
+        await writer.run()
+        assert [getattr(o, "stream_id", o) for o in outcomes] == ["before", "after"]
+        assert assert_log_consistent(log) == {"before": 1, "after": 1}
+    finally:
+        log.close()
+
+
+async def test_a_malformed_append_is_refused_by_writer_append(tmp_path: Path) -> None:
+    log = LmdbEventLog(tmp_path)
+    try:
+        writer = Writer(log)  # not running: a refused append never waits for it
+        for bad in BAD_APPENDS.values():
+            with pytest.raises(InvalidArgument):
+                await writer.append(bad)
+    finally:
+        log.close()
+
+
+async def test_str_subclasses_in_an_append_are_written_as_plain_str(tmp_path: Path) -> None:
+    log = LmdbEventLog(tmp_path)
+    try:
+        writer = Writer(log)
+        outcomes: list[object] = []
+        append = Append(Id("s"), NO_STREAM, (("T", _payload(1)),), Id("r"), Id("c"), Id("Agg"))
+        writer.submit(append, outcomes.append)
+        writer.close()
+        await writer.run()
+        [event] = log.read_all(1, 10)
+        assert (event.stream_id, event.correlation_id, event.causation_id) == ("s", "r", "c")
+        assert event.aggregate == "Agg"
+    finally:
+        log.close()
+
+
+# -- definitions and untrusted commands -------------------------------------------------
+
+
+def test_an_event_name_with_no_utf8_form_is_refused_at_registration() -> None:
+    class Odd(msgspec.Struct, frozen=True, tag="odd-\ud800"):
+        pass
+
+    class Long(msgspec.Struct, frozen=True, tag="x" * 401):
+        pass
+
+    for cls in (Odd, Long):
+        with pytest.raises(DefinitionError):
+            EventRegistry().register(cls)
+
+
+@pytest.mark.parametrize(
+    ("data", "max_bytes"),
+    [(None, 1024), (42, 1024), ({"type": "Bump"}, 1024), (b"{}", "1024"), (b"{}", -1)],
+    ids=["None", "int", "dict", "max_bytes str", "max_bytes negative"],
+)
+def test_decode_command_refuses_arguments_of_the_wrong_type(data: Any, max_bytes: Any) -> None:
+    with pytest.raises(InvalidArgument):
+        decode_command(data, [Bump], max_bytes=max_bytes)
