@@ -18,12 +18,20 @@ Positions are consecutive, so "the next event I need" is always ``checkpoint + 1
 projector that starts late, falls behind the window, or is rebuilt reads the gap from the
 log, then rejoins the window. A log read that comes back with a hole halts the projector
 rather than skip it. Memory is bounded by the window, whatever a slow projector does, and
-the writer never waits for a projector. Batches adapt their size so that each holds the
-event loop for a few milliseconds at most; projectors catching up together share each
-batch read from the log (decoded once).
+the writer never waits for a projector. The window is bounded in events and in bytes
+(``WINDOW_BYTES``, 64 MiB by default: a few huge events must not pin gigabytes), and keeps
+nothing while no projector is subscribed. Batches adapt their size so that each holds the
+event loop for a few milliseconds at most, and a log read about ``BATCH_BYTES`` of payload;
+projectors catching up together share each batch read from the log (decoded once, kept
+within a quarter of the window's byte budget).
 
 Faults: an applier that raises halts its projector at that event (queries then raise
 ``ProjectorFaulted``) or, with ``on_error = "park"``, the event is recorded and skipped.
+That holds for any exception of the applier's, ``BaseException`` subclasses included; only
+cancellation, ``KeyboardInterrupt`` and ``SystemExit`` propagate (``_reply.must_propagate``).
+
+Queries waiting for a position sit in a heap; a cancelled one is only marked dead (O(1))
+and skipped when popped, and the heap is compacted once the dead outnumber the living.
 
 Saved caches: a projector with ``snapshot_every`` starts from its last saved cache (if its
 format matches and it loads) at the position saved with it, and catches up from there; it
@@ -56,11 +64,13 @@ from ._reply import Reply, must_propagate, reply_factory
 from ._writer import CommitBatch
 
 __all__ = [
+    "WINDOW_BYTES",
     "Broadcast",
     "Parked",
     "ProjectionHost",
     "ProjectorStatistics",
     "ProjectorType",
+    "WindowStatistics",
     "detach",
 ]
 
@@ -73,6 +83,18 @@ MIN_BATCH = 16
 FIRST_BATCH = 256
 MAX_BATCH = 4096
 SHARED_READS = 4  # log reads kept for other projectors catching up (<= 4 * MAX_BATCH events)
+
+# Memory is bounded in bytes as well as in events: a few huge events must not pin gigabytes.
+WINDOW_EVENTS = 65536
+WINDOW_BYTES = 64 * 1024 * 1024
+"""The broadcast window's default byte budget (``Broadcast(window_bytes=...)``). A window
+slice saves a live projector its log read and decode; 64 MiB holds a few seconds of W1
+(~200-byte events) many times over, and projectors that fall out of it read the log."""
+EVENT_OVERHEAD = 200
+"""Bytes counted per event beside its payload: the ``StoredEvent`` envelope, its strings and
+the ``Raw``, roughly (sys.getsizeof of each, for a W1 event)."""
+BATCH_BYTES = 4 * 1024 * 1024
+"""Catch-up reads shrink towards this many payload bytes (big events, smaller batches)."""
 
 State = Literal["catching_up", "live", "halted"]
 
@@ -142,21 +164,55 @@ class ProjectorStatistics(msgspec.Struct, frozen=True):
     """Saves skipped because ``snapshot_state`` raised (the log stays the truth)."""
 
 
+class WindowStatistics(msgspec.Struct, frozen=True):
+    """What the broadcast holds for projectors, by its own accounting.
+
+    ``bytes`` counts each event as twice its stored payload (the payload, and the object it
+    was encoded from beside it) plus ``EVENT_OVERHEAD``; shared reads hold no objects.
+    """
+
+    events: int
+    bytes: int
+    shared_reads: int
+    shared_bytes: int
+
+
+def _payload_bytes(events: list[StoredEvent]) -> int:
+    return sum([len(e.payload) for e in events])
+
+
 class Broadcast:
     """What every projector shares: the head position, a bounded window of the most
-    recently committed events, and the last batch any of them read from the log."""
+    recently committed events, and the last batches any of them read from the log.
 
-    def __init__(self, head: int, *, window: int = 65536) -> None:
+    The window holds at most ``window`` events (the newest batch is kept whole even if it
+    alone is larger) and at most ``window_bytes`` bytes (strictly: a batch bigger than
+    that is not kept at all). With no projector subscribed it keeps nothing. Projectors
+    that need what is not (or no longer) in the window read the log: memory never depends
+    on how far behind a projector is. Shared reads get a quarter of ``window_bytes``.
+    """
+
+    def __init__(
+        self, head: int, *, window: int = WINDOW_EVENTS, window_bytes: int = WINDOW_BYTES
+    ) -> None:
+        if window < 0 or window_bytes < 0:
+            raise DefinitionError("the projector window's bounds must be >= 0")
         self.head = head
         self._window = window
+        self._window_bytes = window_bytes
         self._batches: deque[CommitBatch] = deque()
+        self._sizes: deque[int] = deque()  # bytes of each batch in _batches
         self._held = 0
+        self._held_bytes = 0
         self._listeners: list[ProjectionHost] = []
         # Projectors catching up together (every one of them, when the engine starts) ask
         # for the same positions in turn: the first reads and decodes, the others reuse its
         # batch. A few are kept, as their batch sizes differ and one may trail another.
         # Positions below the head never change, so these can never be stale.
-        self.recent_reads: deque[list[StoredEvent]] = deque(maxlen=SHARED_READS)
+        self.recent_reads: deque[list[StoredEvent]] = deque()
+        self._read_sizes: deque[int] = deque()
+        self._read_bytes = 0
+        self._reads_budget = window_bytes // 4
 
     def subscribe(self, host: ProjectionHost) -> None:
         """Wake ``host`` after every publish."""
@@ -166,18 +222,51 @@ class Broadcast:
         """Record a committed batch (called by the writer, in log order) and wake readers."""
         if not batch:
             return
-        if batch.events[0].position != self.head + 1:
+        events = batch.events
+        if events[0].position != self.head + 1:
             # Something wrote to the log behind the writer's back: the window would have a
             # hole. Start it afresh; readers fill the gap from the log.
-            self._batches.clear()
-            self._held = 0
+            self._drop()
+        self.head = events[-1].position
+        if not self._listeners:
+            return  # nobody would ever read it
+        size = 2 * _payload_bytes(events) + EVENT_OVERHEAD * len(events)
         self._batches.append(batch)
-        self._held += len(batch)
-        while self._held > self._window and len(self._batches) > 1:
+        self._sizes.append(size)
+        self._held += len(events)
+        self._held_bytes += size
+        while self._batches and (
+            self._held_bytes > self._window_bytes
+            or (self._held > self._window and len(self._batches) > 1)
+        ):
             self._held -= len(self._batches.popleft())
-        self.head = batch.events[-1].position
+            self._held_bytes -= self._sizes.popleft()
         for host in self._listeners:
             host.wake()
+
+    def _drop(self) -> None:
+        self._batches.clear()
+        self._sizes.clear()
+        self._held = self._held_bytes = 0
+
+    def share(self, events: list[StoredEvent]) -> None:
+        """Keep a gap-free log read for other projectors catching up, within budget."""
+        size = _payload_bytes(events) + EVENT_OVERHEAD * len(events)
+        if size > self._reads_budget:
+            return
+        reads, sizes = self.recent_reads, self._read_sizes
+        reads.append(events)
+        sizes.append(size)
+        self._read_bytes += size
+        while len(reads) > SHARED_READS or self._read_bytes > self._reads_budget:
+            reads.popleft()
+            self._read_bytes -= sizes.popleft()
+
+    def statistics(self) -> WindowStatistics:
+        """What the window and the shared reads hold right now."""
+        return WindowStatistics(
+            self._held, self._held_bytes, len(self.recent_reads), self._read_bytes
+        )
 
     def since(self, position: int, limit: int) -> CommitBatch | None:
         """Up to ``limit`` events from ``position`` on, or None if it left the window."""
@@ -232,7 +321,12 @@ class ProjectionHost:
         self.applied = 0
         self.catching_up = True
         self._batch = FIRST_BATCH
-        self._waiters: list[tuple[int, int, Reply]] = []  # (position, seq, reply): a heap
+        # A heap of [position, seq, reply]; a cancelled waiter only sets its reply to None
+        # (O(1); removing it from the heap was O(waiters)) and is skipped when popped.
+        # ``_dead`` counts those; once they outnumber the live ones the heap is compacted,
+        # so its size stays within twice the live waiters.
+        self._waiters: list[list[Any]] = []
+        self._dead = 0
         self._seq = itertools.count()
         self._new_reply = reply_factory()
         self._wakeup: Reply | None = None
@@ -308,21 +402,22 @@ class ProjectionHost:
             start = self.checkpoint + 1
             began = time.perf_counter()
             live = self._broadcast.since(start, self._batch)
+            size = 0  # payload bytes read from the log (a window slice is in memory already)
             if live is not None:
                 self._fold(live.events, live.objects)
             else:
                 self.catching_up = True
                 try:
-                    self._fold(
-                        _read_consecutive(self._broadcast, self._log, start, self._batch), None
-                    )
+                    events = _read_consecutive(self._broadcast, self._log, start, self._batch)
+                    size = _payload_bytes(events)
+                    self._fold(events, None)
                 except StorageError as e:
                     self._halt(start, "(log)", e)
             self._release_waiters()
             every = self._snapshot_every
             if every is not None and self.checkpoint - self._saved_at >= every:
                 self.save_now()
-            self._batch = _next_batch(self._batch, time.perf_counter() - began)
+            self._batch = _next_batch(self._batch, time.perf_counter() - began, size)
             if self.checkpoint < self._broadcast.head:
                 # Between batches, let commands and queries run: catch-up never hogs the
                 # loop. (Caught up, the park above yields anyway: no second task switch.)
@@ -389,8 +484,7 @@ class ProjectionHost:
         self.fault = fault
         # Even waiters for positions already applied fail: the failing applier may have
         # left part of its work in the cache, which no query may see.
-        waiting, self._waiters = self._waiters, []
-        for _, _, reply in waiting:
+        for reply in self._take_waiters():
             reply.set_error(self.fault_error())
 
     def fault_error(self) -> ProjectorFaulted:
@@ -426,15 +520,21 @@ class ProjectionHost:
             # Its task is gone: nothing would ever wake this wait.
             raise EngineClosed(str(self._closed))
         reply = self._new_reply()
-        entry = (position, next(self._seq), reply)
+        entry = [position, next(self._seq), reply]
         heapq.heappush(self._waiters, entry)
         try:
             await reply.wait()
         except BaseException:
-            # Cancelled (or failed): leave nothing behind, or cancelled waits would pile up.
-            if entry in self._waiters:
-                self._waiters.remove(entry)
-                heapq.heapify(self._waiters)
+            # Cancelled (or failed) while still queued: mark the entry dead, and compact
+            # once dead ones are the majority, so cancelled waits never pile up.
+            if entry[2] is not None:
+                entry[2] = None
+                self._dead += 1
+                waiters = self._waiters
+                if 2 * self._dead > len(waiters):
+                    waiters[:] = [e for e in waiters if e[2] is not None]
+                    heapq.heapify(waiters)
+                    self._dead = 0
             raise
 
     def _release_waiters(self) -> None:
@@ -443,7 +543,13 @@ class ProjectionHost:
         if checkpoint >= self._broadcast.head:
             self.catching_up = False
         while waiters and waiters[0][0] <= checkpoint:
-            heapq.heappop(waiters)[2].set_result(None)
+            entry = heapq.heappop(waiters)
+            reply = entry[2]
+            if reply is None:
+                self._dead -= 1  # cancelled: nothing to wake
+                continue
+            entry[2] = None  # no longer queued (its waiter may still be cancelled)
+            reply.set_result(None)
 
     # -- control ---------------------------------------------------------------------------
 
@@ -492,9 +598,18 @@ class ProjectionHost:
     def fail_waiters(self, error: EngineError) -> None:
         """Fail every waiting query, and every later one (the engine is closing)."""
         self._closed = error
-        waiting, self._waiters = self._waiters, []
-        for _, _, reply in waiting:
+        for reply in self._take_waiters():
             reply.set_error(error)
+
+    def _take_waiters(self) -> list[Reply]:
+        """Empty the waiter heap; the replies of the live waiters, to complete."""
+        waiting, self._waiters, self._dead = self._waiters, [], 0
+        replies = []
+        for entry in waiting:
+            if entry[2] is not None:
+                replies.append(entry[2])
+                entry[2] = None
+        return replies
 
 
 def _read_consecutive(
@@ -513,7 +628,7 @@ def _read_consecutive(
             return read[start - first : start - first + limit]
     events = log.read_all(start, limit)
     if events and events[-1].position == start + len(events) - 1:
-        broadcast.recent_reads.append(events)
+        broadcast.share(events)
         return events  # the first must be ``start`` too: positions only grow
     missing = start
     for event in events:
@@ -523,11 +638,14 @@ def _read_consecutive(
     raise StorageError(f"position {missing} is missing from the log (its head is beyond it)")
 
 
-def _next_batch(batch: int, seconds: float) -> int:
-    """Adapt the batch size so that one batch holds the event loop about ``SLICE``."""
+def _next_batch(batch: int, seconds: float, size: int = 0) -> int:
+    """Adapt the batch size so that one batch holds the event loop about ``SLICE``, and a
+    log read about ``BATCH_BYTES`` of payload at most (``size``: the last read's)."""
+    if size > BATCH_BYTES:
+        return max(1, batch * BATCH_BYTES // size)
     if seconds > SLICE and batch > MIN_BATCH:
         return batch // 2
-    if seconds < SLICE / 4 and batch < MAX_BATCH:
+    if seconds < SLICE / 4 and batch < MAX_BATCH and 2 * size <= BATCH_BYTES:
         return batch * 2
     return batch
 

@@ -8,14 +8,34 @@ group commits.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import anyio
+import anyio.lowlevel
 import msgspec
 import pytest
+import trio
 
 from actors import Aggregate, Projector, applies, handles
-from engine import Engine, HandlerError, ProjectorFaulted, Recorded, Rejected
+from engine import (
+    ANY,
+    Engine,
+    EventRegistry,
+    HandlerError,
+    MemoryEventLog,
+    ProjectorFaulted,
+    Recorded,
+    Rejected,
+    StoredEvent,
+    _projections,
+)
+from engine._projections import WINDOW_BYTES, Broadcast, ProjectionHost
+from engine._records import Append
+from engine._writer import CommitBatch
+
+from .test_aggregates import host
 
 # -- 1. a handler that changes its actor and then refuses ------------------------------------
 
@@ -316,3 +336,294 @@ async def test_a_base_exception_from_a_projector_applier_halts_only_that_project
         assert [p.position for p in engine.parked(ParkingFragile)] == [2]
         ack = await engine.send(Meddler, "m", Add(1))  # the write side carries on
         assert await engine.query(Seen.all, after=ack.position) == [1, 2, 3, 4]
+
+
+# -- 3. cancelling waiters is O(1) each --------------------------------------------------------
+
+WAITERS = 50_000
+
+
+class Seen2(Seen):
+    def positions(self) -> int:
+        return len(self.totals)
+
+
+async def cancel_many_query_waiters() -> None:
+    """50,000 queries wait for a position never reached and are cancelled at once.
+
+    Each cancelled wait used to remove itself from the waiter heap and re-heapify it, O(n)
+    each: 20,000 took 35 s, so 50,000 (~6x as long, quadratically) would overrun the 60 s
+    per-test timeout by far; marked dead and skipped, they take well under a second. After
+    the cancellations the heap is compacted: dead entries never pile up.
+    """
+    async with Engine.open(None, aggregates=[Meddler], projectors=[Seen2]) as engine:
+        host = engine._projections[Seen2]  # white box: its waiter heap
+
+        async def wait() -> None:
+            await engine.query(Seen2.positions, after=10**9)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(WAITERS):
+                tg.start_soon(wait)
+            while len(host._waiters) < WAITERS:
+                await anyio.lowlevel.checkpoint()
+            tg.cancel_scope.cancel()
+        assert len(host._waiters) <= 1  # compacted whenever the dead outnumbered the live
+        ack = await engine.send(Meddler, "m", Add(1))  # and a later wait still works
+        assert await engine.query(Seen2.positions, after=ack.position) == 1
+
+
+async def test_cancelling_many_query_waiters_is_linear_on_trio() -> None:
+    await cancel_many_query_waiters()
+
+
+def test_cancelling_many_query_waiters_is_linear_on_asyncio() -> None:
+    asyncio.run(cancel_many_query_waiters())
+
+
+class Take(msgspec.Struct, frozen=True):
+    n: int
+
+
+class Fail(msgspec.Struct, frozen=True):
+    pass
+
+
+class Stack(Aggregate):
+    """A list-holding aggregate: ``Fail`` raises, which marks it stale (to be reloaded)."""
+
+    items: list[int]
+
+    def __init__(self) -> None:
+        self.items = []
+
+    @handles
+    def add(self, c: Add) -> list[Totalled]:
+        return [Totalled(c.n)]
+
+    @handles
+    def fail(self, c: Fail) -> None:
+        raise ValueError("fails")
+
+    @applies
+    def totalled(self, e: Totalled) -> None:
+        self.items.append(e.total)
+
+
+SENDERS = 3_000
+Queue = Literal["room", "live_slot", "drained", "settled"]
+
+
+async def cancel_many_waiting_senders(queue: Queue) -> int:
+    """``SENDERS`` senders wait in one of the host's queues and are cancelled at once.
+
+    Returns how many times the host compared two replies while they left. A queue that
+    finds a cancelled reply by scanning (``deque.remove``, ``in``) compares it with every
+    entry before it, ~SENDERS**2 / 4 times in all; one keyed by the reply compares none.
+    Counting that, rather than timing it, makes the test exact and fast either way. Then
+    checks the hand-off invariants: nothing left waiting, and the actor takes a command.
+    """
+    kind: Any = Stack if queue == "drained" else Meddler
+    aggregates, writer, _log = host(
+        mailbox_size={"settled": SENDERS + 1, "drained": 2}.get(queue, 1),
+        max_live=1 if queue == "live_slot" else 100,
+        kinds=[kind],
+    )
+    comparisons = 0
+    base: Any = type(aggregates._new_reply())
+
+    class Counted(base):  # type: ignore[misc]
+        """The running loop's reply, counting the equality tests made on it."""
+
+        __slots__ = ()
+
+        def __eq__(self, other: object) -> bool:
+            nonlocal comparisons
+            comparisons += 1
+            return self is other
+
+        __hash__ = base.__hash__
+
+    aggregates._new_reply = Counted  # white box: how the host makes replies
+    stream = "b" if queue == "live_slot" else "a"
+    aggregates.send_nowait(kind, stream, Add(1), None, None)  # in flight, not committed
+    command: Any = Add(1)
+    if queue == "drained":
+        with pytest.raises(HandlerError):  # stale with an append in flight: senders wait
+            aggregates.send_nowait(kind, "a", Fail(), None, None)
+    elif queue == "settled":
+        command = Add(-1)  # rejected on state not yet durable: the sender waits for it
+
+    async def send() -> None:
+        await aggregates.send(kind, "a", command, None, None)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(SENDERS):
+            tg.start_soon(send)
+        while waiting(aggregates, queue) < SENDERS:
+            await anyio.lowlevel.checkpoint()
+        comparisons = 0
+        tg.cancel_scope.cancel()
+    counted = comparisons
+    assert aggregates.statistics().waiting == 0
+    writer.commit()
+    pending = aggregates.send_nowait(kind, "a", Add(2), None, None)
+    writer.commit()
+    assert (await pending.wait()).stream_id == "a"
+    assert not any(actor.busy() for actor in aggregates._live.values())
+    return counted
+
+
+def waiting(aggregates: Any, queue: Queue) -> int:
+    if queue == "settled":
+        actor = aggregates._live.get("a")
+        return 0 if actor is None else len(actor.settled)
+    return int(aggregates.statistics().waiting)
+
+
+QUEUES: list[Queue] = ["room", "live_slot", "drained", "settled"]
+
+
+@pytest.mark.parametrize("queue", QUEUES)
+async def test_cancelling_many_waiting_senders_scans_no_queue_on_trio(queue: Queue) -> None:
+    assert await cancel_many_waiting_senders(queue) < SENDERS
+
+
+@pytest.mark.parametrize("queue", QUEUES)
+def test_cancelling_many_waiting_senders_scans_no_queue_on_asyncio(queue: Queue) -> None:
+    assert asyncio.run(cancel_many_waiting_senders(queue)) < SENDERS
+
+
+# -- 2. memory bounded in bytes ----------------------------------------------------------------
+
+
+class Store(msgspec.Struct, frozen=True):
+    size: int
+
+
+class Blob(msgspec.Struct, frozen=True):
+    data: bytes
+
+
+class Bulk(Aggregate):
+    @handles
+    def store(self, c: Store) -> list[Blob]:
+        return [Blob(b"x" * c.size)]
+
+    @applies
+    def blob(self, e: Blob) -> None:
+        pass
+
+
+class BlobSizes(Projector):
+    """Every blob applied: (position, size, the object itself)."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, int, Blob]] = []
+
+    @applies
+    def blob(self, e: Blob, meta: Recorded) -> None:
+        self.seen.append((meta.position, len(e.data), e))
+
+    def positions(self) -> list[int]:
+        return [position for position, _, _ in self.seen]
+
+
+MiB = 1024 * 1024
+
+
+@pytest.mark.parametrize("projectors", [0, 1])
+async def test_the_window_holds_big_events_within_its_byte_budget(
+    tmp_path: Path, projectors: int
+) -> None:
+    """80 events of 1 MiB: the window (64 MiB by default) holds ~31 of them with a projector
+    (each counts its payload twice: the stored bytes and the object beside them), none
+    without one; the projector still applies each event once, in order."""
+    kinds = [BlobSizes][:projectors]
+    async with Engine.open(tmp_path, aggregates=[Bulk], projectors=kinds, sync=False) as engine:
+        window = engine._broadcast  # white box: the window's own accounting
+        held = []
+        for _ in range(80):
+            ack = await engine.send(Bulk, "b", Store(MiB))
+            held.append(window.statistics())
+        assert all(s.bytes <= WINDOW_BYTES for s in held)
+        if projectors:
+            positions = await engine.query(BlobSizes.positions, after=ack.position)
+            assert positions == list(range(1, 81))
+            assert held[-1].bytes > WINDOW_BYTES // 2  # it does keep what fits
+        else:
+            assert {(s.events, s.bytes) for s in held} == {(0, 0)}
+
+
+class BlobHarness:
+    """A memory log, a small-budget broadcast and one projector, committed by hand."""
+
+    def __init__(self, *, window_bytes: int, log: MemoryEventLog | None = None) -> None:
+        self.log = log if log is not None else MemoryEventLog()
+        self.registry = EventRegistry([Blob])
+        self.broadcast = Broadcast(0, window_bytes=window_bytes)
+        self.host = ProjectionHost(
+            BlobSizes, log=self.log, broadcast=self.broadcast, registry=self.registry
+        )
+        self.emitted: dict[int, Blob] = {}
+
+    def commit(self, *sizes: int) -> None:
+        blobs = [Blob(b"x" * size) for size in sizes]
+        appends = [Append("b", ANY, (self.registry.encode(blob),)) for blob in blobs]
+        _, stored = self.log.append_batch(appends)
+        self.broadcast.publish(CommitBatch(stored, list(blobs)))
+        self.emitted.update((s.position, b) for s, b in zip(stored, blobs, strict=True))
+
+
+async def test_a_projector_behind_a_byte_bounded_window_reads_the_rest_from_the_log() -> None:
+    h = BlobHarness(window_bytes=10_000)  # 2 events of 1,000 bytes: 4,400 counted
+    for _ in range(20):
+        h.commit(1000, 1000)
+        assert h.broadcast.statistics().bytes <= 10_000
+    assert h.broadcast.statistics().events == 4  # the two newest batches
+    h.commit(6000)  # alone over the budget: not kept, and it pushes out the rest
+    assert h.broadcast.statistics().events == 0
+    h.commit(10, 10)
+    assert h.broadcast.statistics().events == 2
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(h.host.run)
+        await h.host.wait_position(43)  # read from the log (it starts at position 1)
+        h.commit(10)
+        await h.host.wait_position(44)  # live again: from the window
+        nursery.cancel_scope.cancel()
+    seen = h.host.instance.seen
+    assert [p for p, _, _ in seen] == list(range(1, 45))  # each once, in order
+    assert [size for _, size, _ in seen] == [1000] * 40 + [6000, 10, 10, 10]
+    from_window = [p for p, _, blob in seen if blob is h.emitted[p]]
+    assert from_window == [44]
+    shared = h.broadcast.statistics()
+    assert shared.shared_bytes <= 10_000 // 4  # reads too big to share are not kept
+
+
+class LimitsLog(MemoryEventLog):
+    """Records the limit of every catch-up read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.limits: list[int] = []
+
+    def read_all(self, from_position: int = 1, limit: int = 1024) -> list[StoredEvent]:
+        self.limits.append(limit)
+        return super().read_all(from_position, limit)
+
+
+async def test_catch_up_reads_of_big_events_shrink_to_the_byte_target(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_projections, "BATCH_BYTES", 20_000)
+    log = LimitsLog()
+    h = BlobHarness(window_bytes=0, log=log)  # nothing in the window: all from the log
+    for _ in range(100):
+        h.commit(*[2000] * 10)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(h.host.run)
+        await h.host.wait_position(1000)
+        nursery.cancel_scope.cancel()
+    assert h.host.instance.positions() == list(range(1, 1001))
+    assert log.limits[0] == _projections.FIRST_BATCH
+    assert max(log.limits[1:]) * 2000 <= 20_000  # ~BATCH_BYTES of payload per read
