@@ -733,7 +733,9 @@ class Aggregates:
                 try:
                     state = kind.from_snapshot(snapshot.state)
                     version = snapshot.version
-                except Exception:
+                except BaseException as e:
+                    if must_propagate(e):
+                        raise
                     # An unreadable snapshot is only a lost shortcut: replay everything.
                     state = None
         try:
@@ -775,7 +777,14 @@ class Aggregates:
         # Counted as taken even if it fails, so a broken snapshot_state is tried once per
         # ``every`` events, not after every commit.
         actor.snapshot_version = actor.version
-        data = snapshot_bytes(actor.state)
+        try:
+            data = snapshot_bytes(actor.state)
+        except BaseException as e:
+            # Runs in the writer's completion callback: a user's BaseException from
+            # snapshot_state must not take the writer down (snapshot_bytes lets it out).
+            if must_propagate(e):
+                raise
+            data = None
         if data is None:
             self._snapshot_failures += 1
             return

@@ -357,7 +357,9 @@ class ProjectionHost:
             return  # saved against another log: only the log itself can be trusted
         try:
             instance = self.kind.from_snapshot(saved.state)
-        except Exception:
+        except BaseException as e:
+            if must_propagate(e):
+                raise
             return  # an unreadable cache is only a lost shortcut: replay the log
         self.instance = instance
         self.checkpoint = self._saved_at = self.restored_from = saved.version
@@ -370,7 +372,12 @@ class ProjectionHost:
         if self.fault is not None or self.checkpoint <= self._saved_at:
             return
         self._saved_at = self.checkpoint  # even if it fails: retried ``every`` later
-        data = snapshot_bytes(self.instance)
+        try:
+            data = snapshot_bytes(self.instance)
+        except BaseException as e:  # a user's BaseException: snapshot_bytes lets it out
+            if must_propagate(e):
+                raise
+            data = None
         if data is None:
             self.snapshot_failures += 1
             return

@@ -627,3 +627,37 @@ async def test_catch_up_reads_of_big_events_shrink_to_the_byte_target(
     assert h.host.instance.positions() == list(range(1, 1001))
     assert log.limits[0] == _projections.FIRST_BATCH
     assert max(log.limits[1:]) * 2000 <= 20_000  # ~BATCH_BYTES of payload per read
+
+
+class BadSnapshots(Meddler):
+    """Snapshots every event, but its snapshot_state raises a BaseException."""
+
+    aggregate_name = "Meddler"
+    snapshot_every = 1
+
+    def snapshot_state(self) -> bytes:
+        raise Boom("no snapshot")
+
+
+class BadSavedCache(Seen):
+    snapshot_every = 1
+    totals: list[int]
+
+    def snapshot_state(self) -> bytes:
+        raise Boom("no cache")
+
+    def count(self) -> int:
+        return len(self.totals)
+
+
+async def test_a_base_exception_from_snapshot_state_only_skips_the_snapshot(
+    tmp_path: Path,
+) -> None:
+    async with Engine.open(tmp_path, aggregates=[BadSnapshots], projectors=[BadSavedCache]) as e:
+        for n in range(1, 4):
+            ack = await e.send(BadSnapshots, "m", Add(1))
+            assert ack.version == n
+        assert await e.query(BadSavedCache.count, after=ack.position) == 3
+        stats = e.statistics()
+        assert stats.aggregates.snapshot_failures == 3
+        assert stats.projectors[0].snapshot_failures >= 1
