@@ -617,33 +617,50 @@ class LmdbEventLog:
 
     def _owner_of(self, value: bytes, position: int) -> tuple[str, int]:
         """(stream id, version) of an unreadable entry in the replayed tail, found through
-        its link, which is only trusted when something corroborates it: it must point
-        strictly backwards, to the current head of a stream (one replayed so far, or an
-        intact entry that the heads table names as its stream's head). Then the entry is
-        that stream's next version. Otherwise the stream's head cannot be rebuilt, and
-        appending to it could reuse a version, so the log is refused."""
+        its link, which is trusted only when corroborated twice. The link must point
+        strictly backwards to the current head of a stream (one replayed so far, or an
+        intact entry that the heads table names as its stream's head); and the entry's own
+        bytes, as far as they go, must be what an entry of that stream at that version
+        starts with (a flipped link that lands on another stream's head fails this: the
+        bytes name the real stream). Then the entry is that stream's next version.
+        Otherwise the stream's head cannot be rebuilt, and appending to it could reuse a
+        version, so the log is refused."""
         link = _u64.unpack_from(value)[0] if len(value) >= _LINK else 0
+        owner: tuple[str, int] | None = None
         if 0 < link < position:
             for stream_id, (version, at) in self._unwritten.items():
                 if at == link:
-                    return stream_id, version + 1
-            if link <= self._heads_at:
-                with self._reading() as txn:
-                    found = txn.get(_u64.pack(link), db=self._events)
-                    try:
-                        event = None if found is None else self._decode(found, link)
-                    except StorageError:
-                        event = None
-                    if (
-                        event is not None
-                        and event.stream_id not in self._unwritten
-                        and self._table_head(txn, event.stream_id) == (event.version, link)
-                    ):
-                        return event.stream_id, event.version + 1
+                    owner = stream_id, version + 1
+                    break
+            else:
+                if link <= self._heads_at:
+                    owner = self._table_owner(link)
+        if owner is not None:
+            expected = _u64.pack(link) + _entry_prefix(position, *owner)
+            size = min(len(value), len(expected))
+            if value[:size] == expected[:size]:
+                return owner
         raise StorageError(
             f"corrupt log: the entry at position {position} is unreadable and no readable "
             "event names its stream, so the stream index cannot be rebuilt"
         )
+
+    def _table_owner(self, link: int) -> tuple[str, int] | None:
+        """(stream id, version + 1) if the intact entry at ``link`` is its stream's head in
+        the heads table (and the stream has no replayed head past it), else None."""
+        with self._reading() as txn:
+            found = txn.get(_u64.pack(link), db=self._events)
+            try:
+                event = None if found is None else self._decode(found, link)
+            except StorageError:
+                return None
+            if (
+                event is not None
+                and event.stream_id not in self._unwritten
+                and self._table_head(txn, event.stream_id) == (event.version, link)
+            ):
+                return event.stream_id, event.version + 1
+        return None
 
     def _grow(self) -> bool:
         """Double the map (no transaction is open), up to the cap; False if at the cap."""
@@ -978,6 +995,15 @@ def _load_shortcut(data: bytes | None) -> Snapshot | None:
     except DECODE_FAILURES:
         return None
     return snapshot
+
+
+def _entry_prefix(position: int, stream_id: str, version: int) -> bytes:
+    """The bytes every envelope of ``stream_id`` at ``version`` and ``position`` starts
+    with: up to its version, where two probes that differ from the type name on part."""
+    one = encode_stored(StoredEvent(position, stream_id, version, "a", 0.0))
+    two = encode_stored(StoredEvent(position, stream_id, version, "b", 0.0))
+    differ = next(i for i, (x, y) in enumerate(zip(one, two, strict=True)) if x != y)
+    return one[: differ - 1]  # less the type's one-byte str header: its length varies
 
 
 def _anchor_key(stream_id: str, version: int) -> bytes:

@@ -39,6 +39,7 @@ from engine import (
 )
 from engine._checksum import TRAILER, all_intact, intact, seal
 
+from .test_heads_write_back import _crash_after, _expected, _positions
 from .test_storage_full import _big_opens, _fill, _lmdb, _tmpfs
 from .torture_child import TortureAccount
 
@@ -257,6 +258,10 @@ def test_a_foreign_write_fails_the_next_append_typed_and_loses_nothing_acknowled
 # -- 3. per-append isolation --------------------------------------------------------------
 
 
+class _Str(str):
+    pass
+
+
 def test_an_append_that_cannot_be_stored_fails_alone_and_writes_nothing(tmp_path: Path) -> None:
     good = _tick("good")
     bad: list[Append] = [
@@ -269,6 +274,7 @@ def test_an_append_that_cannot_be_stored_fails_alone_and_writes_nothing(tmp_path
         Append("x7", 0, (good, ("Tick", b""))),  # ...and of none
         Append("x8", 0, ((5, good[1]),)),  # type: ignore[arg-type]
         Append("x9", 0, (good, ("Tick", "not bytes"))),  # type: ignore[arg-type]
+        Append("x10", 0, (good,), correlation_id=_Str("a str subclass")),  # not encodable
     ]
     log = LmdbEventLog(tmp_path)
     try:
@@ -414,6 +420,53 @@ def test_bit_flips_in_stored_events_are_caught_and_named_never_read_back_changed
             finally:
                 log.close()
     assert flips >= 200
+
+
+def _flip_entry(path: Path, position: int, offset: int, bit: int) -> None:
+    """Flip one bit of the entry at ``position`` (``offset`` from its start; negative from
+    its end), in place through LMDB, so that only the entry is damaged."""
+
+    def flip(value: bytes) -> bytes:
+        at = offset % len(value)
+        return value[:at] + bytes([value[at] ^ (1 << bit)]) + value[at + 1 :]
+
+    _rewrite(path, b"events", position.to_bytes(8, "big"), flip)
+
+
+def test_a_damaged_entry_in_the_tail_replayed_at_open_is_placed_or_refused_never_misplaced(
+    tmp_path: Path,
+) -> None:
+    """A crash leaves heads unwritten, so the open replays the tail: an entry there that
+    fails its checksum is placed by its link only if its own bytes name that stream."""
+    pristine = tmp_path / "pristine"
+    _crash_after(pristine, every=1_000, groups=9)
+    positions = _positions(9)
+    last_c = positions["c"][-1]
+    link = positions["c"][-2]
+    assert (last_c, link, link ^ 2) == (12, 9, positions["a"][-1])
+    for name, offset, bit, placed in [
+        ("payload", -6, 3, True),
+        ("crc", -1, 0, True),
+        ("link bit 0", 7, 0, False),  # names a's event 8, not its head (11): no owner
+        ("link bit 1", 7, 1, False),  # names a's head, 11: only its own bytes say "c"
+        ("stream id", 8 + 3, 2, False),
+    ]:
+        copy = tmp_path / name.replace(" ", "-")
+        shutil.copytree(pristine, copy)
+        _flip_entry(copy, last_c, offset, bit)
+        if not placed:
+            with pytest.raises(StorageError, match="cannot be rebuilt"):
+                LmdbEventLog(copy)
+            continue
+        log = LmdbEventLog(copy)
+        try:
+            assert {s: log.stream_version(s) for s in "abc"} == _expected(9), name
+            with pytest.raises(StorageError, match=f"position {last_c}\\b"):
+                log.read_all(last_c)
+            with pytest.raises(StorageError, match=f"position {last_c}\\b"):
+                log.read_stream("c")
+        finally:
+            log.close()
 
 
 def _rewrite(path: Path, db_name: bytes, key: bytes, change: Any) -> None:
