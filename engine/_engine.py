@@ -10,6 +10,7 @@ from collections.abc import (
     Awaitable,
     Callable,
     Iterable,
+    Mapping,
     Sequence,
 )
 from contextlib import asynccontextmanager
@@ -315,11 +316,14 @@ class Engine:
         ``{"type": "Deposit", "amount": 5}``. Its size is checked before decoding.
 
         Raises:
-            PayloadTooLarge, UnknownEventType, DecodeError: see :func:`decode_command`.
+            InvalidArgument: ``aggregate`` is not an aggregate type, or see below.
+            PayloadTooLarge, UnknownEventType, DecodeError, InvalidArgument: see
+                :func:`decode_command`.
         """
-        return decode_command(
-            data, aggregate.command_handlers.keys(), format=format, max_bytes=max_bytes
-        )
+        handlers = getattr(aggregate, "command_handlers", None)
+        if not isinstance(handlers, Mapping):
+            raise InvalidArgument(f"{aggregate!r} is not an aggregate type")
+        return decode_command(data, handlers.keys(), format=format, max_bytes=max_bytes)
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -348,7 +352,10 @@ class Engine:
             ProjectorFaulted: the projector halted (before reaching ``after``).
             EngineClosed: the engine closed while waiting.
         """
-        host = self._queries.get(query)
+        try:
+            host = self._queries.get(query)
+        except TypeError:  # unhashable: certainly not a query
+            host = None
         if host is None:
             raise UnknownQuery(f"{getattr(query, '__qualname__', query)!r} is not a query here")
         if after is not None and (type(after) is not int or after < 0):
@@ -373,8 +380,11 @@ class Engine:
     async def wait_projected(self, position: int | None = None) -> None:
         """Wait until every projector has applied ``position`` (default: the current head).
 
-        Raises ProjectorFaulted if one halts before that. Cancelling the wait is safe.
+        Raises ProjectorFaulted if one halts before that, InvalidArgument if ``position``
+        is not None or an int >= 0. Cancelling the wait is safe.
         """
+        if position is not None and (type(position) is not int or position < 0):
+            raise InvalidArgument(f"position must be None or an int >= 0, not {position!r}")
         if self._closed:
             raise EngineClosed("the engine is closed")
         target = self._broadcast.head if position is None else position
@@ -400,7 +410,7 @@ class Engine:
     def _projection(self, projector: ProjectorType) -> ProjectionHost:
         try:
             return self._projections[projector]
-        except KeyError:
+        except (KeyError, TypeError):  # TypeError: unhashable, so not a projector either
             raise UnknownQuery(f"{projector!r} is not a hosted projector") from None
 
     # -- inspection ------------------------------------------------------------------------
@@ -420,8 +430,12 @@ class Engine:
         )
 
     def is_live(self, stream_id: str) -> bool:
-        """True if the aggregate ``stream_id`` is in memory (not passivated)."""
-        return self._aggregates.is_live(stream_id)
+        """True if the aggregate ``stream_id`` is in memory (not passivated).
+
+        Raises:
+            InvalidArgument: ``stream_id`` is not a valid stream id.
+        """
+        return self._aggregates.is_live(check_stream_id(stream_id))
 
 
 def _check_options(

@@ -46,13 +46,15 @@ import anyio
 import anyio.lowlevel
 import msgspec
 
-from ._errors import DefinitionError, EngineClosed, EngineError, StorageError
+from ._errors import DefinitionError, EngineClosed, EngineError, InvalidArgument, StorageError
 from ._log import (
     AppendOutcome,
     EventLog,
     check_append,
     check_events,
     check_name,
+    check_position,
+    check_snapshot,
     check_stream_id,
 )
 from ._records import Append, AppendResult, Snapshot, StoredEvent
@@ -168,30 +170,53 @@ class Writer:
         append = check_append(append)
         if objects is None:
             check_events(append.events)
+        elif len(objects) != len(append.events):
+            # Projectors pair objects with events by position across the whole batch: one
+            # short list would hand every later append's events the wrong objects.
+            raise InvalidArgument(
+                f"{len(objects)} objects for {len(append.events)} events; one per event"
+            )
         self._appends.append(append)
         self._dones.append(done)
         self._objects.append(objects)
         self._wake()
 
     def save_snapshot(self, stream_id: str, snapshot: Snapshot) -> None:
-        """Write a snapshot in the next group commit (best effort: a lost one is retaken)."""
+        """Write a snapshot in the next group commit (best effort: a lost one is retaken).
+
+        Dropped if the writer is closing, or if the snapshot is malformed (a format beyond
+        64 bits, say), which would fail the whole group commit it rode in: that costs only
+        the shortcut, the events stay the truth.
+
+        Raises:
+            InvalidArgument: ``stream_id`` is invalid.
+        """
         stream_id = check_stream_id(stream_id)
-        if not self._closing:
+        if not self._closing and _well_formed(snapshot):
             self._snapshots.append((stream_id, snapshot))
             self._wake()
 
     def save_checkpoint(self, name: str, position: int) -> None:
-        """Write a named checkpoint in the next group commit."""
+        """Write a named checkpoint in the next group commit.
+
+        Raises:
+            InvalidArgument: ``name`` or ``position`` is invalid; nothing was queued.
+        """
         name = check_name(name)
+        check_position(position, "a checkpoint")
         if not self._closing:
             self._checkpoints.append((name, position))
             self._wake()
 
     def save_projection(self, name: str, state: Snapshot) -> None:
         """Write a projector's state (``state.version``: the position it includes) in the
-        next group commit; best effort, like a snapshot."""
+        next group commit; best effort, and dropped when malformed, like a snapshot.
+
+        Raises:
+            InvalidArgument: ``name`` is invalid.
+        """
         name = check_name(name)
-        if not self._closing:
+        if not self._closing and _well_formed(state):
             self._projections.append((name, state))
             self._wake()
 
@@ -338,6 +363,16 @@ class Writer:
             mean_batch=self._appended / self._commits if self._commits else 0.0,
             pending=len(self._appends),
         )
+
+
+def _well_formed(snapshot: Snapshot) -> bool:
+    """True if ``check_snapshot`` accepts it. Never raises: saving a snapshot is best
+    effort, and its callers run inside commit callbacks that must not fail."""
+    try:
+        check_snapshot(snapshot)
+    except InvalidArgument:
+        return False
+    return True
 
 
 def _own_copy(error: EngineError) -> EngineError:
