@@ -469,6 +469,30 @@ def test_a_damaged_entry_in_the_tail_replayed_at_open_is_placed_or_refused_never
             log.close()
 
 
+def test_a_damaged_tail_entry_whose_stream_head_was_written_back_is_placed_by_the_table(
+    tmp_path: Path,
+) -> None:
+    pristine = tmp_path / "pristine"
+    _crash_after(pristine, every=5, groups=9)  # heads written back at 6 and 12; tail: 13
+    positions = _positions(9)
+    assert positions["b"][-2:] == [10, 13]  # 13 links to 10, which the table holds as b's head
+    payload = tmp_path / "payload"
+    shutil.copytree(pristine, payload)
+    _flip_entry(payload, 13, -6, 5)
+    log = LmdbEventLog(payload)
+    try:
+        assert {s: log.stream_version(s) for s in "abc"} == _expected(9)
+        with pytest.raises(StorageError, match="position 13"):
+            log.read_all(13)
+    finally:
+        log.close()
+    link = tmp_path / "link"
+    shutil.copytree(pristine, link)
+    _flip_entry(link, 13, 7, 0)  # 11: a's head in the table, but the entry names "b"
+    with pytest.raises(StorageError, match="cannot be rebuilt"):
+        LmdbEventLog(link)
+
+
 def _rewrite(path: Path, db_name: bytes, key: bytes, change: Any) -> None:
     env = lmdb.open(str(path), max_dbs=8)
     try:
