@@ -90,9 +90,10 @@ WINDOW_BYTES = 64 * 1024 * 1024
 """The broadcast window's default byte budget (``Broadcast(window_bytes=...)``). A window
 slice saves a live projector its log read and decode; 64 MiB holds a few seconds of W1
 (~200-byte events) many times over, and projectors that fall out of it read the log."""
-EVENT_OVERHEAD = 200
-"""Bytes counted per event beside its payload: the ``StoredEvent`` envelope, its strings and
-the ``Raw``, roughly (sys.getsizeof of each, for a W1 event)."""
+EVENT_OVERHEAD = 256
+"""Bytes counted per event beside its payload: ``sys.getsizeof`` of a W1 event's
+``StoredEvent`` (88), its ``Raw`` (48), the emitted object's shell (40) and its stream id
+(57), rounded up for the numbers beside them."""
 BATCH_BYTES = 4 * 1024 * 1024
 """Catch-up reads shrink towards this many payload bytes (big events, smaller batches)."""
 
