@@ -21,6 +21,7 @@ from ._errors import (
     InvalidArgument,
     PayloadTooLarge,
     UnknownEventType,
+    describe,
 )
 from ._records import StoredEvent
 
@@ -153,7 +154,7 @@ class EventRegistry:
             payload = _encoder.encode(event)
             self._decoders[name].decode(payload)
         except (TypeError, OverflowError, msgspec.EncodeError, *DECODE_FAILURES) as e:
-            raise EncodeError(f"cannot store {event!r}: {e}") from e
+            raise EncodeError(f"cannot store {describe(event)}: {e}") from e
         return name, payload
 
     def decode(self, name: str, payload: bytes | msgspec.Raw) -> Any:
@@ -274,7 +275,7 @@ def decode_command(
     if not isinstance(data, str | bytes | bytearray | memoryview):
         raise InvalidArgument(f"data must be bytes or str, not {type(data).__name__}")
     if type(max_bytes) is not int or max_bytes < 0:
-        raise InvalidArgument(f"max_bytes must be an int >= 0, not {max_bytes!r}")
+        raise InvalidArgument(f"max_bytes must be an int >= 0, not {describe(max_bytes)}")
     # A str has at most as many characters as its UTF-8 bytes: refuse by length first, so
     # a huge input is never encoded, then check the bytes themselves.
     if len(data) > max_bytes:

@@ -49,6 +49,19 @@ __all__ = [
 ]
 
 
+def describe(value: object) -> str:
+    """How an error message shows a caller's value: its ``repr``, cut short, and never
+    failing (a 10 MB str is not copied whole; an int of 5,000 digits has no ``repr`` under
+    Python's default digit limit; a user's ``__repr__`` may raise)."""
+    if isinstance(value, str | bytes) and len(value) > 80:
+        return f"{value[:60]!r}... ({len(value)} long)"
+    try:
+        text = repr(value)
+    except Exception:
+        return f"a {type(value).__name__}"
+    return text if len(text) <= 80 else f"{text[:60]}... (a {type(value).__name__})"
+
+
 class EngineError(Exception):
     """Base of every error the engine raises; catch this to catch them all."""
 

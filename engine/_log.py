@@ -24,7 +24,7 @@ from typing import Final, Protocol
 import msgspec
 
 from ._codec import DECODE_FAILURES
-from ._errors import ConcurrencyError, EngineError, InvalidArgument
+from ._errors import ConcurrencyError, EngineError, InvalidArgument, describe
 from ._records import ANY, Append, AppendResult, Snapshot, StoredEvent
 
 __all__ = [
@@ -163,7 +163,7 @@ def check_stream_id(stream_id: object) -> str:
     if not size or size > MAX_STREAM_ID_BYTES or "\x00" in stream_id:
         raise InvalidArgument(
             f"stream id must be a non-empty str without NUL of at most {MAX_STREAM_ID_BYTES} "
-            f"UTF-8 bytes, not {_short(stream_id)}"
+            f"UTF-8 bytes, not {describe(stream_id)}"
         )
     return stream_id
 
@@ -188,7 +188,7 @@ def check_name(name: object) -> str:
     if not size or size > MAX_STREAM_ID_BYTES:
         raise InvalidArgument(
             f"a checkpoint name must be a non-empty str of at most {MAX_STREAM_ID_BYTES} "
-            f"bytes, not {_short(name)}"
+            f"bytes, not {describe(name)}"
         )
     return name
 
@@ -236,8 +236,11 @@ def check_append(append: Append) -> Append:
         raise InvalidArgument(f"expected an Append, not {type(append).__name__}")
     stream_id = append.stream_id
     expected = append.expected_version
-    if type(expected) is not int or expected < ANY:
-        raise InvalidArgument(f"expected_version must be an int >= {ANY} (ANY), not {expected!r}")
+    if type(expected) is not int or not ANY <= expected < 2**64:  # versions are 64-bit
+        raise InvalidArgument(
+            f"expected_version must be an int from {ANY} (ANY) below 2**64, "
+            f"not {describe(expected)}"
+        )
     # Every command passes here: check_stream_id's fast path is inlined (a call is a third
     # of the cost), then the usual append (no metadata, an existing stream) is done.
     if not (
@@ -314,15 +317,17 @@ def check_snapshot(snapshot: object) -> Snapshot:
         raise InvalidArgument(f"expected a Snapshot, not {type(snapshot).__name__}")
     version, format = snapshot.version, snapshot.format
     if type(version) is not int or not 0 <= version < 2**64:
-        raise InvalidArgument(f"a snapshot's version must be an int >= 0, not {version!r}")
+        raise InvalidArgument(f"a snapshot's version must be an int >= 0, not {describe(version)}")
     if type(format) is not int or not -(2**63) <= format < 2**64:
-        raise InvalidArgument(f"a snapshot's format must be a 64-bit int, not {format!r}")
+        raise InvalidArgument(f"a snapshot's format must be a 64-bit int, not {describe(format)}")
     if type(snapshot.state) is not bytes:
         raise InvalidArgument(f"a snapshot's state must be bytes, not {type(snapshot.state)}")
     aggregate = snapshot.aggregate
     if aggregate is not None:
         if type(aggregate) is not str:  # exact: msgspec encodes no subclass
-            raise InvalidArgument(f"a snapshot's aggregate must be a str, not {aggregate!r}")
+            raise InvalidArgument(
+                f"a snapshot's aggregate must be a str, not {describe(aggregate)}"
+            )
         check_label(aggregate, "a snapshot's aggregate name")
     return snapshot
 
@@ -334,7 +339,7 @@ def check_position(position: object, what: str = "position") -> int:
         InvalidArgument: anything else.
     """
     if type(position) is not int or not 0 <= position < 2**64:
-        raise InvalidArgument(f"{what} must be an int >= 0, not {position!r}")
+        raise InvalidArgument(f"{what} must be an int >= 0, not {describe(position)}")
     return position
 
 
@@ -366,7 +371,7 @@ def check_label(value: object, what: str) -> str:
     if not size or size > MAX_STREAM_ID_BYTES:
         raise InvalidArgument(
             f"{what} must be a non-empty str of at most {MAX_STREAM_ID_BYTES} UTF-8 bytes, "
-            f"not {_short(value)}"
+            f"not {describe(value)}"
         )
     return value
 
@@ -381,13 +386,8 @@ def _utf8_size(value: str, what: str, bound: int) -> int:
         return len(value.encode())
     except UnicodeEncodeError:
         raise InvalidArgument(
-            f"{what} is not valid UTF-8 (a lone surrogate?): {_short(value)}"
+            f"{what} is not valid UTF-8 (a lone surrogate?): {describe(value)}"
         ) from None
-
-
-def _short(value: str) -> str:
-    """``repr`` of ``value``, cut short: an error message must not copy a 10 MB argument."""
-    return repr(value) if len(value) <= 80 else f"{value[:60]!r}... ({len(value)} characters)"
 
 
 def expected_ok(append: Append, actual: int) -> ConcurrencyError | None:

@@ -46,7 +46,14 @@ import anyio
 import anyio.lowlevel
 import msgspec
 
-from ._errors import DefinitionError, EngineClosed, EngineError, InvalidArgument, StorageError
+from ._errors import (
+    DefinitionError,
+    EngineClosed,
+    EngineError,
+    InvalidArgument,
+    StorageError,
+    describe,
+)
 from ._log import (
     AppendOutcome,
     EventLog,
@@ -123,7 +130,9 @@ class Writer:
         in_thread: bool = False,
     ) -> None:
         if type(max_pending) is not int or max_pending < 1:
-            raise DefinitionError(f"max_pending must be an int of at least 1, not {max_pending!r}")
+            raise DefinitionError(
+                f"max_pending must be an int of at least 1, not {describe(max_pending)}"
+            )
         self._log = log
         self._on_commit = on_commit
         self._max_pending = max_pending

@@ -41,6 +41,7 @@ from engine import (
     Writer,
     decode_command,
 )
+from engine._engine import call_query
 from engine.testing import assert_log_consistent, make_append
 
 # -- the test domain ---------------------------------------------------------------------
@@ -255,6 +256,9 @@ async def a_stream_id_with_no_utf8_form_is_refused(tmp_path: Path) -> None:
             with pytest.raises(InvalidArgument):
                 await engine.send(Tally, bad_id, Bump(1))  # type: ignore[arg-type]
         assert HANDLED == []
+        for read in (engine.log.read_stream, engine.log.stream_version, engine.log.load_snapshot):
+            with pytest.raises(InvalidArgument):
+                read("\ud800")
         widest = "é" * 200  # 400 UTF-8 bytes: the bound
         assert await engine.send(Tally, widest, Bump(1)) == Committed(widest, 1, 1, 1)
     assert _events(tmp_path) == [(widest, None, None)]
@@ -287,6 +291,17 @@ async def a_malformed_after_is_refused(tmp_path: Path) -> None:
                 await engine.query(Seen.seen, after=bad)  # type: ignore[arg-type]
         assert await engine.query(Seen.seen, after=0) is not None
         assert await engine.query(Seen.seen, after=1) == [("a", None, None)]
+
+
+def test_the_testing_kits_query_call_fails_as_engine_query_does() -> None:
+    cache = Seen()
+    for query in (Seen.fails, Seen.generator, Seen.keys):
+        with pytest.raises(HandlerError) as raised:
+            call_query(query, cache)
+        assert raised.value.__cause__ is not None
+    cache.metas.append(("a", None, None))
+    result = call_query(Seen.seen, cache)
+    assert result == cache.metas and result is not cache.metas  # copied, as by the engine
 
 
 @scenario
@@ -396,6 +411,8 @@ BAD_APPENDS: dict[str, Append] = {
     "expected_version str": Append("s", "0", (("T", _payload(1)),)),  # type: ignore[arg-type]
     "expected_version bool": Append("s", False, (("T", _payload(1)),)),
     "expected_version -2": Append("s", -2, (("T", _payload(1)),)),
+    "expected_version 2**64": Append("s", 2**64, (("T", _payload(1)),)),
+    "expected_version 10**5000": Append("s", 10**5000, (("T", _payload(1)),)),
     "aggregate surrogate": Append("s", NO_STREAM, (("T", _payload(1)),), aggregate="\ud800"),
     "aggregate int": Append("s", NO_STREAM, (("T", _payload(1)),), aggregate=3),  # type: ignore[arg-type]
 }
@@ -516,6 +533,7 @@ async def test_a_snapshot_format_beyond_64_bits_never_fails_the_commands(tmp_pat
     "snapshot",
     [
         Snapshot(1, 2**64, b"s"),
+        Snapshot(1, 10**5000, b"s"),  # not even repr() works on it
         Snapshot(1, -(2**63) - 1, b"s"),
         Snapshot(-1, 0, b"s"),
         Snapshot(1, 0, "s"),  # type: ignore[arg-type]
@@ -523,7 +541,16 @@ async def test_a_snapshot_format_beyond_64_bits_never_fails_the_commands(tmp_pat
         Snapshot(1, 0, b"s", Id("Agg")),
         Snapshot(1.0, 0, b"s"),  # type: ignore[arg-type]
     ],
-    ids=repr,
+    ids=[
+        "format 2**64",
+        "format 10**5000",
+        "format below -2**63",
+        "version -1",
+        "state str",
+        "aggregate surrogate",
+        "aggregate subclass",
+        "version float",
+    ],
 )
 async def test_a_malformed_snapshot_is_dropped_never_failing_the_group(
     snapshot: Snapshot, tmp_path: Path
@@ -543,7 +570,11 @@ async def test_a_malformed_snapshot_is_dropped_never_failing_the_group(
         log.close()
 
 
-@pytest.mark.parametrize("position", [-1, 2**64, "3", 1.0, True, None])
+@pytest.mark.parametrize(
+    "position",
+    [-1, 2**64, 10**5000, "3", 1.0, True, None],
+    ids=["-1", "2**64", "10**5000", "str", "float", "True", "None"],
+)
 async def test_a_malformed_checkpoint_is_refused(position: Any, tmp_path: Path) -> None:
     log = LmdbEventLog(tmp_path)
     try:
