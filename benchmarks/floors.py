@@ -36,7 +36,7 @@ def floor_rebuild(path: Path) -> dict[str, Any]:
         started = time.perf_counter()
         with env.begin(db=events, buffers=True) as txn:
             for value in txn.cursor().iternext(keys=False, values=True):
-                stored = envelope.decode(value[8:])  # after the stream back-link
+                stored = envelope.decode(value[8:-4])  # after the back-link, before the CRC
                 if stored.type == "Deposited":
                     sid = stored.stream_id
                     balances[sid] = balances.get(sid, 0) + payload.decode(stored.payload).amount
