@@ -205,7 +205,12 @@ def _restorable(state: Any, kind: AggregateType, before: dict[str, Any]) -> bool
             for c in type(state).__mro__
             if c is not object
         )
-    return plain and all(_immutable(value) for value in before.values())
+    if not plain:
+        return False
+    # The usual state (numbers, strings) is settled by one C-level pass over the types;
+    # W1 refuses ~7% of its commands, each of which gets here.
+    values = before.values()
+    return _ATOMS.issuperset(map(type, values)) or all(_immutable(v) for v in values)
 
 
 def _name(kind: AggregateType) -> str:
