@@ -37,9 +37,9 @@ exactly, when every value in it is immutable all the way down (ints, strings, tu
 frozen Structs of such: the usual shape, and no reload), or marks the actor stale: it is
 reloaded from its snapshot and the log once nothing of it is in flight, exactly as after a
 failed append, and no snapshot is taken from it meanwhile. A state holding lists or dicts
-thus pays a reload per rejection (snapshot + tail; a 10,000-event stream without snapshots
-costs a full replay): give such aggregates ``snapshot_every``, or hold tuples and
-frozensets.
+thus pays a reload per rejection (snapshot + tail; on a 10,000-event stream without
+snapshots a full replay, ~14 ms here, where a restore costs ~1 us): give such aggregates
+``snapshot_every``, or hold tuples and frozensets.
 
 User code's exceptions that are not ``Exception`` (a user's ``BaseException`` subclass)
 are ``HandlerError`` too; only cancellation, ``KeyboardInterrupt`` and ``SystemExit`` reach

@@ -1,6 +1,9 @@
 """Property: ``Aggregates`` under random interleavings of senders, cancellations, commits
 released in random batches and injected commit failures never strands a sender, answers
-each one consistently with the log, and ends with clean counters.
+each one consistently with the log, and ends with clean counters. Some aggregate kinds
+have a handler that changes the state and then refuses (``Meddle``): in place on a list
+(undone by a reload) or by rebinding immutable values (undone by restoring them); every
+decision must still be made on exactly the replayed state.
 
 The hand-cranked writer of ``tests/test_aggregates.py`` makes the test decide when each
 group commits and which append fails; hypothesis picks the program, and trio's scheduling
