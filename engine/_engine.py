@@ -34,7 +34,7 @@ from ._errors import (
     UnknownQuery,
     describe,
 )
-from ._log import EventLog, check_metadata, check_stream_id
+from ._log import EventLog, check_label, check_metadata, check_stream_id
 from ._log_lmdb import DEFAULT_MAP_SIZE, DEFAULT_MAX_MAP_SIZE, LmdbEventLog
 from ._log_memory import MemoryEventLog
 from ._projections import (
@@ -141,15 +141,15 @@ class Engine:
 
         Raises:
             DefinitionError: an option is out of range or of the wrong type (counts and
-                sizes are ints, ``sync`` a bool: ``True``/``1`` confusions are refused),
-                or two projectors share a name. Nothing was opened.
+                sizes are ints, ``sync`` a bool: ``True``/``1`` confusions are refused), an
+                aggregate or projector is not one, or has a name or snapshot format the log
+                cannot store, or two projectors share a name. Nothing was opened.
 
         On exit the engine stops accepting commands, fails those still waiting for mailbox
         room with ``EngineClosed``, commits every command already decided, and closes the
         log. If the body is cancelled, the same happens.
         """
-        aggregate_kinds = list(aggregates)
-        projector_kinds = list(projectors)
+        aggregate_kinds, projector_kinds = _check_kinds(aggregates, projectors)
         _check_options(
             sync=sync,
             mailbox_size=mailbox_size,
@@ -465,6 +465,41 @@ def _query_failed(query: Callable[..., Any], error: Exception) -> HandlerError:
     query's internals happen to raise."""
     name = getattr(query, "__qualname__", query)
     return HandlerError(f"query {name} failed: {type(error).__name__}: {error}")
+
+
+def _check_kinds(
+    aggregates: Iterable[AggregateType], projectors: Iterable[ProjectorType]
+) -> tuple[list[AggregateType], list[ProjectorType]]:
+    """The hosted classes as lists, each checked for what reaches the log: its name (in
+    keys and envelopes) and snapshot format (in every snapshot). One the log cannot store
+    would fail mid-flight, in a group commit, instead of here.
+
+    Raises:
+        DefinitionError: which class, and why.
+    """
+    try:
+        aggregate_kinds, projector_kinds = list(aggregates), list(projectors)
+    except TypeError as e:
+        raise DefinitionError("aggregates and projectors must be iterables of classes") from e
+    for aggregate in aggregate_kinds:
+        _check_kind(aggregate, ("command_handlers", "event_appliers"), "aggregate_name")
+    for projector in projector_kinds:
+        _check_kind(projector, ("event_appliers", "query_functions"), "name")
+    return aggregate_kinds, projector_kinds
+
+
+def _check_kind(kind: object, members: tuple[str, ...], name_attribute: str) -> None:
+    if not all(isinstance(getattr(kind, m, None), Mapping | frozenset) for m in members):
+        raise DefinitionError(f"{describe(kind)} is not an actors.Aggregate or Projector class")
+    name = getattr(kind, name_attribute, None)
+    if name or name_attribute == "name":  # an aggregate without one is stored by class name
+        try:
+            check_label(name, name_attribute)
+        except InvalidArgument as e:
+            raise DefinitionError(f"{describe(kind)}: {e}") from None
+    fmt = getattr(kind, "snapshot_format", 0)
+    if type(fmt) is not int or not -(2**63) <= fmt < 2**64:  # msgpack's int range
+        raise DefinitionError(f"{describe(kind)}: snapshot_format must be a 64-bit int")
 
 
 def _check_options(

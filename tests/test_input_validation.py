@@ -513,20 +513,60 @@ async def other_malformed_arguments_get_typed_errors(tmp_path: Path) -> None:
         assert engine.decode_command(Tally, b'{"type": "Bump", "n": 1}') == Bump(1)
 
 
-async def test_a_snapshot_format_beyond_64_bits_never_fails_the_commands(tmp_path: Path) -> None:
-    try:
+def _huge_format() -> type[Tally]:
+    class HugeFormat(Tally):
+        snapshot_every = 1
+        snapshot_format = 2**70  # beyond msgpack: every snapshot would fail its group
 
-        class Huge(Tally):
-            snapshot_every = 1
-            snapshot_format = 2**70
+    return HugeFormat
 
-    except DefinitionError:
-        return  # refused where it is defined: even better
-    async with Engine.open(tmp_path, aggregates=[Huge]) as engine:
-        for n in range(1, 4):
-            assert await engine.send(Huge, "a", Bump(n)) == Committed("a", n, n, 1)
-        assert engine.log.load_snapshot("a") is None  # dropped: only a shortcut
-    assert _events(tmp_path) == [("a", None, None)] * 3
+
+def _long_name() -> type[Seen]:
+    class LongName(Seen):
+        name = "v" * 401  # beyond a checkpoint key
+
+    return LongName
+
+
+def _odd_name() -> type[Seen]:
+    class OddName(Seen):
+        name = "view-\ud800"
+
+    return OddName
+
+
+def _odd_aggregate_name() -> type[Tally]:
+    class OddAggregateName(Tally):
+        aggregate_name = "\udc00"
+
+    return OddAggregateName
+
+
+@pytest.mark.parametrize(
+    "make",
+    [_huge_format, _long_name, _odd_name, _odd_aggregate_name, lambda: object, lambda: 42],
+    ids=[
+        "snapshot_format 2**70",
+        "name 401 bytes",
+        "name surrogate",
+        "aggregate_name",
+        "object",
+        "int",
+    ],
+)
+async def test_a_class_the_log_cannot_store_fails_at_open(
+    make: Callable[[], Any], tmp_path: Path
+) -> None:
+    # Refused where the class is defined, or at the latest when the engine opens; never
+    # mid-flight, in a group commit.
+    with pytest.raises(DefinitionError):
+        kind = make()
+        if isinstance(kind, type) and issubclass(kind, Projector):
+            opened = Engine.open(tmp_path, aggregates=[Tally], projectors=[kind])
+        else:
+            opened = Engine.open(tmp_path, aggregates=[kind])
+        async with opened:
+            pytest.fail("the engine opened")
 
 
 @pytest.mark.parametrize(
