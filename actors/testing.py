@@ -63,7 +63,7 @@ from engine import (
     UnknownCommand,
     UnknownQuery,
 )
-from engine.testing import detach  # copies query results exactly as Engine.query does
+from engine.testing import call_query  # answers a query exactly as Engine.query does
 
 from ._aggregate import Aggregate
 from ._projector import Projector
@@ -302,12 +302,14 @@ class GivenEvents(Generic[P]):
         Raises:
             UnknownQuery: ``query`` is not a query of this projector.
             ProjectorFaulted: the projector halted; the applier's exception is ``__cause__``.
+            HandlerError: the query raised, or returned what cannot be copied (as in
+                ``Engine.query``; the original is ``__cause__``).
         """
         if query not in self.projector.query_functions:
             raise UnknownQuery(f"{_name(query)} is not a query of {self.projector.__qualname__}")
         if self.fault is not None:
             raise _fresh(self.fault)
-        result: T = detach(query(self.instance, *args, **kwargs))
+        result: T = call_query(query, self.instance, *args, **kwargs)
         return result
 
     def then_query(

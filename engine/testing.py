@@ -24,12 +24,19 @@ from typing import Any
 
 import msgspec
 
+from ._engine import call_query
 from ._errors import ConcurrencyError, DefinitionError, StorageError
 from ._log import EventLog
 from ._projections import detach
 from ._records import ANY, NO_STREAM, Append, AppendResult, Snapshot, StoredEvent
 
-__all__ = ["assert_log_consistent", "check_event_log", "detach", "make_append"]
+__all__ = [
+    "assert_log_consistent",
+    "call_query",
+    "check_event_log",
+    "detach",
+    "make_append",
+]
 
 _encode = msgspec.msgpack.Encoder().encode
 

@@ -25,6 +25,7 @@ from engine import (
     EncodeError,
     Engine,
     EventRegistry,
+    HandlerError,
     Parked,
     ProjectorFaulted,
     Recorded,
@@ -339,3 +340,35 @@ async def test_the_kit_folds_the_log_exactly_as_the_engine_does() -> None:
         (s.position, s.stream_id, s.version, s.type) for s in stored
     ]
     assert [bytes(r.payload) for r in kit] == [bytes(s.payload) for s in stored]
+
+
+class Fussy(Projector):
+    """Queries that fail the way user code does: one raises, one returns a generator."""
+
+    def __init__(self) -> None:
+        self.total = 0
+
+    @applies
+    def deposited(self, e: Deposited, meta: Recorded) -> None:
+        self.total += e.amount
+
+    def broken(self) -> int:
+        raise KeyError("no such account")
+
+    def lazily(self) -> Any:
+        return (n for n in range(self.total))
+
+
+async def test_a_failing_query_is_the_same_handler_error_in_the_kit_and_the_engine() -> None:
+    history = [("acct-1", Deposited(3))]
+    kit = given_events(Fussy, history)
+    async with Engine.open(None, aggregates=[Account], projectors=[Fussy]) as engine:
+        await engine.send(Account, "acct-1", OpenAccount("ann"))
+        ack = await engine.send(Account, "acct-1", Deposit(3))
+        for query in (Fussy.broken, Fussy.lazily):
+            with pytest.raises(HandlerError) as in_engine:
+                await engine.query(query, after=ack.position)
+            with pytest.raises(HandlerError) as in_kit:
+                kit.query(query)
+            assert str(in_kit.value) == str(in_engine.value)
+            assert type(in_kit.value.__cause__) is type(in_engine.value.__cause__)
