@@ -661,3 +661,33 @@ async def test_a_base_exception_from_snapshot_state_only_skips_the_snapshot(
         stats = e.statistics()
         assert stats.aggregates.snapshot_failures == 3
         assert stats.projectors[0].snapshot_failures >= 1
+
+
+class Slotted(Aggregate):
+    """Keeps its total in a slot, out of ``__dict__``: a refusal is undone by a reload."""
+
+    __slots__ = ("total",)
+
+    def __init__(self) -> None:
+        self.total = 0
+
+    @handles
+    def add(self, c: Add) -> list[Totalled]:
+        self.total += c.n
+        if c.n < 0:
+            raise Rejected(f"{c.n} is negative")
+        return [Totalled(self.total)]
+
+    @applies
+    def totalled(self, e: Totalled) -> None:
+        self.total = e.total
+
+
+async def test_a_refusal_on_state_kept_in_slots_is_undone_by_a_reload() -> None:
+    async with Engine.open(None, aggregates=[Slotted]) as engine:
+        await engine.send(Slotted, "s", Add(1))
+        with pytest.raises(Rejected):
+            await engine.send(Slotted, "s", Add(-100))
+        assert (await engine.send(Slotted, "s", Add(1))).version == 2
+        assert totals(engine, "s") == [1, 2]
+        assert engine.statistics().aggregates.reloads == 1
