@@ -221,29 +221,41 @@ class Broadcast:
 
     def publish(self, batch: CommitBatch) -> None:
         """Record a committed batch (called by the writer, in log order) and wake readers."""
-        if not batch:
-            return
         events = batch.events
+        if not events:
+            return
         if events[0].position != self.head + 1:
             # Something wrote to the log behind the writer's back: the window would have a
             # hole. Start it afresh; readers fill the gap from the log.
             self._drop()
         self.head = events[-1].position
-        if not self._listeners:
+        listeners = self._listeners
+        if not listeners:
             return  # nobody would ever read it
-        size = 2 * _payload_bytes(events) + EVENT_OVERHEAD * len(events)
-        self._batches.append(batch)
-        self._sizes.append(size)
-        self._held += len(events)
-        self._held_bytes += size
-        while self._batches and (
-            self._held_bytes > self._window_bytes
-            or (self._held > self._window and len(self._batches) > 1)
-        ):
-            self._held -= len(self._batches.popleft())
-            self._held_bytes -= self._sizes.popleft()
-        for host in self._listeners:
+        # The per-batch part of the writer's hot path: one list comprehension over the
+        # payloads (~30 ns an event), and the trimming below only when over a bound.
+        count = len(events)
+        size = 2 * sum([len(e.payload) for e in events]) + EVENT_OVERHEAD * count
+        batches, sizes = self._batches, self._sizes
+        batches.append(batch)
+        sizes.append(size)
+        held = self._held = self._held + count
+        held_bytes = self._held_bytes = self._held_bytes + size
+        if held > self._window or held_bytes > self._window_bytes:
+            self._trim()
+        for host in listeners:
             host.wake()
+
+    def _trim(self) -> None:
+        """Drop the oldest batches until within both bounds (the newest is kept past the
+        event bound, never past the byte bound)."""
+        batches, sizes = self._batches, self._sizes
+        while batches and (
+            self._held_bytes > self._window_bytes
+            or (self._held > self._window and len(batches) > 1)
+        ):
+            self._held -= len(batches.popleft().events)
+            self._held_bytes -= sizes.popleft()
 
     def _drop(self) -> None:
         self._batches.clear()
