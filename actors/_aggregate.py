@@ -11,7 +11,8 @@ from typing import Any, ClassVar, Self
 
 import msgspec
 
-from engine import DefinitionError
+from engine import DefinitionError, InvalidArgument
+from engine._log import check_label
 
 from ._dispatch import decorated, message_type, returned_event_types
 from ._snapshot import check_snapshot_options, decode_state, encode_state, state_struct
@@ -58,6 +59,10 @@ class Aggregate:
             cls.aggregate_name = cls.__name__
         if not isinstance(cls.aggregate_name, str) or not cls.aggregate_name:
             raise DefinitionError(f"{cls.__qualname__}.aggregate_name must be a non-empty str")
+        try:  # stored in the log: refused when the class is created, not at open
+            check_label(cls.aggregate_name, "aggregate_name")
+        except InvalidArgument as e:
+            raise DefinitionError(f"{cls.__qualname__}: {e}") from None
         handlers: dict[type, Handler] = dict(cls.command_handlers)
         appliers: dict[type, Applier] = dict(cls.event_appliers)
         emitted: set[type] = set(cls.emitted_types)

@@ -13,7 +13,8 @@ from typing import Any, ClassVar, Literal, Self
 
 import msgspec
 
-from engine import DefinitionError, Recorded
+from engine import DefinitionError, InvalidArgument, Recorded
+from engine._log import check_name
 
 from ._dispatch import decorated, message_type, role_of
 from ._snapshot import check_snapshot_options, decode_state, encode_state, state_struct
@@ -67,6 +68,10 @@ class Projector:
             cls.name = cls.__name__
         if not isinstance(cls.name, str) or not cls.name:
             raise DefinitionError(f"{cls.__qualname__}.name must be a non-empty str")
+        try:  # a key in the log (its saved cache): refused when the class is created
+            check_name(cls.name)
+        except InvalidArgument as e:
+            raise DefinitionError(f"{cls.__qualname__}: {e}") from None
         if cls.on_error not in ("halt", "park"):
             raise DefinitionError(
                 f"{cls.__qualname__}.on_error must be 'halt' or 'park', not {cls.on_error!r}"

@@ -35,8 +35,9 @@ def check_snapshot_options(cls: Any) -> int | None:
         raise DefinitionError(
             f"{cls.__qualname__}.snapshot_every must be None or an int >= 1, not {every!r}"
         )
-    if not isinstance(cls.snapshot_format, int) or isinstance(cls.snapshot_format, bool):
-        raise DefinitionError(f"{cls.__qualname__}.snapshot_format must be an int")
+    fmt = cls.snapshot_format
+    if not isinstance(fmt, int) or isinstance(fmt, bool) or not -(2**63) <= fmt < 2**64:
+        raise DefinitionError(f"{cls.__qualname__}.snapshot_format must be a 64-bit int")
     return every
 
 

@@ -485,7 +485,11 @@ class Aggregates:
     def _handler(self, kind: AggregateType, command: Any) -> Callable[[Any, Any], Any]:
         if self._closed:
             raise EngineClosed("the engine is closed")
-        if kind not in self._kinds:
+        try:
+            hosted = kind in self._kinds
+        except TypeError:  # unhashable: certainly not a hosted class
+            hosted = False
+        if not hosted:
             raise UnknownCommand(f"{_name(kind)!r} is not hosted here")
         handler = kind.command_handlers.get(type(command))
         if handler is None:
@@ -787,14 +791,7 @@ class Aggregates:
         # Counted as taken even if it fails, so a broken snapshot_state is tried once per
         # ``every`` events, not after every commit.
         actor.snapshot_version = actor.version
-        try:
-            data = snapshot_bytes(actor.state)
-        except BaseException as e:
-            # Runs in the writer's completion callback: a user's BaseException from
-            # snapshot_state must not take the writer down (snapshot_bytes lets it out).
-            if must_propagate(e):
-                raise
-            data = None
+        data = snapshot_bytes(actor.state)
         if data is None:
             self._snapshot_failures += 1
             return

@@ -24,6 +24,7 @@ from ._errors import (
     describe,
 )
 from ._records import StoredEvent
+from ._reply import must_propagate
 
 __all__ = [
     "DECODE_FAILURES",
@@ -222,10 +223,14 @@ method itself, not a function around it: the append loop calls it once per event
 def snapshot_bytes(obj: Any) -> bytes | None:
     """``obj.snapshot_state()`` if it returns bytes; None if it raises or returns anything
     else. A snapshot is only a shortcut (the events stay the truth), and a bad one handed
-    to the writer would fail the whole group it rides with."""
+    to the writer would fail the whole group it rides with. A user's ``BaseException``
+    counts as a failure too (it runs in the writer's completion callback, which it must not
+    take down); only what :func:`must_propagate` names gets out."""
     try:
         data = obj.snapshot_state()
-    except Exception:
+    except BaseException as e:
+        if must_propagate(e):
+            raise
         return None
     return data if isinstance(data, bytes) else None
 

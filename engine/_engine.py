@@ -38,11 +38,13 @@ from ._log import EventLog, check_label, check_metadata, check_stream_id
 from ._log_lmdb import DEFAULT_MAP_SIZE, DEFAULT_MAX_MAP_SIZE, LmdbEventLog
 from ._log_memory import MemoryEventLog
 from ._projections import (
+    WINDOW_BYTES,
     Broadcast,
     Parked,
     ProjectionHost,
     ProjectorStatistics,
     ProjectorType,
+    WindowStatistics,
     detach,
 )
 from ._records import Committed
@@ -60,6 +62,8 @@ class EngineStatistics(msgspec.Struct, frozen=True):
     aggregates: AggregatesStatistics
     projectors: tuple[ProjectorStatistics, ...]
     head: int
+    window: WindowStatistics
+    """What the projectors' window of recent events holds (events, bytes)."""
 
 
 async def _shielded(run: Callable[[], Awaitable[None]]) -> None:
@@ -119,6 +123,7 @@ class Engine:
         idle_timeout: float | None = None,
         map_size: int = DEFAULT_MAP_SIZE,
         max_map_size: int = DEFAULT_MAX_MAP_SIZE,
+        projector_window_bytes: int = WINDOW_BYTES,
     ) -> AsyncIterator[Engine]:
         """Open the log at ``path``, start the actors, and close it all on exit.
 
@@ -138,6 +143,10 @@ class Engine:
             map_size: initial LMDB map size in bytes (it grows by itself).
             max_map_size: the cap on map growth; beyond it commands fail with StorageFull.
                 At least ``map_size``.
+            projector_window_bytes: how many bytes of recently committed events are kept
+                for live projectors (default 64 MiB; each event counts twice its payload
+                plus a small overhead). Projectors that fall behind it read the log
+                instead; with no projector hosted nothing is kept. 0 keeps nothing.
 
         Raises:
             DefinitionError: an option is out of range or of the wrong type (counts and
@@ -157,6 +166,7 @@ class Engine:
             idle_timeout=idle_timeout,
             map_size=map_size,
             max_map_size=max_map_size,
+            projector_window_bytes=projector_window_bytes,
         )
         if len({p.name for p in projector_kinds}) != len(projector_kinds):
             raise DefinitionError("two projectors share a name")
@@ -167,7 +177,7 @@ class Engine:
                 log = LmdbEventLog(path, sync=sync, map_size=map_size, max_map_size=max_map_size)
         try:
             registry = EventRegistry()
-            broadcast = Broadcast(log.head_position())
+            broadcast = Broadcast(log.head_position(), window_bytes=projector_window_bytes)
             writer = Writer(log, on_commit=broadcast.publish)
             hosts = Aggregates(
                 aggregate_kinds,
@@ -433,6 +443,7 @@ class Engine:
             aggregates=self._aggregates.statistics(),
             projectors=tuple(h.statistics() for h in self._projections.values()),
             head=self._broadcast.head,
+            window=self._broadcast.statistics(),
         )
 
     def is_live(self, stream_id: str) -> bool:
@@ -510,6 +521,7 @@ def _check_options(
     idle_timeout: float | None,
     map_size: int,
     max_map_size: int,
+    projector_window_bytes: int,
 ) -> None:
     """Refuse every out-of-range or mistyped option of :meth:`Engine.open` up front.
 
@@ -529,6 +541,10 @@ def _check_options(
         limit = sys.maxsize if name in sizes else math.inf
         if type(value) is not int or not 1 <= value <= limit:
             raise DefinitionError(f"{name} must be an int of at least 1, not {describe(value)}")
+    if type(projector_window_bytes) is not int or projector_window_bytes < 0:
+        raise DefinitionError(
+            f"projector_window_bytes must be an int >= 0, not {describe(projector_window_bytes)}"
+        )
     if max_map_size < map_size:
         raise DefinitionError(f"max_map_size ({max_map_size}) < map_size ({map_size})")
     # inf is refused, not read as "never": None says that, one meaning with one spelling.

@@ -124,9 +124,10 @@ class HandlerError(EngineError):
     """User code (a command handler, an event applier, a query) raised unexpectedly.
 
     The original exception is ``__cause__``. A failed command appended nothing and the
-    aggregate is reloaded from the log before its next command, so half-applied state never
-    survives. A failed query (it raised, or returned something that cannot be copied)
-    changed nothing: the projector carries on.
+    aggregate's state is restored (or, if it holds mutable values, reloaded from the log
+    before its next command), so half-applied state never survives. A failed query (it
+    raised, or returned something that cannot be copied) changed nothing: the projector
+    carries on.
     """
 
 

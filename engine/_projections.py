@@ -385,12 +385,7 @@ class ProjectionHost:
         if self.fault is not None or self.checkpoint <= self._saved_at:
             return
         self._saved_at = self.checkpoint  # even if it fails: retried ``every`` later
-        try:
-            data = snapshot_bytes(self.instance)
-        except BaseException as e:  # a user's BaseException: snapshot_bytes lets it out
-            if must_propagate(e):
-                raise
-            data = None
+        data = snapshot_bytes(self.instance)
         if data is None:
             self.snapshot_failures += 1
             return

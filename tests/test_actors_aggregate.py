@@ -302,7 +302,7 @@ def test_valid_snapshot_every_is_accepted(every: int | None) -> None:
 
 
 def test_snapshot_format_must_be_an_int() -> None:
-    with pytest.raises(DefinitionError, match="snapshot_format must be an int"):
+    with pytest.raises(DefinitionError, match="snapshot_format must be a 64-bit int"):
         type("Bad", (Account,), {"snapshot_format": "2"})
 
 

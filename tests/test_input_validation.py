@@ -37,6 +37,7 @@ from engine import (
     LmdbEventLog,
     Recorded,
     Snapshot,
+    UnknownCommand,
     UnknownQuery,
     Writer,
     decode_command,
@@ -639,3 +640,73 @@ async def test_objects_must_match_the_events_one_for_one(tmp_path: Path) -> None
         assert writer.statistics().pending == 0
     finally:
         log.close()
+
+
+def test_names_the_log_cannot_store_are_refused_when_the_class_is_created() -> None:
+    with pytest.raises(DefinitionError, match="aggregate_name"):
+
+        class Surrogate(Aggregate):
+            aggregate_name = "acct-\ud800"
+
+    with pytest.raises(DefinitionError, match="Huge"):
+
+        class Huge(Projector):
+            name = "p" * 401
+
+    with pytest.raises(DefinitionError, match="64-bit"):
+
+        class Wide(Aggregate):
+            snapshot_format = 2**70
+
+
+async def test_an_unhashable_aggregate_is_unknown_not_a_type_error() -> None:
+    async with Engine.open(None, aggregates=[]) as engine:
+        with pytest.raises(UnknownCommand):
+            await engine.send([], "a", object())  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("window", [-1, 1.5, True, None, "64"])
+async def test_the_projector_window_option_is_checked(window: object) -> None:
+    with pytest.raises(DefinitionError, match="projector_window_bytes"):
+        async with Engine.open(None, aggregates=[], projector_window_bytes=window):  # type: ignore[arg-type]
+            pass
+
+
+class Note(msgspec.Struct, frozen=True):
+    text: str
+
+
+class Noted(msgspec.Struct, frozen=True):
+    text: str
+
+
+async def test_the_projector_window_is_reported_and_bounded_by_the_option() -> None:
+    class Seen(Projector):
+        def __init__(self) -> None:
+            self.count = 0
+
+        @applies
+        def noted(self, e: Noted, meta: Recorded) -> None:
+            self.count += 1
+
+        def seen(self) -> int:
+            return self.count
+
+    class Noter(Aggregate):
+        @handles
+        def note(self, c: Note) -> list[Noted]:
+            return [Noted(c.text)]
+
+        @applies
+        def noted(self, e: Noted) -> None:
+            pass
+
+    async with Engine.open(
+        None, aggregates=[Noter], projectors=[Seen], projector_window_bytes=4096
+    ) as engine:
+        for i in range(20):
+            ack = await engine.send(Noter, f"n-{i}", Note("x" * 1000))
+        assert await engine.query(Seen.seen, after=ack.position) == 20
+        window = engine.statistics().window
+        assert 0 < window.bytes <= 4096
+        assert window.events < 20  # older ones left; Seen had applied them all already

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import pytest
@@ -94,8 +94,20 @@ def stored_batch(first: int, count: int) -> CommitBatch:
     return CommitBatch(events, [None] * count)
 
 
+class Listener:
+    """Subscribed to a bare Broadcast: with no projector subscribed it keeps nothing."""
+
+    def wake(self) -> None:
+        pass
+
+
+def listened(broadcast: Broadcast) -> Broadcast:
+    broadcast.subscribe(cast(ProjectionHost, Listener()))
+    return broadcast
+
+
 def test_broadcast_since_slices_across_batches() -> None:
-    broadcast = Broadcast(0)
+    broadcast = listened(Broadcast(0))
     for first, count in ((1, 3), (4, 2), (6, 4)):
         broadcast.publish(stored_batch(first, count))
     assert broadcast.head == 9
@@ -111,7 +123,7 @@ def test_broadcast_since_slices_across_batches() -> None:
 
 
 def test_broadcast_window_drops_old_batches_but_keeps_the_newest() -> None:
-    broadcast = Broadcast(0, window=4)
+    broadcast = listened(Broadcast(0, window=4))
     broadcast.publish(stored_batch(1, 3))
     broadcast.publish(stored_batch(4, 2))
     assert broadcast.since(1, 10) is None  # evicted: 5 events > window of 4
