@@ -673,6 +673,7 @@ class Aggregates:
                 ),
                 done,
                 events,
+                checked=True,  # stream id at activation, metadata at send, name at open
             )
         except BaseException:
             self._undo(actor, before)  # evolved by events that will never be written

@@ -158,7 +158,14 @@ class Writer:
 
     # -- submitting ------------------------------------------------------------------------
 
-    def submit(self, append: Append, done: Done, objects: Sequence[Any] | None = None) -> None:
+    def submit(
+        self,
+        append: Append,
+        done: Done,
+        objects: Sequence[Any] | None = None,
+        *,
+        checked: bool = False,
+    ) -> None:
         """Queue an append for the next group commit; never waits.
 
         ``done`` is called with the append's outcome after its transaction ends. ``objects``
@@ -166,8 +173,11 @@ class Writer:
         vouch for the payloads, which ``EventRegistry.encode`` made from them and read back
         (the aggregates' path). Without them each event is checked here.
 
-        Every other field is checked always: a malformed append is refused alone, before it
-        could fail the group commit it would have joined or be written unreadable.
+        Every other field is checked too (a malformed append is refused alone, before it
+        could fail the group commit it would have joined or be written unreadable), unless
+        ``checked``: the caller has validated every field with the same rules already. The
+        aggregates have (stream ids at activation, metadata at ``send``, the aggregate name
+        at open, versions they count themselves): checking again cost ~0.1 µs a command.
 
         Raises:
             EngineClosed: the writer is closing.
@@ -176,7 +186,8 @@ class Writer:
         """
         if self._closing:
             raise EngineClosed("the writer is closed")
-        append = check_append(append)
+        if not checked:
+            append = check_append(append)
         if objects is None:
             check_events(append.events)
         elif len(objects) != len(append.events):
