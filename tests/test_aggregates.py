@@ -44,7 +44,14 @@ class ManualWriter:
         self.snapshots: list[tuple[str, Snapshot]] = []
         self.closed = False
 
-    def submit(self, append: Append, done: Done, objects: Sequence[Any] | None = None) -> None:
+    def submit(
+        self,
+        append: Append,
+        done: Done,
+        objects: Sequence[Any] | None = None,
+        *,
+        checked: bool = False,
+    ) -> None:
         if self.closed:
             raise EngineClosed("the writer is closed")
         self.queue.append((append, done))
