@@ -11,9 +11,8 @@ from typing import Any, ClassVar, Self
 
 import msgspec
 
-from engine import DefinitionError, InvalidArgument
-from engine._log import check_label
-
+from ..engine import DefinitionError, InvalidArgument
+from ..engine._log import check_label
 from ._dispatch import decorated, message_type, returned_event_types
 from ._snapshot import check_snapshot_options, decode_state, encode_state, state_struct
 

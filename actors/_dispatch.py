@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from engine import DefinitionError
+from ..engine import DefinitionError
 
 __all__ = [
     "applies",
@@ -77,6 +77,9 @@ def decorated(cls: type, role: str) -> Iterator[tuple[str, Callable[..., Any]]]:
             yield name, value
 
 
+_PACKAGE = __name__.rpartition(".")[0] + "."  # "actorlog.actors.": frames of this package
+
+
 def resolve_hints(obj: Any, owner: type) -> dict[str, Any]:
     """Resolve the annotations of ``obj`` (a method or class), also in ``owner``'s scope.
 
@@ -88,7 +91,7 @@ def resolve_hints(obj: Any, owner: type) -> dict[str, Any]:
     frame: types.FrameType | None = sys._getframe(1)
     borrowed = 0
     while frame is not None and borrowed < 3:
-        if not frame.f_globals.get("__name__", "").startswith("actors."):
+        if not frame.f_globals.get("__name__", "").startswith(_PACKAGE):
             localns = {**frame.f_locals, **localns}  # nearer frames win
             borrowed += 1
         frame = frame.f_back

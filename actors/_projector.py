@@ -13,9 +13,8 @@ from typing import Any, ClassVar, Literal, Self
 
 import msgspec
 
-from engine import DefinitionError, InvalidArgument, Recorded
-from engine._log import check_name
-
+from ..engine import DefinitionError, InvalidArgument, Recorded
+from ..engine._log import check_name
 from ._dispatch import decorated, message_type, role_of
 from ._snapshot import check_snapshot_options, decode_state, encode_state, state_struct
 

@@ -13,9 +13,8 @@ from typing import Any, ClassVar, TypeVar
 
 import msgspec
 
-from engine import DecodeError, DefinitionError, HandlerError
-from engine._codec import DECODE_FAILURES
-
+from ..engine import DecodeError, DefinitionError, HandlerError
+from ..engine._codec import DECODE_FAILURES
 from ._dispatch import resolve_hints
 
 __all__ = ["check_snapshot_options", "decode_state", "encode_state", "state_struct"]

@@ -2,7 +2,7 @@
 
 ::
 
-    from actors.testing import given, given_events
+    from actorlog.testing import given, given_events
 
     def test_withdraw_within_the_balance() -> None:
         (given(Account, [AccountOpened("ann"), Deposited(5)])
@@ -53,7 +53,7 @@ from typing import Any, Concatenate, Generic, ParamSpec, TypeVar
 
 import msgspec
 
-from engine import (
+from ..engine import (
     EventRegistry,
     HandlerError,
     Parked,
@@ -63,8 +63,7 @@ from engine import (
     UnknownCommand,
     UnknownQuery,
 )
-from engine.testing import call_query  # answers a query exactly as Engine.query does
-
+from ..engine.testing import call_query  # answers a query exactly as Engine.query does
 from ._aggregate import Aggregate
 from ._projector import Projector
 

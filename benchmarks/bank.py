@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import msgspec
 
-from actors import Aggregate, Projector, applies, handles
-from engine import Recorded, Rejected
+from actorlog import Aggregate, Projector, Recorded, Rejected, applies, handles
 
 __all__ = [
     "Account",

@@ -7,7 +7,7 @@ import time
 
 import trio
 
-from engine import Engine, Rejected
+from actorlog import Engine, Rejected
 
 from .bank import Account, Balances, Deposit, OpenAccount, Totals, Withdraw
 

@@ -15,7 +15,7 @@ import lmdb
 import msgspec
 import trio
 
-from engine import StoredEvent
+from actorlog.storage import StoredEvent
 
 from .bank import Deposited
 

@@ -33,7 +33,8 @@ from typing import Any
 
 import trio
 
-from engine import Append, EventRegistry, LmdbEventLog, Writer
+from actorlog.lowlevel import EventRegistry, Writer
+from actorlog.storage import Append, LmdbEventLog
 
 from .bank import Deposited
 

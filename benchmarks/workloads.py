@@ -14,8 +14,9 @@ from typing import Any
 
 import anyio
 
-from engine import Engine, LmdbEventLog, Rejected
-from engine._records import Append
+from actorlog import Engine, Rejected
+from actorlog.engine._records import Append
+from actorlog.storage import LmdbEventLog
 
 from .bank import (
     Account,
@@ -152,7 +153,7 @@ async def engine_latency(
 
 def write_bank_log(path: Path, *, events: int, accounts: int = 1000, seed: int = 3) -> None:
     """Write a bank log of ``events`` events straight through the LMDB backend (fast setup)."""
-    from engine import EventRegistry
+    from actorlog.lowlevel import EventRegistry
 
     registry = EventRegistry([AccountOpened, Deposited, Withdrawn])
     rng = random.Random(seed)

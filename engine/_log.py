@@ -4,7 +4,7 @@ A backend is synchronous: the writer calls it inline (see ``_writer.py`` for why
 readers call it between awaits, never holding a transaction across one. Only ``bytes`` and
 decoded records leave a backend's transactions.
 
-Contract (``engine.testing.check_event_log`` runs it against any backend):
+Contract (``actorlog.storage.check_event_log`` runs it against any backend):
 
 - ``append_batch`` commits every append of the group in ONE transaction; each append is all
   or nothing; an expected-version mismatch fails that append only (``ConcurrencyError``).

@@ -1,6 +1,6 @@
 """An in-memory event log: a verified fake of the LMDB backend for fast tests.
 
-It passes the same contract suite (``engine.testing.check_event_log``). ``max_events``
+It passes the same contract suite (``actorlog.storage.check_event_log``). ``max_events``
 simulates a full disk: a group that would pass it fails whole with ``StorageFull``.
 """
 

@@ -3,7 +3,7 @@
 :func:`check_event_log` is the event-log contract: any storage backend runs it to show it
 behaves like the two that ship (``LmdbEventLog`` and the ``MemoryEventLog`` fake)::
 
-    from engine.testing import check_event_log
+    from actorlog.storage import check_event_log
 
     def test_my_backend_meets_the_contract(tmp_path):
         n = itertools.count()

@@ -21,25 +21,23 @@ import anyio.lowlevel
 import msgspec
 import pytest
 
-from actors import Aggregate, applies, handles
-from benchmarks.bank import Account, Balances, Deposit
-from engine import (
-    Append,
+from actorlog import (
+    Aggregate,
     Committed,
     ConcurrencyError,
     Engine,
     EngineClosed,
     HandlerError,
-    LmdbEventLog,
-    MemoryEventLog,
     Overloaded,
     Rejected,
-    Snapshot,
     StorageFull,
-    StoredEvent,
     UnknownCommand,
+    applies,
+    handles,
 )
-from engine._aggregates import AggregatesStatistics
+from actorlog.engine._aggregates import AggregatesStatistics
+from actorlog.storage import Append, LmdbEventLog, MemoryEventLog, Snapshot, StoredEvent
+from benchmarks.bank import Account, Balances, Deposit
 
 # -- the test domain ---------------------------------------------------------------------
 

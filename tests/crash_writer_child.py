@@ -22,7 +22,8 @@ import sys
 import msgspec
 import trio
 
-from engine import Append, LmdbEventLog, Writer
+from actorlog.lowlevel import Writer
+from actorlog.storage import Append, LmdbEventLog
 
 GUARD_SECONDS = 20
 

@@ -15,7 +15,18 @@ import anyio.lowlevel
 import msgspec
 import pytest
 
-from actors import Projector, applies
+from actorlog import (
+    Engine,
+    Parked,
+    Pending,
+    Projector,
+    ProjectorFaulted,
+    ProjectorStatistics,
+    Recorded,
+    applies,
+)
+from actorlog.lowlevel import EventRegistry
+from actorlog.storage import ANY, Append, EventLog, LmdbEventLog, MemoryEventLog
 from benchmarks.bank import (
     Account,
     AccountOpened,
@@ -26,20 +37,6 @@ from benchmarks.bank import (
     Totals,
     Withdraw,
     Withdrawn,
-)
-from engine import (
-    ANY,
-    Append,
-    Engine,
-    EventLog,
-    EventRegistry,
-    LmdbEventLog,
-    MemoryEventLog,
-    Parked,
-    Pending,
-    ProjectorFaulted,
-    ProjectorStatistics,
-    Recorded,
 )
 
 POISON = 13

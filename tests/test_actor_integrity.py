@@ -18,22 +18,23 @@ import msgspec
 import pytest
 import trio
 
-from actors import Aggregate, Projector, applies, handles
-from engine import (
-    ANY,
+from actorlog import (
+    Aggregate,
     Engine,
-    EventRegistry,
     HandlerError,
-    MemoryEventLog,
+    Projector,
     ProjectorFaulted,
     Recorded,
     Rejected,
-    StoredEvent,
-    _projections,
+    applies,
+    handles,
 )
-from engine._projections import WINDOW_BYTES, Broadcast, ProjectionHost
-from engine._records import Append
-from engine._writer import CommitBatch
+from actorlog.engine import _projections
+from actorlog.engine._projections import WINDOW_BYTES, Broadcast, ProjectionHost
+from actorlog.engine._records import Append
+from actorlog.engine._writer import CommitBatch
+from actorlog.lowlevel import EventRegistry
+from actorlog.storage import ANY, MemoryEventLog, StoredEvent
 
 from .test_aggregates import host
 

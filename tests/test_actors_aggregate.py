@@ -8,7 +8,7 @@ from typing import Any, ClassVar, cast
 import msgspec
 import pytest
 
-from actors import Aggregate, applies, handles
+from actorlog import Aggregate, DecodeError, DefinitionError, Engine, HandlerError, applies, handles
 from benchmarks.bank import (
     Account,
     AccountOpened,
@@ -19,7 +19,6 @@ from benchmarks.bank import (
     Withdraw,
     Withdrawn,
 )
-from engine import DecodeError, DefinitionError, Engine, HandlerError
 
 
 class Ping(msgspec.Struct, frozen=True):

@@ -12,23 +12,20 @@ import pytest
 import trio
 import trio.testing
 
-from engine import (
-    Append,
+from actorlog import (
     Committed,
     ConcurrencyError,
     DefinitionError,
     EngineClosed,
-    EventRegistry,
     HandlerError,
-    MemoryEventLog,
     Overloaded,
-    Snapshot,
     StorageError,
-    Writer,
 )
-from engine._aggregates import Aggregates, Pending
-from engine._log import AppendOutcome
-from engine._reply import Reply, reply_factory
+from actorlog.engine._aggregates import Aggregates, Pending
+from actorlog.engine._log import AppendOutcome
+from actorlog.engine._reply import Reply, reply_factory
+from actorlog.lowlevel import EventRegistry, Writer
+from actorlog.storage import Append, MemoryEventLog, Snapshot
 
 from .api_scenarios import Add, Explode, Ledger, Noop, Peek, Peeked, SnapLedger, Spend, TooLittle
 

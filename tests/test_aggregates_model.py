@@ -23,21 +23,20 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from actors import applies, handles
-from engine import (
+from actorlog import (
     Committed,
     ConcurrencyError,
-    EventRegistry,
     HandlerError,
-    MemoryEventLog,
     Overloaded,
     Rejected,
     StorageError,
-    StoredEvent,
     UnknownCommand,
-    Writer,
+    applies,
+    handles,
 )
-from engine._aggregates import Aggregates, Pending
+from actorlog.engine._aggregates import Aggregates, Pending
+from actorlog.lowlevel import EventRegistry, Writer
+from actorlog.storage import MemoryEventLog, StoredEvent
 
 from .api_scenarios import (
     Add,

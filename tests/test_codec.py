@@ -5,19 +5,17 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from engine import (
+from actorlog import (
     CodecError,
     DecodeError,
     DefinitionError,
     EngineError,
-    EventRegistry,
     PayloadTooLarge,
-    StoredEvent,
     UnknownEventType,
-    decode_command,
-    event_name,
 )
-from engine._codec import decode_stored, encode_stored
+from actorlog.engine._codec import decode_stored, encode_stored
+from actorlog.lowlevel import EventRegistry, decode_command, event_name
+from actorlog.storage import StoredEvent
 
 
 class Opened(msgspec.Struct, frozen=True):

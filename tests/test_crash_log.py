@@ -10,8 +10,7 @@ from pathlib import Path
 
 import msgspec
 
-from engine import LmdbEventLog
-from engine.testing import assert_log_consistent
+from actorlog.storage import LmdbEventLog, assert_log_consistent
 
 SEED = 20240611
 ROUNDS = 5

@@ -15,7 +15,8 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine import DefinitionError, Engine, MemoryEventLog, Rejected, Snapshot
+from actorlog import DefinitionError, Engine, Rejected
+from actorlog.storage import MemoryEventLog, Snapshot
 
 from .api_scenarios import (
     SCENARIOS,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from engine import Committed, Engine
+from actorlog import Committed, Engine
 
 from .api_scenarios import SCENARIOS, Add, Ledger, Scenario, peek
 

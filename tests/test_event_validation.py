@@ -5,8 +5,8 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from actors import Aggregate, applies, handles
-from engine import EncodeError, Engine, EventRegistry
+from actorlog import Aggregate, EncodeError, Engine, applies, handles
+from actorlog.lowlevel import EventRegistry
 
 
 class Put(msgspec.Struct, frozen=True):

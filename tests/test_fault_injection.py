@@ -18,18 +18,11 @@ import lmdb
 import pytest
 import trio
 
+from actorlog import DecodeError, Engine, EngineError, ProjectorFaulted, StorageError, StorageFull
+from actorlog.engine._checksum import TRAILER, seal
+from actorlog.storage import LmdbEventLog
 from benchmarks.bank import Balances, Deposit, InsufficientFunds, OpenAccount, Totals, Withdraw
 from benchmarks.bank import SnapshottingAccount as Account
-from engine import (
-    DecodeError,
-    Engine,
-    EngineError,
-    LmdbEventLog,
-    ProjectorFaulted,
-    StorageError,
-    StorageFull,
-)
-from engine._checksum import TRAILER, seal
 
 
 class Faults:

@@ -12,8 +12,8 @@ import anyio
 import trio
 import trio.lowlevel
 
+from actorlog import Committed, Engine, EngineClosed, Overloaded, Rejected
 from benchmarks.bank import Account, Balances, Deposit, Totals, Withdraw
-from engine import Committed, Engine, EngineClosed, Overloaded, Rejected
 
 MAILBOX = 8
 HOT = "acct-hot"

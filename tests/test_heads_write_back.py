@@ -18,9 +18,10 @@ import lmdb
 import msgspec
 import pytest
 
-import engine._log_lmdb as lmdb_log
-from engine import Append, AppendResult, ConcurrencyError, LmdbEventLog, StorageError
-from engine._checksum import TRAILER
+import actorlog.engine._log_lmdb as lmdb_log
+from actorlog import ConcurrencyError, StorageError
+from actorlog.engine._checksum import TRAILER
+from actorlog.storage import Append, AppendResult, LmdbEventLog
 
 _TICK = ("Tick", msgspec.msgpack.encode("tick"))
 
@@ -28,8 +29,8 @@ _CHILD = textwrap.dedent(
     """
     import os, sys
     import msgspec
-    import engine._log_lmdb as lmdb_log
-    from engine import Append, LmdbEventLog
+    import actorlog.engine._log_lmdb as lmdb_log
+    from actorlog.storage import Append, LmdbEventLog
 
     path, every, groups = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     lmdb_log.HEADS_FLUSH_EVERY = every

@@ -22,28 +22,25 @@ from typing import Any
 import msgspec
 import pytest
 
-from actors import Aggregate, Projector, applies, handles
-from engine import (
-    ANY,
-    NO_STREAM,
-    Append,
+from actorlog import (
+    Aggregate,
     Committed,
     DefinitionError,
     EncodeError,
     Engine,
-    EventRegistry,
     HandlerError,
     InvalidArgument,
-    LmdbEventLog,
+    Projector,
     Recorded,
-    Snapshot,
     UnknownCommand,
     UnknownQuery,
-    Writer,
-    decode_command,
+    applies,
+    handles,
 )
-from engine._engine import call_query
-from engine.testing import assert_log_consistent, make_append
+from actorlog.engine._engine import call_query
+from actorlog.engine.testing import make_append
+from actorlog.lowlevel import EventRegistry, Writer, decode_command
+from actorlog.storage import ANY, NO_STREAM, Append, LmdbEventLog, Snapshot, assert_log_consistent
 
 # -- the test domain ---------------------------------------------------------------------
 

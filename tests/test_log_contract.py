@@ -15,25 +15,23 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine import (
+from actorlog import ConcurrencyError, DefinitionError, StorageError, StorageFull, StorageLocked
+from actorlog.engine._log import AppendOutcome
+from actorlog.engine._log_lmdb import ANCHOR_EVERY
+from actorlog.engine.testing import make_append
+from actorlog.storage import (
     ANY,
     NO_STREAM,
     Append,
     AppendResult,
-    ConcurrencyError,
-    DefinitionError,
     EventLog,
     LmdbEventLog,
     MemoryEventLog,
     Snapshot,
-    StorageError,
-    StorageFull,
-    StorageLocked,
     StoredEvent,
+    assert_log_consistent,
+    check_event_log,
 )
-from engine._log import AppendOutcome
-from engine._log_lmdb import ANCHOR_EVERY
-from engine.testing import assert_log_consistent, check_event_log, make_append
 
 MakeLog = Callable[[], EventLog]
 
@@ -256,7 +254,8 @@ def test_second_log_on_the_same_directory_is_locked_out(tmp_path: Path) -> None:
 
 _OPEN_IN_CHILD = """
 import sys
-from engine import LmdbEventLog, StorageLocked
+from actorlog.storage import LmdbEventLog
+from actorlog import StorageLocked
 try:
     LmdbEventLog(sys.argv[1]).close()
     print("opened")

@@ -12,8 +12,9 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from actorlog import Engine, Rejected
+from actorlog.engine import _projections
 from benchmarks.bank import Account, Balances, Deposit, OpenAccount, Totals, Withdraw
-from engine import Engine, Rejected, _projections
 from tests.projector_scenarios import Ledger
 
 accounts = st.sampled_from(["a", "b", "c"])

@@ -15,21 +15,9 @@ import pytest
 import trio
 import trio.testing
 
-from actors import Projector, applies
-from benchmarks.bank import AccountOpened, Deposited, Withdrawn
-from engine import (
-    ANY,
-    Append,
-    EventRegistry,
-    MemoryEventLog,
-    ProjectorFaulted,
-    ProjectorType,
-    Recorded,
-    StorageError,
-    StoredEvent,
-    _projections,
-)
-from engine._projections import (
+from actorlog import Projector, ProjectorFaulted, Recorded, StorageError, applies
+from actorlog.engine import _projections
+from actorlog.engine._projections import (
     FIRST_BATCH,
     MAX_BATCH,
     MIN_BATCH,
@@ -37,7 +25,10 @@ from engine._projections import (
     ProjectionHost,
     _next_batch,
 )
-from engine._writer import CommitBatch
+from actorlog.engine._writer import CommitBatch
+from actorlog.lowlevel import EventRegistry, ProjectorType
+from actorlog.storage import ANY, Append, MemoryEventLog, StoredEvent
+from benchmarks.bank import AccountOpened, Deposited, Withdrawn
 from tests.projector_scenarios import POISON, Fragile, Parking
 
 

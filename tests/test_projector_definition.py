@@ -5,9 +5,9 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from actors import Projector, applies
+from actorlog import DefinitionError, Engine, Projector, Recorded, applies
+from actorlog.storage import StoredEvent
 from benchmarks.bank import Account, AccountOpened, Balances, Deposit, Deposited, Withdrawn
-from engine import DefinitionError, Engine, Recorded, StoredEvent
 
 
 class Unfrozen(msgspec.Struct):

@@ -13,7 +13,16 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from actors import Projector, applies
+from actorlog import (
+    DefinitionError,
+    Engine,
+    Projector,
+    ProjectorFaulted,
+    ProjectorStatistics,
+    Rejected,
+    applies,
+)
+from actorlog.storage import Append, LmdbEventLog
 from benchmarks.bank import (
     Account,
     Balances,
@@ -22,15 +31,6 @@ from benchmarks.bank import (
     OpenAccount,
     Withdraw,
     Withdrawn,
-)
-from engine import (
-    Append,
-    DefinitionError,
-    Engine,
-    LmdbEventLog,
-    ProjectorFaulted,
-    ProjectorStatistics,
-    Rejected,
 )
 
 

@@ -31,7 +31,8 @@ import trio.lowlevel
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from actors import Projector, applies
+from actorlog import Engine, Projector, ProjectorStatistics, Recorded, Rejected, applies
+from actorlog.engine import _projections
 from benchmarks.bank import (
     Account,
     AccountOpened,
@@ -43,7 +44,6 @@ from benchmarks.bank import (
     Withdraw,
     Withdrawn,
 )
-from engine import Engine, ProjectorStatistics, Recorded, Rejected, _projections
 
 PARK_DIVISOR = 5
 """The parking projectors cannot apply a deposit of a multiple of this: they park it."""

@@ -8,9 +8,8 @@ import pytest
 import trio
 import trio.testing
 
-from actors import applies
+from actorlog import Engine, EngineClosed, ProjectorFaulted, Recorded, UnknownQuery, applies
 from benchmarks.bank import Account, Balances, Deposit, Deposited, Totals
-from engine import Engine, EngineClosed, ProjectorFaulted, Recorded, UnknownQuery
 from tests.projector_scenarios import POISON, Fragile, stats
 
 

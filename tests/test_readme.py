@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,3 +28,28 @@ def test_quick_start_has_exactly_two_one_line_commands() -> None:
 def test_ci_runs_the_readmes_test_command_verbatim() -> None:
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert _quick_start_commands()[1] in ci
+
+
+def test_the_readmes_example_runs_as_written(tmp_path: Path) -> None:
+    """The example under "Using it" is a whole program: run it, twice (the second run
+    opens the log the first one left)."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Using it", 1)[1].split("\n## ", 1)[0]
+    (code,) = re.findall(r"```python\n(.+?)\n```", section, flags=re.S)
+    script = tmp_path / "example.py"
+    script.write_text(code)
+    # Run where a user would: their own folder, with actorlog importable (from this checkout).
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for expected in ("a-1 holds 5 after event 1", "a-1 holds 10 after event 2"):
+        done = subprocess.run(
+            [sys.executable, str(script)],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == expected
+    assert (tmp_path / "data").is_dir()

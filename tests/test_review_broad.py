@@ -14,8 +14,8 @@ import pytest
 import trio
 import trio.testing
 
+from actorlog import Committed, Engine, EngineClosed, HandlerError, StorageError
 from benchmarks.bank import Account, Balances, Deposit, Totals
-from engine import Committed, Engine, EngineClosed, HandlerError, StorageError
 
 from .api_scenarios import Add, Explode, Ledger, Spend, TooLittle
 from .test_aggregates import Sender, host, nowait, start

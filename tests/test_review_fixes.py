@@ -9,7 +9,18 @@ import msgspec
 import pytest
 import trio
 
-from actors import Aggregate, Projector, applies, handles
+from actorlog import (
+    Aggregate,
+    Engine,
+    HandlerError,
+    Overloaded,
+    Projector,
+    Recorded,
+    StorageFull,
+    applies,
+    handles,
+)
+from actorlog.storage import LmdbEventLog, MemoryEventLog
 from benchmarks.bank import (
     Account,
     Balances,
@@ -17,15 +28,6 @@ from benchmarks.bank import (
     InsufficientFunds,
     OpenAccount,
     Withdraw,
-)
-from engine import (
-    Engine,
-    HandlerError,
-    LmdbEventLog,
-    MemoryEventLog,
-    Overloaded,
-    Recorded,
-    StorageFull,
 )
 
 
@@ -112,7 +114,7 @@ async def test_outside_cancellation_still_commits_what_was_decided(tmp_path: Pat
 
 
 async def test_a_group_wide_storage_error_is_a_distinct_object_per_caller() -> None:
-    from engine import MemoryEventLog
+    from actorlog.storage import MemoryEventLog
 
     log = MemoryEventLog(max_events=1)
     async with Engine.open(None, aggregates=[Account], log=log) as engine:

@@ -13,16 +13,16 @@ from typing import ClassVar
 import lmdb
 import pytest
 
-import engine._log_lmdb as lmdb_log
-from actors import Projector, applies
+import actorlog.engine._log_lmdb as lmdb_log
+from actorlog import ConcurrencyError, Engine, Projector, applies
+from actorlog.storage import NO_STREAM, Append, AppendResult, LmdbEventLog
 from benchmarks.bank import Account, Deposit, Deposited, OpenAccount
-from engine import NO_STREAM, Append, AppendResult, ConcurrencyError, Engine, LmdbEventLog
 
 # A child that opens the log, appends, and dies without close() (what kill -9 leaves).
 _CRASH_CHILD = textwrap.dedent(
     """
     import os, sys
-    from engine import Append, LmdbEventLog
+    from actorlog.storage import Append, LmdbEventLog
 
     path = sys.argv[1]
     log = LmdbEventLog(path)
@@ -79,7 +79,8 @@ def test_a_log_of_the_previous_layout_keeps_its_heads_across_a_crash(tmp_path: P
 _OPEN_CHILD = textwrap.dedent(
     """
     import sys
-    from engine import LmdbEventLog, StorageError
+    from actorlog.storage import LmdbEventLog
+    from actorlog import StorageError
     try:
         LmdbEventLog(sys.argv[1]).close()
     except StorageError:

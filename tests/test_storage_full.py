@@ -17,16 +17,9 @@ import msgspec
 import pytest
 import trio
 
+from actorlog import Committed, Engine, EngineError, StorageError, StorageFull
+from actorlog.storage import EventLog, LmdbEventLog
 from benchmarks.bank import AccountOpened, Balances, Deposit, Deposited, OpenAccount, Totals
-from engine import (
-    Committed,
-    Engine,
-    EngineError,
-    EventLog,
-    LmdbEventLog,
-    StorageError,
-    StorageFull,
-)
 
 from .torture_child import DepositSplit, TortureAccount
 

@@ -25,19 +25,10 @@ import lmdb
 import msgspec
 import pytest
 
-import engine._log_lmdb as lmdb_log
-from engine import (
-    Append,
-    AppendResult,
-    EncodeError,
-    LmdbEventLog,
-    Snapshot,
-    StorageError,
-    StorageFull,
-    StorageLocked,
-    StoredEvent,
-)
-from engine._checksum import TRAILER, all_intact, intact, seal
+import actorlog.engine._log_lmdb as lmdb_log
+from actorlog import EncodeError, StorageError, StorageFull, StorageLocked
+from actorlog.engine._checksum import TRAILER, all_intact, intact, seal
+from actorlog.storage import Append, AppendResult, LmdbEventLog, Snapshot, StoredEvent
 
 from .test_heads_write_back import _crash_after, _expected, _positions
 from .test_storage_full import _big_opens, _fill, _lmdb, _tmpfs
@@ -164,7 +155,8 @@ def test_an_ordered_put_that_does_not_write_fails_the_group_and_acknowledges_not
 _OPEN_CHILD = textwrap.dedent(
     """
     import sys
-    from engine import LmdbEventLog, StorageError, StorageLocked
+    from actorlog.storage import LmdbEventLog
+    from actorlog import StorageError, StorageLocked
     try:
         log = LmdbEventLog(sys.argv[1])
     except StorageLocked:
@@ -631,7 +623,7 @@ def test_a_lock_file_that_cannot_be_opened_is_a_storage_error(tmp_path: Path) ->
 
 
 def test_bad_arguments_are_definition_errors(tmp_path: Path) -> None:
-    from engine import DefinitionError
+    from actorlog import DefinitionError
 
     with pytest.raises(DefinitionError):
         LmdbEventLog(tmp_path / "a\x00b")
@@ -664,7 +656,7 @@ async def test_a_full_disk_is_always_storage_full(tmp_path: Path) -> None:
     """A third of the failures on a full disk came as a plain StorageError (LMDB reports a
     short page write as EIO); all are StorageFull now."""
     with _tmpfs(tmp_path / "disk", "1m") as disk:
-        from engine import Engine
+        from actorlog import Engine
 
         async with Engine.open(disk / "log", aggregates=[TortureAccount]) as engine:
             failures = await _fill(engine, [], _big_opens)

@@ -15,20 +15,17 @@ import pytest
 import trio
 import trio.testing
 
-from actors import Aggregate, applies, handles
-from engine import (
+from actorlog import Aggregate, DefinitionError, Engine, EngineError, applies, handles
+from actorlog.storage import (
     NO_STREAM,
     Append,
     AppendResult,
-    DefinitionError,
-    Engine,
-    EngineError,
     LmdbEventLog,
     MemoryEventLog,
     Snapshot,
     StoredEvent,
+    check_event_log,
 )
-from engine.testing import check_event_log
 
 
 class Rename(msgspec.Struct, frozen=True):

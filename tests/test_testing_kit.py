@@ -1,12 +1,20 @@
-"""actors.testing: given/when/then for aggregates as pure functions."""
+"""actorlog.testing: given/when/then for aggregates as pure functions."""
 
 from __future__ import annotations
 
 import msgspec
 import pytest
 
-from actors import Aggregate, applies, handles
-from actors.testing import given
+from actorlog import (
+    Aggregate,
+    DefinitionError,
+    HandlerError,
+    Rejected,
+    UnknownCommand,
+    applies,
+    handles,
+)
+from actorlog.testing import given
 from benchmarks.bank import (
     Account,
     AccountOpened,
@@ -17,7 +25,6 @@ from benchmarks.bank import (
     Withdraw,
     Withdrawn,
 )
-from engine import DefinitionError, HandlerError, Rejected, UnknownCommand
 
 
 class Ping(msgspec.Struct, frozen=True):

@@ -1,4 +1,4 @@
-"""actors.testing: given/then for projectors, checked against the engine itself."""
+"""actorlog.testing: given/then for projectors, checked against the engine itself."""
 
 from __future__ import annotations
 
@@ -7,8 +7,21 @@ from typing import Any
 import msgspec
 import pytest
 
-from actors import Projector, applies
-from actors.testing import given_events
+from actorlog import (
+    DefinitionError,
+    EncodeError,
+    Engine,
+    HandlerError,
+    Parked,
+    Projector,
+    ProjectorFaulted,
+    Recorded,
+    UnknownQuery,
+    applies,
+)
+from actorlog.lowlevel import EventRegistry
+from actorlog.storage import StoredEvent
+from actorlog.testing import given_events
 from benchmarks.bank import (
     Account,
     AccountOpened,
@@ -19,18 +32,6 @@ from benchmarks.bank import (
     Totals,
     Withdraw,
     Withdrawn,
-)
-from engine import (
-    DefinitionError,
-    EncodeError,
-    Engine,
-    EventRegistry,
-    HandlerError,
-    Parked,
-    ProjectorFaulted,
-    Recorded,
-    StoredEvent,
-    UnknownQuery,
 )
 
 

@@ -10,8 +10,10 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from actorlog import Engine
+from actorlog.lowlevel import event_name
+from actorlog.storage import Append, LmdbEventLog, Snapshot
 from benchmarks.bank import AccountOpened, Deposit, Deposited, OpenAccount, Withdrawn
-from engine import Append, Engine, LmdbEventLog, Snapshot, event_name
 
 from .torture import Ack, audit_log, torture
 from .torture_child import DepositSplit, TortureAccount

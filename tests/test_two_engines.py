@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import trio
 
+from actorlog import Engine, StorageError, StorageLocked
 from benchmarks.bank import Account, Deposit
-from engine import Engine, StorageError, StorageLocked
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 HOLDER = """
 import sys, trio
 from benchmarks.bank import Account, Deposit
-from engine import Engine
+from actorlog import Engine
 
 async def main(path, n, forever):
     async with Engine.open(path, aggregates=[Account]) as engine:
@@ -42,7 +42,7 @@ trio.run(main, sys.argv[1], int(sys.argv[2]), sys.argv[3] == "forever")
 CONTENDER = """
 import sys, trio
 from benchmarks.bank import Account
-from engine import Engine, EngineError
+from actorlog import Engine, EngineError
 
 async def main(path):
     try:

@@ -13,16 +13,9 @@ import pytest
 import trio
 from hypothesis import HealthCheck, Phase, example, given, reject, settings
 
+from actorlog import CodecError, DecodeError, Engine, EngineError, PayloadTooLarge, UnknownEventType
+from actorlog.lowlevel import decode_command
 from benchmarks.bank import Account, Deposit, OpenAccount, Withdraw
-from engine import (
-    CodecError,
-    DecodeError,
-    Engine,
-    EngineError,
-    PayloadTooLarge,
-    UnknownEventType,
-    decode_command,
-)
 
 Format = Literal["json", "msgpack"]
 FORMATS: tuple[Format, ...] = ("json", "msgpack")

@@ -12,26 +12,29 @@ import trio
 import trio.lowlevel
 import trio.testing
 
-from engine import (
-    ANY,
-    NO_STREAM,
-    Append,
-    AppendResult,
+from actorlog import (
     ConcurrencyError,
     DefinitionError,
     EngineClosed,
     EngineError,
+    StorageError,
+    StorageFull,
+)
+from actorlog.engine._log import AppendOutcome
+from actorlog.engine._writer import CommitBatch
+from actorlog.engine.testing import make_append
+from actorlog.lowlevel import Writer
+from actorlog.storage import (
+    ANY,
+    NO_STREAM,
+    Append,
+    AppendResult,
     LmdbEventLog,
     MemoryEventLog,
     Snapshot,
-    StorageError,
-    StorageFull,
     StoredEvent,
-    Writer,
+    assert_log_consistent,
 )
-from engine._log import AppendOutcome
-from engine._writer import CommitBatch
-from engine.testing import assert_log_consistent, make_append
 
 
 async def append_into(

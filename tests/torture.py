@@ -51,6 +51,8 @@ from pathlib import Path
 import msgspec
 import trio
 
+from actorlog import Engine, EngineError, Rejected
+from actorlog.storage import StoredEvent
 from benchmarks.bank import (
     AccountOpened,
     Balances,
@@ -60,7 +62,6 @@ from benchmarks.bank import (
     Withdraw,
     Withdrawn,
 )
-from engine import Engine, EngineError, Rejected, StoredEvent
 
 from .torture_child import TortureAccount
 

@@ -27,7 +27,8 @@ import msgspec
 import trio
 import trio.lowlevel
 
-from actors import handles
+from actorlog import Committed, Engine, Overloaded, Rejected, handles
+from actorlog.storage import LmdbEventLog
 from benchmarks.bank import (
     Balances,
     Deposit,
@@ -37,7 +38,6 @@ from benchmarks.bank import (
     Totals,
     Withdraw,
 )
-from engine import Committed, Engine, LmdbEventLog, Overloaded, Rejected
 
 __all__ = ["DepositSplit", "TortureAccount", "main"]
 

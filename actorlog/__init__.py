@@ -1,0 +1,82 @@
+"""actorlog: an embedded CQRS and event-sourcing engine built as actors.
+
+Everything an application needs is here::
+
+    from actorlog import Aggregate, Engine, Projector, Recorded, Rejected, applies, handles
+
+Define aggregates (``@handles`` commands, ``@applies`` events) and projectors (``@applies``
+events into a read cache, plain methods as queries), open an :class:`Engine` on a log
+directory, ``send`` commands and ``query`` projectors. What each error means is drawn in
+:class:`EngineError`'s module (``actorlog.EngineError.__doc__`` and the README).
+
+Further namespaces: ``actorlog.testing`` (given/when/then kits for aggregates and
+projectors), ``actorlog.storage`` (the event-log protocol, the LMDB and in-memory logs,
+their records and the contract any new backend runs), ``actorlog.lowlevel`` (the writer,
+the event registry and the protocols the engine hosts, for those who build on its parts).
+"""
+
+from .actors import Aggregate, Projector, applies, handles
+from .engine import (
+    CodecError,
+    Committed,
+    ConcurrencyError,
+    DecodeError,
+    DefinitionError,
+    EncodeError,
+    Engine,
+    EngineClosed,
+    EngineError,
+    EngineStatistics,
+    HandlerError,
+    InvalidArgument,
+    Overloaded,
+    Parked,
+    PayloadTooLarge,
+    Pending,
+    ProjectorFaulted,
+    ProjectorStatistics,
+    Recorded,
+    Rejected,
+    StorageError,
+    StorageFull,
+    StorageLocked,
+    UnknownCommand,
+    UnknownEventType,
+    UnknownQuery,
+)
+from .engine._public import publish
+
+__all__ = [
+    "Aggregate",
+    "CodecError",
+    "Committed",
+    "ConcurrencyError",
+    "DecodeError",
+    "DefinitionError",
+    "EncodeError",
+    "Engine",
+    "EngineClosed",
+    "EngineError",
+    "EngineStatistics",
+    "HandlerError",
+    "InvalidArgument",
+    "Overloaded",
+    "Parked",
+    "PayloadTooLarge",
+    "Pending",
+    "Projector",
+    "ProjectorFaulted",
+    "ProjectorStatistics",
+    "Recorded",
+    "Rejected",
+    "StorageError",
+    "StorageFull",
+    "StorageLocked",
+    "UnknownCommand",
+    "UnknownEventType",
+    "UnknownQuery",
+    "applies",
+    "handles",
+]
+
+publish(__name__, globals(), __all__)

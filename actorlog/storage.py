@@ -1,0 +1,36 @@
+"""For storage backend authors: the event-log protocol, both backends, their records, and
+the contract every backend runs.
+
+A new backend implements :class:`EventLog` and passes ``check_event_log(make_log)`` (the
+suite the LMDB and in-memory logs pass); ``Engine.open(log=...)`` then runs on it.
+"""
+
+from .engine import (
+    ANY,
+    NO_STREAM,
+    Append,
+    AppendResult,
+    EventLog,
+    LmdbEventLog,
+    MemoryEventLog,
+    Snapshot,
+    StoredEvent,
+)
+from .engine._public import publish
+from .engine.testing import assert_log_consistent, check_event_log
+
+__all__ = [
+    "ANY",
+    "Append",
+    "AppendResult",
+    "EventLog",
+    "LmdbEventLog",
+    "MemoryEventLog",
+    "NO_STREAM",
+    "Snapshot",
+    "StoredEvent",
+    "assert_log_consistent",
+    "check_event_log",
+]
+
+publish(__name__, globals(), __all__)

@@ -1,0 +1,21 @@
+"""Test kits: aggregates and projectors as pure functions, given/when/then.
+
+::
+
+    from actorlog.testing import given, given_events
+
+    given(Account, [AccountOpened("ann")]).when(Deposit(5)).then([Deposited(5)])
+    given_events(Balances, [("acct-1", Deposited(5))]).then_query(Balances.balance, "acct-1",
+                                                                   equals=5)
+
+The kits run the engine's own code (the decide step, the projector fold, the query copy),
+so a scenario that passes here behaves the same in an :class:`actorlog.Engine`. The
+contract for storage backends is ``actorlog.storage.check_event_log``.
+"""
+
+from .actors.testing import Given, GivenEvents, When, given, given_events
+from .engine._public import publish
+
+__all__ = ["Given", "GivenEvents", "When", "given", "given_events"]
+
+publish(__name__, globals(), __all__)
