@@ -28,7 +28,7 @@ from ._errors import (
 from ._log import EventLog
 from ._log_lmdb import LmdbEventLog
 from ._log_memory import MemoryEventLog
-from ._projections import Parked, ProjectorStatistics, ProjectorType, WindowStatistics
+from ._projectors import Parked, ProjectorStatistics, ProjectorType, WindowStatistics
 from ._records import (
     ANY,
     NO_STREAM,

@@ -10,7 +10,7 @@ Contract (``actorlog.storage.check_event_log`` runs it against any backend):
   or nothing; an expected-version mismatch fails that append only (``ConcurrencyError``).
 - positions and versions are consecutive from 1; global order is commit order; no gaps.
 - a storage failure fails the whole group with a ``StorageError`` and writes nothing;
-  an invalid stream id or checkpoint name raises ``InvalidArgument`` (a
+  an invalid stream id or projector name raises ``InvalidArgument`` (a
   ``DefinitionError``) and writes nothing.
 - an empty append (no events) only checks the expected version.
 - reads after ``close`` raise ``StorageError``.
@@ -25,7 +25,7 @@ import msgspec
 
 from ._codec import DECODE_FAILURES
 from ._errors import ConcurrencyError, EngineError, InvalidArgument, describe
-from ._records import ANY, Append, AppendResult, Snapshot, StoredEvent
+from ._records import ANY, Append, AppendResult, ProjectorCache, Snapshot, StoredEvent
 
 __all__ = [
     "MAX_METADATA_BYTES",
@@ -37,7 +37,7 @@ __all__ = [
     "check_label",
     "check_metadata",
     "check_name",
-    "check_position",
+    "check_projector_cache",
     "check_snapshot",
     "check_stream_id",
     "expected_ok",
@@ -75,11 +75,10 @@ class EventLog(Protocol):
         appends: Sequence[Append],
         *,
         snapshots: Sequence[tuple[str, Snapshot]] = (),
-        checkpoints: Sequence[tuple[str, int]] = (),
-        projections: Sequence[tuple[str, Snapshot]] = (),
+        projector_caches: Sequence[tuple[str, ProjectorCache]] = (),
     ) -> tuple[list[AppendOutcome], list[StoredEvent]]:
-        """Commit a group of appends (plus snapshot, checkpoint and projection writes) in
-        one transaction.
+        """Commit a group of appends (plus aggregate snapshots and projector caches, each
+        keyed by stream id or projector name, the last write winning) in one transaction.
 
         Returns each append's outcome, in order, and the stored events in log order. Durable
         on return if ``sync``; with ``sync=False`` it survives a process crash, not an OS one.
@@ -114,12 +113,8 @@ class EventLog(Protocol):
         """The stream's last saved snapshot, if any."""
         ...
 
-    def load_checkpoint(self, name: str) -> int:
-        """A named checkpoint (e.g. a projector's position); 0 if never saved."""
-        ...
-
-    def load_projection(self, name: str) -> Snapshot | None:
-        """A projector's last saved state (``version`` is the log position it includes)."""
+    def load_projector_cache(self, name: str) -> ProjectorCache | None:
+        """The named projector's last saved cache, if any."""
         ...
 
     def close(self) -> None:
@@ -169,7 +164,8 @@ def check_stream_id(stream_id: object) -> str:
 
 
 def check_name(name: object) -> str:
-    """Validate a checkpoint name: a non-empty str of at most 400 UTF-8 bytes.
+    """Validate a projector name (the key of its saved cache): a non-empty str of at most
+    400 UTF-8 bytes.
 
     Returns it as a plain ``str``, like :func:`check_stream_id`.
 
@@ -179,15 +175,15 @@ def check_name(name: object) -> str:
     if type(name) is not str:
         if not isinstance(name, str):
             raise InvalidArgument(
-                f"a checkpoint name must be a non-empty str, not {type(name).__name__}"
+                f"a projector name must be a non-empty str, not {type(name).__name__}"
             )
         name = str.__str__(name)
     size = (
-        len(name) if name.isascii() else _utf8_size(name, "a checkpoint name", MAX_STREAM_ID_BYTES)
+        len(name) if name.isascii() else _utf8_size(name, "a projector name", MAX_STREAM_ID_BYTES)
     )
     if not size or size > MAX_STREAM_ID_BYTES:
         raise InvalidArgument(
-            f"a checkpoint name must be a non-empty str of at most {MAX_STREAM_ID_BYTES} "
+            f"a projector name must be a non-empty str of at most {MAX_STREAM_ID_BYTES} "
             f"bytes, not {describe(name)}"
         )
     return name
@@ -254,20 +250,20 @@ def check_append(append: Append) -> Append:
         stream_id is append.stream_id
         and append.correlation_id is None
         and append.causation_id is None
-        and append.aggregate is None
+        and append.aggregate_name is None
     ):
         return append
     correlation_id = check_metadata(append.correlation_id, "correlation_id")
     causation_id = check_metadata(append.causation_id, "causation_id")
-    aggregate = append.aggregate
-    if aggregate is not None:
-        aggregate = check_label(aggregate, "an aggregate name")
+    aggregate_name = append.aggregate_name
+    if aggregate_name is not None:
+        aggregate_name = check_label(aggregate_name, "an aggregate name")
     return msgspec.structs.replace(
         append,
         stream_id=stream_id,
         correlation_id=correlation_id,
         causation_id=causation_id,
-        aggregate=aggregate,
+        aggregate_name=aggregate_name,
     )
 
 
@@ -306,8 +302,8 @@ def check_events(events: object) -> None:
 
 
 def check_snapshot(snapshot: object) -> Snapshot:
-    """Validate a snapshot (an aggregate's or a projector's saved state) before it is
-    queued: its ints must fit msgpack's 64 bits, its state must be bytes, its aggregate a
+    """Validate an aggregate's snapshot before it is queued: its ints must fit msgpack's
+    64 bits, its state must be bytes, its aggregate a
     name. One that does not would fail the whole group commit it rides in.
 
     Raises:
@@ -332,15 +328,23 @@ def check_snapshot(snapshot: object) -> Snapshot:
     return snapshot
 
 
-def check_position(position: object, what: str = "position") -> int:
-    """Validate a log position as stored (a checkpoint): an int from 0 below 2**64.
+def check_projector_cache(cache: object) -> ProjectorCache:
+    """Validate a projector's cache before it is queued, as :func:`check_snapshot` does a
+    snapshot: one that msgpack cannot store would fail the whole group commit it rode in.
 
     Raises:
-        InvalidArgument: anything else.
+        InvalidArgument: a field is malformed.
     """
+    if type(cache) is not ProjectorCache:
+        raise InvalidArgument(f"expected a ProjectorCache, not {type(cache).__name__}")
+    position, format = cache.position, cache.format
     if type(position) is not int or not 0 <= position < 2**64:
-        raise InvalidArgument(f"{what} must be an int >= 0, not {describe(position)}")
-    return position
+        raise InvalidArgument(f"a cache's position must be an int >= 0, not {describe(position)}")
+    if type(format) is not int or not -(2**63) <= format < 2**64:
+        raise InvalidArgument(f"a cache's format must be a 64-bit int, not {describe(format)}")
+    if type(cache.state) is not bytes:
+        raise InvalidArgument(f"a cache's state must be bytes, not {type(cache.state)}")
+    return cache
 
 
 _MALFORMED_EVENT: Final = (TypeError, *DECODE_FAILURES)

@@ -1,4 +1,4 @@
-"""The LMDB event log: one environment, seven named databases, checksummed records.
+"""The LMDB event log: one environment, six named databases, checksummed records.
 
 The key layout is chosen for the write path, whose cost is the pages each commit dirties
 (LMDB writes every dirty page whole, then fsyncs). Measured with 64 single-event appends per
@@ -20,12 +20,14 @@ probe_writer.py`` and the figures in its report):
   1,000 streams, writing heads every group cost ~90 µs of a ~500 µs durable commit.
 - ``anchors``: stream id + NUL + version (u64 BE) -> position, every ``ANCHOR_EVERY``
   versions, so reading an old slice of a long stream walks at most that far past it.
-- ``snapshots``: stream id -> Snapshot + CRC;  ``checkpoints``: name -> position (u64 BE)
-  + CRC;  ``projections``: projector name -> Snapshot + CRC (its ``version`` is a position).
+- ``snapshots``: stream id -> Snapshot + CRC;  ``projections``: projector name ->
+  ProjectorCache + CRC (its fields are a Snapshot's first three, so caches an older
+  actorlog saved as Snapshots decode unchanged). Logs made before round two may also hold
+  a ``checkpoints`` table, which nothing reads any more.
 - ``meta``: ``format`` -> ``FORMAT``; ``heads_at`` (above) + CRC; ``checked_from`` + CRC,
   the first position whose entry carries a checksum (1 unless upgraded from
   ``actorlog-2``). A log of another layout is refused at open rather than misread, except
-  the two before this one, which are upgraded in place (below).
+  the one before this one, which is upgraded in place (below).
 
 Checksums (``_checksum.py``): every value above but ``format`` and ``anchors`` ends in the
 pure CRC-32 of the rest, so any run of entries checks with one CRC over their concatenation:
@@ -33,16 +35,16 @@ pure CRC-32 of the rest, so any run of entries checks with one CRC over their co
 355 ns an event, same run, against W4's ~650 ns all-in), ``read_stream`` once per call, and
 only a mismatch sends a reader entry by entry, to name the position. A bad event entry is
 a ``StorageError`` naming its position wherever it is read; a bad snapshot or saved
-projection counts as none (each is only a shortcut); a bad ``heads_at`` counts as absent
-(every head is rebuilt from the events); a bad head or checkpoint is a ``StorageError``.
+projector cache counts as none (each is only a shortcut); a bad ``heads_at`` counts as
+absent (every head is rebuilt from the events); a bad head is a ``StorageError``.
 Writing costs one CRC an event (~0.27 µs; with the envelope checks and the head check,
 ``append_batch`` of 64 one-event appends went from 1.40 to 1.92 µs an event, ``sync=False``
 on tmpfs, same run: ~0.5 µs of W1's ~19 µs a command).
 
-Upgrades: ``actorlog-1`` (heads written every group) and ``actorlog-2`` (no checksums) are
-upgraded in place, in one transaction at open: ``checked_from`` = head + 1 (older entries are
-read as they are, unchecked), and the small values (heads, checkpoints, saved projections,
-``heads_at``) are sealed. Old snapshots are left as they are and so count as none: they
+Upgrade: ``actorlog-2`` (no checksums) is upgraded in place, in one transaction at open:
+``checked_from`` = head + 1 (older entries are read as they are, unchecked), and the small
+values (heads, projector caches, ``heads_at``) are sealed. (``actorlog-1``, from 0.1, is
+refused like any unknown layout.) Old snapshots are left as they are and so count as none: they
 are retaken, and the stream replays from its events meanwhile. A version that reads only an
 older layout then refuses the log rather than misread it.
 
@@ -100,7 +102,7 @@ from ._errors import (
     StorageLocked,
 )
 from ._log import AppendOutcome, check_name, check_stream_id, expected_ok
-from ._records import Append, AppendResult, Snapshot, StoredEvent
+from ._records import Append, AppendResult, ProjectorCache, Snapshot, StoredEvent
 
 __all__ = ["ANCHOR_EVERY", "FORMAT", "MARKER", "LmdbEventLog"]
 
@@ -117,8 +119,6 @@ write-back (bounding the replay at open), or once this many streams have unwritt
 (bounding the memory they pin)."""
 FORMAT: Final = b"actorlog-3"
 """The on-disk layout this module reads and writes; bump it when the layout changes."""
-_FORMAT_1: Final = b"actorlog-1"
-"""Heads written every group (so the table is complete), no checksums."""
 _FORMAT_2: Final = b"actorlog-2"
 """Heads written back lazily, no checksums."""
 MARKER: Final = "actorlog.data"
@@ -126,6 +126,7 @@ MARKER: Final = "actorlog.data"
 so a ``data.mdb`` missing or empty beside it is refused at open, not taken for a new log."""
 _snapshot_encoder: Final = msgspec.msgpack.Encoder()
 _snapshot_decoder: Final = msgspec.msgpack.Decoder(Snapshot)
+_cache_decoder: Final = msgspec.msgpack.Decoder(ProjectorCache)
 # Walks one msgpack value without building it and refuses trailing bytes (~50 ns for a
 # small payload): a payload that is not exactly one value would make its envelope unreadable.
 _one_value: Final = msgspec.msgpack.Decoder(msgspec.Raw).decode
@@ -213,7 +214,7 @@ class LmdbEventLog:
             self._env = lmdb.open(
                 str(self._path),
                 map_size=map_size,
-                max_dbs=7,
+                max_dbs=6,
                 # sync and metasync go together: data fsync'd without its meta page would
                 # roll back to the previous commit after an OS crash, losing acknowledged data.
                 sync=sync,
@@ -233,7 +234,6 @@ class LmdbEventLog:
             self._heads_db = self._env.open_db(b"heads")
             self._anchors = self._env.open_db(b"anchors")
             self._snapshots = self._env.open_db(b"snapshots")
-            self._checkpoints = self._env.open_db(b"checkpoints")
             self._projections = self._env.open_db(b"projections")
             self._meta = self._env.open_db(b"meta")
             head, heads_at, checked_from = self._initialize()
@@ -262,8 +262,8 @@ class LmdbEventLog:
         self._heads_at: int = heads_at
         self._checked_from: int = checked_from
         # Growing the map invalidates every open transaction of this process. Reads hold
-        # this lock, and growth takes it, so a read on another thread (a writer committing
-        # with ``in_thread=True``) never sees its transaction vanish.
+        # this lock, and growth takes it, so a read on another thread (the protocol lets
+        # readers use any thread) never sees its transaction vanish.
         self._remap = threading.Lock()
         self._closed = False
         try:
@@ -297,12 +297,12 @@ class LmdbEventLog:
                 _put(txn, b"heads_at", seal(_u64.pack(0)), meta)
                 _put(txn, b"checked_from", seal(_u64.pack(1)), meta)
                 return 0, 0, 1
-            if found in (_FORMAT_1, _FORMAT_2):
-                return self._upgrade(txn, head, found)
+            if found == _FORMAT_2:
+                return self._upgrade(txn, head)
             if found != FORMAT:
                 raise StorageError(
                     f"the log at {self._path} has format {found!r}; this version of "
-                    f"actorlog reads {FORMAT!r} (and upgrades {_FORMAT_1!r}, {_FORMAT_2!r})"
+                    f"actorlog reads {FORMAT!r} (and upgrades {_FORMAT_2!r})"
                 )
             data = txn.get(b"checked_from", db=meta)
             if data is None or len(data) != _LINK + TRAILER or not intact(data):
@@ -316,15 +316,12 @@ class LmdbEventLog:
             heads_at = _u64.unpack_from(data)[0] if ok and data is not None else 0
             return head, min(heads_at, head), checked_from
 
-    def _upgrade(self, txn: Any, head: int, found: bytes) -> tuple[int, int, int]:
-        """Upgrade an ``actorlog-1``/``-2`` log in place, within ``txn`` (see the module doc)."""
+    def _upgrade(self, txn: Any, head: int) -> tuple[int, int, int]:
+        """Upgrade an ``actorlog-2`` log in place, within ``txn`` (see the module doc)."""
         meta = self._meta
-        if found == _FORMAT_1:
-            heads_at = head  # written through: complete
-        else:
-            data = txn.get(b"heads_at", db=meta)
-            heads_at = 0 if data is None or len(data) != _LINK else _u64.unpack(data)[0]
-        for db in (self._heads_db, self._checkpoints, self._projections):
+        data = txn.get(b"heads_at", db=meta)
+        heads_at = 0 if data is None or len(data) != _LINK else _u64.unpack(data)[0]
+        for db in (self._heads_db, self._projections):
             for key, value in list(txn.cursor(db=db)):
                 _put(txn, key, seal(value), db)
         _put(txn, b"heads_at", seal(_u64.pack(min(heads_at, head))), meta)
@@ -368,8 +365,7 @@ class LmdbEventLog:
         appends: Sequence[Append],
         *,
         snapshots: Sequence[tuple[str, Snapshot]] = (),
-        checkpoints: Sequence[tuple[str, int]] = (),
-        projections: Sequence[tuple[str, Snapshot]] = (),
+        projector_caches: Sequence[tuple[str, ProjectorCache]] = (),
     ) -> tuple[list[AppendOutcome], list[StoredEvent]]:
         """Commit a group in one write transaction; see :class:`~engine._log.EventLog`.
 
@@ -383,7 +379,7 @@ class LmdbEventLog:
         fails with ``StorageError`` and so does every later one (see the module doc).
 
         Raises:
-            DefinitionError: a stream id or checkpoint name is invalid; nothing is written.
+            DefinitionError: a stream id or projector name is invalid; nothing is written.
             StorageError: the log is closed.
         """
         self._check_open()
@@ -392,7 +388,7 @@ class LmdbEventLog:
         write_back = True
         while True:
             try:
-                return self._try_append(appends, snapshots, checkpoints, projections, write_back)
+                return self._try_append(appends, snapshots, projector_caches, write_back)
             except StorageError as e:  # our own checks; the transaction was aborted
                 return _fail_all(appends, e, e.__cause__)
             except lmdb.MapFullError as e:
@@ -427,8 +423,7 @@ class LmdbEventLog:
         self,
         appends: Sequence[Append],
         snapshots: Sequence[tuple[str, Snapshot]],
-        checkpoints: Sequence[tuple[str, int]],
-        projections: Sequence[tuple[str, Snapshot]] = (),
+        projector_caches: Sequence[tuple[str, ProjectorCache]] = (),
         write_back: bool = True,
     ) -> tuple[list[AppendOutcome], list[StoredEvent]]:
         outcomes: list[AppendOutcome] = []
@@ -472,7 +467,7 @@ class LmdbEventLog:
                         outcomes.append(error)
                         continue
                 first_version, first_position = version + 1, position + 1
-                corr, caus, kind = append.correlation_id, append.causation_id, append.aggregate
+                corr, caus, kind = append.correlation_id, append.causation_id, append.aggregate_name
                 # Every envelope of the append is built and checked before any is put, so an
                 # append that cannot be stored fails alone and leaves nothing.
                 # Everything that could keep an envelope from being stored or read back is
@@ -535,11 +530,9 @@ class LmdbEventLog:
             for stream_id, snapshot in snapshots:
                 key = check_stream_id(stream_id).encode()
                 _put(txn, key, seal(_snapshot_encoder.encode(snapshot)), self._snapshots)
-            for name, checkpoint in checkpoints:
-                _put(txn, check_name(name).encode(), seal(pack(checkpoint)), self._checkpoints)
-            for name, state in projections:
+            for name, cache in projector_caches:
                 key = check_name(name).encode()
-                _put(txn, key, seal(_snapshot_encoder.encode(state)), self._projections)
+                _put(txn, key, seal(_snapshot_encoder.encode(cache)), self._projections)
         # Committed: only now may the in-memory view move forward.
         self._head = position
         if write_back:
@@ -862,30 +855,17 @@ class LmdbEventLog:
         key = check_stream_id(stream_id).encode()
         with self._reading() as txn:
             data = txn.get(key, db=self._snapshots)
-        return _load_shortcut(data)
+        snapshot: Snapshot | None = _load_shortcut(data, _snapshot_decoder)
+        return snapshot
 
-    def load_projection(self, name: str) -> Snapshot | None:
-        """A projector's last saved state; one that fails its checksum or cannot be decoded
-        counts as none (the projector then replays the log, which remains the truth)."""
+    def load_projector_cache(self, name: str) -> ProjectorCache | None:
+        """The named projector's last saved cache; one that fails its checksum or cannot be
+        decoded counts as none (the projector then replays the log, which remains the truth)."""
         key = check_name(name).encode()
         with self._reading() as txn:
             data = txn.get(key, db=self._projections)
-        return _load_shortcut(data)
-
-    def load_checkpoint(self, name: str) -> int:
-        """A named checkpoint; 0 if never saved.
-
-        Raises:
-            StorageError: the stored checkpoint is corrupt.
-        """
-        key = check_name(name).encode()
-        with self._reading() as txn:
-            data = txn.get(key, db=self._checkpoints)
-        if data is None:
-            return 0
-        if len(data) != _LINK + TRAILER or not intact(data):
-            raise StorageError(f"corrupt log: the checkpoint {name!r} is damaged")
-        return int(_u64.unpack_from(data)[0])
+        cache: ProjectorCache | None = _load_shortcut(data, _cache_decoder)
+        return cache
 
     def _reading(self) -> _ReadTxn:
         self._check_open()
@@ -993,15 +973,14 @@ def _checksum_mismatch(position: int) -> StorageError:
     return StorageError(f"corrupt log entry at position {position}: checksum mismatch")
 
 
-def _load_shortcut(data: bytes | None) -> Snapshot | None:
-    """A sealed snapshot or projection state; None if absent, damaged or undecodable."""
+def _load_shortcut(data: bytes | None, decoder: msgspec.msgpack.Decoder[Any]) -> Any:
+    """A sealed snapshot or projector cache; None if absent, damaged or undecodable."""
     if data is None or not intact(data):
         return None
     try:
-        snapshot: Snapshot = _snapshot_decoder.decode(data[:-TRAILER])
+        return decoder.decode(data[:-TRAILER])
     except DECODE_FAILURES:
         return None
-    return snapshot
 
 
 def _entry_prefix(position: int, stream_id: str, version: int) -> bytes:

@@ -13,7 +13,7 @@ import msgspec
 
 from ._errors import StorageError, StorageFull
 from ._log import AppendOutcome, check_name, check_stream_id, expected_ok
-from ._records import Append, AppendResult, Snapshot, StoredEvent
+from ._records import Append, AppendResult, ProjectorCache, Snapshot, StoredEvent
 
 __all__ = ["MemoryEventLog"]
 
@@ -29,8 +29,7 @@ class MemoryEventLog:
         self._events: list[StoredEvent] = []
         self._streams: dict[str, list[int]] = {}  # stream id -> positions, by version
         self._snapshots: dict[str, Snapshot] = {}
-        self._checkpoints: dict[str, int] = {}
-        self._projections: dict[str, Snapshot] = {}
+        self._caches: dict[str, ProjectorCache] = {}
         self._closed = False
         self.max_events = max_events
 
@@ -44,15 +43,13 @@ class MemoryEventLog:
         appends: Sequence[Append],
         *,
         snapshots: Sequence[tuple[str, Snapshot]] = (),
-        checkpoints: Sequence[tuple[str, int]] = (),
-        projections: Sequence[tuple[str, Snapshot]] = (),
+        projector_caches: Sequence[tuple[str, ProjectorCache]] = (),
     ) -> tuple[list[AppendOutcome], list[StoredEvent]]:
         """Commit a group atomically; see :class:`~engine._log.EventLog`."""
         self._check_open()
         # Validate everything first: a group that raises must leave nothing behind.
         snapshots = [(check_stream_id(s), snapshot) for s, snapshot in snapshots]
-        checkpoints = [(check_name(name), position) for name, position in checkpoints]
-        projections = [(check_name(name), state) for name, state in projections]
+        caches = [(check_name(name), cache) for name, cache in projector_caches]
         outcomes: list[AppendOutcome] = []
         stored: list[StoredEvent] = []
         new_positions: dict[str, list[int]] = {}
@@ -80,7 +77,7 @@ class MemoryEventLog:
                         append.correlation_id,
                         append.causation_id,
                         msgspec.Raw(payload),
-                        append.aggregate,
+                        append.aggregate_name,
                     )
                 )
                 new_positions.setdefault(stream_id, []).append(position)
@@ -95,8 +92,7 @@ class MemoryEventLog:
         for stream_id, positions in new_positions.items():
             self._streams.setdefault(stream_id, []).extend(positions)
         self._snapshots.update(snapshots)
-        self._checkpoints.update(checkpoints)
-        self._projections.update(projections)
+        self._caches.update(caches)
         return outcomes, stored
 
     def read_stream(
@@ -130,15 +126,10 @@ class MemoryEventLog:
         self._check_open()
         return self._snapshots.get(check_stream_id(stream_id))
 
-    def load_checkpoint(self, name: str) -> int:
-        """A named checkpoint; 0 if never saved."""
+    def load_projector_cache(self, name: str) -> ProjectorCache | None:
+        """The named projector's last saved cache, if any."""
         self._check_open()
-        return self._checkpoints.get(check_name(name), 0)
-
-    def load_projection(self, name: str) -> Snapshot | None:
-        """A projector's last saved state, if any."""
-        self._check_open()
-        return self._projections.get(check_name(name))
+        return self._caches.get(check_name(name))
 
     def _check_open(self) -> None:
         if self._closed:

@@ -21,6 +21,7 @@ __all__ = [
     "Append",
     "AppendResult",
     "Committed",
+    "ProjectorCache",
     "Recorded",
     "Snapshot",
     "StoredEvent",
@@ -99,8 +100,9 @@ class Append(msgspec.Struct, frozen=True, gc=False):
             envelope as it is.
         correlation_id: stored on every event of the append.
         causation_id: stored on every event of the append.
-        aggregate: the aggregate type creating the stream, stored on every event of the
-            append; given only by the append that creates the stream.
+        aggregate_name: the ``aggregate_name`` of the aggregate type creating the stream,
+            stored on every event of the append (as ``StoredEvent.aggregate``); given only
+            by the append that creates the stream.
     """
 
     stream_id: str
@@ -108,7 +110,7 @@ class Append(msgspec.Struct, frozen=True, gc=False):
     events: tuple[tuple[str, bytes], ...]
     correlation_id: str | None = None
     causation_id: str | None = None
-    aggregate: str | None = None
+    aggregate_name: str | None = None
 
 
 class AppendResult(msgspec.Struct, frozen=True, gc=False):
@@ -141,3 +143,22 @@ class Snapshot(msgspec.Struct, frozen=True, array_like=True, gc=False):
     format: int
     state: bytes
     aggregate: str | None = None
+
+
+class ProjectorCache(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """A projector's saved cache: its encoded state as of a log position.
+
+    Stored as an array, like :class:`Snapshot`, whose first three fields these are: the
+    values an older actorlog saved as a ``Snapshot`` (``version`` holding the position, a
+    trailing nil ``aggregate``) decode as this record unchanged.
+
+    Attributes:
+        position: the last log position the state includes.
+        format: the projector class's ``snapshot_format`` when it was saved; a cache of
+            another format is ignored, never misread.
+        state: the msgpack-encoded cache.
+    """
+
+    position: int
+    format: int
+    state: bytes

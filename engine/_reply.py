@@ -2,8 +2,8 @@
 
 The command path is dominated by task wake-ups, so a reply is the bare primitive of the
 running event loop: on trio the waiting task itself is parked and rescheduled (no Event,
-no channel); on asyncio it waits on a Future created only if it has to wait. Anything else
-falls back to an ``anyio.Event``. :func:`reply_factory` picks one per engine when it opens.
+no channel); on asyncio it waits on a Future created only if it has to wait (anyio runs on nothing
+else). :func:`reply_factory` picks one per engine when it opens.
 
 A reply is completed at most once, from the event loop's thread; the first completion
 wins. It keeps its value: a waiter that is cancelled only stops waiting, and a later
@@ -47,13 +47,17 @@ class Reply(Protocol):
 
 
 def reply_factory() -> Callable[[], Reply]:
-    """The Reply class for the running event loop (trio, asyncio, or anyio's fallback)."""
+    """The Reply class for the running event loop: trio or asyncio (anyio's only backends).
+
+    Raises:
+        RuntimeError: another async library is running.
+    """
     library = sniffio.current_async_library()
     if library == "trio":
         return _TrioReply
     if library == "asyncio":
         return _AsyncioReply
-    return _AnyioReply  # pragma: no cover - no third backend exists today
+    raise RuntimeError(f"actorlog runs on trio or asyncio, not {library}")  # pragma: no cover
 
 
 def must_propagate(error: BaseException) -> bool:
@@ -178,23 +182,6 @@ class _AsyncioReply(_Slot):
             finally:
                 if self._future is future:
                     self._future = None
-        return self._outcome()
-
-
-class _AnyioReply(_Slot):  # pragma: no cover - only for a backend anyio may add later
-    __slots__ = ("_event",)
-
-    def __init__(self) -> None:
-        self._done = False
-        self._value = None
-        self._error = None
-        self._event = anyio.Event()
-
-    def _wake(self) -> None:
-        self._event.set()
-
-    async def wait(self) -> Any:
-        await self._event.wait()
         return self._outcome()
 
 

@@ -9,7 +9,7 @@
                                pending appends (list)
                                          │  writer task wakes once per batch
                                          ▼
-               log.append_batch(all pending, snapshots, checkpoints, projections)
+               log.append_batch(all pending, snapshots, projector caches)
                  one transaction, one fsync (sync=True), inline on the event loop
                                          │
                     ┌────────────────────┴───────────────────┐
@@ -19,9 +19,10 @@
 
 Why inline: py-lmdb releases the GIL during commit, so a worker thread looks attractive,
 but on this 2-core machine getting the GIL back waits out the interpreter's switch
-interval, and the hand-off costs two more wake-ups. ``benchmarks/probe_writer.py`` measures
-both in one run: 64 tasks, sync=True, inline ~73k appends/s vs ~63k in a thread (inline
-1.05-1.4x faster over several runs; both ~20x one transaction per append). While the loop
+interval, and the hand-off costs two more wake-ups. Measured with 64 tasks, sync=True:
+inline ~73k appends/s vs ~63k in a thread (inline 1.05-1.4x faster over several runs; both
+~20x one transaction per append; the figures are in docs/design.md, and the threaded mode
+is gone since). While the loop
 is blocked in a commit, new appends simply queue up and form the next batch, so batching
 still happens; and with one append in flight per caller there is nothing a thread could
 overlap with the fsync anyway.
@@ -60,11 +61,11 @@ from ._log import (
     check_append,
     check_events,
     check_name,
-    check_position,
+    check_projector_cache,
     check_snapshot,
     check_stream_id,
 )
-from ._records import Append, AppendResult, Snapshot, StoredEvent
+from ._records import Append, AppendResult, ProjectorCache, Snapshot, StoredEvent
 from ._reply import Reply, reply_factory
 
 __all__ = ["CommitBatch", "Writer", "WriterStatistics"]
@@ -114,8 +115,6 @@ class Writer:
         on_commit: called (synchronously, in the writer task) with each committed batch,
             before the appenders are told; must not raise.
         max_pending: how many appends :meth:`append` lets wait before it waits for room.
-        in_thread: commit in a worker thread instead of inline (kept for the probe that
-            justifies the default).
 
     Raises:
         DefinitionError: ``max_pending`` is not an int of at least 1.
@@ -127,7 +126,6 @@ class Writer:
         *,
         on_commit: Callable[[CommitBatch], None] | None = None,
         max_pending: int = 4096,
-        in_thread: bool = False,
     ) -> None:
         if type(max_pending) is not int or max_pending < 1:
             raise DefinitionError(
@@ -136,13 +134,11 @@ class Writer:
         self._log = log
         self._on_commit = on_commit
         self._max_pending = max_pending
-        self._in_thread = in_thread
         self._appends: list[Append] = []
         self._dones: list[Done] = []
         self._objects: list[Sequence[Any] | None] = []
         self._snapshots: list[tuple[str, Snapshot]] = []
-        self._checkpoints: list[tuple[str, int]] = []
-        self._projections: list[tuple[str, Snapshot]] = []
+        self._caches: list[tuple[str, ProjectorCache]] = []
         self._wakeup: Reply | None = None
         # Set (and replaced) after each commit: every append() waiting for room rechecks.
         # Waking them all is what keeps a cancelled waiter from stranding the others.
@@ -212,33 +208,24 @@ class Writer:
             InvalidArgument: ``stream_id`` is invalid.
         """
         stream_id = check_stream_id(stream_id)
-        if not self._closing and _well_formed(snapshot):
+        if not self._closing and _well_formed(snapshot, check_snapshot):
             self._snapshots.append((stream_id, snapshot))
             self._wake()
 
-    def save_checkpoint(self, name: str, position: int) -> None:
-        """Write a named checkpoint in the next group commit.
-
-        Raises:
-            InvalidArgument: ``name`` or ``position`` is invalid; nothing was queued.
-        """
-        name = check_name(name)
-        check_position(position, "a checkpoint")
-        if not self._closing:
-            self._checkpoints.append((name, position))
-            self._wake()
-
-    def save_projection(self, name: str, state: Snapshot) -> None:
-        """Write a projector's state (``state.version``: the position it includes) in the
-        next group commit; best effort, and dropped when malformed, like a snapshot.
+    def save_projector_cache(self, name: str, cache: ProjectorCache) -> None:
+        """Write a projector's cache in the next group commit; best effort, and dropped
+        when malformed, like a snapshot.
 
         Raises:
             InvalidArgument: ``name`` is invalid.
         """
         name = check_name(name)
-        if not self._closing and _well_formed(state):
-            self._projections.append((name, state))
+        if not self._closing and _well_formed(cache, check_projector_cache):
+            self._caches.append((name, cache))
             self._wake()
+
+    # XX: the old name, until engine/_engine.py passes save_projector_cache.
+    save_projection = save_projector_cache
 
     async def append(self, append: Append) -> AppendResult:
         """Append through the group commit and return the result once it is durable.
@@ -284,7 +271,7 @@ class Writer:
         """
         try:
             while True:
-                if not (self._appends or self._snapshots or self._checkpoints or self._projections):
+                if not (self._appends or self._snapshots or self._caches):
                     if self._closing:
                         return
                     self._wakeup = self._new_reply()
@@ -293,35 +280,26 @@ class Writer:
                 # Let every task that is runnable right now queue its append first: one
                 # scheduler pass costs less than the fsync it saves.
                 await anyio.lowlevel.checkpoint()
-                with anyio.CancelScope(shield=True):
-                    await self._commit_pending()
+                # Synchronous, so no cancellation can land between the commit and telling
+                # its callers.
+                self._commit_pending()
         finally:
             self._closing = True
             self._fail_pending(EngineClosed("the engine closed before this append was written"))
             self._stopped.set()
 
-    async def _commit_pending(self) -> None:
+    def _commit_pending(self) -> None:
         appends, self._appends = self._appends, []
         dones, self._dones = self._dones, []
         objects, self._objects = self._objects, []
         snapshots, self._snapshots = self._snapshots, []
-        checkpoints, self._checkpoints = self._checkpoints, []
-        projections, self._projections = self._projections, []
-        # Passed only when there are some, so a backend written before projections were
-        # saved keeps working for every engine whose projectors do not save their state.
-        extra: dict[str, Any] = {"projections": projections} if projections else {}
+        caches, self._caches = self._caches, []
+        # Passed only when there are some, so a backend written without projector caches
+        # keeps working for every engine whose projectors do not save their cache.
+        extra: dict[str, Any] = {"projector_caches": caches} if caches else {}
         outcomes: list[AppendOutcome]
         try:
-            if self._in_thread:
-                outcomes, stored = await anyio.to_thread.run_sync(
-                    lambda: self._log.append_batch(
-                        appends, snapshots=snapshots, checkpoints=checkpoints, **extra
-                    )
-                )
-            else:
-                outcomes, stored = self._log.append_batch(
-                    appends, snapshots=snapshots, checkpoints=checkpoints, **extra
-                )
+            outcomes, stored = self._log.append_batch(appends, snapshots=snapshots, **extra)
         except EngineError as e:
             # The backend refused the group as a whole (e.g. it was closed): nothing was
             # written; each append learns why and the writer goes on.
@@ -385,11 +363,11 @@ class Writer:
         )
 
 
-def _well_formed(snapshot: Snapshot) -> bool:
-    """True if ``check_snapshot`` accepts it. Never raises: saving a snapshot is best
+def _well_formed(record: Any, check: Callable[[Any], object]) -> bool:
+    """True if ``check`` accepts the snapshot or cache. Never raises: saving one is best
     effort, and its callers run inside commit callbacks that must not fail."""
     try:
-        check_snapshot(snapshot)
+        check(record)
     except InvalidArgument:
         return False
     return True

@@ -27,8 +27,8 @@ import msgspec
 from ._engine import call_query
 from ._errors import ConcurrencyError, DefinitionError, StorageError
 from ._log import EventLog
-from ._projections import detach
-from ._records import ANY, NO_STREAM, Append, AppendResult, Snapshot, StoredEvent
+from ._projectors import detach
+from ._records import ANY, NO_STREAM, Append, AppendResult, ProjectorCache, Snapshot, StoredEvent
 
 __all__ = [
     "assert_log_consistent",
@@ -49,11 +49,13 @@ def make_append(
     type: str = "Tested",
     correlation_id: str | None = None,
     causation_id: str | None = None,
-    aggregate: str | None = None,
+    aggregate_name: str | None = None,
 ) -> Append:
     """An append of ``count`` events; each payload (a msgpack str) says where it was sent."""
     events = tuple((type, _encode(f"{stream_id}#{expected_version}+{i}")) for i in range(count))
-    return Append(stream_id, expected_version, events, correlation_id, causation_id, aggregate)
+    return Append(
+        stream_id, expected_version, events, correlation_id, causation_id, aggregate_name
+    )
 
 
 def assert_log_consistent(log: EventLog, batch: int = 1000) -> dict[str, int]:
@@ -151,7 +153,7 @@ def _starts_empty(log: EventLog) -> None:
     _same(log.stream_version("s"), 0, "stream_version() of a missing stream")
     _same(log.read_stream("s"), [], "read_stream() of a missing stream")
     _same(log.load_snapshot("s"), None, "load_snapshot() never saved")
-    _same(log.load_checkpoint("p"), 0, "load_checkpoint() never saved")
+    _same(log.load_projector_cache("P"), None, "load_projector_cache() never saved")
 
 
 def _group_commits_in_order(log: EventLog) -> None:
@@ -265,7 +267,7 @@ def _metadata_round_trips(log: EventLog) -> None:
         _holds(event.timestamp > 0, f"timestamp {event.timestamp} is not a commit time")
     # The aggregate type that created a stream comes back on its events, by both reads;
     # without it, a stream could be loaded as another aggregate type.
-    _commit(log, make_append("b", NO_STREAM, 2, aggregate="Account"))
+    _commit(log, make_append("b", NO_STREAM, 2, aggregate_name="Account"))
     _commit(log, make_append("b", 2))
     for events, how in ((log.read_stream("b"), "read_stream"), (log.read_all(3), "read_all")):
         _same(
@@ -275,40 +277,44 @@ def _metadata_round_trips(log: EventLog) -> None:
         )
 
 
-def _snapshots_and_checkpoints(log: EventLog) -> None:
+def _snapshots_keep_the_last_write(log: EventLog) -> None:
     _commit(log, make_append("a", NO_STREAM))
-    log.append_batch([], snapshots=[("a", Snapshot(1, 7, b"state"))], checkpoints=[("P", 1)])
+    log.append_batch([], snapshots=[("a", Snapshot(1, 7, b"state"))])
     _same(log.load_snapshot("a"), Snapshot(1, 7, b"state"), "load_snapshot()")
-    _same(log.load_checkpoint("P"), 1, "load_checkpoint()")
-    log.append_batch(
-        [make_append("a", 1)],
-        snapshots=[("a", Snapshot(2, 7, b"later"))],
-        checkpoints=[("P", 2), ("Q", 1)],
-    )
+    log.append_batch([make_append("a", 1)], snapshots=[("a", Snapshot(2, 7, b"later"))])
     _same(log.load_snapshot("a"), Snapshot(2, 7, b"later"), "load_snapshot() after a second")
     log.append_batch([], snapshots=[("a", Snapshot(2, 7, b"owned", "Account"))])
     _same(log.load_snapshot("a"), Snapshot(2, 7, b"owned", "Account"), "a snapshot's aggregate")
-    _same((log.load_checkpoint("P"), log.load_checkpoint("Q")), (2, 1), "checkpoints")
     _same(log.load_snapshot("b"), None, "load_snapshot() of another stream")
 
 
-def _projections_round_trip(log: EventLog) -> None:
-    _same(log.load_projection("Balances"), None, "load_projection() never saved")
+def _projector_caches_round_trip(log: EventLog) -> None:
+    _same(log.load_projector_cache("Balances"), None, "load_projector_cache() never saved")
     log.append_batch(
-        [make_append("a", NO_STREAM)], projections=[("Balances", Snapshot(1, 3, b"cache"))]
+        [make_append("a", NO_STREAM)],
+        projector_caches=[("Balances", ProjectorCache(1, 3, b"cache"))],
     )
-    _same(log.load_projection("Balances"), Snapshot(1, 3, b"cache"), "load_projection()")
-    # Same name as a stream and as a checkpoint: three separate namespaces.
+    _same(
+        log.load_projector_cache("Balances"),
+        ProjectorCache(1, 3, b"cache"),
+        "load_projector_cache()",
+    )
+    # Same name as a stream and as a projector: separate namespaces.
     log.append_batch(
         [],
         snapshots=[("Balances", Snapshot(9, 9, b"stream"))],
-        checkpoints=[("Balances", 9)],
-        projections=[("Balances", Snapshot(2, 3, b"later"))],
+        projector_caches=[("Balances", ProjectorCache(2, 3, b"later"))],
     )
-    _same(log.load_projection("Balances"), Snapshot(2, 3, b"later"), "projection overwritten")
+    _same(
+        log.load_projector_cache("Balances"),
+        ProjectorCache(2, 3, b"later"),
+        "projector cache overwritten",
+    )
     _same(log.load_snapshot("Balances"), Snapshot(9, 9, b"stream"), "a stream's snapshot")
-    with _raises(DefinitionError, "append_batch() with a projection named ''"):
-        log.append_batch([make_append("b", NO_STREAM)], projections=[("", Snapshot(1, 1, b""))])
+    with _raises(DefinitionError, "append_batch() with a projector named ''"):
+        log.append_batch(
+            [make_append("b", NO_STREAM)], projector_caches=[("", ProjectorCache(1, 1, b""))]
+        )
     _same(log.stream_version("b"), 0, "stream_version() after a refused group")
 
 
@@ -336,8 +342,7 @@ def _closed_log_refuses_everything(log: EventLog) -> None:
         ("head_position", log.head_position),
         ("stream_version", lambda: log.stream_version("a")),
         ("load_snapshot", lambda: log.load_snapshot("a")),
-        ("load_checkpoint", lambda: log.load_checkpoint("p")),
-        ("load_projection", lambda: log.load_projection("p")),
+        ("load_projector_cache", lambda: log.load_projector_cache("p")),
     ]
     for name, call in calls:
         with _raises(StorageError, f"{name}() after close()"):
@@ -353,8 +358,8 @@ _CHECKS: tuple[Callable[[EventLog], None], ...] = (
     _read_stream_from_a_version,
     _read_all_in_batches,
     _metadata_round_trips,
-    _snapshots_and_checkpoints,
-    _projections_round_trip,
+    _snapshots_keep_the_last_write,
+    _projector_caches_round_trip,
     _invalid_stream_ids_are_refused,
     _closed_log_refuses_everything,
 )

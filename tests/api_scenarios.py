@@ -36,6 +36,7 @@ from actorlog import (
     handles,
 )
 from actorlog.engine._aggregates import AggregatesStatistics
+from actorlog.engine._records import ProjectorCache
 from actorlog.storage import Append, LmdbEventLog, MemoryEventLog, Snapshot, StoredEvent
 from benchmarks.bank import Account, Balances, Deposit
 
@@ -186,13 +187,12 @@ class WatchedLog(MemoryEventLog):
         appends: Sequence[Append],
         *,
         snapshots: Sequence[tuple[str, Snapshot]] = (),
-        checkpoints: Sequence[tuple[str, int]] = (),
-        projections: Sequence[tuple[str, Snapshot]] = (),
+        projector_caches: Sequence[tuple[str, ProjectorCache]] = (),
     ) -> Any:
         if self.on_batch is not None:
             self.on_batch(appends)
         return super().append_batch(
-            appends, snapshots=snapshots, checkpoints=checkpoints, projections=projections
+            appends, snapshots=snapshots, projector_caches=projector_caches
         )
 
 

@@ -29,8 +29,8 @@ from actorlog import (
     applies,
     handles,
 )
-from actorlog.engine import _projections
-from actorlog.engine._projections import WINDOW_BYTES, Broadcast, ProjectionHost
+from actorlog.engine import _projectors
+from actorlog.engine._projectors import WINDOW_BYTES, Broadcast, ProjectorHost
 from actorlog.engine._records import Append
 from actorlog.engine._writer import CommitBatch
 from actorlog.lowlevel import EventRegistry
@@ -563,7 +563,7 @@ class BlobHarness:
         self.log = log if log is not None else MemoryEventLog()
         self.registry = EventRegistry([Blob])
         self.broadcast = Broadcast(0, window_bytes=window_bytes)
-        self.host = ProjectionHost(
+        self.host = ProjectorHost(
             BlobSizes, log=self.log, broadcast=self.broadcast, registry=self.registry
         )
         self.emitted: dict[int, Blob] = {}
@@ -616,7 +616,7 @@ class LimitsLog(MemoryEventLog):
 async def test_catch_up_reads_of_big_events_shrink_to_the_byte_target(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(_projections, "BATCH_BYTES", 20_000)
+    monkeypatch.setattr(_projectors, "BATCH_BYTES", 20_000)
     log = LimitsLog()
     h = BlobHarness(window_bytes=0, log=log)  # nothing in the window: all from the log
     for _ in range(100):
@@ -626,7 +626,7 @@ async def test_catch_up_reads_of_big_events_shrink_to_the_byte_target(
         await h.host.wait_position(1000)
         nursery.cancel_scope.cancel()
     assert h.host.instance.positions() == list(range(1, 1001))
-    assert log.limits[0] == _projections.FIRST_BATCH
+    assert log.limits[0] == _projectors.FIRST_BATCH
     assert max(log.limits[1:]) * 2000 <= 20_000  # ~BATCH_BYTES of payload per read
 
 

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from actorlog import ConcurrencyError, DefinitionError, StorageError, StorageFull, StorageLocked
 from actorlog.engine._log import AppendOutcome
 from actorlog.engine._log_lmdb import ANCHOR_EVERY
+from actorlog.engine._records import ProjectorCache
 from actorlog.engine.testing import make_append
 from actorlog.storage import (
     ANY,
@@ -170,12 +171,20 @@ def test_read_all_in_batches_returns_the_log_in_order(log: EventLog) -> None:
     assert log.read_all(head + 1) == []
 
 
-def test_snapshots_and_checkpoints_keep_the_last_write(log: EventLog) -> None:
-    log.append_batch([], snapshots=[("a", Snapshot(1, 0, b"x"))], checkpoints=[("p", 5)])
-    log.append_batch([], snapshots=[("a", Snapshot(9, 1, b"y"))], checkpoints=[("p", 7)])
+def test_snapshots_and_projector_caches_keep_the_last_write(log: EventLog) -> None:
+    log.append_batch(
+        [],
+        snapshots=[("a", Snapshot(1, 0, b"x"))],
+        projector_caches=[("p", ProjectorCache(5, 0, b"c"))],
+    )
+    log.append_batch(
+        [],
+        snapshots=[("a", Snapshot(9, 1, b"y"))],
+        projector_caches=[("p", ProjectorCache(7, 0, b"d"))],
+    )
     assert log.load_snapshot("a") == Snapshot(9, 1, b"y")
-    assert log.load_checkpoint("p") == 7
-    assert log.load_checkpoint("q") == 0
+    assert log.load_projector_cache("p") == ProjectorCache(7, 0, b"d")
+    assert log.load_projector_cache("q") is None
 
 
 @pytest.mark.parametrize("bad", ["", "nul\x00inside", "x" * 401])
@@ -190,11 +199,13 @@ def test_invalid_stream_id_is_a_definition_error(log: EventLog, bad: str) -> Non
     commit(log, make_append("fine", NO_STREAM))  # the aborted groups advanced nothing
 
 
-def test_invalid_checkpoint_name_is_a_definition_error(log: EventLog) -> None:
+def test_invalid_projector_name_is_a_definition_error(log: EventLog) -> None:
     with pytest.raises(DefinitionError):
-        log.append_batch([make_append("a", NO_STREAM)], checkpoints=[("", 1)])
+        log.append_batch(
+            [make_append("a", NO_STREAM)], projector_caches=[("", ProjectorCache(1, 0, b""))]
+        )
     with pytest.raises(DefinitionError):
-        log.load_checkpoint("")
+        log.load_projector_cache("")
     assert log.head_position() == 0
 
 
@@ -217,7 +228,9 @@ def test_reopened_lmdb_log_keeps_everything(tmp_path: Path) -> None:
     log = LmdbEventLog(tmp_path)
     commit(log, make_append("a", NO_STREAM, 3), make_append("b", NO_STREAM))
     log.append_batch(
-        [make_append("a", 3)], snapshots=[("a", Snapshot(3, 2, b"s"))], checkpoints=[("p", 4)]
+        [make_append("a", 3)],
+        snapshots=[("a", Snapshot(3, 2, b"s"))],
+        projector_caches=[("p", ProjectorCache(4, 0, b"c"))],
     )
     before = log.read_all()
     log.close()
@@ -227,7 +240,7 @@ def test_reopened_lmdb_log_keeps_everything(tmp_path: Path) -> None:
         assert log.head_position() == 5
         assert assert_log_consistent(log) == {"a": 4, "b": 1}
         assert log.load_snapshot("a") == Snapshot(3, 2, b"s")
-        assert log.load_checkpoint("p") == 4
+        assert log.load_projector_cache("p") == ProjectorCache(4, 0, b"c")
         outcomes, stored = log.append_batch([make_append("a", 3), make_append("a", 4)])
         assert isinstance(outcomes[0], ConcurrencyError)
         assert outcomes[1] == AppendResult("a", 5, 5, 6, 6, stored[0].timestamp)
@@ -294,11 +307,13 @@ def test_group_past_the_cap_fails_whole_and_raising_the_cap_resumes(tmp_path: Pa
         before = log.read_all()
         big = (("Big", msgspec.msgpack.encode(b"x" * 4000)),) * 100
         group = [Append("a", 1, big), Append("b", ANY, big), make_append("c", NO_STREAM)]
-        outcomes, stored = log.append_batch(group, checkpoints=[("p", 9)])
+        outcomes, stored = log.append_batch(
+            group, projector_caches=[("p", ProjectorCache(9, 0, b"c"))]
+        )
         assert stored == []
         assert len(outcomes) == 3 and all(isinstance(o, StorageFull) for o in outcomes)
         assert log.read_all() == before
-        assert log.load_checkpoint("p") == 0
+        assert log.load_projector_cache("p") is None
         assert assert_log_consistent(log) == {"a": 1, "b": 1}
         log.max_map_size = 8 << 20
         results = commit(log, *group)
@@ -504,15 +519,14 @@ class NoStreamMeansAny(MemoryEventLog):
         appends: Sequence[Append],
         *,
         snapshots: Sequence[tuple[str, Snapshot]] = (),
-        checkpoints: Sequence[tuple[str, int]] = (),
-        projections: Sequence[tuple[str, Snapshot]] = (),
+        projector_caches: Sequence[tuple[str, ProjectorCache]] = (),
     ) -> tuple[list[AppendOutcome], list[StoredEvent]]:
         appends = [
             Append(a.stream_id, ANY, a.events) if a.expected_version == NO_STREAM else a
             for a in appends
         ]
         return super().append_batch(
-            appends, snapshots=snapshots, checkpoints=checkpoints, projections=projections
+            appends, snapshots=snapshots, projector_caches=projector_caches
         )
 
 

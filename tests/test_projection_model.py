@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from actorlog import Engine, Rejected
-from actorlog.engine import _projections
+from actorlog.engine import _projectors
 from benchmarks.bank import Account, Balances, Deposit, OpenAccount, Totals, Withdraw
 from tests.projector_scenarios import Ledger
 
@@ -130,7 +130,7 @@ def test_live_views_equal_rebuilt_views_and_the_model(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ops: list[Any]
 ) -> None:
     # Tiny batches, so that these short logs still take several catch-up and window turns.
-    monkeypatch.setattr(_projections, "FIRST_BATCH", 2)
-    monkeypatch.setattr(_projections, "MAX_BATCH", 4)
+    monkeypatch.setattr(_projectors, "FIRST_BATCH", 2)
+    monkeypatch.setattr(_projectors, "MAX_BATCH", 4)
     with tempfile.TemporaryDirectory(dir=tmp_path) as directory:
         trio.run(run, Path(directory), ops)

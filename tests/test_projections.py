@@ -16,13 +16,13 @@ import trio
 import trio.testing
 
 from actorlog import Projector, ProjectorFaulted, Recorded, StorageError, applies
-from actorlog.engine import _projections
-from actorlog.engine._projections import (
+from actorlog.engine import _projectors
+from actorlog.engine._projectors import (
     FIRST_BATCH,
     MAX_BATCH,
     MIN_BATCH,
     Broadcast,
-    ProjectionHost,
+    ProjectorHost,
     _next_batch,
 )
 from actorlog.engine._writer import CommitBatch
@@ -55,7 +55,7 @@ class Harness:
         self.log = log if log is not None else MemoryEventLog()
         self.registry = EventRegistry([AccountOpened, Deposited, Withdrawn])
         self.broadcast = Broadcast(self.log.head_position(), window=window)
-        self.host = ProjectionHost(
+        self.host = ProjectorHost(
             kind, log=self.log, broadcast=self.broadcast, registry=self.registry
         )
         self.emitted: dict[int, msgspec.Struct] = {}
@@ -93,7 +93,7 @@ class Listener:
 
 
 def listened(broadcast: Broadcast) -> Broadcast:
-    broadcast.subscribe(cast(ProjectionHost, Listener()))
+    broadcast.subscribe(cast(ProjectorHost, Listener()))
     return broadcast
 
 
@@ -384,13 +384,13 @@ class CountingLog(MemoryEventLog):
 async def test_projectors_catching_up_together_share_each_log_read(
     projectors: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_projections, "FIRST_BATCH", 1000)  # fixed sizes: a countable test
-    monkeypatch.setattr(_projections, "MIN_BATCH", 1000)
-    monkeypatch.setattr(_projections, "MAX_BATCH", 1000)
+    monkeypatch.setattr(_projectors, "FIRST_BATCH", 1000)  # fixed sizes: a countable test
+    monkeypatch.setattr(_projectors, "MIN_BATCH", 1000)
+    monkeypatch.setattr(_projectors, "MAX_BATCH", 1000)
     log = CountingLog()
     h = Harness(Seen, log=log, window=1)
     hosts = [h.host] + [
-        ProjectionHost(kind, log=log, broadcast=h.broadcast, registry=h.registry)
+        ProjectorHost(kind, log=log, broadcast=h.broadcast, registry=h.registry)
         for kind in (Parking, Fragile)[: projectors - 1]
     ]
     h.commit_many(10, size=2000)

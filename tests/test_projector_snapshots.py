@@ -110,8 +110,8 @@ async def test_a_restart_starts_from_the_saved_cache(tmp_path: Path) -> None:
         await _commands(engine, seed=1, count=40)
         await _assert_twins_agree(engine)
         # Saved every 7 positions while running, not only at close.
-        saved = engine.log.load_projection("SavedBalances")
-        assert saved is not None and saved.version >= engine.log.head_position() - 7
+        saved = engine.log.load_projector_cache("SavedBalances")
+        assert saved is not None and saved.position >= engine.log.head_position() - 7
         head = engine.log.head_position()
     async with _open(tmp_path, SavedBalances) as engine:
         await engine.wait_projected()
@@ -166,11 +166,11 @@ async def test_an_unreadable_saved_cache_means_a_full_replay(tmp_path: Path) -> 
         await _commands(engine, seed=5, count=20)
     log = LmdbEventLog(tmp_path)
     try:
-        saved = log.load_projection("SavedBalances")
+        saved = log.load_projector_cache("SavedBalances")
         assert saved is not None
         # Same format, bytes that do not decode as the cache.
         broken = msgspec.structs.replace(saved, state=b"\x01")
-        log.append_batch([], projections=[("SavedBalances", broken)])
+        log.append_batch([], projector_caches=[("SavedBalances", broken)])
     finally:
         log.close()
     async with _open(tmp_path, SavedBalances) as engine:
@@ -187,7 +187,7 @@ async def test_a_failing_snapshot_state_is_counted_and_harmless(tmp_path: Path) 
         assert await engine.query(BrokenSave.broken_balances) == await engine.query(
             Balances.all_balances
         )
-        assert engine.log.load_projection("BrokenSave") is None
+        assert engine.log.load_projector_cache("BrokenSave") is None
 
 
 class HaltsOnWithdrawal(Projector):
@@ -220,11 +220,11 @@ async def test_a_halted_projector_saves_nothing_past_its_fault(tmp_path: Path) -
             await engine.wait_projected()
     log = LmdbEventLog(tmp_path)
     try:
-        saved = log.load_projection("HaltsOnWithdrawal")
+        saved = log.load_projector_cache("HaltsOnWithdrawal")
     finally:
         log.close()
     # Saved while healthy (every position), never at or past the failing one, not at close.
-    assert saved is not None and saved.version == 2
+    assert saved is not None and saved.position == 2
     assert HaltsOnWithdrawal.from_snapshot(saved.state).seen == 1
 
 
@@ -280,4 +280,4 @@ async def test_a_snapshot_state_that_is_not_bytes_fails_no_command(tmp_path: Pat
         assert stats.aggregates.snapshot_failures >= 1
         assert _stats(engine, "WrongType").snapshot_failures >= 1
         assert engine.log.load_snapshot("a") is None
-        assert engine.log.load_projection("WrongType") is None
+        assert engine.log.load_projector_cache("WrongType") is None

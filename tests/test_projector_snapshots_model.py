@@ -32,7 +32,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from actorlog import Engine, Projector, ProjectorStatistics, Recorded, Rejected, applies
-from actorlog.engine import _projections
+from actorlog.engine import _projectors
 from benchmarks.bank import (
     Account,
     AccountOpened,
@@ -394,8 +394,8 @@ async def session(run: Run, program: list[Step]) -> Restart | Crash | None:
             assert restored == run.closed_at
         assert all(by_name[twin.name].restored_from == 0 for twin in TWINS)
         for name in SAVING_NAMES:
-            saved = engine.log.load_projection(name)
-            assert saved is None or 0 <= saved.version <= head, saved
+            saved = engine.log.load_projector_cache(name)
+            assert saved is None or 0 <= saved.position <= head, saved
         while program:
             step = program.pop(0)
             if isinstance(step, Command):
@@ -513,7 +513,7 @@ def test_saved_caches_agree_with_full_replays_and_the_model(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, program: list[Step]
 ) -> None:
     # Tiny batches, so that these short logs still take several catch-up and window turns.
-    monkeypatch.setattr(_projections, "FIRST_BATCH", 2)
-    monkeypatch.setattr(_projections, "MAX_BATCH", 4)
+    monkeypatch.setattr(_projectors, "FIRST_BATCH", 2)
+    monkeypatch.setattr(_projectors, "MAX_BATCH", 4)
     with tempfile.TemporaryDirectory(dir=tmp_path) as directory:
         run_program(Path(directory), list(program))

@@ -134,7 +134,7 @@ def test_a_reader_never_sees_an_unwritten_head_vanish_during_eviction(
 ) -> None:
     """engine/_log_lmdb.py:_try_append evicts with ``_heads.clear()`` then
     ``_heads.update(_unwritten)``: two steps. A reader on another thread (the docstring
-    allows reads from any thread, e.g. with ``Writer(in_thread=True)``) that looks a head up
+    allows reads from any thread) that looks a head up
     between them finds nothing in memory, falls back to the ``heads`` table, which lacks
     every unwritten head, and reads a committed stream as empty (or stale). The probe runs
     the read exactly in that window."""

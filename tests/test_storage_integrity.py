@@ -28,6 +28,7 @@ import pytest
 import actorlog.engine._log_lmdb as lmdb_log
 from actorlog import EncodeError, StorageError, StorageFull, StorageLocked
 from actorlog.engine._checksum import TRAILER, all_intact, intact, seal
+from actorlog.engine._records import ProjectorCache
 from actorlog.storage import Append, AppendResult, LmdbEventLog, Snapshot, StoredEvent
 
 from .test_heads_write_back import _crash_after, _expected, _positions
@@ -261,7 +262,7 @@ def test_an_append_that_cannot_be_stored_fails_alone_and_writes_nothing(tmp_path
         Append("x2", 0, (good,), correlation_id=2**70),  # type: ignore[arg-type]
         Append("x3", 0, (good,), correlation_id=42),  # type: ignore[arg-type]
         Append("x4", 0, (good,), causation_id=b"bytes"),  # type: ignore[arg-type]
-        Append("x5", 0, (good,), aggregate=7),  # type: ignore[arg-type]
+        Append("x5", 0, (good,), aggregate_name=7),  # type: ignore[arg-type]
         Append("x6", 0, (good, ("Tick", b"\x01\x02"))),  # a payload of two values
         Append("x7", 0, (good, ("Tick", b""))),  # ...and of none
         Append("x8", 0, ((5, good[1]),)),  # type: ignore[arg-type]
@@ -511,19 +512,15 @@ def test_a_flipped_snapshot_or_saved_projection_that_still_decodes_counts_as_non
     log.append_batch(
         [],
         snapshots=[("a", Snapshot(1, 0, b"state-A"))],
-        projections=[("P", Snapshot(1, 0, b"cache-A"))],
-        checkpoints=[("P", 7)],
+        projector_caches=[("P", ProjectorCache(1, 0, b"cache-A"))],
     )
     log.close()
     _rewrite(tmp_path, b"snapshots", b"a", _flip_byte(b"state-A", b"state-C"))
     _rewrite(tmp_path, b"projections", b"P", _flip_byte(b"cache-A", b"cache-C"))
-    _rewrite(tmp_path, b"checkpoints", b"P", lambda v: b"\x00" * 7 + b"\x05" + v[8:])
     log = LmdbEventLog(tmp_path)
     try:
         assert log.load_snapshot("a") is None
-        assert log.load_projection("P") is None
-        with pytest.raises(StorageError):
-            log.load_checkpoint("P")
+        assert log.load_projector_cache("P") is None
     finally:
         log.close()
 
@@ -550,7 +547,7 @@ def _make_layout_2(path: Path) -> None:
     """Turn a closed log into what ``actorlog-2`` wrote: nothing sealed."""
     env = lmdb.open(str(path), max_dbs=8)
     try:
-        for name in (b"events", b"heads", b"snapshots", b"checkpoints", b"projections"):
+        for name in (b"events", b"heads", b"snapshots", b"projections"):
             with env.begin(write=True, db=env.open_db(name, create=False)) as txn:
                 for key, value in list(txn.cursor()):
                     assert intact(value)
@@ -567,9 +564,8 @@ def test_a_log_of_the_unchecksummed_layout_is_upgraded_in_place(tmp_path: Path) 
     log = LmdbEventLog(tmp_path)
     log.append_batch(
         [Append("a", 0, (_tick("1"), _tick("2"))), Append("b", 0, (_tick("3"),))],
-        projections=[("P", Snapshot(3, 0, b"cache"))],
+        projector_caches=[("P", ProjectorCache(3, 0, b"cache"))],
         snapshots=[("a", Snapshot(2, 0, b"state"))],
-        checkpoints=[("P", 3)],
     )
     log.close()
     before = _read_everything(tmp_path)
@@ -577,8 +573,7 @@ def test_a_log_of_the_unchecksummed_layout_is_upgraded_in_place(tmp_path: Path) 
     log = LmdbEventLog(tmp_path)
     try:
         assert log.read_all() == before
-        assert log.load_projection("P") == Snapshot(3, 0, b"cache")  # resealed
-        assert log.load_checkpoint("P") == 3
+        assert log.load_projector_cache("P") == ProjectorCache(3, 0, b"cache")  # resealed
         assert log.load_snapshot("a") is None  # left as it was: retaken later
         outcomes, _ = log.append_batch([Append("a", 2, (_tick("4"),))])
         assert isinstance(outcomes[0], AppendResult)

@@ -16,6 +16,7 @@ import trio
 import trio.testing
 
 from actorlog import Aggregate, DefinitionError, Engine, EngineError, applies, handles
+from actorlog.engine._records import ProjectorCache
 from actorlog.storage import (
     NO_STREAM,
     Append,
@@ -217,14 +218,12 @@ class _DropsAggregate(MemoryEventLog):
         appends: Sequence[Append],
         *,
         snapshots: Sequence[tuple[str, Snapshot]] = (),
-        checkpoints: Sequence[tuple[str, int]] = (),
-        projections: Sequence[tuple[str, Snapshot]] = (),
+        projector_caches: Sequence[tuple[str, ProjectorCache]] = (),
     ) -> tuple[list[AppendResult | EngineError], list[StoredEvent]]:
         return super().append_batch(
-            [msgspec.structs.replace(a, aggregate=None) for a in appends],
+            [msgspec.structs.replace(a, aggregate_name=None) for a in appends],
             snapshots=[(s, msgspec.structs.replace(x, aggregate=None)) for s, x in snapshots],
-            checkpoints=checkpoints,
-            projections=projections,
+            projector_caches=projector_caches,
         )
 
 

@@ -21,6 +21,7 @@ from actorlog import (
     StorageFull,
 )
 from actorlog.engine._log import AppendOutcome
+from actorlog.engine._records import ProjectorCache
 from actorlog.engine._writer import CommitBatch
 from actorlog.engine.testing import make_append
 from actorlog.lowlevel import Writer
@@ -133,14 +134,14 @@ async def test_close_commits_what_is_queued() -> None:
     async with trio.open_nursery() as nursery:
         for i in range(5):
             nursery.start_soon(append_into, writer, make_append(f"s{i}", NO_STREAM), results, i)
-        writer.save_checkpoint("p", 3)
+        writer.save_projector_cache("p", ProjectorCache(3, 0, b"c"))
         await trio.testing.wait_all_tasks_blocked()
         writer.close()  # before the writer even started
         nursery.start_soon(writer.run)
         await writer.wait_stopped()
     assert all(isinstance(r, AppendResult) for r in results.values()) and len(results) == 5
     assert log.head_position() == 5
-    assert log.load_checkpoint("p") == 3
+    assert log.load_projector_cache("p") == ProjectorCache(3, 0, b"c")
 
 
 async def test_submit_and_append_after_close_raise_engine_closed() -> None:
@@ -261,14 +262,13 @@ class ExplodingLog(MemoryEventLog):
         appends: Sequence[Append],
         *,
         snapshots: Sequence[tuple[str, Snapshot]] = (),
-        checkpoints: Sequence[tuple[str, int]] = (),
-        projections: Sequence[tuple[str, Snapshot]] = (),
+        projector_caches: Sequence[tuple[str, ProjectorCache]] = (),
     ) -> tuple[list[AppendOutcome], list[StoredEvent]]:
         if self.explode:
             self.explode = False
             raise RuntimeError("boom")
         return super().append_batch(
-            appends, snapshots=snapshots, checkpoints=checkpoints, projections=projections
+            appends, snapshots=snapshots, projector_caches=projector_caches
         )
 
 
@@ -292,7 +292,7 @@ async def test_invalid_stream_id_fails_only_its_caller() -> None:
         with pytest.raises(DefinitionError):
             await writer.append(make_append("", NO_STREAM))
         with pytest.raises(DefinitionError):
-            writer.save_checkpoint("", 1)
+            writer.save_projector_cache("", ProjectorCache(1, 0, b""))
         with pytest.raises(DefinitionError):
             writer.save_snapshot("a\x00", Snapshot(1, 0, b""))
         assert (await writer.append(make_append("ok", NO_STREAM))).last_position == 1
@@ -316,16 +316,17 @@ async def test_on_commit_sees_each_batch_in_log_order_with_its_objects() -> None
     assert isinstance(outcomes[1], ConcurrencyError)
 
 
-async def test_snapshots_and_checkpoints_ride_along_with_appends() -> None:
+async def test_snapshots_and_projector_caches_ride_along_with_appends() -> None:
     log = MemoryEventLog()
     writer = Writer(log)
     writer.submit(make_append("a", NO_STREAM), lambda outcome: None)
     writer.save_snapshot("a", Snapshot(1, 0, b"s"))
-    writer.save_checkpoint("p", 1)
+    writer.save_projector_cache("p", ProjectorCache(1, 0, b"c"))
     writer.close()
     await writer.run()
     assert writer.statistics().commits == 1
-    assert log.load_snapshot("a") == Snapshot(1, 0, b"s") and log.load_checkpoint("p") == 1
+    assert log.load_snapshot("a") == Snapshot(1, 0, b"s")
+    assert log.load_projector_cache("p") == ProjectorCache(1, 0, b"c")
 
 
 async def test_cancelled_caller_still_commits_what_it_queued() -> None:
@@ -344,47 +345,6 @@ async def test_cancelled_caller_still_commits_what_it_queued() -> None:
         writer.close()
     assert caller.cancelled_caught and results == {}
     assert log.head_position() == 1
-
-
-async def test_writer_in_a_thread_commits_while_the_map_grows_under_reads(
-    tmp_path: Path,
-) -> None:
-    log = LmdbEventLog(tmp_path, sync=False, map_size=64 << 10)
-    writer = Writer(log, in_thread=True)
-    payload = b"\xc5\x08\x00" + b"x" * 2048  # msgpack bin of 2 KiB
-
-    async def appender(stream_id: str) -> None:
-        for version in range(0, 120, 4):
-            await writer.append(Append(stream_id, version, (("Big", payload),) * 4))
-
-    async def reader() -> None:
-        # Commits land between two reads, so check what one read transaction sees.
-        while not done.is_set():
-            events = log.read_all(1, 10**6)
-            assert [e.position for e in events] == list(range(1, len(events) + 1))
-            for stream_id in ("s0", "s1", "s2", "s3"):
-                versions = [e.version for e in log.read_stream(stream_id)]
-                assert versions == list(range(1, len(versions) + 1))
-            reads.append(len(events))
-            await trio.lowlevel.checkpoint()
-
-    reads: list[int] = []
-
-    done = trio.Event()
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(writer.run)
-            nursery.start_soon(reader)
-            async with trio.open_nursery() as appenders:
-                for i in range(4):
-                    appenders.start_soon(appender, f"s{i}")
-            done.set()
-            writer.close()
-        assert log.map_size > 64 << 10
-        assert len(reads) > 1
-        assert assert_log_consistent(log) == {f"s{i}": 120 for i in range(4)}
-    finally:
-        log.close()
 
 
 async def scenario_writer_serves_many_callers() -> None:
