@@ -57,19 +57,15 @@ need the others' invariants restated.
 
 from __future__ import annotations
 
-import datetime
-import decimal
-import enum
-import fractions
-import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import anyio
 import msgspec
 
 from ._codec import EventRegistry, snapshot_bytes
+from ._decide import AggregateType, decide, kind_name, restore
 from ._errors import (
     CodecError,
     DefinitionError,
@@ -98,40 +94,6 @@ _EVICTION_SCAN = 16
 many busy actors each commit costs O(1), not O(live)."""
 
 
-class AggregateType(Protocol):
-    """What the engine needs of an aggregate class (``actors.Aggregate`` provides it).
-
-    Read-only members, so that a class object matches it for type checkers (a ClassVar or
-    a settable attribute in a protocol cannot be matched by a class object).
-    """
-
-    @property
-    def command_handlers(self) -> Mapping[type, Callable[[Any, Any], Sequence[Any] | None]]:
-        """Command type -> handler ``(state, command) -> events``."""
-
-    @property
-    def event_appliers(self) -> Mapping[type, Callable[[Any, Any], None]]:
-        """Event type -> applier ``(state, event) -> None``."""
-
-    @property
-    def aggregate_name(self) -> str:
-        """The type's name in the log: a stream created by one type is refused to another."""
-
-    @property
-    def snapshot_every(self) -> int | None:
-        """Snapshot every this many events; None: never."""
-
-    @property
-    def snapshot_format(self) -> int:
-        """The snapshot format version; snapshots of another are ignored."""
-
-    def __call__(self) -> Any:
-        """A new, empty state."""
-
-    def from_snapshot(self, data: bytes) -> Any:
-        """A state rebuilt from ``snapshot_state()``'s bytes."""
-
-
 def _check_owner(name: str, stream_id: str, owner: str | None) -> None:
     """Refuse to load ``stream_id`` as type ``name`` if another aggregate type created it."""
     if owner is not None and owner != name:
@@ -140,95 +102,6 @@ def _check_owner(name: str, stream_id: str, owner: str | None) -> None:
             "stream ids are shared by all aggregate types (set aggregate_name to the old "
             "name if the class was renamed)"
         )
-
-
-_ATOMS: frozenset[type] = frozenset(
-    {
-        bool,
-        bytes,
-        complex,
-        datetime.date,
-        datetime.datetime,
-        datetime.time,
-        datetime.timedelta,
-        datetime.timezone,
-        decimal.Decimal,
-        float,
-        fractions.Fraction,
-        int,
-        range,
-        str,
-        type(None),
-        uuid.UUID,
-    }
-)
-"""Types whose instances cannot change (exact types: a subclass may add a ``__dict__``)."""
-
-
-def _immutable(value: Any, depth: int = 0) -> bool:
-    """True if nothing reachable from ``value`` can be changed in place.
-
-    Checked by value, and only after a handler raised (never on the command path): a frozen
-    Struct or a tuple counts only if what it holds does. Enum members and classes are
-    process-wide singletons, so replay would see the very same objects: they count too.
-    """
-    cls = type(value)
-    if cls in _ATOMS:
-        return True
-    if depth > 64:
-        return False  # absurdly deep: reloading is the safe answer
-    if cls is tuple or cls is frozenset:
-        return all(_immutable(item, depth + 1) for item in value)
-    if isinstance(value, msgspec.Struct):
-        config = cls.__struct_config__
-        return (
-            config.frozen
-            and not config.dict
-            and all(_immutable(getattr(value, f), depth + 1) for f in cls.__struct_fields__)
-        )
-    return isinstance(value, enum.Enum | type)
-
-
-_PLAIN: dict[AggregateType, bool] = {}
-"""Aggregate class -> its instances keep all their attributes in ``__dict__`` (no slots)."""
-
-
-def _restore(state: Any, kind: AggregateType, before: dict[str, Any]) -> bool:
-    """Put ``before`` back as ``state``'s attributes if that is an exact undo; else False.
-
-    Handler and appliers may have rebound attributes (undone by restoring ``before``, the
-    attributes they found) and changed values in place (not undoable that way). So this
-    restores only when nothing in ``before`` can have changed in place: every value
-    immutable all the way down (``_immutable``), and the state a plain instance of its
-    class that keeps everything in its ``__dict__``.
-    """
-    cls: object = type(state)
-    if cls is not kind:
-        return False  # a handler that reassigned __class__, or a custom from_snapshot
-    plain = _PLAIN.get(kind)
-    if plain is None:
-        plain = _PLAIN[kind] = not any(
-            set(vars(c).get("__slots__", ())) - {"__dict__", "__weakref__"}
-            for c in type(state).__mro__
-            if c is not object
-        )
-    if not plain:
-        return False
-    # W1 refuses ~7% of its commands, each of which gets here: a plain loop with the
-    # exact-type test first is the cheapest check for the usual numbers and strings.
-    for value in before.values():
-        if type(value) not in _ATOMS and not _immutable(value):
-            return False
-    try:
-        state.__dict__ = before  # ours alone: a copy made for this turn (~6x clear+update)
-    except Exception:
-        return False  # a class that does not allow it: reload instead
-    return True
-
-
-def _name(kind: AggregateType) -> str:
-    # Not a protocol member: type checkers do not see a class object's __name__ there.
-    return getattr(kind, "__name__", repr(kind))
 
 
 class AggregatesStatistics(msgspec.Struct, frozen=True):
@@ -343,7 +216,7 @@ class Aggregates:
         self._kinds = set(kinds)
         # The type's name in the log; a kind that is not an actors.Aggregate may lack it.
         self._owner_names: dict[AggregateType, str] = {
-            kind: getattr(kind, "aggregate_name", None) or _name(kind) for kind in kinds
+            kind: getattr(kind, "aggregate_name", None) or kind_name(kind) for kind in kinds
         }
         for kind in kinds:
             for event_type in kind.event_appliers:
@@ -439,7 +312,7 @@ class Aggregates:
             self._reload(actor)
         if actor.stale or actor.room or actor.inflight + actor.handed >= self._mailbox_size:
             raise Overloaded(
-                f"the mailbox of {_name(kind)} {stream_id!r} is full "
+                f"the mailbox of {kind_name(kind)} {stream_id!r} is full "
                 f"({self._mailbox_size} commands in flight, or senders waiting for room)"
             )
         return Pending(self._decide(actor, handler, command, correlation_id, causation_id))
@@ -490,10 +363,10 @@ class Aggregates:
         except TypeError:  # unhashable: certainly not a hosted class
             hosted = False
         if not hosted:
-            raise UnknownCommand(f"{_name(kind)!r} is not hosted here")
+            raise UnknownCommand(f"{kind_name(kind)!r} is not hosted here")
         handler = kind.command_handlers.get(type(command))
         if handler is None:
-            raise UnknownCommand(f"{_name(kind)} has no handler for {type(command).__name__}")
+            raise UnknownCommand(f"{kind_name(kind)} has no handler for {type(command).__name__}")
         return handler
 
     async def _wait_and_decide(
@@ -575,46 +448,12 @@ class Aggregates:
         except AttributeError:  # no __dict__ (slots only): a failure reloads it instead
             before = None
         try:
-            events = handler(state, command)
-        except Rejected:
-            # Handlers should decide without touching the state, but nothing enforces it:
-            # one that changed it and then refused must not leave the change behind.
-            if before is None or not _restore(state, kind, before):
-                actor.stale = True  # see _undo
-            raise
-        except BaseException as e:
+            events, encoded = decide(kind, state, handler, command, self._registry.encode)
+        except BaseException:
+            # Rejected included: handlers should decide without touching the state, but
+            # nothing enforces it, and a change left behind would outlive the refusal.
             self._undo(actor, before)
-            if must_propagate(e):
-                raise  # cancellation, Ctrl-C, sys.exit(): not the handler's failure
-            raise HandlerError(
-                f"{_name(kind)}.{getattr(handler, '__name__', 'handler')} raised "
-                f"{type(e).__name__}: {e}"
-            ) from e
-        if events is None:
-            events = ()
-        elif not isinstance(events, list | tuple):
-            self._undo(actor, before)  # as for an exception: it may have touched the state
-            raise HandlerError(
-                f"{_name(kind)} handler returned {type(events).__name__}, not a list of events"
-            )
-        appliers = kind.event_appliers
-        encode = self._registry.encode
-        encoded = []
-        try:
-            for event in events:
-                applier = appliers.get(type(event))
-                if applier is None:
-                    raise HandlerError(
-                        f"{_name(kind)} emitted {type(event).__name__}, which it cannot apply"
-                    )
-                # Encode first: an event that cannot be stored must not evolve the state.
-                encoded.append(encode(event))
-                applier(state, event)
-        except BaseException as e:
-            self._undo(actor, before)  # some appliers may have run: the state is half-evolved
-            if isinstance(e, EngineError) or must_propagate(e):
-                raise
-            raise HandlerError(f"{_name(kind)} failed to apply its events: {e!r}") from e
+            raise
         expected = actor.version
         count = len(encoded)
         reply = self._new_reply()
@@ -685,12 +524,12 @@ class Aggregates:
     def _undo(self, actor: _Actor, before: dict[str, Any] | None) -> None:
         """Put the state back exactly as the handler found it, or mark the actor stale.
 
-        ``before`` is restored when that is exact (``_restore``). Any other state is marked
+        ``before`` is restored when that is exact (``_decide.restore``). Any other state is marked
         stale: reloaded from its snapshot and the log (once nothing of it is in flight)
         before its next command, and never snapshotted meanwhile. Either way the next
         decision sees exactly what replaying the log would give.
         """
-        if before is None or not _restore(actor.state, actor.kind, before):
+        if not restore(actor.state, actor.kind, before):
             actor.stale = True
 
     # -- activation, reload, passivation --------------------------------------------------
@@ -701,7 +540,7 @@ class Aggregates:
             return self._activate(kind, stream_id)
         if actor.kind is not kind:
             raise DefinitionError(
-                f"stream {stream_id!r} is a live {_name(actor.kind)}, not a {_name(kind)}; "
+                f"stream {stream_id!r} is a live {kind_name(actor.kind)}, not a {kind_name(kind)}; "
                 "stream ids are shared by all aggregate types"
             )
         self._live.move_to_end(stream_id)
@@ -772,7 +611,7 @@ class Aggregates:
             if must_propagate(e):
                 raise
             raise HandlerError(
-                f"cannot rebuild {_name(kind)} {stream_id!r} from its events: {e!r}"
+                f"cannot rebuild {kind_name(kind)} {stream_id!r} from its events: {e!r}"
             ) from e
         return state, version, snapshot_version
 

@@ -50,7 +50,7 @@ import heapq
 import itertools
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Literal, Protocol
 
 import anyio.lowlevel
@@ -58,6 +58,7 @@ import msgspec
 
 from ._codec import EventRegistry, snapshot_bytes
 from ._errors import DefinitionError, EngineClosed, EngineError, ProjectorFaulted, StorageError
+from ._fold import Appliers, Parked, fault_for, fold
 from ._log import EventLog
 from ._records import ProjectorCache, Recorded, StoredEvent
 from ._reply import Reply, must_propagate, reply_factory
@@ -133,15 +134,6 @@ class ProjectorType(Protocol):
 
     def from_snapshot(self, data: bytes) -> Any:
         """A projector rebuilt from its instance's ``snapshot_state()`` bytes."""
-
-
-class Parked(msgspec.Struct, frozen=True):
-    """An event a ``park`` projector could not apply and skipped."""
-
-    position: int
-    stream_id: str
-    type: str
-    error: str
 
 
 class ProjectorStatistics(msgspec.Struct, frozen=True):
@@ -324,7 +316,7 @@ class ProjectorHost:
         self._log = log
         self._broadcast = broadcast
         # Type name -> (applier, payload decoder). Types missing here are never decoded.
-        self._appliers: dict[str, tuple[Callable[..., None], Callable[[Any], Any]]] = {}
+        self._appliers: Appliers = {}
         for event_type, fn in kind.event_appliers.items():
             name = registry.register(event_type)
             self._appliers[name] = (fn, registry.decoder_for(name).decode)
@@ -443,64 +435,19 @@ class ProjectorHost:
                 await anyio.lowlevel.checkpoint()
 
     def _fold(self, events: list[StoredEvent], objects: list[Any] | None) -> None:
-        """Fold a batch that starts at ``checkpoint + 1``, decoding only the types this
-        projector handles, and only where no emitted object came with the event.
-
-        The rebuild hot path (``benchmarks/workloads.py`` engine_rebuild): one ``try``
-        around the whole loop (free in 3.11 until something raises), no per-event position
-        check (a batch is consecutive), and the failing event found again from the loop
-        variable.
-        """
-        get = self._appliers.get
-        instance = self.instance
-        first = events[0].position
-        skip = 0
-        while True:
-            applied = 0
-            stored = events[skip]
-            rest = events[skip:] if skip else events
-            if objects is None:
-                others: Iterable[Any] = itertools.repeat(None)
-            else:
-                others = objects[skip:] if skip else objects
-            try:
-                for stored, event in zip(rest, others, strict=False):  # others may be endless
-                    entry = get(stored.type)
-                    if entry is not None:
-                        fn, decode = entry
-                        fn(instance, decode(stored.payload) if event is None else event, stored)
-                        applied += 1
-            except BaseException as e:
-                # A user's BaseException (not cancellation, Ctrl-C or sys.exit()) is an
-                # applier failure like any other: it halts (or parks) this projector only.
-                if must_propagate(e):
-                    raise
-                self.applied += applied
-                if not self._failed(stored, e):
-                    return
-                skip = stored.position - first + 1
-                if skip < len(events):
-                    continue
-                return  # parked the last event: _failed moved the checkpoint past it
-            self.applied += applied
-            self.checkpoint = events[-1].position
-            return
-
-    def _failed(self, stored: StoredEvent, error: BaseException) -> bool:
-        """An applier (or decoding) raised at ``stored``: park it and go on, or halt."""
-        if self.kind.on_error == "park":
-            self.parked.append(Parked(stored.position, stored.stream_id, stored.type, repr(error)))
-            self.checkpoint = stored.position
-            return True
-        # The cache holds everything before the failed event; resume retries it.
-        self.checkpoint = stored.position - 1
-        self._halt(stored.position, stored.type, error)
-        return False
+        """Fold a batch that starts at ``checkpoint + 1`` (see ``_fold.fold``)."""
+        applied, self.checkpoint, parked, failure = fold(
+            self._appliers, self.instance, events, objects, self.kind.on_error
+        )
+        self.applied += applied
+        if parked:
+            self.parked.extend(parked)
+        if failure is not None:
+            stored, error = failure
+            self._halt(stored.position, stored.type, error)
 
     def _halt(self, position: int, event_type: str, error: BaseException) -> None:
-        fault = ProjectorFaulted(self.name, position, event_type, repr(error))
-        fault.__cause__ = error
-        self.fault = fault
+        self.fault = fault_for(self.name, position, event_type, error)
         # Even waiters for positions already applied fail: the failing applier may have
         # left part of its work in the cache, which no query may see.
         for reply in self._take_waiters():
