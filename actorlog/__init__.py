@@ -44,6 +44,7 @@ from .engine import (
     UnknownEventType,
     UnknownQuery,
 )
+from .engine._errors import QueryTimeout
 from .engine._public import publish
 
 __all__ = [
@@ -67,6 +68,7 @@ __all__ = [
     "Projector",
     "ProjectorFaulted",
     "ProjectorStatistics",
+    "QueryTimeout",
     "Recorded",
     "Rejected",
     "StorageError",

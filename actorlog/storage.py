@@ -3,6 +3,7 @@ the contract every backend runs.
 
 A new backend implements :class:`EventLog` and passes ``check_event_log(make_log)`` (the
 suite the LMDB and in-memory logs pass); ``Engine.open(log=...)`` then runs on it.
+``engine.log`` is a :class:`LogView`: the log's reads, never its writes.
 """
 
 from .engine import (
@@ -16,6 +17,7 @@ from .engine import (
     Snapshot,
     StoredEvent,
 )
+from .engine._log_view import LogView
 from .engine._public import publish
 from .engine.testing import assert_log_consistent, check_event_log
 
@@ -25,6 +27,7 @@ __all__ = [
     "AppendResult",
     "EventLog",
     "LmdbEventLog",
+    "LogView",
     "MemoryEventLog",
     "NO_STREAM",
     "Snapshot",

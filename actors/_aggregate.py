@@ -13,7 +13,13 @@ import msgspec
 
 from ..engine import DefinitionError, InvalidArgument
 from ..engine._log import check_label
-from ._dispatch import decorated, message_type, returned_event_types
+from ._dispatch import (
+    check_event_type,
+    check_no_arguments,
+    decorated,
+    message_type,
+    returned_event_types,
+)
 from ._snapshot import check_snapshot_options, decode_state, encode_state, state_struct
 
 __all__ = ["Aggregate"]
@@ -26,10 +32,11 @@ class Aggregate:
     """Base class of aggregates: consistency boundaries that turn commands into events.
 
     Subclass it, give ``__init__`` no required arguments (it builds the empty state), mark
-    command handlers with ``@handles`` and event appliers with ``@applies``. The class is
-    checked when it is created: two handlers for one command type, two appliers for one
-    event type, or a handler that emits an event type without an applier raise
-    :class:`~engine.DefinitionError`.
+    command handlers with ``@handles`` and event appliers with ``@applies`` (plain ``def``,
+    never ``async def``). The class is checked when it is created: two handlers for one
+    command type, two appliers for one event type, a handler that emits an event type
+    without an applier, an ``async`` handler or applier, an event type that is not frozen,
+    or an ``__init__`` that needs arguments raise :class:`~actorlog.DefinitionError`.
 
     Class options:
         aggregate_name: the type's name in the log (default: the class name). A stream
@@ -62,6 +69,7 @@ class Aggregate:
             check_label(cls.aggregate_name, "aggregate_name")
         except InvalidArgument as e:
             raise DefinitionError(f"{cls.__qualname__}: {e}") from None
+        check_no_arguments(cls, "state")
         handlers: dict[type, Handler] = dict(cls.command_handlers)
         appliers: dict[type, Applier] = dict(cls.event_appliers)
         emitted: set[type] = set(cls.emitted_types)
@@ -79,6 +87,7 @@ class Aggregate:
             emitted |= returned_event_types(fn, cls)
         for name, fn in decorated(cls, "applies"):
             event = message_type(fn, cls)
+            check_event_type(event, f"{cls.__qualname__}.{name}")
             if event in own_appliers:
                 raise DefinitionError(
                     f"{cls.__qualname__} has two appliers for {event.__name__} "

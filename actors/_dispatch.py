@@ -20,6 +20,8 @@ from ..engine import DefinitionError
 
 __all__ = [
     "applies",
+    "check_event_type",
+    "check_no_arguments",
     "handles",
     "message_type",
     "resolve_hints",
@@ -109,9 +111,20 @@ def _hints(fn: Callable[..., Any], owner: type) -> dict[str, Any]:
 
 
 def message_type(fn: Callable[..., Any], owner: type) -> type:
-    """The annotated type of ``fn``'s first parameter after ``self``."""
-    params = list(inspect.signature(fn).parameters.values())
+    """The annotated type of ``fn``'s first parameter after ``self``.
+
+    Raises:
+        DefinitionError: ``fn`` is ``async`` (the engine calls handlers and appliers
+            synchronously, inside one turn of the actor: a coroutine would never run), or
+            its message parameter is missing, unannotated or not a Struct type.
+    """
     where = f"{owner.__qualname__}.{fn.__name__}"
+    if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
+        raise DefinitionError(
+            f"{where} is async: handlers and appliers are plain functions (a decision or an "
+            "update of state in memory; the engine does the I/O around them)"
+        )
+    params = list(inspect.signature(fn).parameters.values())
     if len(params) < 2:
         raise DefinitionError(f"{where} needs a parameter annotated with the message type")
     hint = _hints(fn, owner).get(params[1].name)
@@ -120,6 +133,40 @@ def message_type(fn: Callable[..., Any], owner: type) -> type:
     if not (isinstance(hint, type) and issubclass(hint, msgspec.Struct)):
         raise DefinitionError(f"{where}: {hint!r} is not a msgspec.Struct type")
     return hint
+
+
+def check_event_type(event: type, where: str) -> None:
+    """Refuse an event type that is not frozen, when the class naming it is created (the
+    engine would refuse it at open or at the first command).
+
+    Raises:
+        DefinitionError: ``event`` is not a frozen Struct.
+    """
+    config = getattr(event, "__struct_config__", None)
+    if config is None or not config.frozen:
+        # Live projectors receive the very object the aggregate emitted: frozen makes
+        # sharing it safe without copying.
+        raise DefinitionError(
+            f"{where}: event type {event.__name__} must be frozen "
+            f"(class {event.__name__}(msgspec.Struct, frozen=True))"
+        )
+
+
+def check_no_arguments(cls: type, builds: str) -> None:
+    """Refuse a class whose ``__init__`` needs arguments: the engine builds the empty state
+    (or cache) with ``cls()``.
+
+    Raises:
+        DefinitionError: ``cls()`` cannot be called without arguments.
+    """
+    try:
+        inspect.signature(cls).bind()
+    except TypeError:
+        raise DefinitionError(
+            f"{cls.__qualname__}() must take no arguments: it builds the empty {builds}"
+        ) from None
+    except ValueError:  # no signature to read (a C-level __init__): let it be
+        pass
 
 
 def returned_event_types(fn: Callable[..., Any], owner: type) -> frozenset[type]:

@@ -15,7 +15,7 @@ import msgspec
 
 from ..engine import DefinitionError, InvalidArgument, Recorded
 from ..engine._log import check_name
-from ._dispatch import decorated, message_type, role_of
+from ._dispatch import check_event_type, check_no_arguments, decorated, message_type, role_of
 from ._snapshot import check_snapshot_options, decode_state, encode_state, state_struct
 
 __all__ = ["Projector"]
@@ -30,7 +30,8 @@ class Projector:
     ``@applies`` (``def f(self, e: Deposited, meta: Recorded) -> None``; ``meta`` is
     optional) and write queries as plain public methods. The class is checked when it is
     created: two appliers for one event type, an applier with other parameters, an
-    ``__init__`` that needs arguments or a bad option raise
+    ``async`` applier, an event type that is not frozen, an ``__init__`` that needs
+    arguments or a bad option raise
     :class:`~engine.DefinitionError`. A query must only read; whatever it returns is copied
     by the engine unless it is immutable, so callers cannot alias the cache.
 
@@ -75,16 +76,12 @@ class Projector:
             raise DefinitionError(
                 f"{cls.__qualname__}.on_error must be 'halt' or 'park', not {cls.on_error!r}"
             )
-        try:
-            inspect.signature(cls).bind()
-        except TypeError:
-            raise DefinitionError(
-                f"{cls.__qualname__}() must take no arguments: it builds the empty cache"
-            ) from None
+        check_no_arguments(cls, "cache")
         appliers: dict[type, ProjectorApplier] = dict(cls.event_appliers)
         own: set[type] = set()
         for fname, fn in decorated(cls, "applies"):
             event = message_type(fn, cls)
+            check_event_type(event, f"{cls.__qualname__}.{fname}")
             if event in own:
                 raise DefinitionError(
                     f"{cls.__qualname__} has two appliers for {event.__name__} "

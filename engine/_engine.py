@@ -31,12 +31,17 @@ from ._errors import (
     EngineClosed,
     HandlerError,
     InvalidArgument,
+    Overloaded,
+    ProjectorFaulted,
+    QueryTimeout,
+    StorageLocked,
+    UnknownCommand,
     UnknownQuery,
     describe,
 )
 from ._log import EventLog, check_label, check_metadata, check_stream_id
 from ._log_lmdb import DEFAULT_MAP_SIZE, DEFAULT_MAX_MAP_SIZE, LmdbEventLog
-from ._log_memory import MemoryEventLog
+from ._log_view import LogView
 from ._projections import (
     WINDOW_BYTES,
     Broadcast,
@@ -72,6 +77,28 @@ async def _shielded(run: Callable[[], Awaitable[None]]) -> None:
         await run()
 
 
+class _LmdbOption:
+    """The default of an LMDB-only option of :meth:`Engine.open`, told apart from the same
+    value passed explicitly (which, with ``log=``, would be silently ignored)."""
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:  # what the signature shows in help()
+        return repr(self.value)
+
+
+# Typed Any so that the signature keeps its real types (sync: bool, not bool | _LmdbOption).
+_SYNC: Any = _LmdbOption(True)
+_MAP_SIZE: Any = _LmdbOption(DEFAULT_MAP_SIZE)
+_MAX_MAP_SIZE: Any = _LmdbOption(DEFAULT_MAX_MAP_SIZE)
+
+# The LMDB directories that engines of this process hold open (resolved paths): a second
+# Engine.open on one is refused by the log's lock either way; this tells it apart from
+# another process holding it, so the message says which.
+_open_here: set[str] = set()
+
+
 class Engine:
     """An embedded CQRS engine. Open it with ``async with Engine.open(...) as engine``.
 
@@ -91,6 +118,7 @@ class Engine:
     ) -> None:
         # Use Engine.open: the engine only works inside the task group it creates.
         self._log = log
+        self._view = LogView(log)
         self._writer = writer
         self._aggregates = aggregates
         self._projections = {host.kind: host for host in projections}
@@ -112,52 +140,88 @@ class Engine:
     @asynccontextmanager
     async def open(
         cls,
-        path: str | os.PathLike[str] | None,
+        path: str | os.PathLike[str] | None = None,
         *,
+        log: EventLog | None = None,
         aggregates: Iterable[AggregateType],
         projectors: Iterable[ProjectorType] = (),
-        sync: bool = True,
-        log: EventLog | None = None,
+        sync: bool = _SYNC,
         mailbox_size: int = 64,
         max_live_aggregates: int = 100_000,
         idle_timeout: float | None = None,
-        map_size: int = DEFAULT_MAP_SIZE,
-        max_map_size: int = DEFAULT_MAX_MAP_SIZE,
+        map_size: int = _MAP_SIZE,
+        max_map_size: int = _MAX_MAP_SIZE,
         projector_window_bytes: int = WINDOW_BYTES,
+        wait_for_projectors: bool = True,
     ) -> AsyncIterator[Engine]:
-        """Open the log at ``path``, start the actors, and close it all on exit.
+        """Open the log, start the actors, and close it all on exit.
+
+        ``Engine.open(path, ...)`` opens (or creates) the LMDB log in directory ``path``;
+        ``Engine.open(log=MemoryEventLog(), ...)`` runs on a ready backend instead (an
+        in-memory log is not durable). Exactly one of the two.
+
+        It returns once every projector has applied the log as it was at open, so a query
+        right after it never sees an empty or stale view (a projector that halts meanwhile
+        is not waited for: its queries raise ``ProjectorFaulted``). With
+        ``wait_for_projectors=False`` it returns at once, and a projector still reading the
+        log shows as ``state="catching_up"`` in ``engine.statistics().projectors``; a query
+        with ``after=`` still waits for what it needs.
 
         Args:
-            path: the LMDB directory; ``None`` with ``log=None`` uses an in-memory log.
+            path: the LMDB directory (created if missing).
+            log: a ready backend to use instead of ``path`` (closed on exit).
             aggregates: the aggregate classes to host.
             projectors: the projector classes to host; each catches up from the log.
-            sync: fsync each group commit (durable against OS crashes). ``sync=False``
-                survives a process crash, not an OS crash.
-            log: a ready backend to use instead of opening ``path`` (it is closed on exit).
+            sync: LMDB only: fsync each group commit (durable against OS crashes, the
+                default). ``sync=False`` survives a process crash, not an OS crash.
             mailbox_size: commands per aggregate decided but not yet durable; beyond it
                 ``send`` waits and ``send_nowait`` raises ``Overloaded``.
             max_live_aggregates: the most aggregates kept in memory (least recently used
                 idle ones are passivated first).
             idle_timeout: passivate aggregates idle this many seconds, a finite number
                 above 0 (None: never).
-            map_size: initial LMDB map size in bytes (it grows by itself).
-            max_map_size: the cap on map growth; beyond it commands fail with StorageFull.
-                At least ``map_size``.
+            map_size: LMDB only: the initial map size in bytes (it grows by itself).
+            max_map_size: LMDB only: the cap on map growth; beyond it commands fail with
+                ``StorageFull`` (raise it later with :meth:`set_max_map_size`). At least
+                ``map_size``.
             projector_window_bytes: how many bytes of recently committed events are kept
                 for live projectors (default 64 MiB; each event counts twice its payload
                 plus a small overhead). Projectors that fall behind it read the log
                 instead; with no projector hosted nothing is kept. 0 keeps nothing.
+            wait_for_projectors: wait at open until the projectors have caught up (the
+                default); False for a log too long to wait for.
 
         Raises:
-            DefinitionError: an option is out of range or of the wrong type (counts and
+            DefinitionError: neither or both of ``path`` and ``log`` were given, or ``log``
+                with an LMDB-only option (``sync``, ``map_size``, ``max_map_size``), which
+                it would ignore; an option is out of range or of the wrong type (counts and
                 sizes are ints, ``sync`` a bool: ``True``/``1`` confusions are refused), an
                 aggregate or projector is not one, or has a name or snapshot format the log
                 cannot store, or two projectors share a name. Nothing was opened.
+            StorageLocked: the directory is open in another process, or by another engine
+                in this one (one engine per log directory).
+            StorageError: the directory or its log cannot be used.
 
-        On exit the engine stops accepting commands, fails those still waiting for mailbox
-        room with ``EngineClosed``, commits every command already decided, and closes the
-        log. If the body is cancelled, the same happens.
+        An exception raised in the ``async with`` block comes out as itself, never wrapped
+        in an ``ExceptionGroup`` (the engine's own tasks run in a task group: if one of
+        them fails, its error comes out as a group, with the block's, if any). On exit the
+        engine stops accepting commands, fails those still waiting for mailbox room with
+        ``EngineClosed``, commits every command already decided, and closes the log. If
+        the body (or the wait for the projectors) is cancelled, the same happens.
         """
+        lmdb_options = {"sync": sync, "map_size": map_size, "max_map_size": max_map_size}
+        given = [name for name, value in lmdb_options.items() if not _defaulted(value)]
+        if (path is None) == (log is None):
+            raise DefinitionError(
+                "Engine.open needs exactly one of path (an LMDB directory) or "
+                "log= (a ready backend, e.g. log=MemoryEventLog() for an in-memory log)"
+            )
+        if log is not None and given:
+            raise DefinitionError(
+                f"{', '.join(given)}: LMDB option(s) of Engine.open(path); with log= the "
+                "backend is configured where it is made, and they would be ignored"
+            )
+        sync, map_size, max_map_size = (_value(sync), _value(map_size), _value(max_map_size))
         aggregate_kinds, projector_kinds = _check_kinds(aggregates, projectors)
         _check_options(
             sync=sync,
@@ -168,13 +232,17 @@ class Engine:
             max_map_size=max_map_size,
             projector_window_bytes=projector_window_bytes,
         )
+        if type(wait_for_projectors) is not bool:
+            raise DefinitionError(
+                f"wait_for_projectors must be True or False, not {describe(wait_for_projectors)}"
+            )
         if len({p.name for p in projector_kinds}) != len(projector_kinds):
             raise DefinitionError("two projectors share a name")
+        held: str | None = None
         if log is None:
-            if path is None:
-                log = MemoryEventLog()
-            else:
-                log = LmdbEventLog(path, sync=sync, map_size=map_size, max_map_size=max_map_size)
+            assert path is not None
+            log, held = _open_lmdb(path, sync=sync, map_size=map_size, max_map_size=max_map_size)
+        body_error: BaseException | None = None
         try:
             registry = EventRegistry()
             broadcast = Broadcast(log.head_position(), window_bytes=projector_window_bytes)
@@ -214,13 +282,44 @@ class Engine:
                 if idle_timeout is not None:
                     tg.start_soon(hosts.run_idle_sweeper, idle_timeout)
                 try:
-                    yield engine
+                    if wait_for_projectors:
+                        await engine._wait_caught_up(broadcast.head)
+                    try:
+                        yield engine
+                    except BaseException as e:
+                        body_error = e
+                        raise
                 finally:
                     with anyio.CancelScope(shield=True):
                         await engine._shutdown()
                     tg.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # The task group wraps whatever crosses it. The host's own exception, alone,
+            # comes out as itself (trio's advice for a library's internal nursery): the
+            # host wrote `except KeyError`, not `except* KeyError`. A group that holds
+            # anything else (an engine task's failure) is left as it is.
+            if body_error is None or not _sole_error(group, body_error):
+                raise
         finally:
             log.close()
+            if held is not None:
+                _open_here.discard(held)
+        if body_error is not None:
+            # Raised outside the except block, so that it is not chained to the group that
+            # carried it; its own traceback and context are untouched.
+            try:
+                raise body_error
+            finally:
+                body_error = None
+
+    async def _wait_caught_up(self, position: int) -> None:
+        """Wait until every projector has applied ``position``; one that halts on the way
+        is not waited for (its queries say ``ProjectorFaulted``)."""
+        for host in self._projections.values():
+            try:
+                await host.wait_position(position)
+            except ProjectorFaulted:
+                continue
 
     async def _shutdown(self) -> None:
         """Refuse new work, commit what was decided, then stop the writer."""
@@ -262,8 +361,9 @@ class Engine:
         UTF-8 form (a lone surrogate) is refused.
 
         Raises:
-            UnknownCommand: the aggregate has no handler for this command type (nothing
-                was queued).
+            UnknownCommand: the aggregate is not hosted, or has no handler for this
+                command type (nothing was queued); for a dict, bytes or str the message
+                points to :meth:`decode_command`.
             Rejected: the handler refused the command; nothing was appended.
             HandlerError: the handler or an applier raised; nothing was appended and the
                 aggregate is reloaded from the log.
@@ -287,9 +387,12 @@ class Engine:
         if correlation_id is not None or causation_id is not None:
             correlation_id = check_metadata(correlation_id, "correlation_id")
             causation_id = check_metadata(causation_id, "causation_id")
-        return await self._aggregates.send(
-            aggregate, stream_id, command, correlation_id, causation_id
-        )
+        try:  # free when nothing is raised (zero-cost try since Python 3.11)
+            return await self._aggregates.send(
+                aggregate, stream_id, command, correlation_id, causation_id
+            )
+        except UnknownCommand as e:
+            raise _with_decode_hint(e, command) from None
 
     def send_nowait(
         self,
@@ -303,10 +406,12 @@ class Engine:
         """Put ``command`` in the mailbox now, never waiting for room.
 
         Returns a :class:`Pending`; ``await`` it for the :class:`Committed`. The handler
-        has already run when this returns, so its errors are raised here.
+        has already run when this returns, so its errors are raised here. Cancelling the
+        ``await`` of the :class:`Pending` does not withdraw the command: it may commit.
 
         Raises:
-            Overloaded: the mailbox is full; nothing was queued.
+            Overloaded: the mailbox is full, or ``max_live_aggregates`` aggregates are live
+                and all busy; nothing was queued. Always exactly ``Overloaded``.
             (and the errors of :meth:`send`)
         """
         if type(stream_id) is not str:  # as in send
@@ -314,9 +419,18 @@ class Engine:
         if correlation_id is not None or causation_id is not None:
             correlation_id = check_metadata(correlation_id, "correlation_id")
             causation_id = check_metadata(causation_id, "causation_id")
-        return self._aggregates.send_nowait(
-            aggregate, stream_id, command, correlation_id, causation_id
-        )
+        try:
+            return self._aggregates.send_nowait(
+                aggregate, stream_id, command, correlation_id, causation_id
+            )
+        except Overloaded as e:
+            # The aggregates tell "no live slot" apart with a private subclass (send waits
+            # on it); callers get the public type, which they can catch and name.
+            if type(e) is Overloaded:
+                raise
+            raise Overloaded(str(e)) from None
+        except UnknownCommand as e:
+            raise _with_decode_hint(e, command) from None
 
     def decode_command(
         self,
@@ -344,14 +458,22 @@ class Engine:
     # -- queries ---------------------------------------------------------------------------
 
     async def query(
-        self, query: Callable[..., T], /, *args: Any, after: int | None = None, **kwargs: Any
+        self,
+        query: Callable[..., T],
+        /,
+        *args: Any,
+        after: int | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 (it bounds only the wait for after)
+        **kwargs: Any,
     ) -> T:
         """Call a projector query (``Balances.balance``) on the projector's cache.
 
         With ``after=position`` (typically ``Committed.position``) it first waits until the
-        projector has applied that position, so a caller reads its own writes. The result
+        projector has applied that position, so a caller reads its own writes; with
+        ``timeout=seconds`` too, it waits at most that long (then ``QueryTimeout``). The result
         cannot alias the cache: anything mutable is copied. Without ``after`` it does not
-        wait at all. If cancelled while waiting, nothing happened.
+        wait at all (and ``timeout`` does nothing). If cancelled while waiting, nothing
+        happened.
 
         The query is answered by the hosted projector whose class defines it; an inherited
         one by the first hosted projector that has it. So a projector hosted beside its base
@@ -363,10 +485,13 @@ class Engine:
 
         Raises:
             UnknownQuery: ``query`` is not a query of a hosted projector.
-            InvalidArgument: ``after`` is not None or an int >= 0 (bools are refused).
+            InvalidArgument: ``after`` is not None or an int >= 0 (bools are refused), or
+                ``timeout`` is not None or a finite number >= 0.
+            QueryTimeout: ``timeout`` seconds passed before the projector reached ``after``.
             HandlerError: the query raised, or its result cannot be copied.
             ProjectorFaulted: the projector halted (before reaching ``after``).
-            EngineClosed: the engine closed while waiting.
+            EngineClosed: ``after`` was given and the engine is closing or closed (waits
+                are refused then, as by :meth:`wait_projected`), or it closed while waiting.
         """
         try:
             host = self._queries.get(query)
@@ -378,12 +503,12 @@ class Engine:
             )
         if after is not None and (type(after) is not int or after < 0):
             raise InvalidArgument(f"after must be None or an int >= 0, not {describe(after)}")
+        if timeout is not None:
+            _check_timeout(timeout)
         if host.fault is not None:
             raise host.fault_error()  # a fresh error each time: tracebacks must not pile up
-        if after is not None and host.checkpoint < after:
-            if self._closed:
-                raise EngineClosed("the engine is closed")
-            await host.wait_position(after)
+        if after is not None and (host.checkpoint < after or self._closed):
+            await self._wait_position(host, after, timeout)
             if host.fault is not None:  # halted between releasing us and now
                 raise host.fault_error()
         # call_query's two steps, inlined: forwarding *args and **kwargs through one more
@@ -393,20 +518,56 @@ class Engine:
         except Exception as e:
             raise _query_failed(query, e) from e
 
-    async def wait_projected(self, position: int | None = None) -> None:
-        """Wait until every projector has applied ``position`` (default: the current head).
+    async def wait_projected(
+        self,
+        position: int | None = None,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 (query's twin; a scope works too)
+    ) -> None:
+        """Wait until every projector has applied ``position`` (default: the current head),
+        for at most ``timeout`` seconds if given. Cancelling the wait is safe.
 
-        Raises ProjectorFaulted if one halts before that, InvalidArgument if ``position``
-        is not None or an int >= 0. Cancelling the wait is safe.
+        Raises:
+            InvalidArgument: ``position`` is not None or an int >= 0, or ``timeout`` is
+                not None or a finite number >= 0.
+            QueryTimeout: ``timeout`` seconds passed first.
+            ProjectorFaulted: a projector halted before ``position``.
+            EngineClosed: the engine is closing or closed, or closed while waiting.
         """
         if position is not None and (type(position) is not int or position < 0):
             raise InvalidArgument(f"position must be None or an int >= 0, not {describe(position)}")
+        if timeout is not None:
+            _check_timeout(timeout)
         if self._closed:
             raise EngineClosed("the engine is closed")
         target = self._broadcast.head if position is None else position
-        for host in self._projections.values():
-            # If the engine closes meanwhile, each projector refuses the wait itself.
-            await host.wait_position(target)
+        # One deadline for them all, not one per projector.
+        with anyio.move_on_after(math.inf if timeout is None else timeout) as scope:
+            for host in self._projections.values():
+                # If the engine closes meanwhile, each projector refuses the wait itself.
+                await host.wait_position(target)
+        if scope.cancelled_caught:
+            raise QueryTimeout(f"the projectors did not reach position {target} within {timeout} s")
+
+    async def _wait_position(
+        self,
+        host: ProjectionHost,
+        after: int,
+        timeout: float | None,  # noqa: ASYNC109 (query's, passed on)
+    ) -> None:
+        """The slow path of :meth:`query`: the wait for ``after``, checked and bounded."""
+        if self._closed:
+            raise EngineClosed("the engine is closed")
+        if timeout is None:
+            await host.wait_position(after)
+            return
+        with anyio.move_on_after(timeout) as scope:
+            await host.wait_position(after)
+        if scope.cancelled_caught:
+            raise QueryTimeout(
+                f"projector {host.kind.name} did not reach position {after} within {timeout} s "
+                f"(it is at {host.checkpoint})"
+            )
 
     def rebuild(self, projector: ProjectorType) -> None:
         """Drop ``projector``'s cache and rebuild it from position 0 in the background.
@@ -432,9 +593,37 @@ class Engine:
     # -- inspection ------------------------------------------------------------------------
 
     @property
-    def log(self) -> EventLog:
-        """The event log (for reads; only the engine's writer writes)."""
-        return self._log
+    def log(self) -> LogView:
+        """A read-only view of the event log: read a stream or the whole log, its head, a
+        snapshot, and for LMDB the map's size and cap (only the engine's writer writes,
+        and the engine closes the log)."""
+        return self._view
+
+    def set_max_map_size(self, max_map_size: int) -> None:
+        """Raise (or lower) the cap the LMDB map may grow to; the cure for ``StorageFull``.
+
+        Takes effect at once: the next group commit that needs room grows the map up to
+        the new cap, and aggregates whose commands failed are reloaded from the log first.
+        It lasts until the engine closes (pass ``max_map_size=`` to :meth:`open` next time).
+
+        Raises:
+            InvalidArgument: ``max_map_size`` is not an int, or is below the map's current
+                size (the map never shrinks).
+            DefinitionError: the engine's log has no map (it is not an LMDB log).
+            EngineClosed: the engine is closing or closed.
+        """
+        log = self._log
+        if not isinstance(log, LmdbEventLog):
+            raise DefinitionError(f"a {type(log).__name__} has no map size to set")
+        if self._closed:
+            raise EngineClosed("the engine is closed")
+        current = log.map_size
+        if type(max_map_size) is not int or not current <= max_map_size <= sys.maxsize:
+            raise InvalidArgument(
+                f"max_map_size must be an int of at least the map's current size "
+                f"({current} bytes), not {describe(max_map_size)}"
+            )
+        log.max_map_size = max_map_size
 
     def statistics(self) -> EngineStatistics:
         """Counters of the writer, the aggregate actors, and each projector."""
@@ -453,6 +642,74 @@ class Engine:
             InvalidArgument: ``stream_id`` is not a valid stream id.
         """
         return self._aggregates.is_live(check_stream_id(stream_id))
+
+
+def _defaulted(value: object) -> bool:
+    return type(value) is _LmdbOption
+
+
+def _value(option: Any) -> Any:
+    """An LMDB option's value, whether passed or defaulted."""
+    return option.value if type(option) is _LmdbOption else option
+
+
+def _sole_error(group: BaseExceptionGroup[BaseException], error: BaseException) -> bool:
+    """True if ``group`` (nested groups included) holds ``error`` and nothing else."""
+    while len(group.exceptions) == 1:
+        (inner,) = group.exceptions
+        if inner is error:
+            return True
+        if not isinstance(inner, BaseExceptionGroup):
+            return False
+        group = inner
+    return False
+
+
+def _with_decode_hint(error: UnknownCommand, command: object) -> UnknownCommand:
+    """``error``, with a pointer to ``decode_command`` if ``command`` is raw input (a dict
+    parsed from JSON, the bytes or text of a request body) rather than a command object."""
+    if not isinstance(command, dict | bytes | bytearray | memoryview | str):
+        return error
+    return UnknownCommand(
+        f"{error}: commands are msgspec Structs; decode untrusted input with "
+        "engine.decode_command(Aggregate, data) first"
+    )
+
+
+def _open_lmdb(
+    path: str | os.PathLike[str], *, sync: bool, map_size: int, max_map_size: int
+) -> tuple[LmdbEventLog, str | None]:
+    """The LMDB log at ``path``, and the key under which this process now holds it.
+
+    Raises:
+        StorageLocked: saying truly whether this process or another one holds it.
+    """
+    try:
+        key: str | None = os.path.realpath(path)
+    except (TypeError, ValueError):  # not a path: the log says so, typed
+        key = None
+    try:
+        log = LmdbEventLog(path, sync=sync, map_size=map_size, max_map_size=max_map_size)
+    except StorageLocked:
+        if key in _open_here:
+            raise StorageLocked(
+                f"{path} is already open in this process (an Engine.open on it has not "
+                "exited); one engine per log directory"
+            ) from None
+        raise
+    if key is not None:
+        _open_here.add(key)
+    return log, key
+
+
+def _check_timeout(timeout: object) -> None:
+    # A bool is not a number of seconds; inf and nan are refused (None means "no limit").
+    if type(timeout) not in (int, float) or not (
+        math.isfinite(timeout) and timeout >= 0  # type: ignore[arg-type, operator]
+    ):
+        raise InvalidArgument(
+            f"timeout must be None or a finite number of seconds >= 0, not {describe(timeout)}"
+        )
 
 
 def call_query(query: Callable[..., T], cache: Any, /, *args: Any, **kwargs: Any) -> T:

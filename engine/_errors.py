@@ -4,12 +4,13 @@ Every error that crosses the public API is an :class:`EngineError`; raw ``lmdb``
 ``msgspec`` errors are wrapped, with the original as ``__cause__``::
 
     EngineError
-    ├── DefinitionError (TypeError)      a class or option is wrong; raised at definition/open
+    ├── DefinitionError (TypeError)      a class, option or call is wrong: fix the code
     │   └── InvalidArgument (ValueError) an argument of a call is malformed; nothing was decided
     ├── UnknownCommand (TypeError)       send() got a command type the aggregate does not handle
     ├── UnknownQuery (TypeError)         query() got a function that is not a projector query
     ├── EngineClosed (RuntimeError)      the engine is closed or closing
-    ├── Overloaded                       send_nowait() found the mailbox full
+    ├── Overloaded                       send_nowait() found no room (mailbox or live slots)
+    ├── QueryTimeout (TimeoutError)      a wait for a projector outlasted its timeout
     ├── Rejected                         the domain said no; user code subclasses it
     ├── HandlerError                     user code (handler, applier, query) raised
     ├── ConcurrencyError                 expected_version did not match the stream's version
@@ -39,6 +40,7 @@ __all__ = [
     "Overloaded",
     "PayloadTooLarge",
     "ProjectorFaulted",
+    "QueryTimeout",
     "Rejected",
     "StorageError",
     "StorageFull",
@@ -67,48 +69,71 @@ class EngineError(Exception):
 
 
 class DefinitionError(EngineError, TypeError):
-    """An aggregate, projector, event type or option is defined wrongly.
+    """An aggregate, projector, event type, option or call is wrong: fix the code.
 
-    Raised when a class is created or the engine is opened. At a call it means the caller
-    is wrong, never the state: a malformed argument (:class:`InvalidArgument`), or a stream
-    that belongs to another aggregate type. Fix the code.
+    Raised when an ``Aggregate`` or ``Projector`` subclass is created (a handler or applier
+    that is ``async`` or badly annotated, a non-frozen message type, an ``__init__`` that
+    needs arguments, a bad class option), by ``Engine.open`` (an option out of range or of
+    the wrong type, contradictory arguments such as both ``path`` and ``log``, a class the
+    log cannot store), and at a call, where it means the caller is wrong, never the state:
+    a malformed argument (:class:`InvalidArgument`), a stream that belongs to another
+    aggregate type (``send``, ``send_nowait``), or an operation the engine's log does not
+    offer (``set_max_map_size`` on a log without a map). Nothing was decided or written.
     """
 
 
 class InvalidArgument(DefinitionError, ValueError):
     """An argument of a call is malformed: a stream id, a correlation or causation id, a
-    query's ``after``, or a field of an :class:`~engine.Append` handed to the writer.
+    query's ``after`` or ``timeout``, an untrusted command's aggregate, or a field of an
+    :class:`~actorlog.storage.Append` handed to the writer.
 
-    Raised by ``send``, ``send_nowait``, ``query`` and the writer before anything is
-    decided or queued, so no handler ran and nothing was appended; other callers' commands
-    are unaffected. Fix the caller. A :class:`DefinitionError` (and a ``ValueError``) so
+    Raised by ``send``, ``send_nowait``, ``query``, ``wait_projected``, ``is_live``,
+    ``decode_command``, ``set_max_map_size``, the log's reads and the writer before anything
+    is decided or queued, so no handler ran and nothing was appended; other callers'
+    commands are unaffected. Fix the caller. A :class:`DefinitionError` (and a ``ValueError``) so
     code that caught those for a bad stream id keeps working.
     """
 
 
 class UnknownCommand(EngineError, TypeError):
-    """``send`` got a command type that the aggregate has no handler for.
+    """``send`` or ``send_nowait`` got an aggregate the engine does not host, or a command
+    type that the aggregate has no handler for (a dict, bytes or str is not a command:
+    decode untrusted input with ``engine.decode_command(Aggregate, data)`` first).
 
     Raised before anything is queued, so nothing was written. Fix the caller.
     """
 
 
 class UnknownQuery(EngineError, TypeError):
-    """``query`` got a function that is not a query of a projector the engine hosts."""
+    """``query`` got a function that is not a query of a projector the engine hosts, or
+    ``rebuild``, ``resume`` or ``parked`` got a projector class the engine does not host.
+    Fix the caller."""
 
 
 class EngineClosed(EngineError, RuntimeError):
     """The engine is closed or closing and accepts no more work.
 
-    Raised by ``send``/``query`` after ``close``; commands still in flight at close are
-    either committed or failed with this error, never dropped silently.
+    Raised by ``send``, ``send_nowait``, ``query(..., after=...)``, ``wait_projected`` and
+    ``set_max_map_size`` once the engine is closing (a plain ``query`` still reads the
+    cache); commands still in flight at close are either committed or failed with this
+    error, never dropped silently, and waits are released with it.
     """
 
 
 class Overloaded(EngineError):
-    """``send_nowait`` found the aggregate's mailbox full.
+    """``send_nowait`` found no room: the aggregate's mailbox is full, or
+    ``max_live_aggregates`` aggregates are live and all busy.
 
     Nothing was queued. Retry later, or use ``send`` to wait for room (backpressure).
+    """
+
+
+class QueryTimeout(EngineError, TimeoutError):
+    """``query(..., after=p, timeout=t)`` or ``wait_projected(p, timeout=t)`` waited ``t``
+    seconds and the projector had not yet applied ``p``.
+
+    Nothing changed; the projector carries on (look at ``engine.statistics()``: it may be
+    catching up on a long log, or busy). Retry, or answer "try later" to your own caller.
     """
 
 
@@ -183,14 +208,16 @@ class StorageError(EngineError):
 
 
 class StorageFull(StorageError):
-    """The log's map reached its configured cap; the write was not made.
+    """The log's map reached its configured cap, or the disk is full; the write was not made.
 
-    Queries keep working. Raise the cap (``max_map_size``) or free space, then retry.
+    Queries keep working. Raise the cap (``engine.set_max_map_size(n)``, or
+    ``Engine.open(..., max_map_size=n)`` next time) or free disk space, then retry.
     """
 
 
 class StorageLocked(StorageError):
-    """Another process has this log open; one engine per log directory at a time."""
+    """The log directory is already open: in another process, or by another engine (or
+    log) in this one. One engine per log directory at a time; raised by ``Engine.open``."""
 
 
 class ProjectorFaulted(EngineError):

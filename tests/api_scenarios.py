@@ -191,9 +191,7 @@ class WatchedLog(MemoryEventLog):
     ) -> Any:
         if self.on_batch is not None:
             self.on_batch(appends)
-        return super().append_batch(
-            appends, snapshots=snapshots, projector_caches=projector_caches
-        )
+        return super().append_batch(appends, snapshots=snapshots, projector_caches=projector_caches)
 
 
 class CachedBalances(Balances):
@@ -220,7 +218,7 @@ def scenario(fn: Scenario) -> Scenario:
 
 @scenario
 async def send_returns_committed_once_durable(tmp_path: Path) -> None:
-    async with Engine.open(None, aggregates=[Ledger]) as engine:
+    async with Engine.open(log=MemoryEventLog(), aggregates=[Ledger]) as engine:
         assert await engine.send(Ledger, "a", Add(5)) == Committed("a", 1, 1, 1)
         assert await engine.send(Ledger, "b", Add(1)) == Committed("b", 1, 2, 1)
         assert await engine.send(Ledger, "a", AddTwo(2, 3)) == Committed("a", 3, 4, 2)
@@ -231,7 +229,9 @@ async def send_returns_committed_once_durable(tmp_path: Path) -> None:
 
 @scenario
 async def query_after_position_reads_own_write(tmp_path: Path) -> None:
-    async with Engine.open(None, aggregates=[Account], projectors=[Balances]) as engine:
+    async with Engine.open(
+        log=MemoryEventLog(), aggregates=[Account], projectors=[Balances]
+    ) as engine:
         ack = await engine.send(Account, "acct-1", Deposit(5))
         assert await engine.query(Balances.balance, "acct-1", after=ack.position) == 5
 
@@ -255,7 +255,7 @@ async def a_saved_projector_cache_is_loaded_after_a_restart(tmp_path: Path) -> N
 async def concurrent_sends_to_one_aggregate_get_consecutive_versions(tmp_path: Path) -> None:
     acks: dict[int, Committed] = {}
 
-    async with Engine.open(None, aggregates=[Ledger]) as engine:
+    async with Engine.open(log=MemoryEventLog(), aggregates=[Ledger]) as engine:
 
         async def add(n: int) -> None:
             acks[n] = await engine.send(Ledger, "hot", Add(n))
@@ -277,7 +277,7 @@ async def concurrent_sends_to_one_aggregate_get_consecutive_versions(tmp_path: P
 
 @scenario
 async def rejected_command_appends_nothing(tmp_path: Path) -> None:
-    async with Engine.open(None, aggregates=[Ledger]) as engine:
+    async with Engine.open(log=MemoryEventLog(), aggregates=[Ledger]) as engine:
         await engine.send(Ledger, "a", Add(5))
         with pytest.raises(TooLittle, match=r"^balance 5 < 6$"):
             await engine.send(Ledger, "a", Spend(6))
@@ -292,7 +292,7 @@ async def rejected_command_appends_nothing(tmp_path: Path) -> None:
 
 @scenario
 async def unknown_command_raises_before_anything_is_queued(tmp_path: Path) -> None:
-    async with Engine.open(None, aggregates=[Ledger]) as engine:
+    async with Engine.open(log=MemoryEventLog(), aggregates=[Ledger]) as engine:
         with pytest.raises(UnknownCommand, match="Ledger has no handler for Deposit"):
             await engine.send(Ledger, "a", Deposit(1))
         with pytest.raises(UnknownCommand, match="'Account' is not hosted here"):
@@ -306,7 +306,7 @@ async def unknown_command_raises_before_anything_is_queued(tmp_path: Path) -> No
 
 @scenario
 async def command_without_events_returns_position_zero(tmp_path: Path) -> None:
-    async with Engine.open(None, aggregates=[Ledger]) as engine:
+    async with Engine.open(log=MemoryEventLog(), aggregates=[Ledger]) as engine:
         assert await engine.send(Ledger, "new", Noop()) == Committed("new", 0, 0, 0)
         await engine.send(Ledger, "a", Add(1))
         assert await engine.send(Ledger, "a", Noop()) == Committed("a", 1, 0, 0)
@@ -315,7 +315,7 @@ async def command_without_events_returns_position_zero(tmp_path: Path) -> None:
 
 @scenario
 async def correlation_and_causation_ids_are_stored(tmp_path: Path) -> None:
-    async with Engine.open(None, aggregates=[Ledger]) as engine:
+    async with Engine.open(log=MemoryEventLog(), aggregates=[Ledger]) as engine:
         await engine.send(Ledger, "a", AddTwo(1, 2), correlation_id="req-1", causation_id="c-9")
         pending = engine.send_nowait(Ledger, "a", Add(3), correlation_id="req-2")
         await pending
@@ -329,7 +329,7 @@ async def correlation_and_causation_ids_are_stored(tmp_path: Path) -> None:
 
 @scenario
 async def handler_exception_is_handler_error_and_aggregate_is_reloaded(tmp_path: Path) -> None:
-    async with Engine.open(None, aggregates=[Ledger]) as engine:
+    async with Engine.open(log=MemoryEventLog(), aggregates=[Ledger]) as engine:
         await engine.send(Ledger, "a", Add(5))
         with pytest.raises(HandlerError, match="ValueError: boom") as raised:
             await engine.send(Ledger, "a", Explode())
@@ -343,7 +343,7 @@ async def handler_exception_is_handler_error_and_aggregate_is_reloaded(tmp_path:
 
 @scenario
 async def applier_exception_is_handler_error_and_aggregate_is_reloaded(tmp_path: Path) -> None:
-    async with Engine.open(None, aggregates=[Ledger]) as engine:
+    async with Engine.open(log=MemoryEventLog(), aggregates=[Ledger]) as engine:
         await engine.send(Ledger, "a", Add(5))
         with pytest.raises(HandlerError) as raised:
             await engine.send(Ledger, "a", Poison())
@@ -355,7 +355,7 @@ async def applier_exception_is_handler_error_and_aggregate_is_reloaded(tmp_path:
 
 @scenario
 async def handler_error_keeps_earlier_commands_in_flight(tmp_path: Path) -> None:
-    async with Engine.open(None, aggregates=[Ledger]) as engine:
+    async with Engine.open(log=MemoryEventLog(), aggregates=[Ledger]) as engine:
         first = engine.send_nowait(Ledger, "a", Add(1))
         with pytest.raises(HandlerError):
             engine.send_nowait(Ledger, "a", Explode())
@@ -368,7 +368,7 @@ async def handler_error_keeps_earlier_commands_in_flight(tmp_path: Path) -> None
 @scenario
 async def failed_commit_reloads_the_aggregate_from_the_log(tmp_path: Path) -> None:
     log = MemoryEventLog()
-    async with Engine.open(None, aggregates=[Ledger], log=log) as engine:
+    async with Engine.open(log=log, aggregates=[Ledger]) as engine:
         await engine.send(Ledger, "a", Add(1))
         # Another writer appends behind the engine's back (the log guards against it).
         log.append_batch([Append("a", 1, (("Added", msgspec.msgpack.encode(Added(10))),))])
@@ -382,7 +382,7 @@ async def failed_commit_reloads_the_aggregate_from_the_log(tmp_path: Path) -> No
 @scenario
 async def storage_full_fails_the_command_and_state_stays_durable(tmp_path: Path) -> None:
     log = MemoryEventLog(max_events=2)
-    async with Engine.open(None, aggregates=[Ledger], log=log) as engine:
+    async with Engine.open(log=log, aggregates=[Ledger]) as engine:
         await engine.send(Ledger, "a", Add(1))
         with pytest.raises(StorageFull):
             await engine.send(Ledger, "a", AddTwo(2, 3))
@@ -395,7 +395,7 @@ async def storage_full_fails_the_command_and_state_stays_durable(tmp_path: Path)
 
 @scenario
 async def send_nowait_when_full_raises_overloaded(tmp_path: Path) -> None:
-    async with Engine.open(None, aggregates=[Ledger], mailbox_size=2) as engine:
+    async with Engine.open(log=MemoryEventLog(), aggregates=[Ledger], mailbox_size=2) as engine:
         first = engine.send_nowait(Ledger, "a", Add(1))
         second = engine.send_nowait(Ledger, "a", Add(2))
         with pytest.raises(Overloaded):
@@ -412,7 +412,7 @@ async def send_waits_for_room_when_the_mailbox_is_full(tmp_path: Path) -> None:
     log = WatchedLog()
     seen: list[tuple[int, AggregatesStatistics]] = []
     acks: list[Committed] = []
-    async with Engine.open(None, aggregates=[Ledger], log=log, mailbox_size=2) as engine:
+    async with Engine.open(log=log, aggregates=[Ledger], mailbox_size=2) as engine:
         log.on_batch = lambda appends: seen.append((len(appends), engine.statistics().aggregates))
 
         async def add(n: int) -> None:
@@ -430,7 +430,7 @@ async def send_waits_for_room_when_the_mailbox_is_full(tmp_path: Path) -> None:
 @scenario
 async def woken_senders_that_are_rejected_pass_their_slot_on(tmp_path: Path) -> None:
     rejected: list[int] = []
-    async with Engine.open(None, aggregates=[Ledger], mailbox_size=1) as engine:
+    async with Engine.open(log=MemoryEventLog(), aggregates=[Ledger], mailbox_size=1) as engine:
         first = engine.send_nowait(Ledger, "a", Add(1))
 
         async def overspend(n: int) -> None:
@@ -450,7 +450,7 @@ async def woken_senders_that_are_rejected_pass_their_slot_on(tmp_path: Path) -> 
 
 @scenario
 async def cancelled_send_may_still_commit(tmp_path: Path) -> None:
-    async with Engine.open(None, aggregates=[Ledger]) as engine:
+    async with Engine.open(log=MemoryEventLog(), aggregates=[Ledger]) as engine:
         with anyio.CancelScope() as scope:
             scope.cancel()
             await engine.send(Ledger, "a", Add(1))  # decided at once, then cancelled
@@ -462,7 +462,7 @@ async def cancelled_send_may_still_commit(tmp_path: Path) -> None:
 
 @scenario
 async def cancelled_while_waiting_for_room_queues_nothing(tmp_path: Path) -> None:
-    async with Engine.open(None, aggregates=[Ledger], mailbox_size=1) as engine:
+    async with Engine.open(log=MemoryEventLog(), aggregates=[Ledger], mailbox_size=1) as engine:
         first = engine.send_nowait(Ledger, "a", Add(1))
         with anyio.CancelScope() as scope:
             scope.cancel()
@@ -476,7 +476,7 @@ async def cancelled_while_waiting_for_room_queues_nothing(tmp_path: Path) -> Non
 
 @scenario
 async def pending_can_be_awaited_again_after_a_cancelled_wait(tmp_path: Path) -> None:
-    async with Engine.open(None, aggregates=[Ledger]) as engine:
+    async with Engine.open(log=MemoryEventLog(), aggregates=[Ledger]) as engine:
         pending = engine.send_nowait(Ledger, "a", Add(1))
         with anyio.CancelScope() as scope:
             scope.cancel()
@@ -556,7 +556,9 @@ async def snapshot_of_another_format_is_ignored(tmp_path: Path) -> None:
 @scenario
 async def passivation_under_a_small_cap_keeps_live_count_bounded(tmp_path: Path) -> None:
     ids = [f"s{i}" for i in range(12)]
-    async with Engine.open(None, aggregates=[Ledger], max_live_aggregates=3) as engine:
+    async with Engine.open(
+        log=MemoryEventLog(), aggregates=[Ledger], max_live_aggregates=3
+    ) as engine:
         for round_ in range(3):
             for i, sid in enumerate(ids):
                 await engine.send(Ledger, sid, Add(i + round_))
@@ -578,7 +580,9 @@ async def passivation_under_a_small_cap_keeps_live_count_bounded(tmp_path: Path)
 
 @scenario
 async def the_live_cap_is_hard_send_waits_and_send_nowait_is_overloaded(tmp_path: Path) -> None:
-    async with Engine.open(None, aggregates=[Ledger], max_live_aggregates=1) as engine:
+    async with Engine.open(
+        log=MemoryEventLog(), aggregates=[Ledger], max_live_aggregates=1
+    ) as engine:
         busy = engine.send_nowait(Ledger, "a", Add(1))  # "a" has a command in flight
         with pytest.raises(Overloaded):  # "b" would need a second live slot
             engine.send_nowait(Ledger, "b", Add(2))
@@ -595,7 +599,7 @@ async def the_live_cap_is_hard_send_waits_and_send_nowait_is_overloaded(tmp_path
 
 @scenario
 async def use_after_close_raises_engine_closed(tmp_path: Path) -> None:
-    opened = Engine.open(None, aggregates=[Account], projectors=[Balances])
+    opened = Engine.open(log=MemoryEventLog(), aggregates=[Account], projectors=[Balances])
     engine = await opened.__aenter__()
     await engine.send(Account, "a", Deposit(1))
     await opened.__aexit__(None, None, None)

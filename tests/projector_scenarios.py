@@ -182,7 +182,9 @@ def fill_log(log: EventLog, events: Sequence[tuple[str, msgspec.Struct]]) -> Non
 
 async def scenario_read_your_writes() -> None:
     """Every client reads its own acknowledged writes through ``after=``."""
-    async with Engine.open(None, aggregates=[Account], projectors=[Balances, Totals]) as engine:
+    async with Engine.open(
+        log=MemoryEventLog(), aggregates=[Account], projectors=[Balances, Totals]
+    ) as engine:
 
         async def client(account: str) -> None:
             balance = 0
@@ -212,7 +214,9 @@ async def scenario_query_without_after_does_not_wait() -> None:
     """Opening does not wait for catch-up, and a query without ``after`` answers at once."""
     log = MemoryEventLog()
     fill_log(log, [("acct-1", AccountOpened("o"))] + [("acct-1", Deposited(1))] * 3000)
-    async with Engine.open(None, log=log, aggregates=[Account], projectors=[Totals]) as engine:
+    async with Engine.open(
+        log=log, aggregates=[Account], projectors=[Totals], wait_for_projectors=False
+    ) as engine:
         before = stats(engine, "Totals")
         assert before.state == "catching_up"
         assert before.lag == 3001
@@ -228,7 +232,9 @@ async def scenario_query_without_after_does_not_wait() -> None:
 
 async def scenario_after_waits_for_later_positions() -> None:
     """A query ``after`` a position not yet written waits for it, then sees it."""
-    async with Engine.open(None, aggregates=[Account], projectors=[Balances]) as engine:
+    async with Engine.open(
+        log=MemoryEventLog(), aggregates=[Account], projectors=[Balances]
+    ) as engine:
         ack = await engine.send(Account, "a", Deposit(5))
         results: list[int] = []
 
@@ -261,7 +267,10 @@ async def scenario_catch_up_while_commands_arrive(path: Path | None, *, backlog:
     acks_while_catching_up = 0
 
     async with Engine.open(
-        None, log=log, sync=False, aggregates=[Account], projectors=[Ledger, Balances]
+        log=log,
+        aggregates=[Account],
+        projectors=[Ledger, Balances],
+        wait_for_projectors=False,  # the point: commands while it catches up
     ) as engine:
         assert stats(engine, "Ledger").state == "catching_up"
         # Accepted before the projectors have applied anything.
@@ -298,7 +307,7 @@ async def scenario_halt_then_resume() -> None:
     Fragile.broken = True
     try:
         async with Engine.open(
-            None, aggregates=[Account], projectors=[Fragile, Balances]
+            log=MemoryEventLog(), aggregates=[Account], projectors=[Fragile, Balances]
         ) as engine:
             await engine.send(Account, "a", Deposit(5))
             bad = await engine.send(Account, "a", Deposit(POISON))
@@ -346,7 +355,9 @@ async def scenario_rebuild_clears_a_halt() -> None:
     """Rebuilding a halted projector after the fix replays everything from position 1."""
     Fragile.broken = True
     try:
-        async with Engine.open(None, aggregates=[Account], projectors=[Fragile]) as engine:
+        async with Engine.open(
+            log=MemoryEventLog(), aggregates=[Account], projectors=[Fragile]
+        ) as engine:
             for amount in (POISON, 1, 2):
                 ack = await engine.send(Account, "a", Deposit(amount))
             with pytest.raises(ProjectorFaulted):
@@ -362,7 +373,9 @@ async def scenario_rebuild_clears_a_halt() -> None:
 
 async def scenario_park_and_continue() -> None:
     """A park projector records the failed event and applies the ones after it."""
-    async with Engine.open(None, aggregates=[Account], projectors=[Parking]) as engine:
+    async with Engine.open(
+        log=MemoryEventLog(), aggregates=[Account], projectors=[Parking]
+    ) as engine:
         await engine.send(Account, "a", Deposit(5))
         bad = await engine.send(Account, "b", Deposit(POISON))
         ack = await engine.send(Account, "a", Deposit(7))
@@ -389,7 +402,9 @@ async def scenario_park_and_continue() -> None:
 
 async def scenario_query_results_never_alias_the_cache() -> None:
     """Mutating what a query returned leaves the view unchanged; ints come back as is."""
-    async with Engine.open(None, aggregates=[Account], projectors=[Shapes]) as engine:
+    async with Engine.open(
+        log=MemoryEventLog(), aggregates=[Account], projectors=[Shapes]
+    ) as engine:
         await engine.send(Account, "a", Deposit(5))
         ack = await engine.send(Account, "b", Deposit(7))
         await engine.wait_projected(ack.position)
@@ -421,7 +436,9 @@ async def scenario_query_results_never_alias_the_cache() -> None:
 
 async def scenario_rebuild_and_statistics() -> None:
     """Statistics follow a projector from live through a rebuild back to live."""
-    async with Engine.open(None, aggregates=[Account], projectors=[Balances, Totals]) as engine:
+    async with Engine.open(
+        log=MemoryEventLog(), aggregates=[Account], projectors=[Balances, Totals]
+    ) as engine:
         await engine.send(Account, "a", OpenAccount("ann"))
         await engine.send(Account, "a", Deposit(10))
         ack = await engine.send(Account, "a", Withdraw(3))
@@ -463,9 +480,7 @@ async def scenario_only_handled_types_are_decoded() -> None:
     fill_log(log, [("a", Deposited(5))])
     log.append_batch([Append("a", ANY, (("Withdrawn", garbage), ("Mystery", garbage)))])
     fill_log(log, [("a", Deposited(7))])
-    async with Engine.open(
-        None, log=log, aggregates=[], projectors=[DepositsOnly, Totals]
-    ) as engine:
+    async with Engine.open(log=log, aggregates=[], projectors=[DepositsOnly, Totals]) as engine:
         assert await engine.query(DepositsOnly.total, after=4) == 12
         only = stats(engine, "DepositsOnly")
         assert (only.state, only.checkpoint, only.applied, only.fault) == ("live", 4, 2, None)

@@ -194,7 +194,7 @@ class Shapes(Aggregate):
 async def test_whatever_a_refusing_handler_changed_is_gone_before_the_next_command(
     poke: int,
 ) -> None:
-    async with Engine.open(None, aggregates=[Shapes]) as engine:
+    async with Engine.open(log=MemoryEventLog(), aggregates=[Shapes]) as engine:
         with pytest.raises(Rejected) as fresh:
             await engine.send(Shapes, "s", Totalled(0))
         with pytest.raises(Rejected):
@@ -275,7 +275,7 @@ async def test_system_exit_from_a_handler_reaches_the_caller_unchanged() -> None
         def add(self, c: Add) -> None:
             raise SystemExit(3)
 
-    async with Engine.open(None, aggregates=[Quitter]) as engine:
+    async with Engine.open(log=MemoryEventLog(), aggregates=[Quitter]) as engine:
         with pytest.raises(SystemExit):
             await engine.send(Quitter, "q", Add(1))
 
@@ -357,7 +357,9 @@ async def cancel_many_query_waiters() -> None:
     per-test timeout by far; marked dead and skipped, they take well under a second. After
     the cancellations the heap is compacted: dead entries never pile up.
     """
-    async with Engine.open(None, aggregates=[Meddler], projectors=[Seen2]) as engine:
+    async with Engine.open(
+        log=MemoryEventLog(), aggregates=[Meddler], projectors=[Seen2]
+    ) as engine:
         host = engine._projections[Seen2]  # white box: its waiter heap
 
         async def wait() -> None:
@@ -685,7 +687,7 @@ class Slotted(Aggregate):
 
 
 async def test_a_refusal_on_state_kept_in_slots_is_undone_by_a_reload() -> None:
-    async with Engine.open(None, aggregates=[Slotted]) as engine:
+    async with Engine.open(log=MemoryEventLog(), aggregates=[Slotted]) as engine:
         await engine.send(Slotted, "s", Add(1))
         with pytest.raises(Rejected):
             await engine.send(Slotted, "s", Add(-100))

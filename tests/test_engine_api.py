@@ -42,14 +42,14 @@ async def test_scenario_on_trio(scenario: Scenario, tmp_path: Path) -> None:
 )
 async def test_invalid_options_fail_at_open(options: dict[str, int]) -> None:
     with pytest.raises(DefinitionError):
-        async with Engine.open(None, aggregates=[Ledger], **options):  # type: ignore[arg-type]
+        async with Engine.open(log=MemoryEventLog(), aggregates=[Ledger], **options):  # type: ignore[arg-type]
             pytest.fail("the engine opened")
 
 
 async def test_idle_aggregates_are_passivated_after_idle_timeout(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    async with Engine.open(None, aggregates=[Ledger], idle_timeout=10) as engine:
+    async with Engine.open(log=MemoryEventLog(), aggregates=[Ledger], idle_timeout=10) as engine:
         await engine.send(Ledger, "idle", Add(1))
         await engine.send(Ledger, "used", Add(2))
         for _ in range(4):  # "used" is used more often than the timeout
@@ -67,7 +67,9 @@ async def test_idle_aggregates_are_passivated_after_idle_timeout(
 async def test_snapshots_resume_from_the_loaded_snapshot_version() -> None:
     # Passivated and activated again from snapshot 3 with events 4 and 5: the next
     # snapshot is due at version 6, three events after the loaded one.
-    async with Engine.open(None, aggregates=[SnapLedger], max_live_aggregates=1) as engine:
+    async with Engine.open(
+        log=MemoryEventLog(), aggregates=[SnapLedger], max_live_aggregates=1
+    ) as engine:
         for n in range(1, 6):
             await engine.send(SnapLedger, "a", Add(n))
         await engine.send(SnapLedger, "other", Add(1))  # passivates "a"
@@ -83,7 +85,7 @@ async def test_failing_snapshot_state_does_not_fail_commands() -> None:
         def snapshot_state(self) -> bytes:
             raise RuntimeError("cannot encode")
 
-    async with Engine.open(None, aggregates=[Unsnappable]) as engine:
+    async with Engine.open(log=MemoryEventLog(), aggregates=[Unsnappable]) as engine:
         for n in range(1, 8):
             await engine.send(Unsnappable, "a", Add(n))
         assert engine.log.load_snapshot("a") is None
@@ -92,7 +94,7 @@ async def test_failing_snapshot_state_does_not_fail_commands() -> None:
 
 async def test_unreadable_snapshot_falls_back_to_full_replay() -> None:
     log = MemoryEventLog()
-    async with Engine.open(None, aggregates=[SnapLedger], log=log, max_live_aggregates=1) as engine:
+    async with Engine.open(log=log, aggregates=[SnapLedger], max_live_aggregates=1) as engine:
         for n in range(1, 5):
             await engine.send(SnapLedger, "a", Add(n))
         await engine.send(SnapLedger, "a", Noop())

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from actorlog import Committed, Engine
+from actorlog.storage import MemoryEventLog
 
 from .api_scenarios import SCENARIOS, Add, Ledger, Scenario, peek
 
@@ -25,7 +26,7 @@ def test_task_cancelled_after_being_handed_a_slot_passes_it_on() -> None:
     # already completed: task.cancel() between the wake-up and the task's next step. The
     # mailbox slot handed to it must go to the next waiter, or that one waits forever.
     async def main() -> None:
-        async with Engine.open(None, aggregates=[Ledger], mailbox_size=1) as engine:
+        async with Engine.open(log=MemoryEventLog(), aggregates=[Ledger], mailbox_size=1) as engine:
             first = engine.send_nowait(Ledger, "a", Add(1))
             handed = asyncio.create_task(engine.send(Ledger, "a", Add(2)))
             after = asyncio.create_task(engine.send(Ledger, "a", Add(3)))
@@ -44,7 +45,7 @@ def test_task_cancelled_after_being_handed_a_slot_passes_it_on() -> None:
 
 def test_pending_survives_wait_for_timeout() -> None:
     async def main() -> None:
-        async with Engine.open(None, aggregates=[Ledger]) as engine:
+        async with Engine.open(log=MemoryEventLog(), aggregates=[Ledger]) as engine:
             pending = engine.send_nowait(Ledger, "a", Add(1))
             with pytest.raises(TimeoutError):
                 await asyncio.wait_for(pending.wait(), 0)

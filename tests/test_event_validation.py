@@ -7,6 +7,7 @@ import pytest
 
 from actorlog import Aggregate, EncodeError, Engine, applies, handles
 from actorlog.lowlevel import EventRegistry
+from actorlog.storage import MemoryEventLog
 
 
 class Put(msgspec.Struct, frozen=True):
@@ -44,7 +45,7 @@ def test_registry_refuses_an_int_beyond_64_bits() -> None:
 
 @pytest.mark.parametrize("bad", ["5", 2**70, None])
 async def test_a_command_whose_event_cannot_be_stored_appends_nothing(bad: object) -> None:
-    async with Engine.open(None, aggregates=[Box]) as engine:
+    async with Engine.open(log=MemoryEventLog(), aggregates=[Box]) as engine:
         ok = await engine.send(Box, "b", Put(3))
         with pytest.raises(EncodeError) as caught:
             await engine.send(Box, "b", Put(bad))

@@ -114,7 +114,7 @@ def _faulty_log(path: Path, **kwargs: Any) -> tuple[LmdbEventLog, Faults]:
 
 
 def _open(log: LmdbEventLog) -> Any:
-    return Engine.open(None, log=log, aggregates=[Account], projectors=[Balances, Totals])
+    return Engine.open(log=log, aggregates=[Account], projectors=[Balances, Totals])
 
 
 async def _balance_is(engine: Engine, stream_id: str, balance: int) -> None:

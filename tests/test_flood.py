@@ -13,6 +13,7 @@ import trio
 import trio.lowlevel
 
 from actorlog import Committed, Engine, EngineClosed, Overloaded, Rejected
+from actorlog.storage import MemoryEventLog
 from benchmarks.bank import Account, Balances, Deposit, Totals, Withdraw
 
 MAILBOX = 8
@@ -66,7 +67,9 @@ def _check_log_holds_exactly(engine: Engine, acks: list[Committed]) -> None:
 
 
 async def test_one_hot_account_never_holds_more_than_its_mailbox() -> None:
-    async with Engine.open(None, aggregates=[Account], mailbox_size=MAILBOX) as engine:
+    async with Engine.open(
+        log=MemoryEventLog(), aggregates=[Account], mailbox_size=MAILBOX
+    ) as engine:
         peak_in_flight = peak_waiting = 0
         out = Outcomes()
         async with trio.open_nursery() as nursery:

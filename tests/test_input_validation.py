@@ -388,7 +388,7 @@ async def test_well_formed_options_open(tmp_path: Path) -> None:
         max_map_size=2**20,
     ) as engine:
         assert await engine.send(Tally, "a", Bump(1)) == Committed("a", 1, 1, 1)
-    async with Engine.open(None, aggregates=[Tally], idle_timeout=3) as engine:
+    async with Engine.open(log=MemoryEventLog(), aggregates=[Tally], idle_timeout=3) as engine:
         assert await engine.send(Tally, "a", Bump(1)) == Committed("a", 1, 1, 1)
 
 
@@ -659,7 +659,7 @@ def test_names_the_log_cannot_store_are_refused_when_the_class_is_created() -> N
 
 
 async def test_an_unhashable_aggregate_is_unknown_not_a_type_error() -> None:
-    async with Engine.open(None, aggregates=[]) as engine:
+    async with Engine.open(log=MemoryEventLog(), aggregates=[]) as engine:
         with pytest.raises(UnknownCommand):
             await engine.send([], "a", object())  # type: ignore[arg-type]
 
@@ -667,7 +667,7 @@ async def test_an_unhashable_aggregate_is_unknown_not_a_type_error() -> None:
 @pytest.mark.parametrize("window", [-1, 1.5, True, None, "64"])
 async def test_the_projector_window_option_is_checked(window: object) -> None:
     with pytest.raises(DefinitionError, match="projector_window_bytes"):
-        async with Engine.open(None, aggregates=[], projector_window_bytes=window):  # type: ignore[arg-type]
+        async with Engine.open(log=MemoryEventLog(), aggregates=[], projector_window_bytes=window):  # type: ignore[arg-type]
             pass
 
 
@@ -701,7 +701,7 @@ async def test_the_projector_window_is_reported_and_bounded_by_the_option() -> N
             pass
 
     async with Engine.open(
-        None, aggregates=[Noter], projectors=[Seen], projector_window_bytes=4096
+        log=MemoryEventLog(), aggregates=[Noter], projectors=[Seen], projector_window_bytes=4096
     ) as engine:
         for i in range(20):
             ack = await engine.send(Noter, f"n-{i}", Note("x" * 1000))

@@ -9,6 +9,7 @@ import trio
 import trio.testing
 
 from actorlog import Engine, EngineClosed, ProjectorFaulted, Recorded, UnknownQuery, applies
+from actorlog.storage import MemoryEventLog
 from benchmarks.bank import Account, Balances, Deposit, Deposited, Totals
 from tests.projector_scenarios import POISON, Fragile, stats
 
@@ -18,7 +19,9 @@ async def test_after_is_woken_by_the_event_not_by_polling(
 ) -> None:
     # The mock clock never advances by itself: a waiter that slept between polls would
     # never see its position, and one that spun would keep wait_all_tasks_blocked waiting.
-    async with Engine.open(None, aggregates=[Account], projectors=[Balances]) as engine:
+    async with Engine.open(
+        log=MemoryEventLog(), aggregates=[Account], projectors=[Balances]
+    ) as engine:
         first = await engine.send(Account, "a", Deposit(5))
         results: list[int] = []
 
@@ -37,7 +40,9 @@ async def test_after_is_woken_by_the_event_not_by_polling(
 
 
 async def test_query_without_after_has_no_checkpoint() -> None:
-    async with Engine.open(None, aggregates=[Account], projectors=[Balances]) as engine:
+    async with Engine.open(
+        log=MemoryEventLog(), aggregates=[Account], projectors=[Balances]
+    ) as engine:
         ack = await engine.send(Account, "a", Deposit(5))
         await engine.wait_projected(ack.position)
         with trio.testing.assert_no_checkpoints():
@@ -47,7 +52,9 @@ async def test_query_without_after_has_no_checkpoint() -> None:
 
 
 async def test_query_of_an_unhosted_projector_raises() -> None:
-    async with Engine.open(None, aggregates=[Account], projectors=[Balances]) as engine:
+    async with Engine.open(
+        log=MemoryEventLog(), aggregates=[Account], projectors=[Balances]
+    ) as engine:
         with pytest.raises(UnknownQuery):
             await engine.query(Totals.net)
         with pytest.raises(UnknownQuery):
@@ -58,7 +65,7 @@ async def test_after_a_position_never_written_fails_when_the_engine_closes() -> 
     errors: list[BaseException] = []
     async with (
         trio.open_nursery() as nursery,
-        Engine.open(None, aggregates=[Account], projectors=[Balances]) as engine,
+        Engine.open(log=MemoryEventLog(), aggregates=[Account], projectors=[Balances]) as engine,
     ):
 
         async def reader() -> None:
@@ -75,7 +82,9 @@ async def test_after_a_position_never_written_fails_when_the_engine_closes() -> 
 async def test_cancelling_a_waiting_query_leaves_the_projector_working(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    async with Engine.open(None, aggregates=[Account], projectors=[Balances]) as engine:
+    async with Engine.open(
+        log=MemoryEventLog(), aggregates=[Account], projectors=[Balances]
+    ) as engine:
         with trio.move_on_after(1) as scope:
             await engine.query(Balances.balance, "a", after=1)
         assert scope.cancelled_caught
@@ -86,7 +95,9 @@ async def test_cancelling_a_waiting_query_leaves_the_projector_working(
 async def test_each_query_on_a_halted_projector_raises_a_fresh_error() -> None:
     Fragile.broken = True
     try:
-        async with Engine.open(None, aggregates=[Account], projectors=[Fragile]) as engine:
+        async with Engine.open(
+            log=MemoryEventLog(), aggregates=[Account], projectors=[Fragile]
+        ) as engine:
             ack = await engine.send(Account, "a", Deposit(POISON))
             errors: list[ProjectorFaulted] = []
             for _ in range(3):
@@ -108,13 +119,17 @@ class Doubled(Balances):
 
 
 async def test_a_query_goes_to_the_projector_that_defines_it() -> None:
-    async with Engine.open(None, aggregates=[Account], projectors=[Balances, Doubled]) as engine:
+    async with Engine.open(
+        log=MemoryEventLog(), aggregates=[Account], projectors=[Balances, Doubled]
+    ) as engine:
         ack = await engine.send(Account, "a", Deposit(5))
         assert await engine.query(Balances.balance, "a", after=ack.position) == 5
 
 
 async def test_wait_projected_after_close_raises(autojump_clock: trio.testing.MockClock) -> None:
-    async with Engine.open(None, aggregates=[Account], projectors=[Balances]) as engine:
+    async with Engine.open(
+        log=MemoryEventLog(), aggregates=[Account], projectors=[Balances]
+    ) as engine:
         pass
     with trio.fail_after(1), pytest.raises(EngineClosed):
         await engine.wait_projected(1)

@@ -15,6 +15,7 @@ import trio
 import trio.testing
 
 from actorlog import Committed, Engine, EngineClosed, HandlerError, StorageError
+from actorlog.storage import MemoryEventLog
 from benchmarks.bank import Account, Balances, Deposit, Totals
 
 from .api_scenarios import Add, Explode, Ledger, Spend, TooLittle
@@ -117,7 +118,9 @@ async def test_a_rejection_is_decided_again_even_if_another_sender_reloaded_firs
 
 async def _wait_projected_across_close() -> None:
     waiter: asyncio.Future[None] | None = None
-    async with Engine.open(None, aggregates=[Account], projectors=[Balances, Totals]) as engine:
+    async with Engine.open(
+        log=MemoryEventLog(), aggregates=[Account], projectors=[Balances, Totals]
+    ) as engine:
         # Enough events that a rebuilt projector needs several of its largest batches.
         pending = [engine.send_nowait(Account, f"acct-{i % 250}", Deposit(1)) for i in range(13000)]
         for p in pending:

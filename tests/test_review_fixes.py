@@ -66,7 +66,7 @@ class Seen(Projector):
 
 
 async def test_an_event_with_a_mutable_part_does_not_alias_a_live_projector() -> None:
-    async with Engine.open(None, aggregates=[Cart], projectors=[Seen]) as engine:
+    async with Engine.open(log=MemoryEventLog(), aggregates=[Cart], projectors=[Seen]) as engine:
         await engine.send(Cart, "c", Add("x"))
         ack = await engine.send(Cart, "c", Add("y"))
         live = await engine.query(Seen.all, after=ack.position)
@@ -76,7 +76,9 @@ async def test_an_event_with_a_mutable_part_does_not_alias_a_live_projector() ->
 
 
 async def test_many_new_streams_by_send_nowait_stay_under_the_live_cap() -> None:
-    async with Engine.open(None, aggregates=[Account], max_live_aggregates=50) as engine:
+    async with Engine.open(
+        log=MemoryEventLog(), aggregates=[Account], max_live_aggregates=50
+    ) as engine:
         accepted, refused = [], 0
         for n in range(500):
             try:
@@ -90,7 +92,9 @@ async def test_many_new_streams_by_send_nowait_stay_under_the_live_cap() -> None
 
 
 async def test_cancelled_after_waits_leave_nothing_behind() -> None:
-    async with Engine.open(None, aggregates=[Account], projectors=[Balances]) as engine:
+    async with Engine.open(
+        log=MemoryEventLog(), aggregates=[Account], projectors=[Balances]
+    ) as engine:
         for _ in range(100):
             with trio.move_on_after(0):
                 await engine.query(Balances.balance, "a", after=10**9)
@@ -117,7 +121,7 @@ async def test_a_group_wide_storage_error_is_a_distinct_object_per_caller() -> N
     from actorlog.storage import MemoryEventLog
 
     log = MemoryEventLog(max_events=1)
-    async with Engine.open(None, aggregates=[Account], log=log) as engine:
+    async with Engine.open(log=log, aggregates=[Account]) as engine:
         pendings = [engine.send_nowait(Account, f"a{n}", Deposit(1)) for n in range(5)]
         errors = []
         for pending in pendings:
@@ -158,7 +162,7 @@ class FailOnce(MemoryEventLog):
 
 async def test_a_rejection_decided_on_state_that_fails_to_commit_is_decided_again() -> None:
     log = FailOnce(fail_at=3)
-    async with Engine.open(None, log=log, aggregates=[Account]) as engine:
+    async with Engine.open(log=log, aggregates=[Account]) as engine:
         await engine.send(Account, "a", OpenAccount("ann"))  # group 1
         await engine.send(Account, "a", Deposit(10))  # group 2: durable balance 10
         doomed = engine.send_nowait(Account, "a", Withdraw(10))  # in flight: group 3 fails

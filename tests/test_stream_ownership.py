@@ -178,7 +178,9 @@ async def test_a_sender_refused_the_stream_passes_its_live_slot_on() -> None:
     # woken is refused (the stream belongs to another type): _activate has already
     # passivated the idle actor, and _wait_for_capacity lets the DefinitionError out
     # without waking the next sender, who then waits for a slot that is free, forever.
-    async with Engine.open(None, aggregates=[Customer, Supplier], max_live_aggregates=1) as engine:
+    async with Engine.open(
+        log=MemoryEventLog(), aggregates=[Customer, Supplier], max_live_aggregates=1
+    ) as engine:
         await engine.send(Customer, "owned", Rename("Ada"))
         await engine.send(Customer, "busy", Rename("x"))  # passivates "owned"
         engine.send_nowait(Customer, "busy", Rename("y"))  # in flight: no slot is free
@@ -230,7 +232,7 @@ class _DropsAggregate(MemoryEventLog):
 async def test_with_the_dropping_backend_another_type_loads_the_stream() -> None:
     """The premise of the next test: such a backend silently turns ownership off."""
     async with Engine.open(
-        None, log=_DropsAggregate(), aggregates=[Customer, Supplier], max_live_aggregates=1
+        log=_DropsAggregate(), aggregates=[Customer, Supplier], max_live_aggregates=1
     ) as engine:
         await engine.send(Customer, "42", Rename("Ada"))
         await engine.send(Customer, "43", Rename("Bo"))  # passivates "42"

@@ -220,17 +220,16 @@ def test_non_frozen_event_type_raises_definition_error() -> None:
     class Loose(msgspec.Struct):
         n: int
 
-    class Sloppy(Aggregate):
-        @handles
-        def ping(self, c: Ping) -> list[Loose]:
-            return [Loose(c.n)]
+    with pytest.raises(DefinitionError, match="must be frozen"):  # when it is defined
 
-        @applies
-        def loose(self, e: Loose) -> None:
-            pass
+        class Sloppy(Aggregate):
+            @handles
+            def ping(self, c: Ping) -> list[Loose]:
+                return [Loose(c.n)]
 
-    with pytest.raises(DefinitionError, match="must be frozen"):
-        given(Sloppy)
+            @applies
+            def loose(self, e: Loose) -> None:
+                pass
 
 
 def test_event_that_does_not_survive_encoding_raises_assertion() -> None:

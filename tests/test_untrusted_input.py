@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, Phase, example, given, reject, settings
 
 from actorlog import CodecError, DecodeError, Engine, EngineError, PayloadTooLarge, UnknownEventType
 from actorlog.lowlevel import decode_command
+from actorlog.storage import MemoryEventLog
 from benchmarks.bank import Account, Deposit, OpenAccount, Withdraw
 
 Format = Literal["json", "msgpack"]
@@ -201,7 +202,7 @@ def test_any_input_decodes_to_a_valid_command_or_a_typed_error(
     # wrapped in the exception group of pytest-trio's nursery.
     async def run() -> None:
         escaped: list[Exception] = []
-        async with Engine.open(None, aggregates=[Account]) as engine:
+        async with Engine.open(log=MemoryEventLog(), aggregates=[Account]) as engine:
             await engine.send(Account, STREAM, Deposit(100))  # so some withdrawals succeed
             await _decode_then_send(engine, *payload, escaped)
         if escaped:
@@ -217,7 +218,7 @@ def test_many_inputs_in_a_row_append_only_the_accepted_commands(data: st.DataObj
 
     async def run() -> None:
         escaped: list[Exception] = []
-        async with Engine.open(None, aggregates=[Account]) as engine:
+        async with Engine.open(log=MemoryEventLog(), aggregates=[Account]) as engine:
             accepted = 0
             for _ in range(data.draw(st.integers(1, 20))):
                 before = engine.log.head_position()
@@ -236,7 +237,7 @@ def test_many_inputs_in_a_row_append_only_the_accepted_commands(data: st.DataObj
 
 @pytest.mark.parametrize("fmt", FORMATS)
 async def test_the_size_limit_is_checked_before_decoding(fmt: Format) -> None:
-    async with Engine.open(None, aggregates=[Account]) as engine:
+    async with Engine.open(log=MemoryEventLog(), aggregates=[Account]) as engine:
         garbage = b"\xc1" * 65  # malformed in both formats, and one byte too many
         with pytest.raises(PayloadTooLarge):
             engine.decode_command(Account, garbage, format=fmt, max_bytes=64)
@@ -245,7 +246,7 @@ async def test_the_size_limit_is_checked_before_decoding(fmt: Format) -> None:
 
 
 async def test_a_str_is_measured_in_utf8_bytes_not_characters() -> None:
-    async with Engine.open(None, aggregates=[Account]) as engine:
+    async with Engine.open(log=MemoryEventLog(), aggregates=[Account]) as engine:
         text = json.dumps({"type": "OpenAccount", "owner": "€" * 100}, ensure_ascii=False)
         assert len(text) <= 200 < len(text.encode())
         with pytest.raises(PayloadTooLarge):
@@ -255,14 +256,14 @@ async def test_a_str_is_measured_in_utf8_bytes_not_characters() -> None:
 async def test_an_unknown_type_name_is_unknown_event_type_and_an_event_name_is_not_a_command() -> (
     None
 ):
-    async with Engine.open(None, aggregates=[Account]) as engine:
+    async with Engine.open(log=MemoryEventLog(), aggregates=[Account]) as engine:
         for name in ("Shutdown", "Deposited", "__init__"):
             with pytest.raises(UnknownEventType):
                 engine.decode_command(Account, json.dumps({"type": name, "amount": 1}))
 
 
 async def test_an_unknown_format_is_a_decode_error() -> None:
-    async with Engine.open(None, aggregates=[Account]) as engine:
+    async with Engine.open(log=MemoryEventLog(), aggregates=[Account]) as engine:
         with pytest.raises(DecodeError):
             engine.decode_command(Account, b"{}", format="xml")  # type: ignore[arg-type]
 

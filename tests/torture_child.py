@@ -159,7 +159,6 @@ async def _run(args: argparse.Namespace) -> None:
         log._env = _LyingEnv(log._env, args.lie)  # type: ignore[assignment]
     with trio.move_on_after(args.seconds):
         async with Engine.open(
-            None,
             log=log,
             aggregates=[TortureAccount],
             projectors=[Balances, Totals],
