@@ -250,7 +250,9 @@ def test_then_query_failure_on_a_park_projector_names_the_parked_events() -> Non
         scenario.then_query(PickyParked.parked_total, equals=12)
 
 
-def test_a_base_exception_from_an_applier_passes_through() -> None:
+def test_a_user_base_exception_from_an_applier_halts_as_in_the_engine() -> None:
+    # The kit folds with the engine's code, so a user's BaseException subclass is an
+    # applier fault there too (it was passed through before the kit shared the fold).
     class Stop(BaseException):
         pass
 
@@ -259,8 +261,17 @@ def test_a_base_exception_from_an_applier_passes_through() -> None:
         def deposited(self, e: Deposited) -> None:
             raise Stop
 
-    with pytest.raises(Stop):
-        given_events(Stopper, [("a", Deposited(1))])
+    given_events(Stopper, [("a", Deposited(1))]).then_halted(Stop, at=("a", Deposited(1)))
+
+
+def test_ctrl_c_from_an_applier_passes_through() -> None:
+    class Interrupted(Projector):
+        @applies
+        def deposited(self, e: Deposited) -> None:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        given_events(Interrupted, [("a", Deposited(1))])
 
 
 def test_a_bare_event_instead_of_a_pair_raises_type_error() -> None:
