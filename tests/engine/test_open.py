@@ -8,6 +8,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import anyio
 import msgspec
 import pytest
 import trio
@@ -26,7 +27,7 @@ from actorlog import (
     handles,
 )
 from actorlog.lowlevel import EventRegistry
-from actorlog.storage import ANY, Append, MemoryEventLog
+from actorlog.storage import ANY, Append, MemoryEventLog, StoredEvent
 
 
 class Add(msgspec.Struct, frozen=True):
@@ -120,6 +121,37 @@ async def test_cancelling_the_block_still_cancels(tmp_path: Path) -> None:
         async with Engine.open(tmp_path, aggregates=[Counter]):
             await trio.sleep_forever()
     assert scope.cancelled_caught
+
+
+class _Fatal(BaseException):
+    """A failure no engine task may contain (not an Exception)."""
+
+
+class _DyingLog(MemoryEventLog):
+    """A backend whose reads kill the task that makes them."""
+
+    def read_all(self, from_position: int = 1, limit: int = 1024) -> list[StoredEvent]:
+        raise _Fatal("the log died")
+
+
+async def _engine_task_dies() -> None:
+    log = _DyingLog()
+    log.append_batch([Append("a", ANY, (EventRegistry([Added]).encode(Added(1)),))])
+    async with Engine.open(
+        log=log, aggregates=[Counter], projectors=[Sum], wait_for_projectors=False
+    ):
+        await anyio.sleep(1)  # the projector's catch-up read fails meanwhile
+
+
+async def test_an_engine_tasks_failure_still_comes_out_as_a_group_on_trio() -> None:
+    with pytest.RaisesGroup(_Fatal):
+        await _engine_task_dies()
+
+
+def test_an_engine_tasks_failure_still_comes_out_as_a_group_on_asyncio() -> None:
+    with pytest.raises(BaseExceptionGroup) as caught:
+        asyncio.run(_engine_task_dies())
+    assert [type(e) for e in caught.value.exceptions] == [_Fatal]
 
 
 # -- projectors are caught up when open returns ----------------------------------------------
