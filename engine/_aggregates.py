@@ -16,16 +16,9 @@ one, because the writer commits them in the same order. If any of them fails to 
 the later ones fail their expected-version check, and the actor is reloaded from the log
 (once nothing of it is in flight), so state that never became durable never survives.
 
-Room in a full mailbox is handed out in arrival order::
-
-    sender ─(full, or others already waiting)─▶ room queue ──┐
-    commit done: inflight - 1 ─▶ _hand_out: wake the first waiter and count the slot
-                                 as ``handed`` (reserved), so no later sender barges in
-    woken sender: handed - 1, decides at once (the reservation guarantees room)
-
-A sender that is woken but leaves without deciding (cancelled, Rejected, a handler error,
-the actor turned stale) passes its slot on, so a waiter is never stranded. Waiting senders
-sit in insertion-ordered dicts keyed by their reply, so a cancelled one leaves in O(1).
+The actor itself (its counters and the queues of senders waiting on its mailbox) is
+``_actor.Actor``; which actors stay in memory is ``_passivation.LiveActors``; the decide
+step the turn runs is ``_decide.decide``, shared with the test kit.
 
 Live state always equals replayed state, whatever user code did before raising. Handlers
 should decide without touching the state, but a handler that changes it and then raises
@@ -41,67 +34,35 @@ thus pays a reload per rejection (snapshot + tail; on a 10,000-event stream with
 snapshots a full replay, ~14 ms here, where a restore costs ~1 us): give such aggregates
 ``snapshot_every``, or hold tuples and frozensets.
 
-User code's exceptions that are not ``Exception`` (a user's ``BaseException`` subclass)
-are ``HandlerError`` too; only cancellation, ``KeyboardInterrupt`` and ``SystemExit`` reach
-the caller unchanged (``_reply.must_propagate``).
-
 Wake-ups per command: one (the caller, when its commit lands), plus the writer's one per
-batch; two more only for a sender that had to wait for room. Passivation evicts idle
-actors (LRU beyond ``max_live``, and after ``idle_timeout``) but never one with commands
-in flight or senders waiting, nor the one being activated: a busy actor stays live, so
-``max_live`` is exceeded only by actors that are busy right now.
-Why one file over 400 lines: activation, the mailbox window and passivation all read and
-write the same per-actor counters inside one synchronous turn; split apart, each piece would
-need the others' invariants restated.
+batch; two more only for a sender that had to wait for room.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import anyio
 import msgspec
 
+from ._actor import Actor, Pending, load_state
 from ._codec import EventRegistry, snapshot_bytes
 from ._decide import AggregateType, decide, kind_name, restore
 from ._errors import (
-    CodecError,
     DefinitionError,
     EngineClosed,
     EngineError,
-    HandlerError,
     Overloaded,
     Rejected,
     UnknownCommand,
 )
 from ._log import AppendOutcome, EventLog, check_stream_id
+from ._passivation import AtCapacity, LiveActors
 from ._records import Append, Committed, Snapshot
-from ._reply import Reply, must_propagate, reply_factory
+from ._reply import Reply, reply_factory
 from ._writer import Writer
 
 __all__ = ["AggregateType", "Aggregates", "AggregatesStatistics", "Pending"]
-
-
-class _AtCapacity(Overloaded):
-    """Every live actor is busy and the cap is reached: ``send`` waits, ``send_nowait``
-    raises it (an :class:`Overloaded`)."""
-
-
-_EVICTION_SCAN = 16
-"""How many actors a commit looks at to get back under the cap: bounded, so that with
-many busy actors each commit costs O(1), not O(live)."""
-
-
-def _check_owner(name: str, stream_id: str, owner: str | None) -> None:
-    """Refuse to load ``stream_id`` as type ``name`` if another aggregate type created it."""
-    if owner is not None and owner != name:
-        raise DefinitionError(
-            f"stream {stream_id!r} belongs to aggregate type {owner!r}, not {name!r}; "
-            "stream ids are shared by all aggregate types (set aggregate_name to the old "
-            "name if the class was renamed)"
-        )
 
 
 class AggregatesStatistics(msgspec.Struct, frozen=True):
@@ -115,85 +76,6 @@ class AggregatesStatistics(msgspec.Struct, frozen=True):
     in_flight: int
     waiting: int
     snapshot_failures: int = 0
-
-
-Waiters = OrderedDict[Reply, None]
-"""Replies of waiting senders, oldest first; the value is unused."""
-
-
-class _Actor:
-    """One live aggregate: its state, its version, and its mailbox counters."""
-
-    __slots__ = (
-        "completed",
-        "drained",
-        "failures",
-        "handed",
-        "inflight",
-        "kind",
-        "room",
-        "settled",
-        "snapshot_version",
-        "stale",
-        "state",
-        "stream_id",
-        "touched",
-        "version",
-    )
-
-    def __init__(
-        self, kind: AggregateType, stream_id: str, state: Any, version: int, snapshot: int
-    ) -> None:
-        self.kind = kind
-        self.stream_id = stream_id
-        self.state = state
-        self.version = version  # includes decisions still in flight
-        self.snapshot_version = snapshot  # of the last snapshot saved or loaded (0: none)
-        self.inflight = 0  # decided, not yet durable: the mailbox's length
-        self.handed = 0  # mailbox slots handed to woken senders that have not yet run
-        # Waiters are insertion-ordered dicts keyed by their reply: FIFO like a deque, and
-        # a cancelled waiter leaves in O(1) (a deque.remove is O(waiters): cancelling n
-        # waiters at once was quadratic).
-        self.room: Waiters = OrderedDict()  # senders waiting for a mailbox slot, FIFO
-        self.drained: Waiters = OrderedDict()  # senders waiting for inflight == 0 (to reload)
-        self.stale = False  # state may hold what never committed: reload before use
-        self.touched = True  # used since the last idle sweep
-        self.completed = 0  # appends the writer has answered, ever (in order)
-        self.failures = 0  # of which failed (then the actor is stale)
-        # Rejected senders waiting for ``completed`` to reach their count (see send). Each
-        # count is ``completed + inflight`` when the sender arrived, which never decreases,
-        # so the dict is in count order too: the first entry is always the next one due.
-        self.settled: OrderedDict[Reply, int] = OrderedDict()
-
-    def busy(self) -> bool:
-        """Commands in flight or senders waiting: it must not be passivated."""
-        return bool(self.inflight or self.handed or self.room or self.drained or self.settled)
-
-
-class Pending:
-    """A command in an actor's mailbox; ``await`` it for its :class:`Committed`.
-
-    Returned by ``send_nowait``. Awaiting is optional: the command commits either way.
-    It may be awaited again (one task at a time), also after a cancelled wait.
-    """
-
-    __slots__ = ("_reply",)
-
-    def __init__(self, reply: Reply) -> None:
-        self._reply = reply
-
-    async def wait(self) -> Committed:
-        """Wait until the command's events are durable.
-
-        Raises the command's error (``StorageError``, ``ConcurrencyError``,
-        ``EngineClosed``). If cancelled, the command may still commit, and a later
-        ``wait`` returns its outcome.
-        """
-        result: Committed = await self._reply.wait()
-        return result
-
-    def __await__(self) -> Any:
-        return self._reply.wait().__await__()
 
 
 class Aggregates:
@@ -230,15 +112,13 @@ class Aggregates:
         self._writer = writer
         self._registry = registry
         self._mailbox_size = mailbox_size
-        self._max_live = max_live
-        self._live: OrderedDict[str, _Actor] = OrderedDict()
+        self._slots = LiveActors(max_live)
+        # The slots' own containers, read on the command path without the extra lookup.
+        self._live = self._slots.live
+        self._capacity = self._slots.waiting  # senders waiting for a live-actor slot
         self._new_reply = reply_factory()
         self._closed = False
-        self._peak = 0
-        self._activations = 0
-        self._passivations = 0
         self._reloads = 0
-        self._capacity: Waiters = OrderedDict()  # senders waiting for a live-actor slot
         self._snapshot_failures = 0
 
     # -- the command path ------------------------------------------------------------------
@@ -255,9 +135,10 @@ class Aggregates:
         handler = self._handler(kind, command)
         try:
             actor = self._actor(kind, stream_id)
-        except _AtCapacity:
+        except AtCapacity:
             actor = await self._wait_for_capacity(kind, stream_id)
         try:
+            # Actor.full(), inlined: the hot path's one test.
             if actor.stale or actor.room or actor.inflight + actor.handed >= self._mailbox_size:
                 reply = await self._wait_and_decide(
                     actor, handler, command, correlation_id, causation_id
@@ -269,7 +150,7 @@ class Aggregates:
                     if self._capacity and not actor.busy():
                         # Refused on an idle actor (perhaps activated just for this): a
                         # sender waiting for a live slot may evict it.
-                        self._pass_capacity()
+                        self._slots.pass_on()
                     raise
         except Rejected as rejection:
             # The actor it was decided on: the slow path may have re-activated the stream
@@ -281,21 +162,12 @@ class Aggregates:
             # the rejection was decided on state that never existed. Wait for it to land.
             # (A failure count, not ``stale``: another sender may have reloaded already.)
             failures = actor.failures
-            await self._settle(actor)
+            await actor.settle(self._new_reply())
             if actor.failures == failures:
                 raise rejection from None
             return await self.send(kind, stream_id, command, correlation_id, causation_id)
         result: Committed = await reply.wait()
         return result
-
-    async def _settle(self, actor: _Actor) -> None:
-        """Wait until every append of ``actor`` submitted so far has completed."""
-        reply = self._new_reply()
-        actor.settled[reply] = actor.completed + actor.inflight  # every append submitted
-        try:
-            await reply.wait()
-        finally:
-            actor.settled.pop(reply, None)
 
     def send_nowait(
         self,
@@ -310,50 +182,34 @@ class Aggregates:
         actor = self._actor(kind, stream_id)
         if actor.stale and not actor.inflight:
             self._reload(actor)
-        if actor.stale or actor.room or actor.inflight + actor.handed >= self._mailbox_size:
+        if actor.full():
             raise Overloaded(
                 f"the mailbox of {kind_name(kind)} {stream_id!r} is full "
                 f"({self._mailbox_size} commands in flight, or senders waiting for room)"
             )
         return Pending(self._decide(actor, handler, command, correlation_id, causation_id))
 
-    async def _wait_for_capacity(self, kind: AggregateType, stream_id: str) -> _Actor:
+    async def _wait_for_capacity(self, kind: AggregateType, stream_id: str) -> Actor:
         """Wait until an actor goes idle (so it can be passivated), then activate ours.
 
         A wake-up is a free slot handed to one waiter: one that leaves without taking it
         (cancelled after the wake-up, or its stream refused to load) hands it on.
         """
         while True:
-            reply = self._new_reply()
-            self._capacity[reply] = None
-            try:
-                await reply.wait()
-            except BaseException:
-                if reply in self._capacity:
-                    del self._capacity[reply]
-                else:
-                    self._pass_capacity()
-                raise
+            await self._slots.wait(self._new_reply())
             if self._closed:
                 raise EngineClosed("the engine closed before this command ran")
             if stream_id in self._live:
                 # Another woken sender activated our stream: the slot freed for us is
                 # someone else's to take.
-                self._pass_capacity()
+                self._slots.pass_on()
             try:
                 return self._actor(kind, stream_id)
-            except _AtCapacity:
+            except AtCapacity:
                 continue
             except BaseException:
-                self._pass_capacity()
+                self._slots.pass_on()
                 raise
-
-    def _pass_capacity(self) -> None:
-        """Wake the next sender waiting for a live slot. Unconditionally: an idle actor
-        still counts as live until the woken sender's activation passivates it, and a
-        sender that finds no room simply waits again."""
-        if self._capacity:
-            self._capacity.popitem(last=False)[0].set_result(None)
 
     def _handler(self, kind: AggregateType, command: Any) -> Callable[[Any, Any], Any]:
         if self._closed:
@@ -371,7 +227,7 @@ class Aggregates:
 
     async def _wait_and_decide(
         self,
-        actor: _Actor,
+        actor: Actor,
         handler: Callable[[Any, Any], Any],
         command: Any,
         correlation_id: str | None,
@@ -385,16 +241,16 @@ class Aggregates:
                     raise EngineClosed("the engine closed before this command ran")
                 if actor.stale:
                     if actor.inflight:
-                        await self._park(actor, actor.drained)
+                        await actor.park(actor.drained, self._new_reply())
                         # Drained actors have no waiters left: it may have been passivated.
                         try:
                             actor = self._actor(kind, stream_id)
-                        except _AtCapacity:
+                        except AtCapacity:
                             actor = await self._wait_for_capacity(kind, stream_id)
                         continue
                     self._reload(actor)
                 if actor.room or actor.inflight + actor.handed >= self._mailbox_size:
-                    await self._park(actor, actor.room)
+                    await actor.park(actor.room, self._new_reply())
                     actor.handed -= 1  # the slot handed to this sender is its own now
                     if actor.stale or self._closed:
                         continue  # not usable after all; the loop passes the slot on
@@ -403,36 +259,14 @@ class Aggregates:
             # Leaving without a slot (Rejected, HandlerError, cancelled, closed): a slot
             # this sender was handed, or one that freed meanwhile, goes to the next waiter;
             # and if that leaves the actor idle, a sender waiting for a live slot may use it.
-            self._hand_out(actor)
+            actor.hand_out()
             if not actor.busy():
-                self._pass_capacity()
+                self._slots.pass_on()
             raise
-
-    async def _park(self, actor: _Actor, queue: Waiters) -> None:
-        """Wait in ``queue`` until woken; fails with EngineClosed if the engine closes."""
-        reply = self._new_reply()
-        queue[reply] = None
-        try:
-            await reply.wait()
-        except BaseException:
-            if reply in queue:
-                del queue[reply]  # never woken: leave no dead entry behind (O(1))
-            elif queue is actor.room and not self._closed:
-                # Handed a slot, then cancelled before taking it (asyncio can do this):
-                # give the slot back for the next waiter.
-                actor.handed -= 1
-            raise
-
-    def _hand_out(self, actor: _Actor) -> None:
-        """Wake waiting senders, first come first served, while slots are free."""
-        room = actor.room
-        while room and actor.inflight + actor.handed < self._mailbox_size:
-            room.popitem(last=False)[0].set_result(None)
-            actor.handed += 1
 
     def _decide(
         self,
-        actor: _Actor,
+        actor: Actor,
         handler: Callable[[Any, Any], Any],
         command: Any,
         correlation_id: str | None,
@@ -460,15 +294,12 @@ class Aggregates:
         stream_id = actor.stream_id
 
         def done(outcome: AppendOutcome) -> None:
+            # The actor's bookkeeping inline (a call per command costs more than these
+            # lines); its methods run only when someone waits.
             actor.inflight -= 1
             actor.completed += 1
-            settled = actor.settled
-            while settled:  # in count order: wake the due ones from the front
-                first = next(iter(settled))
-                if settled[first] > actor.completed:
-                    break
-                del settled[first]
-                first.set_result(None)
+            if actor.settled:
+                actor.wake_settled()
             if isinstance(outcome, EngineError):
                 actor.stale = True
                 actor.failures += 1
@@ -483,16 +314,14 @@ class Aggregates:
                     )
                 )
             if actor.room:
-                self._hand_out(actor)
+                actor.hand_out()
             if not actor.inflight:
                 if actor.drained:
-                    waiting, actor.drained = actor.drained, OrderedDict()
-                    for waiter in waiting:
-                        waiter.set_result(None)
+                    actor.wake_drained()
                 self._maybe_snapshot(actor)
                 if self._capacity:
                     # A sender is waiting for an actor to go idle: this one just did.
-                    self._capacity.popitem(last=False)[0].set_result(None)
+                    self._slots.pass_on()
 
         if kind not in self._immutable_kinds:
             # A mutable part (a list field, say) must not reach live projectors by
@@ -521,7 +350,7 @@ class Aggregates:
         actor.inflight += 1
         return reply
 
-    def _undo(self, actor: _Actor, before: dict[str, Any] | None) -> None:
+    def _undo(self, actor: Actor, before: dict[str, Any] | None) -> None:
         """Put the state back exactly as the handler found it, or mark the actor stale.
 
         ``before`` is restored when that is exact (``_decide.restore``). Any other state is marked
@@ -534,7 +363,7 @@ class Aggregates:
 
     # -- activation, reload, passivation --------------------------------------------------
 
-    def _actor(self, kind: AggregateType, stream_id: str) -> _Actor:
+    def _actor(self, kind: AggregateType, stream_id: str) -> Actor:
         actor = self._live.get(stream_id)
         if actor is None:
             return self._activate(kind, stream_id)
@@ -547,83 +376,32 @@ class Aggregates:
         actor.touched = True
         return actor
 
-    def _activate(self, kind: AggregateType, stream_id: str) -> _Actor:
+    def _activate(self, kind: AggregateType, stream_id: str) -> Actor:
         """Load snapshot + tail from the log (synchronously) and make the actor live."""
         check_stream_id(stream_id)
-        if len(self._live) >= self._max_live:
-            # A bounded look at the least recently used: O(1) per activation, and busy
-            # actors move to the back so the next look starts with likelier candidates.
-            self._evict_lru(scan=_EVICTION_SCAN, room_for=1)
-            if len(self._live) >= self._max_live:
-                raise _AtCapacity(
-                    f"{self._max_live} aggregates are live and busy (max_live_aggregates)"
-                )
+        self._slots.make_room()
         try:
             loaded = self._load(kind, stream_id)
         except BaseException:
-            self._pass_capacity()  # the eviction above may have freed a slot
+            self._slots.pass_on()  # the eviction above may have freed a slot
             raise
-        actor = _Actor(kind, stream_id, *loaded)
-        self._live[stream_id] = actor
-        self._activations += 1
-        self._peak = max(self._peak, len(self._live))
+        actor = Actor(kind, stream_id, *loaded, self._mailbox_size)
+        self._slots.add(actor)
         return actor
 
     def _load(self, kind: AggregateType, stream_id: str) -> tuple[Any, int, int]:
         """Rebuild the state: (state, version, version of the snapshot it started from)."""
-        state: Any = None
-        version = 0
-        owner_name = self._owner_names[kind]
-        if kind.snapshot_every is not None:
-            try:
-                snapshot = self._log.load_snapshot(stream_id)
-            except CodecError:
-                snapshot = None  # unreadable: only a lost shortcut, the events remain
-            if snapshot is not None and snapshot.aggregate not in (None, owner_name):
-                # Another type's snapshot is no use to this one; whether this type may
-                # load the stream at all is for its events to say (below).
-                snapshot = None
-            if snapshot is not None and snapshot.format == kind.snapshot_format:
-                try:
-                    state = kind.from_snapshot(snapshot.state)
-                    version = snapshot.version
-                except BaseException as e:
-                    if must_propagate(e):
-                        raise
-                    # An unreadable snapshot is only a lost shortcut: replay everything.
-                    state = None
-        try:
-            if state is None:
-                state = kind()
-                version = 0
-            snapshot_version = version
-            appliers = kind.event_appliers
-            decode = self._registry.decode
-            for stored in self._log.read_stream(stream_id, version + 1):
-                if stored.aggregate is not None:
-                    _check_owner(owner_name, stream_id, stored.aggregate)
-                event = decode(stored.type, stored.payload)
-                appliers[type(event)](state, event)
-                version = stored.version
-        except EngineError:
-            raise
-        except BaseException as e:
-            if must_propagate(e):
-                raise
-            raise HandlerError(
-                f"cannot rebuild {kind_name(kind)} {stream_id!r} from its events: {e!r}"
-            ) from e
-        return state, version, snapshot_version
+        return load_state(self._log, self._registry, kind, self._owner_names[kind], stream_id)
 
-    def _reload(self, actor: _Actor) -> None:
+    def _reload(self, actor: Actor) -> None:
         """Replace a stale actor's state (nothing in flight) with one rebuilt from the log."""
         self._reloads += 1
         state, version, snapshot_version = self._load(actor.kind, actor.stream_id)
         actor.state, actor.version, actor.stale = state, version, False
         actor.snapshot_version = snapshot_version
-        self._hand_out(actor)  # slots given back while it was stale
+        actor.hand_out()  # slots given back while it was stale
 
-    def _maybe_snapshot(self, actor: _Actor) -> None:
+    def _maybe_snapshot(self, actor: Actor) -> None:
         """Snapshot an actor whose state is all durable, if ``snapshot_every`` says so."""
         every = actor.kind.snapshot_every
         if every is None or actor.stale or actor.version - actor.snapshot_version < every:
@@ -642,53 +420,18 @@ class Aggregates:
             ),
         )
 
-    def _evict_lru(self, scan: int, room_for: int = 0) -> None:
-        """Passivate least recently used idle actors until ``room_for`` more fit.
-
-        Looks at ``scan`` actors at most; busy ones go to the back.
-        """
-        live = self._live
-        for _ in range(min(scan, len(live))):
-            if len(live) + room_for <= self._max_live:
-                return
-            stream_id, actor = next(iter(live.items()))
-            if actor.busy():
-                live.move_to_end(stream_id)  # it stays, and costs no wake-up
-                continue
-            del live[stream_id]
-            self._passivations += 1
-
     def sweep_idle(self) -> int:
         """Passivate actors not used since the previous sweep; returns how many."""
-        gone = [sid for sid, actor in self._live.items() if not actor.touched and not actor.busy()]
-        for sid in gone:
-            del self._live[sid]
-        for actor in self._live.values():
-            actor.touched = False
-        self._passivations += len(gone)
-        for _ in gone:  # each freed slot may let a sender waiting for one in
-            self._pass_capacity()
-        return len(gone)
+        return self._slots.sweep_idle()
 
     async def run_idle_sweeper(self, idle_timeout: float) -> None:
         """Passivate actors idle for between ``idle_timeout`` and twice that, forever."""
-        while True:
-            await anyio.sleep(idle_timeout)
-            self.sweep_idle()
+        await self._slots.run_idle_sweeper(idle_timeout)
 
     def close(self) -> None:
         """Refuse new commands and fail every sender still waiting for room."""
         self._closed = True
-        while self._capacity:
-            self._capacity.popitem(last=False)[0].set_error(
-                EngineClosed("the engine closed before this command ran")
-            )
-        for actor in self._live.values():
-            for queue in (actor.room, actor.drained):
-                waiting = list(queue)
-                queue.clear()
-                for waiter in waiting:
-                    waiter.set_error(EngineClosed("the engine closed before this command ran"))
+        self._slots.close(lambda: EngineClosed("the engine closed before this command ran"))
 
     def is_live(self, stream_id: str) -> bool:
         """True if the stream's actor is in memory (a test and statistics aid)."""
@@ -699,9 +442,9 @@ class Aggregates:
         actors = self._live.values()
         return AggregatesStatistics(
             live=len(self._live),
-            peak_live=self._peak,
-            activations=self._activations,
-            passivations=self._passivations,
+            peak_live=self._slots.peak,
+            activations=self._slots.activations,
+            passivations=self._slots.passivations,
             reloads=self._reloads,
             in_flight=sum(a.inflight for a in actors),
             waiting=sum(len(a.room) + len(a.drained) for a in actors) + len(self._capacity),

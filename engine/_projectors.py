@@ -38,7 +38,7 @@ format matches and it loads) at the position saved with it, and catches up from 
 saves the cache, with its checkpoint, through the writer's next group commit every
 ``snapshot_every`` positions and when the engine closes. A halted projector saves nothing.
 
-About 450 lines, one file on purpose: the broadcast, the two fold loops and the waiters
+About 630 lines, one file on purpose: the broadcast, the fold loop and the waiters
 form one hand-off protocol whose invariant (every batch starts at ``checkpoint + 1`` and is
 consecutive) is easiest to check when it is all in view.
 """

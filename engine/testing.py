@@ -53,9 +53,7 @@ def make_append(
 ) -> Append:
     """An append of ``count`` events; each payload (a msgpack str) says where it was sent."""
     events = tuple((type, _encode(f"{stream_id}#{expected_version}+{i}")) for i in range(count))
-    return Append(
-        stream_id, expected_version, events, correlation_id, causation_id, aggregate_name
-    )
+    return Append(stream_id, expected_version, events, correlation_id, causation_id, aggregate_name)
 
 
 def assert_log_consistent(log: EventLog, batch: int = 1000) -> dict[str, int]:
