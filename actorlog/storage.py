@@ -14,6 +14,7 @@ from .engine import (
     EventLog,
     LmdbEventLog,
     MemoryEventLog,
+    ProjectorCache,
     Snapshot,
     StoredEvent,
 )
@@ -30,6 +31,7 @@ __all__ = [
     "LogView",
     "MemoryEventLog",
     "NO_STREAM",
+    "ProjectorCache",
     "Snapshot",
     "StoredEvent",
     "assert_log_consistent",

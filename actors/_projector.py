@@ -2,7 +2,7 @@
 
 A projector is a plain object: ``@applies`` methods fold committed events into its read
 cache, and its other public methods are queries. The engine hosts it as an actor
-(``engine/_projections.py``) and calls queries through ``Engine.query``.
+(``engine/_projectors.py``) and calls queries through ``Engine.query``.
 """
 
 from __future__ import annotations

@@ -42,11 +42,11 @@ from ._errors import (
 from ._log import EventLog, check_label, check_metadata, check_stream_id
 from ._log_lmdb import DEFAULT_MAP_SIZE, DEFAULT_MAX_MAP_SIZE, LmdbEventLog
 from ._log_view import LogView
-from ._projections import (
+from ._projectors import (
     WINDOW_BYTES,
     Broadcast,
     Parked,
-    ProjectionHost,
+    ProjectorHost,
     ProjectorStatistics,
     ProjectorType,
     WindowStatistics,
@@ -112,7 +112,7 @@ class Engine:
         log: EventLog,
         writer: Writer,
         aggregates: Aggregates,
-        projections: Sequence[ProjectionHost],
+        projectors: Sequence[ProjectorHost],
         broadcast: Broadcast,
         registry: EventRegistry,
     ) -> None:
@@ -121,15 +121,15 @@ class Engine:
         self._view = LogView(log)
         self._writer = writer
         self._aggregates = aggregates
-        self._projections = {host.kind: host for host in projections}
+        self._projectors = {host.kind: host for host in projectors}
         # A query belongs to the projector whose class defines it; a hosted subclass that
         # merely inherits it must not answer for its parent.
-        self._queries: dict[Callable[..., Any], ProjectionHost] = {}
-        for host in projections:
+        self._queries: dict[Callable[..., Any], ProjectorHost] = {}
+        for host in projectors:
             for fn in host.kind.query_functions:
                 if vars(host.kind).get(getattr(fn, "__name__", "")) is fn:
                     self._queries[fn] = host
-        for host in projections:
+        for host in projectors:
             for fn in host.kind.query_functions:
                 self._queries.setdefault(fn, host)
         self._broadcast = broadcast
@@ -255,13 +255,13 @@ class Engine:
                 mailbox_size=mailbox_size,
                 max_live=max_live_aggregates,
             )
-            projections = [
-                ProjectionHost(
+            projector_hosts = [
+                ProjectorHost(
                     kind,
                     log=log,
                     broadcast=broadcast,
                     registry=registry,
-                    save=writer.save_projection,
+                    save=writer.save_projector_cache,
                 )
                 for kind in projector_kinds
             ]
@@ -269,7 +269,7 @@ class Engine:
                 log=log,
                 writer=writer,
                 aggregates=hosts,
-                projections=projections,
+                projectors=projector_hosts,
                 broadcast=broadcast,
                 registry=registry,
             )
@@ -277,7 +277,7 @@ class Engine:
                 # Shielded: if the host cancels us, _shutdown (shielded too) still needs the
                 # writer to commit what was decided; it stops through writer.close().
                 tg.start_soon(_shielded, writer.run)
-                for host in projections:
+                for host in projector_hosts:
                     tg.start_soon(host.run)
                 if idle_timeout is not None:
                     tg.start_soon(hosts.run_idle_sweeper, idle_timeout)
@@ -315,7 +315,7 @@ class Engine:
     async def _wait_caught_up(self, position: int) -> None:
         """Wait until every projector has applied ``position``; one that halts on the way
         is not waited for (its queries say ``ProjectorFaulted``)."""
-        for host in self._projections.values():
+        for host in self._projectors.values():
             try:
                 await host.wait_position(position)
             except ProjectorFaulted:
@@ -325,12 +325,12 @@ class Engine:
         """Refuse new work, commit what was decided, then stop the writer."""
         self._closed = True
         self._aggregates.close()
-        for host in self._projections.values():
-            host.save_now()  # rides on the writer's last commit
+        for host in self._projectors.values():
+            host.queue_save()  # rides on the writer's last commit
         self._writer.close()
         await self._writer.wait_stopped()
         closed = EngineClosed("the engine closed")
-        for host in self._projections.values():
+        for host in self._projectors.values():
             host.fail_waiters(closed)
 
     # -- commands --------------------------------------------------------------------------
@@ -543,7 +543,7 @@ class Engine:
         target = self._broadcast.head if position is None else position
         # One deadline for them all, not one per projector.
         with anyio.move_on_after(math.inf if timeout is None else timeout) as scope:
-            for host in self._projections.values():
+            for host in self._projectors.values():
                 # If the engine closes meanwhile, each projector refuses the wait itself.
                 await host.wait_position(target)
         if scope.cancelled_caught:
@@ -551,7 +551,7 @@ class Engine:
 
     async def _wait_position(
         self,
-        host: ProjectionHost,
+        host: ProjectorHost,
         after: int,
         timeout: float | None,  # noqa: ASYNC109 (query's, passed on)
     ) -> None:
@@ -574,19 +574,19 @@ class Engine:
 
         Queries see the cache grow from empty; ``query(..., after=p)`` waits for ``p``.
         """
-        self._projection(projector).rebuild()
+        self._projector(projector).rebuild()
 
     def resume(self, projector: ProjectorType) -> None:
         """Clear a halted projector's fault and retry the event it stopped at."""
-        self._projection(projector).resume()
+        self._projector(projector).resume()
 
     def parked(self, projector: ProjectorType) -> list[Parked]:
         """The events a ``park`` projector skipped because its applier raised."""
-        return list(self._projection(projector).parked)
+        return list(self._projector(projector).parked)
 
-    def _projection(self, projector: ProjectorType) -> ProjectionHost:
+    def _projector(self, projector: ProjectorType) -> ProjectorHost:
         try:
-            return self._projections[projector]
+            return self._projectors[projector]
         except (KeyError, TypeError):  # TypeError: unhashable, so not a projector either
             raise UnknownQuery(f"{describe(projector)} is not a hosted projector") from None
 
@@ -630,7 +630,7 @@ class Engine:
         return EngineStatistics(
             writer=self._writer.statistics(),
             aggregates=self._aggregates.statistics(),
-            projectors=tuple(h.statistics() for h in self._projections.values()),
+            projectors=tuple(h.statistics() for h in self._projectors.values()),
             head=self._broadcast.head,
             window=self._broadcast.statistics(),
         )

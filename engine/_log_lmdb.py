@@ -1031,7 +1031,8 @@ def _lock_directory(path: Path) -> int:
     except BlockingIOError:
         os.close(fd)
         raise StorageLocked(
-            f"{path} is open in another process; one engine per log directory"
+            f"{path} is already open (by another process, or by another engine or log in this "
+            "one); one engine per log directory"
         ) from None
     except OSError as e:
         os.close(fd)
@@ -1048,7 +1049,8 @@ def _lock_data_file(path: Path) -> int:
     except BlockingIOError:
         os.close(fd)
         raise StorageLocked(
-            f"{path}/data.mdb is in use by another process (its actorlog.lock was removed?); "
+            f"{path}/data.mdb is in use elsewhere (another process, or another log in this one; "
+            "its actorlog.lock was removed?); "
             "one engine per log directory"
         ) from None
     except BaseException:

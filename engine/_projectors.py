@@ -385,9 +385,6 @@ class ProjectorHost:
             return
         self._save(self.name, ProjectorCache(self.checkpoint, self.kind.snapshot_format, data))
 
-    # XX: the old name, until engine/_engine.py calls queue_save.
-    save_now = queue_save
-
     # -- the actor loop --------------------------------------------------------------------
 
     def wake(self) -> None:

@@ -224,9 +224,6 @@ class Writer:
             self._caches.append((name, cache))
             self._wake()
 
-    # XX: the old name, until engine/_engine.py passes save_projector_cache.
-    save_projection = save_projector_cache
-
     async def append(self, append: Append) -> AppendResult:
         """Append through the group commit and return the result once it is durable.
 

@@ -36,8 +36,14 @@ from actorlog import (
     handles,
 )
 from actorlog.engine._aggregates import AggregatesStatistics
-from actorlog.engine._records import ProjectorCache
-from actorlog.storage import Append, LmdbEventLog, MemoryEventLog, Snapshot, StoredEvent
+from actorlog.storage import (
+    Append,
+    LmdbEventLog,
+    MemoryEventLog,
+    ProjectorCache,
+    Snapshot,
+    StoredEvent,
+)
 from benchmarks.bank import Account, Balances, Deposit
 
 # -- the test domain ---------------------------------------------------------------------

@@ -360,7 +360,7 @@ async def cancel_many_query_waiters() -> None:
     async with Engine.open(
         log=MemoryEventLog(), aggregates=[Meddler], projectors=[Seen2]
     ) as engine:
-        host = engine._projections[Seen2]  # white box: its waiter heap
+        host = engine._projectors[Seen2]  # white box: its waiter heap
 
         async def wait() -> None:
             await engine.query(Seen2.positions, after=10**9)

@@ -38,7 +38,6 @@ from actorlog import (
     handles,
 )
 from actorlog.engine._engine import call_query
-from actorlog.engine._records import ProjectorCache
 from actorlog.engine.testing import make_append
 from actorlog.lowlevel import EventRegistry, Writer, decode_command
 from actorlog.storage import (
@@ -47,6 +46,7 @@ from actorlog.storage import (
     Append,
     LmdbEventLog,
     MemoryEventLog,
+    ProjectorCache,
     Snapshot,
     assert_log_consistent,
 )

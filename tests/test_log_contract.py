@@ -18,7 +18,6 @@ from hypothesis import strategies as st
 from actorlog import ConcurrencyError, DefinitionError, StorageError, StorageFull, StorageLocked
 from actorlog.engine._log import AppendOutcome
 from actorlog.engine._log_lmdb import ANCHOR_EVERY
-from actorlog.engine._records import ProjectorCache
 from actorlog.engine.testing import make_append
 from actorlog.storage import (
     ANY,
@@ -28,6 +27,7 @@ from actorlog.storage import (
     EventLog,
     LmdbEventLog,
     MemoryEventLog,
+    ProjectorCache,
     Snapshot,
     StoredEvent,
     assert_log_consistent,
@@ -525,9 +525,7 @@ class NoStreamMeansAny(MemoryEventLog):
             Append(a.stream_id, ANY, a.events) if a.expected_version == NO_STREAM else a
             for a in appends
         ]
-        return super().append_batch(
-            appends, snapshots=snapshots, projector_caches=projector_caches
-        )
+        return super().append_batch(appends, snapshots=snapshots, projector_caches=projector_caches)
 
 
 @pytest.mark.parametrize(

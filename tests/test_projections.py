@@ -1,4 +1,4 @@
-"""The projector host (engine/_projections.py) driven directly: window, catch-up, faults.
+"""The projector host (engine/_projectors.py) driven directly: window, catch-up, faults.
 
 A memory log plus ``Broadcast.publish`` stands in for the writer (it does exactly this after
 each commit), so a test decides what is committed and when the projector may run.

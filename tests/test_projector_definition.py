@@ -92,7 +92,7 @@ async def test_appliers_receive_the_recorded_metadata() -> None:
         )
         assert await engine.query(WithAndWithoutMeta.count, after=ack.position) == 2
         # The test reaches into the cache here on purpose: the query API copies.
-        host = engine._projections[WithAndWithoutMeta]
+        host = engine._projectors[WithAndWithoutMeta]
         recorded = host.instance.calls[1][1]
     assert isinstance(recorded, Recorded)
     assert (recorded.position, recorded.stream_id, recorded.version, recorded.type) == (

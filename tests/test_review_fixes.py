@@ -98,7 +98,7 @@ async def test_cancelled_after_waits_leave_nothing_behind() -> None:
         for _ in range(100):
             with trio.move_on_after(0):
                 await engine.query(Balances.balance, "a", after=10**9)
-        host = engine._projections[Balances]  # white box: the waiter heap
+        host = engine._projectors[Balances]  # white box: the waiter heap
         assert host._waiters == []
 
 

@@ -179,7 +179,7 @@ class FlakyTotal(Projector):
 async def test_rebuild_then_close_does_not_bring_back_the_dropped_cache(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """engine/_projections.py:rebuild sets ``checkpoint = _saved_at = 0``, so a close
+    """engine/_projectors.py:rebuild sets ``checkpoint = _saved_at = 0``, so a close
     before the rebuilt projector applies anything saves nothing (``0 <= 0``), and the cache
     saved before the rebuild (or one still queued in the writer) stays in the log. The
     next start restores it: the rebuild is silently undone, here the two parked deposits

@@ -28,8 +28,14 @@ import pytest
 import actorlog.engine._log_lmdb as lmdb_log
 from actorlog import EncodeError, StorageError, StorageFull, StorageLocked
 from actorlog.engine._checksum import TRAILER, all_intact, intact, seal
-from actorlog.engine._records import ProjectorCache
-from actorlog.storage import Append, AppendResult, LmdbEventLog, Snapshot, StoredEvent
+from actorlog.storage import (
+    Append,
+    AppendResult,
+    LmdbEventLog,
+    ProjectorCache,
+    Snapshot,
+    StoredEvent,
+)
 
 from .test_heads_write_back import _crash_after, _expected, _positions
 from .test_storage_full import _big_opens, _fill, _lmdb, _tmpfs

@@ -16,13 +16,13 @@ import trio
 import trio.testing
 
 from actorlog import Aggregate, DefinitionError, Engine, EngineError, applies, handles
-from actorlog.engine._records import ProjectorCache
 from actorlog.storage import (
     NO_STREAM,
     Append,
     AppendResult,
     LmdbEventLog,
     MemoryEventLog,
+    ProjectorCache,
     Snapshot,
     StoredEvent,
     check_event_log,

@@ -21,7 +21,6 @@ from actorlog import (
     StorageFull,
 )
 from actorlog.engine._log import AppendOutcome
-from actorlog.engine._records import ProjectorCache
 from actorlog.engine._writer import CommitBatch
 from actorlog.engine.testing import make_append
 from actorlog.lowlevel import Writer
@@ -32,6 +31,7 @@ from actorlog.storage import (
     AppendResult,
     LmdbEventLog,
     MemoryEventLog,
+    ProjectorCache,
     Snapshot,
     StoredEvent,
     assert_log_consistent,
@@ -267,9 +267,7 @@ class ExplodingLog(MemoryEventLog):
         if self.explode:
             self.explode = False
             raise RuntimeError("boom")
-        return super().append_batch(
-            appends, snapshots=snapshots, projector_caches=projector_caches
-        )
+        return super().append_batch(appends, snapshots=snapshots, projector_caches=projector_caches)
 
 
 async def test_a_backend_exception_fails_its_group_not_the_writer() -> None:

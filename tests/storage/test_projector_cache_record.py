@@ -13,8 +13,7 @@ import lmdb
 import msgspec
 
 from actorlog.engine._checksum import seal
-from actorlog.engine._records import ProjectorCache
-from actorlog.storage import LmdbEventLog, MemoryEventLog, Snapshot
+from actorlog.storage import LmdbEventLog, MemoryEventLog, ProjectorCache, Snapshot
 
 
 def _put_raw(path: Path, name: bytes, value: bytes) -> None:
