@@ -11,7 +11,7 @@ Live slots are handed out like mailbox room: a sender waits in ``waiting`` and a
 going idle wakes one. The wake-up stands for a freed slot, so every sender that leaves
 without using it passes it on (:meth:`LiveActors.pass_on`): one cancelled after the
 wake-up, one whose stream another woken sender already activated, one refused on an idle
-actor, and idle sweeps. A randomized model test (``tests/test_aggregates_model.py``)
+actor, and idle sweeps. A randomized model test (``tests/engine/test_aggregates_model.py``)
 found each of these paths by a sender stranded behind an idle actor.
 """
 

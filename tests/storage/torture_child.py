@@ -1,6 +1,6 @@
 """The child of the crash-torture harness: bank load on a real LMDB log until SIGKILLed.
 
-Run by ``tests/torture.py``; it never exits on its own before ``--seconds`` (a guard
+Run by ``tests/storage/torture.py``; it never exits on its own before ``--seconds`` (a guard
 against an orphan outliving its parent). Every line it prints is one ``os.write`` of less
 than ``PIPE_BUF`` bytes, so a kill never tears a line that reached the pipe:
 

@@ -23,7 +23,7 @@ FORMATS: tuple[Format, ...] = ("json", "msgpack")
 LIMITS = (64, 1024, 64 * 1024)
 STREAM = "acct-1"
 # Derandomized in CI: the same examples every run, so it never flakes on a new find. For a
-# deeper, random search: ACTORLOG_FUZZ_EXAMPLES=5000 pytest tests/test_untrusted_input.py
+# deeper, random search: ACTORLOG_FUZZ_EXAMPLES=5000 pytest tests/engine/test_untrusted_input.py
 FUZZ_EXAMPLES = os.environ.get("ACTORLOG_FUZZ_EXAMPLES")
 SETTINGS = settings(
     max_examples=int(FUZZ_EXAMPLES or 150),

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from actorlog import Engine, Rejected
 from actorlog.engine import _projectors
 from benchmarks.bank import Account, Balances, Deposit, OpenAccount, Totals, Withdraw
-from tests.projector_scenarios import Ledger
+from tests.engine.projector_scenarios import Ledger
 
 accounts = st.sampled_from(["a", "b", "c"])
 steps = st.lists(

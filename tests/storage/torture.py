@@ -1,8 +1,8 @@
 """Crash torture: SIGKILL a loaded engine at random moments, reopen, audit the log.
 
-    python -m tests.torture --rounds 1000 --seed 7
+    python -m tests.storage.torture --rounds 1000 --seed 7
 
-Each round starts ``tests/torture_child.py`` (bank load: many clients, many accounts, LMDB
+Each round starts ``tests/storage/torture_child.py`` (bank load: many clients, many accounts, LMDB
 with ``sync=True``, snapshots every few events, both bank projectors) and kills it with
 SIGKILL at a moment drawn from the seed:
 
@@ -31,7 +31,7 @@ not the same interleaving. The last line printed is a JSON summary; the exit sta
 non-zero if anything acknowledged was lost or partial, or any other check failed.
 
 The harness checks itself: ``torture(..., lie=N)`` gives the children an LMDB environment
-that silently drops every N-th commit, and ``tests/test_torture.py`` requires losses then.
+that silently drops every N-th commit, and ``tests/storage/test_torture.py`` requires losses then.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ from .torture_child import TortureAccount
 
 __all__ = ["Ack", "Audit", "Summary", "audit_log", "main", "torture"]
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 MODES = ("early", "catchup", "load")
 MAX_REUSED_EVENTS = 40_000  # a reused log is replaced past this, to keep audits quick
 
@@ -367,7 +367,7 @@ async def _round(
     argv = [
         sys.executable,
         "-m",
-        "tests.torture_child",
+        "tests.storage.torture_child",
         str(path),
         "--seed",
         str(child_seed),

@@ -11,7 +11,7 @@ import trio.testing
 from actorlog import Engine, EngineClosed, ProjectorFaulted, Recorded, UnknownQuery, applies
 from actorlog.storage import MemoryEventLog
 from benchmarks.bank import Account, Balances, Deposit, Deposited, Totals
-from tests.projector_scenarios import POISON, Fragile, stats
+from tests.engine.projector_scenarios import POISON, Fragile, stats
 
 
 async def test_after_is_woken_by_the_event_not_by_polling(

@@ -5,7 +5,7 @@ have a handler that changes the state and then refuses (``Meddle``): in place on
 (undone by a reload) or by rebinding immutable values (undone by restoring them); every
 decision must still be made on exactly the replayed state.
 
-The hand-cranked writer of ``tests/test_aggregates.py`` makes the test decide when each
+The hand-cranked writer of ``tests/engine/actor_host.py`` makes the test decide when each
 group commits and which append fails; hypothesis picks the program, and trio's scheduling
 is seeded by hypothesis (pytest-trio registers its random), so a failing example replays.
 """
@@ -38,6 +38,7 @@ from actorlog.engine._aggregates import Aggregates, Pending
 from actorlog.lowlevel import EventRegistry, Writer
 from actorlog.storage import MemoryEventLog, StoredEvent
 
+from .actor_host import ManualWriter, Sender, host, nowait, start
 from .api_scenarios import (
     Add,
     Added,
@@ -52,7 +53,6 @@ from .api_scenarios import (
     Spent,
     TooLittle,
 )
-from .test_aggregates import ManualWriter, Sender, host, nowait, start
 
 STREAMS = ("a", "b", "c")
 

@@ -29,7 +29,7 @@ from actorlog.engine._writer import CommitBatch
 from actorlog.lowlevel import EventRegistry, ProjectorType
 from actorlog.storage import ANY, Append, MemoryEventLog, StoredEvent
 from benchmarks.bank import AccountOpened, Deposited, Withdrawn
-from tests.projector_scenarios import POISON, Fragile, Parking
+from tests.engine.projector_scenarios import POISON, Fragile, Parking
 
 
 class Seen(Projector):

@@ -9,9 +9,6 @@ that appends and then leaves with ``os._exit`` (no close, no write-back), which 
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import lmdb
@@ -23,60 +20,15 @@ from actorlog import ConcurrencyError, StorageError
 from actorlog.engine._checksum import TRAILER
 from actorlog.storage import Append, AppendResult, LmdbEventLog
 
+from .heads_child import crash_after, expected_versions, stream_positions
+
 _TICK = ("Tick", msgspec.msgpack.encode("tick"))
-
-_CHILD = textwrap.dedent(
-    """
-    import os, sys
-    import msgspec
-    import actorlog.engine._log_lmdb as lmdb_log
-    from actorlog.storage import Append, LmdbEventLog
-
-    path, every, groups = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    lmdb_log.HEADS_FLUSH_EVERY = every
-    log = LmdbEventLog(path)
-    versions = {}
-    for group in range(groups):
-        appends = []
-        for stream in ("a", "b", "c"):
-            if (group + ord(stream)) % 2:  # streams interleave unevenly
-                continue
-            version = versions.get(stream, log.stream_version(stream))
-            payload = ("Tick", msgspec.msgpack.encode(f"{stream}-{version + 1}"))
-            appends.append(Append(stream, version, (payload,)))
-            versions[stream] = version + 1
-        outcomes, _ = log.append_batch(appends)
-        assert all(not isinstance(o, Exception) for o in outcomes), outcomes
-    os._exit(0)  # a crash: no close, so heads not yet written back stay unwritten
-    """
-)
-
-
-def _crash_after(path: Path, *, every: int, groups: int) -> None:
-    subprocess.run([sys.executable, "-c", _CHILD, str(path), str(every), str(groups)], check=True)
-
-
-def _expected(groups: int) -> dict[str, int]:
-    """Each stream's version after the child's ``groups`` groups."""
-    return {stream: len(p) for stream, p in _positions(groups).items()}
-
-
-def _positions(groups: int) -> dict[str, list[int]]:
-    """The log positions of each stream's events, in the child's order."""
-    positions: dict[str, list[int]] = {"a": [], "b": [], "c": []}
-    position = 0
-    for group in range(groups):
-        for stream in positions:
-            if not (group + ord(stream)) % 2:
-                position += 1
-                positions[stream].append(position)
-    return positions
 
 
 @pytest.mark.parametrize(("every", "groups"), [(1_000, 7), (4, 9), (3, 3), (1, 5)])
 def test_reopen_after_crash_rebuilds_every_head(tmp_path: Path, every: int, groups: int) -> None:
-    _crash_after(tmp_path, every=every, groups=groups)
-    want = _expected(groups)
+    crash_after(tmp_path, every=every, groups=groups)
+    want = expected_versions(groups)
     log = LmdbEventLog(tmp_path)
     try:
         for stream, version in want.items():
@@ -112,20 +64,20 @@ def _raw(path: Path) -> tuple[dict[bytes, bytes], int]:
 
 
 def test_a_crash_leaves_heads_as_of_the_last_write_back(tmp_path: Path) -> None:
-    _crash_after(tmp_path, every=5, groups=9)
+    crash_after(tmp_path, every=5, groups=9)
     # Group ends (positions): 1 3 4 6 7 9 10 12 13. Write-backs happen in the groups that
     # reach 5 events past the previous one: at 6 and 12; event 13 is the unwritten tail.
     heads, heads_at = _raw(tmp_path)
     assert heads_at == 12
     stored = {k.decode(): int.from_bytes(v[:8], "big") for k, v in heads.items()}
-    assert stored == _expected(8) == {"a": 4, "b": 4, "c": 4}  # "b" is one short of its 5
+    assert stored == expected_versions(8) == {"a": 4, "b": 4, "c": 4}  # "b" is one short of its 5
 
 
 def test_close_writes_every_head_back(tmp_path: Path) -> None:
-    _crash_after(tmp_path, every=1_000, groups=7)
+    crash_after(tmp_path, every=1_000, groups=7)
     LmdbEventLog(tmp_path).close()  # replays the tail, then writes it back at close
     heads, heads_at = _raw(tmp_path)
-    want = _expected(7)
+    want = expected_versions(7)
     assert heads_at == sum(want.values())
     assert {k: int.from_bytes(v[:8], "big") for k, v in heads.items()} == {
         s.encode(): v for s, v in want.items()
@@ -147,9 +99,9 @@ def _corrupt(path: Path, position: int, keep: int) -> None:
 
 
 def test_an_unreadable_tail_entry_is_placed_by_its_chain(tmp_path: Path) -> None:
-    _crash_after(tmp_path, every=1_000, groups=7)
-    want = _expected(7)
-    _corrupt(tmp_path, _positions(7)["a"][-1], keep=12)  # the link survives, the rest not
+    crash_after(tmp_path, every=1_000, groups=7)
+    want = expected_versions(7)
+    _corrupt(tmp_path, stream_positions(7)["a"][-1], keep=12)  # the link survives, the rest not
     log = LmdbEventLog(tmp_path)
     try:
         assert log.stream_version("a") == want["a"]
@@ -162,7 +114,7 @@ def test_an_unreadable_tail_entry_is_placed_by_its_chain(tmp_path: Path) -> None
 
 
 def test_an_unreadable_first_event_in_the_tail_refuses_the_log(tmp_path: Path) -> None:
-    _crash_after(tmp_path, every=1_000, groups=3)
+    crash_after(tmp_path, every=1_000, groups=3)
     _corrupt(tmp_path, 1, keep=12)  # the first event of its stream: nothing names the stream
     with pytest.raises(StorageError, match="stream index cannot be rebuilt"):
         LmdbEventLog(tmp_path)
@@ -207,7 +159,7 @@ def _unseal(path: Path) -> None:
 
 def test_a_log_of_the_first_layout_is_refused_not_misread(tmp_path: Path) -> None:
     # actorlog-1 (0.1: heads written every group, no checksums) is no longer upgraded.
-    _crash_after(tmp_path, every=1_000, groups=3)
+    crash_after(tmp_path, every=1_000, groups=3)
     LmdbEventLog(tmp_path).close()
     _unseal(tmp_path)
     _rewrite_meta(tmp_path, b"actorlog-1", drop_heads_at=True)
@@ -216,11 +168,11 @@ def test_a_log_of_the_first_layout_is_refused_not_misread(tmp_path: Path) -> Non
 
 
 def test_a_log_without_heads_at_rebuilds_every_head(tmp_path: Path) -> None:
-    _crash_after(tmp_path, every=2, groups=6)  # some heads written back, then a crash
+    crash_after(tmp_path, every=2, groups=6)  # some heads written back, then a crash
     _rewrite_meta(tmp_path, lmdb_log.FORMAT, drop_heads_at=True)  # nothing vouches for them
     log = LmdbEventLog(tmp_path)
     try:
-        assert {s: log.stream_version(s) for s in "abc"} == _expected(6)
+        assert {s: log.stream_version(s) for s in "abc"} == expected_versions(6)
     finally:
         log.close()
 

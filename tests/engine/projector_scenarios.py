@@ -1,6 +1,6 @@
 """Projector scenarios through the public API only, shared by the trio and asyncio suites.
 
-Each ``scenario_*`` is backend-neutral (anyio) and is run by ``tests/test_projector_api.py``
+Each ``scenario_*`` is backend-neutral (anyio) and is run by ``tests/engine/test_projector_api.py``
 on trio (pytest-trio) and again under ``asyncio.run``.
 """
 

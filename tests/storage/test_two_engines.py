@@ -18,7 +18,7 @@ import trio
 from actorlog import Engine, StorageError, StorageLocked
 from benchmarks.bank import Account, Deposit
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 
 # Opens the engine, writes, says how far it got on every commit, then waits to be killed.
 HOLDER = """

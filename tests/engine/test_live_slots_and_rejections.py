@@ -3,7 +3,7 @@ fix (lost live-slot wake-ups, rejections checked on the wrong actor or flag, a
 ``wait_projected`` that outlived its engine).
 
 The mailbox tests drive ``Aggregates`` with the hand-cranked writer of
-``tests/test_aggregates.py``, so every interleaving is the test's choice, not the scheduler's.
+``tests/engine/actor_host.py``, so every interleaving is the test's choice, not the scheduler's.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from actorlog import Committed, Engine, EngineClosed, HandlerError, StorageError
 from actorlog.storage import MemoryEventLog
 from benchmarks.bank import Account, Balances, Deposit, Totals
 
+from .actor_host import Sender, host, nowait, start
 from .api_scenarios import Add, Explode, Ledger, Spend, TooLittle
-from .test_aggregates import Sender, host, nowait, start
 
 # -- live slots (max_live_aggregates) ----------------------------------------------------
 

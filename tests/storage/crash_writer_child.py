@@ -1,6 +1,6 @@
-"""The child of ``tests/test_crash_log.py``: appends under load through the Writer until killed.
+"""The child of ``tests/storage/test_crash_log.py``: appends through the Writer until killed.
 
-    python -m tests.crash_writer_child PATH TASKS SEED
+    python -m tests.storage.crash_writer_child PATH TASKS SEED
 
 Opens the LMDB log at PATH (``sync=True``; a log left by an earlier, killed child is
 continued), runs TASKS tasks that each append 1-3 events at a time to their own stream with

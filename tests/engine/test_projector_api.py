@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from tests import projector_scenarios as s
+from tests.engine import projector_scenarios as s
 
 
 async def test_read_your_writes() -> None:

@@ -292,7 +292,7 @@ async def rejected_command_appends_nothing(tmp_path: Path) -> None:
         assert await engine.send(Ledger, "a", Spend(5)) == Committed("a", 2, 2, 1)
         # Ledger's history is a list, which a refusing handler could have changed in
         # place: the refusal reloads it (an aggregate of immutable values is restored
-        # instead, with no reload: tests/test_actor_integrity.py).
+        # instead, with no reload: tests/engine/test_actor_integrity.py).
         assert engine.statistics().aggregates.reloads == 1
 
 

@@ -22,10 +22,17 @@ Ack = tuple[str, int, int, int, int]  # stream id, first/last version, first/las
 def run_and_kill(path: Path, kill_after: int, seed: int) -> list[Ack]:
     """Start the child on ``path``, SIGKILL it after ``kill_after`` acks, return every ack."""
     child = subprocess.Popen(
-        [sys.executable, "-m", "tests.crash_writer_child", str(path), str(TASKS), str(seed)],
+        [
+            sys.executable,
+            "-m",
+            "tests.storage.crash_writer_child",
+            str(path),
+            str(TASKS),
+            str(seed),
+        ],
         stdout=subprocess.PIPE,
         text=True,
-        cwd=Path(__file__).parent.parent,
+        cwd=Path(__file__).parent.parent.parent,
     )
     assert child.stdout is not None
     try:

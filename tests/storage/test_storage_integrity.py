@@ -37,11 +37,11 @@ from actorlog.storage import (
     StoredEvent,
 )
 
-from .test_heads_write_back import _crash_after, _expected, _positions
-from .test_storage_full import _big_opens, _fill, _lmdb, _tmpfs
+from .full_log import big_opens, fill, lmdb_view, tmpfs
+from .heads_child import crash_after, expected_versions, stream_positions
 from .torture_child import TortureAccount
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 def _tick(text: str) -> tuple[str, bytes]:
@@ -438,8 +438,8 @@ def test_a_damaged_entry_in_the_tail_replayed_at_open_is_placed_or_refused_never
     """A crash leaves heads unwritten, so the open replays the tail: an entry there that
     fails its checksum is placed by its link only if its own bytes name that stream."""
     pristine = tmp_path / "pristine"
-    _crash_after(pristine, every=1_000, groups=9)
-    positions = _positions(9)
+    crash_after(pristine, every=1_000, groups=9)
+    positions = stream_positions(9)
     last_c = positions["c"][-1]
     link = positions["c"][-2]
     assert (last_c, link, link ^ 2) == (12, 9, positions["a"][-1])
@@ -459,7 +459,7 @@ def test_a_damaged_entry_in_the_tail_replayed_at_open_is_placed_or_refused_never
             continue
         log = LmdbEventLog(copy)
         try:
-            assert {s: log.stream_version(s) for s in "abc"} == _expected(9), name
+            assert {s: log.stream_version(s) for s in "abc"} == expected_versions(9), name
             with pytest.raises(StorageError, match=f"position {last_c}\\b"):
                 log.read_all(last_c)
             with pytest.raises(StorageError, match=f"position {last_c}\\b"):
@@ -472,15 +472,15 @@ def test_a_damaged_tail_entry_whose_stream_head_was_written_back_is_placed_by_th
     tmp_path: Path,
 ) -> None:
     pristine = tmp_path / "pristine"
-    _crash_after(pristine, every=5, groups=9)  # heads written back at 6 and 12; tail: 13
-    positions = _positions(9)
+    crash_after(pristine, every=5, groups=9)  # heads written back at 6 and 12; tail: 13
+    positions = stream_positions(9)
     assert positions["b"][-2:] == [10, 13]  # 13 links to 10, which the table holds as b's head
     payload = tmp_path / "payload"
     shutil.copytree(pristine, payload)
     _flip_entry(payload, 13, -6, 5)
     log = LmdbEventLog(payload)
     try:
-        assert {s: log.stream_version(s) for s in "abc"} == _expected(9)
+        assert {s: log.stream_version(s) for s in "abc"} == expected_versions(9)
         with pytest.raises(StorageError, match="position 13"):
             log.read_all(13)
     finally:
@@ -644,7 +644,7 @@ def _read_only(disk: Path) -> Iterator[None]:
 
 
 def test_a_read_only_file_system_is_a_storage_error(tmp_path: Path) -> None:
-    with _tmpfs(tmp_path / "disk", "4m") as disk:
+    with tmpfs(tmp_path / "disk", "4m") as disk:
         LmdbEventLog(disk / "used").close()
         with _read_only(disk):
             for path in (disk / "new", disk / "used"):  # cannot create it; cannot lock it
@@ -656,14 +656,14 @@ def test_a_read_only_file_system_is_a_storage_error(tmp_path: Path) -> None:
 async def test_a_full_disk_is_always_storage_full(tmp_path: Path) -> None:
     """A third of the failures on a full disk came as a plain StorageError (LMDB reports a
     short page write as EIO); all are StorageFull now."""
-    with _tmpfs(tmp_path / "disk", "1m") as disk:
+    with tmpfs(tmp_path / "disk", "1m") as disk:
         from actorlog import Engine
 
         async with Engine.open(disk / "log", aggregates=[TortureAccount]) as engine:
-            failures = await _fill(engine, [], _big_opens)
+            failures = await fill(engine, [], big_opens)
             assert len(failures) == 16
             assert all(type(e) is StorageFull for e in failures), failures
-            assert _lmdb(engine).head_position() > 0
+            assert lmdb_view(engine).head_position() > 0
 
 
 def test_an_io_error_with_room_on_the_disk_stays_a_storage_error(tmp_path: Path) -> None:

@@ -2,7 +2,7 @@
 cancelling waiters is O(1) each, and user code's ``BaseException`` is its own failure.
 
 Real LMDB (``Engine.open(tmp_path)``) wherever the log matters; the aggregate host's
-hand-cranked writer (``tests/test_aggregates.py``) where the test must decide when a
+hand-cranked writer (``tests/engine/actor_host.py``) where the test must decide when a
 group commits.
 """
 
@@ -36,7 +36,7 @@ from actorlog.engine._writer import CommitBatch
 from actorlog.lowlevel import EventRegistry
 from actorlog.storage import ANY, MemoryEventLog, StoredEvent
 
-from .test_aggregates import host
+from .actor_host import host
 
 # -- 1. a handler that changes its actor and then refuses ------------------------------------
 
