@@ -76,11 +76,18 @@ def state_struct(
 
 
 def encode_state(obj: Any, state_type: type[msgspec.Struct] | None) -> bytes:
-    """Encode ``obj``'s annotated attributes.
+    """Encode ``obj``'s annotated attributes, and leave them as a restore would give them.
+
+    A snapshot must restore what the live object holds: when a value may not survive
+    encoding unchanged (anything but a plain ``str``/``int``/``float``/``bool``/``bytes``
+    of its annotated type), the encoding is decoded back and its attributes are set on
+    ``obj``, so the live state is what restarting from this snapshot gives (one decode a
+    snapshot, only for such states).
 
     Raises:
-        HandlerError: the class annotates no state, or ``obj`` has public attributes that
-            are not annotated (they would be lost).
+        HandlerError: the class annotates no state, ``obj`` has public attributes that
+            are not annotated (they would be lost), or its state does not decode as the
+            annotations say (it could not be restored).
     """
     name = type(obj).__qualname__
     if state_type is None:
@@ -93,7 +100,44 @@ def encode_state(obj: Any, state_type: type[msgspec.Struct] | None) -> bytes:
             f"{name} cannot snapshot: attribute(s) {', '.join(missing)} are not annotated "
             "on the class (annotate them, or override snapshot_state)"
         )
-    return msgspec.msgpack.encode(state_type(**{f: getattr(obj, f) for f in fields}))
+    values = {f: getattr(obj, f) for f in fields}
+    data = msgspec.msgpack.encode(state_type(**values))
+    exact = _EXACT.get(state_type)
+    if exact is None:
+        exact = _EXACT[state_type] = _exact_types(state_type)
+    for field, tp in exact:
+        if type(values[field]) is not tp:
+            break
+    else:
+        return data  # every value is a str, int, float, bool or bytes as annotated
+    # A value that may not read back unchanged (a datetime's offset becomes UTC, a list in
+    # a tuple field a tuple, an int in a float field a float): a restart would restore what
+    # decoding gives, so the live object takes exactly that now. Live state then equals
+    # what any later load from this snapshot gives, and a state that cannot be restored at
+    # all is refused here rather than found unreadable at the next start.
+    try:
+        back = msgspec.msgpack.decode(data, type=state_type)
+    except DECODE_FAILURES as e:
+        raise HandlerError(
+            f"{name} cannot snapshot: its state does not read back as annotated: {e}"
+        ) from e
+    for field in fields:
+        setattr(obj, field, getattr(back, field))
+    return data
+
+
+_EXACT: dict[type[msgspec.Struct], tuple[tuple[str, type | None], ...]] = {}
+"""State struct -> (field, the exact type whose values read back unchanged, or None)."""
+
+_SCALARS = frozenset({int, float, str, bool, bytes})
+
+
+def _exact_types(state_type: type[msgspec.Struct]) -> tuple[tuple[str, type | None], ...]:
+    """For each field of ``state_type``, its annotation if a value of exactly that type
+    reads back as itself (a plain scalar), else None (its values must be read back)."""
+    return tuple(
+        (f.name, f.type if f.type in _SCALARS else None) for f in msgspec.structs.fields(state_type)
+    )
 
 
 def decode_state(cls: type[T], data: bytes, state_type: type[msgspec.Struct] | None) -> T:

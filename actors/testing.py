@@ -117,7 +117,9 @@ class Given(Generic[A]):
             raise UnknownCommand(f"{kind.__name__} has no handler for {type(command).__name__}")
         state = self.state
         try:
-            emitted, encoded = decide(kind, state, handler, command, self._registry.encode)
+            emitted, encoded, _ = decide(
+                kind, state, handler, command, self._registry.encode_read_back
+            )
         except Rejected as e:
             # The engine undoes whatever the handler changed before refusing (or reloads
             # the state): the state after a rejection is the state before the command.

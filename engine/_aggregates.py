@@ -282,7 +282,9 @@ class Aggregates:
         except AttributeError:  # no __dict__ (slots only): a failure reloads it instead
             before = None
         try:
-            events, encoded = decide(kind, state, handler, command, self._registry.encode)
+            _, encoded, events = decide(
+                kind, state, handler, command, self._registry.encode_read_back
+            )
         except BaseException:
             # Rejected included: handlers should decide without touching the state, but
             # nothing enforces it, and a change left behind would outlive the refusal.
@@ -323,9 +325,11 @@ class Aggregates:
                     # A sender is waiting for an actor to go idle: this one just did.
                     self._slots.pass_on()
 
+        # ``events`` are the events as read back from their payloads (what replay gives),
+        # never the handler's objects.
         if kind not in self._immutable_kinds:
             # A mutable part (a list field, say) must not reach live projectors by
-            # reference: they decode those events from the stored bytes instead.
+            # reference (the aggregate holds it): they decode those events themselves.
             shareable = self._registry.shareable
             events = [event if shareable(type(event)) else None for event in events]
         try:

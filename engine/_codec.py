@@ -59,8 +59,8 @@ def _check_event_type(cls: type) -> None:
     if not (isinstance(cls, type) and issubclass(cls, msgspec.Struct)):
         raise DefinitionError(f"{cls!r} is not a msgspec.Struct; events must be Structs")
     if not cls.__struct_config__.frozen:
-        # Live projectors receive the very object the aggregate emitted; frozen makes
-        # sharing it between aggregates, projectors and queries safe without copying.
+        # Live projectors receive the object the aggregate applied (read back from its
+        # payload); frozen makes sharing it between them and queries safe without copying.
         raise DefinitionError(f"event type {cls.__name__} must be frozen (frozen=True)")
 
 
@@ -93,8 +93,9 @@ class EventRegistry:
         self._names: dict[type[msgspec.Struct], str] = {}
         self._decoders: dict[str, msgspec.msgpack.Decoder[Any]] = {}
         # Types whose instances nothing can change (frozen all the way down): live
-        # projectors may receive the very object an aggregate emitted. Others are decoded
-        # from the stored bytes, so a list inside an event cannot alias two caches.
+        # projectors may receive the object an aggregate applied (read back from its
+        # payload, so it has the declared types). Others are decoded from the stored bytes
+        # for each projector, so a list inside an event cannot alias two caches.
         self._shareable: set[type[msgspec.Struct]] = set()
         for cls in types:
             self.register(cls)
@@ -157,6 +158,28 @@ class EventRegistry:
         except (TypeError, OverflowError, msgspec.EncodeError, *DECODE_FAILURES) as e:
             raise EncodeError(f"cannot store {describe(event)}: {e}") from e
         return name, payload
+
+    def encode_read_back(self, event: msgspec.Struct) -> tuple[tuple[str, bytes], Any]:
+        """Encode one event as :meth:`encode` does; return ``((name, payload), read back)``.
+
+        The read-back is what every later reader of the log gets: the command path hands
+        it, not ``event``, to the aggregate's appliers and to live projectors, so live state
+        equals replayed state even where a value does not survive encoding unchanged (a
+        datetime's offset becomes UTC, a list in a tuple field a tuple, an int in a float
+        field a float), and nothing the caller still holds (a list) ends up in a cache. It
+        costs nothing more: the decode is the one :meth:`encode` does to check the event.
+
+        Raises:
+            UnknownEventType: the event's type is not registered.
+            EncodeError: it cannot be encoded, or does not decode as its own type.
+        """
+        name = self.name_of(type(event))
+        try:
+            payload = _encoder.encode(event)
+            back = self._decoders[name].decode(payload)
+        except (TypeError, OverflowError, msgspec.EncodeError, *DECODE_FAILURES) as e:
+            raise EncodeError(f"cannot store {describe(event)}: {e}") from e
+        return (name, payload), back
 
     def decode(self, name: str, payload: bytes | msgspec.Raw) -> Any:
         """Decode one payload stored under ``name`` into its registered type."""

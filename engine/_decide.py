@@ -2,8 +2,10 @@
 
 ``decide`` calls the handler, checks what it returned, encodes each event (the registry
 reads it back, so an event the log could not store fails here) and evolves the state
-with it. ``Aggregates`` runs it on a live actor, ``actorlog.testing.given`` on a fresh
-state: one implementation, so the kit cannot drift from the engine.
+with the event *as read back*: what a replay applies, so live state equals replayed state
+even for a value that does not survive encoding unchanged (a datetime's offset, a list
+given for a tuple field). ``Aggregates`` runs it on a live actor, ``actorlog.testing.given``
+on a fresh state: one implementation, so the kit cannot drift from the engine.
 
 Isolation: user code may change the state and then raise (``Rejected`` included), or an
 applier may raise half-way. The caller copies the state's ``__dict__`` first (inline: a
@@ -82,9 +84,14 @@ def decide(
     state: Any,
     handler: Callable[[Any, Any], Any],
     command: Any,
-    encode: Callable[[Any], tuple[str, bytes]],
-) -> tuple[Sequence[Any], list[tuple[str, bytes]]]:
-    """Decide ``command`` on ``state`` and evolve it; return the events and their encodings.
+    encode: Callable[[Any], tuple[tuple[str, bytes], Any]],
+) -> tuple[Sequence[Any], list[tuple[str, bytes]], list[Any]]:
+    """Decide ``command`` on ``state`` and evolve it.
+
+    ``encode`` is ``EventRegistry.encode_read_back``. Returns the events the handler
+    emitted, their encodings, and the events as read back from those encodings: the ones
+    applied to ``state``, and the ones to hand on (live projectors), never the emitted
+    objects, which may differ from what the log gives every later reader.
 
     Raises:
         Rejected: the handler refused the command (raised as it is).
@@ -115,6 +122,7 @@ def decide(
         )
     appliers = kind.event_appliers
     encoded = []
+    decoded = []
     try:
         for event in events:
             applier = appliers.get(type(event))
@@ -123,14 +131,17 @@ def decide(
                     f"{kind_name(kind)} emitted {type(event).__name__}, but has no @applies "
                     f"for {type(event).__name__}"
                 )
-            # Encode first: an event that cannot be stored must not evolve the state.
-            encoded.append(encode(event))
-            applier(state, event)
+            # Encode first: an event that cannot be stored must not evolve the state. Apply
+            # what was read back: what replay applies.
+            pair, back = encode(event)
+            encoded.append(pair)
+            decoded.append(back)
+            applier(state, back)
     except BaseException as e:
         if isinstance(e, EngineError) or must_propagate(e):
             raise
         raise HandlerError(f"{kind_name(kind)} failed to apply its events: {e!r}") from e
-    return events, encoded
+    return events, encoded, decoded
 
 
 _ATOMS: frozenset[type] = frozenset(

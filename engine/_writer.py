@@ -33,7 +33,7 @@ the same ``StorageError`` and writes nothing; the writer itself carries on. Ever
 an append (stream id, metadata, event names and payloads, ...) is checked at ``submit``,
 so one caller's bad append is refused alone, before it is queued: it can neither fail the
 group it would have joined nor be written and then not read back. (Events that come with
-the objects they were encoded from were checked by ``EventRegistry.encode`` already.)
+their read-back objects were checked by ``EventRegistry.encode_read_back`` already.)
 """
 
 from __future__ import annotations
@@ -165,9 +165,10 @@ class Writer:
         """Queue an append for the next group commit; never waits.
 
         ``done`` is called with the append's outcome after its transaction ends. ``objects``
-        are the events as objects, handed to projectors so they need not decode them; they
-        vouch for the payloads, which ``EventRegistry.encode`` made from them and read back
-        (the aggregates' path). Without them each event is checked here.
+        are the events as objects, handed to projectors so they need not decode them: each
+        must be what its payload decodes to (``EventRegistry.encode_read_back`` gives both,
+        the aggregates' path), so they vouch for the payloads. Without them each event is
+        checked here.
 
         Every other field is checked too (a malformed append is refused alone, before it
         could fail the group commit it would have joined or be written unreadable), unless

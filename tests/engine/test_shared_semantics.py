@@ -63,7 +63,7 @@ def test_after_a_rejection_the_kit_s_state_is_the_state_before_the_command() -> 
 def test_decide_wraps_a_handler_failure_and_restore_undoes_it() -> None:
     state = Meddler()
     before = dict(state.__dict__)
-    encode = EventRegistry([Added]).encode
+    encode = EventRegistry([Added]).encode_read_back
     with pytest.raises(Rejected):
         _decide.decide(Meddler, state, Meddler.command_handlers[Add], Add(-1), encode)
     assert state.total == 1000  # decide leaves the undo to its caller
