@@ -188,6 +188,12 @@ class LmdbEventLog:
         if max_map_size < map_size:
             raise DefinitionError(f"max_map_size ({max_map_size}) < map_size ({map_size})")
         try:
+            empty = os.fspath(path) in ("", b"")
+        except TypeError:
+            empty = False  # not a path: Path() says so below
+        if empty:  # Path("") is the current directory: a log opened there by mistake
+            raise DefinitionError("an empty path is not a log directory (pass '.' for this one)")
+        try:
             self._path = Path(path)
             created = not self._path.exists()
         except (TypeError, ValueError) as e:  # not a path; a NUL in it
@@ -370,8 +376,12 @@ class LmdbEventLog:
         """Commit a group in one write transaction; see :class:`~engine._log.EventLog`.
 
         Durable when it returns if ``sync``. A full map is grown (no transaction is open
-        then) and the group retried from scratch; past the cap every append of the group
-        gets the same ``StorageFull`` and nothing of it is written. An append whose
+        then) and the group retried from scratch; past the cap (or with the disk full)
+        the group is retried once without its best-effort writes (the heads write-back,
+        ``snapshots``, ``projector_caches``: dropped, as a snapshot or cache that does not
+        fit must not fail the commands it rides with; it is retaken when next due), and if
+        it still does not fit every append of the group gets the same ``StorageFull`` and
+        nothing of it is written. An append whose
         envelope cannot be stored and read back (metadata of the wrong type, a str with no
         UTF-8 form, a payload that is not one msgpack value) fails alone with
         ``EncodeError``, nothing of it written; the rest of the group commits. If another
@@ -386,9 +396,10 @@ class LmdbEventLog:
         if self._poisoned is not None:
             return _fail_all(appends, StorageError(self._poisoned), None)
         write_back = True
+        caches = projector_caches
         while True:
             try:
-                return self._try_append(appends, snapshots, projector_caches, write_back)
+                return self._try_append(appends, snapshots, caches, write_back)
             except StorageError as e:  # our own checks; the transaction was aborted
                 return _fail_all(appends, e, e.__cause__)
             except lmdb.MapFullError as e:
@@ -397,10 +408,12 @@ class LmdbEventLog:
                 except lmdb.Error as e2:
                     return _fail_all(appends, StorageError(f"cannot grow the map: {e2}"), e2)
                 if not grown:
-                    if write_back and self._may_write_back(appends):
-                        # Once more without a heads write-back: the heads can wait (the log
-                        # rebuilds them), the appends should not fail for the room they take.
-                        write_back = False
+                    if (write_back and self._may_write_back(appends)) or snapshots or caches:
+                        # Once more without the best-effort writes (the heads write-back,
+                        # snapshots, saved caches): the heads can wait (the log rebuilds
+                        # them), a snapshot or cache is only a shortcut (retaken when next
+                        # due), and the appends must not fail for the room they take.
+                        write_back, snapshots, caches = False, (), ()
                         continue
                     full = StorageFull(
                         f"the log at {self._path} reached its cap of {self._max_map_size} bytes"
@@ -408,8 +421,10 @@ class LmdbEventLog:
                     return _fail_all(appends, full, e)
             except lmdb.Error as e:
                 out_of_space = _out_of_space(e) or self._disk_filled(e, appends)
-                if out_of_space and write_back and self._may_write_back(appends):
-                    write_back = False
+                if out_of_space and (
+                    (write_back and self._may_write_back(appends)) or snapshots or caches
+                ):
+                    write_back, snapshots, caches = False, (), ()
                     continue
                 if out_of_space:
                     # The disk, not the map, is full: same promise (nothing written), same
