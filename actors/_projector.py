@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Literal, Self
 import msgspec
 
 from ..engine import DefinitionError, InvalidArgument, Recorded
+from ..engine._fold import DEFAULT_MAX_PARKED, check_max_parked
 from ..engine._log import check_name
 from ._dispatch import check_event_type, check_no_arguments, decorated, message_type, role_of
 from ._snapshot import check_snapshot_options, decode_state, encode_state, state_struct
@@ -39,6 +40,9 @@ class Projector:
         on_error: ``"halt"`` (default) stops at an event whose applier raises and makes
             queries raise :class:`~engine.ProjectorFaulted`; ``"park"`` records the event
             as parked and carries on.
+        max_parked: how many parked events ``Engine.parked`` keeps, the most recent
+            (default 1,000; 0 keeps none); each keeps its error's ``repr`` up to 1,024
+            characters. ``statistics().projectors[i].parked`` counts them all.
         name: the projector's name in statistics, errors and the log (default: the class
             name). Saved states are found by it: keep it stable.
         snapshot_every: save the cache to the log after every N log positions it has
@@ -57,6 +61,7 @@ class Projector:
     event_appliers: ClassVar[Mapping[type, ProjectorApplier]] = {}
     query_functions: ClassVar[frozenset[Callable[..., Any]]] = frozenset()
     on_error: ClassVar[Literal["halt", "park"]] = "halt"
+    max_parked: ClassVar[int] = DEFAULT_MAX_PARKED
     name: ClassVar[str] = "Projector"
     snapshot_every: ClassVar[int | None] = None
     snapshot_format: ClassVar[int] = 1
@@ -76,6 +81,7 @@ class Projector:
             raise DefinitionError(
                 f"{cls.__qualname__}.on_error must be 'halt' or 'park', not {cls.on_error!r}"
             )
+        check_max_parked(cls, cls.max_parked)
         check_no_arguments(cls, "cache")
         appliers: dict[type, ProjectorApplier] = dict(cls.event_appliers)
         own: set[type] = set()
@@ -123,6 +129,7 @@ _BASE_NAMES = frozenset(
         "event_appliers",
         "query_functions",
         "on_error",
+        "max_parked",
         "name",
         "snapshot_every",
         "snapshot_format",

@@ -5,8 +5,9 @@ and ``actorlog.testing.given_events`` folds its scenario with it too: one implem
 of the rules, so the kit cannot drift from the engine.
 
 Rules: events arrive consecutive, in log order; a type the projector has no applier for
-is skipped without being decoded; an event that came with the object it was encoded from
-is applied as that object, else decoded from its payload. An applier (or decoding) that
+is skipped without being decoded; an event that came with its object (read back from its
+payload when it was appended: what decoding gives) is applied as that object, else decoded
+from its payload. An applier (or decoding) that
 raises halts the projector at that event, its cache holding everything before it, or,
 with ``on_error = "park"``, the event is recorded as :class:`Parked` and skipped. That
 holds for any exception, ``BaseException`` subclasses included; only cancellation,
@@ -21,11 +22,19 @@ from typing import Any, Final
 
 import msgspec
 
-from ._errors import ProjectorFaulted
+from ._errors import DefinitionError, ProjectorFaulted
 from ._records import StoredEvent
 from ._reply import must_propagate
 
-__all__ = ["Appliers", "Parked", "fault_for", "fold"]
+__all__ = [
+    "DEFAULT_MAX_PARKED",
+    "MAX_PARKED_ERROR",
+    "Appliers",
+    "Parked",
+    "check_max_parked",
+    "fault_for",
+    "fold",
+]
 
 Appliers = dict[str, tuple[Callable[..., None], Callable[[Any], Any]]]
 """Event type name -> (applier, payload decoder): the types a projector handles."""
@@ -38,6 +47,32 @@ class Parked(msgspec.Struct, frozen=True):
     stream_id: str
     type: str
     error: str
+    """The error's ``repr``, cut to ``MAX_PARKED_ERROR`` characters."""
+
+
+DEFAULT_MAX_PARKED: Final = 1000
+"""How many parked events a projector keeps by default (its ``max_parked``): the most
+recent. Parking is for the odd bad event; a projector that parks every event must not grow
+without bound (each kept entry is ~1.5 KB at most)."""
+
+MAX_PARKED_ERROR: Final = 1024
+"""Characters of an error's ``repr`` kept in a :class:`Parked` (a message may quote a
+whole event)."""
+
+
+def check_max_parked(owner: object, value: object) -> int:
+    """Return ``value`` if it is an int >= 0, else raise ``DefinitionError``."""
+    if type(value) is not int or value < 0:
+        name = getattr(owner, "__qualname__", repr(owner))
+        raise DefinitionError(f"{name}.max_parked must be an int >= 0, not {value!r}")
+    return value
+
+
+def _error_text(error: BaseException) -> str:
+    text = repr(error)
+    if len(text) > MAX_PARKED_ERROR:
+        text = text[: MAX_PARKED_ERROR - 1] + "…"
+    return text
 
 
 _NOTHING_PARKED: Final[list[Parked]] = []
@@ -53,8 +88,9 @@ def fold(
 ) -> tuple[int, int, list[Parked], tuple[StoredEvent, BaseException] | None]:
     """Fold ``events`` (consecutive, at least one) into ``instance``.
 
-    ``objects`` holds, beside each event, the object it was encoded from, or None where
-    the payload must be decoded (all of them, if ``objects`` is None).
+    ``objects`` holds, beside each event, the object its payload decodes to (read back
+    when it was appended), or None where the payload must be decoded (all of them, if
+    ``objects`` is None). Never the object it was encoded from: that may differ.
 
     Returns ``(applied, checkpoint, parked, failure)``: how many events reached an
     applier, the last position the cache now includes, the events parked (do not change
@@ -95,7 +131,7 @@ def fold(
                 return total, stored.position - 1, parked, (stored, e)
             if parked is _NOTHING_PARKED:
                 parked = []
-            parked.append(Parked(stored.position, stored.stream_id, stored.type, repr(e)))
+            parked.append(Parked(stored.position, stored.stream_id, stored.type, _error_text(e)))
             skip = stored.position - first + 1
             if skip < len(events):
                 continue

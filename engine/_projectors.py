@@ -26,7 +26,8 @@ projectors catching up together share each batch read from the log (decoded once
 within a quarter of the window's byte budget).
 
 Faults: an applier that raises halts its projector at that event (queries then raise
-``ProjectorFaulted``) or, with ``on_error = "park"``, the event is recorded and skipped.
+``ProjectorFaulted``) or, with ``on_error = "park"``, the event is recorded (the most
+recent ``max_parked`` are kept, each error cut to 1 KB) and skipped.
 That holds for any exception of the applier's, ``BaseException`` subclasses included; only
 cancellation, ``KeyboardInterrupt`` and ``SystemExit`` propagate (``_reply.must_propagate``).
 
@@ -58,7 +59,7 @@ import msgspec
 
 from ._codec import EventRegistry, snapshot_bytes
 from ._errors import DefinitionError, EngineClosed, EngineError, ProjectorFaulted, StorageError
-from ._fold import Appliers, Parked, fault_for, fold
+from ._fold import DEFAULT_MAX_PARKED, Appliers, Parked, check_max_parked, fault_for, fold
 from ._log import EventLog
 from ._records import ProjectorCache, Recorded, StoredEvent
 from ._reply import Reply, must_propagate, reply_factory
@@ -150,6 +151,8 @@ class ProjectorStatistics(msgspec.Struct, frozen=True):
     lag: int
     applied: int
     parked: int
+    """Events parked since the start (or the last rebuild), all of them; ``Engine.parked``
+    lists the most recent ``max_parked``."""
     fault: str | None
     restored_from: int = 0
     """The position of the saved cache it started from (0: it replayed the whole log)."""
@@ -160,8 +163,8 @@ class ProjectorStatistics(msgspec.Struct, frozen=True):
 class WindowStatistics(msgspec.Struct, frozen=True):
     """What the broadcast holds for projectors, by its own accounting.
 
-    ``bytes`` counts each event as twice its stored payload (the payload, and the object it
-    was encoded from beside it) plus ``EVENT_OVERHEAD``; shared reads hold no objects.
+    ``bytes`` counts each event as twice its stored payload (the payload, and the object read
+    back from it beside it) plus ``EVENT_OVERHEAD``; shared reads hold no objects.
     """
 
     events: int
@@ -323,7 +326,11 @@ class ProjectorHost:
         self.instance: Any = kind()
         self.checkpoint = 0
         self.fault: ProjectorFaulted | None = None
-        self.parked: list[Parked] = []
+        # The most recent parked events only (the class's ``max_parked``), and how many
+        # were parked in all: a projector that parks every event must stay bounded.
+        self._max_parked = check_max_parked(kind, getattr(kind, "max_parked", DEFAULT_MAX_PARKED))
+        self.parked: deque[Parked] = deque(maxlen=self._max_parked)
+        self.parked_total = 0
         self.applied = 0
         self.catching_up = True
         self._batch = FIRST_BATCH
@@ -438,6 +445,7 @@ class ProjectorHost:
         )
         self.applied += applied
         if parked:
+            self.parked_total += len(parked)
             self.parked.extend(parked)
         if failure is not None:
             stored, error = failure
@@ -525,7 +533,8 @@ class ProjectorHost:
         self._saved_at = -1
         self.restored_from = 0
         self.applied = 0
-        self.parked = []
+        self.parked = deque(maxlen=self._max_parked)
+        self.parked_total = 0
         self.fault = None
         self.catching_up = True
         self.wake()
@@ -552,7 +561,7 @@ class ProjectorHost:
             head=head,
             lag=head - self.checkpoint,
             applied=self.applied,
-            parked=len(self.parked),
+            parked=self.parked_total,
             fault=None if self.fault is None else str(self.fault),
             restored_from=self.restored_from,
             snapshot_failures=self.snapshot_failures,
