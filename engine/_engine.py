@@ -53,6 +53,7 @@ from ._projectors import (
     detach,
 )
 from ._records import Committed
+from ._reply import must_propagate
 from ._writer import Writer, WriterStatistics
 
 __all__ = ["Engine", "EngineStatistics", "call_query"]
@@ -168,7 +169,8 @@ class Engine:
         with ``after=`` still waits for what it needs.
 
         Args:
-            path: the LMDB directory (created if missing).
+            path: the LMDB directory (created if missing; not empty: ``"."`` for the
+                current directory).
             log: a ready backend to use instead of ``path`` (closed on exit).
             aggregates: the aggregate classes to host.
             projectors: the projector classes to host; each catches up from the log.
@@ -192,7 +194,8 @@ class Engine:
                 default); False for a log too long to wait for.
 
         Raises:
-            DefinitionError: neither or both of ``path`` and ``log`` were given, or ``log``
+            DefinitionError: neither or both of ``path`` and ``log`` were given, ``path``
+                is empty (``""``), or ``log``
                 with an LMDB-only option (``sync``, ``map_size``, ``max_map_size``), which
                 it would ignore; an option is out of range or of the wrong type (counts and
                 sizes are ints, ``sync`` a bool: ``True``/``1`` confusions are refused), an
@@ -215,6 +218,11 @@ class Engine:
             raise DefinitionError(
                 "Engine.open needs exactly one of path (an LMDB directory) or "
                 "log= (a ready backend, e.g. log=MemoryEventLog() for an in-memory log)"
+            )
+        if path is not None and _empty_path(path):
+            raise DefinitionError(
+                "Engine.open got an empty path, which would open a log in the current "
+                "directory; pass '.' to mean that"
             )
         if log is not None and given:
             raise DefinitionError(
@@ -479,14 +487,16 @@ class Engine:
         one by the first hosted projector that has it. So a projector hosted beside its base
         class answers only the queries it defines itself: override the ones to be asked of it.
 
-        A query is user code, like a handler: if it raises, or returns something that
-        cannot be copied (a generator, a dict view), ``HandlerError`` is raised with the
-        original exception as ``__cause__``; the projector carries on.
+        A query is user code, like a handler: if it raises (a user's ``BaseException``
+        subclass included), or returns something that cannot be copied (a generator, a
+        dict view), ``HandlerError`` is raised with the original exception as
+        ``__cause__``; the projector carries on. Only cancellation, ``KeyboardInterrupt``
+        and ``SystemExit`` pass through.
 
         Raises:
             UnknownQuery: ``query`` is not a query of a hosted projector.
-            InvalidArgument: ``after`` is not None or an int >= 0 (bools are refused), or
-                ``timeout`` is not None or a finite number >= 0.
+            InvalidArgument: ``after`` is not None or an int from 0 to 2**64 - 1 (bools
+                are refused), or ``timeout`` is not None or a finite number >= 0.
             QueryTimeout: ``timeout`` seconds passed before the projector reached ``after``.
             HandlerError: the query raised, or its result cannot be copied.
             ProjectorFaulted: the projector halted (before reaching ``after``).
@@ -501,8 +511,8 @@ class Engine:
             raise UnknownQuery(
                 f"{describe(getattr(query, '__qualname__', query))} is not a query here"
             )
-        if after is not None and (type(after) is not int or after < 0):
-            raise InvalidArgument(f"after must be None or an int >= 0, not {describe(after)}")
+        if after is not None and (type(after) is not int or not 0 <= after < 2**64):
+            _check_position("after", after)
         if timeout is not None:
             _check_timeout(timeout)
         if host.fault is not None:
@@ -515,7 +525,9 @@ class Engine:
         # call cost ~150 ns of a ~400 ns query (W5). Change both together.
         try:
             return detach(query(host.instance, *args, **kwargs))  # type: ignore[no-any-return]
-        except Exception as e:
+        except BaseException as e:
+            if must_propagate(e):  # cancellation, Ctrl-C, sys.exit(): not the query's failure
+                raise
             raise _query_failed(query, e) from e
 
     async def wait_projected(
@@ -528,14 +540,14 @@ class Engine:
         for at most ``timeout`` seconds if given. Cancelling the wait is safe.
 
         Raises:
-            InvalidArgument: ``position`` is not None or an int >= 0, or ``timeout`` is
-                not None or a finite number >= 0.
+            InvalidArgument: ``position`` is not None or an int from 0 to 2**64 - 1, or
+                ``timeout`` is not None or a finite number >= 0.
             QueryTimeout: ``timeout`` seconds passed first.
             ProjectorFaulted: a projector halted before ``position``.
             EngineClosed: the engine is closing or closed, or closed while waiting.
         """
-        if position is not None and (type(position) is not int or position < 0):
-            raise InvalidArgument(f"position must be None or an int >= 0, not {describe(position)}")
+        if position is not None:
+            _check_position("position", position)
         if timeout is not None:
             _check_timeout(timeout)
         if self._closed:
@@ -581,7 +593,9 @@ class Engine:
         self._projector(projector).resume()
 
     def parked(self, projector: ProjectorType) -> list[Parked]:
-        """The events a ``park`` projector skipped because its applier raised."""
+        """The most recent events (its ``max_parked``, 1,000 by default) a ``park``
+        projector skipped because its applier raised, oldest first; statistics count
+        them all."""
         return list(self._projector(projector).parked)
 
     def _projector(self, projector: ProjectorType) -> ProjectorHost:
@@ -702,6 +716,24 @@ def _open_lmdb(
     return log, key
 
 
+def _empty_path(path: object) -> bool:
+    """True for ``""`` (or ``b""``, or a PathLike of it): ``Path("")`` is the current
+    directory, never what a caller passing an empty setting meant."""
+    try:
+        return os.fspath(path) in ("", b"")  # type: ignore[call-overload]
+    except TypeError:
+        return False  # not a path at all: the log says so, typed
+
+
+def _check_position(name: str, value: object) -> None:
+    """Refuse a position that is not an int in 0..2**64-1 (positions are 64-bit: a wait
+    for one beyond would never end)."""
+    if type(value) is not int or not 0 <= value < 2**64:
+        raise InvalidArgument(
+            f"{name} must be None or an int from 0 to 2**64 - 1, not {describe(value)}"
+        )
+
+
 def _check_timeout(timeout: object) -> None:
     # A bool is not a number of seconds; inf and nan are refused (None means "no limit").
     if type(timeout) not in (int, float) or not (
@@ -719,15 +751,19 @@ def call_query(query: Callable[..., T], cache: Any, /, *args: Any, **kwargs: Any
 
     Raises:
         HandlerError: the query raised, or its result cannot be copied (a generator, a dict
-            view): user code failed, like a handler. ``BaseException`` passes through.
+            view): user code failed, like a handler. That includes a user's
+            ``BaseException`` subclass; only what ``_reply.must_propagate`` names
+            (cancellation, ``KeyboardInterrupt``, ``SystemExit``) passes through.
     """
     try:
         return detach(query(cache, *args, **kwargs))  # type: ignore[no-any-return]
-    except Exception as e:
+    except BaseException as e:
+        if must_propagate(e):
+            raise
         raise _query_failed(query, e) from e
 
 
-def _query_failed(query: Callable[..., Any], error: Exception) -> HandlerError:
+def _query_failed(query: Callable[..., Any], error: BaseException) -> HandlerError:
     """The error for a query that raised or returned what cannot be copied: wrapped like a
     handler's, so the caller learns that user code failed, not what our copying or the
     query's internals happen to raise."""

@@ -97,7 +97,10 @@ class EventLog(Protocol):
     def read_all(self, from_position: int = 1, limit: int = 1024) -> list[StoredEvent]:
         """Up to ``limit`` events with position >= ``from_position``, in log order.
 
-        Fewer than ``limit`` means the head was reached; read on from the last position + 1.
+        Fewer than ``limit`` does not mean the head was reached: a backend may end a batch
+        early (the LMDB log ends one just before an unreadable entry, and the read that
+        starts at it raises ``StorageError``). Read on from the last position + 1 until
+        ``head_position()``; an empty list means nothing is stored from ``from_position``.
         """
         ...
 

@@ -60,20 +60,30 @@ def assert_log_consistent(log: EventLog, batch: int = 1000) -> dict[str, int]:
     """Check a whole (quiescent) log and return each stream's version.
 
     Positions run 1..head with no gap, each stream's versions run 1..n in log order, and
-    ``read_stream``/``stream_version`` agree with the global log.
+    ``read_stream``/``stream_version`` agree with the global log. The log is read up to
+    its head position: a short batch does not end it (a backend may end one early, as the
+    LMDB log does before an unreadable entry).
+
+    Raises:
+        AssertionError: the log is inconsistent.
+        StorageError: the log could not read an entry (raised as the log raised it).
     """
     by_stream: dict[str, list[StoredEvent]] = {}
+    head = log.head_position()
     position = 0
-    while True:
+    while position < head:
         events = log.read_all(position + 1, batch)
+        if not events:
+            raise AssertionError(
+                f"read_all({position + 1}) returned nothing, below the head position {head}"
+            )
         for event in events:
             position += 1
             _same(event.position, position, "the position after a gapless log's last one")
             stream = by_stream.setdefault(event.stream_id, [])
             _same(event.version, len(stream) + 1, f"the next version of {event.stream_id!r}")
             stream.append(event)
-        if len(events) < batch:
-            break
+    _same(log.read_all(position + 1, batch), [], "read_all past the head position")
     _same(log.head_position(), position, "head_position() of the log read back")
     for stream_id, events in by_stream.items():
         _same(log.stream_version(stream_id), len(events), f"stream_version({stream_id!r})")
