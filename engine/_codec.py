@@ -173,7 +173,9 @@ class EventRegistry:
             UnknownEventType: the event's type is not registered.
             EncodeError: it cannot be encoded, or does not decode as its own type.
         """
-        name = self.name_of(type(event))
+        name = self._names.get(type(event))  # name_of, inline: once per event emitted
+        if name is None:
+            name = self.name_of(type(event))  # raises UnknownEventType
         try:
             payload = _encoder.encode(event)
             back = self._decoders[name].decode(payload)

@@ -116,7 +116,8 @@ def decide(
         ) from e
     if events is None:
         events = ()
-    elif not isinstance(events, list | tuple):
+    # The exact-type test first: ``list | tuple`` builds a union object every time.
+    elif type(events) is not list and not isinstance(events, list | tuple):
         raise HandlerError(
             f"{kind_name(kind)} handler returned {type(events).__name__}, not a list of events"
         )
