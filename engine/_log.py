@@ -18,7 +18,7 @@ Contract (``actorlog.storage.check_event_log`` runs it against any backend):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Final, Protocol
 
 import msgspec
@@ -32,6 +32,7 @@ __all__ = [
     "MAX_STREAM_ID_BYTES",
     "AppendOutcome",
     "EventLog",
+    "ReadBatch",
     "check_append",
     "check_events",
     "check_label",
@@ -101,6 +102,10 @@ class EventLog(Protocol):
         early (the LMDB log ends one just before an unreadable entry, and the read that
         starts at it raises ``StorageError``). Read on from the last position + 1 until
         ``head_position()``; an empty list means nothing is stored from ``from_position``.
+
+        A backend may return a :class:`ReadBatch`, which also says how many bytes it read:
+        readers that bound their memory in bytes (the projectors' shared catch-up reads)
+        then need not measure the events one by one.
         """
         ...
 
@@ -123,6 +128,23 @@ class EventLog(Protocol):
     def close(self) -> None:
         """Release the storage. Idempotent. Later calls raise ``StorageError``."""
         ...
+
+
+class ReadBatch(list[StoredEvent]):
+    """The events of one ``read_all``, and ``nbytes``: the bytes the backend read for
+    them (its stored records; at least their payloads).
+
+    Optional for a backend: a reader that gets a plain list measures the payloads itself.
+    Measuring in the backend is one C-level pass over the records it holds anyway, where a
+    reader's pass over the decoded events' payloads cost ~1,300 instructions an event, 9%
+    of a W4 rebuild (callgrind).
+    """
+
+    __slots__ = ("nbytes",)
+
+    def __init__(self, events: Iterable[StoredEvent], nbytes: int) -> None:
+        super().__init__(events)
+        self.nbytes = nbytes
 
 
 def check_stream_id(stream_id: object) -> str:

@@ -101,7 +101,7 @@ from ._errors import (
     StorageFull,
     StorageLocked,
 )
-from ._log import AppendOutcome, check_name, check_stream_id, expected_ok
+from ._log import AppendOutcome, ReadBatch, check_name, check_stream_id, expected_ok
 from ._records import Append, AppendResult, ProjectorCache, Snapshot, StoredEvent
 
 __all__ = ["ANCHOR_EVERY", "FORMAT", "MARKER", "LmdbEventLog"]
@@ -801,11 +801,11 @@ class LmdbEventLog:
                 if all_intact(values):
                     events = decode_stored_many(map(_body, values))
                     if events[0].position == start and events[-1].position == end:
-                        return events
+                        return ReadBatch(events, sum(map(len, values)))
             elif end < checked_from:  # written before the upgrade: no checksum
                 events = decode_stored_many(values, _LINK)
                 if events[0].position == start and events[-1].position == end:
-                    return events
+                    return ReadBatch(events, sum(map(len, values)))
         except DecodeError:
             pass
         out: list[StoredEvent] = []
