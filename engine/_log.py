@@ -328,21 +328,15 @@ def check_events(events: object) -> None:
 
 def check_snapshot(snapshot: object) -> Snapshot:
     """Validate an aggregate's snapshot before it is queued: its ints must fit msgpack's
-    64 bits, its state must be bytes, its aggregate a
-    name. One that does not would fail the whole group commit it rides in.
+    64 bits, its state must be bytes, its aggregate a name. One that does not would fail
+    the whole group commit it rides in.
 
     Raises:
         InvalidArgument: a field is malformed.
     """
     if type(snapshot) is not Snapshot:
         raise InvalidArgument(f"expected a Snapshot, not {type(snapshot).__name__}")
-    version, format = snapshot.version, snapshot.format
-    if type(version) is not int or not 0 <= version < 2**64:
-        raise InvalidArgument(f"a snapshot's version must be an int >= 0, not {describe(version)}")
-    if type(format) is not int or not -(2**63) <= format < 2**64:
-        raise InvalidArgument(f"a snapshot's format must be a 64-bit int, not {describe(format)}")
-    if type(snapshot.state) is not bytes:
-        raise InvalidArgument(f"a snapshot's state must be bytes, not {type(snapshot.state)}")
+    _check_saved_state("snapshot", "version", snapshot.version, snapshot.format, snapshot.state)
     aggregate = snapshot.aggregate
     if aggregate is not None:
         if type(aggregate) is not str:  # exact: msgspec encodes no subclass
@@ -362,14 +356,19 @@ def check_projector_cache(cache: object) -> ProjectorCache:
     """
     if type(cache) is not ProjectorCache:
         raise InvalidArgument(f"expected a ProjectorCache, not {type(cache).__name__}")
-    position, format = cache.position, cache.format
-    if type(position) is not int or not 0 <= position < 2**64:
-        raise InvalidArgument(f"a cache's position must be an int >= 0, not {describe(position)}")
-    if type(format) is not int or not -(2**63) <= format < 2**64:
-        raise InvalidArgument(f"a cache's format must be a 64-bit int, not {describe(format)}")
-    if type(cache.state) is not bytes:
-        raise InvalidArgument(f"a cache's state must be bytes, not {type(cache.state)}")
+    _check_saved_state("cache", "position", cache.position, cache.format, cache.state)
     return cache
+
+
+def _check_saved_state(what: str, counter: str, count: object, fmt: object, state: object) -> None:
+    """The fields a snapshot and a projector cache share: a count (version or position)
+    and a format that fit msgpack's 64 bits, and the state as bytes."""
+    if type(count) is not int or not 0 <= count < 2**64:
+        raise InvalidArgument(f"a {what}'s {counter} must be an int >= 0, not {describe(count)}")
+    if type(fmt) is not int or not -(2**63) <= fmt < 2**64:
+        raise InvalidArgument(f"a {what}'s format must be a 64-bit int, not {describe(fmt)}")
+    if type(state) is not bytes:
+        raise InvalidArgument(f"a {what}'s state must be bytes, not {type(state)}")
 
 
 _MALFORMED_EVENT: Final = (TypeError, *DECODE_FAILURES)
