@@ -44,12 +44,15 @@ from .engine import (
     UnknownEventType,
     UnknownQuery,
 )
-from .engine._errors import QueryTimeout
+from .engine._command_ids import CommandIdRetention
+from .engine._errors import QueryTimeout, Unauthorized
+from .engine._policy import Policy
 from .engine._public import publish
 
 __all__ = [
     "Aggregate",
     "CodecError",
+    "CommandIdRetention",
     "Committed",
     "ConcurrencyError",
     "DecodeError",
@@ -65,6 +68,7 @@ __all__ = [
     "Parked",
     "PayloadTooLarge",
     "Pending",
+    "Policy",
     "Projector",
     "ProjectorFaulted",
     "ProjectorStatistics",
@@ -74,6 +78,7 @@ __all__ = [
     "StorageError",
     "StorageFull",
     "StorageLocked",
+    "Unauthorized",
     "UnknownCommand",
     "UnknownEventType",
     "UnknownQuery",

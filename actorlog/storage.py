@@ -18,6 +18,7 @@ from .engine import (
     Snapshot,
     StoredEvent,
 )
+from .engine._errors import DuplicateCommand
 from .engine._log_view import LogView
 from .engine._public import publish
 from .engine.testing import assert_log_consistent, check_event_log
@@ -26,6 +27,7 @@ __all__ = [
     "ANY",
     "Append",
     "AppendResult",
+    "DuplicateCommand",
     "EventLog",
     "LmdbEventLog",
     "LogView",

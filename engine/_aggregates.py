@@ -40,6 +40,7 @@ batch; two more only for a sender that had to wait for room.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -50,6 +51,7 @@ from ._codec import EventRegistry, snapshot_bytes
 from ._decide import AggregateType, decide, kind_name, restore
 from ._errors import (
     DefinitionError,
+    DuplicateCommand,
     EngineClosed,
     EngineError,
     Overloaded,
@@ -57,8 +59,9 @@ from ._errors import (
     UnknownCommand,
 )
 from ._log import AppendOutcome, EventLog, check_stream_id
+from ._metadata import CommandMeta
 from ._passivation import AtCapacity, LiveActors
-from ._records import Append, Committed, Snapshot
+from ._records import Append, AppendResult, Committed, Snapshot
 from ._reply import Reply, reply_factory
 from ._writer import Writer
 
@@ -128,8 +131,7 @@ class Aggregates:
         kind: AggregateType,
         stream_id: str,
         command: Any,
-        correlation_id: str | None,
-        causation_id: str | None,
+        meta: CommandMeta | None,
     ) -> Committed:
         """Run ``command`` on the actor, waiting for mailbox room; see ``Engine.send``."""
         handler = self._handler(kind, command)
@@ -140,12 +142,10 @@ class Aggregates:
         try:
             # Actor.full(), inlined: the hot path's one test.
             if actor.stale or actor.room or actor.inflight + actor.handed >= self._mailbox_size:
-                reply = await self._wait_and_decide(
-                    actor, handler, command, correlation_id, causation_id
-                )
+                reply = await self._wait_and_decide(actor, handler, command, meta)
             else:  # the hot path: no wait before deciding
                 try:
-                    reply = self._decide(actor, handler, command, correlation_id, causation_id)
+                    reply = self._decide(actor, handler, command, meta)
                 except BaseException:
                     if self._capacity and not actor.busy():
                         # Refused on an idle actor (perhaps activated just for this): a
@@ -165,7 +165,7 @@ class Aggregates:
             await actor.settle(self._new_reply())
             if actor.failures == failures:
                 raise rejection from None
-            return await self.send(kind, stream_id, command, correlation_id, causation_id)
+            return await self.send(kind, stream_id, command, meta)
         result: Committed = await reply.wait()
         return result
 
@@ -174,8 +174,7 @@ class Aggregates:
         kind: AggregateType,
         stream_id: str,
         command: Any,
-        correlation_id: str | None,
-        causation_id: str | None,
+        meta: CommandMeta | None,
     ) -> Pending:
         """Put ``command`` in the mailbox now or raise ``Overloaded``; see ``Engine``."""
         handler = self._handler(kind, command)
@@ -187,7 +186,7 @@ class Aggregates:
                 f"the mailbox of {kind_name(kind)} {stream_id!r} is full "
                 f"({self._mailbox_size} commands in flight, or senders waiting for room)"
             )
-        return Pending(self._decide(actor, handler, command, correlation_id, causation_id))
+        return Pending(self._decide(actor, handler, command, meta))
 
     async def _wait_for_capacity(self, kind: AggregateType, stream_id: str) -> Actor:
         """Wait until an actor goes idle (so it can be passivated), then activate ours.
@@ -230,8 +229,7 @@ class Aggregates:
         actor: Actor,
         handler: Callable[[Any, Any], Any],
         command: Any,
-        correlation_id: str | None,
-        causation_id: str | None,
+        meta: CommandMeta | None,
     ) -> Reply:
         """The slow path of ``send``: wait until the actor is usable and has room, decide."""
         kind, stream_id = actor.kind, actor.stream_id
@@ -254,7 +252,7 @@ class Aggregates:
                     actor.handed -= 1  # the slot handed to this sender is its own now
                     if actor.stale or self._closed:
                         continue  # not usable after all; the loop passes the slot on
-                return self._decide(actor, handler, command, correlation_id, causation_id)
+                return self._decide(actor, handler, command, meta)
         except BaseException:
             # Leaving without a slot (Rejected, HandlerError, cancelled, closed): a slot
             # this sender was handed, or one that freed meanwhile, goes to the next waiter;
@@ -269,10 +267,15 @@ class Aggregates:
         actor: Actor,
         handler: Callable[[Any, Any], Any],
         command: Any,
-        correlation_id: str | None,
-        causation_id: str | None,
+        meta: CommandMeta | None,
     ) -> Reply:
         """The actor's turn: decide, evolve, submit. Synchronous, so nothing interleaves."""
+        command_id = None if meta is None else meta.command_id
+        if command_id is not None:
+            # A retry: answered from the first attempt, never decided again (see send).
+            answer = self._answer_retry(actor, command_id)
+            if answer is not None:
+                return answer
         kind = actor.kind
         state = actor.state
         # The attributes as the handler finds them, to undo whatever it (or an applier)
@@ -305,7 +308,12 @@ class Aggregates:
             if isinstance(outcome, EngineError):
                 actor.stale = True
                 actor.failures += 1
-                reply.set_error(outcome)
+                if isinstance(outcome, DuplicateCommand):
+                    # Recorded by another writer of the log since the check in _decide:
+                    # the first attempt's result is the answer, and this decision is void.
+                    reply.set_result(_committed(outcome.result))
+                else:
+                    reply.set_error(outcome)
             else:
                 reply.set_result(
                     Committed(
@@ -315,6 +323,10 @@ class Aggregates:
                         count,
                     )
                 )
+            if command_id is not None:
+                # Concurrent sends of this id share its outcome: one append, one answer.
+                for follower in actor.commands.pop(command_id, ()):
+                    _share(follower, outcome, stream_id, count)
             if actor.room:
                 actor.hand_out()
             if not actor.inflight:
@@ -332,16 +344,21 @@ class Aggregates:
             # reference (the aggregate holds it): they decode those events themselves.
             shareable = self._registry.shareable
             events = [event if shareable(type(event)) else None for event in events]
+        owner = None if expected else self._owner_names[kind]  # on the stream's first append
         try:
             self._writer.submit(
-                Append(
+                Append(stream_id, expected, tuple(encoded), None, None, owner)
+                if meta is None
+                else Append(
                     stream_id,
                     expected,
                     tuple(encoded),
-                    correlation_id,
-                    causation_id,
-                    # Recorded by the append that creates the stream (see _load).
-                    None if expected else self._owner_names[kind],
+                    meta.correlation_id,
+                    meta.causation_id,
+                    owner,
+                    command_id,
+                    meta.principal,
+                    meta.headers,
                 ),
                 done,
                 events,
@@ -352,6 +369,24 @@ class Aggregates:
             raise
         actor.version = expected + count
         actor.inflight += 1
+        if command_id is not None:
+            actor.commands[command_id] = []  # later sends of this id follow this one
+        return reply
+
+    def _answer_retry(self, actor: Actor, command_id: str) -> Reply | None:
+        """The reply to a command whose id was sent before: the first attempt's own
+        outcome if it is still in flight, its recorded result if the log keeps it; None
+        for an id the stream has not seen (or whose attempts all failed)."""
+        followers = actor.commands.get(command_id)
+        if followers is not None:
+            reply = self._new_reply()
+            followers.append(reply)
+            return reply
+        found = self._log.find_command(actor.stream_id, command_id)
+        if found is None:
+            return None
+        reply = self._new_reply()
+        reply.set_result(_committed(found))
         return reply
 
     def _undo(self, actor: Actor, before: dict[str, Any] | None) -> None:
@@ -454,3 +489,22 @@ class Aggregates:
             waiting=sum(len(a.room) + len(a.drained) for a in actors) + len(self._capacity),
             snapshot_failures=self._snapshot_failures,
         )
+
+
+def _committed(result: AppendResult) -> Committed:
+    """What ``send`` answers for a committed append."""
+    count = result.last_version - result.first_version + 1
+    return Committed(
+        result.stream_id, result.last_version, result.last_position if count else 0, count
+    )
+
+
+def _share(reply: Reply, outcome: AppendOutcome, stream_id: str, count: int) -> None:
+    """Complete a later send of a command id with its first attempt's outcome."""
+    if isinstance(outcome, DuplicateCommand):
+        reply.set_result(_committed(outcome.result))
+    elif isinstance(outcome, EngineError):
+        reply.set_error(copy.copy(outcome))  # its own copy: tracebacks must not pile up
+    else:
+        last = outcome.last_position if count else 0
+        reply.set_result(Committed(stream_id, outcome.last_version, last, count))

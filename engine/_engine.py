@@ -26,6 +26,7 @@ import msgspec
 
 from ._aggregates import Aggregates, AggregatesStatistics, AggregateType, Pending
 from ._codec import DEFAULT_MAX_COMMAND_BYTES, EventRegistry, decode_command
+from ._command_ids import CommandIdRetention
 from ._errors import (
     DefinitionError,
     EngineClosed,
@@ -39,9 +40,11 @@ from ._errors import (
     UnknownQuery,
     describe,
 )
-from ._log import EventLog, check_label, check_metadata, check_stream_id
+from ._log import EventLog, check_label, check_stream_id
 from ._log_lmdb import DEFAULT_MAP_SIZE, DEFAULT_MAX_MAP_SIZE, LmdbEventLog
 from ._log_view import LogView
+from ._metadata import RecordPrincipal, command_meta
+from ._policy import Policy, allow_query, allow_send, check_policy
 from ._projectors import (
     WINDOW_BYTES,
     Broadcast,
@@ -92,6 +95,7 @@ class _LmdbOption:
 # Typed Any so that the signature keeps its real types (sync: bool, not bool | _LmdbOption).
 _SYNC: Any = _LmdbOption(True)
 _MAP_SIZE: Any = _LmdbOption(DEFAULT_MAP_SIZE)
+_COMMAND_IDS: Any = _LmdbOption(None)
 _MAX_MAP_SIZE: Any = _LmdbOption(DEFAULT_MAX_MAP_SIZE)
 
 # The LMDB directories that engines of this process hold open (resolved paths): a second
@@ -116,8 +120,12 @@ class Engine:
         projectors: Sequence[ProjectorHost],
         broadcast: Broadcast,
         registry: EventRegistry,
+        policy: Policy | None = None,
+        record_principal: RecordPrincipal | None = None,
     ) -> None:
         # Use Engine.open: the engine only works inside the task group it creates.
+        self._policy = policy
+        self._record_principal = record_principal
         self._log = log
         self._view = LogView(log)
         self._writer = writer
@@ -154,6 +162,9 @@ class Engine:
         max_map_size: int = _MAX_MAP_SIZE,
         projector_window_bytes: int = WINDOW_BYTES,
         wait_for_projectors: bool = True,
+        authorize: Policy | None = None,
+        record_principal: Callable[[Any], str | None] | None = None,
+        command_ids: CommandIdRetention = _COMMAND_IDS,
     ) -> AsyncIterator[Engine]:
         """Open the log, start the actors, and close it all on exit.
 
@@ -192,6 +203,14 @@ class Engine:
                 instead; with no projector hosted nothing is kept. 0 keeps nothing.
             wait_for_projectors: wait at open until the projectors have caught up (the
                 default); False for a log too long to wait for.
+            authorize: a :class:`Policy` asked before every command and query (fail
+                closed: anything but True refuses with ``Unauthorized``). None: no checks,
+                and no cost.
+            record_principal: what to store in each event for a ``send(principal=)`` that
+                is not a str (a str, or None to store nothing); without it such a
+                principal is refused.
+            command_ids: LMDB only: how long command ids are kept for idempotent retries
+                (default: a week, at most a million ids).
 
         Raises:
             DefinitionError: neither or both of ``path`` and ``log`` were given, ``path``
@@ -212,7 +231,12 @@ class Engine:
         ``EngineClosed``, commits every command already decided, and closes the log. If
         the body (or the wait for the projectors) is cancelled, the same happens.
         """
-        lmdb_options = {"sync": sync, "map_size": map_size, "max_map_size": max_map_size}
+        lmdb_options = {
+            "sync": sync,
+            "map_size": map_size,
+            "max_map_size": max_map_size,
+            "command_ids": command_ids,
+        }
         given = [name for name, value in lmdb_options.items() if not _defaulted(value)]
         if (path is None) == (log is None):
             raise DefinitionError(
@@ -230,6 +254,11 @@ class Engine:
                 "backend is configured where it is made, and they would be ignored"
             )
         sync, map_size, max_map_size = (_value(sync), _value(map_size), _value(max_map_size))
+        policy = check_policy(authorize)
+        if record_principal is not None and not callable(record_principal):
+            raise DefinitionError(
+                f"record_principal must be a callable, not {describe(record_principal)}"
+            )
         aggregate_kinds, projector_kinds = _check_kinds(aggregates, projectors)
         _check_options(
             sync=sync,
@@ -249,7 +278,13 @@ class Engine:
         held: str | None = None
         if log is None:
             assert path is not None
-            log, held = _open_lmdb(path, sync=sync, map_size=map_size, max_map_size=max_map_size)
+            log, held = _open_lmdb(
+                path,
+                sync=sync,
+                map_size=map_size,
+                max_map_size=max_map_size,
+                command_ids=_value(command_ids),
+            )
         body_error: BaseException | None = None
         try:
             registry = EventRegistry()
@@ -280,6 +315,8 @@ class Engine:
                 projectors=projector_hosts,
                 broadcast=broadcast,
                 registry=registry,
+                policy=policy,
+                record_principal=record_principal,
             )
             async with anyio.create_task_group() as tg:
                 # Shielded: if the host cancels us, _shutdown (shielded too) still needs the
@@ -349,8 +386,11 @@ class Engine:
         stream_id: str,
         command: Any,
         *,
+        command_id: str | None = None,
+        principal: Any = None,
         correlation_id: str | None = None,
         causation_id: str | None = None,
+        headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
     ) -> Committed:
         """Run ``command`` on aggregate ``stream_id``; return once its events are durable.
 
@@ -363,10 +403,27 @@ class Engine:
         were still being written, ``send`` first waits for them, and if one of them failed
         the command is decided again on the state reloaded from the log.
 
-        ``stream_id`` is a non-empty str without NUL of at most 400 UTF-8 bytes;
-        ``correlation_id`` and ``causation_id`` (stored on each event) are None or a str of
-        at most 1024 UTF-8 bytes. A str subclass is stored as a plain str; a str with no
-        UTF-8 form (a lone surrogate) is refused.
+        Idempotent with ``command_id`` (a non-empty str of at most 1024 UTF-8 bytes, e.g.
+        a UUID the client made once per intended command): if the stream already
+        committed a command with that id, ``send`` returns that command's ``Committed``
+        (same version, same position) without running the handler, across passivation,
+        snapshots and restarts, for as long as the log keeps the id (a week or a million
+        ids by default: ``CommandIdRetention``). The id is recorded in the group commit
+        that writes the command's events, so a command with no event records it too.
+        Concurrent sends of one id append once and all get its outcome. A rejected or
+        failed command records nothing: a retry decides again.
+
+        With ``Engine.open(authorize=policy)``, ``policy.may_send(principal, aggregate,
+        stream_id, command)`` must return True first, else ``Unauthorized``.
+
+        Stored on each event (``Recorded``): ``command_id``; ``principal``, if a str (or
+        what ``Engine.open(record_principal=)`` makes of it; any other principal is
+        refused without one); ``correlation_id`` and ``causation_id`` (None or a str of at
+        most 1024 UTF-8 bytes); ``headers``, a mapping or ``(name, value)`` pairs of strs
+        (at most 4096 UTF-8 bytes in all, e.g. a W3C ``traceparent``), kept in order. The
+        commit's wall-clock time is the events' ``timestamp``. ``stream_id`` is a
+        non-empty str without NUL of at most 400 UTF-8 bytes. A str subclass is stored as
+        a plain str; a str with no UTF-8 form (a lone surrogate) is refused.
 
         Raises:
             UnknownCommand: the aggregate is not hosted, or has no handler for this
@@ -377,8 +434,9 @@ class Engine:
                 aggregate is reloaded from the log.
             EncodeError: an event the handler built cannot be stored and read back;
                 nothing was appended and the aggregate is reloaded.
-            InvalidArgument: ``stream_id``, ``correlation_id`` or ``causation_id`` is
-                malformed (see below); the handler did not run, nothing was appended.
+            Unauthorized: the engine's policy refused (or raised); nothing was decided.
+            InvalidArgument: ``stream_id`` or a metadata argument is malformed (see
+                above); the handler did not run, nothing was appended.
             DefinitionError: ``stream_id`` belongs to another aggregate type (stream ids
                 are shared by all aggregate types).
             StorageError: the commit failed (``StorageFull`` past the map cap or with the
@@ -392,13 +450,21 @@ class Engine:
         # content is checked when its aggregate is activated (a live one passed already).
         if type(stream_id) is not str:
             stream_id = check_stream_id(stream_id)
-        if correlation_id is not None or causation_id is not None:
-            correlation_id = check_metadata(correlation_id, "correlation_id")
-            causation_id = check_metadata(causation_id, "causation_id")
-        try:  # free when nothing is raised (zero-cost try since Python 3.11)
-            return await self._aggregates.send(
-                aggregate, stream_id, command, correlation_id, causation_id
+        meta = None
+        if (
+            command_id is not None
+            or principal is not None
+            or correlation_id is not None
+            or causation_id is not None
+            or headers is not None
+        ):
+            meta = command_meta(
+                correlation_id, causation_id, command_id, principal, headers, self._record_principal
             )
+        if self._policy is not None:
+            allow_send(self._policy, principal, aggregate, stream_id, command)
+        try:  # free when nothing is raised (zero-cost try since Python 3.11)
+            return await self._aggregates.send(aggregate, stream_id, command, meta)
         except UnknownCommand as e:
             raise _with_decode_hint(e, command) from None
 
@@ -408,8 +474,11 @@ class Engine:
         stream_id: str,
         command: Any,
         *,
+        command_id: str | None = None,
+        principal: Any = None,
         correlation_id: str | None = None,
         causation_id: str | None = None,
+        headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
     ) -> Pending:
         """Put ``command`` in the mailbox now, never waiting for room.
 
@@ -424,13 +493,21 @@ class Engine:
         """
         if type(stream_id) is not str:  # as in send
             stream_id = check_stream_id(stream_id)
-        if correlation_id is not None or causation_id is not None:
-            correlation_id = check_metadata(correlation_id, "correlation_id")
-            causation_id = check_metadata(causation_id, "causation_id")
-        try:
-            return self._aggregates.send_nowait(
-                aggregate, stream_id, command, correlation_id, causation_id
+        meta = None
+        if (
+            command_id is not None
+            or principal is not None
+            or correlation_id is not None
+            or causation_id is not None
+            or headers is not None
+        ):
+            meta = command_meta(
+                correlation_id, causation_id, command_id, principal, headers, self._record_principal
             )
+        if self._policy is not None:
+            allow_send(self._policy, principal, aggregate, stream_id, command)
+        try:
+            return self._aggregates.send_nowait(aggregate, stream_id, command, meta)
         except Overloaded as e:
             # The aggregates tell "no live slot" apart with a private subclass (send waits
             # on it); callers get the public type, which they can catch and name.
@@ -472,6 +549,7 @@ class Engine:
         *args: Any,
         after: int | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 (it bounds only the wait for after)
+        principal: Any = None,
         **kwargs: Any,
     ) -> T:
         """Call a projector query (``Balances.balance``) on the projector's cache.
@@ -482,6 +560,11 @@ class Engine:
         cannot alias the cache: anything mutable is copied. Without ``after`` it does not
         wait at all (and ``timeout`` does nothing). If cancelled while waiting, nothing
         happened.
+
+        With ``Engine.open(authorize=policy)``, ``policy.may_query(principal, query, args,
+        kwargs)`` must return True first, else ``Unauthorized`` (nothing is read or waited
+        for). ``after``, ``timeout`` and ``principal`` are the engine's; every other keyword
+        goes to the query.
 
         The query is answered by the hosted projector whose class defines it; an inherited
         one by the first hosted projector that has it. So a projector hosted beside its base
@@ -495,6 +578,7 @@ class Engine:
 
         Raises:
             UnknownQuery: ``query`` is not a query of a hosted projector.
+            Unauthorized: the engine's policy refused (or raised).
             InvalidArgument: ``after`` is not None or an int from 0 to 2**64 - 1 (bools
                 are refused), or ``timeout`` is not None or a finite number >= 0.
             QueryTimeout: ``timeout`` seconds passed before the projector reached ``after``.
@@ -515,6 +599,8 @@ class Engine:
             _check_position("after", after)
         if timeout is not None:
             _check_timeout(timeout)
+        if self._policy is not None:
+            allow_query(self._policy, principal, query, args, kwargs)
         if host.fault is not None:
             raise host.fault_error()  # a fresh error each time: tracebacks must not pile up
         if after is not None and (host.checkpoint < after or self._closed):
@@ -691,7 +777,12 @@ def _with_decode_hint(error: UnknownCommand, command: object) -> UnknownCommand:
 
 
 def _open_lmdb(
-    path: str | os.PathLike[str], *, sync: bool, map_size: int, max_map_size: int
+    path: str | os.PathLike[str],
+    *,
+    sync: bool,
+    map_size: int,
+    max_map_size: int,
+    command_ids: CommandIdRetention | None,
 ) -> tuple[LmdbEventLog, str | None]:
     """The LMDB log at ``path``, and the key under which this process now holds it.
 
@@ -703,7 +794,13 @@ def _open_lmdb(
     except (TypeError, ValueError):  # not a path: the log says so, typed
         key = None
     try:
-        log = LmdbEventLog(path, sync=sync, map_size=map_size, max_map_size=max_map_size)
+        log = LmdbEventLog(
+            path,
+            sync=sync,
+            map_size=map_size,
+            max_map_size=max_map_size,
+            command_ids=command_ids,
+        )
     except StorageLocked:
         if key in _open_here:
             raise StorageLocked(

@@ -14,6 +14,8 @@ Every error that crosses the public API is an :class:`EngineError`; raw ``lmdb``
     ├── Rejected                         the domain said no; user code subclasses it
     ├── HandlerError                     user code (handler, applier, query) raised
     ├── ConcurrencyError                 expected_version did not match the stream's version
+    ├── DuplicateCommand                 an append's command id was recorded already (logs)
+    ├── Unauthorized (PermissionError)   the engine's policy refused the caller
     ├── CodecError (ValueError)          bytes could not be encoded/decoded
     │   ├── EncodeError                  an event that cannot be stored and read back
     │   ├── DecodeError                  malformed bytes, wrong field types, extra fields
@@ -27,11 +29,14 @@ Every error that crosses the public API is an :class:`EngineError`; raw ``lmdb``
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "CodecError",
     "ConcurrencyError",
     "DecodeError",
     "DefinitionError",
+    "DuplicateCommand",
     "EncodeError",
     "EngineClosed",
     "EngineError",
@@ -45,6 +50,7 @@ __all__ = [
     "StorageError",
     "StorageFull",
     "StorageLocked",
+    "Unauthorized",
     "UnknownCommand",
     "UnknownEventType",
     "UnknownQuery",
@@ -173,6 +179,35 @@ class ConcurrencyError(EngineError):
 
     def __reduce__(self) -> tuple[type[ConcurrencyError], tuple[str, int, int]]:
         return (type(self), (self.stream_id, self.expected, self.actual))
+
+
+class DuplicateCommand(EngineError):
+    """An append carried a ``command_id`` its stream has recorded already: nothing of it
+    was written. ``result`` is the original append's result.
+
+    A log's answer, for those who append through the writer or a log directly;
+    ``Engine.send`` never raises it: a retried command returns the original
+    ``Committed`` instead.
+    """
+
+    def __init__(self, command_id: str, result: Any) -> None:
+        super().__init__(
+            f"command {command_id!r} was appended to stream {result.stream_id!r} already "
+            f"(versions {result.first_version} to {result.last_version})"
+        )
+        self.command_id = command_id
+        self.result = result
+
+    def __reduce__(self) -> tuple[type[DuplicateCommand], tuple[str, Any]]:
+        return (type(self), (self.command_id, self.result))
+
+
+class Unauthorized(EngineError, PermissionError):
+    """The engine's policy (``Engine.open(authorize=)``) refused this caller this command
+    or query; nothing was decided, appended or read.
+
+    A policy that raised refuses too (fail closed): its exception is ``__cause__``.
+    """
 
 
 class CodecError(EngineError, ValueError):

@@ -18,8 +18,8 @@ Contract (``actorlog.storage.check_event_log`` runs it against any backend):
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Final, Protocol
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Final, Protocol
 
 import msgspec
 
@@ -27,13 +27,18 @@ from ._codec import DECODE_FAILURES
 from ._errors import ConcurrencyError, EngineError, InvalidArgument, describe
 from ._records import ANY, Append, AppendResult, ProjectorCache, Snapshot, StoredEvent
 
+Headers = tuple[tuple[str, str], ...]
+
 __all__ = [
+    "MAX_HEADERS_BYTES",
     "MAX_METADATA_BYTES",
     "MAX_STREAM_ID_BYTES",
     "AppendOutcome",
     "EventLog",
     "ReadBatch",
     "check_append",
+    "check_command_id",
+    "check_headers",
     "check_events",
     "check_label",
     "check_metadata",
@@ -57,6 +62,11 @@ MAX_METADATA_BYTES: Final = 1024
 because a causation id is often built from one (a stream id and a position); small enough
 that an event carrying both ids stays well inside an LMDB page (a record over ~2 KB spills
 to overflow pages) and that one caller cannot make each event it appends megabytes long."""
+
+MAX_HEADERS_BYTES: Final = 4096
+"""The bound on a command's headers, names and values together, in UTF-8 bytes: room for
+a W3C ``traceparent`` and ``tracestate`` and a few more, while every event of the command
+stays well inside a page."""
 
 # Walks one msgpack value without building it, and refuses trailing bytes: the framing
 # check of a payload the writer did not see encoded (~50 ns for a small event).
@@ -123,6 +133,11 @@ class EventLog(Protocol):
 
     def load_projector_cache(self, name: str) -> ProjectorCache | None:
         """The named projector's last saved cache, if any."""
+        ...
+
+    def find_command(self, stream_id: str, command_id: str) -> AppendResult | None:
+        """The result of the append that recorded ``command_id`` on ``stream_id``, while the
+        log keeps it (its retention); None otherwise."""
         ...
 
     def close(self) -> None:
@@ -241,6 +256,58 @@ def check_metadata(value: object, what: str = "metadata") -> str | None:
     return value
 
 
+def check_command_id(value: object) -> str:
+    """Validate a command id: a non-empty str of at most 1024 UTF-8 bytes (any content).
+
+    Returns it as a plain ``str``, like :func:`check_stream_id`.
+
+    Raises:
+        InvalidArgument: anything else.
+    """
+    checked = check_metadata(value, "command_id")
+    if not checked:
+        raise InvalidArgument(f"command_id must be a non-empty str, not {describe(value)}")
+    return checked
+
+
+def check_headers(headers: object) -> Headers | None:
+    """Validate a command's headers: None, a mapping or an iterable of ``(name, value)``
+    pairs of strs (names non-empty), at most 4096 UTF-8 bytes in all.
+
+    Returns them as a tuple of ``(str, str)`` tuples in the order given (None for none):
+    immutable, so every projector can be handed the same record.
+
+    Raises:
+        InvalidArgument: anything else, including a str that is not valid UTF-8.
+    """
+    if headers is None:
+        return None
+    if isinstance(headers, str | bytes):
+        raise InvalidArgument("headers must be a mapping or (name, value) pairs, not a str")
+    try:
+        pairs: list[Any] = list(
+            headers.items() if isinstance(headers, Mapping) else headers  # type: ignore[call-overload]
+        )
+    except TypeError:
+        raise InvalidArgument(
+            f"headers must be a mapping or (name, value) pairs, not {describe(headers)}"
+        ) from None
+    checked: list[tuple[str, str]] = []
+    size = 0
+    for pair in pairs:
+        if not isinstance(pair, tuple | list) or len(pair) != 2:
+            raise InvalidArgument(f"a header must be a (name, value) pair, not {describe(pair)}")
+        name = check_label(pair[0], "a header name")
+        value = check_metadata(pair[1], "a header value")
+        if value is None:
+            raise InvalidArgument(f"header {name!r} has no value (None)")
+        size += len(name.encode()) + len(value.encode())
+        if size > MAX_HEADERS_BYTES:
+            raise InvalidArgument(f"headers must be at most {MAX_HEADERS_BYTES} UTF-8 bytes in all")
+        checked.append((name, value))
+    return tuple(checked) if checked else None
+
+
 def check_append(append: Append) -> Append:
     """Validate every field of an append but its events (:func:`check_events`) before it
     goes near a write transaction.
@@ -276,6 +343,9 @@ def check_append(append: Append) -> Append:
         and append.correlation_id is None
         and append.causation_id is None
         and append.aggregate_name is None
+        and append.command_id is None
+        and append.principal is None
+        and append.headers is None
     ):
         return append
     correlation_id = check_metadata(append.correlation_id, "correlation_id")
@@ -283,12 +353,18 @@ def check_append(append: Append) -> Append:
     aggregate_name = append.aggregate_name
     if aggregate_name is not None:
         aggregate_name = check_label(aggregate_name, "an aggregate name")
+    command_id = append.command_id
+    if command_id is not None:
+        command_id = check_command_id(command_id)
     return msgspec.structs.replace(
         append,
         stream_id=stream_id,
         correlation_id=correlation_id,
         causation_id=causation_id,
         aggregate_name=aggregate_name,
+        command_id=command_id,
+        principal=check_metadata(append.principal, "principal"),
+        headers=check_headers(append.headers),
     )
 
 

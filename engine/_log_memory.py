@@ -7,12 +7,14 @@ simulates a full disk: a group that would pass it fails whole with ``StorageFull
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import msgspec
 
-from ._errors import StorageError, StorageFull
-from ._log import AppendOutcome, check_name, check_stream_id, expected_ok
+from ._command_ids import CommandIdRetention
+from ._errors import DefinitionError, DuplicateCommand, StorageError, StorageFull
+from ._log import AppendOutcome, check_command_id, check_name, check_stream_id, expected_ok
 from ._records import Append, AppendResult, ProjectorCache, Snapshot, StoredEvent
 
 __all__ = ["MemoryEventLog"]
@@ -23,9 +25,21 @@ class MemoryEventLog:
 
     Args:
         max_events: the most events it will hold; ``None`` for no limit.
+        command_ids: how long command ids are kept, as in the LMDB log.
     """
 
-    def __init__(self, *, max_events: int | None = None) -> None:
+    def __init__(
+        self, *, max_events: int | None = None, command_ids: CommandIdRetention | None = None
+    ) -> None:
+        if command_ids is None:
+            command_ids = CommandIdRetention()
+        elif type(command_ids) is not CommandIdRetention:
+            raise DefinitionError(
+                f"command_ids must be a CommandIdRetention, not {type(command_ids).__name__}"
+            )
+        self._retention = command_ids
+        # (stream id, command id) -> result, oldest first: the LMDB log's two tables in one.
+        self._commands: OrderedDict[tuple[str, str], AppendResult] = OrderedDict()
         self._events: list[StoredEvent] = []
         self._streams: dict[str, list[int]] = {}  # stream id -> positions, by version
         self._snapshots: dict[str, Snapshot] = {}
@@ -53,12 +67,20 @@ class MemoryEventLog:
         outcomes: list[AppendOutcome] = []
         stored: list[StoredEvent] = []
         new_positions: dict[str, list[int]] = {}
+        recorded: dict[tuple[str, str], AppendResult] = {}
         position = len(self._events)
         timestamp = time.time()
         for append in appends:
             stream_id = check_stream_id(append.stream_id)
             pending = new_positions.get(stream_id)
             version = len(self._streams.get(stream_id, ())) + (len(pending) if pending else 0)
+            cid = append.command_id
+            if cid is not None:
+                key = (stream_id, check_command_id(cid))
+                original = recorded.get(key) or self._kept(key, timestamp)
+                if original is not None:
+                    outcomes.append(DuplicateCommand(cid, original))
+                    continue
             error = expected_ok(append, version)
             if error is not None:
                 outcomes.append(error)
@@ -78,12 +100,18 @@ class MemoryEventLog:
                         append.causation_id,
                         msgspec.Raw(payload),
                         append.aggregate_name,
+                        command_id=cid,
+                        principal=append.principal,
+                        headers=append.headers,
                     )
                 )
                 new_positions.setdefault(stream_id, []).append(position)
-            outcomes.append(
-                AppendResult(stream_id, first_version, version, first_position, position, timestamp)
+            result = AppendResult(
+                stream_id, first_version, version, first_position, position, timestamp
             )
+            if cid is not None:
+                recorded[(stream_id, cid)] = result
+            outcomes.append(result)
         if self.max_events is not None and position > self.max_events:
             full = StorageFull(f"the memory log is capped at {self.max_events} events")
             return [full for _ in appends], []
@@ -93,7 +121,24 @@ class MemoryEventLog:
             self._streams.setdefault(stream_id, []).extend(positions)
         self._snapshots.update(snapshots)
         self._caches.update(caches)
+        self._commands.update(recorded)
+        while len(self._commands) > self._retention.max_ids:
+            self._commands.popitem(last=False)
         return outcomes, stored
+
+    def _kept(self, key: tuple[str, str], now: float) -> AppendResult | None:
+        """The result recorded under ``key`` if retention still keeps it."""
+        result = self._commands.get(key)
+        if result is None or now - result.timestamp >= self._retention.max_age:
+            return None
+        return result
+
+    def find_command(self, stream_id: str, command_id: str) -> AppendResult | None:
+        """The result of the append that recorded ``command_id`` on ``stream_id``, while
+        the log keeps it."""
+        self._check_open()
+        key = (check_stream_id(stream_id), check_command_id(command_id))
+        return self._kept(key, time.time())
 
     def read_stream(
         self, stream_id: str, from_version: int = 1, limit: int | None = None

@@ -51,7 +51,17 @@ class Committed(msgspec.Struct, frozen=True, gc=False):
     events: int = 0
 
 
-class Recorded(msgspec.Struct, frozen=True, array_like=True, gc=False):
+class _CommandMetadata(msgspec.Struct, frozen=True, array_like=True, gc=False, kw_only=True):
+    # Keyword-only, so msgspec places these fields after every positional field of the
+    # subclasses, StoredEvent's payload and aggregate included: in the stored array they
+    # come last, after the fields logs written before them hold, which therefore decode
+    # unchanged (a shorter array takes the defaults). Each costs one nil byte when absent.
+    command_id: str | None = None
+    principal: str | None = None
+    headers: tuple[tuple[str, str], ...] | None = None
+
+
+class Recorded(_CommandMetadata, frozen=True, array_like=True, gc=False):
     """An event's metadata as recorded in the log; projector appliers receive it.
 
     Attributes:
@@ -59,9 +69,16 @@ class Recorded(msgspec.Struct, frozen=True, array_like=True, gc=False):
         stream_id: the stream (aggregate id) the event belongs to.
         version: the event's version within its stream (1-based, consecutive).
         type: the event type's registered name.
-        timestamp: commit time, seconds since the epoch.
+        timestamp: commit time, seconds since the epoch (the wall clock of the group
+            commit that wrote it).
         correlation_id: the id of the request that started the chain, if given.
         causation_id: the id of the message that caused this event, if given.
+        command_id: the id of the command that appended it, if ``send`` was given one
+            (the idempotency key: a retry with it returns the original result).
+        principal: who sent the command, as the host recorded it (``send(principal=)``, a
+            str, or what ``Engine.open(record_principal=)`` made of it); None if unknown.
+        headers: free-form ``(name, value)`` pairs passed to ``send(headers=)``, in the
+            order given (a W3C ``traceparent``, a tenant, a client version); None if none.
     """
 
     position: int
@@ -103,6 +120,12 @@ class Append(msgspec.Struct, frozen=True, gc=False):
         aggregate_name: the ``aggregate_name`` of the aggregate type creating the stream,
             stored on every event of the append (as ``StoredEvent.aggregate``); given only
             by the append that creates the stream.
+        command_id: stored on every event of the append, and recorded with the append's
+            result in the same transaction: an append whose ``command_id`` the stream
+            already recorded writes nothing and fails with ``DuplicateCommand`` carrying
+            the original result (the log keeps ids as its retention says).
+        principal: stored on every event of the append.
+        headers: ``(name, value)`` pairs stored on every event of the append.
     """
 
     stream_id: str
@@ -111,6 +134,9 @@ class Append(msgspec.Struct, frozen=True, gc=False):
     correlation_id: str | None = None
     causation_id: str | None = None
     aggregate_name: str | None = None
+    command_id: str | None = None
+    principal: str | None = None
+    headers: tuple[tuple[str, str], ...] | None = None
 
 
 class AppendResult(msgspec.Struct, frozen=True, gc=False):

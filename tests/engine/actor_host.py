@@ -81,7 +81,7 @@ def host(
 
 
 def nowait(aggregates: Aggregates, command: Any, stream_id: str = "a") -> Pending:
-    return aggregates.send_nowait(Ledger, stream_id, command, None, None)
+    return aggregates.send_nowait(Ledger, stream_id, command, None)
 
 
 def peek(aggregates: Aggregates, stream_id: str = "a") -> tuple[int, list[int]]:
@@ -111,9 +111,7 @@ class Sender:
     async def __call__(self) -> None:
         with self.scope:
             try:
-                self.result = await self.aggregates.send(
-                    Ledger, self.stream_id, self.command, None, None
-                )
+                self.result = await self.aggregates.send(Ledger, self.stream_id, self.command, None)
             except Exception as e:
                 self.result = e
             except trio.Cancelled:

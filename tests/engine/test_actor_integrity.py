@@ -449,16 +449,16 @@ async def cancel_many_waiting_senders(queue: Queue) -> int:
 
     aggregates._new_reply = Counted  # white box: how the host makes replies
     stream = "b" if queue == "live_slot" else "a"
-    aggregates.send_nowait(kind, stream, Add(1), None, None)  # in flight, not committed
+    aggregates.send_nowait(kind, stream, Add(1), None)  # in flight, not committed
     command: Any = Add(1)
     if queue == "drained":
         with pytest.raises(HandlerError):  # stale with an append in flight: senders wait
-            aggregates.send_nowait(kind, "a", Fail(), None, None)
+            aggregates.send_nowait(kind, "a", Fail(), None)
     elif queue == "settled":
         command = Add(-1)  # rejected on state not yet durable: the sender waits for it
 
     async def send() -> None:
-        await aggregates.send(kind, "a", command, None, None)
+        await aggregates.send(kind, "a", command, None)
 
     async with anyio.create_task_group() as tg:
         for _ in range(SENDERS):
@@ -470,7 +470,7 @@ async def cancel_many_waiting_senders(queue: Queue) -> int:
     counted = comparisons
     assert aggregates.statistics().waiting == 0
     writer.commit()
-    pending = aggregates.send_nowait(kind, "a", Add(2), None, None)
+    pending = aggregates.send_nowait(kind, "a", Add(2), None)
     writer.commit()
     assert (await pending.wait()).stream_id == "a"
     assert not any(actor.busy() for actor in aggregates._live.values())

@@ -175,9 +175,9 @@ async def test_handler_returning_something_else_than_a_list_is_a_handler_error()
     Sloppy.command_handlers = {**Ledger.command_handlers, Add: Sloppy.add}
     aggregates, _writer, _log = host(kinds=[Sloppy])
     with pytest.raises(HandlerError, match="returned str"):
-        aggregates.send_nowait(Sloppy, "a", Add(1), None, None)
+        aggregates.send_nowait(Sloppy, "a", Add(1), None)
     with pytest.raises(Peeked) as seen:
-        aggregates.send_nowait(Sloppy, "a", Peek(), None, None)
+        aggregates.send_nowait(Sloppy, "a", Peek(), None)
     assert seen.value.balance == 0  # reloaded: the scribble is gone
 
 
@@ -198,7 +198,7 @@ async def test_stream_live_as_another_aggregate_type_is_refused() -> None:
     aggregates, _writer, _log = host()
     nowait(aggregates, Noop())
     with pytest.raises(DefinitionError, match="is a live Ledger, not a SnapLedger"):
-        aggregates.send_nowait(SnapLedger, "a", Noop(), None, None)
+        aggregates.send_nowait(SnapLedger, "a", Noop(), None)
 
 
 # -- closing -----------------------------------------------------------------------------
@@ -304,7 +304,7 @@ async def test_idle_sweep_skips_busy_actors() -> None:
 async def test_snapshot_waits_until_nothing_is_in_flight() -> None:
     aggregates, writer, _log = host(mailbox_size=8)
     for n in (1, 2, 3, 4):
-        aggregates.send_nowait(SnapLedger, "a", Add(n), None, None)
+        aggregates.send_nowait(SnapLedger, "a", Add(n), None)
     writer.commit(3)  # version 3 is durable, but the state already holds Add(4)
     assert writer.snapshots == []
     writer.commit()
@@ -317,9 +317,9 @@ async def test_snapshot_waits_until_nothing_is_in_flight() -> None:
 async def test_no_snapshot_of_a_stale_actor() -> None:
     aggregates, writer, _log = host(mailbox_size=8)
     for n in (1, 2, 3):
-        aggregates.send_nowait(SnapLedger, "a", Add(n), None, None)
+        aggregates.send_nowait(SnapLedger, "a", Add(n), None)
     with pytest.raises(HandlerError):
-        aggregates.send_nowait(SnapLedger, "a", Explode(), None, None)
+        aggregates.send_nowait(SnapLedger, "a", Explode(), None)
     writer.commit()
     assert writer.snapshots == []
 

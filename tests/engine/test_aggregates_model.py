@@ -35,6 +35,7 @@ from actorlog import (
     handles,
 )
 from actorlog.engine._aggregates import Aggregates, Pending
+from actorlog.engine._metadata import CommandMeta
 from actorlog.lowlevel import EventRegistry, Writer
 from actorlog.storage import MemoryEventLog, StoredEvent
 
@@ -219,7 +220,7 @@ class Caller:
             self.durable_before = log.stream_version(self.stream)
             try:
                 self.result = await aggregates.send(
-                    kind, self.stream, self.command, self.ident, None
+                    kind, self.stream, self.command, _tagged(self.ident)
                 )
             except Exception as e:
                 self.result = e
@@ -294,7 +295,7 @@ async def play(run: Run, program: list[Step], mailbox_size: int) -> None:
                 ident = f"n{len(run.pendings)}"
                 try:
                     pending = aggregates.send_nowait(
-                        run.kind, step.stream, step.command, ident, None
+                        run.kind, step.stream, step.command, _tagged(ident)
                     )
                 except (Overloaded, Rejected, HandlerError, UnknownCommand):
                     pass  # decided on state maybe still in flight: nothing was queued
@@ -480,9 +481,9 @@ async def check_usable(run: Run, final: dict[str, State]) -> None:
     """Each actor now sees exactly its durable state, and takes one more command."""
     for stream in STREAMS:
         with pytest.raises(Peeked) as seen:
-            run.aggregates.send_nowait(run.kind, stream, Peek(), "final", None)
+            run.aggregates.send_nowait(run.kind, stream, Peek(), _tagged("final"))
         assert (seen.value.balance, seen.value.history) == final[stream], stream
-        pending = run.aggregates.send_nowait(run.kind, stream, Add(1), "final", None)
+        pending = run.aggregates.send_nowait(run.kind, stream, Add(1), _tagged("final"))
         run.writer.commit()
         with trio.fail_after(1):
             result = await pending.wait()
@@ -575,3 +576,9 @@ async def test_a_sender_woken_for_a_live_slot_it_does_not_need_passes_the_wake_u
     versions = sorted(s.result.version for s in (first, second) if isinstance(s.result, Committed))
     assert versions == [1, 2]  # either of the two may have activated "a"
     assert stranded == 0, "the sender for 'd' still waits although 'c' has been idle all along"
+
+
+def _tagged(ident: str | None) -> CommandMeta | None:
+    """A command's metadata carrying ``ident`` as its correlation id, which names the
+    command in the log."""
+    return None if ident is None else CommandMeta(ident, None, None, None, None)

@@ -59,7 +59,7 @@ async def test_an_actor_left_idle_by_a_woken_sender_wakes_a_sender_waiting_for_a
         with trio.move_on_after(60):
             # Runs up to its wait before `refused` runs: "a" is busy, so it waits for a
             # live slot; then `refused` is rejected and leaves "a" idle.
-            result = await aggregates.send(Ledger, "b", Add(2), None, None)
+            result = await aggregates.send(Ledger, "b", Add(2), None)
         nursery.cancel_scope.cancel()
     assert isinstance(refused.result, TooLittle)
     assert result == Committed("b", 1, 2, 1)

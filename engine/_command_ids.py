@@ -1,0 +1,107 @@
+"""Command ids: what a log records so a retried command is answered, not run again.
+
+An append that carries a ``command_id`` has it recorded, with the append's result, in the
+transaction that writes its events: there is no moment at which the events exist and the
+id does not, or the reverse. A later append with the same id on the same stream writes
+nothing and fails with :class:`~engine._errors.DuplicateCommand`, which carries the
+original result; the engine answers a retried ``send`` from it (usually before deciding
+anything: see ``Engine.send``).
+
+Retention is log-wide, oldest first: an id is kept for ``max_age`` seconds, and at most
+``max_ids`` ids are kept in all. Log-wide rather than per stream because the number of
+streams has no bound, so a per-stream count bounds nothing on disk; and an oldest-first
+order over the whole log is one ordered index, where a per-stream count would need a
+counter per stream and a second ordered index, written by every command. Pruning happens
+in the write transactions that record new ids (a bounded number of deletions each), so a
+log that stops receiving ids stops changing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import struct
+from typing import Final
+
+import msgspec
+
+from ._errors import DefinitionError, describe
+from ._records import AppendResult
+
+__all__ = [
+    "DEFAULT_COMMAND_ID_MAX_AGE",
+    "DEFAULT_MAX_COMMAND_IDS",
+    "CommandIdRetention",
+    "command_key",
+    "pack_result",
+    "unpack_result",
+]
+
+DEFAULT_MAX_COMMAND_IDS: Final = 1_000_000
+"""How many command ids a log keeps, all streams together (~150 bytes each on disk with
+their index: ~150 MB at the bound)."""
+
+DEFAULT_COMMAND_ID_MAX_AGE: Final = 7 * 24 * 3600.0
+"""How long a command id is kept, in seconds: a week, so a client, a queue redelivery or
+a process manager restarted after a weekend still finds its first attempt."""
+
+_MAX_KEY: Final = 511  # LMDB's key size limit
+_DIGEST: Final = 16
+
+
+class CommandIdRetention(msgspec.Struct, frozen=True):
+    """How long a log keeps command ids: ``max_age`` seconds, and ``max_ids`` at most.
+
+    Whichever bound is reached first drops the oldest ids. A retry whose first attempt's
+    id was dropped is decided again, like a new command.
+
+    Raises:
+        DefinitionError: ``max_ids`` is not an int >= 1, or ``max_age`` not a number > 0
+            (``math.inf`` for no age bound).
+    """
+
+    max_ids: int = DEFAULT_MAX_COMMAND_IDS
+    max_age: float = DEFAULT_COMMAND_ID_MAX_AGE
+
+    def __post_init__(self) -> None:
+        if type(self.max_ids) is not int or self.max_ids < 1:
+            raise DefinitionError(f"max_ids must be an int >= 1, not {describe(self.max_ids)}")
+        age = self.max_age
+        if type(age) not in (int, float) or math.isnan(age) or age <= 0:
+            raise DefinitionError(f"max_age must be a number > 0, not {describe(age)}")
+
+
+def command_key(stream_id: str, command_id: str) -> bytes:
+    """The id's key: the stream id, NUL, then ``=`` and the command id as it is, or, when
+    that would pass LMDB's 511-byte key limit, ``#`` and a 128-bit BLAKE2b digest of it.
+
+    Stream ids hold no NUL, so the first NUL ends the stream id; the marker byte keeps a
+    command id that looks like a digest from ever meeting one.
+    """
+    sid = stream_id.encode()
+    cid = command_id.encode()
+    if len(sid) + 2 + len(cid) <= _MAX_KEY:
+        return sid + b"\x00=" + cid
+    return sid + b"\x00#" + hashlib.blake2b(cid, digest_size=_DIGEST).digest()
+
+
+_result: Final = struct.Struct(">QQQQd")
+
+
+def pack_result(result: AppendResult) -> bytes:
+    """The stored form of an append's result (its stream id is in the key)."""
+    return _result.pack(
+        result.first_version,
+        result.last_version,
+        result.first_position,
+        result.last_position,
+        result.timestamp,
+    )
+
+
+def unpack_result(stream_id: str, data: bytes) -> AppendResult:
+    """The :class:`AppendResult` :func:`pack_result` stored."""
+    return AppendResult(stream_id, *_result.unpack(data))
+
+
+RESULT_SIZE: Final = _result.size

@@ -1,0 +1,82 @@
+"""What a command carries besides itself: ids, the principal, headers; checked at the call.
+
+Everything here is written into every event the command appends, so everything is checked
+before the command is decided (a value that could not be read back must never be
+acknowledged). The usual command carries none of it and pays one ``is None`` test a field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Final
+
+from ._errors import InvalidArgument, describe
+from ._log import Headers, check_command_id, check_headers, check_metadata
+
+__all__ = ["CommandMeta", "command_meta"]
+
+
+class CommandMeta:
+    """A command's checked metadata, as its append will store it."""
+
+    __slots__ = ("causation_id", "command_id", "correlation_id", "headers", "principal")
+
+    def __init__(
+        self,
+        correlation_id: str | None,
+        causation_id: str | None,
+        command_id: str | None,
+        principal: str | None,
+        headers: Headers | None,
+    ) -> None:
+        self.correlation_id = correlation_id
+        self.causation_id = causation_id
+        self.command_id = command_id
+        self.principal = principal
+        self.headers = headers
+
+
+RecordPrincipal = Callable[[Any], "str | None"]
+
+_NOT_RECORDABLE: Final = (
+    "a principal that is not a str is recorded only through "
+    "Engine.open(record_principal=...), which says what to store for it"
+)
+
+
+def command_meta(
+    correlation_id: object,
+    causation_id: object,
+    command_id: object,
+    principal: object,
+    headers: object,
+    record_principal: RecordPrincipal | None,
+) -> CommandMeta | None:
+    """Check what ``send`` was given; None when it was given nothing.
+
+    The principal is recorded as it is if it is a str, else as ``record_principal`` makes
+    it (a str or None); a principal that is neither is refused, never recorded as
+    something the host did not choose.
+
+    Raises:
+        InvalidArgument: a value is malformed (see ``Engine.send``).
+    """
+    recorded: object = principal
+    if principal is not None and type(principal) is not str:
+        if record_principal is None:
+            if not isinstance(principal, str):
+                raise InvalidArgument(f"{_NOT_RECORDABLE}; got {describe(principal)}")
+        else:
+            try:
+                recorded = record_principal(principal)
+            except Exception as e:
+                raise InvalidArgument(
+                    f"record_principal raised for {describe(principal)}: {e!r}"
+                ) from e
+    return CommandMeta(
+        check_metadata(correlation_id, "correlation_id"),
+        check_metadata(causation_id, "causation_id"),
+        None if command_id is None else check_command_id(command_id),
+        check_metadata(recorded, "the recorded principal"),
+        check_headers(headers),
+    )
