@@ -548,7 +548,11 @@ class LmdbEventLog:
                 if cid is not None:
                     # Before the version check: a retry that comes late learns it was done.
                     ckey = command_key(stream_id, cid)
-                    original = recorded.get(ckey) or self._recorded(txn, ckey, stream_id)
+                    try:
+                        original = recorded.get(ckey) or self._recorded(txn, ckey, stream_id)
+                    except StorageError as e:  # its id's entry is damaged: this append only
+                        outcomes.append(e)
+                        continue
                     if original is not None:
                         outcomes.append(DuplicateCommand(cid, original))
                         continue

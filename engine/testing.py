@@ -25,7 +25,7 @@ from typing import Any
 import msgspec
 
 from ._engine import call_query
-from ._errors import ConcurrencyError, DefinitionError, StorageError
+from ._errors import ConcurrencyError, DefinitionError, DuplicateCommand, StorageError
 from ._log import EventLog
 from ._projectors import detach
 from ._records import ANY, NO_STREAM, Append, AppendResult, ProjectorCache, Snapshot, StoredEvent
@@ -351,10 +351,44 @@ def _closed_log_refuses_everything(log: EventLog) -> None:
         ("stream_version", lambda: log.stream_version("a")),
         ("load_snapshot", lambda: log.load_snapshot("a")),
         ("load_projector_cache", lambda: log.load_projector_cache("p")),
+        ("find_command", lambda: log.find_command("a", "c")),
     ]
     for name, call in calls:
         with _raises(StorageError, f"{name}() after close()"):
             call()
+
+
+def _command_ids_are_recorded_with_their_append(log: EventLog) -> None:
+    # Recorded in the append's transaction, per stream, and read back on every event.
+    meta = {"command_id": "c", "principal": "ann", "headers": (("trace", "t1"),)}
+    first = _commit(log, msgspec.structs.replace(make_append("a", NO_STREAM, 2), **meta))[0]
+    _same(log.find_command("a", "c"), first, "find_command() of a recorded id")
+    _same(log.find_command("b", "c"), None, "find_command() of the id on another stream")
+    _same(log.find_command("a", "d"), None, "find_command() of an id never recorded")
+    for events, how in ((log.read_stream("a"), "read_stream"), (log.read_all(), "read_all")):
+        _same(
+            [(e.command_id, e.principal, e.headers) for e in events],
+            [("c", "ann", (("trace", "t1"),))] * 2,
+            f"command id, principal and headers by {how}()",
+        )
+    # A duplicate writes nothing and carries the original result, in a later group or in
+    # the same one; the group's other appends commit.
+    again = msgspec.structs.replace(make_append("a", ANY), command_id="c")
+    fresh = msgspec.structs.replace(make_append("a", ANY), command_id="e")
+    outcomes, stored = log.append_batch([again, fresh, fresh])
+    _holds(
+        [type(o) for o in outcomes] == [DuplicateCommand, AppendResult, DuplicateCommand],
+        f"outcomes of a duplicate, a new id, and its duplicate in one group: {outcomes!r}",
+    )
+    _same(outcomes[0].result, first, "the duplicate's original result")  # type: ignore[union-attr]
+    _same(outcomes[2].result, outcomes[1], "the in-group duplicate's result")  # type: ignore[union-attr]
+    _same([e.position for e in stored], [3], "positions the group stored")
+    # An empty append records its id; a failed one records nothing.
+    empty = _commit(log, msgspec.structs.replace(make_append("b", NO_STREAM, 0), command_id="z"))
+    _same(log.find_command("b", "z"), empty[0], "find_command() of an empty append's id")
+    outcomes, _ = log.append_batch([msgspec.structs.replace(make_append("b", 7), command_id="y")])
+    _holds(isinstance(outcomes[0], ConcurrencyError), "a version mismatch with an id")
+    _same(log.find_command("b", "y"), None, "find_command() of a failed append's id")
 
 
 _CHECKS: tuple[Callable[[EventLog], None], ...] = (
@@ -370,4 +404,5 @@ _CHECKS: tuple[Callable[[EventLog], None], ...] = (
     _projector_caches_round_trip,
     _invalid_stream_ids_are_refused,
     _closed_log_refuses_everything,
+    _command_ids_are_recorded_with_their_append,
 )
