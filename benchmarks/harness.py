@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
 from collections.abc import Callable, Coroutine
@@ -166,6 +167,42 @@ class Harness:
                     )
                 )
 
+    def w1_service(self) -> None:
+        """W1 with what a service's commands carry (command ids, a policy, metadata), each
+        beside plain W1 in the same run: rounds interleaved, the median of each."""
+        accounts, commands, clients = 1000, self.n(40_000), 64
+        rounds = 3
+        for sync in (False, True):
+            rates: dict[str, list[float]] = {v: [] for v in workloads.SERVICE_VARIANTS}
+            for _ in range(rounds):
+                for variant in workloads.SERVICE_VARIANTS:
+                    job = workloads.engine_write_throughput(
+                        self.fresh("w1-service"),
+                        accounts=accounts,
+                        commands=commands,
+                        clients=clients,
+                        sync=sync,
+                        service=variant,
+                    )
+                    rates[variant].append(_trio(job)["per_second"])
+            plain = statistics.median(rates["plain"])
+            for variant, samples in rates.items():
+                if variant == "plain":
+                    continue
+                rate = statistics.median(samples)
+                self.rows.append(
+                    _row(
+                        "W1-service",
+                        f"{'durable' if sync else 'sync=False'} trio, {variant} "
+                        f"({rate / plain:.2f}x plain)",
+                        rate,
+                        "commands/s",
+                        sync=sync,
+                        vs_plain=round(rate / plain, 3),
+                        commands=commands,
+                    )
+                )
+
     def w1_sweep(self) -> None:
         """W1 against the number of concurrent clients, for the plot."""
         accounts, commands = 1000, self.n(20_000)
@@ -303,6 +340,7 @@ class Harness:
 WORKLOADS: dict[str, Callable[[Harness], None]] = {
     "W1": Harness.w1,
     "W1-clients": Harness.w1_sweep,
+    "W1-service": Harness.w1_service,
     "W2": Harness.w2,
     "W3": Harness.w3,
     "W4": Harness.w4,

@@ -14,7 +14,7 @@ from typing import Any
 
 import anyio
 
-from actorlog import Engine, Rejected
+from actorlog import Engine, Policy, Rejected
 from actorlog.engine._records import Append
 from actorlog.storage import LmdbEventLog
 
@@ -40,6 +40,7 @@ __all__ = [
     "engine_rehydrate",
     "engine_write_throughput",
     "percentile",
+    "SERVICE_VARIANTS",
     "write_bank_log",
 ]
 
@@ -81,6 +82,23 @@ async def _open_accounts(engine: Engine, accounts: int) -> None:
             tg.start_soon(opener, first)
 
 
+class _Tellers(Policy):
+    """A trivial policy: what W1 costs with one, compared with none."""
+
+    allowed = frozenset({"teller", None})  # None: the accounts opened before the run
+
+    def may_send(self, principal: Any, aggregate: Any, stream_id: str, command: Any) -> bool:
+        return principal in self.allowed
+
+
+SERVICE_VARIANTS: tuple[str, ...] = ("plain", "command id", "policy", "all metadata")
+"""What each W1 command carries: nothing; a unique ``command_id``; a ``principal`` checked
+by a trivial policy; a command id, principal, correlation and causation ids and a W3C
+``traceparent`` header."""
+
+_TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
 async def engine_write_throughput(
     root: Path,
     *,
@@ -90,15 +108,20 @@ async def engine_write_throughput(
     sync: bool,
     views: bool = True,
     seed: int | None = None,
+    service: str = "plain",
 ) -> dict[str, Any]:
     """W1: ``commands`` from ``clients`` concurrent clients; each waits for its durable reply.
 
     With ``views`` the two bank views (Balances, Totals) follow the writes live, as they
     would in an application; without, only the write side runs (what the floor does).
+    ``service`` is one of :data:`SERVICE_VARIANTS`.
     """
     work = _commands(accounts, commands, seed)
     projectors = [Balances, Totals] if views else []
-    async with Engine.open(root, aggregates=[Account], projectors=projectors, sync=sync) as engine:
+    options: dict[str, Any] = {"authorize": _Tellers()} if service == "policy" else {}
+    async with Engine.open(
+        root, aggregates=[Account], projectors=projectors, sync=sync, **options
+    ) as engine:
         await _open_accounts(engine, accounts)
         before = engine.statistics().writer
         rejected = 0
@@ -108,7 +131,23 @@ async def engine_write_throughput(
             for i in range(first, len(work), clients):
                 account, command = work[i]
                 try:
-                    await engine.send(Account, account, command)
+                    if service == "plain":
+                        await engine.send(Account, account, command)
+                    elif service == "command id":
+                        await engine.send(Account, account, command, command_id=f"cmd-{i}")
+                    elif service == "policy":
+                        await engine.send(Account, account, command, principal="teller")
+                    else:
+                        await engine.send(
+                            Account,
+                            account,
+                            command,
+                            command_id=f"cmd-{i}",
+                            principal="teller",
+                            correlation_id=f"req-{i}",
+                            causation_id=f"msg-{i}",
+                            headers={"traceparent": _TRACEPARENT},
+                        )
                 except Rejected:
                     rejected += 1
 

@@ -53,3 +53,27 @@ def test_the_readmes_example_runs_as_written(tmp_path: Path) -> None:
         assert done.returncode == 0, done.stderr
         assert done.stdout.strip() == expected
     assert (tmp_path / "data").is_dir()
+
+
+def test_the_service_example_runs_as_written(tmp_path: Path) -> None:
+    """The example under "Service commands" continues the one under "Using it": run the
+    two as one program (the first without its last line, which runs it)."""
+    readme = (ROOT / "README.md").read_text()
+    using = readme.split("## Using it", 1)[1].split("\n## ", 1)[0]
+    service = readme.split("## Service commands", 1)[1].split("\n## ", 1)[0]
+    (first,) = re.findall(r"```python\n(.+?)\n```", using, flags=re.S)
+    (second,) = re.findall(r"```python\n(.+?)\n```", service, flags=re.S)
+    script = tmp_path / "service.py"
+    script.write_text(first.rsplit("\ntrio.run(", 1)[0] + "\n\n" + second)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["refused: only tellers deposit", "5"]
