@@ -43,6 +43,8 @@ from .engine import (
     UnknownCommand,
     UnknownEventType,
     UnknownQuery,
+    UpcastError,
+    upcaster,
 )
 from .engine._errors import QueryTimeout
 from .engine._public import publish
@@ -77,8 +79,10 @@ __all__ = [
     "UnknownCommand",
     "UnknownEventType",
     "UnknownQuery",
+    "UpcastError",
     "applies",
     "handles",
+    "upcaster",
 ]
 
 publish(__name__, globals(), __all__)
