@@ -286,9 +286,7 @@ class Harness:
         """W4 over 1,000,000 version-1 events, upcast on read; its baseline is the same log
         written at version 2 (no upcasting), rebuilt alternately in this run."""
         events = self.n(1_000_000)
-        result = upcast.measure(
-            self.fresh("w4-upcast"), events=events, rounds=1 if self.scale > 1 else 3
-        )
+        result = upcast.measure(self.fresh("w4-upcast"), events=events, rounds=3)
         self.rows.append(
             _row(
                 "W4-upcast",

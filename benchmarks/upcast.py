@@ -4,17 +4,20 @@
 bank's events as they are (version 1: ``AccountOpened``, ``Deposited`` in whole units) and
 once with version 2 of both (``AccountOpened@2`` with a currency, ``Deposited@2`` in
 cents), then rebuilds the same version-2 view over each, alternating, and prints one JSON
-line: events/s on each log (medians) and their ratio. The old log pays, per event, an
-untyped decode, one ``@upcaster`` and the encode + typed decode that validates the result;
-the issue's bar is >= 0.5x the current-version log. The harness reports it as
-``W4-upcast``.
+line: events/s on each log (the best of the rounds) and their ratio. The old log pays, per
+event, an untyped decode, one ``@upcaster`` and the encode + typed decode that validates
+the result; the issue's bar is >= 0.5x the current-version log. The harness reports it as
+``W4-upcast``. ``--instructions`` counts instead, with callgrind (as
+``benchmarks.instructions`` does), the instructions per rebuilt event on each log: the
+steadier ratio on a shared machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,7 +32,15 @@ from .bank import AccountOpened as AccountOpenedV1
 from .bank import Deposited as DepositedV1
 from .workloads import write_bank_log
 
-__all__ = ["AccountOpened", "CentBalances", "Deposited", "main", "measure"]
+__all__ = [
+    "AccountOpened",
+    "CentBalances",
+    "Deposited",
+    "instructions",
+    "main",
+    "measure",
+    "write_logs",
+]
 
 
 class AccountOpened(msgspec.Struct, frozen=True):
@@ -88,15 +99,9 @@ async def _rebuild(path: Path) -> tuple[float, int]:
 
 def measure(root: Path, *, events: int, rounds: int = 3) -> dict[str, Any]:
     """Rebuild ``CentBalances`` over an all-version-1 and an all-version-2 log of
-    ``events`` events, ``rounds`` times each, alternating; medians and their ratio."""
-    old, current = root / "v1", root / "v2"
-    write_bank_log(old, events=events, opened=AccountOpenedV1, deposited=DepositedV1)
-    write_bank_log(
-        current,
-        events=events,
-        opened=lambda owner: AccountOpened(owner, "EUR"),
-        deposited=lambda amount: Deposited(amount * 100),
-    )
+    ``events`` events, ``rounds`` times each, alternating; the best of each, and their
+    ratio."""
+    old, current = write_logs(root, events=events)
     timings: dict[Path, list[float]] = {old: [], current: []}
     totals = set()
     for _ in range(rounds):
@@ -105,8 +110,9 @@ def measure(root: Path, *, events: int, rounds: int = 3) -> dict[str, Any]:
             timings[path].append(seconds)
             totals.add(total)
     assert len(totals) == 1, f"the two logs rebuilt different views: {totals}"
-    old_rate = events / statistics.median(timings[old])
-    current_rate = events / statistics.median(timings[current])
+    # The best of each: on a shared machine a neighbour's burst only ever slows a run down.
+    old_rate = events / min(timings[old])
+    current_rate = events / min(timings[current])
     return {
         "workload": "W4-upcast",
         "events": events,
@@ -117,12 +123,71 @@ def measure(root: Path, *, events: int, rounds: int = 3) -> dict[str, Any]:
     }
 
 
+_WRITE = """
+import sys, pathlib
+sys.path.insert(0, sys.argv[1])
+from benchmarks import upcast
+upcast.write_logs(pathlib.Path(sys.argv[2]), events=int(sys.argv[3]))
+"""
+
+_REBUILD = """
+import sys, pathlib, trio
+sys.path.insert(0, sys.argv[1])
+import actorlog.engine._projectors as hosting
+hosting.SLICE = 1e9  # batch sizes by count only, as benchmarks.instructions pins them
+from benchmarks import upcast
+trio.run(upcast._rebuild, pathlib.Path(sys.argv[2]))
+"""
+
+
+def write_logs(root: Path, *, events: int) -> tuple[Path, Path]:
+    """The bank log of ``events`` events at version 1 (``root/v1``) and at version 2."""
+    old, current = root / "v1", root / "v2"
+    write_bank_log(old, events=events, opened=AccountOpenedV1, deposited=DepositedV1)
+    write_bank_log(
+        current,
+        events=events,
+        opened=lambda owner: AccountOpened(owner, "EUR"),
+        deposited=lambda amount: Deposited(amount * 100),
+    )
+    return old, current
+
+
+def instructions(small: int = 20_000, large: int = 120_000) -> dict[str, Any]:
+    """Callgrind instructions per rebuilt event on each log (the difference of a ``large``
+    and a ``small`` run over the difference in size, so setup and imports cancel out)."""
+    from .instructions import _instructions
+
+    tree = str(Path(__file__).resolve().parent.parent)
+    counts: dict[str, list[int]] = {"v1": [], "v2": []}
+    with tempfile.TemporaryDirectory(prefix="actorlog-upcast-") as tmp:
+        for n in (small, large):
+            root = Path(tmp) / str(n)
+            subprocess.run([sys.executable, "-c", _WRITE, tree, str(root), str(n)], check=True)
+            for version in counts:
+                counts[version].append(_instructions(_REBUILD, tree, str(root / version)))
+    old, current = ((c[1] - c[0]) / (large - small) for c in counts.values())
+    return {
+        "workload": "W4-upcast",
+        "unit": "instructions an event",
+        "old": round(old),
+        "current": round(current),
+        "ratio_current_over_old": round(current / old, 3),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     """Print one JSON line: W4 over version-1 events against the same log at version 2."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.upcast", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="50,000 events instead of 1M")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--instructions", action="store_true", help="count instructions (needs valgrind)"
+    )
     args = parser.parse_args(argv)
+    if args.instructions:
+        print(json.dumps(instructions()))
+        return 0
     events = 50_000 if args.quick else 1_000_000
     with tempfile.TemporaryDirectory(prefix="actorlog-upcast-") as tmp:
         print(json.dumps(measure(Path(tmp), events=events, rounds=args.rounds)))

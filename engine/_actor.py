@@ -194,9 +194,15 @@ def load_state(
 
     Returns ``(state, version, version of the snapshot it started from)``.
 
+    Events stored at an older version (or under a former name) are upcast as they are
+    read; events of a name the aggregate retired are skipped (``stream_reader``).
+
     Raises:
         DefinitionError: another aggregate type created the stream.
         HandlerError: an applier (or ``kind()``) raised while replaying.
+        UnknownEventType: an event's name is neither registered nor retired.
+        UpcastError: an older event's upcaster raised or gave invalid data (the message
+            names the stream, version and position; a ``DecodeError`` likewise).
         StorageError: the log could not be read.
     """
     state: Any = None

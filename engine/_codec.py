@@ -32,6 +32,7 @@ from ._schema import (
     event_aliases,
     event_version,
     is_retired,
+    retag_for,
     stored_name,
     upcasters_of,
 )
@@ -145,12 +146,15 @@ class EventRegistry:
         decoder = msgspec.msgpack.Decoder(cls)
         readers: dict[str, Any] = {current: decoder}
         for base in (name, *aliases):
+            retag = retag_for(cls, base)
             for v in range(1, version + 1):
                 old = stored_name(base, v)
-                if old not in readers:  # at the current version: the type's own decoder
-                    readers[old] = (
-                        decoder if v == version else UpcastingDecoder(old, steps[v - 1 :], decoder)
-                    )
+                if old in readers:
+                    continue
+                if v == version and retag is None:  # as current: the type's own decoder
+                    readers[old] = decoder
+                else:
+                    readers[old] = UpcastingDecoder(old, steps[v - 1 :], decoder, retag=retag)
         for stored in readers:
             other = self._by_name.get(stored)
             if other is not None and other is not cls:

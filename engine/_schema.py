@@ -43,6 +43,7 @@ __all__ = [
     "UpcastingDecoder",
     "event_aliases",
     "event_version",
+    "retag_for",
     "retired_events",
     "stored_name",
     "upcaster",
@@ -105,15 +106,17 @@ def retired_events(kind: object) -> frozenset[str]:
     """The event names aggregate type ``kind`` retired (its ``retired_events``, default none).
 
     Raises:
-        DefinitionError: it is not a tuple (or list, or frozenset) of non-empty str.
+        DefinitionError: it is not a tuple (or list, or frozenset) of non-empty str
+            without ``@``.
     """
     names = getattr(kind, "retired_events", ())
     if not isinstance(names, tuple | list | frozenset) or not all(
-        type(n) is str and n for n in names
+        type(n) is str and n and SEPARATOR not in n for n in names
     ):
         raise DefinitionError(
-            f"{getattr(kind, '__qualname__', kind)!r}.retired_events must be a tuple of "
-            f"event names (str), not {describe(names)}"
+            f"{getattr(kind, '__qualname__', kind)}.retired_events must be a tuple of "
+            f"event names (str, without {SEPARATOR!r}: a name is retired at every "
+            f"version), not {describe(names)}"
         )
     return frozenset(names)
 
@@ -130,7 +133,8 @@ def upcaster(event_type: type[msgspec.Struct], *, from_version: int) -> Callable
 
     Plain data is what msgspec's untyped decoder gives for the stored payload, with field
     names as encoded: a ``dict`` for a Struct (a ``list`` for an ``array_like`` one), its
-    nested Structs dicts too. The function may build a new value or change the one it gets.
+    nested Structs dicts too; a type with a msgspec ``tag`` finds it there as stored. The
+    function may build a new value or change the one it gets.
     Whatever it returns is encoded and, after the last upcaster, decoded as the current
     type exactly as a current event would be, so strict validation applies.
 
@@ -217,14 +221,22 @@ class UpcastingDecoder:
     that takes a decoder from the registry reads old events with no change of its own.
     """
 
-    __slots__ = ("_decode", "_steps", "_stored")
+    __slots__ = ("_decode", "_retag", "_steps", "_stored")
 
     def __init__(
-        self, stored: str, steps: Iterable[Upcaster], decoder: msgspec.msgpack.Decoder[Any]
+        self,
+        stored: str,
+        steps: Iterable[Upcaster],
+        decoder: msgspec.msgpack.Decoder[Any],
+        *,
+        retag: tuple[str, str, str] | None = None,
     ) -> None:
         self._stored = stored
         self._steps = tuple(steps)
         self._decode = decoder.decode
+        # (tag field, old tag, current tag) for a msgspec-tagged type read under a former
+        # name: its payloads carry the old tag, which the current type would refuse.
+        self._retag = retag
 
     def decode(self, payload: bytes | msgspec.Raw) -> Any:
         """The event stored as ``payload`` under this decoder's name, at the current version.
@@ -240,6 +252,8 @@ class UpcastingDecoder:
             for step in self._steps:
                 data = step(data)
             step = None
+            if self._retag is not None:
+                data = _retagged(data, *self._retag)
             return self._decode(_encode(data))
         except BaseException as e:
             if must_propagate(e):
@@ -250,6 +264,27 @@ class UpcastingDecoder:
                 else f"the upcast data is not a valid current event: {e}"
             )
             raise UpcastError(f"cannot read a stored {self._stored} event: {what}") from e
+
+
+def _retagged(data: Any, field: str, old: str, new: str) -> Any:
+    """``data`` with msgspec's tag ``old`` (in ``field``, or first for ``array_like``)
+    replaced by ``new``; anything else unchanged."""
+    if type(data) is dict and data.get(field) == old:
+        data[field] = new
+    elif type(data) is list and data and data[0] == old:
+        data[0] = new
+    return data
+
+
+def retag_for(cls: type[msgspec.Struct], former: str) -> tuple[str, str, str] | None:
+    """What reading ``cls`` under its former name ``former`` must re-tag, if anything:
+    a type with a msgspec ``tag`` stores it in each payload, so its old payloads carry the
+    old name."""
+    config = cls.__struct_config__
+    tag, field = config.tag, config.tag_field
+    if isinstance(tag, str) and field is not None and tag != former:
+        return field, former, tag
+    return None
 
 
 class _Retired:

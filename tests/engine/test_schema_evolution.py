@@ -412,10 +412,11 @@ def test_retiring_an_applied_type_is_refused() -> None:
             def deposited(self, e: Deposited) -> None:
                 pass
 
-    with pytest.raises(DefinitionError, match="retired_events"):
+    for bad in ("FeeCharged", ("FeeCharged@2",), ("",), (1,)):
+        with pytest.raises(DefinitionError, match="retired_events"):
 
-        class Malformed(Aggregate):
-            retired_events = "FeeCharged"  # type: ignore[assignment]
+            class Malformed(Aggregate):
+                retired_events = bad  # type: ignore[assignment]
 
 
 def test_current_events_are_stored_under_their_versioned_name() -> None:
@@ -427,3 +428,33 @@ def test_current_events_are_stored_under_their_versioned_name() -> None:
     assert registry.decode("MoneyIn", payload) == Deposited(200)
     with pytest.raises(UnknownEventType):
         registry.decode("Deposited@3", payload)  # a version from the future
+
+
+def test_a_tagged_type_is_read_under_its_former_tag() -> None:
+    # msgspec writes a tagged type's tag into each payload: the old payloads carry the old
+    # name, which the renamed type must accept when it reads them under its alias.
+    class Old(msgspec.Struct, frozen=True, tag="Credit"):
+        cents: int
+
+    class OldRow(msgspec.Struct, frozen=True, tag="Row", array_like=True):
+        n: int
+
+    class Credited(msgspec.Struct, frozen=True, tag="Credited"):
+        event_aliases: ClassVar[tuple[str, ...]] = ("Credit",)
+        cents: int
+
+    class Line(msgspec.Struct, frozen=True, tag="Line", array_like=True):
+        event_version: ClassVar[int] = 2
+        event_aliases: ClassVar[tuple[str, ...]] = ("Row",)
+        n: int
+
+    @upcaster(Line, from_version=1)
+    def _double(data: list[Any]) -> list[Any]:
+        return [data[0], data[1] * 2]
+
+    registry = EventRegistry([Credited, Line])
+    old = EventRegistry([Old, OldRow])
+    name, payload = old.encode(Old(5))
+    assert registry.decode(name, payload) == Credited(5)
+    name, payload = old.encode(OldRow(3))
+    assert registry.decode(name, payload) == Line(6)
