@@ -47,7 +47,7 @@ former name, ``event_aliases``), with that plain data. It is read through the en
 registry, so it is upcast by the same ``@upcaster`` chain (and fails with the same
 ``UpcastError``), and skipped by an aggregate that retired its name, exactly as a load.
 
-A little over 400 lines, one file on purpose: it is the one module users import, and both
+About 500 lines, one file on purpose: it is the one module users import, and both
 kits share the check that an event survives the log (``_store``).
 """
 

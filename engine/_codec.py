@@ -4,6 +4,9 @@ Pure: no I/O. Encoders and decoders are created once and reused. Every msgspec e
 leaves this module is wrapped in a :mod:`engine._errors` codec error; so are the two that
 msgspec lets through itself on hostile bytes: ``UnicodeDecodeError`` (invalid UTF-8 in a
 string) and ``RecursionError`` (input nested past its depth limit).
+
+A little over 400 lines, one file on purpose: every msgspec Encoder and Decoder the engine
+uses lives here (what versions mean and how old events are upcast is ``_schema.py``).
 """
 
 from __future__ import annotations
