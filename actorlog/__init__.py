@@ -43,6 +43,8 @@ from .engine import (
     UnknownCommand,
     UnknownEventType,
     UnknownQuery,
+    UpcastError,
+    upcaster,
 )
 from .engine._command_ids import CommandIdRetention
 from .engine._errors import QueryTimeout, Unauthorized
@@ -82,8 +84,10 @@ __all__ = [
     "UnknownCommand",
     "UnknownEventType",
     "UnknownQuery",
+    "UpcastError",
     "applies",
     "handles",
+    "upcaster",
 ]
 
 publish(__name__, globals(), __all__)

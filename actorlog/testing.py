@@ -13,9 +13,9 @@ so a scenario that passes here behaves the same in an :class:`actorlog.Engine`. 
 contract for storage backends is ``actorlog.storage.check_event_log``.
 """
 
-from .actors.testing import Given, GivenEvents, When, given, given_events
+from .actors.testing import Given, GivenEvents, OldEvent, When, given, given_events, old_event
 from .engine._public import publish
 
-__all__ = ["Given", "GivenEvents", "When", "given", "given_events"]
+__all__ = ["Given", "GivenEvents", "OldEvent", "When", "given", "given_events", "old_event"]
 
 publish(__name__, globals(), __all__)

@@ -12,7 +12,9 @@ from typing import Any, ClassVar, Self
 import msgspec
 
 from ..engine import DefinitionError, InvalidArgument
+from ..engine._codec import event_name
 from ..engine._log import check_label
+from ..engine._schema import event_aliases, retired_events
 from ._dispatch import (
     check_event_type,
     check_no_arguments,
@@ -45,6 +47,10 @@ class Aggregate:
         snapshot_every: take a snapshot every N events (None: never, the default).
         snapshot_format: bump it whenever the state's shape changes; snapshots of another
             format are ignored (the aggregate is rebuilt from its events instead).
+        retired_events: names of event types the aggregate no longer has (a tuple of str):
+            their stored events, at any version, are skipped when a stream is loaded.
+            Without it such an event stops the load with
+            :class:`~actorlog.UnknownEventType`: dropping an event type is a decision.
 
     State is saved in snapshots from the annotated instance attributes (``balance: int``),
     encoded with msgspec; override :meth:`snapshot_state` and :meth:`from_snapshot` for
@@ -57,6 +63,7 @@ class Aggregate:
     aggregate_name: ClassVar[str] = "Aggregate"
     snapshot_every: ClassVar[int | None] = None
     snapshot_format: ClassVar[int] = 1
+    retired_events: ClassVar[tuple[str, ...]] = ()
     _state_type: ClassVar[type[msgspec.Struct] | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -103,6 +110,7 @@ class Aggregate:
         cls.command_handlers = handlers
         cls.event_appliers = appliers
         cls.emitted_types = frozenset(emitted)
+        _check_retired(cls, appliers)
         check_snapshot_options(cls)
         cls._state_type = _state_struct(cls)
 
@@ -114,6 +122,18 @@ class Aggregate:
     def from_snapshot(cls, data: bytes) -> Self:
         """Rebuild an aggregate from :meth:`snapshot_state`'s bytes."""
         return decode_state(cls, data, cls._state_type)
+
+
+def _check_retired(cls: type[Aggregate], appliers: Mapping[type, Applier]) -> None:
+    """Refuse a ``retired_events`` that is malformed or names a type the class applies."""
+    retired = retired_events(cls)
+    for event in appliers:
+        names = {event_name(event), *event_aliases(event)} & retired
+        if names:
+            raise DefinitionError(
+                f"{cls.__qualname__} retires {sorted(names)[0]!r} but applies "
+                f"{event.__qualname__}, which is read under that name"
+            )
 
 
 def _state_struct(cls: type[Aggregate]) -> type[msgspec.Struct] | None:
@@ -135,5 +155,6 @@ _BASE_NAMES = frozenset(
         "emitted_types",
         "snapshot_every",
         "snapshot_format",
+        "retired_events",
     )
 )

@@ -41,7 +41,13 @@ engine copies them, so a test sees what a caller of ``Engine.query`` would. Expe
 ``then_halted(error, at=(stream_id, event), match=...)``, or assert freely on
 ``query(...)``.
 
-A little over 400 lines, one file on purpose: it is the one module users import, and both
+Both kits take events as an older version stored them: ``old_event("Deposited", 1,
+{"amount": 5})`` stands for an event stored under that name at that version (or under a
+former name, ``event_aliases``), with that plain data. It is read through the engine's own
+registry, so it is upcast by the same ``@upcaster`` chain (and fails with the same
+``UpcastError``), and skipped by an aggregate that retired its name, exactly as a load.
+
+About 500 lines, one file on purpose: it is the one module users import, and both
 kits share the check that an event survives the log (``_store``).
 """
 
@@ -56,6 +62,7 @@ import msgspec
 from ..engine import (
     EventRegistry,
     HandlerError,
+    InvalidArgument,
     Parked,
     ProjectorFaulted,
     Rejected,
@@ -65,13 +72,16 @@ from ..engine import (
 )
 
 # The engine's own code, so the kit runs exactly what the engine runs:
+from ..engine._actor import stream_reader  # an aggregate's decode (upcast, retired) and appliers
 from ..engine._decide import decide  # handler call, checks, encode and read back, evolve
-from ..engine._fold import Appliers, fault_for, fold  # apply, park or halt
+from ..engine._errors import describe
+from ..engine._fold import appliers_by_name, fault_for, fold  # apply, park or halt
+from ..engine._schema import RETIRED, SEPARATOR, stored_name
 from ..engine.testing import call_query  # answers a query exactly as Engine.query does
 from ._aggregate import Aggregate
 from ._projector import Projector
 
-__all__ = ["Given", "GivenEvents", "When", "given", "given_events"]
+__all__ = ["Given", "GivenEvents", "OldEvent", "When", "given", "given_events", "old_event"]
 
 A = TypeVar("A", bound=Aggregate)
 P = TypeVar("P", bound=Projector)
@@ -79,8 +89,50 @@ Q = ParamSpec("Q")
 T = TypeVar("T")
 
 
+class OldEvent(msgspec.Struct, frozen=True):
+    """An event as it was stored at an older version (or under a former name): build one
+    with :func:`old_event` and give it to :func:`given` or :func:`given_events`."""
+
+    name: str
+    """The event type's name as it was then (its name, or one of its ``event_aliases``)."""
+    version: int
+    """The version it was stored at (1 for every event written before versions)."""
+    data: Any
+    """Its plain data, as that version encoded it (a dict of field names to values)."""
+
+    @property
+    def stored_name(self) -> str:
+        """The name it is stored under in the log (``"Deposited@2"`` at version 2)."""
+        return stored_name(self.name, self.version)
+
+    @property
+    def payload(self) -> bytes:
+        """Its stored payload: ``data`` encoded as the log holds it."""
+        return msgspec.msgpack.encode(self.data)
+
+
+def old_event(name: str, version: int, data: Any) -> OldEvent:
+    """An event stored as ``name`` at ``version`` with the plain ``data`` (field names to
+    values, as that version encoded them), for the kits' given events.
+
+    Raises:
+        InvalidArgument: ``name`` is not a non-empty str without ``@``, ``version`` is not
+            an int >= 1, or ``data`` cannot be encoded.
+    """
+    if type(name) is not str or not name or SEPARATOR in name:
+        raise InvalidArgument(f"name must be an event name (a str without @), not {describe(name)}")
+    if type(version) is not int or version < 1:
+        raise InvalidArgument(f"version must be an int >= 1, not {describe(version)}")
+    try:
+        msgspec.msgpack.encode(data)
+    except (TypeError, OverflowError, msgspec.EncodeError) as e:
+        raise InvalidArgument(f"data {describe(data)} cannot be encoded: {e}") from e
+    return OldEvent(name, version, data)
+
+
 def given(aggregate: type[A], events: Iterable[Any] = ()) -> Given[A]:
-    """Start a scenario: an ``aggregate`` whose stream already holds ``events``."""
+    """Start a scenario: an ``aggregate`` whose stream already holds ``events`` (events,
+    or :func:`old_event` for ones stored at an older version)."""
     return Given(aggregate, events)
 
 
@@ -94,10 +146,23 @@ class Given(Generic[A]):
 
     @property
     def state(self) -> A:
-        """A fresh aggregate with the given events applied (each call builds a new one)."""
+        """A fresh aggregate with the given events applied (each call builds a new one).
+
+        Raises:
+            UnknownEventType: an old event's name is neither registered nor retired.
+            UpcastError: an old event's upcaster raised or gave invalid data.
+            HandlerError: an applier raised.
+        """
         state = self.aggregate()
+        decode, _ = stream_reader(self._registry, self.aggregate)
         for event in self.events:
-            self._apply(state, self._round_trip(event), "a given event")
+            if isinstance(event, OldEvent):  # read as a load reads it: upcast or skipped
+                event = decode(event.stored_name, event.payload)
+                if event is RETIRED:
+                    continue
+            else:
+                event = self._round_trip(event)
+            self._apply(state, event, "a given event")
         return state
 
     def when(self, command: Any) -> When[A]:
@@ -259,16 +324,16 @@ class GivenEvents(Generic[P]):
         self.projector = projector
         self.events = [_pair(entry) for entry in events]
         registry = EventRegistry(projector.event_appliers)
-        appliers: Appliers = {}
-        for event_type, fn in projector.event_appliers.items():
-            name = registry.name_of(event_type)
-            appliers[name] = (fn, registry.decoder_for(name).decode)
+        appliers = appliers_by_name(registry, projector.event_appliers)
         # Store every event before applying any: a malformed scenario fails as a whole.
         versions: dict[str, int] = {}
         self.recorded: list[StoredEvent] = []
         read_back: list[Any] = []
         for position, (stream_id, event) in enumerate(self.events, 1):
-            name, payload, back = _store(registry, event)
+            if isinstance(event, OldEvent):  # decoded (and upcast) by the fold, as from the log
+                name, payload, back = event.stored_name, event.payload, None
+            else:
+                name, payload, back = _store(registry, event)
             version = versions[stream_id] = versions.get(stream_id, 0) + 1
             self.recorded.append(
                 StoredEvent(

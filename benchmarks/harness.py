@@ -1,9 +1,11 @@
 """The benchmark harness: every bank workload beside its floor and its peer, in one run.
 
-``python -m benchmarks`` runs W1-W6 (about 3-5 minutes here), ``--quick`` scales every count
-down ~20x, ``--only W1,W4`` selects, ``--json PATH`` writes one JSON object per line. The
-machine is shared and noisy, so absolute figures drift between runs; the ratios, measured
-minutes apart in the same process, are what to quote.
+``python -m benchmarks`` runs W1-W6 and W4-upcast (W4 over events stored at an older
+version, against the same log at the current one: ``benchmarks/upcast.py``), about 3-5
+minutes here; ``--quick`` scales every count down ~20x, ``--only W1,W4`` selects, ``--json
+PATH`` writes one JSON object per line. The machine is shared and noisy, so absolute
+figures drift between runs; the ratios, measured minutes apart in the same process, are
+what to quote.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from . import floors, workloads
+from . import floors, upcast, workloads
 from ._floor import run_floor_paced_latency, run_floor_w1
 from ._peer import run_peer_w1, run_peer_w3, run_peer_w4
 
@@ -317,6 +319,22 @@ class Harness:
             )
         )
 
+    def w4_upcast(self) -> None:
+        """W4 over 1,000,000 version-1 events, upcast on read; its baseline is the same log
+        written at version 2 (no upcasting), rebuilt alternately in this run."""
+        events = self.n(1_000_000)
+        result = upcast.measure(self.fresh("w4-upcast"), events=events, rounds=3)
+        self.rows.append(
+            _row(
+                "W4-upcast",
+                f"rebuild {events:,} v1 events (floor: same log at v2)",
+                result["old_per_second"],
+                "events/s",
+                floor=result["current_per_second"],
+                baseline="the same log at the current version",
+            )
+        )
+
     def w5(self) -> None:
         """W5: point queries through the public API."""
         queries = self.n(1_000_000)
@@ -344,6 +362,7 @@ WORKLOADS: dict[str, Callable[[Harness], None]] = {
     "W2": Harness.w2,
     "W3": Harness.w3,
     "W4": Harness.w4,
+    "W4-upcast": Harness.w4_upcast,
     "W5": Harness.w5,
     "W6": Harness.w6,
 }

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,6 @@ from .bank import (
     SnapshottingAccount,
     Totals,
     Withdraw,
-    Withdrawn,
 )
 from .load import paced_load
 
@@ -190,25 +190,37 @@ async def engine_latency(
         return await paced_load(send, work, rate=rate, clients=clients)
 
 
-def write_bank_log(path: Path, *, events: int, accounts: int = 1000, seed: int = 3) -> None:
-    """Write a bank log of ``events`` events straight through the LMDB backend (fast setup)."""
+def write_bank_log(
+    path: Path,
+    *,
+    events: int,
+    accounts: int = 1000,
+    seed: int = 3,
+    opened: Callable[[str], Any] = AccountOpened,
+    deposited: Callable[[int], Any] = Deposited,
+) -> None:
+    """Write a bank log of ``events`` events straight through the LMDB backend (fast setup).
+
+    ``opened`` and ``deposited`` build its events from an owner and an amount (the bank's
+    own types by default; ``benchmarks.upcast`` writes other versions of them)."""
     from actorlog.lowlevel import EventRegistry
 
-    registry = EventRegistry([AccountOpened, Deposited, Withdrawn])
+    registry = EventRegistry()
     rng = random.Random(seed)
     log = LmdbEventLog(path, sync=False)
     try:
         versions = [0] * accounts
-        opened = [AccountOpened(f"owner-{n}") for n in range(accounts)]
+        opening = [opened(f"owner-{n}") for n in range(accounts)]
         written = 0
         while written < events:
             group: list[Append] = []
             for _ in range(min(10_000, events - written)):
                 n = rng.randrange(accounts)
                 if versions[n] == 0:
-                    event: Any = opened[n]
+                    event: Any = opening[n]
                 else:
-                    event = Deposited(rng.randint(1, 100))
+                    event = deposited(rng.randint(1, 100))
+                registry.register(type(event))
                 group.append(Append(f"acct-{n}", versions[n], (registry.encode(event),)))
                 versions[n] += 1
                 written += 1

@@ -24,6 +24,7 @@ from ._errors import (
     UnknownCommand,
     UnknownEventType,
     UnknownQuery,
+    UpcastError,
 )
 from ._log import EventLog
 from ._log_lmdb import LmdbEventLog
@@ -40,6 +41,7 @@ from ._records import (
     Snapshot,
     StoredEvent,
 )
+from ._schema import upcaster
 from ._writer import Writer, WriterStatistics
 
 __all__ = [
@@ -83,9 +85,11 @@ __all__ = [
     "UnknownCommand",
     "UnknownEventType",
     "UnknownQuery",
+    "UpcastError",
     "WindowStatistics",
     "Writer",
     "WriterStatistics",
     "decode_command",
     "event_name",
+    "upcaster",
 ]

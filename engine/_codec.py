@@ -4,6 +4,9 @@ Pure: no I/O. Encoders and decoders are created once and reused. Every msgspec e
 leaves this module is wrapped in a :mod:`engine._errors` codec error; so are the two that
 msgspec lets through itself on hostile bytes: ``UnicodeDecodeError`` (invalid UTF-8 in a
 string) and ``RecursionError`` (input nested past its depth limit).
+
+A little over 400 lines, one file on purpose: every msgspec Encoder and Decoder the engine
+uses lives here (what versions mean and how old events are upcast is ``_schema.py``).
 """
 
 from __future__ import annotations
@@ -25,6 +28,17 @@ from ._errors import (
 )
 from ._records import StoredEvent
 from ._reply import must_propagate
+from ._schema import (
+    RETIRED,
+    SEPARATOR,
+    UpcastingDecoder,
+    event_aliases,
+    event_version,
+    is_retired,
+    retag_for,
+    stored_name,
+    upcasters_of,
+)
 
 __all__ = [
     "DECODE_FAILURES",
@@ -49,8 +63,11 @@ _stored_decoder: Final = msgspec.msgpack.Decoder(StoredEvent)
 
 
 def event_name(cls: type[msgspec.Struct]) -> str:
-    """The stable name an event type is stored under: its msgspec ``tag`` if set, else its
-    class name. Set ``tag="..."`` on the class to keep old logs readable after a rename."""
+    """The stable name of an event type: its msgspec ``tag`` if set, else its class name.
+
+    At ``event_version`` 1 events are stored under this name; at version ``v >= 2`` under
+    ``f"{name}@{v}"``. To rename a class, keep the old name as its ``tag`` or list it in
+    ``event_aliases``."""
     tag = cls.__struct_config__.tag
     return tag if isinstance(tag, str) else cls.__name__
 
@@ -82,16 +99,21 @@ def _check_event_name(cls: type, name: str) -> None:
 
 
 class EventRegistry:
-    """Maps event types to their stable names and back, with one decoder per type.
+    """Maps event types to their stable names and back, with one decoder per stored name.
 
-    Registering the same class twice is a no-op; two classes under one name is a
+    A type is read under every name it was ever stored under: its current stored name with
+    its own typed decoder, and each older version and former name (``event_aliases``) with
+    an :class:`~engine._schema.UpcastingDecoder` that upcasts to the current version.
+    Registering the same class twice is a no-op; two classes under one stored name is a
     :class:`DefinitionError`.
     """
 
     def __init__(self, types: Iterable[type[msgspec.Struct]] = ()) -> None:
         self._by_name: dict[str, type[msgspec.Struct]] = {}
         self._names: dict[type[msgspec.Struct], str] = {}
-        self._decoders: dict[str, msgspec.msgpack.Decoder[Any]] = {}
+        self._decoders: dict[str, Any] = {}  # msgspec Decoders, and UpcastingDecoders
+        # Each type's stored names, the current one first (what a projector reads).
+        self._readable: dict[type[msgspec.Struct], tuple[str, ...]] = {}
         # Types whose instances nothing can change (frozen all the way down): live
         # projectors may receive the object an aggregate applied (read back from its
         # payload, so it has the declared types). Others are decoded from the stored bytes
@@ -101,25 +123,62 @@ class EventRegistry:
             self.register(cls)
 
     def register(self, cls: type[msgspec.Struct]) -> str:
-        """Register ``cls`` and return its stored name."""
+        """Register ``cls`` and return its (current) stored name.
+
+        Raises:
+            DefinitionError: ``cls`` is not a frozen Struct; its name, version or aliases
+                are malformed; a step of its upcaster chain is missing; or one of the names
+                it is read under belongs to another registered type.
+        """
         known = self._names.get(cls)
         if known is not None:
             return known
         _check_event_type(cls)
         name = event_name(cls)
-        _check_event_name(cls, name)
-        other = self._by_name.get(name)
-        if other is not None and other is not cls:
-            raise DefinitionError(
-                f"event name {name!r} is used by both {other.__qualname__} and "
-                f"{cls.__qualname__}; give one a distinct tag"
-            )
-        self._by_name[name] = cls
-        self._names[cls] = name
+        version = event_version(cls)
+        aliases = event_aliases(cls)
+        steps = upcasters_of(cls)
+        for base in (name, *aliases):
+            _check_event_name(cls, base)
+            if SEPARATOR in base:
+                raise DefinitionError(
+                    f"{cls.__qualname__}: event name {base!r} contains {SEPARATOR!r}, which "
+                    "separates a name from its version in the log"
+                )
+        current = stored_name(name, version)
+        decoder = msgspec.msgpack.Decoder(cls)
+        readers: dict[str, Any] = {current: decoder}
+        for base in (name, *aliases):
+            retag = retag_for(cls, base)
+            for v in range(1, version + 1):
+                old = stored_name(base, v)
+                if old in readers:
+                    continue
+                if v == version and retag is None:  # as current: the type's own decoder
+                    readers[old] = decoder
+                else:
+                    readers[old] = UpcastingDecoder(old, steps[v - 1 :], decoder, retag=retag)
+        for stored in readers:
+            other = self._by_name.get(stored)
+            if other is not None and other is not cls:
+                raise DefinitionError(
+                    f"event name {stored!r} is read by both {other.__qualname__} and "
+                    f"{cls.__qualname__}; give one a distinct tag (or drop the alias)"
+                )
+        for stored, reader in readers.items():
+            self._by_name[stored] = cls
+            self._decoders[stored] = reader
+        self._names[cls] = current
+        self._readable[cls] = tuple(readers)
         if _deeply_immutable(msgspec.inspect.type_info(cls)):
             self._shareable.add(cls)
-        self._decoders[name] = msgspec.msgpack.Decoder(cls)
-        return name
+        return current
+
+    def readers(self, cls: type[msgspec.Struct]) -> list[tuple[str, Callable[[Any], Any]]]:
+        """Register ``cls``; return ``(stored name, payload decoder)`` for every name it is
+        read under, the current one first (a projector's appliers by stored name)."""
+        self.register(cls)
+        return [(name, self._decoders[name].decode) for name in self._readable[cls]]
 
     def shareable(self, cls: type) -> bool:
         """True if instances of a registered ``cls`` are immutable all the way down."""
@@ -184,17 +243,39 @@ class EventRegistry:
         return (name, payload), back
 
     def decode(self, name: str, payload: bytes | msgspec.Raw) -> Any:
-        """Decode one payload stored under ``name`` into its registered type."""
+        """Decode one payload stored under ``name`` into its registered type, upcast to the
+        current version if ``name`` is an older one.
+
+        Raises:
+            UnknownEventType: no registered type is read under ``name``.
+            UpcastError: an older event's upcaster raised or gave invalid data.
+            DecodeError: the payload is malformed or does not validate.
+        """
         decoder = self._decoders.get(name)
         if decoder is None:
             raise UnknownEventType(f"no event type is registered as {name!r}")
         try:
             return decoder.decode(payload)
         except DECODE_FAILURES as e:
+            if isinstance(e, DecodeError):  # our UpcastError: it names the upcaster
+                raise
             raise DecodeError(f"cannot decode a {name} payload: {e}") from e
 
-    def decoder_for(self, name: str) -> msgspec.msgpack.Decoder[Any]:
-        """The reusable decoder of ``name`` (for hot loops that catch errors themselves)."""
+    def retiring_decode(self, retired: frozenset[str]) -> Callable[[str, Any], Any]:
+        """:meth:`decode`, except that an event under a name in ``retired`` (at any version)
+        decodes to ``RETIRED``, for the aggregate that retired it to skip."""
+        decode = self.decode
+
+        def read(name: str, payload: bytes | msgspec.Raw) -> Any:
+            if is_retired(name, retired):
+                return RETIRED
+            return decode(name, payload)
+
+        return read
+
+    def decoder_for(self, name: str) -> Any:
+        """The reusable decoder of ``name`` (for hot loops that catch errors themselves):
+        a ``msgspec.msgpack.Decoder``, or an upcasting one with its ``decode`` method."""
         try:
             return self._decoders[name]
         except KeyError:

@@ -19,6 +19,7 @@ Every error that crosses the public API is an :class:`EngineError`; raw ``lmdb``
     ├── CodecError (ValueError)          bytes could not be encoded/decoded
     │   ├── EncodeError                  an event that cannot be stored and read back
     │   ├── DecodeError                  malformed bytes, wrong field types, extra fields
+    │   │   └── UpcastError              an older event's upcaster raised or gave invalid data
     │   ├── UnknownEventType             a type name nobody registered
     │   └── PayloadTooLarge              input over the size limit, refused before decoding
     ├── StorageError                     the log failed; nothing of the failed write remains
@@ -54,6 +55,7 @@ __all__ = [
     "UnknownCommand",
     "UnknownEventType",
     "UnknownQuery",
+    "UpcastError",
 ]
 
 
@@ -225,6 +227,18 @@ class EncodeError(CodecError):
 
 class DecodeError(CodecError):
     """Malformed bytes, or a value that fails validation (wrong type, extra field, ...)."""
+
+
+class UpcastError(DecodeError):
+    """A stored event of an older version (or a former name) could not be upcast: an
+    ``@upcaster`` raised, or its result is not a valid event of the current type.
+
+    Raised wherever the event is read: loading an aggregate (``send``; the message names the
+    stream, version and position), or halting (or parking) a projector, whose
+    :class:`ProjectorFaulted` names the position. The upcaster's exception is
+    ``__cause__``. Fix the upcaster; the stored event is unchanged, so the next read
+    (``resume`` a halted projector, send again) tries again.
+    """
 
 
 class UnknownEventType(CodecError):

@@ -17,11 +17,12 @@ holds for any exception, ``BaseException`` subclasses included; only cancellatio
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
 import msgspec
 
+from ._codec import EventRegistry
 from ._errors import DefinitionError, ProjectorFaulted
 from ._records import StoredEvent
 from ._reply import must_propagate
@@ -31,6 +32,7 @@ __all__ = [
     "MAX_PARKED_ERROR",
     "Appliers",
     "Parked",
+    "appliers_by_name",
     "check_max_parked",
     "fault_for",
     "fold",
@@ -137,6 +139,19 @@ def fold(
                 continue
             return total, stored.position, parked, None  # parked the last event
         return total + applied, events[-1].position, parked, None
+
+
+def appliers_by_name(
+    registry: EventRegistry, appliers: Mapping[type, Callable[..., None]]
+) -> Appliers:
+    """A projector's appliers by stored name: each type under every name it is read under
+    (its current one with its own decoder; older versions and former names upcasting).
+    ``ProjectorHost`` and ``actorlog.testing.given_events`` both build theirs here."""
+    by_name: Appliers = {}
+    for event_type, fn in appliers.items():
+        for name, decode in registry.readers(event_type):
+            by_name[name] = (fn, decode)
+    return by_name
 
 
 def fault_for(name: str, position: int, event_type: str, error: BaseException) -> ProjectorFaulted:

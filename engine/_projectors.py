@@ -59,7 +59,14 @@ import msgspec
 
 from ._codec import EventRegistry, snapshot_bytes
 from ._errors import DefinitionError, EngineClosed, EngineError, ProjectorFaulted, StorageError
-from ._fold import DEFAULT_MAX_PARKED, Appliers, Parked, check_max_parked, fault_for, fold
+from ._fold import (
+    DEFAULT_MAX_PARKED,
+    Parked,
+    appliers_by_name,
+    check_max_parked,
+    fault_for,
+    fold,
+)
 from ._log import EventLog, ReadBatch
 from ._records import ProjectorCache, Recorded, StoredEvent
 from ._reply import Reply, must_propagate, reply_factory
@@ -318,11 +325,9 @@ class ProjectorHost:
         self.name = kind.name
         self._log = log
         self._broadcast = broadcast
-        # Type name -> (applier, payload decoder). Types missing here are never decoded.
-        self._appliers: Appliers = {}
-        for event_type, fn in kind.event_appliers.items():
-            name = registry.register(event_type)
-            self._appliers[name] = (fn, registry.decoder_for(name).decode)
+        # Stored name -> (applier, payload decoder), for every name a type is read under
+        # (older versions and former names upcast). Names missing here are never decoded.
+        self._appliers = appliers_by_name(registry, kind.event_appliers)
         self.instance: Any = kind()
         self.checkpoint = 0
         self.fault: ProjectorFaulted | None = None

@@ -76,9 +76,18 @@ def test_an_application_needs_one_import_line() -> None:
         assert attr in actorlog.__all__
     for attr in ("Recorded", "Committed", "EngineError", "InvalidArgument"):
         assert attr in actorlog.__all__
+    for attr in ("upcaster", "UpcastError"):  # evolving events is an application's job
+        assert attr in actorlog.__all__
     # Plumbing for backend authors and builders stays one level down.
     for attr in ("Writer", "Append", "StoredEvent", "EventRegistry", "ANY", "LmdbEventLog"):
         assert attr not in actorlog.__all__
+
+
+def test_the_kits_give_old_events_from_the_testing_namespace() -> None:
+    import actorlog.testing
+
+    for attr in ("old_event", "OldEvent"):
+        assert attr in actorlog.testing.__all__
 
 
 @pytest.mark.parametrize("name", NAMESPACES)

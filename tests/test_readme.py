@@ -77,3 +77,23 @@ def test_the_service_example_runs_as_written(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["refused: only tellers deposit", "5"]
+
+
+def test_the_readmes_evolving_events_example_runs_as_written(tmp_path: Path) -> None:
+    """The example under "Evolving events" is a whole program that asserts what it shows."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Evolving events", 1)[1].split("\n## ", 1)[0]
+    (code,) = re.findall(r"```python\n(.+?)\n```", section, flags=re.S)
+    script = tmp_path / "evolving.py"
+    script.write_text(code)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
