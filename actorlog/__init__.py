@@ -44,7 +44,7 @@ from .engine import (
     UnknownEventType,
     UnknownQuery,
 )
-from .engine._errors import QueryTimeout
+from .engine._errors import QueryTimeout, UnknownPosition
 from .engine._public import publish
 
 __all__ = [
@@ -76,6 +76,7 @@ __all__ = [
     "StorageLocked",
     "UnknownCommand",
     "UnknownEventType",
+    "UnknownPosition",
     "UnknownQuery",
     "applies",
     "handles",

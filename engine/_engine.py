@@ -36,6 +36,7 @@ from ._errors import (
     QueryTimeout,
     StorageLocked,
     UnknownCommand,
+    UnknownPosition,
     UnknownQuery,
     describe,
 )
@@ -552,6 +553,8 @@ class Engine:
             _check_timeout(timeout)
         if self._closed:
             raise EngineClosed("the engine is closed")
+        if position is not None:
+            self._check_written(position, "position")
         target = self._broadcast.head if position is None else position
         # One deadline for them all, not one per projector.
         with anyio.move_on_after(math.inf if timeout is None else timeout) as scope:
@@ -570,6 +573,7 @@ class Engine:
         """The slow path of :meth:`query`: the wait for ``after``, checked and bounded."""
         if self._closed:
             raise EngineClosed("the engine is closed")
+        self._check_written(after, "after")
         if timeout is None:
             await host.wait_position(after)
             return
@@ -579,6 +583,17 @@ class Engine:
             raise QueryTimeout(
                 f"projector {host.kind.name} did not reach position {after} within {timeout} s "
                 f"(it is at {host.checkpoint})"
+            )
+
+    def _check_written(self, position: int, name: str) -> None:
+        """Refuse a position this engine's log has not written: no acknowledgement gave it,
+        and since this engine is the log's only writer, waiting for it could last forever
+        (and would hold a host's shutdown, as it did under uvicorn)."""
+        head = self._broadcast.head
+        if position > head:
+            raise UnknownPosition(
+                f"{name}={position} is beyond the log's head ({head}): no command has "
+                "been acknowledged at that position; pass a Committed.position"
             )
 
     def rebuild(self, projector: ProjectorType) -> None:
