@@ -498,6 +498,8 @@ class Engine:
             UnknownQuery: ``query`` is not a query of a hosted projector.
             InvalidArgument: ``after`` is not None or an int from 0 to 2**64 - 1 (bools
                 are refused), or ``timeout`` is not None or a finite number >= 0.
+            UnknownPosition: ``after`` is beyond the log's head (an ``InvalidArgument``):
+                no acknowledgement gave it, so it is refused at once instead of waited for.
             QueryTimeout: ``timeout`` seconds passed before the projector reached ``after``.
             HandlerError: the query raised, or its result cannot be copied.
             ProjectorFaulted: the projector halted (before reaching ``after``).
@@ -543,6 +545,8 @@ class Engine:
         Raises:
             InvalidArgument: ``position`` is not None or an int from 0 to 2**64 - 1, or
                 ``timeout`` is not None or a finite number >= 0.
+            UnknownPosition: ``position`` is beyond the log's head (an
+                ``InvalidArgument``), refused at once.
             QueryTimeout: ``timeout`` seconds passed first.
             ProjectorFaulted: a projector halted before ``position``.
             EngineClosed: the engine is closing or closed, or closed while waiting.

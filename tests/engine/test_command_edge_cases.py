@@ -23,7 +23,6 @@ from actorlog import (
 from actorlog.storage import LmdbEventLog, MemoryEventLog
 from benchmarks.bank import (
     Account,
-    Balances,
     Deposit,
     InsufficientFunds,
     OpenAccount,
@@ -89,17 +88,6 @@ async def test_many_new_streams_by_send_nowait_stay_under_the_live_cap() -> None
         assert engine.statistics().aggregates.live == 50
         for pending in accepted:
             await pending
-
-
-async def test_cancelled_after_waits_leave_nothing_behind() -> None:
-    async with Engine.open(
-        log=MemoryEventLog(), aggregates=[Account], projectors=[Balances]
-    ) as engine:
-        for _ in range(100):
-            with trio.move_on_after(0):
-                await engine.query(Balances.balance, "a", after=10**9)
-        host = engine._projectors[Balances]  # white box: the waiter heap
-        assert host._waiters == []
 
 
 async def test_outside_cancellation_still_commits_what_was_decided(tmp_path: Path) -> None:

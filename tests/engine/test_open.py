@@ -5,6 +5,7 @@ at open, query timeouts, the read-only log view, typed errors at send."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,8 @@ import anyio
 import msgspec
 import pytest
 import trio
+import trio.lowlevel
+import trio.testing
 
 from actorlog import (
     Aggregate,
@@ -28,6 +31,7 @@ from actorlog import (
 )
 from actorlog.lowlevel import EventRegistry
 from actorlog.storage import ANY, Append, MemoryEventLog, StoredEvent
+from tests.support import backlog, stats
 
 
 class Add(msgspec.Struct, frozen=True):
@@ -183,14 +187,34 @@ async def test_open_can_skip_the_wait_and_statistics_say_catching_up() -> None:
 # -- waits end --------------------------------------------------------------------------------
 
 
-async def test_query_after_times_out_typed(autojump_clock: trio.testing.MockClock) -> None:
-    async with Engine.open(log=MemoryEventLog(), aggregates=[Counter], projectors=[Sum]) as engine:
-        with pytest.raises(QueryTimeout):
-            await engine.query(Sum.value, after=10, timeout=5)
-        with pytest.raises(TimeoutError):  # a TimeoutError too
-            await engine.wait_projected(10, timeout=5)
+async def test_query_after_times_out_typed(mock_clock: trio.testing.MockClock) -> None:
+    # A position written but not yet applied (Sum catches up on a backlog); the mock
+    # clock moves only when the test says, so the waits end by their timeout, not by luck.
+    log = backlog(steps=16, event=Added(1))
+    target = log.head_position()
+    async with Engine.open(
+        log=log, aggregates=[Counter], projectors=[Sum], wait_for_projectors=False
+    ) as engine:
+        errors: list[Exception] = []
+
+        async def wait(call: Callable[[], Awaitable[object]]) -> None:
+            try:
+                await call()
+            except Exception as e:
+                errors.append(e)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wait, lambda: engine.query(Sum.value, after=target, timeout=5))
+            nursery.start_soon(wait, lambda: engine.wait_projected(target, timeout=5))
+            host = engine._projectors[Sum]  # white box: the waiter heap
+            while len(host._waiters) < 2:  # both wait (the clock has not moved yet)
+                await trio.lowlevel.checkpoint()
+            mock_clock.jump(5)
+        assert stats(engine, "Sum").checkpoint < target  # they timed out still waiting
+        assert [type(e) for e in errors] == [QueryTimeout, QueryTimeout]
+        assert all(isinstance(e, TimeoutError) for e in errors)  # a TimeoutError too
         ack = await engine.send(Counter, "a", Add(2))
-        assert await engine.query(Sum.value, after=ack.position, timeout=5) == 2
+        assert await engine.query(Sum.value, after=ack.position, timeout=5) == target + 2
 
 
 @pytest.mark.parametrize("bad", [-1, float("nan"), float("inf"), True, "1"])

@@ -8,35 +8,66 @@ import pytest
 import trio
 import trio.testing
 
-from actorlog import Engine, EngineClosed, ProjectorFaulted, Recorded, UnknownQuery, applies
+from actorlog import (
+    Engine,
+    EngineClosed,
+    ProjectorFaulted,
+    Recorded,
+    UnknownPosition,
+    UnknownQuery,
+    applies,
+)
 from actorlog.storage import MemoryEventLog
 from benchmarks.bank import Account, Balances, Deposit, Deposited, Totals
-from tests.engine.projector_scenarios import POISON, Fragile, stats
+from tests.engine.projector_scenarios import POISON, Fragile
+from tests.support import backlog, stats
+
+
+class _Steps(trio.abc.Instrument):
+    """Counts the scheduling steps of the task in ``task``, once it is set."""
+
+    def __init__(self) -> None:
+        self.task: trio.lowlevel.Task | None = None
+        self.steps = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task is self.task:
+            self.steps += 1
 
 
 async def test_after_is_woken_by_the_event_not_by_polling(
     mock_clock: trio.testing.MockClock,
 ) -> None:
     # The mock clock never advances by itself: a waiter that slept between polls would
-    # never see its position, and one that spun would keep wait_all_tasks_blocked waiting.
+    # never see its position. One that polled without sleeping would take a step for each
+    # of the projector's steps through the backlog (16 or more); woken by the projector
+    # once it applied the position, the waiter takes one step after it first parks.
+    log = backlog(steps=16, event=Deposited(1))
+    target = log.head_position()
     async with Engine.open(
-        log=MemoryEventLog(), aggregates=[Account], projectors=[Balances]
+        log=log, aggregates=[Account], projectors=[Balances], wait_for_projectors=False
     ) as engine:
-        first = await engine.send(Account, "a", Deposit(5))
         results: list[int] = []
+        steps = _Steps()
+        behind: list[bool] = []
 
         async def reader() -> None:
-            results.append(await engine.query(Balances.balance, "a", after=first.position + 1))
+            steps.task = trio.lowlevel.current_task()
+            behind.append(stats(engine, "Balances").checkpoint < target)
+            results.append(await engine.query(Balances.balance, "backlog", after=target))
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(reader)
-            await trio.testing.wait_all_tasks_blocked()
-            assert results == []
-            started = trio.current_time()
-            await engine.send(Account, "a", Deposit(7))
-            await trio.testing.wait_all_tasks_blocked()
-            assert results == [12]
-            assert trio.current_time() == started
+        trio.lowlevel.add_instrument(steps)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(reader)
+                started = trio.current_time()
+                await trio.testing.wait_all_tasks_blocked()
+                assert behind == [True]  # it had to wait: written, not yet applied
+                assert results == [target]
+                assert trio.current_time() == started
+        finally:
+            trio.lowlevel.remove_instrument(steps)
+        assert steps.steps == 1
 
 
 async def test_query_without_after_has_no_checkpoint() -> None:
@@ -61,35 +92,82 @@ async def test_query_of_an_unhosted_projector_raises() -> None:
             await engine.query(len, "not a query")
 
 
-async def test_after_a_position_never_written_fails_when_the_engine_closes() -> None:
+async def test_after_a_position_not_yet_applied_fails_when_the_engine_closes() -> None:
+    log = backlog(steps=16, event=Deposited(1))
+    target = log.head_position()
     errors: list[BaseException] = []
     async with (
         trio.open_nursery() as nursery,
-        Engine.open(log=MemoryEventLog(), aggregates=[Account], projectors=[Balances]) as engine,
+        Engine.open(
+            log=log, aggregates=[Account], projectors=[Balances], wait_for_projectors=False
+        ) as engine,
     ):
+        # A position no command wrote is refused at once, not waited for until the close.
+        with pytest.raises(UnknownPosition):
+            await engine.query(Balances.balance, "a", after=target + 1)
 
         async def reader() -> None:
             try:
-                await engine.query(Balances.balance, "a", after=10)
+                await engine.query(Balances.balance, "a", after=target)
             except EngineClosed as e:
                 errors.append(e)
 
         nursery.start_soon(reader)
-        await trio.testing.wait_all_tasks_blocked()
+        host = engine._projectors[Balances]  # white box: the waiter heap
+        while not host._waiters:
+            await trio.lowlevel.checkpoint()
     assert len(errors) == 1
+    assert stats(engine, "Balances").checkpoint < target  # the close ended it, not the event
 
 
-async def test_cancelling_a_waiting_query_leaves_the_projector_working(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
+async def test_beyond_the_head_is_refused_without_a_checkpoint_and_the_head_waits() -> None:
+    log = backlog(steps=16, event=Deposited(1))
+    head = log.head_position()
     async with Engine.open(
-        log=MemoryEventLog(), aggregates=[Account], projectors=[Balances]
+        log=log, aggregates=[Account], projectors=[Balances], wait_for_projectors=False
     ) as engine:
-        with trio.move_on_after(1) as scope:
-            await engine.query(Balances.balance, "a", after=1)
+        # Refused before anything is awaited: nothing of the wait was set up.
+        with trio.testing.assert_no_checkpoints(), pytest.raises(UnknownPosition):
+            await engine.query(Balances.balance, "backlog", after=head + 1)
+        with trio.testing.assert_no_checkpoints(), pytest.raises(UnknownPosition):
+            await engine.wait_projected(head + 1, timeout=1)
+        assert engine._projectors[Balances]._waiters == []  # white box: nothing queued
+        # The head itself, written but not yet applied, is waited for.
+        assert stats(engine, "Balances").checkpoint < head
+        assert await engine.query(Balances.balance, "backlog", after=head) == head
+        await engine.wait_projected(head)
+
+
+async def test_cancelling_a_waiting_query_leaves_the_projector_working() -> None:
+    log = backlog(steps=16, event=Deposited(1))
+    target = log.head_position()
+    async with Engine.open(
+        log=log, aggregates=[Account], projectors=[Balances], wait_for_projectors=False
+    ) as engine:
+        assert stats(engine, "Balances").checkpoint < target
+        with trio.move_on_after(0) as scope:
+            await engine.query(Balances.balance, "backlog", after=target)
         assert scope.cancelled_caught
         ack = await engine.send(Account, "a", Deposit(3))
         assert await engine.query(Balances.balance, "a", after=ack.position) == 3
+        assert await engine.query(Balances.balance, "backlog") == target
+
+
+async def test_cancelled_after_waits_leave_nothing_behind() -> None:
+    # Each cancelled wait costs the projector at most one step: 100 of them stay far
+    # inside a backlog of 128 steps.
+    log = backlog(steps=128, event=Deposited(1))
+    target = log.head_position()
+    async with Engine.open(
+        log=log, aggregates=[Account], projectors=[Balances], wait_for_projectors=False
+    ) as engine:
+        for _ in range(100):
+            with trio.move_on_after(0) as scope:
+                await engine.query(Balances.balance, "a", after=target)
+            assert scope.cancelled_caught  # it waited: cancelled, not answered
+        host = engine._projectors[Balances]  # white box: the waiter heap
+        assert host._waiters == []
+        assert stats(engine, "Balances").checkpoint < target
 
 
 async def test_each_query_on_a_halted_projector_raises_a_fresh_error() -> None:
