@@ -6,7 +6,6 @@ on trio (pytest-trio) and again under ``asyncio.run``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
 
@@ -22,12 +21,10 @@ from actorlog import (
     Pending,
     Projector,
     ProjectorFaulted,
-    ProjectorStatistics,
     Recorded,
     UnknownPosition,
     applies,
 )
-from actorlog.lowlevel import EventRegistry
 from actorlog.storage import ANY, Append, EventLog, LmdbEventLog, MemoryEventLog
 from benchmarks.bank import (
     Account,
@@ -40,7 +37,7 @@ from benchmarks.bank import (
     Withdraw,
     Withdrawn,
 )
-from tests.support import backlog
+from tests.support import backlog, fill_log, stats
 
 POISON = 13
 """A deposit amount that the fragile projectors below cannot apply."""
@@ -166,21 +163,6 @@ class DepositsOnly(Projector):
 
     def total(self) -> int:
         return self.deposits
-
-
-def stats(engine: Engine, name: str) -> ProjectorStatistics:
-    """The statistics of the projector called ``name``."""
-    (found,) = [p for p in engine.statistics().projectors if p.name == name]
-    return found
-
-
-def fill_log(log: EventLog, events: Sequence[tuple[str, msgspec.Struct]]) -> None:
-    """Append ``(stream_id, event)`` pairs straight to the log, in large groups."""
-    registry = EventRegistry([AccountOpened, Deposited, Withdrawn])
-    for i in range(0, len(events), 5000):
-        group = [Append(sid, ANY, (registry.encode(e),)) for sid, e in events[i : i + 5000]]
-        outcomes, _ = log.append_batch(group)
-        assert not any(isinstance(o, Exception) for o in outcomes)
 
 
 async def scenario_read_your_writes() -> None:

@@ -31,7 +31,7 @@ from actorlog import (
 )
 from actorlog.lowlevel import EventRegistry
 from actorlog.storage import ANY, Append, MemoryEventLog, StoredEvent
-from tests.support import backlog, stats
+from tests.support import backlog, filled, stats
 
 
 class Add(msgspec.Struct, frozen=True):
@@ -161,24 +161,20 @@ def test_an_engine_tasks_failure_still_comes_out_as_a_group_on_asyncio() -> None
 # -- projectors are caught up when open returns ----------------------------------------------
 
 
-def _filled(n: int) -> MemoryEventLog:
-    """A log already holding ``n`` events, written straight to it."""
-    log = MemoryEventLog()
-    encoded = EventRegistry([Added]).encode(Added(1))
-    outcomes, _ = log.append_batch([Append(f"s{i}", ANY, (encoded,)) for i in range(n)])
-    assert not any(isinstance(o, Exception) for o in outcomes)
-    return log
-
-
 async def test_open_returns_with_projectors_caught_up() -> None:
-    async with Engine.open(log=_filled(3000), aggregates=[Counter], projectors=[Sum]) as engine:
+    async with Engine.open(
+        log=filled(3000, Added(1)), aggregates=[Counter], projectors=[Sum]
+    ) as engine:
         assert await engine.query(Sum.value) == 3000
         assert engine.statistics().projectors[0].state == "live"
 
 
 async def test_open_can_skip_the_wait_and_statistics_say_catching_up() -> None:
     async with Engine.open(
-        log=_filled(3000), aggregates=[Counter], projectors=[Sum], wait_for_projectors=False
+        log=filled(3000, Added(1)),
+        aggregates=[Counter],
+        projectors=[Sum],
+        wait_for_projectors=False,
     ) as engine:
         assert engine.statistics().projectors[0].state == "catching_up"
         assert await engine.query(Sum.value, after=3000) == 3000

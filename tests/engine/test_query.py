@@ -36,60 +36,53 @@ class _Steps(trio.abc.Instrument):
 
 
 async def test_after_is_woken_by_the_event_not_by_polling(
-    mock_clock: trio.testing.MockClock,
+    mock_clock: trio.testing.MockClock, bank_behind: Engine
 ) -> None:
     # The mock clock never advances by itself: a waiter that slept between polls would
     # never see its position. One that polled without sleeping would take a step for each
     # of the projector's steps through the backlog (16 or more); woken by the projector
     # once it applied the position, the waiter takes one step after it first parks.
-    log = backlog(steps=16, event=Deposited(1))
-    target = log.head_position()
-    async with Engine.open(
-        log=log, aggregates=[Account], projectors=[Balances], wait_for_projectors=False
-    ) as engine:
-        results: list[int] = []
-        steps = _Steps()
-        behind: list[bool] = []
+    engine = bank_behind
+    target = engine.statistics().head
+    results: list[int] = []
+    steps = _Steps()
+    behind: list[bool] = []
 
-        async def reader() -> None:
-            steps.task = trio.lowlevel.current_task()
-            behind.append(stats(engine, "Balances").checkpoint < target)
-            results.append(await engine.query(Balances.balance, "backlog", after=target))
+    async def reader() -> None:
+        steps.task = trio.lowlevel.current_task()
+        behind.append(stats(engine, "Balances").checkpoint < target)
+        results.append(await engine.query(Balances.balance, "backlog", after=target))
 
-        trio.lowlevel.add_instrument(steps)
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(reader)
-                started = trio.current_time()
-                await trio.testing.wait_all_tasks_blocked()
-                assert behind == [True]  # it had to wait: written, not yet applied
-                assert results == [target]
-                assert trio.current_time() == started
-        finally:
-            trio.lowlevel.remove_instrument(steps)
-        assert steps.steps == 1
+    trio.lowlevel.add_instrument(steps)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader)
+            started = trio.current_time()
+            await trio.testing.wait_all_tasks_blocked()
+            assert behind == [True]  # it had to wait: written, not yet applied
+            assert results == [target]
+            assert trio.current_time() == started
+    finally:
+        trio.lowlevel.remove_instrument(steps)
+    assert steps.steps == 1
 
 
-async def test_query_without_after_has_no_checkpoint() -> None:
-    async with Engine.open(
-        log=MemoryEventLog(), aggregates=[Account], projectors=[Balances]
-    ) as engine:
-        ack = await engine.send(Account, "a", Deposit(5))
-        await engine.wait_projected(ack.position)
-        with trio.testing.assert_no_checkpoints():
-            assert await engine.query(Balances.balance, "a") == 5
-            # after= a position already applied does not wait either
-            assert await engine.query(Balances.balance, "a", after=ack.position) == 5
+async def test_query_without_after_has_no_checkpoint(bank: Engine) -> None:
+    engine = bank
+    ack = await engine.send(Account, "a", Deposit(5))
+    await engine.wait_projected(ack.position)
+    with trio.testing.assert_no_checkpoints():
+        assert await engine.query(Balances.balance, "a") == 5
+        # after= a position already applied does not wait either
+        assert await engine.query(Balances.balance, "a", after=ack.position) == 5
 
 
-async def test_query_of_an_unhosted_projector_raises() -> None:
-    async with Engine.open(
-        log=MemoryEventLog(), aggregates=[Account], projectors=[Balances]
-    ) as engine:
-        with pytest.raises(UnknownQuery):
-            await engine.query(Totals.net)
-        with pytest.raises(UnknownQuery):
-            await engine.query(len, "not a query")
+async def test_query_of_an_unhosted_projector_raises(bank: Engine) -> None:
+    engine = bank
+    with pytest.raises(UnknownQuery):
+        await engine.query(Totals.net)
+    with pytest.raises(UnknownQuery):
+        await engine.query(len, "not a query")
 
 
 async def test_after_a_position_not_yet_applied_fails_when_the_engine_closes() -> None:
@@ -120,37 +113,35 @@ async def test_after_a_position_not_yet_applied_fails_when_the_engine_closes() -
     assert stats(engine, "Balances").checkpoint < target  # the close ended it, not the event
 
 
-async def test_beyond_the_head_is_refused_without_a_checkpoint_and_the_head_waits() -> None:
-    log = backlog(steps=16, event=Deposited(1))
-    head = log.head_position()
-    async with Engine.open(
-        log=log, aggregates=[Account], projectors=[Balances], wait_for_projectors=False
-    ) as engine:
-        # Refused before anything is awaited: nothing of the wait was set up.
-        with trio.testing.assert_no_checkpoints(), pytest.raises(UnknownPosition):
-            await engine.query(Balances.balance, "backlog", after=head + 1)
-        with trio.testing.assert_no_checkpoints(), pytest.raises(UnknownPosition):
-            await engine.wait_projected(head + 1, timeout=1)
-        assert engine._projectors[Balances]._waiters == []  # white box: nothing queued
-        # The head itself, written but not yet applied, is waited for.
-        assert stats(engine, "Balances").checkpoint < head
-        assert await engine.query(Balances.balance, "backlog", after=head) == head
-        await engine.wait_projected(head)
+async def test_beyond_the_head_is_refused_without_a_checkpoint_and_the_head_waits(
+    bank_behind: Engine,
+) -> None:
+    engine = bank_behind
+    head = engine.statistics().head
+    # Refused before anything is awaited: nothing of the wait was set up.
+    with trio.testing.assert_no_checkpoints(), pytest.raises(UnknownPosition):
+        await engine.query(Balances.balance, "backlog", after=head + 1)
+    with trio.testing.assert_no_checkpoints(), pytest.raises(UnknownPosition):
+        await engine.wait_projected(head + 1, timeout=1)
+    assert engine._projectors[Balances]._waiters == []  # white box: nothing queued
+    # The head itself, written but not yet applied, is waited for.
+    assert stats(engine, "Balances").checkpoint < head
+    assert await engine.query(Balances.balance, "backlog", after=head) == head
+    await engine.wait_projected(head)
 
 
-async def test_cancelling_a_waiting_query_leaves_the_projector_working() -> None:
-    log = backlog(steps=16, event=Deposited(1))
-    target = log.head_position()
-    async with Engine.open(
-        log=log, aggregates=[Account], projectors=[Balances], wait_for_projectors=False
-    ) as engine:
-        assert stats(engine, "Balances").checkpoint < target
-        with trio.move_on_after(0) as scope:
-            await engine.query(Balances.balance, "backlog", after=target)
-        assert scope.cancelled_caught
-        ack = await engine.send(Account, "a", Deposit(3))
-        assert await engine.query(Balances.balance, "a", after=ack.position) == 3
-        assert await engine.query(Balances.balance, "backlog") == target
+async def test_cancelling_a_waiting_query_leaves_the_projector_working(
+    bank_behind: Engine,
+) -> None:
+    engine = bank_behind
+    target = engine.statistics().head
+    assert stats(engine, "Balances").checkpoint < target
+    with trio.move_on_after(0) as scope:
+        await engine.query(Balances.balance, "backlog", after=target)
+    assert scope.cancelled_caught
+    ack = await engine.send(Account, "a", Deposit(3))
+    assert await engine.query(Balances.balance, "a", after=ack.position) == 3
+    assert await engine.query(Balances.balance, "backlog") == target
 
 
 async def test_cancelled_after_waits_leave_nothing_behind() -> None:
