@@ -708,3 +708,52 @@ async def test_a_refusal_on_state_kept_in_slots_is_undone_by_a_reload() -> None:
         assert (await engine.send(Slotted, "s", Add(1))).version == 2
         assert totals(engine, "s") == [1, 2]
         assert engine.statistics().aggregates.reloads == 1
+
+
+# -- an event with a mutable part, shared by the aggregate and a live projector -------------
+
+
+class AddItem(msgspec.Struct, frozen=True):
+    item: str
+
+
+class ItemsAdded(msgspec.Struct, frozen=True):
+    items: list[str]  # a mutable part inside a frozen event
+
+
+class Cart(Aggregate):
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    @handles
+    def add(self, c: AddItem) -> list[ItemsAdded]:
+        self.items.append(c.item)  # mutates what the previous event handed out
+        return [ItemsAdded(self.items)]
+
+    @applies
+    def added(self, e: ItemsAdded) -> None:
+        self.items = e.items
+
+
+class CartView(Projector):
+    def __init__(self) -> None:
+        self.seen: list[list[str]] = []
+
+    @applies
+    def added(self, e: ItemsAdded, meta: Recorded) -> None:
+        self.seen.append(e.items)
+
+    def all(self) -> list[list[str]]:
+        return self.seen
+
+
+async def test_an_event_with_a_mutable_part_does_not_alias_a_live_projector() -> None:
+    async with Engine.open(
+        log=MemoryEventLog(), aggregates=[Cart], projectors=[CartView]
+    ) as engine:
+        await engine.send(Cart, "c", AddItem("x"))
+        ack = await engine.send(Cart, "c", AddItem("y"))
+        live = await engine.query(CartView.all, after=ack.position)
+        engine.rebuild(CartView)
+        await engine.wait_projected(ack.position)
+        assert live == await engine.query(CartView.all) == [["x"], ["x", "y"]]

@@ -30,7 +30,11 @@ from actorlog import (
     handles,
 )
 from actorlog.lowlevel import EventRegistry
-from actorlog.storage import ANY, Append, MemoryEventLog, StoredEvent
+from actorlog.storage import ANY, Append, LmdbEventLog, MemoryEventLog, StoredEvent
+from benchmarks.bank import (
+    Account,
+    OpenAccount,
+)
 from tests.support import backlog, filled, stats
 
 
@@ -272,3 +276,21 @@ async def test_the_same_directory_twice_in_one_process_says_so(tmp_path: Path) -
                 pass
     async with Engine.open(tmp_path, aggregates=[Counter]):  # released at close
         pass
+
+
+# -- closing ---------------------------------------------------------------------------------
+
+
+async def test_outside_cancellation_still_commits_what_was_decided(tmp_path: Path) -> None:
+    with trio.CancelScope() as scope:
+        async with Engine.open(tmp_path, aggregates=[Account], sync=False) as engine:
+            pendings = [engine.send_nowait(Account, f"a{n}", OpenAccount("x")) for n in range(10)]
+            scope.cancel()
+            await trio.sleep_forever()
+    results = [await p for p in pendings]  # every caller is answered, none with an error
+    assert [r.position for r in results] == list(range(1, 11))
+    log = LmdbEventLog(tmp_path)
+    try:
+        assert log.head_position() == 10
+    finally:
+        log.close()

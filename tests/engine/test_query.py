@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import pickle
 
 import pytest
@@ -214,3 +215,33 @@ def test_projector_faulted_survives_pickling() -> None:
         "ValueError('x')",
     )
     assert str(copy) == str(error)
+
+
+# -- on asyncio: a wait_projected from outside the engine's task group, across a close ------
+
+
+async def _wait_projected_across_close() -> None:
+    waiter: asyncio.Future[None] | None = None
+    async with Engine.open(
+        log=backlog(steps=16, event=Deposited(1)),
+        aggregates=[Account],
+        projectors=[Balances, Totals],
+    ) as engine:
+        # Totals starts over on the backlog, 16 of its largest batches or more; Balances
+        # stays at the head.
+        engine.rebuild(Totals)
+        ack = await engine.send(Account, "acct-0", Deposit(1))
+        # A waiter outside the engine's task group (a request handler, say), for a written
+        # position: it gets past Balances and waits on Totals.
+        waiter = asyncio.ensure_future(engine.wait_projected(ack.position))
+        await asyncio.sleep(0)
+        assert stats(engine, "Totals").checkpoint < ack.position
+    # The close failed the waiters of every projector and stopped them: it ends too. (The
+    # path where Balances releases it during the close, after Totals' waiters were failed,
+    # is pinned in test_projector_host.py: a later wait on a closed projector raises.)
+    with pytest.raises(EngineClosed):
+        await asyncio.wait_for(waiter, 1)
+
+
+def test_wait_projected_across_projectors_ends_when_the_engine_closes_asyncio() -> None:
+    asyncio.run(_wait_projected_across_close())
