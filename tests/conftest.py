@@ -3,12 +3,13 @@ backend-neutral scenarios run under ``asyncio.run`` too, are in ``tests/support.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
 from actorlog import Engine
-from actorlog.storage import MemoryEventLog
+from actorlog.storage import LmdbEventLog, MemoryEventLog
 from benchmarks.bank import Account, Balances, Deposited
 from tests.support import backlog
 
@@ -40,3 +41,13 @@ async def bank_behind() -> AsyncIterator[Engine]:
         wait_for_projectors=False,
     ) as engine:
         yield engine
+
+
+@pytest.fixture
+def lmdb_log(tmp_path: Path) -> Iterator[LmdbEventLog]:
+    """A fresh LMDB log in ``tmp_path`` (default options: durable), closed after the test."""
+    log = LmdbEventLog(tmp_path)
+    try:
+        yield log
+    finally:
+        log.close()

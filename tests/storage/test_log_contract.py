@@ -76,14 +76,10 @@ def test_backend_meets_the_contract_check(make_log: MakeLog) -> None:
     check_event_log(make_log)
 
 
-def test_group_of_appends_commits_in_one_transaction(tmp_path: Path) -> None:
-    with_lmdb = LmdbEventLog(tmp_path)
-    try:
-        before = with_lmdb._env.info()["last_txnid"]
-        commit(with_lmdb, *(make_append(f"s{i}", NO_STREAM, 2) for i in range(50)))
-        assert with_lmdb._env.info()["last_txnid"] == before + 1
-    finally:
-        with_lmdb.close()
+def test_group_of_appends_commits_in_one_transaction(lmdb_log: LmdbEventLog) -> None:
+    before = lmdb_log._env.info()["last_txnid"]
+    commit(lmdb_log, *(make_append(f"s{i}", NO_STREAM, 2) for i in range(50)))
+    assert lmdb_log._env.info()["last_txnid"] == before + 1
 
 
 def test_read_stream_slices_of_a_long_stream(tmp_path: Path) -> None:
