@@ -47,7 +47,7 @@ from .engine import (
     upcaster,
 )
 from .engine._command_ids import CommandIdRetention
-from .engine._errors import QueryTimeout, Unauthorized
+from .engine._errors import QueryTimeout, Unauthorized, UnknownPosition
 from .engine._policy import Policy
 from .engine._public import publish
 
@@ -83,6 +83,7 @@ __all__ = [
     "Unauthorized",
     "UnknownCommand",
     "UnknownEventType",
+    "UnknownPosition",
     "UnknownQuery",
     "UpcastError",
     "applies",

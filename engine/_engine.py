@@ -37,6 +37,7 @@ from ._errors import (
     QueryTimeout,
     StorageLocked,
     UnknownCommand,
+    UnknownPosition,
     UnknownQuery,
     describe,
 )
@@ -581,6 +582,8 @@ class Engine:
             Unauthorized: the engine's policy refused (or raised).
             InvalidArgument: ``after`` is not None or an int from 0 to 2**64 - 1 (bools
                 are refused), or ``timeout`` is not None or a finite number >= 0.
+            UnknownPosition: ``after`` is beyond the log's head (an ``InvalidArgument``):
+                no acknowledgement gave it, so it is refused at once instead of waited for.
             QueryTimeout: ``timeout`` seconds passed before the projector reached ``after``.
             HandlerError: the query raised, or its result cannot be copied.
             ProjectorFaulted: the projector halted (before reaching ``after``).
@@ -628,6 +631,8 @@ class Engine:
         Raises:
             InvalidArgument: ``position`` is not None or an int from 0 to 2**64 - 1, or
                 ``timeout`` is not None or a finite number >= 0.
+            UnknownPosition: ``position`` is beyond the log's head (an
+                ``InvalidArgument``), refused at once.
             QueryTimeout: ``timeout`` seconds passed first.
             ProjectorFaulted: a projector halted before ``position``.
             EngineClosed: the engine is closing or closed, or closed while waiting.
@@ -638,6 +643,8 @@ class Engine:
             _check_timeout(timeout)
         if self._closed:
             raise EngineClosed("the engine is closed")
+        if position is not None:
+            self._check_written(position, "position")
         target = self._broadcast.head if position is None else position
         # One deadline for them all, not one per projector.
         with anyio.move_on_after(math.inf if timeout is None else timeout) as scope:
@@ -656,6 +663,7 @@ class Engine:
         """The slow path of :meth:`query`: the wait for ``after``, checked and bounded."""
         if self._closed:
             raise EngineClosed("the engine is closed")
+        self._check_written(after, "after")
         if timeout is None:
             await host.wait_position(after)
             return
@@ -665,6 +673,17 @@ class Engine:
             raise QueryTimeout(
                 f"projector {host.kind.name} did not reach position {after} within {timeout} s "
                 f"(it is at {host.checkpoint})"
+            )
+
+    def _check_written(self, position: int, name: str) -> None:
+        """Refuse a position this engine's log has not written: no acknowledgement gave it,
+        and since this engine is the log's only writer, waiting for it could last forever
+        (and would hold a host's shutdown, as it did under uvicorn)."""
+        head = self._broadcast.head
+        if position > head:
+            raise UnknownPosition(
+                f"{name}={position} is beyond the log's head ({head}): no command has "
+                "been acknowledged at that position; pass a Committed.position"
             )
 
     def rebuild(self, projector: ProjectorType) -> None:

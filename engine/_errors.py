@@ -6,6 +6,7 @@ Every error that crosses the public API is an :class:`EngineError`; raw ``lmdb``
     EngineError
     ├── DefinitionError (TypeError)      a class, option or call is wrong: fix the code
     │   └── InvalidArgument (ValueError) an argument of a call is malformed; nothing was decided
+    │       └── UnknownPosition              a query's ``after`` beyond the log's head
     ├── UnknownCommand (TypeError)       send() got a command type the aggregate does not handle
     ├── UnknownQuery (TypeError)         query() got a function that is not a projector query
     ├── EngineClosed (RuntimeError)      the engine is closed or closing
@@ -54,6 +55,7 @@ __all__ = [
     "Unauthorized",
     "UnknownCommand",
     "UnknownEventType",
+    "UnknownPosition",
     "UnknownQuery",
     "UpcastError",
 ]
@@ -100,6 +102,17 @@ class InvalidArgument(DefinitionError, ValueError):
     is decided or queued, so no handler ran and nothing was appended; other callers'
     commands are unaffected. Fix the caller. A :class:`DefinitionError` (and a ``ValueError``) so
     code that caught those for a bad stream id keeps working.
+    """
+
+
+class UnknownPosition(InvalidArgument):
+    """``query(..., after=)`` or ``wait_projected(position)`` named a position beyond the
+    head of the engine's log.
+
+    No acknowledgement ever gave that position (``Committed.position`` is at most the head
+    once ``send`` returns), and the engine is its log's only writer, so the wait could last
+    forever: it is refused at once. Usually a position from another log, or arithmetic on
+    one (``position + 1``).
     """
 
 

@@ -196,6 +196,22 @@ def _mismatch_fails_only_that_append(log: EventLog) -> None:
     )
     _same(len(stored), 2, "events stored by that group")
     _same(log.stream_version("a"), 1, "version of the stream whose append failed")
+    # A failed append advances nothing, even for a later append to its stream in the same
+    # group: that one is checked against the version before the failure, and no position
+    # is left unused between the events around it.
+    outcomes, stored = log.append_batch(
+        [make_append("d", NO_STREAM), make_append("a", 2, 3), make_append("a", 1, 2)]
+    )
+    _same(
+        [_summary(o) for o in outcomes],
+        [("d", 1, 1, 4, 4), ("conflict", "a", 2, 1), ("a", 2, 3, 5, 6)],
+        "outcomes of a failed append followed by one to the same stream",
+    )
+    _same(
+        [(e.position, e.stream_id, e.version) for e in stored],
+        [(4, "d", 1), (5, "a", 2), (6, "a", 3)],
+        "stored events around a failed append (no gap)",
+    )
     assert_log_consistent(log)
 
 
@@ -233,6 +249,11 @@ def _read_stream_from_a_version(log: EventLog) -> None:
         [(e.version, e.position) for e in a],
         [(1, 1), (2, 2), (3, 3), (4, 6), (5, 10), (6, 11)],
         "read_stream() of interleaved multi-event appends",
+    )
+    _same(
+        [bytes(e.payload) for e in a],
+        [bytes(e.payload) for e in log.read_all() if e.stream_id == "a"],
+        "payloads of read_stream() and read_all()",
     )
     for start in range(0, 8):
         tail = a[max(start, 1) - 1 :]
@@ -324,6 +345,9 @@ def _projector_caches_round_trip(log: EventLog) -> None:
             [make_append("b", NO_STREAM)], projector_caches=[("", ProjectorCache(1, 1, b""))]
         )
     _same(log.stream_version("b"), 0, "stream_version() after a refused group")
+    _same(log.head_position(), 1, "head_position() after a refused group")
+    with _raises(DefinitionError, "load_projector_cache('')"):
+        log.load_projector_cache("")
 
 
 def _invalid_stream_ids_are_refused(log: EventLog) -> None:
@@ -334,6 +358,8 @@ def _invalid_stream_ids_are_refused(log: EventLog) -> None:
             log.read_stream(bad)
         with _raises(DefinitionError, f"stream_version({bad[:8]!r})"):
             log.stream_version(bad)
+        with _raises(DefinitionError, f"append_batch() with a snapshot of {bad[:8]!r}"):
+            log.append_batch([], snapshots=[(bad, Snapshot(1, 0, b""))])
     _same(log.head_position(), 0, "head_position() after refused groups")
     _commit(log, make_append("ok", NO_STREAM))  # nothing of the refused groups counted
     _commit(log, make_append("é" * 200, NO_STREAM))  # 400 UTF-8 bytes: the limit

@@ -8,7 +8,14 @@ from typing import Any, ClassVar, cast
 import msgspec
 import pytest
 
-from actorlog import Aggregate, DecodeError, DefinitionError, HandlerError, applies, handles
+from actorlog import (
+    Aggregate,
+    DecodeError,
+    DefinitionError,
+    HandlerError,
+    applies,
+    handles,
+)
 from benchmarks.bank import (
     Account,
     AccountOpened,
@@ -396,3 +403,16 @@ def test_snapshot_of_a_different_shape_does_not_decode() -> None:
 
     with pytest.raises(DecodeError):
         V2.from_snapshot(V1().snapshot_state())
+
+
+def test_snapshot_state_refuses_unannotated_public_attributes() -> None:
+    class Counter(Aggregate):
+        snapshot_every = 2
+        total: int
+
+        def __init__(self) -> None:
+            self.total = 0
+            self.count = 0  # not annotated: a snapshot would lose it
+
+    with pytest.raises(HandlerError, match="count"):
+        Counter().snapshot_state()

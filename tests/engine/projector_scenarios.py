@@ -6,7 +6,6 @@ on trio (pytest-trio) and again under ``asyncio.run``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
 
@@ -17,15 +16,15 @@ import pytest
 
 from actorlog import (
     Engine,
+    InvalidArgument,
     Parked,
     Pending,
     Projector,
     ProjectorFaulted,
-    ProjectorStatistics,
     Recorded,
+    UnknownPosition,
     applies,
 )
-from actorlog.lowlevel import EventRegistry
 from actorlog.storage import ANY, Append, EventLog, LmdbEventLog, MemoryEventLog
 from benchmarks.bank import (
     Account,
@@ -38,6 +37,7 @@ from benchmarks.bank import (
     Withdraw,
     Withdrawn,
 )
+from tests.support import backlog, fill_log, stats
 
 POISON = 13
 """A deposit amount that the fragile projectors below cannot apply."""
@@ -165,21 +165,6 @@ class DepositsOnly(Projector):
         return self.deposits
 
 
-def stats(engine: Engine, name: str) -> ProjectorStatistics:
-    """The statistics of the projector called ``name``."""
-    (found,) = [p for p in engine.statistics().projectors if p.name == name]
-    return found
-
-
-def fill_log(log: EventLog, events: Sequence[tuple[str, msgspec.Struct]]) -> None:
-    """Append ``(stream_id, event)`` pairs straight to the log, in large groups."""
-    registry = EventRegistry([AccountOpened, Deposited, Withdrawn])
-    for i in range(0, len(events), 5000):
-        group = [Append(sid, ANY, (registry.encode(e),)) for sid, e in events[i : i + 5000]]
-        outcomes, _ = log.append_batch(group)
-        assert not any(isinstance(o, Exception) for o in outcomes)
-
-
 async def scenario_read_your_writes() -> None:
     """Every client reads its own acknowledged writes through ``after=``."""
     async with Engine.open(
@@ -231,27 +216,72 @@ async def scenario_query_without_after_does_not_wait() -> None:
 
 
 async def scenario_after_waits_for_later_positions() -> None:
-    """A query ``after`` a position not yet written waits for it, then sees it."""
+    """A query ``after`` a position written but not yet applied waits for it, then sees it
+    (and what came before it)."""
+    # The projector catches up on a backlog meanwhile: 3 sends and 20 checkpoints take far
+    # fewer than its 64 steps.
+    log = backlog(steps=64, event=Deposited(1))
     async with Engine.open(
-        log=MemoryEventLog(), aggregates=[Account], projectors=[Balances]
+        log=log, aggregates=[Account], projectors=[Balances], wait_for_projectors=False
     ) as engine:
-        ack = await engine.send(Account, "a", Deposit(5))
-        results: list[int] = []
+        first = await engine.send(Account, "a", Deposit(5))
+        await engine.send(Account, "a", Deposit(7))
+        last = await engine.send(Account, "a", Deposit(11))
+        results: list[tuple[int, int]] = []
 
         async def reader() -> None:
-            results.append(await engine.query(Balances.balance, "a", after=ack.position + 2))
+            balance = await engine.query(Balances.balance, "a", after=last.position)
+            results.append((balance, stats(engine, "Balances").checkpoint))
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(reader)
             for _ in range(20):
                 await anyio.lowlevel.checkpoint()
-            assert results == []
-            await engine.send(Account, "a", Deposit(7))
-            for _ in range(20):
-                await anyio.lowlevel.checkpoint()
-            assert results == []  # one position short
-            await engine.send(Account, "a", Deposit(11))
-        assert results == [23]
+            assert stats(engine, "Balances").checkpoint < first.position  # all three written,
+            assert results == []  # none applied: it waits
+        ((balance, checkpoint),) = results
+        assert balance == 23
+        assert checkpoint >= last.position  # released once its position was applied
+
+
+async def scenario_positions_beyond_the_head_are_refused_at_once() -> None:
+    """``query(after=)`` and ``wait_projected`` beyond the log's head raise
+    ``UnknownPosition`` (an ``InvalidArgument``) at once, a timeout or not; at the head they
+    answer; the projectors and the write side carry on unaffected."""
+    async with Engine.open(
+        log=MemoryEventLog(), aggregates=[Account], projectors=[Balances, Totals]
+    ) as engine:
+        # An empty log: its head is 0, which needs no waiting.
+        with pytest.raises(UnknownPosition):
+            await engine.query(Balances.balance, "a", after=1)
+        with pytest.raises(UnknownPosition):
+            await engine.wait_projected(1)
+        assert await engine.query(Balances.balance, "a", after=0) == 0
+        await engine.wait_projected(0)
+        ack = await engine.send(Account, "a", Deposit(5))
+        head = engine.statistics().head
+        assert head == ack.position
+        for beyond in (head + 1, head + 1000, 2**64 - 1):
+            with pytest.raises(UnknownPosition) as caught:
+                await engine.query(Balances.balance, "a", after=beyond)
+            assert isinstance(caught.value, InvalidArgument)
+            with pytest.raises(UnknownPosition):
+                await engine.query(Balances.balance, "a", after=beyond, timeout=60)
+            with pytest.raises(UnknownPosition):
+                await engine.wait_projected(beyond)
+            with pytest.raises(UnknownPosition):
+                await engine.wait_projected(beyond, timeout=60)
+        # The head itself is a position some acknowledgement gave: waited for, answered.
+        assert await engine.query(Balances.balance, "a", after=head) == 5
+        await engine.wait_projected(head)
+        assert [(p.name, p.state, p.fault) for p in engine.statistics().projectors] == [
+            ("Balances", "live", None),
+            ("Totals", "live", None),
+        ]
+        later = await engine.send(Account, "a", Deposit(7))
+        assert later.position == head + 1
+        assert await engine.query(Balances.balance, "a", after=later.position) == 12
+        assert await engine.query(Totals.net, after=later.position) == 12
 
 
 async def scenario_catch_up_while_commands_arrive(path: Path | None, *, backlog: int) -> None:

@@ -237,67 +237,6 @@ async def test_sender_woken_just_before_close_decides_nothing() -> None:
     assert writer.queue == []
 
 
-# -- passivation -------------------------------------------------------------------------
-
-
-async def test_busy_actors_are_never_passivated_and_the_cap_is_hard() -> None:
-    aggregates, writer, _log = host(max_live=2)
-    nowait(aggregates, Add(1), "a")
-    nowait(aggregates, Add(1), "b")  # both busy: nothing commits yet
-    with pytest.raises(Overloaded, match="max_live_aggregates"):
-        nowait(aggregates, Add(1), "c")
-    assert aggregates.statistics().live == 2
-    writer.commit()  # both idle now
-    nowait(aggregates, Add(1), "c")  # the least recently used ("a") makes room
-    assert [aggregates.is_live(sid) for sid in "abc"] == [False, True, True]
-    assert aggregates.statistics().passivations == 1
-    assert aggregates.statistics().peak_live == 2
-
-
-async def test_a_sender_waits_for_a_live_slot_and_gets_it_when_one_goes_idle() -> None:
-    aggregates, writer, _log = host(max_live=1)
-    nowait(aggregates, Add(1), "a")
-    other = Sender(aggregates, Add(2), "b")
-    async with trio.open_nursery() as nursery:
-        await start(nursery, other)
-        assert other.result is None  # waiting: "a" is busy and the cap is 1
-        assert aggregates.statistics().waiting == 1
-        writer.commit()  # "a" goes idle and wakes the waiter
-        await trio.testing.wait_all_tasks_blocked()
-        assert aggregates.is_live("b") and not aggregates.is_live("a")
-        writer.commit()
-    assert other.result == Committed("b", 1, 2, 1)
-
-
-async def test_waiting_senders_keep_their_actor_live() -> None:
-    aggregates, writer, _log = host(mailbox_size=1, max_live=1)
-    nowait(aggregates, Add(1))
-    waiter = Sender(aggregates, Add(2))
-    async with trio.open_nursery() as nursery:
-        await start(nursery, waiter)
-        with pytest.raises(Overloaded):  # activating "b" cannot passivate busy "a"
-            nowait(aggregates, Add(1), "b")
-        assert aggregates.is_live("a")
-        writer.commit()
-        await trio.testing.wait_all_tasks_blocked()
-        writer.commit()
-    assert waiter.result == Committed("a", 2, 2, 1)
-    assert aggregates.statistics().live == 1
-
-
-async def test_idle_sweep_skips_busy_actors() -> None:
-    aggregates, writer, _log = host()
-    nowait(aggregates, Add(1), "idle")
-    writer.commit()
-    nowait(aggregates, Add(1), "busy")
-    assert aggregates.sweep_idle() == 0  # both were used since the last sweep
-    assert aggregates.sweep_idle() == 1  # "idle" goes; "busy" has a command in flight
-    assert not aggregates.is_live("idle") and aggregates.is_live("busy")
-    writer.commit()
-    assert aggregates.sweep_idle() == 1
-    assert aggregates.statistics().live == 0
-
-
 # -- snapshots ---------------------------------------------------------------------------
 
 

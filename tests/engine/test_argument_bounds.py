@@ -1,6 +1,6 @@
 """Arguments that would silently do the wrong thing are refused: an empty path (it would
 open a log in the current directory) and positions past 64 bits (a wait for one would
-never end)."""
+never end; one within 64 bits but beyond the head is ``UnknownPosition``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,15 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from actorlog import DefinitionError, Engine, InvalidArgument, Projector, Recorded, applies
+from actorlog import (
+    DefinitionError,
+    Engine,
+    InvalidArgument,
+    Projector,
+    Recorded,
+    UnknownPosition,
+    applies,
+)
 from actorlog.storage import LmdbEventLog, MemoryEventLog
 
 
@@ -57,6 +65,9 @@ async def test_positions_past_64_bits_are_refused() -> None:
                 await engine.wait_projected(after)
         with pytest.raises(InvalidArgument):
             await engine.query(V.count, after=-1)
-        # The largest position is a valid (if distant) wait: bounded by its timeout.
-        with pytest.raises(Exception, match="within"):
-            await engine.query(V.count, after=2**64 - 1, timeout=0.01)
+        # The largest position is a valid argument: refused only as beyond this log's head
+        # (nothing ever wrote it), at once, whatever the timeout.
+        with pytest.raises(UnknownPosition, match="beyond the log's head"):
+            await engine.query(V.count, after=2**64 - 1, timeout=None)
+        with pytest.raises(UnknownPosition, match="beyond the log's head"):
+            await engine.wait_projected(2**64 - 1)

@@ -426,48 +426,38 @@ BAD_APPENDS: dict[str, Append] = {
 
 
 @pytest.mark.parametrize("bad", BAD_APPENDS.values(), ids=BAD_APPENDS.keys())
-async def test_a_malformed_append_is_refused_alone_at_submit(bad: Append, tmp_path: Path) -> None:
-    log = LmdbEventLog(tmp_path)
-    try:
-        writer = Writer(log)
-        outcomes: list[object] = []
-        writer.submit(make_append("before", NO_STREAM), outcomes.append)
+async def test_a_malformed_append_is_refused_alone_at_submit(
+    bad: Append, lmdb_log: LmdbEventLog
+) -> None:
+    writer = Writer(lmdb_log)
+    outcomes: list[object] = []
+    writer.submit(make_append("before", NO_STREAM), outcomes.append)
+    with pytest.raises(InvalidArgument):
+        writer.submit(bad, outcomes.append)
+    writer.submit(make_append("after", NO_STREAM), outcomes.append)
+    writer.close()
+    await writer.run()
+    assert [getattr(o, "stream_id", o) for o in outcomes] == ["before", "after"]
+    assert assert_log_consistent(lmdb_log) == {"before": 1, "after": 1}
+
+
+async def test_a_malformed_append_is_refused_by_writer_append(lmdb_log: LmdbEventLog) -> None:
+    writer = Writer(lmdb_log)  # not running: a refused append never waits for it
+    for bad in BAD_APPENDS.values():
         with pytest.raises(InvalidArgument):
-            writer.submit(bad, outcomes.append)
-        writer.submit(make_append("after", NO_STREAM), outcomes.append)
-        writer.close()
-        await writer.run()
-        assert [getattr(o, "stream_id", o) for o in outcomes] == ["before", "after"]
-        assert assert_log_consistent(log) == {"before": 1, "after": 1}
-    finally:
-        log.close()
+            await writer.append(bad)
 
 
-async def test_a_malformed_append_is_refused_by_writer_append(tmp_path: Path) -> None:
-    log = LmdbEventLog(tmp_path)
-    try:
-        writer = Writer(log)  # not running: a refused append never waits for it
-        for bad in BAD_APPENDS.values():
-            with pytest.raises(InvalidArgument):
-                await writer.append(bad)
-    finally:
-        log.close()
-
-
-async def test_str_subclasses_in_an_append_are_written_as_plain_str(tmp_path: Path) -> None:
-    log = LmdbEventLog(tmp_path)
-    try:
-        writer = Writer(log)
-        outcomes: list[object] = []
-        append = Append(Id("s"), NO_STREAM, (("T", _payload(1)),), Id("r"), Id("c"), Id("Agg"))
-        writer.submit(append, outcomes.append)
-        writer.close()
-        await writer.run()
-        [event] = log.read_all(1, 10)
-        assert (event.stream_id, event.correlation_id, event.causation_id) == ("s", "r", "c")
-        assert event.aggregate == "Agg"
-    finally:
-        log.close()
+async def test_str_subclasses_in_an_append_are_written_as_plain_str(lmdb_log: LmdbEventLog) -> None:
+    writer = Writer(lmdb_log)
+    outcomes: list[object] = []
+    append = Append(Id("s"), NO_STREAM, (("T", _payload(1)),), Id("r"), Id("c"), Id("Agg"))
+    writer.submit(append, outcomes.append)
+    writer.close()
+    await writer.run()
+    [event] = lmdb_log.read_all(1, 10)
+    assert (event.stream_id, event.correlation_id, event.causation_id) == ("s", "r", "c")
+    assert event.aggregate == "Agg"
 
 
 # -- definitions and untrusted commands -------------------------------------------------
@@ -600,45 +590,37 @@ async def test_a_class_the_log_cannot_store_fails_at_open(
     ],
 )
 async def test_a_malformed_snapshot_is_dropped_never_failing_the_group(
-    snapshot: Snapshot, tmp_path: Path
+    snapshot: Snapshot, lmdb_log: LmdbEventLog
 ) -> None:
-    log = LmdbEventLog(tmp_path)
-    try:
-        writer = Writer(log)
-        outcomes: list[object] = []
-        writer.submit(make_append("s", NO_STREAM), outcomes.append)
-        writer.save_snapshot("s", snapshot)
-        # The same fields as a projector's cache (which has no aggregate name): dropped
-        # when they are what is malformed, saved otherwise.
-        cache = ProjectorCache(snapshot.version, snapshot.format, snapshot.state)
-        position, format = snapshot.version, snapshot.format
-        cache_ok = (
-            type(position) is int
-            and 0 <= position < 2**64
-            and type(format) is int
-            and -(2**63) <= format < 2**64
-            and type(snapshot.state) is bytes
-        )
-        writer.save_projector_cache("view", cache)
-        writer.close()
-        await writer.run()
-        assert [getattr(o, "stream_id", o) for o in outcomes] == ["s"]
-        assert log.load_snapshot("s") is None
-        assert log.load_projector_cache("view") == (cache if cache_ok else None)
-    finally:
-        log.close()
+    writer = Writer(lmdb_log)
+    outcomes: list[object] = []
+    writer.submit(make_append("s", NO_STREAM), outcomes.append)
+    writer.save_snapshot("s", snapshot)
+    # The same fields as a projector's cache (which has no aggregate name): dropped
+    # when they are what is malformed, saved otherwise.
+    cache = ProjectorCache(snapshot.version, snapshot.format, snapshot.state)
+    position, format = snapshot.version, snapshot.format
+    cache_ok = (
+        type(position) is int
+        and 0 <= position < 2**64
+        and type(format) is int
+        and -(2**63) <= format < 2**64
+        and type(snapshot.state) is bytes
+    )
+    writer.save_projector_cache("view", cache)
+    writer.close()
+    await writer.run()
+    assert [getattr(o, "stream_id", o) for o in outcomes] == ["s"]
+    assert lmdb_log.load_snapshot("s") is None
+    assert lmdb_log.load_projector_cache("view") == (cache if cache_ok else None)
 
 
-async def test_objects_must_match_the_events_one_for_one(tmp_path: Path) -> None:
-    log = LmdbEventLog(tmp_path)
-    try:
-        writer = Writer(log)
-        for objects in ([], ["one", "two"]):
-            with pytest.raises(InvalidArgument):
-                writer.submit(make_append("s", NO_STREAM), lambda outcome: None, objects)
-        assert writer.statistics().pending == 0
-    finally:
-        log.close()
+async def test_objects_must_match_the_events_one_for_one(lmdb_log: LmdbEventLog) -> None:
+    writer = Writer(lmdb_log)
+    for objects in ([], ["one", "two"]):
+        with pytest.raises(InvalidArgument):
+            writer.submit(make_append("s", NO_STREAM), lambda outcome: None, objects)
+    assert writer.statistics().pending == 0
 
 
 def test_names_the_log_cannot_store_are_refused_when_the_class_is_created() -> None:

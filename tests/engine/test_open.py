@@ -5,6 +5,7 @@ at open, query timeouts, the read-only log view, typed errors at send."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,8 @@ import anyio
 import msgspec
 import pytest
 import trio
+import trio.lowlevel
+import trio.testing
 
 from actorlog import (
     Aggregate,
@@ -27,7 +30,12 @@ from actorlog import (
     handles,
 )
 from actorlog.lowlevel import EventRegistry
-from actorlog.storage import ANY, Append, MemoryEventLog, StoredEvent
+from actorlog.storage import ANY, Append, LmdbEventLog, MemoryEventLog, StoredEvent
+from benchmarks.bank import (
+    Account,
+    OpenAccount,
+)
+from tests.support import backlog, filled, stats
 
 
 class Add(msgspec.Struct, frozen=True):
@@ -157,24 +165,20 @@ def test_an_engine_tasks_failure_still_comes_out_as_a_group_on_asyncio() -> None
 # -- projectors are caught up when open returns ----------------------------------------------
 
 
-def _filled(n: int) -> MemoryEventLog:
-    """A log already holding ``n`` events, written straight to it."""
-    log = MemoryEventLog()
-    encoded = EventRegistry([Added]).encode(Added(1))
-    outcomes, _ = log.append_batch([Append(f"s{i}", ANY, (encoded,)) for i in range(n)])
-    assert not any(isinstance(o, Exception) for o in outcomes)
-    return log
-
-
 async def test_open_returns_with_projectors_caught_up() -> None:
-    async with Engine.open(log=_filled(3000), aggregates=[Counter], projectors=[Sum]) as engine:
+    async with Engine.open(
+        log=filled(3000, Added(1)), aggregates=[Counter], projectors=[Sum]
+    ) as engine:
         assert await engine.query(Sum.value) == 3000
         assert engine.statistics().projectors[0].state == "live"
 
 
 async def test_open_can_skip_the_wait_and_statistics_say_catching_up() -> None:
     async with Engine.open(
-        log=_filled(3000), aggregates=[Counter], projectors=[Sum], wait_for_projectors=False
+        log=filled(3000, Added(1)),
+        aggregates=[Counter],
+        projectors=[Sum],
+        wait_for_projectors=False,
     ) as engine:
         assert engine.statistics().projectors[0].state == "catching_up"
         assert await engine.query(Sum.value, after=3000) == 3000
@@ -183,14 +187,34 @@ async def test_open_can_skip_the_wait_and_statistics_say_catching_up() -> None:
 # -- waits end --------------------------------------------------------------------------------
 
 
-async def test_query_after_times_out_typed(autojump_clock: trio.testing.MockClock) -> None:
-    async with Engine.open(log=MemoryEventLog(), aggregates=[Counter], projectors=[Sum]) as engine:
-        with pytest.raises(QueryTimeout):
-            await engine.query(Sum.value, after=10, timeout=5)
-        with pytest.raises(TimeoutError):  # a TimeoutError too
-            await engine.wait_projected(10, timeout=5)
+async def test_query_after_times_out_typed(mock_clock: trio.testing.MockClock) -> None:
+    # A position written but not yet applied (Sum catches up on a backlog); the mock
+    # clock moves only when the test says, so the waits end by their timeout, not by luck.
+    log = backlog(steps=16, event=Added(1))
+    target = log.head_position()
+    async with Engine.open(
+        log=log, aggregates=[Counter], projectors=[Sum], wait_for_projectors=False
+    ) as engine:
+        errors: list[Exception] = []
+
+        async def wait(call: Callable[[], Awaitable[object]]) -> None:
+            try:
+                await call()
+            except Exception as e:
+                errors.append(e)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wait, lambda: engine.query(Sum.value, after=target, timeout=5))
+            nursery.start_soon(wait, lambda: engine.wait_projected(target, timeout=5))
+            host = engine._projectors[Sum]  # white box: the waiter heap
+            while len(host._waiters) < 2:  # both wait (the clock has not moved yet)
+                await trio.lowlevel.checkpoint()
+            mock_clock.jump(5)
+        assert stats(engine, "Sum").checkpoint < target  # they timed out still waiting
+        assert [type(e) for e in errors] == [QueryTimeout, QueryTimeout]
+        assert all(isinstance(e, TimeoutError) for e in errors)  # a TimeoutError too
         ack = await engine.send(Counter, "a", Add(2))
-        assert await engine.query(Sum.value, after=ack.position, timeout=5) == 2
+        assert await engine.query(Sum.value, after=ack.position, timeout=5) == target + 2
 
 
 @pytest.mark.parametrize("bad", [-1, float("nan"), float("inf"), True, "1"])
@@ -252,3 +276,21 @@ async def test_the_same_directory_twice_in_one_process_says_so(tmp_path: Path) -
                 pass
     async with Engine.open(tmp_path, aggregates=[Counter]):  # released at close
         pass
+
+
+# -- closing ---------------------------------------------------------------------------------
+
+
+async def test_outside_cancellation_still_commits_what_was_decided(tmp_path: Path) -> None:
+    with trio.CancelScope() as scope:
+        async with Engine.open(tmp_path, aggregates=[Account], sync=False) as engine:
+            pendings = [engine.send_nowait(Account, f"a{n}", OpenAccount("x")) for n in range(10)]
+            scope.cancel()
+            await trio.sleep_forever()
+    results = [await p for p in pendings]  # every caller is answered, none with an error
+    assert [r.position for r in results] == list(range(1, 11))
+    log = LmdbEventLog(tmp_path)
+    try:
+        assert log.head_position() == 10
+    finally:
+        log.close()

@@ -32,6 +32,14 @@ def test_after_waits_for_later_positions_asyncio() -> None:
     asyncio.run(s.scenario_after_waits_for_later_positions())
 
 
+async def test_positions_beyond_the_head_are_refused_at_once() -> None:
+    await s.scenario_positions_beyond_the_head_are_refused_at_once()
+
+
+def test_positions_beyond_the_head_are_refused_at_once_asyncio() -> None:
+    asyncio.run(s.scenario_positions_beyond_the_head_are_refused_at_once())
+
+
 async def test_catch_up_while_commands_arrive_lmdb(tmp_path: Path) -> None:
     await s.scenario_catch_up_while_commands_arrive(tmp_path, backlog=20_000)
 

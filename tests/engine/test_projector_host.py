@@ -15,7 +15,7 @@ import pytest
 import trio
 import trio.testing
 
-from actorlog import Projector, ProjectorFaulted, Recorded, StorageError, applies
+from actorlog import EngineClosed, Projector, ProjectorFaulted, Recorded, StorageError, applies
 from actorlog.engine import _projectors
 from actorlog.engine._projectors import (
     FIRST_BATCH,
@@ -404,3 +404,14 @@ async def test_projectors_catching_up_together_share_each_log_read(
     assert log.reads == 18
     assert [host.applied for host in hosts] == [20_000] * projectors
     assert h.instance.positions() == list(range(1, 20_001))
+
+
+async def test_a_wait_that_reaches_a_projector_after_the_close_is_refused_at_once() -> None:
+    # wait_projected waits on each projector in turn: released during the close by the
+    # first, it may reach the next one after the close failed that one's waiters and
+    # stopped it. Nothing would ever wake it there: it must raise at once.
+    h = Harness(Seen)
+    h.commit(Deposited(1))  # written, never applied: the projector is not running
+    h.host.fail_waiters(EngineClosed("the engine closed"))
+    with pytest.raises(EngineClosed), trio.testing.assert_no_checkpoints():
+        await h.host.wait_position(1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import random
 from pathlib import Path
+from typing import ClassVar
 
 import msgspec
 import pytest
@@ -281,3 +282,47 @@ async def test_a_snapshot_state_that_is_not_bytes_fails_no_command(tmp_path: Pat
         assert _stats(engine, "WrongType").snapshot_failures >= 1
         assert engine.log.load_snapshot("a") is None
         assert engine.log.load_projector_cache("WrongType") is None
+
+
+class FlakyTotal(Projector):
+    """Sums deposits; parks them while ``failing`` (a transient outside condition)."""
+
+    on_error = "park"
+    snapshot_every = 2
+    failing: ClassVar[bool] = True
+    total: int
+
+    def __init__(self) -> None:
+        self.total = 0
+
+    @applies
+    def deposited(self, e: Deposited) -> None:
+        if FlakyTotal.failing:
+            raise RuntimeError("transient")
+        self.total += e.amount
+
+    def get_total(self) -> int:
+        return self.total
+
+
+async def test_rebuild_then_close_does_not_bring_back_the_dropped_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """engine/_projectors.py:rebuild sets ``checkpoint = _saved_at = 0``, so a close
+    before the rebuilt projector applies anything saves nothing (``0 <= 0``), and the cache
+    saved before the rebuild (or one still queued in the writer) stays in the log. The
+    next start restores it: the rebuild is silently undone, here the two parked deposits
+    the rebuild was meant to re-apply are lost from the view (and the parked list with
+    them). Expected: a rebuild invalidates the saved cache."""
+    monkeypatch.setattr(FlakyTotal, "failing", True)
+    async with Engine.open(tmp_path, aggregates=[Account], projectors=[FlakyTotal]) as engine:
+        await engine.send(Account, "a", OpenAccount("o"))  # position 1
+        await engine.send(Account, "a", Deposit(10))  # 2: parked
+        await engine.send(Account, "a", Deposit(5))  # 3: parked
+        await engine.wait_projected()
+        assert len(engine.parked(FlakyTotal)) == 2
+        monkeypatch.setattr(FlakyTotal, "failing", False)  # the outside cause is fixed
+        engine.rebuild(FlakyTotal)  # ...and the engine stops right away
+    async with Engine.open(tmp_path, aggregates=[Account], projectors=[FlakyTotal]) as engine:
+        await engine.wait_projected()
+        assert await engine.query(FlakyTotal.get_total) == 15

@@ -15,6 +15,7 @@ import trio.testing
 from actorlog import (
     ConcurrencyError,
     DefinitionError,
+    Engine,
     EngineClosed,
     EngineError,
     StorageError,
@@ -35,6 +36,10 @@ from actorlog.storage import (
     Snapshot,
     StoredEvent,
     assert_log_consistent,
+)
+from benchmarks.bank import (
+    Account,
+    Deposit,
 )
 
 
@@ -364,3 +369,17 @@ async def test_writer_serves_many_callers() -> None:
 
 def test_writer_serves_many_callers_asyncio() -> None:
     asyncio.run(scenario_writer_serves_many_callers())
+
+
+async def test_a_group_wide_storage_error_is_a_distinct_object_per_caller() -> None:
+    from actorlog.storage import MemoryEventLog
+
+    log = MemoryEventLog(max_events=1)
+    async with Engine.open(log=log, aggregates=[Account]) as engine:
+        pendings = [engine.send_nowait(Account, f"a{n}", Deposit(1)) for n in range(5)]
+        errors = []
+        for pending in pendings:
+            with pytest.raises(StorageFull) as caught:
+                await pending
+            errors.append(caught.value)
+        assert len({id(e) for e in errors}) == 5
