@@ -282,6 +282,24 @@ def check_headers(headers: object) -> Headers | None:
     """
     if headers is None:
         return None
+    if type(headers) is dict:
+        # The usual headers: a small dict of non-empty ASCII strs, checked in one pass
+        # without the per-pair calls below (~0.4 µs for one traceparent).
+        given = tuple(headers.items())
+        size = 0
+        for name, value in given:
+            if not (
+                type(name) is str
+                and type(value) is str
+                and name
+                and name.isascii()
+                and value.isascii()
+            ):
+                break
+            size += len(name) + len(value)
+        else:
+            if size <= MAX_HEADERS_BYTES:
+                return given if given else None
     if isinstance(headers, str | bytes):
         raise InvalidArgument("headers must be a mapping or (name, value) pairs, not a str")
     try:

@@ -135,12 +135,15 @@ write-back (bounding the replay at open), or once this many streams have unwritt
 FORMAT: Final = b"actorlog-4"
 """The on-disk layout this module reads and writes; bump it when the layout changes."""
 _FORMAT_3: Final = b"actorlog-3"
-"""No command ids (the ``commands`` and ``command_order`` tables), events without the
+"""No command ids (the ``command_ids`` table), events without the
 command id, principal and headers fields (they decode as absent): upgraded by writing the
-format, since the two tables start empty."""
+format, since the table starts empty."""
 _FORMAT_2: Final = b"actorlog-2"
 """Heads written back lazily, no checksums."""
-_order_value: Final = struct.Struct(">d")
+_TIME: Final = struct.Struct(">d")
+_ID_HEAD: Final = _TIME.size + RESULT_SIZE
+"""A ``command_ids`` value: the commit time, the append's result, then the id's key."""
+_id_time: Final = _TIME.unpack_from
 _PRUNE_MOST: Final = 4096
 """The most command ids one group commit drops (~1 ms of deletions): a backlog (ids that
 aged out while nothing was recorded) is worked off over a few groups instead."""
@@ -273,8 +276,7 @@ class LmdbEventLog:
             self._snapshots = self._env.open_db(b"snapshots")
             self._projections = self._env.open_db(b"projections")
             self._meta = self._env.open_db(b"meta")
-            self._commands = self._env.open_db(b"commands")
-            self._command_order = self._env.open_db(b"command_order")
+            self._command_ids = self._env.open_db(b"command_ids")
             head, heads_at, checked_from = self._initialize()
             self._load_command_ids()
             if not used:
@@ -315,28 +317,25 @@ class LmdbEventLog:
 
     def _load_command_ids(self) -> None:
         """Bring the command ids' bookkeeping into memory (at open; it then moves only
-        when a commit does): the next sequence number of the oldest-first index, how many
-        ids are kept, the oldest one's time, and ``_id_hashes``.
+        when a commit does): ``_id_index``, the next sequence number, how many ids are
+        kept, and the oldest one's time.
 
-        ``_id_hashes`` counts the kept keys by ``hash()``: a key whose hash is not there is
-        certainly not kept, so the usual lookup (a new id) needs no read transaction (~0.2
-        against ~3 µs); a hash that is there sends it to the table, which is exact.
-        Counted, not a set, so deleting one of two keys that share a hash keeps the other
-        findable. About 70 bytes an id in memory.
+        ``_id_index`` maps ``hash()`` of each kept key to its sequence number (a list of
+        them for keys that share a hash): a key whose hash is not there is certainly not
+        kept, so a new id (the usual case) costs no read; one that is there is read by its
+        sequence number and compared whole. ~100 bytes an id in memory.
         """
-        hashes: dict[int, int] = {}
+        index: dict[int, int | list[int]] = {}
         with self._env.begin() as txn:
-            for key in txn.cursor(db=self._commands).iternext(keys=True, values=False):
-                h = hash(key)
-                hashes[h] = hashes.get(h, 0) + 1
-            cur = txn.cursor(db=self._command_order)
+            cur = txn.cursor(db=self._command_ids)
+            for seq_key, value in cur:
+                if intact(value):
+                    _index_add(index, hash(value[_ID_HEAD:-TRAILER]), _u64.unpack(seq_key)[0])
             self._command_seq = _u64.unpack(cur.key())[0] + 1 if cur.last() else 1
-            self._command_count = int(txn.stat(self._command_order)["entries"])
+            self._command_count = int(txn.stat(self._command_ids)["entries"])
             first = cur.value() if cur.first() else None
-        self._id_hashes = hashes
-        self._oldest_command = (
-            _order_value.unpack_from(first)[0] if first is not None and intact(first) else 0.0
-        )
+        self._id_index = index
+        self._oldest_command = _id_time(first)[0] if first is not None and intact(first) else 0.0
 
     def _initialize(self) -> tuple[int, int, int]:
         """Check (or write, for a new log; or upgrade, for an older layout) the layout, in
@@ -570,7 +569,7 @@ class LmdbEventLog:
                     try:
                         original = recorded.get(ckey) or (
                             self._recorded(txn, ckey, stream_id)
-                            if hash(ckey) in self._id_hashes
+                            if hash(ckey) in self._id_index
                             else None
                         )
                     except StorageError as e:  # its id's entry is damaged: this append only
@@ -652,19 +651,14 @@ class LmdbEventLog:
         # Committed: only now may the in-memory view move forward.
         self._head = position
         if pruned is not None:
-            self._command_seq += len(recorded)
-            self._command_count += len(recorded) - len(pruned[0])
-            hashes = self._id_hashes
+            index, seq = self._id_index, self._command_seq
             for key in recorded:
-                h = hash(key)
-                hashes[h] = hashes.get(h, 0) + 1
-            for key in pruned[0]:
-                h = hash(key)
-                left = hashes.get(h, 0) - 1
-                if left > 0:
-                    hashes[h] = left
-                else:
-                    hashes.pop(h, None)
+                _index_add(index, hash(key), seq)
+                seq += 1
+            for key, dropped_seq in pruned[0]:
+                _index_drop(index, hash(key), dropped_seq)
+            self._command_seq = seq
+            self._command_count += len(recorded) - len(pruned[0])
             self._oldest_command = pruned[1]
         if write_back:
             self._unwritten.clear()
@@ -680,34 +674,45 @@ class LmdbEventLog:
         return outcomes, stored
 
     def _recorded(self, txn: Any, key: bytes, stream_id: str) -> AppendResult | None:
-        """The result recorded under a command id's ``key``, if it is kept."""
-        data = txn.get(key, db=self._commands)
-        if data is None:
+        """The result recorded under a command id's ``key``, if it is kept (read by the
+        sequence numbers the index holds for its hash, compared whole)."""
+        seqs = self._id_index.get(hash(key))
+        if seqs is None:
             return None
-        if len(data) != RESULT_SIZE + TRAILER or not intact(data):
-            # Not "absent": that would run a retried command a second time.
-            raise StorageError(
-                f"corrupt log at {self._path}: a command id of stream {stream_id!r} is damaged"
-            )
-        return unpack_result(stream_id, data[:-TRAILER])
+        for seq in (seqs,) if type(seqs) is int else seqs:  # type: ignore[union-attr]
+            data = txn.get(_u64.pack(seq), db=self._command_ids)
+            if data is None or len(data) < _ID_HEAD + TRAILER or not intact(data):
+                # Not "absent": that would run a retried command a second time.
+                raise StorageError(
+                    f"corrupt log at {self._path}: a command id of stream {stream_id!r} "
+                    f"(entry {seq}) is missing or damaged"
+                )
+            if data[_ID_HEAD:-TRAILER] == key:
+                return unpack_result(stream_id, data[_TIME.size : _ID_HEAD])
+        return None
 
     def _record_commands(
         self, txn: Any, recorded: dict[bytes, AppendResult], timestamp: float
-    ) -> tuple[list[bytes], float]:
-        """Record the group's command ids, oldest-first index included, and drop the ids
-        retention no longer keeps; return the keys dropped and the oldest kept one's time.
+    ) -> tuple[list[tuple[bytes, int]], float]:
+        """Record the group's command ids and drop the ids retention no longer keeps;
+        return the (key, sequence number) pairs dropped and the oldest kept one's time.
 
-        Dropping is batched: by count once the ids pass ``max_ids`` by a 64th of it (then
-        down to ``max_ids``), by age once the oldest is due; and at most ``_PRUNE_MOST`` a
-        group, so no commit does unbounded work (a backlog goes over a few groups). So a
-        group that records ids usually touches the two tables once an id, nothing more.
+        The table is keyed by sequence number, so recording is an ordered append (the
+        group dirties the table's last page or two, where a table keyed by id would
+        dirty a page per id) and the oldest ids are always first. Dropping is batched:
+        by count once the ids pass ``max_ids`` by a 64th of it (then down to
+        ``max_ids``), by age once the oldest is due; at most ``_PRUNE_MOST`` a group, so no
+        commit does unbounded work (a backlog goes over a few groups).
         """
-        commands, order = self._commands, self._command_order
+        table = self._command_ids
         seq = self._command_seq
-        stamp = _order_value.pack(timestamp)
+        stamp = _TIME.pack(timestamp)
+        put = txn.put
         for key, result in recorded.items():
-            _put(txn, key, seal(pack_result(result)), commands)
-            _put(txn, _u64.pack(seq), seal(stamp + key), order)
+            if not put(
+                _u64.pack(seq), seal(stamp + pack_result(result) + key), db=table, append=True
+            ):
+                raise StorageError(f"the log did not record command id entry {seq}")
             seq += 1
         kept = self._command_count + len(recorded)
         retention = self._retention
@@ -716,21 +721,19 @@ class LmdbEventLog:
         excess = kept - retention.max_ids
         if excess <= retention.max_ids // 64 and oldest >= cutoff:
             return [], oldest
-        dropped: list[bytes] = []
-        cur = txn.cursor(db=order)
+        dropped: list[tuple[bytes, int]] = []
+        cur = txn.cursor(db=table)
         more = cur.first()
         while more and len(dropped) < _PRUNE_MOST:
             value = cur.value()
             ok = intact(value)
-            oldest = _order_value.unpack_from(value)[0] if ok else 0.0
+            oldest = _id_time(value)[0] if ok else 0.0
             # Past the count bound, the oldest goes whatever its age; within it, only an
             # expired one (a damaged entry counts as expired: only its id's lookup is lost).
             if excess <= 0 and oldest >= cutoff:
                 break
             if ok:
-                key = value[_order_value.size : -TRAILER]
-                txn.delete(key, db=commands)
-                dropped.append(key)
+                dropped.append((value[_ID_HEAD:-TRAILER], _u64.unpack(cur.key())[0]))
             if not cur.delete():
                 raise StorageError("the log did not delete an expired command id")
             excess -= 1
@@ -747,9 +750,11 @@ class LmdbEventLog:
             InvalidArgument: ``stream_id`` or ``command_id`` is malformed.
             StorageError: the recorded entry is damaged.
         """
-        key = command_key(check_stream_id(stream_id), check_command_id(command_id))
+        if not (type(command_id) is str and command_id.isascii() and 0 < len(command_id) <= 1024):
+            command_id = check_command_id(command_id)  # the usual id passes the line above
+        key = command_key(check_stream_id(stream_id), command_id)
         self._check_open()
-        if hash(key) not in self._id_hashes:  # certainly not kept: see _load_command_ids
+        if hash(key) not in self._id_index:  # certainly not kept: see _load_command_ids
             return None
         with self._reading() as txn:
             return self._recorded(txn, key, stream_id)
@@ -1139,6 +1144,29 @@ class _ReadTxn:
 
 _NEARLY_FULL: Final = 4 << 20
 """Free bytes below which an EIO at commit is taken for a full disk (see ``_disk_filled``)."""
+
+
+def _index_add(index: dict[int, int | list[int]], h: int, seq: int) -> None:
+    """Note in the command-id index that the key hashing to ``h`` is entry ``seq``."""
+    found = index.get(h)
+    if found is None:
+        index[h] = seq
+    elif type(found) is int:
+        index[h] = [found, seq]
+    else:
+        found.append(seq)  # type: ignore[union-attr]
+
+
+def _index_drop(index: dict[int, int | list[int]], h: int, seq: int) -> None:
+    """Forget that entry ``seq``'s key hashes to ``h`` (it was dropped)."""
+    found = index.get(h)
+    if found == seq:
+        del index[h]
+    elif type(found) is list:
+        if seq in found:
+            found.remove(seq)
+        if len(found) == 1:
+            index[h] = found[0]
 
 
 def _put(txn: Any, key: bytes, value: bytes, db: Any) -> None:

@@ -19,17 +19,15 @@ def _with_id(stream_id: str, command_id: str, expected: int = -1) -> Append:
     return msgspec.structs.replace(make_append(stream_id, expected), command_id=command_id)
 
 
-def _table_sizes(path: Path) -> tuple[int, int]:
+def _kept(path: Path) -> int:
+    """How many command ids the log at ``path`` holds on disk."""
     env = lmdb.open(str(path), max_dbs=8, readonly=True, lock=False)
     try:
         with env.begin() as txn:
-            sizes = tuple(
-                int(txn.stat(env.open_db(name, txn=txn, create=False))["entries"])
-                for name in (b"commands", b"command_order")
-            )
+            table = env.open_db(b"command_ids", txn=txn, create=False)
+            return int(txn.stat(table)["entries"])
     finally:
         env.close()
-    return sizes  # type: ignore[return-value]
 
 
 def test_retention_bounds_the_tables_and_survives_reopening(tmp_path: Path) -> None:
@@ -38,7 +36,7 @@ def test_retention_bounds_the_tables_and_survives_reopening(tmp_path: Path) -> N
     for group in range(20):
         log.append_batch([_with_id("s", f"{group}-{i}") for i in range(10)])
     log.close()
-    assert _table_sizes(tmp_path) == (50, 50)
+    assert _kept(tmp_path) == 50
     log = LmdbEventLog(tmp_path, sync=False, command_ids=retention)
     try:
         assert log.find_command("s", "19-9") is not None  # the newest are kept
@@ -46,26 +44,48 @@ def test_retention_bounds_the_tables_and_survives_reopening(tmp_path: Path) -> N
         log.append_batch([_with_id("s", "new")])
     finally:
         log.close()
-    assert _table_sizes(tmp_path) == (50, 50)
+    assert _kept(tmp_path) == 50
 
 
-def test_a_damaged_command_id_is_an_error_not_a_new_command(tmp_path: Path) -> None:
-    log = LmdbEventLog(tmp_path, sync=False)
-    log.append_batch([_with_id("s", "c")])
-    log.close()
-    env = lmdb.open(str(tmp_path), max_dbs=8)
+def _damage_first_id(env: lmdb.Environment) -> None:
     with env.begin(write=True) as txn:
-        db = env.open_db(b"commands", txn=txn)
+        db = env.open_db(b"command_ids", txn=txn)
         key, value = next(iter(txn.cursor(db=db)))
         txn.put(key, bytes([value[0] ^ 1]) + value[1:], db=db)
+
+
+def test_a_command_id_damaged_under_a_running_log_is_an_error_not_a_new_command(
+    tmp_path: Path,
+) -> None:
+    log = LmdbEventLog(tmp_path, sync=False)
+    try:
+        log.append_batch([_with_id("s", "c"), _with_id("t", "d")])
+        _damage_first_id(log._env)  # white-box: the bit rots under the open log
+        with pytest.raises(StorageError):
+            log.find_command("s", "c")
+        outcomes, _ = log.append_batch([_with_id("s", "c"), _with_id("t", "d")])
+        assert isinstance(outcomes[0], StorageError)  # that append only
+        assert isinstance(outcomes[1], DuplicateCommand)
+        assert log.head_position() == 2  # nothing appended on the strength of it
+    finally:
+        log.close()
+
+
+def test_a_command_id_damaged_at_rest_is_dropped_at_open_and_the_others_kept(
+    tmp_path: Path,
+) -> None:
+    # At open a damaged entry cannot say which id it held: it is left out of the index
+    # (documented), and every other id is still recognised.
+    log = LmdbEventLog(tmp_path, sync=False)
+    log.append_batch([_with_id("s", "c"), _with_id("t", "d")])
+    log.close()
+    env = lmdb.open(str(tmp_path), max_dbs=8)
+    _damage_first_id(env)
     env.close()
     log = LmdbEventLog(tmp_path, sync=False)
     try:
-        with pytest.raises(StorageError):
-            log.find_command("s", "c")
-        outcomes, _ = log.append_batch([_with_id("s", "c")])
-        assert isinstance(outcomes[0], StorageError)
-        assert log.head_position() == 1  # nothing appended on the strength of it
+        assert log.find_command("s", "c") is None
+        assert log.find_command("t", "d") is not None
     finally:
         log.close()
 
@@ -75,10 +95,9 @@ def test_the_layout_before_command_ids_is_upgraded_in_place(tmp_path: Path) -> N
     log.append_batch([make_append("s", NO_STREAM, 2)])
     log.close()
     env = lmdb.open(str(tmp_path), max_dbs=8)
-    with env.begin(write=True) as txn:  # as actorlog-3 left it: no command tables
+    with env.begin(write=True) as txn:  # as actorlog-3 left it: no command-id table
         txn.put(b"format", b"actorlog-3", db=env.open_db(b"meta", txn=txn))
-        txn.drop(env.open_db(b"commands", txn=txn), delete=True)
-        txn.drop(env.open_db(b"command_order", txn=txn), delete=True)
+        txn.drop(env.open_db(b"command_ids", txn=txn), delete=True)
     env.close()
     log = LmdbEventLog(tmp_path, sync=False)
     try:
