@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 
 from actorlog import Engine, Policy, Rejected
 from actorlog.engine._records import Append
@@ -91,10 +92,17 @@ class _Tellers(Policy):
         return principal in self.allowed
 
 
-SERVICE_VARIANTS: tuple[str, ...] = ("plain", "command id", "policy", "all metadata")
+SERVICE_VARIANTS: tuple[str, ...] = (
+    "plain",
+    "command id",
+    "policy",
+    "all metadata",
+    "a wake-up more",
+)
 """What each W1 command carries: nothing; a unique ``command_id``; a ``principal`` checked
 by a trivial policy; a command id, principal, correlation and causation ids and a W3C
-``traceparent`` header."""
+``traceparent`` header. "a wake-up more" yields to the event loop once before each send:
+what an ``async`` policy that suspends would cost (why policies are synchronous)."""
 
 _TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
@@ -137,6 +145,9 @@ async def engine_write_throughput(
                         await engine.send(Account, account, command, command_id=f"cmd-{i}")
                     elif service == "policy":
                         await engine.send(Account, account, command, principal="teller")
+                    elif service == "a wake-up more":
+                        await anyio.lowlevel.checkpoint()
+                        await engine.send(Account, account, command)
                     else:
                         await engine.send(
                             Account,

@@ -36,6 +36,11 @@ snapshots a full replay, ~14 ms here, where a restore costs ~1 us): give such ag
 
 Wake-ups per command: one (the caller, when its commit lands), plus the writer's one per
 batch; two more only for a sender that had to wait for room.
+
+Why one module over 450 lines: the hot path, its slow paths (waiting for room, for a live
+slot, for in-flight commands before a rejection is final) and the completion callback all
+move the same actor counters, and their invariants are only checkable side by side; the
+actor, passivation and the decide step already live in their own modules.
 """
 
 from __future__ import annotations

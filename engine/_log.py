@@ -14,6 +14,10 @@ Contract (``actorlog.storage.check_event_log`` runs it against any backend):
   ``DefinitionError``) and writes nothing.
 - an empty append (no events) only checks the expected version.
 - reads after ``close`` raise ``StorageError``.
+
+Why one module over 450 lines: the protocol and the rules for what may enter it (stream
+ids, names, metadata, headers, events, snapshots) are one contract: every backend, the
+writer and the engine's front door call these same checks, so a rule changes in one place.
 """
 
 from __future__ import annotations

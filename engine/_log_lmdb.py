@@ -96,8 +96,10 @@ from ._codec import DECODE_FAILURES, decode_stored, decode_stored_many, encode_s
 from ._command_ids import (
     RESULT_SIZE,
     CommandIdRetention,
-    command_key,
+    Ident,
+    ident_bytes,
     pack_result,
+    unpack_ident,
     unpack_result,
 )
 from ._errors import (
@@ -320,17 +322,19 @@ class LmdbEventLog:
         when a commit does): ``_id_index``, the next sequence number, how many ids are
         kept, and the oldest one's time.
 
-        ``_id_index`` maps ``hash()`` of each kept key to its sequence number (a list of
-        them for keys that share a hash): a key whose hash is not there is certainly not
-        kept, so a new id (the usual case) costs no read; one that is there is read by its
-        sequence number and compared whole. ~100 bytes an id in memory.
+        ``_id_index`` maps ``hash((stream id, command id))`` of each kept id to its sequence
+        number (a list of them for ids that share a hash): an id whose hash is not there
+        is certainly not kept, so a new id (the usual case) costs no read and no encoding
+        (a str caches its hash); one that is there is read by its sequence number and
+        compared whole. ~100 bytes an id in memory.
         """
         index: dict[int, int | list[int]] = {}
         with self._env.begin() as txn:
             cur = txn.cursor(db=self._command_ids)
             for seq_key, value in cur:
                 if intact(value):
-                    _index_add(index, hash(value[_ID_HEAD:-TRAILER]), _u64.unpack(seq_key)[0])
+                    ident = unpack_ident(value[_ID_HEAD:-TRAILER])
+                    _index_add(index, hash(ident), _u64.unpack(seq_key)[0])
             self._command_seq = _u64.unpack(cur.key())[0] + 1 if cur.last() else 1
             self._command_count = int(txn.stat(self._command_ids)["entries"])
             first = cur.value() if cur.first() else None
@@ -513,8 +517,8 @@ class LmdbEventLog:
         # and the in-memory view (head, cache) only moves after the commit below.
         cached = self._heads
         encode, crc32, le32, ones = encode_stored, _crc32, _le32, _ONES
-        # Command ids recorded by this group (key -> result), for a duplicate within it.
-        recorded: dict[bytes, AppendResult] = {}
+        # Command ids recorded by this group, for a duplicate within it.
+        recorded: dict[Ident, AppendResult] = {}
         with self._env.begin(write=True) as txn:
             put = txn.put
             events_db = self._events
@@ -565,12 +569,10 @@ class LmdbEventLog:
                     continue
                 if cid is not None:
                     # Before the version check: a retry that comes late learns it was done.
-                    ckey = command_key(stream_id, cid)
+                    ident = (stream_id, cid)
                     try:
-                        original = recorded.get(ckey) or (
-                            self._recorded(txn, ckey, stream_id)
-                            if hash(ckey) in self._id_index
-                            else None
+                        original = recorded.get(ident) or (
+                            self._recorded(txn, ident) if hash(ident) in self._id_index else None
                         )
                     except StorageError as e:  # its id's entry is damaged: this append only
                         outcomes.append(e)
@@ -636,7 +638,7 @@ class LmdbEventLog:
                     stream_id, first_version, version, first_position, position, timestamp
                 )
                 if cid is not None:
-                    recorded[ckey] = result
+                    recorded[ident] = result
                 outcomes.append(result)
             pruned = self._record_commands(txn, recorded, timestamp) if recorded else None
             write_back = write_back and self._write_back_due(position)
@@ -652,11 +654,15 @@ class LmdbEventLog:
         self._head = position
         if pruned is not None:
             index, seq = self._id_index, self._command_seq
-            for key in recorded:
-                _index_add(index, hash(key), seq)
+            for ident in recorded:
+                h = hash(ident)
+                if h in index:
+                    _index_add(index, h, seq)
+                else:  # the usual case, inline
+                    index[h] = seq
                 seq += 1
-            for key, dropped_seq in pruned[0]:
-                _index_drop(index, hash(key), dropped_seq)
+            for ident, dropped_seq in pruned[0]:
+                _index_drop(index, hash(ident), dropped_seq)
             self._command_seq = seq
             self._command_count += len(recorded) - len(pruned[0])
             self._oldest_command = pruned[1]
@@ -673,12 +679,13 @@ class LmdbEventLog:
             self._heads.update(new_heads)
         return outcomes, stored
 
-    def _recorded(self, txn: Any, key: bytes, stream_id: str) -> AppendResult | None:
-        """The result recorded under a command id's ``key``, if it is kept (read by the
-        sequence numbers the index holds for its hash, compared whole)."""
-        seqs = self._id_index.get(hash(key))
+    def _recorded(self, txn: Any, ident: Ident) -> AppendResult | None:
+        """The result recorded for a command id, if it is kept (read by the sequence
+        numbers the index holds for its hash, compared whole)."""
+        seqs = self._id_index.get(hash(ident))
         if seqs is None:
             return None
+        stream_id = ident[0]
         for seq in (seqs,) if type(seqs) is int else seqs:  # type: ignore[union-attr]
             data = txn.get(_u64.pack(seq), db=self._command_ids)
             if data is None or len(data) < _ID_HEAD + TRAILER or not intact(data):
@@ -687,15 +694,15 @@ class LmdbEventLog:
                     f"corrupt log at {self._path}: a command id of stream {stream_id!r} "
                     f"(entry {seq}) is missing or damaged"
                 )
-            if data[_ID_HEAD:-TRAILER] == key:
+            if data[_ID_HEAD:-TRAILER] == ident_bytes(ident):
                 return unpack_result(stream_id, data[_TIME.size : _ID_HEAD])
         return None
 
     def _record_commands(
-        self, txn: Any, recorded: dict[bytes, AppendResult], timestamp: float
-    ) -> tuple[list[tuple[bytes, int]], float]:
+        self, txn: Any, recorded: dict[Ident, AppendResult], timestamp: float
+    ) -> tuple[list[tuple[Ident, int]], float]:
         """Record the group's command ids and drop the ids retention no longer keeps;
-        return the (key, sequence number) pairs dropped and the oldest kept one's time.
+        return the (id, sequence number) pairs dropped and the oldest kept one's time.
 
         The table is keyed by sequence number, so recording is an ordered append (the
         group dirties the table's last page or two, where a table keyed by id would
@@ -707,11 +714,11 @@ class LmdbEventLog:
         table = self._command_ids
         seq = self._command_seq
         stamp = _TIME.pack(timestamp)
-        put = txn.put
-        for key, result in recorded.items():
-            if not put(
-                _u64.pack(seq), seal(stamp + pack_result(result) + key), db=table, append=True
-            ):
+        put, pack, crc32, le32, ones = txn.put, _u64.pack, _crc32, _le32, _ONES
+        for ident, result in recorded.items():
+            # seal(), inline: a call per id costs more than the checksum.
+            body = stamp + pack_result(result) + ident_bytes(ident)
+            if not put(pack(seq), body + le32(crc32(body, ones) ^ ones), db=table, append=True):
                 raise StorageError(f"the log did not record command id entry {seq}")
             seq += 1
         kept = self._command_count + len(recorded)
@@ -721,7 +728,7 @@ class LmdbEventLog:
         excess = kept - retention.max_ids
         if excess <= retention.max_ids // 64 and oldest >= cutoff:
             return [], oldest
-        dropped: list[tuple[bytes, int]] = []
+        dropped: list[tuple[Ident, int]] = []
         cur = txn.cursor(db=table)
         more = cur.first()
         while more and len(dropped) < _PRUNE_MOST:
@@ -733,7 +740,8 @@ class LmdbEventLog:
             if excess <= 0 and oldest >= cutoff:
                 break
             if ok:
-                dropped.append((value[_ID_HEAD:-TRAILER], _u64.unpack(cur.key())[0]))
+                ident = unpack_ident(value[_ID_HEAD:-TRAILER])
+                dropped.append((ident, _u64.unpack(cur.key())[0]))
             if not cur.delete():
                 raise StorageError("the log did not delete an expired command id")
             excess -= 1
@@ -752,12 +760,19 @@ class LmdbEventLog:
         """
         if not (type(command_id) is str and command_id.isascii() and 0 < len(command_id) <= 1024):
             command_id = check_command_id(command_id)  # the usual id passes the line above
-        key = command_key(check_stream_id(stream_id), command_id)
+        if not (
+            type(stream_id) is str
+            and stream_id.isascii()
+            and 0 < len(stream_id) <= 400
+            and "\x00" not in stream_id
+        ):
+            stream_id = check_stream_id(stream_id)  # the usual id passes the test above
         self._check_open()
-        if hash(key) not in self._id_index:  # certainly not kept: see _load_command_ids
+        ident = (stream_id, command_id)
+        if hash(ident) not in self._id_index:  # certainly not kept: see _load_command_ids
             return None
         with self._reading() as txn:
-            return self._recorded(txn, key, stream_id)
+            return self._recorded(txn, ident)
 
     def _foreign_writer(self, last: bytes | None) -> StorageError:
         """Poison the log: another writer moved its last position (see the module doc)."""

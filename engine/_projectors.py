@@ -28,6 +28,11 @@ within a quarter of the window's byte budget).
 Faults: an applier that raises halts its projector at that event (queries then raise
 ``ProjectorFaulted``) or, with ``on_error = "park"``, the event is recorded (the most
 recent ``max_parked`` are kept, each error cut to 1 KB) and skipped.
+
+Why one module over 450 lines: the broadcast window, the shared catch-up reads and the
+projector task are one hand-off protocol (positions, the window's bounds and the waiters
+woken at each checkpoint); split, the invariant that no event is lost or repeated between
+catch-up and live would span files. The fold itself is ``_fold.py``.
 That holds for any exception of the applier's, ``BaseException`` subclasses included; only
 cancellation, ``KeyboardInterrupt`` and ``SystemExit`` propagate (``_reply.must_propagate``).
 
