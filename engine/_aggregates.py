@@ -117,6 +117,7 @@ class Aggregates:
             kind for kind in kinds if all(registry.shareable(t) for t in kind.event_appliers)
         }
         self._log = log
+        self._find_command = log.find_command
         self._writer = writer
         self._registry = registry
         self._mailbox_size = mailbox_size
@@ -277,10 +278,18 @@ class Aggregates:
         """The actor's turn: decide, evolve, submit. Synchronous, so nothing interleaves."""
         command_id = None if meta is None else meta.command_id
         if command_id is not None:
-            # A retry: answered from the first attempt, never decided again (see send).
-            answer = self._answer_retry(actor, command_id)
-            if answer is not None:
-                return answer
+            # A retry is answered from its first attempt, never decided again: the first
+            # attempt's own outcome while it is in flight, else the log's record of it.
+            followers = actor.commands.get(command_id)
+            if followers is not None:
+                reply = self._new_reply()
+                followers.append(reply)
+                return reply
+            found = self._find_command(actor.stream_id, command_id)
+            if found is not None:
+                reply = self._new_reply()
+                reply.set_result(_committed(found))
+                return reply
         kind = actor.kind
         state = actor.state
         # The attributes as the handler finds them, to undo whatever it (or an applier)
@@ -376,22 +385,6 @@ class Aggregates:
         actor.inflight += 1
         if command_id is not None:
             actor.commands[command_id] = []  # later sends of this id follow this one
-        return reply
-
-    def _answer_retry(self, actor: Actor, command_id: str) -> Reply | None:
-        """The reply to a command whose id was sent before: the first attempt's own
-        outcome if it is still in flight, its recorded result if the log keeps it; None
-        for an id the stream has not seen (or whose attempts all failed)."""
-        followers = actor.commands.get(command_id)
-        if followers is not None:
-            reply = self._new_reply()
-            followers.append(reply)
-            return reply
-        found = self._log.find_command(actor.stream_id, command_id)
-        if found is None:
-            return None
-        reply = self._new_reply()
-        reply.set_result(_committed(found))
         return reply
 
     def _undo(self, actor: Actor, before: dict[str, Any] | None) -> None:

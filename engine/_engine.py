@@ -45,7 +45,7 @@ from ._log import EventLog, check_label, check_stream_id
 from ._log_lmdb import DEFAULT_MAP_SIZE, DEFAULT_MAX_MAP_SIZE, LmdbEventLog
 from ._log_view import LogView
 from ._metadata import RecordPrincipal, command_meta
-from ._policy import Policy, allow_query, allow_send, check_policy
+from ._policy import Policy, allow_query, allow_send, check_policy, send_refused
 from ._projectors import (
     WINDOW_BYTES,
     Broadcast,
@@ -462,8 +462,17 @@ class Engine:
             meta = command_meta(
                 correlation_id, causation_id, command_id, principal, headers, self._record_principal
             )
-        if self._policy is not None:
-            allow_send(self._policy, principal, aggregate, stream_id, command)
+        policy = self._policy
+        if policy is not None:
+            # allow_send, inlined (a call less per command): change both together.
+            try:
+                allowed = policy.may_send(principal, aggregate, stream_id, command)
+            except BaseException as e:
+                if must_propagate(e):
+                    raise
+                raise send_refused(principal, stream_id, command, e) from e
+            if allowed is not True:
+                raise send_refused(principal, stream_id, command)
         try:  # free when nothing is raised (zero-cost try since Python 3.11)
             return await self._aggregates.send(aggregate, stream_id, command, meta)
         except UnknownCommand as e:

@@ -97,8 +97,6 @@ from ._command_ids import (
     RESULT_SIZE,
     CommandIdRetention,
     Ident,
-    ident_bytes,
-    pack_result,
     unpack_ident,
     unpack_result,
 )
@@ -143,8 +141,10 @@ format, since the table starts empty."""
 _FORMAT_2: Final = b"actorlog-2"
 """Heads written back lazily, no checksums."""
 _TIME: Final = struct.Struct(">d")
-_ID_HEAD: Final = _TIME.size + RESULT_SIZE
-"""A ``command_ids`` value: the commit time, the append's result, then the id's key."""
+_record: Final = struct.Struct(">QQQQdH")
+"""One id in a ``command_ids`` entry: its append's result, then the id's length; the id
+(stream id, NUL, command id, UTF-8) follows. An entry is the group's commit time, then
+its ids, then the CRC."""
 _id_time: Final = _TIME.unpack_from
 _PRUNE_MOST: Final = 4096
 """The most command ids one group commit drops (~1 ms of deletions): a backlog (ids that
@@ -319,26 +319,29 @@ class LmdbEventLog:
 
     def _load_command_ids(self) -> None:
         """Bring the command ids' bookkeeping into memory (at open; it then moves only
-        when a commit does): ``_id_index``, the next sequence number, how many ids are
-        kept, and the oldest one's time.
+        when a commit does): ``_id_index``, the next entry's sequence number, how many ids
+        are kept, and the oldest one's time.
 
-        ``_id_index`` maps ``hash((stream id, command id))`` of each kept id to its sequence
-        number (a list of them for ids that share a hash): an id whose hash is not there
-        is certainly not kept, so a new id (the usual case) costs no read and no encoding
-        (a str caches its hash); one that is there is read by its sequence number and
-        compared whole. ~100 bytes an id in memory.
+        ``_id_index`` maps ``hash((stream id, command id))`` of each kept id to the
+        sequence number of the entry holding it (a list of them for ids that share a
+        hash): an id whose hash is not there is certainly not kept, so a new id (the usual
+        case) costs no read and no encoding (a str caches its hash); one that is there is
+        read from its entry and compared whole. ~100 bytes an id in memory.
         """
         index: dict[int, int | list[int]] = {}
+        count = 0
         with self._env.begin() as txn:
             cur = txn.cursor(db=self._command_ids)
             for seq_key, value in cur:
-                if intact(value):
-                    ident = unpack_ident(value[_ID_HEAD:-TRAILER])
-                    _index_add(index, hash(ident), _u64.unpack(seq_key)[0])
+                if intact(value):  # a damaged entry cannot say which ids it held
+                    seq = _u64.unpack(seq_key)[0]
+                    for ident, _ in _group_ids(value):
+                        _index_add(index, hash(ident), seq)
+                        count += 1
             self._command_seq = _u64.unpack(cur.key())[0] + 1 if cur.last() else 1
-            self._command_count = int(txn.stat(self._command_ids)["entries"])
             first = cur.value() if cur.first() else None
         self._id_index = index
+        self._command_count = count
         self._oldest_command = _id_time(first)[0] if first is not None and intact(first) else 0.0
 
     def _initialize(self) -> tuple[int, int, int]:
@@ -555,7 +558,11 @@ class LmdbEventLog:
                     if corr is not None or caus is not None or kind is not None:
                         _check_metadata(corr, caus, kind)
                     if command:
-                        _check_metadata(cid, who)
+                        # _check_metadata(cid, who), the usual ASCII strs inline.
+                        if cid is not None and (type(cid) is not str or not cid.isascii()):
+                            _check_str(cid)
+                        if who is not None and (type(who) is not str or not who.isascii()):
+                            _check_str(who)
                         if headers is not None:
                             _check_headers(headers)
                     if type(stream_id) is not str:  # msgspec encodes no str subclass
@@ -660,10 +667,9 @@ class LmdbEventLog:
                     _index_add(index, h, seq)
                 else:  # the usual case, inline
                     index[h] = seq
-                seq += 1
             for ident, dropped_seq in pruned[0]:
                 _index_drop(index, hash(ident), dropped_seq)
-            self._command_seq = seq
+            self._command_seq = seq + 1
             self._command_count += len(recorded) - len(pruned[0])
             self._oldest_command = pruned[1]
         if write_back:
@@ -680,47 +686,56 @@ class LmdbEventLog:
         return outcomes, stored
 
     def _recorded(self, txn: Any, ident: Ident) -> AppendResult | None:
-        """The result recorded for a command id, if it is kept (read by the sequence
-        numbers the index holds for its hash, compared whole)."""
+        """The result recorded for a command id, if it is kept (read from the entries the
+        index holds for its hash, compared whole)."""
         seqs = self._id_index.get(hash(ident))
         if seqs is None:
             return None
-        stream_id = ident[0]
         for seq in (seqs,) if type(seqs) is int else seqs:  # type: ignore[union-attr]
             data = txn.get(_u64.pack(seq), db=self._command_ids)
-            if data is None or len(data) < _ID_HEAD + TRAILER or not intact(data):
+            if data is None or not intact(data):
                 # Not "absent": that would run a retried command a second time.
                 raise StorageError(
-                    f"corrupt log at {self._path}: a command id of stream {stream_id!r} "
-                    f"(entry {seq}) is missing or damaged"
+                    f"corrupt log at {self._path}: command id entry {seq} (stream "
+                    f"{ident[0]!r}) is missing or damaged"
                 )
-            if data[_ID_HEAD:-TRAILER] == ident_bytes(ident):
-                return unpack_result(stream_id, data[_TIME.size : _ID_HEAD])
+            for kept, result in _group_ids(data):
+                if kept == ident:
+                    return unpack_result(ident[0], result)
         return None
 
     def _record_commands(
         self, txn: Any, recorded: dict[Ident, AppendResult], timestamp: float
     ) -> tuple[list[tuple[Ident, int]], float]:
         """Record the group's command ids and drop the ids retention no longer keeps;
-        return the (id, sequence number) pairs dropped and the oldest kept one's time.
+        return the (id, entry) pairs dropped and the oldest kept one's time.
 
-        The table is keyed by sequence number, so recording is an ordered append (the
-        group dirties the table's last page or two, where a table keyed by id would
-        dirty a page per id) and the oldest ids are always first. Dropping is batched:
-        by count once the ids pass ``max_ids`` by a 64th of it (then down to
-        ``max_ids``), by age once the oldest is due; at most ``_PRUNE_MOST`` a group, so no
-        commit does unbounded work (a backlog goes over a few groups).
+        One entry a group: its time, then each id with its append's result, sealed once.
+        Keyed by sequence number, so recording is one ordered append a group (a table
+        keyed by id dirtied a page per id; a put per id cost ~2,500 instructions of a
+        ~89,000-instruction W1 command) and the oldest ids are always first. Dropping is
+        whole entries, batched: by count once the ids pass ``max_ids`` by a 64th of it
+        (then down to ``max_ids``), by age once the oldest is due; at most
+        ``_PRUNE_MOST`` ids a group, so no commit does unbounded work.
         """
         table = self._command_ids
         seq = self._command_seq
-        stamp = _TIME.pack(timestamp)
-        put, pack, crc32, le32, ones = txn.put, _u64.pack, _crc32, _le32, _ONES
-        for ident, result in recorded.items():
-            # seal(), inline: a call per id costs more than the checksum.
-            body = stamp + pack_result(result) + ident_bytes(ident)
-            if not put(pack(seq), body + le32(crc32(body, ones) ^ ones), db=table, append=True):
-                raise StorageError(f"the log did not record command id entry {seq}")
-            seq += 1
+        pack = _record.pack
+        parts = [_TIME.pack(timestamp)]
+        for (stream_id, command_id), r in recorded.items():
+            ident = f"{stream_id}\x00{command_id}".encode()
+            parts.append(
+                pack(
+                    r.first_version,
+                    r.last_version,
+                    r.first_position,
+                    r.last_position,
+                    r.timestamp,
+                    len(ident),
+                )
+            )
+            parts.append(ident)
+        _put_appended(txn, _u64.pack(seq), seal(b"".join(parts)), table)
         kept = self._command_count + len(recorded)
         retention = self._retention
         cutoff = timestamp - retention.max_age
@@ -735,16 +750,17 @@ class LmdbEventLog:
             value = cur.value()
             ok = intact(value)
             oldest = _id_time(value)[0] if ok else 0.0
-            # Past the count bound, the oldest goes whatever its age; within it, only an
-            # expired one (a damaged entry counts as expired: only its id's lookup is lost).
+            # Past the count bound, the oldest go whatever their age; within it, only
+            # expired ones (a damaged entry counts as expired: only its ids' lookups are lost).
             if excess <= 0 and oldest >= cutoff:
                 break
             if ok:
-                ident = unpack_ident(value[_ID_HEAD:-TRAILER])
-                dropped.append((ident, _u64.unpack(cur.key())[0]))
+                entry = _u64.unpack(cur.key())[0]
+                ids = [(ident, entry) for ident, _ in _group_ids(value)]
+                dropped.extend(ids)
+                excess -= len(ids)
             if not cur.delete():
-                raise StorageError("the log did not delete an expired command id")
-            excess -= 1
+                raise StorageError("the log did not delete an expired command id entry")
             more = bool(cur.key())
         if not more:
             oldest = timestamp  # nothing left but what this group recorded, or nothing
@@ -767,7 +783,8 @@ class LmdbEventLog:
             and "\x00" not in stream_id
         ):
             stream_id = check_stream_id(stream_id)  # the usual id passes the test above
-        self._check_open()
+        if self._closed:
+            self._check_open()  # raises
         ident = (stream_id, command_id)
         if hash(ident) not in self._id_index:  # certainly not kept: see _load_command_ids
             return None
@@ -1159,6 +1176,25 @@ class _ReadTxn:
 
 _NEARLY_FULL: Final = 4 << 20
 """Free bytes below which an EIO at commit is taken for a full disk (see ``_disk_filled``)."""
+
+
+def _group_ids(entry: bytes) -> list[tuple[Ident, bytes]]:
+    """The ids in a (checked) ``command_ids`` entry, each with its packed result."""
+    ids: list[tuple[Ident, bytes]] = []
+    at, end, size = _TIME.size, len(entry) - TRAILER, _record.size
+    while at + size <= end:
+        length = _record.unpack_from(entry, at)[-1]
+        result = entry[at : at + RESULT_SIZE]
+        at += size
+        ids.append((unpack_ident(entry[at : at + length]), result))
+        at += length
+    return ids
+
+
+def _put_appended(txn: Any, key: bytes, value: bytes, db: Any) -> None:
+    """``_put`` of a key past the table's last one (an ordered append)."""
+    if not txn.put(key, value, db=db, append=True):
+        raise StorageError(f"the log did not store the key {key[:40]!r}")
 
 
 def _index_add(index: dict[int, int | list[int]], h: int, seq: int) -> None:

