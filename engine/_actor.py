@@ -95,9 +95,9 @@ class Actor:
         # count is ``completed + inflight`` when the sender arrived, which never decreases,
         # so the dict is in count order too: the first entry is always the next one due.
         self.settled: OrderedDict[Reply, int] = OrderedDict()
-        # Command ids in flight -> the replies of later sends of the same id, which get
-        # the first one's outcome (an id commits once).
-        self.commands: dict[str, list[Reply]] = {}
+        # Command ids in flight -> the replies of later sends of the same id (None until
+        # one comes), which get the first one's outcome: an id commits once.
+        self.commands: dict[str, list[Reply] | None] = {}
         self.closed = False  # the engine closed: waiters were failed, none is handed a slot
 
     def busy(self) -> bool:

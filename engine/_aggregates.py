@@ -280,10 +280,13 @@ class Aggregates:
         if command_id is not None:
             # A retry is answered from its first attempt, never decided again: the first
             # attempt's own outcome while it is in flight, else the log's record of it.
-            followers = actor.commands.get(command_id)
-            if followers is not None:
+            if command_id in actor.commands:  # in flight: this send follows it
                 reply = self._new_reply()
-                followers.append(reply)
+                followers = actor.commands[command_id]
+                if followers is None:
+                    actor.commands[command_id] = [reply]
+                else:
+                    followers.append(reply)
                 return reply
             found = self._find_command(actor.stream_id, command_id)
             if found is not None:
@@ -339,7 +342,7 @@ class Aggregates:
                 )
             if command_id is not None:
                 # Concurrent sends of this id share its outcome: one append, one answer.
-                for follower in actor.commands.pop(command_id, ()):
+                for follower in actor.commands.pop(command_id, None) or ():
                     _share(follower, outcome, stream_id, count)
             if actor.room:
                 actor.hand_out()
@@ -384,7 +387,7 @@ class Aggregates:
         actor.version = expected + count
         actor.inflight += 1
         if command_id is not None:
-            actor.commands[command_id] = []  # later sends of this id follow this one
+            actor.commands[command_id] = None  # later sends of this id will follow it
         return reply
 
     def _undo(self, actor: Actor, before: dict[str, Any] | None) -> None:

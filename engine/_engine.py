@@ -41,10 +41,10 @@ from ._errors import (
     UnknownQuery,
     describe,
 )
-from ._log import EventLog, check_label, check_stream_id
+from ._log import MAX_METADATA_BYTES, EventLog, check_label, check_stream_id
 from ._log_lmdb import DEFAULT_MAP_SIZE, DEFAULT_MAX_MAP_SIZE, LmdbEventLog
 from ._log_view import LogView
-from ._metadata import RecordPrincipal, command_meta
+from ._metadata import CommandMeta, RecordPrincipal, command_meta
 from ._policy import Policy, allow_query, allow_send, check_policy, send_refused
 from ._projectors import (
     WINDOW_BYTES,
@@ -459,9 +459,27 @@ class Engine:
             or causation_id is not None
             or headers is not None
         ):
-            meta = command_meta(
-                correlation_id, causation_id, command_id, principal, headers, self._record_principal
-            )
+            if (
+                type(command_id) is str
+                and command_id.isascii()
+                and 0 < len(command_id) <= MAX_METADATA_BYTES
+                and principal is None
+                and correlation_id is None
+                and causation_id is None
+                and headers is None
+            ):
+                # The usual service command, an idempotency key alone, checked inline:
+                # command_meta's call is ~2% of W1 (callgrind).
+                meta = CommandMeta(None, None, command_id, None, None)
+            else:
+                meta = command_meta(
+                    correlation_id,
+                    causation_id,
+                    command_id,
+                    principal,
+                    headers,
+                    self._record_principal,
+                )
         policy = self._policy
         if policy is not None:
             # allow_send, inlined (a call less per command): change both together.

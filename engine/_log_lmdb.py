@@ -597,19 +597,34 @@ class LmdbEventLog:
                     position += 1
                     version += 1
                     if command:
-                        event = StoredEvent(
-                            position,
-                            stream_id,
-                            version,
-                            name,
-                            timestamp,
-                            corr,
-                            caus,
-                            msgspec.Raw(payload),
-                            kind,
-                            command_id=cid,
-                            principal=who,
-                            headers=headers,
+                        event = (
+                            StoredEvent(
+                                position,
+                                stream_id,
+                                version,
+                                name,
+                                timestamp,
+                                corr,
+                                caus,
+                                msgspec.Raw(payload),
+                                kind,
+                                command_id=cid,
+                            )
+                            if who is None and headers is None  # an idempotency key alone
+                            else StoredEvent(
+                                position,
+                                stream_id,
+                                version,
+                                name,
+                                timestamp,
+                                corr,
+                                caus,
+                                msgspec.Raw(payload),
+                                kind,
+                                command_id=cid,
+                                principal=who,
+                                headers=headers,
+                            )
                         )
                     else:  # positional only: the usual event, ~40 ns cheaper
                         event = StoredEvent(
