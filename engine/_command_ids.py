@@ -19,23 +19,17 @@ log that stops receiving ids stops changing.
 from __future__ import annotations
 
 import math
-import struct
 from typing import Final
 
 import msgspec
 
 from ._errors import DefinitionError, describe
-from ._records import AppendResult
 
 __all__ = [
     "DEFAULT_COMMAND_ID_MAX_AGE",
     "DEFAULT_MAX_COMMAND_IDS",
     "CommandIdRetention",
     "Ident",
-    "ident_bytes",
-    "pack_result",
-    "unpack_ident",
-    "unpack_result",
 ]
 
 DEFAULT_MAX_COMMAND_IDS: Final = 250_000
@@ -73,37 +67,3 @@ class CommandIdRetention(msgspec.Struct, frozen=True):
 
 Ident = tuple[str, str]
 """A kept command id: (stream id, command id)."""
-
-
-def ident_bytes(ident: Ident) -> bytes:
-    """How a log stores an id: the stream id, NUL, the command id (stream ids hold no NUL,
-    so the first NUL ends the stream id), UTF-8."""
-    return f"{ident[0]}\x00{ident[1]}".encode()
-
-
-def unpack_ident(data: bytes) -> Ident:
-    """The id :func:`ident_bytes` stored."""
-    stream_id, _, command_id = data.decode().partition("\x00")
-    return stream_id, command_id
-
-
-_result: Final = struct.Struct(">QQQQd")
-
-
-def pack_result(result: AppendResult) -> bytes:
-    """The stored form of an append's result (its stream id is in the key)."""
-    return _result.pack(
-        result.first_version,
-        result.last_version,
-        result.first_position,
-        result.last_position,
-        result.timestamp,
-    )
-
-
-def unpack_result(stream_id: str, data: bytes) -> AppendResult:
-    """The :class:`AppendResult` :func:`pack_result` stored."""
-    return AppendResult(stream_id, *_result.unpack(data))
-
-
-RESULT_SIZE: Final = _result.size

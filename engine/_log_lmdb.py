@@ -94,11 +94,8 @@ import msgspec
 from ._checksum import TRAILER, all_intact, intact, seal
 from ._codec import DECODE_FAILURES, decode_stored, decode_stored_many, encode_stored
 from ._command_ids import (
-    RESULT_SIZE,
     CommandIdRetention,
     Ident,
-    unpack_ident,
-    unpack_result,
 )
 from ._errors import (
     DecodeError,
@@ -140,12 +137,12 @@ command id, principal and headers fields (they decode as absent): upgraded by wr
 format, since the table starts empty."""
 _FORMAT_2: Final = b"actorlog-2"
 """Heads written back lazily, no checksums."""
-_TIME: Final = struct.Struct(">d")
-_record: Final = struct.Struct(">QQQQdH")
-"""One id in a ``command_ids`` entry: its append's result, then the id's length; the id
-(stream id, NUL, command id, UTF-8) follows. An entry is the group's commit time, then
-its ids, then the CRC."""
-_id_time: Final = _TIME.unpack_from
+CommandEntry = tuple[float, list[tuple[Ident, AppendResult]]]
+"""A ``command_ids`` entry: the group's commit time, then each id (stream id, command id)
+with its append's result; msgpack, then the CRC. Encoded in one C call a group (a Python
+loop packing each id cost ~2,500 instructions an id, callgrind)."""
+_entry_encoder: Final = msgspec.msgpack.Encoder()
+_entry_decoder: Final = msgspec.msgpack.Decoder(CommandEntry)
 _PRUNE_MOST: Final = 4096
 """The most command ids one group commit drops (~1 ms of deletions): a backlog (ids that
 aged out while nothing was recorded) is worked off over a few groups instead."""
@@ -333,16 +330,18 @@ class LmdbEventLog:
         with self._env.begin() as txn:
             cur = txn.cursor(db=self._command_ids)
             for seq_key, value in cur:
-                if intact(value):  # a damaged entry cannot say which ids it held
+                entry = _readable_entry(value)
+                if entry is not None:  # a damaged entry cannot say which ids it held
                     seq = _u64.unpack(seq_key)[0]
-                    for ident, _ in _group_ids(value):
+                    for ident, _ in entry[1]:
                         _index_add(index, hash(ident), seq)
                         count += 1
             self._command_seq = _u64.unpack(cur.key())[0] + 1 if cur.last() else 1
             first = cur.value() if cur.first() else None
         self._id_index = index
         self._command_count = count
-        self._oldest_command = _id_time(first)[0] if first is not None and intact(first) else 0.0
+        first_entry = None if first is None else _readable_entry(first)
+        self._oldest_command = 0.0 if first_entry is None else first_entry[0]
 
     def _initialize(self) -> tuple[int, int, int]:
         """Check (or write, for a new log; or upgrade, for an older layout) the layout, in
@@ -714,9 +713,9 @@ class LmdbEventLog:
                     f"corrupt log at {self._path}: command id entry {seq} (stream "
                     f"{ident[0]!r}) is missing or damaged"
                 )
-            for kept, result in _group_ids(data):
+            for kept, result in _group_ids(data)[1]:
                 if kept == ident:
-                    return unpack_result(ident[0], result)
+                    return result
         return None
 
     def _record_commands(
@@ -735,22 +734,12 @@ class LmdbEventLog:
         """
         table = self._command_ids
         seq = self._command_seq
-        pack = _record.pack
-        parts = [_TIME.pack(timestamp)]
-        for (stream_id, command_id), r in recorded.items():
-            ident = f"{stream_id}\x00{command_id}".encode()
-            parts.append(
-                pack(
-                    r.first_version,
-                    r.last_version,
-                    r.first_position,
-                    r.last_position,
-                    r.timestamp,
-                    len(ident),
-                )
-            )
-            parts.append(ident)
-        _put_appended(txn, _u64.pack(seq), seal(b"".join(parts)), table)
+        _put_appended(
+            txn,
+            _u64.pack(seq),
+            seal(_entry_encoder.encode((timestamp, list(recorded.items())))),
+            table,
+        )
         kept = self._command_count + len(recorded)
         retention = self._retention
         cutoff = timestamp - retention.max_age
@@ -763,15 +752,15 @@ class LmdbEventLog:
         more = cur.first()
         while more and len(dropped) < _PRUNE_MOST:
             value = cur.value()
-            ok = intact(value)
-            oldest = _id_time(value)[0] if ok else 0.0
+            entry = _readable_entry(value)
+            oldest = entry[0] if entry is not None else 0.0
             # Past the count bound, the oldest go whatever their age; within it, only
             # expired ones (a damaged entry counts as expired: only its ids' lookups are lost).
             if excess <= 0 and oldest >= cutoff:
                 break
-            if ok:
-                entry = _u64.unpack(cur.key())[0]
-                ids = [(ident, entry) for ident, _ in _group_ids(value)]
+            if entry is not None:
+                seq_dropped = _u64.unpack(cur.key())[0]
+                ids = [(ident, seq_dropped) for ident, _ in entry[1]]
                 dropped.extend(ids)
                 excess -= len(ids)
             if not cur.delete():
@@ -1193,17 +1182,27 @@ _NEARLY_FULL: Final = 4 << 20
 """Free bytes below which an EIO at commit is taken for a full disk (see ``_disk_filled``)."""
 
 
-def _group_ids(entry: bytes) -> list[tuple[Ident, bytes]]:
-    """The ids in a (checked) ``command_ids`` entry, each with its packed result."""
-    ids: list[tuple[Ident, bytes]] = []
-    at, end, size = _TIME.size, len(entry) - TRAILER, _record.size
-    while at + size <= end:
-        length = _record.unpack_from(entry, at)[-1]
-        result = entry[at : at + RESULT_SIZE]
-        at += size
-        ids.append((unpack_ident(entry[at : at + length]), result))
-        at += length
-    return ids
+def _group_ids(entry: bytes) -> CommandEntry:
+    """A (checked) ``command_ids`` entry: its time, and each id with its result.
+
+    Raises:
+        StorageError: it does not decode (its CRC held: written so by a bug).
+    """
+    try:
+        return _entry_decoder.decode(entry[:-TRAILER])
+    except DECODE_FAILURES as e:
+        raise StorageError(f"a command id entry does not decode: {e}") from e
+
+
+def _readable_entry(value: bytes) -> CommandEntry | None:
+    """A ``command_ids`` entry, or None if it is damaged: what open and pruning make of
+    one (its ids can no longer be told; a lookup that reaches it raises instead)."""
+    if not intact(value):
+        return None
+    try:
+        return _group_ids(value)
+    except StorageError:
+        return None
 
 
 def _put_appended(txn: Any, key: bytes, value: bytes, db: Any) -> None:

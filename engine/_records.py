@@ -139,7 +139,7 @@ class Append(msgspec.Struct, frozen=True, gc=False):
     headers: tuple[tuple[str, str], ...] | None = None
 
 
-class AppendResult(msgspec.Struct, frozen=True, gc=False):
+class AppendResult(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """The outcome of one successful :class:`Append`.
 
     ``first_position``/``first_version`` are those of the append's first event; for an
