@@ -30,6 +30,7 @@ __all__ = [
     "DEFAULT_MAX_COMMAND_IDS",
     "CommandIdRetention",
     "Ident",
+    "retention",
 ]
 
 DEFAULT_MAX_COMMAND_IDS: Final = 250_000
@@ -63,6 +64,21 @@ class CommandIdRetention(msgspec.Struct, frozen=True):
         age = self.max_age
         if type(age) not in (int, float) or math.isnan(age) or age <= 0:
             raise DefinitionError(f"max_age must be a number > 0, not {describe(age)}")
+
+
+def retention(given: object) -> CommandIdRetention:
+    """A log's ``command_ids=`` argument, checked: the default for None.
+
+    Raises:
+        DefinitionError: it is not a :class:`CommandIdRetention`.
+    """
+    if given is None:
+        return CommandIdRetention()
+    if type(given) is not CommandIdRetention:
+        raise DefinitionError(
+            f"command_ids must be a CommandIdRetention, not {type(given).__name__}"
+        )
+    return given
 
 
 Ident = tuple[str, str]

@@ -521,17 +521,9 @@ class Engine:
         """
         if type(stream_id) is not str:  # as in send
             stream_id = check_stream_id(stream_id)
-        meta = None
-        if (
-            command_id is not None
-            or principal is not None
-            or correlation_id is not None
-            or causation_id is not None
-            or headers is not None
-        ):
-            meta = command_meta(
-                correlation_id, causation_id, command_id, principal, headers, self._record_principal
-            )
+        meta = command_meta(
+            correlation_id, causation_id, command_id, principal, headers, self._record_principal
+        )
         if self._policy is not None:
             allow_send(self._policy, principal, aggregate, stream_id, command)
         try:

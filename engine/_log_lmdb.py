@@ -96,6 +96,7 @@ from ._codec import DECODE_FAILURES, decode_stored, decode_stored_many, encode_s
 from ._command_ids import (
     CommandIdRetention,
     Ident,
+    retention,
 )
 from ._errors import (
     DecodeError,
@@ -208,13 +209,7 @@ class LmdbEventLog:
         max_map_size: int = DEFAULT_MAX_MAP_SIZE,
         command_ids: CommandIdRetention | None = None,
     ) -> None:
-        if command_ids is None:
-            command_ids = CommandIdRetention()
-        elif type(command_ids) is not CommandIdRetention:
-            raise DefinitionError(
-                f"command_ids must be a CommandIdRetention, not {type(command_ids).__name__}"
-            )
-        self._retention = command_ids
+        self._retention = retention(command_ids)
         for name, size in (("map_size", map_size), ("max_map_size", max_map_size)):
             if type(size) is not int or size <= 0:
                 raise DefinitionError(f"{name} must be a positive int, not {size!r}")
@@ -596,34 +591,19 @@ class LmdbEventLog:
                     position += 1
                     version += 1
                     if command:
-                        event = (
-                            StoredEvent(
-                                position,
-                                stream_id,
-                                version,
-                                name,
-                                timestamp,
-                                corr,
-                                caus,
-                                msgspec.Raw(payload),
-                                kind,
-                                command_id=cid,
-                            )
-                            if who is None and headers is None  # an idempotency key alone
-                            else StoredEvent(
-                                position,
-                                stream_id,
-                                version,
-                                name,
-                                timestamp,
-                                corr,
-                                caus,
-                                msgspec.Raw(payload),
-                                kind,
-                                command_id=cid,
-                                principal=who,
-                                headers=headers,
-                            )
+                        event = StoredEvent(
+                            position,
+                            stream_id,
+                            version,
+                            name,
+                            timestamp,
+                            corr,
+                            caus,
+                            msgspec.Raw(payload),
+                            kind,
+                            command_id=cid,
+                            principal=who,
+                            headers=headers,
                         )
                     else:  # positional only: the usual event, ~40 ns cheaper
                         event = StoredEvent(

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 import msgspec
 
-from ._command_ids import CommandIdRetention
-from ._errors import DefinitionError, DuplicateCommand, StorageError, StorageFull
+from ._command_ids import CommandIdRetention, retention
+from ._errors import DuplicateCommand, StorageError, StorageFull
 from ._log import AppendOutcome, check_command_id, check_name, check_stream_id, expected_ok
 from ._records import Append, AppendResult, ProjectorCache, Snapshot, StoredEvent
 
@@ -31,13 +31,7 @@ class MemoryEventLog:
     def __init__(
         self, *, max_events: int | None = None, command_ids: CommandIdRetention | None = None
     ) -> None:
-        if command_ids is None:
-            command_ids = CommandIdRetention()
-        elif type(command_ids) is not CommandIdRetention:
-            raise DefinitionError(
-                f"command_ids must be a CommandIdRetention, not {type(command_ids).__name__}"
-            )
-        self._retention = command_ids
+        self._retention = retention(command_ids)
         # (stream id, command id) -> result, oldest first: the LMDB log's two tables in one.
         self._commands: OrderedDict[tuple[str, str], AppendResult] = OrderedDict()
         self._events: list[StoredEvent] = []

@@ -60,6 +60,14 @@ def command_meta(
     Raises:
         InvalidArgument: a value is malformed (see ``Engine.send``).
     """
+    if (
+        command_id is None
+        and principal is None
+        and correlation_id is None
+        and causation_id is None
+        and headers is None
+    ):
+        return None
     recorded: object = principal
     if principal is not None and type(principal) is not str:
         if record_principal is None:

@@ -63,20 +63,8 @@ def test_the_service_example_runs_as_written(tmp_path: Path) -> None:
     service = readme.split("## Service commands", 1)[1].split("\n## ", 1)[0]
     (first,) = re.findall(r"```python\n(.+?)\n```", using, flags=re.S)
     (second,) = re.findall(r"```python\n(.+?)\n```", service, flags=re.S)
-    script = tmp_path / "service.py"
-    script.write_text(first.rsplit("\ntrio.run(", 1)[0] + "\n\n" + second)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run(
-        [sys.executable, str(script)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == ["refused: only tellers deposit", "5"]
+    program = first.rsplit("\ntrio.run(", 1)[0] + "\n\n" + second
+    assert _run(program, tmp_path).splitlines() == ["refused: only tellers deposit", "5"]
 
 
 def test_the_readmes_evolving_events_example_runs_as_written(tmp_path: Path) -> None:
@@ -84,16 +72,22 @@ def test_the_readmes_evolving_events_example_runs_as_written(tmp_path: Path) -> 
     readme = (ROOT / "README.md").read_text()
     section = readme.split("## Evolving events", 1)[1].split("\n## ", 1)[0]
     (code,) = re.findall(r"```python\n(.+?)\n```", section, flags=re.S)
-    script = tmp_path / "evolving.py"
-    script.write_text(code)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    _run(code, tmp_path)
+
+
+def _run(program: str, where: Path) -> str:
+    """Run ``program`` as a user would (their own folder, actorlog importable from this
+    checkout); return what it printed, after checking it exited cleanly."""
+    script = where / "example.py"
+    script.write_text(program)
     done = subprocess.run(
         [sys.executable, str(script)],
-        cwd=tmp_path,
-        env=env,
+        cwd=where,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
         capture_output=True,
         text=True,
         check=False,
         timeout=60,
     )
     assert done.returncode == 0, done.stderr
+    return done.stdout
