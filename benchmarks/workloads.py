@@ -126,7 +126,8 @@ async def engine_write_throughput(
     """
     work = _commands(accounts, commands, seed)
     # Made before the clock starts, like the commands: a client's ids are its business.
-    ids = [f"cmd-{i}" for i in range(len(work))] if service != "plain" else []
+    uses_ids = service in ("command id", "all metadata")
+    ids = [f"cmd-{i}" for i in range(len(work))] if uses_ids else []
     projectors = [Balances, Totals] if views else []
     options: dict[str, Any] = {"authorize": _Tellers()} if service == "policy" else {}
     async with Engine.open(

@@ -141,7 +141,9 @@ class EventLog(Protocol):
 
     def find_command(self, stream_id: str, command_id: str) -> AppendResult | None:
         """The result of the append that recorded ``command_id`` on ``stream_id``, while the
-        log keeps it (its retention); None otherwise."""
+        log keeps it (its retention); None otherwise, including for an id no append could
+        have carried (an empty one, say). A stream id or command id that is not a str is
+        ``InvalidArgument``."""
         ...
 
     def close(self) -> None:

@@ -130,9 +130,11 @@ class MemoryEventLog:
     def find_command(self, stream_id: str, command_id: str) -> AppendResult | None:
         """The result of the append that recorded ``command_id`` on ``stream_id``, while
         the log keeps it."""
+        if type(stream_id) is not str or type(command_id) is not str:
+            check_stream_id(stream_id)  # InvalidArgument, as the protocol says
+            check_command_id(command_id)
         self._check_open()
-        key = (check_stream_id(stream_id), check_command_id(command_id))
-        return self._kept(key, time.time())
+        return self._kept((stream_id, command_id), time.time())
 
     def read_stream(
         self, stream_id: str, from_version: int = 1, limit: int | None = None
