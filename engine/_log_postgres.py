@@ -92,6 +92,7 @@ _PRUNE_MOST: Final = 4096
 backlog is worked off over a few groups instead of one long transaction."""
 
 _T = TypeVar("_T")
+_MAX_BIGINT: Final = 2**63 - 1
 
 _encode = msgspec.msgpack.Encoder().encode
 _snapshot_decoder: Final = msgspec.msgpack.Decoder(Snapshot)
@@ -344,8 +345,9 @@ class PostgresEventLog:
                 conn.execute(q.lock)
                 head_cur = conn.execute(q.head)
                 versions_cur = conn.execute(q.versions, (streams,))
-                ids_cur = (
-                    conn.execute(
+                ids_cur = seq_cur = None
+                if keys:
+                    ids_cur = conn.execute(
                         q.find_many,
                         (
                             [k[0] for k in keys],
@@ -354,19 +356,15 @@ class PostgresEventLog:
                             self._retention.max_ids,
                         ),
                     )
-                    if keys
-                    else None
-                )
-                head_row = head_cur.fetchone()
+                    seq_cur = conn.execute(q.last_seq)
+                head_row = head_cur.fetchone()  # sends the pipeline, waits for it all
                 position = head_row[0] if head_row else 0
                 versions = dict(versions_cur.fetchall())
-                if ids_cur is not None:
-                    for sid, cid, fv, lv, fp, lp, at, last_seq in ids_cur.fetchall():
+                if ids_cur is not None and seq_cur is not None:
+                    for sid, cid, fv, lv, fp, lp, at in ids_cur.fetchall():
                         kept[(sid, cid)] = AppendResult(sid, fv, lv, fp, lp, at)
-                        seq = last_seq
-                    if not kept:
-                        seq_row = conn.execute(q.last_seq).fetchone()
-                        seq = seq_row[0] if seq_row else 0
+                    seq_row = seq_cur.fetchone()
+                    seq = seq_row[0] if seq_row else 0
             # Decide, as the other backends do.
             rows: list[list[Any]] = [[] for _ in range(12)]
             recorded: dict[tuple[str, str], AppendResult] = {}
@@ -481,7 +479,7 @@ class PostgresEventLog:
         )
         if not row:
             return None
-        sid, _, fv, lv, fp, lp, at, _ = row[0]
+        sid, _, fv, lv, fp, lp, at = row[0]
         return AppendResult(sid, fv, lv, fp, lp, at)
 
     def read_stream(
@@ -492,7 +490,8 @@ class PostgresEventLog:
         stream_id = check_stream_id(stream_id)
         if limit is not None and limit <= 0:
             return []
-        start = min(max(from_version, 1), 2**63 - 1)
+        start = min(max(from_version, 1), _MAX_BIGINT)
+        limit = None if limit is None else min(limit, _MAX_BIGINT)
         events: list[StoredEvent] = self._read(
             self._q.read_stream, (stream_id, start, limit), _event_rows
         )
@@ -504,8 +503,8 @@ class PostgresEventLog:
         self._check_open()
         if limit <= 0:
             return []
-        start = min(max(from_position, 1), 2**63 - 1)
-        events = self._read(self._q.read_all, (start, limit), _event_rows)
+        start = min(max(from_position, 1), _MAX_BIGINT)
+        events = self._read(self._q.read_all, (start, min(limit, _MAX_BIGINT)), _event_rows)
         return ReadBatch(events, sum(len(e.payload) for e in events))
 
     def head_position(self) -> int:
@@ -620,13 +619,11 @@ class _Statements:
         self.stream_version = q(
             "SELECT coalesce(max(version), 0) FROM {s}.events WHERE stream_id = %s"
         )
-        # Kept ids: younger than max_age, and among the max_ids last recorded. Each row
-        # also carries the last seq recorded, which the group numbers its own ids after.
+        # Kept ids: younger than max_age, and among the max_ids last recorded.
         kept = " AND c.recorded_at > %s AND c.seq > (SELECT max(seq) FROM {s}.command_ids) - %s"
         columns = (
             "SELECT c.stream_id, c.command_id, c.first_version, c.last_version,"
-            " c.first_position, c.last_position, c.recorded_at,"
-            " (SELECT max(seq) FROM {s}.command_ids)"
+            " c.first_position, c.last_position, c.recorded_at"
         )
         self.find_many = q(
             columns + " FROM {s}.command_ids c JOIN unnest(%s::text[], %s::text[]) AS k(s, i)"
