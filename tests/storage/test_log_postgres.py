@@ -9,12 +9,14 @@ import threading
 import msgspec
 import pytest
 
-from actorlog import EncodeError, StorageError
+from actorlog import CommandIdRetention, EncodeError, StorageError
 from actorlog.engine.testing import make_append
 from actorlog.storage import (
     ANY,
     NO_STREAM,
+    Append,
     AppendResult,
+    DuplicateCommand,
     PostgresEventLog,
     ProjectorCache,
     Snapshot,
@@ -183,3 +185,45 @@ def test_two_writers_keep_positions_gap_free_and_in_commit_order(postgres: Postg
             assert [(e.stream_id, e.version) for e in held] == [
                 (result.stream_id, v) for v in range(result.first_version, result.last_version + 1)
             ]
+
+
+def _ids_held(postgres: Postgres, schema: str) -> int:
+    """The rows of the schema's ``command_ids`` table: what pruning left on the server."""
+    return int(postgres.execute(f'SELECT count(*) FROM "{schema}".command_ids')[0][0])
+
+
+def test_command_id_retention_bounds_the_table(postgres: Postgres) -> None:
+    schema = postgres.schema()
+    retention = CommandIdRetention(max_ids=50)
+    log = postgres.log(schema, command_ids=retention)
+
+    def with_id(command_id: str) -> Append:
+        return msgspec.structs.replace(make_append("s", ANY), command_id=command_id)
+
+    def kept(log: PostgresEventLog) -> list[str]:
+        ids = [f"{g}-{i}" for g in range(20) for i in range(10)]
+        return [c for c in ids if log.find_command("s", c) is not None]
+
+    for group in range(20):
+        log.append_batch([with_id(f"{group}-{i}") for i in range(10)])
+    assert kept(log) == [f"{g}-{i}" for g in range(15, 20) for i in range(10)]
+    assert _ids_held(postgres, schema) == 50
+    log.close()
+    again = postgres.log(schema, command_ids=retention)
+    assert len(kept(again)) == 50
+    outcomes, _ = again.append_batch([with_id("19-9"), with_id("14-9")])
+    assert [type(o) for o in outcomes] == [DuplicateCommand, AppendResult]
+
+
+def test_command_ids_past_their_age_are_decided_again_and_pruned(postgres: Postgres) -> None:
+    schema = postgres.schema()
+    # A microsecond: every group takes longer (its round trips), so each finds the id of
+    # the one before aged out.
+    log = postgres.log(schema, command_ids=CommandIdRetention(max_age=1e-6))
+    command = msgspec.structs.replace(make_append("s", ANY), command_id="c")
+    for _ in range(3):
+        outcomes, _ = log.append_batch([command])
+        assert isinstance(outcomes[0], AppendResult)  # the last one aged out already
+    assert log.find_command("s", "c") is None
+    assert log.stream_version("s") == 3
+    assert _ids_held(postgres, schema) == 1  # each group pruned the one before
