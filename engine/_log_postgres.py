@@ -614,7 +614,7 @@ class _Statements:
         self.last_seq = q("SELECT coalesce(max(seq), 0) FROM {s}.command_ids")
         self.versions = q(
             "SELECT id, coalesce((SELECT max(version) FROM {s}.events WHERE stream_id = id), 0)"
-            " FROM unnest(%s::text[]) AS k(id)"
+            " FROM unnest(%b::text[]) AS k(id)"
         )
         self.stream_version = q(
             "SELECT coalesce(max(version), 0) FROM {s}.events WHERE stream_id = %s"
@@ -626,7 +626,7 @@ class _Statements:
             " c.first_position, c.last_position, c.recorded_at"
         )
         self.find_many = q(
-            columns + " FROM {s}.command_ids c JOIN unnest(%s::text[], %s::text[]) AS k(s, i)"
+            columns + " FROM {s}.command_ids c JOIN unnest(%b::text[], %b::text[]) AS k(s, i)"
             " ON c.stream_id = k.s AND c.command_id = k.i WHERE true" + kept
         )
         self.find_one = q(
@@ -636,16 +636,16 @@ class _Statements:
             "INSERT INTO {s}.events (position, stream_id, version, type, timestamp,"
             " correlation_id, causation_id, payload, aggregate, command_id, principal,"
             " headers) SELECT p, s, v, t, ts, co, ca, pl, a, ci, pr, h::jsonb FROM unnest("
-            "%s::bigint[], %s::text[], %s::bigint[], %s::text[], %s::float8[], %s::text[],"
-            " %s::text[], %s::bytea[], %s::text[], %s::text[], %s::text[], %s::text[])"
+            "%b::bigint[], %b::text[], %b::bigint[], %b::text[], %b::float8[], %b::text[],"
+            " %b::text[], %b::bytea[], %b::text[], %b::text[], %b::text[], %b::text[])"
             " AS u(p, s, v, t, ts, co, ca, pl, a, ci, pr, h)"
         )
         # An id that aged out but is not pruned yet is replaced by its new recording.
         self.record_ids = q(
             "INSERT INTO {s}.command_ids (seq, stream_id, command_id, recorded_at,"
             " first_version, last_version, first_position, last_position)"
-            " SELECT * FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::float8[],"
-            " %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[])"
+            " SELECT * FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::float8[],"
+            " %b::bigint[], %b::bigint[], %b::bigint[], %b::bigint[])"
             " ON CONFLICT (stream_id, command_id) DO UPDATE SET seq = excluded.seq,"
             " recorded_at = excluded.recorded_at, first_version = excluded.first_version,"
             " last_version = excluded.last_version, first_position = excluded.first_position,"
@@ -660,11 +660,11 @@ class _Statements:
             f" WHERE recorded_at <= %s ORDER BY recorded_at LIMIT {_PRUNE_MOST})"
         )
         self.save_snapshots = q(
-            "INSERT INTO {s}.snapshots SELECT * FROM unnest(%s::text[], %s::bytea[])"
+            "INSERT INTO {s}.snapshots SELECT * FROM unnest(%b::text[], %b::bytea[])"
             " ON CONFLICT (stream_id) DO UPDATE SET record = excluded.record"
         )
         self.save_caches = q(
-            "INSERT INTO {s}.projector_caches SELECT * FROM unnest(%s::text[], %s::bytea[])"
+            "INSERT INTO {s}.projector_caches SELECT * FROM unnest(%b::text[], %b::bytea[])"
             " ON CONFLICT (name) DO UPDATE SET record = excluded.record"
         )
         self.read_all = q(
