@@ -1,10 +1,16 @@
 """The PostgreSQL log against a real server (``ACTORLOG_TEST_POSTGRES``; skipped without
 one): the contract, and what only a server log has (reopening a schema, its layout, two
-writers at once, a lost connection, an unreachable server)."""
+writers at once, a lost connection, an unreachable server, command-id retention in its
+table, a writer process killed mid-run)."""
 
 from __future__ import annotations
 
+import random
+import signal
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -227,3 +233,51 @@ def test_command_ids_past_their_age_are_decided_again_and_pruned(postgres: Postg
     assert log.find_command("s", "c") is None
     assert log.stream_version("s") == 3
     assert _ids_held(postgres, schema) == 1  # each group pruned the one before
+
+
+def test_a_killed_writer_loses_no_acknowledged_append(postgres: Postgres) -> None:
+    # tests/storage/crash_writer_child.py on this server, SIGKILLed after a random number of
+    # acknowledgements, three times over the same schema: every acknowledged append is
+    # there whole, every committed one (reported or not) is whole, positions have no gap.
+    schema = postgres.schema()
+    rng = random.Random(20261130)
+    decode = msgspec.msgpack.Decoder(tuple[int, int, int]).decode
+    acknowledged: list[list[str]] = []
+    for round_ in range(3):
+        args = [postgres.url, "24", str(round_), schema]
+        child = subprocess.Popen(
+            [sys.executable, "-m", "tests.storage.crash_writer_child", *args],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=Path(__file__).parent.parent.parent,
+        )
+        assert child.stdout is not None
+        try:
+            assert child.stdout.readline() == "ready\n"
+            lines = [child.stdout.readline() for _ in range(rng.randint(50, 600))]
+            child.send_signal(signal.SIGKILL)
+            lines += child.stdout.read().splitlines(keepends=True)
+        finally:
+            child.kill()
+            child.wait(timeout=30)
+            child.stdout.close()
+        assert child.returncode == -signal.SIGKILL, "the child ended before it was killed"
+        acknowledged += [line.split() for line in lines if line.endswith("\n")]
+        log = postgres.log(schema)
+        versions = assert_log_consistent(log)
+        events = {e.position: e for e in log.read_all(1, 10**7)}
+        for stream_id, *numbers in acknowledged:
+            first_v, last_v, first_p, last_p = map(int, numbers)
+            assert versions[stream_id] >= last_v
+            got = [events[p] for p in range(first_p, last_p + 1)]
+            assert [(e.stream_id, e.version) for e in got] == [
+                (stream_id, v) for v in range(first_v, last_v + 1)
+            ]
+        for event in events.values():
+            first_v, i, count = decode(event.payload)
+            assert event.version == first_v + i
+            for j in range(count):
+                other = events[event.position - i + j]
+                assert (other.stream_id, other.version) == (event.stream_id, first_v + j)
+        log.close()
+    assert len(acknowledged) >= 150
