@@ -15,7 +15,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from actorlog import CommandIdRetention, EncodeError, StorageError
+from actorlog import CommandIdRetention, DefinitionError, EncodeError, StorageError
 from actorlog.engine.testing import make_append
 from actorlog.storage import (
     ANY,
@@ -281,3 +281,19 @@ def test_a_killed_writer_loses_no_acknowledged_append(postgres: Postgres) -> Non
                 assert (other.stream_id, other.version) == (event.stream_id, first_v + j)
         log.close()
     assert len(acknowledged) >= 150
+
+
+@pytest.mark.parametrize(
+    "dsn, options",
+    [
+        (b"postgresql://", {}),
+        ("postgresql://", {"schema": ""}),
+        ("postgresql://", {"schema": "x" * 64}),
+        ("postgresql://", {"sync": 1}),
+        ("postgresql://", {"command_ids": 5}),
+        ("postgresql://", {"connect_timeout": 0}),
+    ],
+)
+def test_bad_options_are_refused_before_connecting(dsn: object, options: dict[str, object]) -> None:
+    with pytest.raises(DefinitionError):
+        PostgresEventLog(dsn, **options)  # type: ignore[arg-type]
