@@ -1,4 +1,5 @@
-"""Print a pip constraints file pinning each runtime dependency to its declared lower bound.
+"""Print a pip constraints file pinning each runtime dependency to its declared lower bound:
+the required ones and those of the ``postgres`` extra (the PostgreSQL log's driver).
 
 CI installs the package a second time with these constraints, so the ranges in
 pyproject.toml are tested at both ends: the newest releases they admit, and the lowest.
@@ -10,8 +11,9 @@ import tomllib
 from pathlib import Path
 
 project = tomllib.loads(Path(sys.argv[1]).read_text())["project"]
-for requirement in project["dependencies"]:
-    match = re.fullmatch(r"\s*([A-Za-z0-9_.-]+)\s*>=\s*([^,;\s]+)\s*", requirement)
+runtime = project["dependencies"] + project["optional-dependencies"]["postgres"]
+for requirement in runtime:
+    match = re.fullmatch(r"\s*([A-Za-z0-9_.-]+)(?:\[[^\]]*\])?\s*>=\s*([^,;\s]+)\s*", requirement)
     if match is None:
         sys.exit(f"cannot read a lower bound from {requirement!r}: declare it as name>=version")
     print(f"{match[1]}=={match[2]}")

@@ -1,5 +1,5 @@
-"""For storage backend authors: the event-log protocol, both backends, their records, and
-the contract every backend runs.
+"""For storage backend authors: the event-log protocol, the backends (LMDB, PostgreSQL,
+in memory), their records, and the contract every backend runs.
 
 A new backend implements :class:`EventLog` and passes ``check_event_log(make_log)`` (the
 suite the LMDB and in-memory logs pass); ``Engine.open(log=...)`` then runs on it.
@@ -19,6 +19,7 @@ from .engine import (
     StoredEvent,
 )
 from .engine._errors import DuplicateCommand
+from .engine._log_postgres import PostgresEventLog
 from .engine._log_view import LogView
 from .engine._public import publish
 from .engine.testing import assert_log_consistent, check_event_log
@@ -33,6 +34,7 @@ __all__ = [
     "LogView",
     "MemoryEventLog",
     "NO_STREAM",
+    "PostgresEventLog",
     "ProjectorCache",
     "Snapshot",
     "StoredEvent",

@@ -3,6 +3,7 @@ backend-neutral scenarios run under ``asyncio.run`` too, are in ``tests/support.
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 from actorlog import Engine
 from actorlog.storage import LmdbEventLog, MemoryEventLog
 from benchmarks.bank import Account, Balances, Deposited
-from tests.support import backlog
+from tests.support import Postgres, backlog
 
 
 @pytest.fixture
@@ -51,3 +52,21 @@ def lmdb_log(tmp_path: Path) -> Iterator[LmdbEventLog]:
         yield log
     finally:
         log.close()
+
+
+@pytest.fixture
+def postgres() -> Iterator[Postgres]:
+    """The PostgreSQL server named by ``ACTORLOG_TEST_POSTGRES`` (a libpq URL, e.g.
+    ``postgresql://postgres@127.0.0.1:5432/postgres``), with fresh schemas per test, all
+    dropped afterwards. Without it the test is skipped, unless ``ACTORLOG_REQUIRE_POSTGRES``
+    is set (as CI sets it): then it fails, so a suite that silently skipped cannot pass."""
+    url = os.environ.get("ACTORLOG_TEST_POSTGRES")
+    if not url:
+        if os.environ.get("ACTORLOG_REQUIRE_POSTGRES"):
+            pytest.fail("ACTORLOG_REQUIRE_POSTGRES is set but ACTORLOG_TEST_POSTGRES is not")
+        pytest.skip("no PostgreSQL server: set ACTORLOG_TEST_POSTGRES to a libpq URL")
+    server = Postgres(url)
+    try:
+        yield server
+    finally:
+        server.cleanup()

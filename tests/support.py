@@ -3,14 +3,16 @@ in ``tests/conftest.py``). Test modules import from here, never from one another
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
+from typing import Any
 
 import msgspec
 
 from actorlog import Engine, ProjectorStatistics
 from actorlog.engine._projectors import MAX_BATCH
 from actorlog.lowlevel import EventRegistry
-from actorlog.storage import ANY, Append, EventLog, MemoryEventLog
+from actorlog.storage import ANY, Append, EventLog, MemoryEventLog, PostgresEventLog
 
 
 def stats(engine: Engine, name: str) -> ProjectorStatistics:
@@ -58,3 +60,40 @@ def backlog(steps: int, event: msgspec.Struct, *, stream_id: str = "backlog") ->
     outcomes, _ = log.append_batch([Append(stream_id, ANY, (encoded,) * (steps * MAX_BATCH))])
     assert not any(isinstance(o, Exception) for o in outcomes)
     return log
+
+
+class Postgres:
+    """The PostgreSQL server the tests run against (``ACTORLOG_TEST_POSTGRES``, a libpq
+    URL): fresh schemas, each dropped at teardown, and logs on them, each closed then."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._schemas: list[str] = []
+        self._logs: list[PostgresEventLog] = []
+
+    def schema(self) -> str:
+        """A new schema name, unused on the server (the log creates it)."""
+        name = f"test_{uuid.uuid4().hex[:16]}"
+        self._schemas.append(name)
+        return name
+
+    def log(self, schema: str | None = None, **options: Any) -> PostgresEventLog:
+        """A log on ``schema`` (a fresh one by default), closed at teardown."""
+        log = PostgresEventLog(self.url, schema=schema or self.schema(), **options)
+        self._logs.append(log)
+        return log
+
+    def execute(self, query: str, params: Sequence[Any] = ()) -> list[Any]:
+        """Run one statement on a connection of its own (autocommit); its rows, if any."""
+        import psycopg
+
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            cur = conn.execute(query, params)
+            return cur.fetchall() if cur.description else []
+
+    def cleanup(self) -> None:
+        """Close the logs and drop the schemas."""
+        for log in self._logs:
+            log.close()
+        for name in self._schemas:
+            self.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')

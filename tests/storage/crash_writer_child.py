@@ -1,10 +1,11 @@
 """The child of ``tests/storage/test_crash_log.py``: appends through the Writer until killed.
 
-    python -m tests.storage.crash_writer_child PATH TASKS SEED
+    python -m tests.storage.crash_writer_child PATH TASKS SEED [SCHEMA]
 
 Opens the LMDB log at PATH (``sync=True``; a log left by an earlier, killed child is
-continued), runs TASKS tasks that each append 1-3 events at a time to their own stream with
-the exact expected version, and prints one line per acknowledgement, flushed before the
+continued), or with SCHEMA the PostgreSQL log in that schema of the server whose URL is
+PATH; runs TASKS tasks that each append 1-3 events at a time to their own stream with the
+exact expected version, and prints one line per acknowledgement, flushed before the
 next append::
 
     <stream id> <first version> <last version> <first position> <last position>
@@ -23,15 +24,15 @@ import msgspec
 import trio
 
 from actorlog.lowlevel import Writer
-from actorlog.storage import Append, LmdbEventLog
+from actorlog.storage import Append, EventLog, LmdbEventLog, PostgresEventLog
 
 GUARD_SECONDS = 20
 
 _encode = msgspec.msgpack.Encoder().encode
 
 
-async def main(path: str, tasks: int, seed: int) -> None:
-    log = LmdbEventLog(path)
+async def main(path: str, tasks: int, seed: int, schema: str | None) -> None:
+    log: EventLog = LmdbEventLog(path) if schema is None else PostgresEventLog(path, schema=schema)
     writer = Writer(log)
     out = sys.stdout
 
@@ -59,4 +60,5 @@ async def main(path: str, tasks: int, seed: int) -> None:
 
 
 if __name__ == "__main__":
-    trio.run(main, sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
+    schema = sys.argv[4] if len(sys.argv) > 4 else None
+    trio.run(main, sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), schema)

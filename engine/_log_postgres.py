@@ -1,0 +1,758 @@
+"""The PostgreSQL event log: the same contract as LMDB's, on a database server (psycopg 3).
+
+Tables, in one schema of their own (``actorlog`` by default), every envelope field a column
+so SQL users can read the log as it is::
+
+    events       position bigint PK, stream_id, version (UNIQUE (stream_id, version)), type,
+                 timestamp float8 (commit time, epoch seconds: a float so it reads back
+                 bit for bit), correlation_id, causation_id, payload bytea (one msgpack
+                 value), aggregate, command_id, principal, headers jsonb ([[name, value]])
+    command_ids  (stream_id, command_id) PK, seq bigint UNIQUE (recording order, no gaps),
+                 recorded_at float8 (indexed), the append's result (versions, positions)
+    snapshots    stream_id PK, record bytea (a msgpack Snapshot)
+    projector_caches  name PK, record bytea (a msgpack ProjectorCache)
+    meta         key PK, value: ``format`` -> ``FORMAT``
+
+Order. A group commit is one transaction, and before it reads anything it takes
+``LOCK TABLE events IN EXCLUSIVE MODE`` (what ``eventsourcing``'s PostgreSQL recorder does
+per insert; here once per group, so the price is paid once for ~60 commands). EXCLUSIVE
+blocks every other writer of ``events`` and no reader. Under the lock, each statement of the
+transaction (READ COMMITTED: a snapshot per statement) sees every group committed before,
+so the head position and the stream versions it reads are the latest, and the positions it
+assigns (head + 1, ...) are taken by no one else. A lock is released only once its
+transaction is visible, so the commit order of groups is their position order: a reader
+that has read position ``p`` never later finds a smaller position committed (the skipped
+event of a sequence-numbered log, where numbers are taken at insert and committed in
+another order). Positions are not a SEQUENCE for that reason (a sequence also leaves gaps
+on rollback). The primary key and ``UNIQUE (stream_id, version)`` would refuse a second
+writer that ignored the lock, never let it interleave.
+
+Round trips. A group is two: (1) BEGIN, the lock, the head, the versions of the group's
+streams, the group's command ids that are kept, pipelined (psycopg's pipeline mode) and
+read back together; (2) the events as one ``INSERT ... SELECT FROM unnest(arrays)``, the
+command ids likewise, their bounded pruning, the snapshots and caches, and COMMIT,
+pipelined. A group of only snapshots or caches is one. Deciding in Python between the two
+keeps the rules (expected versions, duplicates, empty appends) in one language with the
+other backends; a server-side function would save one round trip (``XX``: measure it).
+
+Errors. A failure of the server or the connection fails the whole group with a
+``StorageError`` (the psycopg error is ``__cause__``; the transaction rolled back, nothing
+of it remains) and the next call reconnects. If the connection is lost while COMMIT is in
+flight, the outcome is unknown to us: the group is reported failed, though it may have
+committed (nothing acknowledged is ever lost; a retry with the same command id is answered
+from the log). An append that PostgreSQL cannot store (a NUL character in any str: its
+``text`` type cannot hold one) fails alone with ``EncodeError``.
+
+Durability: ``sync=True`` (default) commits with ``synchronous_commit`` as the server has it
+(on by default: WAL flushed before COMMIT returns); ``sync=False`` sets it ``off`` for this
+log's connection: a server crash may lose the last commits, never tear one.
+
+Why one module over 400 lines: the table layout, the lock and the two round trips are one
+decision, and the writer and readers are checked against it side by side.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Final, TypeVar
+
+import msgspec
+
+try:
+    import psycopg
+    from psycopg import sql
+except ImportError:  # the optional extra (actorlog[postgres]) is not installed
+    psycopg = None  # type: ignore[assignment]
+
+from ._command_ids import CommandIdRetention
+from ._errors import DefinitionError, DuplicateCommand, EncodeError, InvalidArgument, StorageError
+from ._log import (
+    AppendOutcome,
+    ReadBatch,
+    check_command_id,
+    check_name,
+    check_stream_id,
+    expected_ok,
+)
+from ._records import Append, AppendResult, ProjectorCache, Snapshot, StoredEvent
+
+__all__ = ["FORMAT", "PostgresEventLog"]
+
+FORMAT: Final = "actorlog-pg-1"
+"""The table layout this module reads and writes (``meta.format``); bump it when it changes.
+A schema holding another layout is refused at open, never misread."""
+
+MIN_SERVER_VERSION: Final = 150000
+"""PostgreSQL 15 (``server_version_num``): the oldest server the suite runs against."""
+
+_PRUNE_MOST: Final = 4096
+"""The most command ids one group deletes per bound (age, count), as in the LMDB log: a
+backlog is worked off over a few groups instead of one long transaction."""
+
+_T = TypeVar("_T")
+_MAX_BIGINT: Final = 2**63 - 1
+
+_encode = msgspec.msgpack.Encoder().encode
+_snapshot_decoder: Final = msgspec.msgpack.Decoder(Snapshot)
+_cache_decoder: Final = msgspec.msgpack.Decoder(ProjectorCache)
+_headers_encode = msgspec.json.Encoder().encode
+_headers_decode = msgspec.json.Decoder(tuple[tuple[str, str], ...]).decode
+# Walks one msgpack value without building it and refuses trailing bytes: a payload that is
+# not exactly one value would be stored and never read back as an event.
+_one_value: Final = msgspec.msgpack.Decoder(msgspec.Raw).decode
+_UNSTORABLE: Final = (TypeError, ValueError, msgspec.DecodeError)
+
+_EVENT_COLUMNS: Final = (
+    "position, stream_id, version, type, timestamp, correlation_id, causation_id, payload, "
+    "aggregate, command_id, principal, headers::text"
+)
+
+_SCHEMA: Final = """
+CREATE TABLE {s}.events (
+    position bigint PRIMARY KEY,
+    stream_id text NOT NULL,
+    version bigint NOT NULL,
+    type text NOT NULL,
+    timestamp double precision NOT NULL,
+    correlation_id text,
+    causation_id text,
+    payload bytea NOT NULL,
+    aggregate text,
+    command_id text,
+    principal text,
+    headers jsonb,
+    UNIQUE (stream_id, version)
+);
+CREATE TABLE {s}.command_ids (
+    stream_id text NOT NULL,
+    command_id text NOT NULL,
+    seq bigint NOT NULL UNIQUE,
+    recorded_at double precision NOT NULL,
+    first_version bigint NOT NULL,
+    last_version bigint NOT NULL,
+    first_position bigint NOT NULL,
+    last_position bigint NOT NULL,
+    PRIMARY KEY (stream_id, command_id)
+);
+CREATE INDEX ON {s}.command_ids (recorded_at);
+CREATE TABLE {s}.snapshots (stream_id text PRIMARY KEY, record bytea NOT NULL);
+CREATE TABLE {s}.projector_caches (name text PRIMARY KEY, record bytea NOT NULL);
+"""
+
+
+class PostgresEventLog:
+    """An :class:`~actorlog.storage.EventLog` in a PostgreSQL (15+) database.
+
+    The tables are created in ``schema`` on first open. Several logs (processes) may open
+    the same schema: group commits are serialized by a table lock, so positions stay
+    gap-free and in commit order whoever writes (see the module doc). Calls block the
+    calling thread for a round trip or two (~0.1-1 ms on a local server).
+
+    Args:
+        dsn: a libpq connection string or URL (``postgresql://user@host:5432/db``).
+        schema: the schema holding the log's tables (created if missing).
+        sync: commit with the server's ``synchronous_commit`` (durable when ``append_batch``
+            returns); ``False`` sets it ``off`` for this log: a server crash may lose the
+            last commits, never part of one.
+        command_ids: how long command ids are kept, as in the LMDB log.
+        connect_timeout: seconds to wait for the server at each (re)connect.
+
+    Raises:
+        DefinitionError: an argument of the wrong type or range.
+        StorageError: the server is unreachable, refuses the credentials, is older than
+            PostgreSQL 15, or the schema holds another layout (the psycopg error, if any, is
+            ``__cause__``).
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        schema: str = "actorlog",
+        sync: bool = True,
+        command_ids: CommandIdRetention | None = None,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        if psycopg is None:
+            raise DefinitionError(
+                "PostgresEventLog needs psycopg 3: pip install 'actorlog[postgres]'"
+            )
+        if type(dsn) is not str:
+            raise DefinitionError(f"dsn must be a str, not {type(dsn).__name__}")
+        if type(schema) is not str or not 0 < len(schema.encode()) <= 63 or "\x00" in schema:
+            raise DefinitionError(f"schema must be a name of 1 to 63 bytes, not {schema!r}")
+        if type(sync) is not bool:
+            raise DefinitionError(f"sync must be a bool, not {type(sync).__name__}")
+        if command_ids is None:
+            command_ids = CommandIdRetention()
+        elif type(command_ids) is not CommandIdRetention:
+            raise DefinitionError(
+                f"command_ids must be a CommandIdRetention, not {type(command_ids).__name__}"
+            )
+        if type(connect_timeout) not in (int, float) or not connect_timeout > 0:
+            raise DefinitionError(f"connect_timeout must be a number > 0, not {connect_timeout!r}")
+        self._dsn = dsn
+        self._schema = schema
+        self._sync = sync
+        self._retention = command_ids
+        self._timeout = max(1, round(connect_timeout))
+        self._closed = False
+        self._q = _Statements(schema)
+        # The writer's connection and the readers': a read never waits behind a group
+        # commit's round trips, nor runs inside its transaction. Each is used by one
+        # thread at a time (its lock).
+        self._writer = _Connection(self._connect)
+        self._reader = _Connection(self._connect)
+        try:
+            self._writer.run(self._initialize)
+        except BaseException:
+            self._writer.close()
+            raise
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        try:
+            conn = psycopg.connect(self._dsn, autocommit=True, connect_timeout=self._timeout)
+        except psycopg.Error as e:
+            raise StorageError(f"cannot connect to the PostgreSQL log: {e}") from e
+        except (TypeError, ValueError) as e:  # a malformed connection string
+            raise StorageError(f"cannot connect to the PostgreSQL log: {e}") from e
+        try:
+            if conn.info.server_version < MIN_SERVER_VERSION:
+                raise StorageError(
+                    f"the PostgreSQL log needs PostgreSQL 15 or later; the server is "
+                    f"{conn.info.server_version}"
+                )
+            if not self._sync:
+                conn.execute("SET synchronous_commit = off")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _initialize(self, conn: psycopg.Connection[Any]) -> None:
+        """Create the tables in a new schema, or check the layout of an existing one, in
+        one transaction (serialized with any other first open by an advisory lock)."""
+        s = sql.Identifier(self._schema)
+        with conn.transaction():
+            conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtext('actorlog schema ' || %s))",
+                (self._schema,),
+            )
+            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(s))
+            conn.execute(
+                sql.SQL(
+                    "CREATE TABLE IF NOT EXISTS {}.meta (key text PRIMARY KEY, value text NOT NULL)"
+                ).format(s)
+            )
+            row = conn.execute(
+                sql.SQL("SELECT value FROM {}.meta WHERE key = 'format'").format(s)
+            ).fetchone()
+            if row is None:
+                taken = conn.execute(
+                    "SELECT to_regclass(%s) IS NOT NULL", (f'"{self._schema}".events',)
+                ).fetchone()
+                if taken is not None and taken[0]:
+                    raise StorageError(
+                        f"schema {self._schema!r} has an events table but no actorlog layout"
+                    )
+                conn.execute(sql.SQL(_SCHEMA).format(s=s))
+                conn.execute(
+                    sql.SQL("INSERT INTO {}.meta VALUES ('format', %s)").format(s), (FORMAT,)
+                )
+            elif row[0] != FORMAT:
+                raise StorageError(
+                    f"the log in schema {self._schema!r} has layout {row[0]!r}; this version "
+                    f"of actorlog reads {FORMAT!r}"
+                )
+
+    # -- properties -----------------------------------------------------------------------
+
+    @property
+    def sync(self) -> bool:
+        """True if a committed group is durable (the WAL flushed) when commit returns."""
+        return self._sync
+
+    @property
+    def schema(self) -> str:
+        """The schema holding the log's tables."""
+        return self._schema
+
+    # -- writes ---------------------------------------------------------------------------
+
+    def append_batch(
+        self,
+        appends: Sequence[Append],
+        *,
+        snapshots: Sequence[tuple[str, Snapshot]] = (),
+        projector_caches: Sequence[tuple[str, ProjectorCache]] = (),
+    ) -> tuple[list[AppendOutcome], list[StoredEvent]]:
+        """Commit a group in one transaction; see :class:`~actorlog.storage.EventLog`.
+
+        Durable when it returns if ``sync``. A failure of the server or the connection
+        fails every append of the group with the same ``StorageError`` and writes nothing
+        (if the connection died during COMMIT the group may have committed: see the module
+        doc). An append PostgreSQL cannot store (a NUL in one of its strs, a payload that
+        is not one msgpack value) fails alone with ``EncodeError``.
+
+        Raises:
+            InvalidArgument: a stream id or projector name is invalid; nothing is written.
+            StorageError: the log is closed.
+        """
+        self._check_open()
+        # Refused before anything is sent: a group that raises leaves nothing behind.
+        for append in appends:
+            check_stream_id(append.stream_id)
+        snaps = {check_stream_id(stream_id): s for stream_id, s in snapshots}
+        caches = {_check_name(name): cache for name, cache in projector_caches}
+        try:
+            return self._writer.run(lambda conn: self._commit(conn, appends, snaps, caches))
+        except StorageError as e:
+            return [e for _ in appends], []
+
+    def _commit(
+        self,
+        conn: psycopg.Connection[Any],
+        appends: Sequence[Append],
+        snapshots: dict[str, Snapshot],
+        caches: dict[str, ProjectorCache],
+    ) -> tuple[list[AppendOutcome], list[StoredEvent]]:
+        q = self._q
+        unstorable: dict[int, EncodeError] = {}
+        for i, append in enumerate(appends):
+            try:
+                _check_storable(append)
+            except _UNSTORABLE as e:
+                error = EncodeError(
+                    f"cannot store the append to stream {append.stream_id!r}: {e}; nothing "
+                    "of it was written"
+                )
+                error.__cause__ = e
+                unstorable[i] = error
+        valid = [a for i, a in enumerate(appends) if i not in unstorable]
+        streams = list({a.stream_id: None for a in valid})
+        keys = list({(a.stream_id, a.command_id): None for a in valid if a.command_id})
+        timestamp = time.time()
+        outcomes: list[AppendOutcome] = []
+        stored: list[StoredEvent] = []
+        position, seq = 0, 0
+        versions: dict[str, int] = {}
+        kept: dict[tuple[str, str], AppendResult] = {}
+        with conn.pipeline(), conn.transaction():
+            # Round trip 1: the lock, then what the group's decisions depend on.
+            if valid:
+                conn.execute(q.lock)
+                head_cur = conn.execute(q.head)
+                versions_cur = conn.execute(q.versions, (streams,))
+                ids_cur = seq_cur = None
+                if keys:
+                    ids_cur = conn.execute(
+                        q.find_many,
+                        (
+                            [k[0] for k in keys],
+                            [k[1] for k in keys],
+                            timestamp - self._retention.max_age,
+                            self._retention.max_ids,
+                        ),
+                    )
+                    seq_cur = conn.execute(q.last_seq)
+                head_row = head_cur.fetchone()  # sends the pipeline, waits for it all
+                position = head_row[0] if head_row else 0
+                versions = dict(versions_cur.fetchall())
+                if ids_cur is not None and seq_cur is not None:
+                    for sid, cid, fv, lv, fp, lp, at in ids_cur.fetchall():
+                        kept[(sid, cid)] = AppendResult(sid, fv, lv, fp, lp, at)
+                    seq_row = seq_cur.fetchone()
+                    seq = seq_row[0] if seq_row else 0
+            # Decide, as the other backends do.
+            rows: list[list[Any]] = [[] for _ in range(12)]
+            recorded: dict[tuple[str, str], AppendResult] = {}
+            for i, append in enumerate(appends):
+                refused = unstorable.get(i)
+                if refused is not None:
+                    outcomes.append(refused)
+                    continue
+                stream_id, cid = append.stream_id, append.command_id
+                if cid is not None:
+                    ident = (stream_id, cid)
+                    original = recorded.get(ident) or kept.get(ident)
+                    if original is not None:
+                        outcomes.append(DuplicateCommand(cid, original))
+                        continue
+                version = versions[stream_id]
+                mismatch = expected_ok(append, version)
+                if mismatch is not None:
+                    outcomes.append(mismatch)
+                    continue
+                first_version, first_position = version + 1, position + 1
+                corr, caus, kind = append.correlation_id, append.causation_id, append.aggregate_name
+                who, headers = append.principal, append.headers
+                headers_json = None if headers is None else _headers_encode(headers).decode()
+                for name, payload in append.events:
+                    position += 1
+                    version += 1
+                    stored.append(
+                        StoredEvent(
+                            position,
+                            stream_id,
+                            version,
+                            name,
+                            timestamp,
+                            corr,
+                            caus,
+                            msgspec.Raw(payload),
+                            kind,
+                            command_id=cid,
+                            principal=who,
+                            headers=headers,
+                        )
+                    )
+                    for column, value in zip(
+                        rows,
+                        (
+                            position,
+                            stream_id,
+                            version,
+                            name,
+                            timestamp,
+                            corr,
+                            caus,
+                            payload,
+                            kind,
+                            cid,
+                            who,
+                            headers_json,
+                        ),
+                        strict=True,
+                    ):
+                        column.append(value)
+                versions[stream_id] = version
+                result = AppendResult(
+                    stream_id, first_version, version, first_position, position, timestamp
+                )
+                if cid is not None:
+                    recorded[(stream_id, cid)] = result
+                outcomes.append(result)
+            # Round trip 2: the writes and COMMIT, pipelined.
+            if stored:
+                conn.execute(q.insert_events, rows)
+            if recorded:
+                results = list(recorded.values())
+                conn.execute(
+                    q.record_ids,
+                    (
+                        list(range(seq + 1, seq + 1 + len(results))),
+                        [r.stream_id for r in results],
+                        [cid for _, cid in recorded],
+                        [r.timestamp for r in results],
+                        [r.first_version for r in results],
+                        [r.last_version for r in results],
+                        [r.first_position for r in results],
+                        [r.last_position for r in results],
+                    ),
+                )
+                conn.execute(q.prune_by_count, (seq + len(results) - self._retention.max_ids,))
+                conn.execute(q.prune_by_age, (timestamp - self._retention.max_age,))
+            if snapshots:
+                conn.execute(
+                    q.save_snapshots,
+                    (list(snapshots), [_encode(s) for s in snapshots.values()]),
+                )
+            if caches:
+                conn.execute(q.save_caches, (list(caches), [_encode(c) for c in caches.values()]))
+        return outcomes, stored
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def find_command(self, stream_id: str, command_id: str) -> AppendResult | None:
+        """The result of the append that recorded ``command_id`` on ``stream_id``, while
+        the log keeps it (its retention)."""
+        self._check_open()
+        key = (check_stream_id(stream_id), check_command_id(command_id))
+        if "\x00" in key[1]:
+            return None  # never stored: PostgreSQL text holds no NUL
+        now = time.time()
+        row = self._read(
+            self._q.find_one,
+            (key[0], key[1], now - self._retention.max_age, self._retention.max_ids),
+        )
+        if not row:
+            return None
+        sid, _, fv, lv, fp, lp, at = row[0]
+        return AppendResult(sid, fv, lv, fp, lp, at)
+
+    def read_stream(
+        self, stream_id: str, from_version: int = 1, limit: int | None = None
+    ) -> list[StoredEvent]:
+        """Events of one stream with version >= ``from_version``, in version order."""
+        self._check_open()
+        stream_id = check_stream_id(stream_id)
+        if limit is not None and limit <= 0:
+            return []
+        start = min(max(from_version, 1), _MAX_BIGINT)
+        limit = None if limit is None else min(limit, _MAX_BIGINT)
+        events: list[StoredEvent] = self._read(
+            self._q.read_stream, (stream_id, start, limit), _event_rows
+        )
+        return events
+
+    def read_all(self, from_position: int = 1, limit: int = 1024) -> list[StoredEvent]:
+        """Up to ``limit`` events with position >= ``from_position``, in log order, as a
+        :class:`~engine._log.ReadBatch` (``nbytes``: the payloads' bytes)."""
+        self._check_open()
+        if limit <= 0:
+            return []
+        start = min(max(from_position, 1), _MAX_BIGINT)
+        events = self._read(self._q.read_all, (start, min(limit, _MAX_BIGINT)), _event_rows)
+        return ReadBatch(events, sum(len(e.payload) for e in events))
+
+    def head_position(self) -> int:
+        """The position of the last committed event; 0 for an empty log."""
+        self._check_open()
+        row = self._read(self._q.head)
+        return int(row[0][0]) if row else 0
+
+    def stream_version(self, stream_id: str) -> int:
+        """The version of the stream's last event; 0 if it does not exist."""
+        self._check_open()
+        row = self._read(self._q.stream_version, (check_stream_id(stream_id),))
+        return int(row[0][0]) if row else 0
+
+    def load_snapshot(self, stream_id: str) -> Snapshot | None:
+        """The stream's last saved snapshot, if any (one that does not decode counts as
+        none: a snapshot is only a shortcut)."""
+        self._check_open()
+        row = self._read(self._q.load_snapshot, (check_stream_id(stream_id),))
+        return _decoded(_snapshot_decoder, row[0][0]) if row else None
+
+    def load_projector_cache(self, name: str) -> ProjectorCache | None:
+        """The named projector's last saved cache, if any (one that does not decode counts
+        as none)."""
+        self._check_open()
+        row = self._read(self._q.load_cache, (_check_name(name),))
+        return _decoded(_cache_decoder, row[0][0]) if row else None
+
+    def _read(
+        self,
+        query: sql.Composed,
+        params: Sequence[Any] = (),
+        convert: Callable[[list[Any]], list[_T]] | None = None,
+    ) -> Any:
+        """Run one query on the readers' connection (autocommit: its own snapshot)."""
+
+        def run(conn: psycopg.Connection[Any]) -> Any:
+            with conn.cursor(binary=True) as cur:
+                rows = cur.execute(query, params).fetchall()
+            return convert(rows) if convert is not None else rows
+
+        return self._reader.run(run, retry=True)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StorageError("the PostgreSQL log is closed")
+
+    def close(self) -> None:
+        """Close both connections. Idempotent."""
+        self._closed = True
+        self._writer.close()
+        self._reader.close()
+
+
+class _Connection:
+    """One psycopg connection, used by one thread at a time, (re)opened on demand: a call
+    after the connection broke opens a new one (a failure there is a ``StorageError``)."""
+
+    def __init__(self, connect: Callable[[], psycopg.Connection[Any]]) -> None:
+        self._connect = connect
+        self._conn: psycopg.Connection[Any] | None = None
+        self._lock = threading.Lock()
+
+    def run(self, work: Callable[[psycopg.Connection[Any]], _T], *, retry: bool = False) -> _T:
+        """``work(connection)``; a psycopg error becomes a ``StorageError`` (its cause).
+
+        With ``retry`` (reads: idempotent), a connection found broken is reopened and
+        ``work`` run once more; a write is never retried, since its COMMIT may have
+        reached the server.
+        """
+        with self._lock:
+            while True:
+                conn = self._conn
+                if conn is None or conn.closed:
+                    conn = self._conn = self._connect()
+                try:
+                    return work(conn)
+                except psycopg.Error as e:
+                    if not (conn.closed or conn.broken):
+                        raise StorageError(f"the PostgreSQL log failed: {e}") from e
+                    self._conn = None
+                    conn.close()
+                    if not retry:
+                        raise StorageError(f"the PostgreSQL log lost its connection: {e}") from e
+                    retry = False
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+
+class _Statements:
+    """The log's SQL, composed once for its schema."""
+
+    def __init__(self, schema: str) -> None:
+        s = sql.Identifier(schema)
+
+        def q(text: str) -> sql.Composed:
+            return sql.SQL(text).format(s=s)
+
+        self.lock = q("LOCK TABLE {s}.events IN EXCLUSIVE MODE")
+        self.head = q("SELECT coalesce(max(position), 0) FROM {s}.events")
+        self.last_seq = q("SELECT coalesce(max(seq), 0) FROM {s}.command_ids")
+        self.versions = q(
+            "SELECT id, coalesce((SELECT max(version) FROM {s}.events WHERE stream_id = id), 0)"
+            " FROM unnest(%b::text[]) AS k(id)"
+        )
+        self.stream_version = q(
+            "SELECT coalesce(max(version), 0) FROM {s}.events WHERE stream_id = %s"
+        )
+        # Kept ids: younger than max_age, and among the max_ids last recorded.
+        kept = " AND c.recorded_at > %s AND c.seq > (SELECT max(seq) FROM {s}.command_ids) - %s"
+        columns = (
+            "SELECT c.stream_id, c.command_id, c.first_version, c.last_version,"
+            " c.first_position, c.last_position, c.recorded_at"
+        )
+        self.find_many = q(
+            columns + " FROM {s}.command_ids c JOIN unnest(%b::text[], %b::text[]) AS k(s, i)"
+            " ON c.stream_id = k.s AND c.command_id = k.i WHERE true" + kept
+        )
+        self.find_one = q(
+            columns + " FROM {s}.command_ids c WHERE c.stream_id = %s AND c.command_id = %s" + kept
+        )
+        self.insert_events = q(
+            "INSERT INTO {s}.events (position, stream_id, version, type, timestamp,"
+            " correlation_id, causation_id, payload, aggregate, command_id, principal,"
+            " headers) SELECT p, s, v, t, ts, co, ca, pl, a, ci, pr, h::jsonb FROM unnest("
+            "%b::bigint[], %b::text[], %b::bigint[], %b::text[], %b::float8[], %b::text[],"
+            " %b::text[], %b::bytea[], %b::text[], %b::text[], %b::text[], %b::text[])"
+            " AS u(p, s, v, t, ts, co, ca, pl, a, ci, pr, h)"
+        )
+        # An id that aged out but is not pruned yet is replaced by its new recording.
+        self.record_ids = q(
+            "INSERT INTO {s}.command_ids (seq, stream_id, command_id, recorded_at,"
+            " first_version, last_version, first_position, last_position)"
+            " SELECT * FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::float8[],"
+            " %b::bigint[], %b::bigint[], %b::bigint[], %b::bigint[])"
+            " ON CONFLICT (stream_id, command_id) DO UPDATE SET seq = excluded.seq,"
+            " recorded_at = excluded.recorded_at, first_version = excluded.first_version,"
+            " last_version = excluded.last_version, first_position = excluded.first_position,"
+            " last_position = excluded.last_position"
+        )
+        self.prune_by_count = q(
+            "DELETE FROM {s}.command_ids WHERE seq IN (SELECT seq FROM {s}.command_ids"
+            f" WHERE seq <= %s ORDER BY seq LIMIT {_PRUNE_MOST})"
+        )
+        self.prune_by_age = q(
+            "DELETE FROM {s}.command_ids WHERE seq IN (SELECT seq FROM {s}.command_ids"
+            f" WHERE recorded_at <= %s ORDER BY recorded_at LIMIT {_PRUNE_MOST})"
+        )
+        self.save_snapshots = q(
+            "INSERT INTO {s}.snapshots SELECT * FROM unnest(%b::text[], %b::bytea[])"
+            " ON CONFLICT (stream_id) DO UPDATE SET record = excluded.record"
+        )
+        self.save_caches = q(
+            "INSERT INTO {s}.projector_caches SELECT * FROM unnest(%b::text[], %b::bytea[])"
+            " ON CONFLICT (name) DO UPDATE SET record = excluded.record"
+        )
+        self.read_all = q(
+            f"SELECT {_EVENT_COLUMNS} FROM {{s}}.events WHERE position >= %s"
+            " ORDER BY position LIMIT %s"
+        )
+        self.read_stream = q(
+            f"SELECT {_EVENT_COLUMNS} FROM {{s}}.events WHERE stream_id = %s AND version >= %s"
+            " ORDER BY version LIMIT %s"
+        )
+        self.load_snapshot = q("SELECT record FROM {s}.snapshots WHERE stream_id = %s")
+        self.load_cache = q("SELECT record FROM {s}.projector_caches WHERE name = %s")
+
+
+def _event_rows(rows: list[Any]) -> list[StoredEvent]:
+    """StoredEvents from ``events`` rows (the ``_EVENT_COLUMNS``, binary format)."""
+    events = []
+    Raw = msgspec.Raw
+    for pos, sid, ver, typ, ts, corr, caus, payload, kind, cid, who, headers in rows:
+        if cid is None and who is None and headers is None:
+            events.append(StoredEvent(pos, sid, ver, typ, ts, corr, caus, Raw(payload), kind))
+        else:
+            events.append(
+                StoredEvent(
+                    pos,
+                    sid,
+                    ver,
+                    typ,
+                    ts,
+                    corr,
+                    caus,
+                    Raw(payload),
+                    kind,
+                    command_id=cid,
+                    principal=who,
+                    headers=None if headers is None else _headers_decode(headers),
+                )
+            )
+    return events
+
+
+def _decoded(decoder: msgspec.msgpack.Decoder[_T], data: bytes) -> _T | None:
+    try:
+        return decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+
+
+def _check_name(name: object) -> str:
+    """A projector name the tables can hold: :func:`check_name`, and no NUL."""
+    checked = check_name(name)
+    if "\x00" in checked:
+        raise InvalidArgument(f"a projector name must not contain NUL, not {checked!r}")
+    return checked
+
+
+def _check_str(value: object) -> None:
+    """Raise unless ``value`` is None or an exact str PostgreSQL ``text`` can hold."""
+    if value is not None:
+        if type(value) is not str:
+            raise TypeError(f"expected a str, not {type(value).__name__}")
+        if "\x00" in value:
+            raise ValueError(f"PostgreSQL text cannot hold a NUL character: {value[:40]!r}")
+        if not value.isascii():
+            value.encode()  # a lone surrogate: UnicodeEncodeError (a ValueError)
+
+
+def _check_storable(append: Append) -> None:
+    """Raise unless every str of ``append`` fits PostgreSQL ``text`` and every payload is
+    one msgpack value in bytes: such an append would fail its whole group in the server."""
+    for value in (
+        append.correlation_id,
+        append.causation_id,
+        append.aggregate_name,
+        append.command_id,
+        append.principal,
+    ):
+        _check_str(value)
+    if append.headers is not None:
+        if type(append.headers) is not tuple:
+            raise TypeError("headers must be a tuple of (name, value) pairs")
+        for pair in append.headers:
+            if type(pair) is not tuple or len(pair) != 2:
+                raise TypeError(f"a header must be a (name, value) tuple, not {pair!r}")
+            _check_str(pair[0])
+            _check_str(pair[1])
+    for name, payload in append.events:
+        _check_str(name)
+        if type(payload) is not bytes:
+            raise TypeError(f"a payload must be bytes, not {type(payload).__name__}")
+        _one_value(payload)

@@ -1,0 +1,116 @@
+"""The engine end to end on the PostgreSQL log, on trio and on asyncio: commands, queries
+that read their own writes, a retried command id, a rejection, and a restart on the same
+schema (skipped without ``ACTORLOG_TEST_POSTGRES``)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import trio
+
+from actorlog import Committed, Engine, StorageError
+from actorlog.storage import assert_log_consistent
+from benchmarks.bank import Account, Balances, Deposit, InsufficientFunds, OpenAccount, Withdraw
+from tests.support import Postgres
+
+
+async def bank_on_postgres(postgres: Postgres) -> None:
+    schema = postgres.schema()
+    accounts = [f"acct-{i}" for i in range(20)]
+    async with Engine.open(
+        log=postgres.log(schema), aggregates=[Account], projectors=[Balances]
+    ) as engine:
+        for account in accounts:
+            await engine.send(Account, account, OpenAccount("ann"))
+        for round_ in range(5):
+            for i, account in enumerate(accounts):
+                done = await engine.send(Account, account, Deposit(i + round_ + 1))
+        assert await engine.query(Balances.balance, "acct-3", after=done.position) == 5 * 4 + 10
+        # A retried command id is answered from the log, not run again.
+        first = await engine.send(Account, "acct-0", Deposit(7), command_id="retry-1")
+        again = await engine.send(Account, "acct-0", Deposit(7), command_id="retry-1")
+        assert again == first == Committed("acct-0", 7, first.position, 1)
+        try:
+            await engine.send(Account, "acct-1", Withdraw(10_000))
+        except InsufficientFunds:
+            pass
+        else:
+            raise AssertionError("an overdraft was not rejected")
+        balances = await engine.query(Balances.all_balances, after=again.position)
+        head = engine.log.head_position()
+    assert head == 20 + 100 + 1
+    # A restart on the same schema: the aggregates and the view come back from the log.
+    async with Engine.open(
+        log=postgres.log(schema), aggregates=[Account], projectors=[Balances]
+    ) as engine:
+        assert await engine.query(Balances.all_balances) == balances
+        after = await engine.send(Account, "acct-0", Deposit(1))
+        assert after == Committed("acct-0", 8, head + 1, 1)
+        again = await engine.send(Account, "acct-0", Deposit(7), command_id="retry-1")
+        assert again == first
+        assert await engine.query(Balances.balance, "acct-0", after=after.position) == (
+            balances["acct-0"] + 1
+        )
+
+
+async def test_the_engine_runs_on_postgres_under_trio(postgres: Postgres) -> None:
+    with trio.fail_after(30):
+        await bank_on_postgres(postgres)
+
+
+def test_the_engine_runs_on_postgres_under_asyncio(postgres: Postgres) -> None:
+    asyncio.run(asyncio.wait_for(bank_on_postgres(postgres), 30))
+
+
+async def test_commands_survive_the_connections_being_killed_under_load(
+    postgres: Postgres,
+) -> None:
+    # Clients deposit while the server drops every connection of the log, twice. The
+    # commands in flight then fail with StorageError (or commit, if COMMIT got through
+    # first); the engine carries on on new connections; every acknowledged command is in
+    # the log and the view agrees with the log.
+    schema = postgres.schema()
+    acknowledged: dict[str, list[int]] = {}
+    failed = 0
+
+    def kill_connections() -> None:
+        postgres.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+
+    with trio.fail_after(30):
+        async with Engine.open(
+            log=postgres.log(schema), aggregates=[Account], projectors=[Balances]
+        ) as engine:
+
+            async def client(account: str) -> None:
+                nonlocal failed
+                await engine.send(Account, account, OpenAccount("ann"))
+                for n in range(40):
+                    if account == "acct-0" and n in (10, 25):
+                        # The other clients' commands are queued or in flight: the next
+                        # group commit finds its connection dead.
+                        kill_connections()
+                    try:
+                        done = await engine.send(Account, account, Deposit(1))
+                    except StorageError:
+                        failed += 1
+                    else:
+                        acknowledged.setdefault(account, []).append(done.position)
+
+            async with trio.open_nursery() as nursery:
+                for i in range(8):
+                    nursery.start_soon(client, f"acct-{i}")
+            head = engine.log.head_position()
+            balances = await engine.query(Balances.all_balances, after=head)
+    log = postgres.log(schema)
+    assert_log_consistent(log)
+    events = {e.position: e for e in log.read_all(1, 100_000)}
+    for account, positions in acknowledged.items():
+        assert all(events[p].stream_id == account for p in positions)
+    in_log = {a: sum(e.stream_id == a for e in events.values()) - 1 for a in balances}
+    assert balances == in_log  # deposits of 1: the balance counts them
+    assert sum(len(p) for p in acknowledged.values()) + failed == 8 * 40
+    assert failed >= 2  # each kill failed a group commit
+    assert all(in_log[a] >= len(p) for a, p in acknowledged.items())

@@ -1,0 +1,299 @@
+"""The PostgreSQL log against a real server (``ACTORLOG_TEST_POSTGRES``; skipped without
+one): the contract, and what only a server log has (reopening a schema, its layout, two
+writers at once, a lost connection, an unreachable server, command-id retention in its
+table, a writer process killed mid-run)."""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from actorlog import CommandIdRetention, DefinitionError, EncodeError, StorageError
+from actorlog.engine.testing import make_append
+from actorlog.storage import (
+    ANY,
+    NO_STREAM,
+    Append,
+    AppendResult,
+    DuplicateCommand,
+    PostgresEventLog,
+    ProjectorCache,
+    Snapshot,
+    StoredEvent,
+    assert_log_consistent,
+    check_event_log,
+)
+from tests.support import Postgres
+
+
+def test_meets_the_event_log_contract(postgres: Postgres) -> None:
+    check_event_log(postgres.log)
+
+
+def test_reopening_a_schema_keeps_everything(postgres: Postgres) -> None:
+    schema = postgres.schema()
+    log = postgres.log(schema)
+    meta = {"command_id": "c1", "principal": "ann", "headers": (("traceparent", "00-1"),)}
+    first = msgspec.structs.replace(
+        make_append("a", NO_STREAM, 2, correlation_id="co", aggregate_name="Account"), **meta
+    )
+    outcomes, _ = log.append_batch(
+        [first, make_append("b", NO_STREAM)],
+        snapshots=[("a", Snapshot(2, 1, b"\x90", "Account"))],
+        projector_caches=[("Balances", ProjectorCache(3, 1, b"\x80"))],
+    )
+    events = log.read_all()
+    log.close()
+
+    again = postgres.log(schema)
+    assert again.read_all() == events
+    assert again.head_position() == 3
+    assert again.stream_version("a") == 2
+    assert again.load_snapshot("a") == Snapshot(2, 1, b"\x90", "Account")
+    assert again.load_projector_cache("Balances") == ProjectorCache(3, 1, b"\x80")
+    assert again.find_command("a", "c1") == outcomes[0]
+    outcomes, stored = again.append_batch([make_append("a", 2), make_append("c", NO_STREAM)])
+    assert [(e.position, e.stream_id, e.version) for e in stored] == [(4, "a", 3), (5, "c", 1)]
+    assert_log_consistent(again)
+
+
+def test_a_schema_of_another_layout_is_refused(postgres: Postgres) -> None:
+    schema = postgres.schema()
+    postgres.log(schema).append_batch([make_append("a", NO_STREAM)])
+    postgres.execute(f"UPDATE \"{schema}\".meta SET value = 'actorlog-pg-99' WHERE key = 'format'")
+    with pytest.raises(StorageError, match="actorlog-pg-99"):
+        PostgresEventLog(postgres.url, schema=schema)
+    # Nor is a schema whose events table is someone else's taken for an empty log.
+    other = postgres.schema()
+    postgres.execute(f'CREATE SCHEMA "{other}"')
+    postgres.execute(f'CREATE TABLE "{other}".events (id int)')
+    with pytest.raises(StorageError):
+        PostgresEventLog(postgres.url, schema=other)
+
+
+def test_an_unreachable_server_is_a_storage_error(postgres: Postgres) -> None:
+    with pytest.raises(StorageError) as caught:
+        PostgresEventLog("postgresql://nobody@127.0.0.1:1/none", connect_timeout=2)
+    assert caught.value.__cause__ is not None
+    with pytest.raises(StorageError):
+        PostgresEventLog(postgres.url + "_no_such_database")
+    with pytest.raises(StorageError):
+        PostgresEventLog("this is not = a dsn=")
+
+
+def test_a_lost_connection_fails_the_group_then_reconnects(postgres: Postgres) -> None:
+    log = postgres.log()
+    log.append_batch([make_append("a", NO_STREAM)])
+    assert log.head_position() == 1  # both connections are open now
+    # Every connection to this database but the one issuing the statement.
+    postgres.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    )
+    outcomes, stored = log.append_batch([make_append("a", 1), make_append("b", NO_STREAM)])
+    assert all(isinstance(o, StorageError) for o in outcomes) and len(outcomes) == 2
+    assert stored == []
+    # A read reconnects and runs again (reads are idempotent); so does the next group.
+    # Nothing of the failed group was written.
+    assert log.head_position() == 1
+    outcomes, _ = log.append_batch([make_append("a", 1)])
+    assert isinstance(outcomes[0], AppendResult) and outcomes[0].last_position == 2
+    assert_log_consistent(log)
+
+
+def test_an_append_postgres_cannot_store_fails_alone(postgres: Postgres) -> None:
+    log = postgres.log()
+    outcomes, stored = log.append_batch(
+        [
+            make_append("a", NO_STREAM),
+            make_append("b", NO_STREAM, correlation_id="nul\x00inside"),
+            make_append("c", NO_STREAM),
+        ]
+    )
+    assert [type(o) for o in outcomes] == [AppendResult, EncodeError, AppendResult]
+    assert [(e.position, e.stream_id) for e in stored] == [(1, "a"), (2, "c")]
+    assert log.stream_version("b") == 0
+
+
+def test_two_writers_keep_positions_gap_free_and_in_commit_order(postgres: Postgres) -> None:
+    # Two logs (two connections, as two processes would have) commit groups at once, to
+    # streams of their own (exact expected versions) and to shared ones (ANY), while a
+    # reader follows the log by position as a projector does: from the last position it
+    # read. A position committed after a larger one would be skipped by the reader for
+    # good; the final comparison with the whole log catches that.
+    schema = postgres.schema()
+    writers = [postgres.log(schema), postgres.log(schema)]
+    reader = postgres.log(schema)
+    groups = 150
+    results: list[list[object]] = [[], []]
+    seen: list[StoredEvent] = []
+    done = threading.Event()
+    failures: list[BaseException] = []
+
+    def write(w: int) -> None:
+        try:
+            log = writers[w]
+            for g in range(groups):
+                outcomes, _ = log.append_batch(
+                    [
+                        make_append(f"own{w}", g * 2, 2),
+                        make_append(f"shared{g % 3}", ANY),
+                        make_append(f"own{w}-{g % 5}", ANY, 1 + g % 3),
+                    ]
+                )
+                results[w].extend(outcomes)
+        except BaseException as e:
+            failures.append(e)
+
+    def follow() -> None:
+        try:
+            position = 0
+            while True:
+                finished = done.is_set()
+                batch = reader.read_all(position + 1, 50)
+                seen.extend(batch)
+                if batch:
+                    position = batch[-1].position
+                elif finished:
+                    return
+        except BaseException as e:
+            failures.append(e)
+
+    threads = [threading.Thread(target=write, args=(w,)) for w in (0, 1)]
+    follower = threading.Thread(target=follow)
+    follower.start()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    done.set()
+    follower.join()
+    assert failures == []
+    assert all(isinstance(o, AppendResult) for r in results for o in r)
+    everything = reader.read_all(1, 100_000)
+    assert len(everything) == groups * 2 * (2 + 1 + 2)  # each append: 2, 1, then 1-3 (2 avg)
+    assert [e.position for e in everything] == list(range(1, len(everything) + 1))
+    assert seen == everything  # the follower skipped nothing and saw it in order
+    versions = assert_log_consistent(reader)
+    assert versions["own0"] == versions["own1"] == 2 * groups
+    # Each writer's acknowledged results are what the log holds at those positions.
+    for r in results:
+        for result in r:
+            assert isinstance(result, AppendResult)
+            held = everything[result.first_position - 1 : result.last_position]
+            assert [(e.stream_id, e.version) for e in held] == [
+                (result.stream_id, v) for v in range(result.first_version, result.last_version + 1)
+            ]
+
+
+def _ids_held(postgres: Postgres, schema: str) -> int:
+    """The rows of the schema's ``command_ids`` table: what pruning left on the server."""
+    return int(postgres.execute(f'SELECT count(*) FROM "{schema}".command_ids')[0][0])
+
+
+def test_command_id_retention_bounds_the_table(postgres: Postgres) -> None:
+    schema = postgres.schema()
+    retention = CommandIdRetention(max_ids=50)
+    log = postgres.log(schema, command_ids=retention)
+
+    def with_id(command_id: str) -> Append:
+        return msgspec.structs.replace(make_append("s", ANY), command_id=command_id)
+
+    def kept(log: PostgresEventLog) -> list[str]:
+        ids = [f"{g}-{i}" for g in range(20) for i in range(10)]
+        return [c for c in ids if log.find_command("s", c) is not None]
+
+    for group in range(20):
+        log.append_batch([with_id(f"{group}-{i}") for i in range(10)])
+    assert kept(log) == [f"{g}-{i}" for g in range(15, 20) for i in range(10)]
+    assert _ids_held(postgres, schema) == 50
+    log.close()
+    again = postgres.log(schema, command_ids=retention)
+    assert len(kept(again)) == 50
+    outcomes, _ = again.append_batch([with_id("19-9"), with_id("14-9")])
+    assert [type(o) for o in outcomes] == [DuplicateCommand, AppendResult]
+
+
+def test_command_ids_past_their_age_are_decided_again_and_pruned(postgres: Postgres) -> None:
+    schema = postgres.schema()
+    # A microsecond: every group takes longer (its round trips), so each finds the id of
+    # the one before aged out.
+    log = postgres.log(schema, command_ids=CommandIdRetention(max_age=1e-6))
+    command = msgspec.structs.replace(make_append("s", ANY), command_id="c")
+    for _ in range(3):
+        outcomes, _ = log.append_batch([command])
+        assert isinstance(outcomes[0], AppendResult)  # the last one aged out already
+    assert log.find_command("s", "c") is None
+    assert log.stream_version("s") == 3
+    assert _ids_held(postgres, schema) == 1  # each group pruned the one before
+
+
+def test_a_killed_writer_loses_no_acknowledged_append(postgres: Postgres) -> None:
+    # tests/storage/crash_writer_child.py on this server, SIGKILLed after a random number of
+    # acknowledgements, three times over the same schema: every acknowledged append is
+    # there whole, every committed one (reported or not) is whole, positions have no gap.
+    schema = postgres.schema()
+    rng = random.Random(20261130)
+    decode = msgspec.msgpack.Decoder(tuple[int, int, int]).decode
+    acknowledged: list[list[str]] = []
+    for round_ in range(3):
+        args = [postgres.url, "24", str(round_), schema]
+        child = subprocess.Popen(
+            [sys.executable, "-m", "tests.storage.crash_writer_child", *args],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=Path(__file__).parent.parent.parent,
+        )
+        assert child.stdout is not None
+        try:
+            assert child.stdout.readline() == "ready\n"
+            lines = [child.stdout.readline() for _ in range(rng.randint(50, 600))]
+            child.send_signal(signal.SIGKILL)
+            lines += child.stdout.read().splitlines(keepends=True)
+        finally:
+            child.kill()
+            child.wait(timeout=30)
+            child.stdout.close()
+        assert child.returncode == -signal.SIGKILL, "the child ended before it was killed"
+        acknowledged += [line.split() for line in lines if line.endswith("\n")]
+        log = postgres.log(schema)
+        versions = assert_log_consistent(log)
+        events = {e.position: e for e in log.read_all(1, 10**7)}
+        for stream_id, *numbers in acknowledged:
+            first_v, last_v, first_p, last_p = map(int, numbers)
+            assert versions[stream_id] >= last_v
+            got = [events[p] for p in range(first_p, last_p + 1)]
+            assert [(e.stream_id, e.version) for e in got] == [
+                (stream_id, v) for v in range(first_v, last_v + 1)
+            ]
+        for event in events.values():
+            first_v, i, count = decode(event.payload)
+            assert event.version == first_v + i
+            for j in range(count):
+                other = events[event.position - i + j]
+                assert (other.stream_id, other.version) == (event.stream_id, first_v + j)
+        log.close()
+    assert len(acknowledged) >= 150
+
+
+@pytest.mark.parametrize(
+    "dsn, options",
+    [
+        (b"postgresql://", {}),
+        ("postgresql://", {"schema": ""}),
+        ("postgresql://", {"schema": "x" * 64}),
+        ("postgresql://", {"sync": 1}),
+        ("postgresql://", {"command_ids": 5}),
+        ("postgresql://", {"connect_timeout": 0}),
+    ],
+)
+def test_bad_options_are_refused_before_connecting(dsn: object, options: dict[str, object]) -> None:
+    with pytest.raises(DefinitionError):
+        PostgresEventLog(dsn, **options)  # type: ignore[arg-type]
