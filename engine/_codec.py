@@ -85,16 +85,17 @@ _MAX_NAME_BYTES: Final = 400  # as a stream id: a name is written into every env
 
 
 def _check_event_name(cls: type, name: str) -> None:
-    """Refuse a name the log could not store: a ``tag`` with no UTF-8 form (a lone
-    surrogate) would fail every group commit that carries one of its events."""
+    """Refuse a name a log could not store: a ``tag`` with no UTF-8 form (a lone
+    surrogate) would fail every group commit that carries one of its events, and one with
+    a NUL every commit to PostgreSQL."""
     try:
-        size = len(name.encode()) if type(name) is str else 0
+        size = len(name.encode()) if type(name) is str and "\x00" not in name else 0
     except UnicodeEncodeError:
         size = 0
     if not 0 < size <= _MAX_NAME_BYTES:
         raise DefinitionError(
-            f"{cls.__qualname__}: an event or command name must be a non-empty str of at "
-            f"most {_MAX_NAME_BYTES} UTF-8 bytes, not {name[:60]!r}"
+            f"{cls.__qualname__}: an event or command name must be a non-empty str without "
+            f"NUL of at most {_MAX_NAME_BYTES} UTF-8 bytes, not {name[:60]!r}"
         )
 
 

@@ -463,6 +463,7 @@ class Engine:
                 type(command_id) is str
                 and command_id.isascii()
                 and 0 < len(command_id) <= MAX_METADATA_BYTES
+                and "\x00" not in command_id
                 and principal is None
                 and correlation_id is None
                 and causation_id is None

@@ -238,14 +238,15 @@ def check_name(name: object) -> str:
 def check_metadata(value: object, what: str = "metadata") -> str | None:
     """Validate a correlation or causation id: None, or a str of at most 1024 UTF-8 bytes.
 
-    Returns it as a plain ``str`` (or None), like :func:`check_stream_id`. Any str is
-    allowed, the empty one and NUL included: it is stored in each event's envelope, never
-    in a key. ``what`` names the argument in the error.
+    Returns it as a plain ``str`` (or None), like :func:`check_stream_id`. The empty str
+    is allowed. ``what`` names the argument in the error.
 
     Raises:
-        InvalidArgument: another type, over the bound, or not valid UTF-8 (a lone
-            surrogate): such an id would be acknowledged and then make the events that
-            carry it unreadable, or fail the whole group commit it rode in.
+        InvalidArgument: another type, over the bound, not valid UTF-8 (a lone
+            surrogate), or holding a NUL (PostgreSQL's text cannot store one; refused for
+            every log, so a service can move between them): such an id would be
+            acknowledged and then make the events that carry it unreadable, or fail the
+            whole group commit it rode in.
     """
     if value is None:
         return None
@@ -259,6 +260,8 @@ def check_metadata(value: object, what: str = "metadata") -> str | None:
             f"{what} must be at most {MAX_METADATA_BYTES} UTF-8 bytes; this one has "
             f"{len(value)} characters"
         )
+    if "\x00" in value:
+        raise InvalidArgument(f"{what} must not hold a NUL character: {describe(value)}")
     return value
 
 
@@ -300,6 +303,8 @@ def check_headers(headers: object) -> Headers | None:
                 and name
                 and name.isascii()
                 and value.isascii()
+                and "\x00" not in name
+                and "\x00" not in value
             ):
                 break
             size += len(name) + len(value)
@@ -413,7 +418,9 @@ def check_events(events: object) -> None:
             if (
                 type(name) is not str  # exact types: msgspec encodes no subclass
                 or type(payload) is not bytes
-                or not (0 < len(name) <= MAX_STREAM_ID_BYTES and name.isascii())
+                or not (
+                    0 < len(name) <= MAX_STREAM_ID_BYTES and name.isascii() and "\x00" not in name
+                )
             ):
                 _check_event(name, payload)
             _skip_one_value(payload)
@@ -485,8 +492,8 @@ def _check_event(name: object, payload: object) -> None:
 
 
 def check_label(value: object, what: str) -> str:
-    """Validate a name stored in envelopes (an event type, an aggregate type): a non-empty
-    str of at most 400 UTF-8 bytes. Returns it as a plain ``str``.
+    """Validate a name stored in envelopes (an event type, an aggregate type, a header): a
+    non-empty str of at most 400 UTF-8 bytes, without NUL. Returns it as a plain ``str``.
 
     Raises:
         InvalidArgument: anything else.
@@ -496,10 +503,10 @@ def check_label(value: object, what: str) -> str:
             raise InvalidArgument(f"{what} must be a non-empty str, not {type(value).__name__}")
         value = str.__str__(value)
     size = len(value) if value.isascii() else _utf8_size(value, what, MAX_STREAM_ID_BYTES)
-    if not size or size > MAX_STREAM_ID_BYTES:
+    if not size or size > MAX_STREAM_ID_BYTES or "\x00" in value:
         raise InvalidArgument(
-            f"{what} must be a non-empty str of at most {MAX_STREAM_ID_BYTES} UTF-8 bytes, "
-            f"not {describe(value)}"
+            f"{what} must be a non-empty str without NUL of at most {MAX_STREAM_ID_BYTES} "
+            f"UTF-8 bytes, not {describe(value)}"
         )
     return value
 

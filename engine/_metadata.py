@@ -86,22 +86,28 @@ def command_meta(
         type(correlation_id) is str
         and correlation_id.isascii()
         and len(correlation_id) <= MAX_METADATA_BYTES
+        and "\x00" not in correlation_id
     ):
         correlation_id = check_metadata(correlation_id, "correlation_id")
     if causation_id is not None and not (
         type(causation_id) is str
         and causation_id.isascii()
         and len(causation_id) <= MAX_METADATA_BYTES
+        and "\x00" not in causation_id
     ):
         causation_id = check_metadata(causation_id, "causation_id")
     if command_id is not None and not (
         type(command_id) is str
         and command_id.isascii()
         and 0 < len(command_id) <= MAX_METADATA_BYTES
+        and "\x00" not in command_id
     ):
         command_id = check_command_id(command_id)
     if recorded is not None and not (
-        type(recorded) is str and recorded.isascii() and len(recorded) <= MAX_METADATA_BYTES
+        type(recorded) is str
+        and recorded.isascii()
+        and len(recorded) <= MAX_METADATA_BYTES
+        and "\x00" not in recorded
     ):
         recorded = check_metadata(recorded, "the recorded principal")
     return CommandMeta(

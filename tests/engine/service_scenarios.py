@@ -249,7 +249,7 @@ async def retention_drops_the_oldest_ids_by_count_and_by_age(tmp_path: Path) -> 
 async def malformed_command_ids_are_refused_before_deciding(tmp_path: Path) -> None:
     DECIDED.clear()
     async with Engine.open(log=MemoryEventLog(), aggregates=[Counter]) as engine:
-        for bad in ("", 5, b"id", "\ud800", "x" * 1025):
+        for bad in ("", 5, b"id", "\ud800", "x" * 1025, "a\x00b"):
             with pytest.raises(InvalidArgument):
                 await engine.send(Counter, "a", Add(1), command_id=bad)  # type: ignore[arg-type]
             with pytest.raises(InvalidArgument):
@@ -391,6 +391,10 @@ async def malformed_metadata_is_refused_before_deciding(tmp_path: Path) -> None:
         bad_calls: list[dict[str, Any]] = [
             {"principal": User("ann")},  # not a str, and no record_principal
             {"principal": "\ud800"},
+            {"principal": "a\x00"},
+            {"correlation_id": "\x00"},
+            {"headers": {"a\x00": "x"}},
+            {"headers": {"a": "x\x00"}},
             {"headers": {"a": 1}},
             {"headers": {"": "x"}},
             {"headers": {"a": "\ud800"}},
