@@ -173,7 +173,7 @@ class Harness:
         """W1 with what a service's commands carry (command ids, a policy, metadata), each
         beside plain W1 in the same run: rounds interleaved, the median of each."""
         accounts, commands, clients = 1000, self.n(40_000), 64
-        rounds = 3
+        rounds = 2 if self.scale > 1 else 5  # --quick: a smoke test
         for sync in (False, True):
             rates: dict[str, list[float]] = {v: [] for v in workloads.SERVICE_VARIANTS}
             for _ in range(rounds):
