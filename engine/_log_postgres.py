@@ -33,7 +33,8 @@ read back together; (2) the events as one ``INSERT ... SELECT FROM unnest(arrays
 command ids likewise, their bounded pruning, the snapshots and caches, and COMMIT,
 pipelined. A group of only snapshots or caches is one. Deciding in Python between the two
 keeps the rules (expected versions, duplicates, empty appends) in one language with the
-other backends; a server-side function would save one round trip (``XX``: measure it).
+other backends; a server-side function would save one round trip, but a local round
+trip measured ~36 µs of a ~2 ms group commit (2%): not worth a second language.
 
 Errors. A failure of the server or the connection fails the whole group with a
 ``StorageError`` (the psycopg error is ``__cause__``; the transaction rolled back, nothing
@@ -66,7 +67,7 @@ try:
 except ImportError:  # the optional extra (actorlog[postgres]) is not installed
     psycopg = None  # type: ignore[assignment]
 
-from ._command_ids import CommandIdRetention
+from ._command_ids import CommandIdRetention, retention
 from ._errors import DefinitionError, DuplicateCommand, EncodeError, InvalidArgument, StorageError
 from ._log import (
     AppendOutcome,
@@ -185,12 +186,7 @@ class PostgresEventLog:
             raise DefinitionError(f"schema must be a name of 1 to 63 bytes, not {schema!r}")
         if type(sync) is not bool:
             raise DefinitionError(f"sync must be a bool, not {type(sync).__name__}")
-        if command_ids is None:
-            command_ids = CommandIdRetention()
-        elif type(command_ids) is not CommandIdRetention:
-            raise DefinitionError(
-                f"command_ids must be a CommandIdRetention, not {type(command_ids).__name__}"
-            )
+        command_ids = retention(command_ids)
         if type(connect_timeout) not in (int, float) or not connect_timeout > 0:
             raise DefinitionError(f"connect_timeout must be a number > 0, not {connect_timeout!r}")
         self._dsn = dsn
