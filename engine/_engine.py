@@ -43,6 +43,7 @@ from ._errors import (
 )
 from ._log import MAX_METADATA_BYTES, EventLog, check_label, check_stream_id
 from ._log_lmdb import DEFAULT_MAP_SIZE, DEFAULT_MAX_MAP_SIZE, LmdbEventLog
+from ._log_postgres import PostgresEventLog
 from ._log_view import LogView
 from ._metadata import CommandMeta, RecordPrincipal, command_meta
 from ._policy import Policy, allow_query, allow_send, check_policy, send_refused
@@ -182,7 +183,9 @@ class Engine:
 
         Args:
             path: the LMDB directory (created if missing; not empty: ``"."`` for the
-                current directory).
+                current directory), or a PostgreSQL URL (``"postgresql://..."``: a
+                ``PostgresEventLog`` in its default schema; ``sync`` and ``command_ids``
+                apply, the map sizes do not).
             log: a ready backend to use instead of ``path`` (closed on exit).
             aggregates: the aggregate classes to host.
             projectors: the projector classes to host; each catches up from the log.
@@ -277,6 +280,10 @@ class Engine:
         if len({p.name for p in projector_kinds}) != len(projector_kinds):
             raise DefinitionError("two projectors share a name")
         held: str | None = None
+        if log is None and _postgres_url(path):
+            if {"map_size", "max_map_size"} & set(given):
+                raise DefinitionError("map_size and max_map_size are LMDB's; a URL was given")
+            log = PostgresEventLog(str(path), sync=sync, command_ids=_value(command_ids))
         if log is None:
             assert path is not None
             log, held = _open_lmdb(
@@ -850,6 +857,11 @@ def _open_lmdb(
     if key is not None:
         _open_here.add(key)
     return log, key
+
+
+def _postgres_url(path: object) -> bool:
+    """True for a PostgreSQL URL given where a path goes (libpq's two schemes)."""
+    return isinstance(path, str) and path.startswith(("postgresql://", "postgres://"))
 
 
 def _empty_path(path: object) -> bool:

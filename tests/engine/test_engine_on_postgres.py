@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 import trio
 
-from actorlog import Committed, Engine, StorageError
+from actorlog import Committed, DefinitionError, Engine, StorageError
 from actorlog.storage import assert_log_consistent
 from benchmarks.bank import Account, Balances, Deposit, InsufficientFunds, OpenAccount, Withdraw
 from tests.support import Postgres
@@ -114,3 +115,23 @@ async def test_commands_survive_the_connections_being_killed_under_load(
     assert sum(len(p) for p in acknowledged.values()) + failed == 8 * 40
     assert failed >= 2  # each kill failed a group commit
     assert all(in_log[a] >= len(p) for a, p in acknowledged.items())
+
+
+async def test_a_url_opens_the_engine_on_postgres(postgres: Postgres) -> None:
+    # Engine.open("postgresql://...") uses the default schema, "actorlog": dropped around
+    # the test, since every test shares the server.
+    postgres.execute("DROP SCHEMA IF EXISTS actorlog CASCADE")
+    try:
+        async with Engine.open(postgres.url, aggregates=[Account], sync=False) as engine:
+            opened = await engine.send(Account, "a", OpenAccount("ann"))
+        async with Engine.open(postgres.url, aggregates=[Account]) as engine:
+            assert engine.log.head_position() == opened.position == 1
+            assert (await engine.send(Account, "a", Deposit(5))).version == 2
+        with pytest.raises(DefinitionError):
+            async with Engine.open(postgres.url, aggregates=[Account], map_size=1 << 20):
+                pass
+        with pytest.raises(StorageError):  # nothing listens there
+            async with Engine.open("postgresql://postgres@127.0.0.1:1/none", aggregates=[Account]):
+                pass
+    finally:
+        postgres.execute("DROP SCHEMA IF EXISTS actorlog CASCADE")
