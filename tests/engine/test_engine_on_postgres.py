@@ -5,14 +5,22 @@ schema (skipped without ``ACTORLOG_TEST_POSTGRES``)."""
 from __future__ import annotations
 
 import asyncio
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
 
 import pytest
 import trio
 
 from actorlog import Committed, DefinitionError, Engine, StorageError
-from actorlog.storage import assert_log_consistent
+from actorlog.storage import PostgresEventLog, assert_log_consistent
 from benchmarks.bank import Account, Balances, Deposit, InsufficientFunds, OpenAccount, Withdraw
 from tests.support import Postgres
+
+
+_CLUSTER_SCRIPT = Path(__file__).resolve().parents[2] / ".ci" / "postgres"
+"""Starts, restarts and stops a throwaway cluster (as CI does)."""
 
 
 async def bank_on_postgres(postgres: Postgres) -> None:
@@ -135,3 +143,71 @@ async def test_a_url_opens_the_engine_on_postgres(postgres: Postgres) -> None:
                 pass
     finally:
         postgres.execute("DROP SCHEMA IF EXISTS actorlog CASCADE")
+
+
+async def test_the_engine_rides_out_a_server_restart(postgres: Postgres) -> None:
+    # A server of its own (the shared one must stay up), restarted with pg_ctl while
+    # clients deposit: commands during the outage fail with StorageError, the engine
+    # reconnects by itself, every acknowledged command is in the log, the view agrees.
+    del postgres  # only its requirement: a server and the tools are available
+    script = _CLUSTER_SCRIPT
+    where = tempfile.mkdtemp(prefix="actorlog-restart-")
+    started = await trio.to_thread.run_sync(
+        lambda: subprocess.run(
+            [str(script), "start", where], capture_output=True, text=True, check=True
+        )
+    )
+    url = started.stdout.strip()
+    acknowledged: list[tuple[str, int]] = []
+    failed = 0
+    restarted = trio.Event()
+    try:
+        with trio.fail_after(60):
+            async with Engine.open(
+                log=PostgresEventLog(url, connect_timeout=5),
+                aggregates=[Account],
+                projectors=[Balances],
+            ) as engine:
+
+                async def client(account: str) -> None:
+                    nonlocal failed
+                    await engine.send(Account, account, OpenAccount("ann"))
+                    sent_after = 0
+                    while sent_after < 10:  # until 10 commands went through after it
+                        try:
+                            done = await engine.send(Account, account, Deposit(1))
+                        except StorageError:
+                            failed += 1
+                            await trio.sleep(0.05)  # the server is away: try again soon
+                        else:
+                            acknowledged.append((account, done.position))
+                            sent_after += restarted.is_set()
+
+                async def restart() -> None:
+                    await trio.sleep(0.3)  # the clients are busy
+                    await trio.to_thread.run_sync(
+                        lambda: subprocess.run([str(script), "restart", where], check=True)
+                    )
+                    restarted.set()
+
+                async with trio.open_nursery() as nursery:
+                    for i in range(4):
+                        nursery.start_soon(client, f"acct-{i}")
+                    nursery.start_soon(restart)
+                head = engine.log.head_position()
+                balances = await engine.query(Balances.all_balances, after=head)
+        log = PostgresEventLog(url)
+        try:
+            assert_log_consistent(log)
+            events = {e.position: e for e in log.read_all(1, 100_000)}
+        finally:
+            log.close()
+        assert all(events[p].stream_id == a for a, p in acknowledged)
+        deposits = {a: sum(e.stream_id == a for e in events.values()) - 1 for a in balances}
+        assert balances == deposits
+        assert failed >= 1  # the restart was felt
+    finally:
+        await trio.to_thread.run_sync(
+            lambda: subprocess.run([str(script), "stop", where], capture_output=True, check=False)
+        )
+        shutil.rmtree(where, ignore_errors=True)
