@@ -18,7 +18,6 @@ from actorlog.storage import PostgresEventLog, assert_log_consistent
 from benchmarks.bank import Account, Balances, Deposit, InsufficientFunds, OpenAccount, Withdraw
 from tests.support import Postgres
 
-
 _CLUSTER_SCRIPT = Path(__file__).resolve().parents[2] / ".ci" / "postgres"
 """Starts, restarts and stops a throwaway cluster (as CI does)."""
 
