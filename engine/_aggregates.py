@@ -132,11 +132,28 @@ class Aggregates:
         causation_id: str | None,
     ) -> Committed:
         """Run ``command`` on the actor, waiting for mailbox room; see ``Engine.send``."""
-        handler = self._handler(kind, command)
-        try:
-            actor = self._actor(kind, stream_id)
-        except AtCapacity:
-            actor = await self._wait_for_capacity(kind, stream_id)
+        # The usual command, inline: a hosted kind, a known command type, a live actor of
+        # that kind (two method calls fewer a command: ~1,400 of W1's ~88,000 instructions,
+        # callgrind). Anything else takes ``_handler`` and ``_actor``, which raise the
+        # typed errors, in the same order (closed, not hosted, no handler).
+        handler = None
+        if not self._closed:
+            try:
+                if kind in self._kinds:
+                    handler = kind.command_handlers.get(type(command))
+            except TypeError:  # unhashable: not a hosted class; _handler says so
+                pass
+        if handler is None:
+            handler = self._handler(kind, command)
+        actor = self._live.get(stream_id)
+        if actor is not None and actor.kind is kind:
+            self._live.move_to_end(stream_id)
+            actor.touched = True
+        else:
+            try:
+                actor = self._actor(kind, stream_id)
+            except AtCapacity:
+                actor = await self._wait_for_capacity(kind, stream_id)
         try:
             # Actor.full(), inlined: the hot path's one test.
             if actor.stale or actor.room or actor.inflight + actor.handed >= self._mailbox_size:
@@ -320,7 +337,8 @@ class Aggregates:
             if not actor.inflight:
                 if actor.drained:
                     actor.wake_drained()
-                self._maybe_snapshot(actor)
+                if actor.kind.snapshot_every is not None:  # a call only when it may be due
+                    self._maybe_snapshot(actor)
                 if self._capacity:
                     # A sender is waiting for an actor to go idle: this one just did.
                     self._slots.pass_on()
