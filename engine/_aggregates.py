@@ -111,6 +111,7 @@ class Aggregates:
         self._log = log
         self._writer = writer
         self._registry = registry
+        self._encode = registry.encode_read_back  # bound once, not per command
         self._mailbox_size = mailbox_size
         self._slots = LiveActors(max_live)
         # The slots' own containers, read on the command path without the extra lookup.
@@ -299,9 +300,7 @@ class Aggregates:
         except AttributeError:  # no __dict__ (slots only): a failure reloads it instead
             before = None
         try:
-            _, encoded, events = decide(
-                kind, state, handler, command, self._registry.encode_read_back
-            )
+            _, encoded, events = decide(kind, state, handler, command, self._encode)
         except BaseException:
             # Rejected included: handlers should decide without touching the state, but
             # nothing enforces it, and a change left behind would outlive the refusal.
