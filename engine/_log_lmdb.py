@@ -91,7 +91,7 @@ from typing import Any, Final
 import lmdb
 import msgspec
 
-from ._checksum import TRAILER, all_intact, intact, seal
+from ._checksum import TRAILER, all_intact, intact, intact_bytes, seal
 from ._codec import DECODE_FAILURES, decode_stored, decode_stored_many, encode_stored
 from ._errors import (
     DecodeError,
@@ -798,10 +798,11 @@ class LmdbEventLog:
         # rebuild, catch-up); only a corrupt entry sends us down the slow path that finds it.
         try:
             if start >= checked_from:
-                if all_intact(values):
+                size = intact_bytes(values)  # the checksums, and the bytes read for free
+                if size >= 0:
                     events = decode_stored_many(map(_body, values))
                     if events[0].position == start and events[-1].position == end:
-                        return ReadBatch(events, sum(map(len, values)))
+                        return ReadBatch(events, size)
             elif end < checked_from:  # written before the upgrade: no checksum
                 events = decode_stored_many(values, _LINK)
                 if events[0].position == start and events[-1].position == end:
