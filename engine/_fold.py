@@ -16,8 +16,7 @@ holds for any exception, ``BaseException`` subclasses included; only cancellatio
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any, Final
 
 import msgspec
@@ -109,17 +108,24 @@ def fold(
         applied = 0
         stored = events[skip]
         rest = events[skip:] if skip else events
-        if objects is None:
-            others: Iterable[Any] = itertools.repeat(None)
-        else:
-            others = objects[skip:] if skip else objects
         try:
-            for stored, event in zip(rest, others, strict=False):  # others may be endless
-                entry = get(stored.type)
-                if entry is not None:
-                    fn, decode = entry
-                    fn(instance, decode(stored.payload) if event is None else event, stored)
-                    applied += 1
+            if objects is None:
+                # Every payload decoded (a log read: catch-up, rebuild): its own loop, with
+                # no pairing and no per-event test for an object (~1% of a W4 rebuild).
+                for stored in rest:
+                    entry = get(stored.type)
+                    if entry is not None:
+                        fn, decode = entry
+                        fn(instance, decode(stored.payload), stored)
+                        applied += 1
+            else:
+                others = objects[skip:] if skip else objects
+                for stored, event in zip(rest, others, strict=False):
+                    entry = get(stored.type)
+                    if entry is not None:
+                        fn, decode = entry
+                        fn(instance, decode(stored.payload) if event is None else event, stored)
+                        applied += 1
         except BaseException as e:
             # A user's BaseException (not cancellation, Ctrl-C or sys.exit()) is an
             # applier failure like any other: it halts (or parks) this projector only.
