@@ -100,9 +100,13 @@ class _TxnProxy:
         self._txn, self._sneak = txn, sneak
 
     def put(self, *args: Any, **kwargs: Any) -> bool:
-        if kwargs.get("append") and self._sneak is not None:
+        # put(key, value, dupdata, overwrite, append, db), by position or by keyword.
+        fields = ("key", "value", "dupdata", "overwrite", "append", "db")
+        named = dict(zip(fields, args, strict=False))
+        named.update(kwargs)
+        if named.get("append") and self._sneak is not None:
             sneak, self._sneak = self._sneak, None
-            sneak(self._txn, kwargs["db"])
+            sneak(self._txn, named["db"])
         return bool(self._txn.put(*args, **kwargs))
 
     def __getattr__(self, name: str) -> Any:
