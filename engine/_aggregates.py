@@ -313,7 +313,8 @@ class Aggregates:
 
         def done(outcome: AppendOutcome) -> None:
             # The actor's bookkeeping inline (a call per command costs more than these
-            # lines); its methods run only when someone waits.
+            # lines); its methods run only when someone waits. It reads the stream id from
+            # the actor: one closure cell fewer to make per command.
             actor.inflight -= 1
             actor.completed += 1
             if actor.settled:
@@ -325,7 +326,7 @@ class Aggregates:
             else:
                 reply.set_result(
                     Committed(
-                        stream_id,
+                        actor.stream_id,
                         outcome.last_version,
                         outcome.last_position if count else 0,
                         count,
