@@ -42,10 +42,13 @@ workloads.write_bank_log(pathlib.Path(sys.argv[2]), events=int(sys.argv[3]))
 _W4 = """
 import sys, pathlib, trio
 sys.path.insert(0, sys.argv[1])
-try:
+if (pathlib.Path(sys.argv[1]) / "actorlog").is_dir():
     from actorlog import Engine
-    import actorlog.engine._projectors as hosting
-except ImportError:  # a tree from before the actorlog namespace
+    try:
+        import actorlog.engine._projectors as hosting
+    except ImportError:
+        import actorlog.engine._projections as hosting
+else:  # a tree from before the actorlog namespace: never an actorlog installed elsewhere
     from engine import Engine
     import engine._projections as hosting
 hosting.SLICE = 1e9  # batch sizes by count only

@@ -120,6 +120,7 @@ class Aggregates:
         self._find_command = log.find_command
         self._writer = writer
         self._registry = registry
+        self._encode = registry.encode_read_back  # bound once, not per command
         self._mailbox_size = mailbox_size
         self._slots = LiveActors(max_live)
         # The slots' own containers, read on the command path without the extra lookup.
@@ -140,11 +141,28 @@ class Aggregates:
         meta: CommandMeta | None,
     ) -> Committed:
         """Run ``command`` on the actor, waiting for mailbox room; see ``Engine.send``."""
-        handler = self._handler(kind, command)
-        try:
-            actor = self._actor(kind, stream_id)
-        except AtCapacity:
-            actor = await self._wait_for_capacity(kind, stream_id)
+        # The usual command, inline: a hosted kind, a known command type, a live actor of
+        # that kind (two method calls fewer a command: ~1,400 of W1's ~88,000 instructions,
+        # callgrind). Anything else takes ``_handler`` and ``_actor``, which raise the
+        # typed errors, in the same order (closed, not hosted, no handler).
+        handler = None
+        if not self._closed:
+            try:
+                if kind in self._kinds:
+                    handler = kind.command_handlers.get(type(command))
+            except TypeError:  # unhashable: not a hosted class; _handler says so
+                pass
+        if handler is None:
+            handler = self._handler(kind, command)
+        actor = self._live.get(stream_id)
+        if actor is not None and actor.kind is kind:
+            self._live.move_to_end(stream_id)
+            actor.touched = True
+        else:
+            try:
+                actor = self._actor(kind, stream_id)
+            except AtCapacity:
+                actor = await self._wait_for_capacity(kind, stream_id)
         try:
             # Actor.full(), inlined: the hot path's one test.
             if actor.stale or actor.room or actor.inflight + actor.handed >= self._mailbox_size:
@@ -302,9 +320,7 @@ class Aggregates:
         except AttributeError:  # no __dict__ (slots only): a failure reloads it instead
             before = None
         try:
-            _, encoded, events = decide(
-                kind, state, handler, command, self._registry.encode_read_back
-            )
+            _, encoded, events = decide(kind, state, handler, command, self._encode)
         except BaseException:
             # Rejected included: handlers should decide without touching the state, but
             # nothing enforces it, and a change left behind would outlive the refusal.
@@ -317,7 +333,8 @@ class Aggregates:
 
         def done(outcome: AppendOutcome) -> None:
             # The actor's bookkeeping inline (a call per command costs more than these
-            # lines); its methods run only when someone waits.
+            # lines); its methods run only when someone waits. It reads the stream id from
+            # the actor: one closure cell fewer to make per command.
             actor.inflight -= 1
             actor.completed += 1
             if actor.settled:
@@ -334,7 +351,7 @@ class Aggregates:
             else:
                 reply.set_result(
                     Committed(
-                        stream_id,
+                        actor.stream_id,
                         outcome.last_version,
                         outcome.last_position if count else 0,
                         count,
@@ -343,13 +360,14 @@ class Aggregates:
             if command_id is not None:
                 # Concurrent sends of this id share its outcome: one append, one answer.
                 for follower in actor.commands.pop(command_id, None) or ():
-                    _share(follower, outcome, stream_id, count)
+                    _share(follower, outcome, actor.stream_id, count)
             if actor.room:
                 actor.hand_out()
             if not actor.inflight:
                 if actor.drained:
                     actor.wake_drained()
-                self._maybe_snapshot(actor)
+                if actor.kind.snapshot_every is not None:  # a call only when it may be due
+                    self._maybe_snapshot(actor)
                 if self._capacity:
                     # A sender is waiting for an actor to go idle: this one just did.
                     self._slots.pass_on()

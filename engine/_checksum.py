@@ -22,7 +22,7 @@ import zlib
 from collections.abc import Sequence
 from typing import Final
 
-__all__ = ["TRAILER", "all_intact", "intact", "seal"]
+__all__ = ["TRAILER", "all_intact", "intact", "intact_bytes", "seal"]
 
 TRAILER: Final = 4
 """Bytes the checksum adds to a sealed record (it is the record's last four bytes)."""
@@ -56,3 +56,18 @@ def all_intact(records: Sequence[bytes]) -> bool:
     for start in range(0, len(records), _RUN):
         crc = _crc32(join(records[start : start + _RUN]), crc)
     return crc == _ONES
+
+
+def intact_bytes(records: Sequence[bytes]) -> int:
+    """The total size of ``records`` if every one checks (as :func:`all_intact`), else -1.
+
+    The size comes free with the check: it is the length of the runs the CRC joins, so a
+    reader that also needs it (``ReadBatch.nbytes``) does not pass over the records again
+    (``sum(map(len, records))`` was ~140 instructions a record of a W4 rebuild).
+    """
+    crc, size, join = _ONES, 0, b"".join
+    for start in range(0, len(records), _RUN):
+        run = join(records[start : start + _RUN])
+        size += len(run)
+        crc = _crc32(run, crc)
+    return size if crc == _ONES else -1

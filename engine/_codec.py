@@ -11,7 +11,8 @@ uses lives here (what versions mean and how old events are upcast is ``_schema.p
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import struct
+from collections.abc import Callable, Iterable, Sequence
 from operator import itemgetter
 from typing import Any, Final
 
@@ -47,6 +48,7 @@ __all__ = [
     "decode_command",
     "decode_stored",
     "decode_stored_many",
+    "decode_stored_runs",
     "encode_stored",
     "snapshot_bytes",
     "event_name",
@@ -354,6 +356,37 @@ def decode_stored_many(values: Iterable[bytes], skip: int = 0) -> list[StoredEve
         return list(map(_stored_decoder.decode, values))
     except DECODE_FAILURES as e:
         raise DecodeError(f"corrupt log entry: {e}") from e
+
+
+_run_decoder: Final = msgspec.msgpack.Decoder(list[StoredEvent])
+_ARRAY_HEADER: Final = struct.Struct(">BI")  # msgpack array32: 0xdd, then the count
+_RUN: Final = 512  # entries joined a time: a join past malloc's mmap threshold faults pages
+
+
+def decode_stored_runs(
+    values: Sequence[bytes], body: Callable[[bytes], bytes]
+) -> list[StoredEvent]:
+    """Decode many log entries, ``body(value)`` of each, with one decode call per 512: an
+    msgpack array header, then the bodies joined, decoded as a list.
+
+    Only for bodies that are each exactly one envelope (what the log wrote and its
+    checksum vouches for): then this is :func:`decode_stored_many`, less its per-entry
+    call (~280 instructions an event of a W4 rebuild, callgrind). Bodies that are not
+    could shift the boundaries between entries; the caller checks the count and the
+    positions it gets back, as it does anyway.
+
+    Raises:
+        DecodeError: the joined bodies do not decode; decode them one by one to find which.
+    """
+    events: list[StoredEvent] = []
+    join, decode = b"".join, _run_decoder.decode
+    try:
+        for start in range(0, len(values), _RUN):
+            run = values[start : start + _RUN]
+            events += decode(join([_ARRAY_HEADER.pack(0xDD, len(run)), *map(body, run)]))
+    except DECODE_FAILURES as e:
+        raise DecodeError(f"corrupt log entry: {e}") from e
+    return events
 
 
 def decode_stored(data: bytes) -> StoredEvent:

@@ -27,7 +27,8 @@ import pytest
 
 import actorlog.engine._log_lmdb as lmdb_log
 from actorlog import EncodeError, StorageError, StorageFull, StorageLocked
-from actorlog.engine._checksum import TRAILER, all_intact, intact, seal
+from actorlog.engine._checksum import TRAILER, all_intact, intact, intact_bytes, seal
+from actorlog.engine._codec import decode_stored_many, decode_stored_runs, encode_stored
 from actorlog.storage import (
     Append,
     AppendResult,
@@ -90,6 +91,29 @@ def test_sealed_records_and_any_run_of_them_check() -> None:
     assert seal(body) == body + struct.pack("<I", pure) and len(seal(body)) == 8 + TRAILER
 
 
+def test_intact_bytes_is_the_size_of_intact_records_and_minus_one_otherwise() -> None:
+    records = [seal(os.urandom(n % 90)) for n in range(1300)]  # more than two runs of 512
+    assert intact_bytes(records) == sum(map(len, records)) and intact_bytes([]) == 0
+    for at in (0, 511, 512, 1299):
+        damaged = list(records)
+        damaged[at] = damaged[at][:-1] + bytes([damaged[at][-1] ^ 0x10])
+        assert intact_bytes(damaged) == -1, at
+
+
+def test_decoding_entries_in_runs_gives_what_decoding_them_one_by_one_gives() -> None:
+    entries = [
+        struct.pack(">Q", p - 1)
+        + encode_stored(
+            StoredEvent(p, f"s-{p % 7}", p, "T", 1.5, None, "c", msgspec.Raw(b"\x91\x01"))
+        )
+        + b"\0" * TRAILER
+        for p in range(1, 1100)
+    ]
+    body = lambda value: value[8:-TRAILER]  # noqa: E731
+    assert decode_stored_runs(entries, body) == decode_stored_many(map(body, entries))
+    assert decode_stored_runs([], body) == []
+
+
 # -- 1. every put's result is checked -------------------------------------------------------
 
 
@@ -100,9 +124,13 @@ class _TxnProxy:
         self._txn, self._sneak = txn, sneak
 
     def put(self, *args: Any, **kwargs: Any) -> bool:
-        if kwargs.get("append") and self._sneak is not None:
+        # put(key, value, dupdata, overwrite, append, db), by position or by keyword.
+        fields = ("key", "value", "dupdata", "overwrite", "append", "db")
+        named = dict(zip(fields, args, strict=False))
+        named.update(kwargs)
+        if named.get("append") and self._sneak is not None:
             sneak, self._sneak = self._sneak, None
-            sneak(self._txn, kwargs["db"])
+            sneak(self._txn, named["db"])
         return bool(self._txn.put(*args, **kwargs))
 
     def __getattr__(self, name: str) -> Any:
