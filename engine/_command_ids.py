@@ -45,10 +45,13 @@ SQS FIFO 5); a day also covers a process manager restarted after a night."""
 
 
 class CommandIdRetention(msgspec.Struct, frozen=True):
-    """How long a log keeps command ids: ``max_age`` seconds, and ``max_ids`` at most.
+    """How long a log keeps command ids: the newest ``max_ids`` ids younger than
+    ``max_age`` seconds are always kept; an id older than ``max_age`` is never answered.
 
-    Whichever bound is reached first drops the oldest ids. A retry whose first attempt's
-    id was dropped is decided again, like a new command.
+    A retry whose first attempt's id is no longer kept is decided again, like a new
+    command. Dropping is batched, so a log may hold a few ids past ``max_ids`` for a while
+    (the LMDB log up to a 64th more, plus one group commit's) and still answer them:
+    never fewer than the bound, never older than ``max_age``.
 
     Raises:
         DefinitionError: ``max_ids`` is not an int >= 1, or ``max_age`` not a number > 0

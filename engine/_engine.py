@@ -19,6 +19,7 @@ from collections.abc import (
     Sequence,
 )
 from contextlib import asynccontextmanager
+from types import MappingProxyType
 from typing import Any, Literal, TypeVar
 
 import anyio
@@ -213,8 +214,8 @@ class Engine:
             record_principal: what to store in each event for a ``send(principal=)`` that
                 is not a str (a str, or None to store nothing); without it such a
                 principal is refused.
-            command_ids: LMDB only: how long command ids are kept for idempotent retries
-                (default: a week, at most a million ids).
+            command_ids: with a path or URL: how long command ids are kept for
+                idempotent retries (default: the newest 250,000 younger than a day).
 
         Raises:
             DefinitionError: neither or both of ``path`` and ``log`` were given, ``path``
@@ -415,9 +416,10 @@ class Engine:
         a UUID the client made once per intended command): if the stream already
         committed a command with that id, ``send`` returns that command's ``Committed``
         (same version, same position) without running the handler, across passivation,
-        snapshots and restarts, for as long as the log keeps the id (a week or a million
-        ids by default: ``CommandIdRetention``). The id is recorded in the group commit
-        that writes the command's events, so a command with no event records it too.
+        snapshots and restarts, for as long as the log keeps the id (the newest 250,000
+        ids younger than a day by default: ``CommandIdRetention``). The id is recorded
+        in the group commit that writes the command's events, so a command with no event
+        records it too.
         Concurrent sends of one id append once and all get its outcome. A rejected or
         failed command records nothing: a retry decides again.
 
@@ -630,7 +632,7 @@ class Engine:
         if timeout is not None:
             _check_timeout(timeout)
         if self._policy is not None:
-            allow_query(self._policy, principal, query, args, kwargs)
+            allow_query(self._policy, principal, query, args, MappingProxyType(kwargs))
         if host.fault is not None:
             raise host.fault_error()  # a fresh error each time: tracebacks must not pile up
         if after is not None and (host.checkpoint < after or self._closed):

@@ -317,10 +317,10 @@ def check_headers(headers: object) -> Headers | None:
         pairs: list[Any] = list(
             headers.items() if isinstance(headers, Mapping) else headers  # type: ignore[call-overload]
         )
-    except TypeError:
+    except Exception as e:  # not iterable, or the caller's mapping or generator raised
         raise InvalidArgument(
-            f"headers must be a mapping or (name, value) pairs, not {describe(headers)}"
-        ) from None
+            f"headers must be a mapping or (name, value) pairs, not {describe(headers)}: {e!r}"
+        ) from e
     checked: list[tuple[str, str]] = []
     size = 0
     for pair in pairs:

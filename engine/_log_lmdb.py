@@ -579,7 +579,9 @@ class LmdbEventLog:
                     ident = (stream_id, cid)
                     try:
                         original = recorded.get(ident) or (
-                            self._recorded(txn, ident) if hash(ident) in self._id_index else None
+                            self._recorded(txn, ident, timestamp)
+                            if hash(ident) in self._id_index
+                            else None
                         )
                     except StorageError as e:  # its id's entry is damaged: this append only
                         outcomes.append(e)
@@ -687,12 +689,15 @@ class LmdbEventLog:
             self._heads.update(new_heads)
         return outcomes, stored
 
-    def _recorded(self, txn: Any, ident: Ident) -> AppendResult | None:
+    def _recorded(self, txn: Any, ident: Ident, now: float) -> AppendResult | None:
         """The result recorded for a command id, if it is kept (read from the entries the
-        index holds for its hash, compared whole)."""
+        index holds for its hash, compared whole). An id older than ``max_age`` at ``now``
+        counts as gone even before pruning removes it, so every log answers an id's age
+        alike: its entry's time is read anyway."""
         seqs = self._id_index.get(hash(ident))
         if seqs is None:
             return None
+        oldest = now - self._retention.max_age
         for seq in (seqs,) if type(seqs) is int else seqs:  # type: ignore[union-attr]
             data = txn.get(_u64.pack(seq), db=self._command_ids)
             if data is None or not intact(data):
@@ -701,7 +706,10 @@ class LmdbEventLog:
                     f"corrupt log at {self._path}: command id entry {seq} (stream "
                     f"{ident[0]!r}) is missing or damaged"
                 )
-            for kept, result in _group_ids(data)[1]:
+            recorded_at, ids = _group_ids(data)
+            if recorded_at <= oldest:
+                continue  # expired (a later entry may hold the id again)
+            for kept, result in ids:
                 if kept == ident:
                     return result
         return None
@@ -717,8 +725,9 @@ class LmdbEventLog:
         keyed by id dirtied a page per id; a put per id cost ~2,500 instructions of a
         ~89,000-instruction W1 command) and the oldest ids are always first. Dropping is
         whole entries, batched: by count once the ids pass ``max_ids`` by a 64th of it
-        (then down to ``max_ids``), by age once the oldest is due; at most
-        ``_PRUNE_MOST`` ids a group, so no commit does unbounded work.
+        (then down to no fewer than ``max_ids``: never this group's own entry), by age
+        once the oldest is due; at most ``_PRUNE_MOST`` ids a group, so no commit does
+        unbounded work.
         """
         table = self._command_ids
         seq = self._command_seq
@@ -732,30 +741,31 @@ class LmdbEventLog:
         retention = self._retention
         cutoff = timestamp - retention.max_age
         oldest = self._oldest_command if self._command_count else timestamp
-        excess = kept - retention.max_ids
-        if excess <= retention.max_ids // 64 and oldest >= cutoff:
+        if kept - retention.max_ids <= retention.max_ids // 64 and oldest >= cutoff:
             return [], oldest
         dropped: list[tuple[Ident, int]] = []
         cur = txn.cursor(db=table)
         more = cur.first()
-        while more and len(dropped) < _PRUNE_MOST:
+        this_group = _u64.pack(seq)
+        while more and len(dropped) < _PRUNE_MOST and cur.key() != this_group:
             value = cur.value()
             entry = _readable_entry(value)
             oldest = entry[0] if entry is not None else 0.0
-            # Past the count bound, the oldest go whatever their age; within it, only
-            # expired ones (a damaged entry counts as expired: only its ids' lookups are lost).
-            if excess <= 0 and oldest >= cutoff:
+            count = len(entry[1]) if entry is not None else 0
+            # An expired entry goes (a damaged one counts as expired: only its ids' lookups
+            # are lost); a live one only while the newest ``max_ids`` stay kept whole: the
+            # bound is "at least the newest max_ids, younger than max_age", never fewer.
+            if oldest >= cutoff and kept - count < retention.max_ids:
                 break
             if entry is not None:
                 seq_dropped = _u64.unpack(cur.key())[0]
-                ids = [(ident, seq_dropped) for ident, _ in entry[1]]
-                dropped.extend(ids)
-                excess -= len(ids)
+                dropped.extend((ident, seq_dropped) for ident, _ in entry[1])
+            kept -= count
             if not cur.delete():
                 raise StorageError("the log did not delete an expired command id entry")
             more = bool(cur.key())
-        if not more:
-            oldest = timestamp  # nothing left but what this group recorded, or nothing
+        if not more or cur.key() == this_group:
+            oldest = timestamp  # nothing left but what this group recorded
         return dropped, oldest
 
     def find_command(self, stream_id: str, command_id: str) -> AppendResult | None:
@@ -777,7 +787,7 @@ class LmdbEventLog:
         if hash(ident) not in self._id_index:  # certainly not kept: see _load_command_ids
             return None
         with self._reading() as txn:
-            return self._recorded(txn, ident)
+            return self._recorded(txn, ident, time.time())
 
     def _foreign_writer(self, last: bytes | None) -> StorageError:
         """Poison the log: another writer moved its last position (see the module doc)."""

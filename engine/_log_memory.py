@@ -115,7 +115,10 @@ class MemoryEventLog:
             self._streams.setdefault(stream_id, []).extend(positions)
         self._snapshots.update(snapshots)
         self._caches.update(caches)
-        self._commands.update(recorded)
+        for key, result in recorded.items():
+            # At the end, whatever it held before (an expired id sent again is the newest).
+            self._commands.pop(key, None)
+            self._commands[key] = result
         while len(self._commands) > self._retention.max_ids:
             self._commands.popitem(last=False)
         return outcomes, stored

@@ -20,6 +20,7 @@ from ._log import (
     check_headers,
     check_metadata,
 )
+from ._reply import must_propagate
 
 __all__ = ["CommandMeta", "command_meta"]
 
@@ -76,7 +77,9 @@ def command_meta(
         else:
             try:
                 recorded = record_principal(principal)
-            except Exception as e:
+            except BaseException as e:
+                if must_propagate(e):  # cancellation, Ctrl-C, sys.exit()
+                    raise
                 raise InvalidArgument(
                     f"record_principal raised for {describe(principal)}: {e!r}"
                 ) from e

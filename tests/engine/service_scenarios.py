@@ -245,6 +245,99 @@ async def retention_drops_the_oldest_ids_by_count_and_by_age(tmp_path: Path) -> 
         assert (await engine.send(Counter, "a", Add(1), command_id="old")).version == 3
 
 
+def _both_logs(tmp_path: Path, retention: CommandIdRetention) -> list[dict[str, Any]]:
+    """Engine.open arguments for an LMDB and a memory log with ``retention``: the two must
+    answer every id alike."""
+    return [
+        {"path": tmp_path / "lmdb", "command_ids": retention, "sync": False},
+        {"log": MemoryEventLog(command_ids=retention)},
+    ]
+
+
+@scenario
+async def an_expired_id_is_a_new_command_on_every_log(tmp_path: Path) -> None:
+    # Age is the subject here, so time passes for real (0.3 s): an id older than max_age
+    # is never answered, even before the log has pruned it, and once sent again it is
+    # the newest id (the count bound then drops older ones first).
+    for where in _both_logs(tmp_path, CommandIdRetention(max_ids=2, max_age=0.2)):
+        DECIDED.clear()
+        async with Engine.open(aggregates=[Counter], **where) as engine:
+            await engine.send(Counter, "a", Add(1), command_id="x")
+            await anyio.sleep(0.3)
+            await engine.send(Counter, "a", Add(2), command_id="w")
+            again = await engine.send(Counter, "a", Add(3), command_id="x")  # expired: new
+            assert again.version == 3
+            await engine.send(Counter, "a", Add(4), command_id="z")  # drops "w", not "x"
+            assert await engine.send(Counter, "a", Add(3), command_id="x") == again
+            assert DECIDED == [1, 2, 3, 4], where
+
+
+@scenario
+async def a_group_commit_keeps_its_own_ids_past_the_count_bound(tmp_path: Path) -> None:
+    # Two ids in one group commit with max_ids=1: the newest (the group's last) is kept
+    # on every log; the LMDB log drops whole group entries and so keeps both.
+    for where in _both_logs(tmp_path, CommandIdRetention(max_ids=1)):
+        DECIDED.clear()
+        async with Engine.open(aggregates=[Counter], **where) as engine:
+            first = engine.send_nowait(Counter, "s1", Add(1), command_id="a")
+            second = engine.send_nowait(Counter, "s2", Add(2), command_id="b")
+            done = await second
+            await first
+            assert await engine.send(Counter, "s2", Add(2), command_id="b") == done
+            assert DECIDED == [1, 2], where
+
+
+@scenario
+async def the_callers_own_failures_are_typed(tmp_path: Path) -> None:
+    class Boom(BaseException):
+        pass
+
+    def record(principal: Any) -> str:
+        raise Boom
+
+    def broken_headers() -> Any:
+        yield ("a", "1")
+        raise ValueError("the caller's generator failed")
+
+    class Items(dict):  # type: ignore[type-arg]
+        def items(self) -> Any:
+            raise RuntimeError("the caller's mapping failed")
+
+    async with Engine.open(
+        log=MemoryEventLog(), aggregates=[Counter], record_principal=record
+    ) as engine:
+        for kwargs in (
+            {"principal": User("ann")},
+            {"headers": broken_headers()},
+            {"headers": Items(a="1")},
+        ):
+            with pytest.raises(InvalidArgument):
+                await engine.send(Counter, "a", Add(1), **kwargs)
+        assert engine.log.head_position() == 0
+
+
+class Meddler(Policy):
+    def may_query(
+        self,
+        principal: Any,
+        query: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: Mapping[str, Any],
+    ) -> bool:
+        kwargs["stream_id"] = "someone-else"  # type: ignore[index]
+        return True
+
+
+@scenario
+async def a_policy_cannot_rewrite_a_querys_arguments(tmp_path: Path) -> None:
+    async with Engine.open(
+        log=MemoryEventLog(), aggregates=[Counter], projectors=[Audit], authorize=Meddler()
+    ) as engine:
+        with pytest.raises(Unauthorized) as refused:
+            await engine.query(Audit.total, stream_id="a")
+        assert isinstance(refused.value.__cause__, TypeError)  # a read-only mapping
+
+
 @scenario
 async def malformed_command_ids_are_refused_before_deciding(tmp_path: Path) -> None:
     DECIDED.clear()
