@@ -162,4 +162,7 @@ def _with_meta(fn: Callable[..., Any], owner: type) -> ProjectorApplier:
     def without_meta(self: Any, event: Any, meta: Recorded) -> None:
         fn(self, event)
 
+    # The engine's fold calls ``fn`` itself, without this frame (~490 instructions an
+    # event, callgrind); anything else calling the applier gets one signature.
+    without_meta.applies_without_meta = fn  # type: ignore[attr-defined]
     return without_meta

@@ -37,7 +37,7 @@ __all__ = [
     "fold",
 ]
 
-Appliers = dict[str, tuple[Callable[..., None], Callable[[Any], Any]]]
+Appliers = dict[str, tuple[Callable[..., None], Callable[[Any], Any], bool]]
 """Event type name -> (applier, payload decoder): the types a projector handles."""
 
 
@@ -120,8 +120,11 @@ def fold(
                     if entry is None:
                         skipped += 1
                         continue
-                    fn, decode = entry
-                    fn(instance, decode(stored.payload), stored)
+                    fn, decode, with_meta = entry
+                    if with_meta:
+                        fn(instance, decode(stored.payload), stored)
+                    else:
+                        fn(instance, decode(stored.payload))
                 applied = len(rest) - skipped
             else:
                 others = objects[skip:] if skip else objects
@@ -130,8 +133,13 @@ def fold(
                     if entry is None:
                         skipped += 1
                         continue
-                    fn, decode = entry
-                    fn(instance, decode(stored.payload) if event is None else event, stored)
+                    fn, decode, with_meta = entry
+                    if event is None:
+                        event = decode(stored.payload)
+                    if with_meta:
+                        fn(instance, event, stored)
+                    else:
+                        fn(instance, event)
                 applied = min(len(rest), len(others)) - skipped
         except BaseException as e:
             # A user's BaseException (not cancellation, Ctrl-C or sys.exit()) is an
@@ -163,8 +171,11 @@ def appliers_by_name(
     ``ProjectorHost`` and ``actorlog.testing.given_events`` both build theirs here."""
     by_name: Appliers = {}
     for event_type, fn in appliers.items():
+        # An applier that takes no metadata is called as it was written (see
+        # ``actors._projector``), not through the adapter that drops the metadata.
+        bare = getattr(fn, "applies_without_meta", None)
         for name, decode in registry.readers(event_type):
-            by_name[name] = (fn, decode)
+            by_name[name] = (fn, decode, True) if bare is None else (bare, decode, False)
     return by_name
 
 

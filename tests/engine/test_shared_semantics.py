@@ -89,7 +89,7 @@ def _appliers(seen: list[int]) -> _fold.Appliers:
             raise ValueError(event.n)
         seen.append(event.n)
 
-    return {"Added": (apply, msgspec.msgpack.Decoder(Added).decode)}
+    return {"Added": (apply, msgspec.msgpack.Decoder(Added).decode, True)}
 
 
 def test_fold_halts_at_the_failing_event_with_the_cache_before_it() -> None:
