@@ -554,6 +554,10 @@ class Aggregates:
             del self._loading[stream_id]
             loading.finish(error)
             slots.pass_on()  # the reserved slot is free again
+            if self._closed and isinstance(error, EngineError):
+                # The engine closed (and then the log) while this read ran: the command
+                # was not run because of the close, whatever the read made of it.
+                raise EngineClosed("the engine closed before this command ran") from error
             raise
         slots.loading -= 1
         del self._loading[stream_id]
