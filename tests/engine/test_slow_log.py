@@ -140,6 +140,24 @@ async def concurrent_first_sends_load_once() -> None:
         assert len(engine.log.read_stream("s")) == 6
 
 
+async def loads_in_flight_count_against_the_live_cap() -> None:
+    # Two live slots, three cold streams sent to at once: two load (each in its thread,
+    # each holding a slot before it is live), the third waits for a slot.
+    log = opened("a", "b", "c")
+    log.gated.update({"a", "b", "c"})
+    async with Engine.open(log=log, aggregates=[Account], max_live_aggregates=2) as engine:
+        async with anyio.create_task_group() as tg:
+            for stream_id in ("a", "b", "c"):
+                tg.start_soon(engine.send, Account, stream_id, Deposit(1))
+            await until(
+                lambda: sum(log.loads.values()) == 2 and engine.statistics().aggregates.waiting == 1
+            )
+            log.gate.set()
+        aggregates = engine.statistics().aggregates
+        assert (aggregates.activations, aggregates.peak_live, aggregates.waiting) == (3, 2, 0)
+        assert [engine.log.stream_version(s) for s in ("a", "b", "c")] == [2, 2, 2]
+
+
 async def a_sender_cancelled_while_its_stream_loads() -> None:
     # One live slot: "s" loads in a thread for a sender that is then cancelled; a second
     # sender to "s" waits for that load, a third (stream "b") waits for the slot.
@@ -266,6 +284,7 @@ SCENARIOS: dict[str, Callable[[], Awaitable[None]]] = {
     for f in (
         others_are_served_while_one_activates,
         concurrent_first_sends_load_once,
+        loads_in_flight_count_against_the_live_cap,
         a_sender_cancelled_while_its_stream_loads,
         a_failing_load_fails_its_senders_and_frees_the_slot,
         send_nowait_while_a_stream_loads,
