@@ -226,8 +226,8 @@ class Aggregates:
                     f"{kind_name(kind)} {stream_id!r} is being activated; send waits for it"
                 ) from None
             actor = self._activate(kind, stream_id)
-        if actor.stale and not actor.inflight:
-            self._reload(actor)
+        if actor.stale and not actor.inflight and not actor.reloading:
+            self._reload(actor)  # inline even on a blocking log: send_nowait cannot wait
         if actor.full():
             raise Overloaded(
                 f"the mailbox of {kind_name(kind)} {stream_id!r} is full "
@@ -288,7 +288,7 @@ class Aggregates:
                 if self._closed:
                     raise EngineClosed("the engine closed before this command ran")
                 if actor.stale:
-                    if actor.inflight:
+                    if actor.inflight or actor.reloading:
                         await actor.park(actor.drained, self._new_reply())
                         # Drained actors have no waiters left: it may have been passivated.
                         try:
@@ -298,6 +298,9 @@ class Aggregates:
                         except _NotLive:
                             actor = await self._activate_async(kind, stream_id)
                         continue
+                    if self._blocking:
+                        await self._reload_async(actor)
+                        continue  # the engine may have closed meanwhile: check again
                     self._reload(actor)
                 if actor.room or actor.inflight + actor.handed >= self._mailbox_size:
                     await actor.park(actor.room, self._new_reply())
@@ -580,6 +583,27 @@ class Aggregates:
         actor.state, actor.version, actor.stale = state, version, False
         actor.snapshot_version = snapshot_version
         actor.hand_out()  # slots given back while it was stale
+
+    async def _reload_async(self, actor: Actor) -> None:
+        """``_reload`` for a log whose reads block: the load runs in a worker thread, and
+        senders arriving meanwhile wait in ``drained`` (``reloading`` keeps anyone else
+        from reloading or deciding, and the actor from being passivated). Cancelled, it
+        waits for the read, keeps the reloaded state, and then raises."""
+        self._reloads += 1
+        actor.reloading = True
+        try:
+            state, version, snapshot_version = await anyio.to_thread.run_sync(
+                self._load, actor.kind, actor.stream_id, limiter=self._limiter
+            )
+        finally:
+            actor.reloading = False
+            if actor.drained:
+                actor.wake_drained()  # they check again: reloaded, or reload it themselves
+        if not actor.closed:
+            actor.state, actor.version, actor.stale = state, version, False
+            actor.snapshot_version = snapshot_version
+            actor.hand_out()  # slots given back while it was stale
+        await anyio.lowlevel.checkpoint_if_cancelled()
 
     def _maybe_snapshot(self, actor: Actor) -> None:
         """Snapshot an actor whose state is all durable, if ``snapshot_every`` says so."""

@@ -19,9 +19,20 @@ from collections.abc import Awaitable, Callable
 
 import anyio
 import anyio.lowlevel
+import msgspec
 import pytest
 
-from actorlog import Committed, Engine, EngineClosed, Overloaded, StorageError
+from actorlog import (
+    Aggregate,
+    Committed,
+    Engine,
+    EngineClosed,
+    Overloaded,
+    Rejected,
+    StorageError,
+    applies,
+    handles,
+)
 from actorlog.storage import MemoryEventLog, StoredEvent
 from benchmarks.bank import Account, AccountOpened, Balances, Deposit, Deposited, OpenAccount
 from tests.support import Postgres, fill_log, stats
@@ -67,6 +78,33 @@ class GatedLog(MemoryEventLog):
         if self.gate_read_all:
             self._wait_at_gate()
         return super().read_all(from_position, limit)
+
+
+class AddItem(msgspec.Struct, frozen=True):
+    item: str
+
+
+class ItemAdded(msgspec.Struct, frozen=True):
+    item: str
+
+
+class Basket(Aggregate):
+    """Holds a list, and touches it before refusing "bad": a refusal leaves the actor stale
+    (a list cannot be restored exactly), so its next command reloads it from the log."""
+
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    @handles
+    def add(self, c: AddItem) -> list[ItemAdded]:
+        if c.item == "bad":
+            self.items.append(c.item)
+            raise Rejected("no bad items")
+        return [ItemAdded(c.item)]
+
+    @applies
+    def added(self, e: ItemAdded) -> None:
+        self.items.append(e.item)
 
 
 def opened(*stream_ids: str) -> GatedLog:
@@ -156,6 +194,36 @@ async def loads_in_flight_count_against_the_live_cap() -> None:
         aggregates = engine.statistics().aggregates
         assert (aggregates.activations, aggregates.peak_live, aggregates.waiting) == (3, 2, 0)
         assert [engine.log.stream_version(s) for s in ("a", "b", "c")] == [2, 2, 2]
+
+
+async def a_stale_actor_reloads_off_the_loop_once() -> None:
+    log = opened("fast")
+    fill_log(log, [("b", ItemAdded("x"))])
+    async with Engine.open(log=log, aggregates=[Account, Basket]) as engine:
+        await engine.send(Account, "fast", Deposit(1))
+        await engine.send(Basket, "b", AddItem("y"))
+        with pytest.raises(Rejected):
+            await engine.send(Basket, "b", AddItem("bad"))  # stale from here on
+        log.gated.add("b")
+        results: list[Committed] = []
+
+        async def add(item: str) -> None:
+            results.append(await engine.send(Basket, "b", AddItem(item)))
+
+        async with anyio.create_task_group() as tg:
+            for item in ("p", "q", "r"):
+                tg.start_soon(add, item)
+            await started(log)  # one sender reloads "b" in a thread...
+            assert (await engine.send(Account, "fast", Deposit(2))).version == 3  # ...meanwhile
+            await until(lambda: engine.statistics().aggregates.waiting == 2)
+            with pytest.raises(Overloaded):  # stale, and reloading: no inline reload beside it
+                engine.send_nowait(Basket, "b", AddItem("s"))
+            log.gate.set()
+        assert log.loads["b"] == 2  # the activation, and one reload
+        assert engine.statistics().aggregates.reloads == 1
+        assert sorted(r.version for r in results) == [3, 4, 5]
+        items = [e.type for e in engine.log.read_stream("b")]
+        assert len(items) == 5
 
 
 async def a_sender_cancelled_while_its_stream_loads() -> None:
@@ -285,6 +353,7 @@ SCENARIOS: dict[str, Callable[[], Awaitable[None]]] = {
         others_are_served_while_one_activates,
         concurrent_first_sends_load_once,
         loads_in_flight_count_against_the_live_cap,
+        a_stale_actor_reloads_off_the_loop_once,
         a_sender_cancelled_while_its_stream_loads,
         a_failing_load_fails_its_senders_and_frees_the_slot,
         send_nowait_while_a_stream_loads,
