@@ -1,7 +1,8 @@
 """A/B: the same workloads on two source trees, interleaved in one run, reported as ratios.
 
 ``python -m benchmarks.ab --base /path/to/old/checkout`` runs W1 (durable and ``sync=False``)
-and W4 on the old tree and on this one, alternating ``--rounds`` times, each run in a fresh
+and W4 (``--only`` picks among those and W3, one activation cold or from a snapshot) on the
+old tree and on this one, alternating ``--rounds`` times, each run in a fresh
 subprocess that imports the tree's own ``engine``/``actors``/``benchmarks``; it prints the
 medians and the ratio new/old (above 1: the new code is faster). Make the old tree with
 ``git worktree add /tmp/base <commit>``. Interleaving spreads the machine's drift over
@@ -36,6 +37,12 @@ with tempfile.TemporaryDirectory() as tmp:
     elif name == "W4":
         result = trio.run(lambda: workloads.engine_rebuild(
             root, events=100_000 if quick else 1_000_000))
+    elif name.startswith("W3"):
+        timings = trio.run(lambda: workloads.engine_rehydrate(
+            root, events=2_000 if quick else 10_000))
+        # Activations per second (the best of five, as the harness reports W3).
+        key = "snapshot_ms" if name == "W3-snapshot" else "cold_ms"
+        result = {"per_second": 1e3 / timings[key]}
     else:
         raise SystemExit(f"unknown workload {name}")
 print(json.dumps(result))
@@ -44,6 +51,8 @@ print(json.dumps(result))
 WORKLOADS = {
     "W1": "W1 durable, commands/s",
     "W1-nosync": "W1 sync=False, commands/s",
+    "W3": "W3 cold activation of 10,000 events, activations/s",
+    "W3-snapshot": "W3 activation from a snapshot, activations/s",
     "W4": "W4 rebuild, events/s",
 }
 

@@ -6,7 +6,8 @@ What this object keeps is the mailbox window and the queues of senders waiting o
     inflight   commands decided but not yet durable (the mailbox's length, <= mailbox_size)
     handed     slots handed to woken senders that have not decided yet (reserved)
     room       senders waiting for a slot, FIFO
-    drained    senders waiting for inflight == 0, to reload a stale state
+    drained    senders waiting for inflight == 0, to reload a stale state (or for the
+               reload another sender runs in a worker thread, on a log whose reads block)
     settled    rejected senders waiting for what was in flight when they were refused
 
 Room in a full mailbox is handed out in arrival order::
@@ -58,6 +59,7 @@ class Actor:
         "inflight",
         "kind",
         "mailbox_size",
+        "reloading",
         "room",
         "settled",
         "snapshot_version",
@@ -88,6 +90,7 @@ class Actor:
         self.room: Waiters = OrderedDict()  # senders waiting for a mailbox slot, FIFO
         self.drained: Waiters = OrderedDict()  # senders waiting for inflight == 0 (to reload)
         self.stale = False  # state may hold what never committed: reload before use
+        self.reloading = False  # a sender is reloading it in a worker thread (blocking log)
         self.touched = True  # used since the last idle sweep
         self.completed = 0  # appends the writer has answered, ever (in order)
         self.failures = 0  # of which failed (then the actor is stale)
@@ -101,8 +104,16 @@ class Actor:
         self.closed = False  # the engine closed: waiters were failed, none is handed a slot
 
     def busy(self) -> bool:
-        """Commands in flight or senders waiting: it must not be passivated."""
-        return bool(self.inflight or self.handed or self.room or self.drained or self.settled)
+        """Commands in flight, senders waiting, or a reload under way: it must not be
+        passivated."""
+        return bool(
+            self.inflight
+            or self.handed
+            or self.room
+            or self.drained
+            or self.settled
+            or self.reloading
+        )
 
     def full(self) -> bool:
         """True if a sender must wait before deciding: the actor is stale, others are

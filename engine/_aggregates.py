@@ -46,12 +46,16 @@ actor, passivation and the decide step already live in their own modules.
 from __future__ import annotations
 
 import copy
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import anyio
+import anyio.lowlevel
+import anyio.to_thread
 import msgspec
 
-from ._actor import Actor, Pending, load_state
+from ._actor import Actor, Pending, Waiters, load_state
 from ._codec import EventRegistry, snapshot_bytes
 from ._decide import AggregateType, decide, kind_name, restore
 from ._errors import (
@@ -63,7 +67,7 @@ from ._errors import (
     Rejected,
     UnknownCommand,
 )
-from ._log import AppendOutcome, EventLog, check_stream_id
+from ._log import AppendOutcome, EventLog, check_stream_id, reads_block
 from ._metadata import CommandMeta
 from ._passivation import AtCapacity, LiveActors
 from ._records import Append, AppendResult, Committed, Snapshot
@@ -98,6 +102,7 @@ class Aggregates:
         registry: EventRegistry,
         mailbox_size: int,
         max_live: int,
+        read_limiter: anyio.CapacityLimiter | None = None,
     ) -> None:
         if mailbox_size < 1:
             raise DefinitionError("mailbox_size must be >= 1")
@@ -127,6 +132,13 @@ class Aggregates:
         self._live = self._slots.live
         self._capacity = self._slots.waiting  # senders waiting for a live-actor slot
         self._new_reply = reply_factory()
+        # A log whose reads block (a database server) is loaded in worker threads, at most
+        # ``read_limiter``'s at once; ``_loading`` holds the activations under way.
+        self._blocking = reads_block(log)
+        self._limiter = read_limiter
+        if self._blocking and read_limiter is None:
+            self._limiter = anyio.CapacityLimiter(1)
+        self._loading: dict[str, _Loading] = {}
         self._closed = False
         self._reloads = 0
         self._snapshot_failures = 0
@@ -163,6 +175,8 @@ class Aggregates:
                 actor = self._actor(kind, stream_id)
             except AtCapacity:
                 actor = await self._wait_for_capacity(kind, stream_id)
+            except _NotLive:  # the log's reads block: load it in a worker thread
+                actor = await self._activate_async(kind, stream_id)
         try:
             # Actor.full(), inlined: the hot path's one test.
             if actor.stale or actor.room or actor.inflight + actor.handed >= self._mailbox_size:
@@ -202,9 +216,18 @@ class Aggregates:
     ) -> Pending:
         """Put ``command`` in the mailbox now or raise ``Overloaded``; see ``Engine``."""
         handler = self._handler(kind, command)
-        actor = self._actor(kind, stream_id)
-        if actor.stale and not actor.inflight:
-            self._reload(actor)
+        try:
+            actor = self._actor(kind, stream_id)
+        except _NotLive:
+            # send_nowait cannot wait for a worker thread: it loads inline, as it always
+            # has (blocking the loop for the read), unless a send is loading the stream.
+            if stream_id in self._loading:
+                raise Overloaded(
+                    f"{kind_name(kind)} {stream_id!r} is being activated; send waits for it"
+                ) from None
+            actor = self._activate(kind, stream_id)
+        if actor.stale and not actor.inflight and not actor.reloading:
+            self._reload(actor)  # inline even on a blocking log: send_nowait cannot wait
         if actor.full():
             raise Overloaded(
                 f"the mailbox of {kind_name(kind)} {stream_id!r} is full "
@@ -230,9 +253,12 @@ class Aggregates:
                 return self._actor(kind, stream_id)
             except AtCapacity:
                 continue
+            except _NotLive:
+                break  # the log's reads block: load it, with the slot handed to us
             except BaseException:
                 self._slots.pass_on()
                 raise
+        return await self._activate_async(kind, stream_id, handed=True)
 
     def _handler(self, kind: AggregateType, command: Any) -> Callable[[Any, Any], Any]:
         if self._closed:
@@ -262,14 +288,19 @@ class Aggregates:
                 if self._closed:
                     raise EngineClosed("the engine closed before this command ran")
                 if actor.stale:
-                    if actor.inflight:
+                    if actor.inflight or actor.reloading:
                         await actor.park(actor.drained, self._new_reply())
                         # Drained actors have no waiters left: it may have been passivated.
                         try:
                             actor = self._actor(kind, stream_id)
                         except AtCapacity:
                             actor = await self._wait_for_capacity(kind, stream_id)
+                        except _NotLive:
+                            actor = await self._activate_async(kind, stream_id)
                         continue
+                    if self._blocking:
+                        await self._reload_async(actor)
+                        continue  # the engine may have closed meanwhile: check again
                     self._reload(actor)
                 if actor.room or actor.inflight + actor.handed >= self._mailbox_size:
                     await actor.park(actor.room, self._new_reply())
@@ -424,6 +455,8 @@ class Aggregates:
     def _actor(self, kind: AggregateType, stream_id: str) -> Actor:
         actor = self._live.get(stream_id)
         if actor is None:
+            if self._blocking:
+                raise _NotLive  # the caller awaits _activate_async instead
             return self._activate(kind, stream_id)
         if actor.kind is not kind:
             raise DefinitionError(
@@ -447,6 +480,98 @@ class Aggregates:
         self._slots.add(actor)
         return actor
 
+    async def _activate_async(
+        self, kind: AggregateType, stream_id: str, *, handed: bool = False
+    ) -> Actor:
+        """The stream's actor, for a log whose reads block: loaded in a worker thread while
+        the event loop serves everything else.
+
+        One load per stream: senders that arrive while it loads wait for it (``_Loading``)
+        and then use the live actor, or raise the load's error (a copy), as its sender does.
+        ``handed``: the caller was woken with a live slot (``_wait_for_capacity``); it is
+        passed on if this sender does not use it for a load.
+        """
+        try:
+            while True:
+                if self._closed:
+                    raise EngineClosed("the engine closed before this command ran")
+                loading = self._loading.get(stream_id)
+                if stream_id in self._live or loading is not None:
+                    if handed:  # the slot is someone else's to take
+                        handed = False
+                        self._slots.pass_on()
+                    if loading is None:
+                        return self._actor(kind, stream_id)
+                    await loading.join(self._new_reply())
+                    error = loading.error
+                    if isinstance(error, EngineError) and loading.kind is kind:
+                        shared = copy.copy(error)  # its own copy: tracebacks must not pile up
+                        shared.__cause__ = error.__cause__
+                        raise shared
+                    continue  # live now; or its loader was cancelled: this one loads it
+                check_stream_id(stream_id)
+                try:
+                    self._slots.make_room()
+                except AtCapacity:
+                    handed = False  # the slot was not free after all (as in the sync path)
+                    await self._slots.wait(self._new_reply())
+                    handed = True
+                    continue
+                handed = False
+                actor = await self._load_async(kind, stream_id)
+                break
+        except BaseException:
+            if handed:
+                self._slots.pass_on()
+            raise
+        # Cancelled while the load ran (it finished: see _load_async): leave before
+        # deciding, as a sender cancelled while waiting for room does. The actor stays live.
+        try:
+            await anyio.lowlevel.checkpoint_if_cancelled()
+        except BaseException:
+            if self._capacity and not actor.busy():
+                self._slots.pass_on()
+            raise
+        return actor
+
+    async def _load_async(self, kind: AggregateType, stream_id: str) -> Actor:
+        """Load the stream in a worker thread, its live slot reserved (``make_room`` made
+        room for it), and make the actor live.
+
+        The read is not abandoned when the sender is cancelled (``anyio.to_thread``'s
+        default): a thread left running would be a task without an owner, and the log may
+        be closed under it. So cancellation waits for the read (one round trip or stream
+        read) and the actor goes live anyway; a cancellation before the thread starts (the
+        limiter) loads nothing. On any failure the reserved slot is passed on and the
+        senders waiting for this load are woken.
+        """
+        loading = self._loading[stream_id] = _Loading(kind)
+        slots = self._slots
+        slots.loading += 1
+        try:
+            loaded = await anyio.to_thread.run_sync(
+                self._load, kind, stream_id, limiter=self._limiter
+            )
+        except BaseException as error:
+            slots.loading -= 1
+            del self._loading[stream_id]
+            loading.finish(error)
+            slots.pass_on()  # the reserved slot is free again
+            if self._closed and isinstance(error, EngineError):
+                # The engine closed (and then the log) while this read ran: the command
+                # was not run because of the close, whatever the read made of it.
+                raise EngineClosed("the engine closed before this command ran") from error
+            raise
+        slots.loading -= 1
+        del self._loading[stream_id]
+        if self._closed:
+            loading.finish(None)
+            raise EngineClosed("the engine closed before this command ran")
+        actor = Actor(kind, stream_id, *loaded, self._mailbox_size)
+        slots.add(actor)
+        loading.finish(None)
+        return actor
+
     def _load(self, kind: AggregateType, stream_id: str) -> tuple[Any, int, int]:
         """Rebuild the state: (state, version, version of the snapshot it started from)."""
         return load_state(self._log, self._registry, kind, self._owner_names[kind], stream_id)
@@ -458,6 +583,27 @@ class Aggregates:
         actor.state, actor.version, actor.stale = state, version, False
         actor.snapshot_version = snapshot_version
         actor.hand_out()  # slots given back while it was stale
+
+    async def _reload_async(self, actor: Actor) -> None:
+        """``_reload`` for a log whose reads block: the load runs in a worker thread, and
+        senders arriving meanwhile wait in ``drained`` (``reloading`` keeps anyone else
+        from reloading or deciding, and the actor from being passivated). Cancelled, it
+        waits for the read, keeps the reloaded state, and then raises."""
+        self._reloads += 1
+        actor.reloading = True
+        try:
+            state, version, snapshot_version = await anyio.to_thread.run_sync(
+                self._load, actor.kind, actor.stream_id, limiter=self._limiter
+            )
+        finally:
+            actor.reloading = False
+            if actor.drained:
+                actor.wake_drained()  # they check again: reloaded, or reload it themselves
+        if not actor.closed:
+            actor.state, actor.version, actor.stale = state, version, False
+            actor.snapshot_version = snapshot_version
+            actor.hand_out()  # slots given back while it was stale
+        await anyio.lowlevel.checkpoint_if_cancelled()
 
     def _maybe_snapshot(self, actor: Actor) -> None:
         """Snapshot an actor whose state is all durable, if ``snapshot_every`` says so."""
@@ -490,6 +636,8 @@ class Aggregates:
         """Refuse new commands and fail every sender still waiting for room."""
         self._closed = True
         self._slots.close(lambda: EngineClosed("the engine closed before this command ran"))
+        for loading in self._loading.values():
+            loading.finish(None)  # its waiters find the engine closed; the load ends alone
 
     def is_live(self, stream_id: str) -> bool:
         """True if the stream's actor is in memory (a test and statistics aid)."""
@@ -505,9 +653,43 @@ class Aggregates:
             passivations=self._slots.passivations,
             reloads=self._reloads,
             in_flight=sum(a.inflight for a in actors),
-            waiting=sum(len(a.room) + len(a.drained) for a in actors) + len(self._capacity),
+            waiting=sum(len(a.room) + len(a.drained) for a in actors)
+            + len(self._capacity)
+            + sum(len(loading.waiters) for loading in self._loading.values()),
             snapshot_failures=self._snapshot_failures,
         )
+
+
+class _NotLive(Exception):
+    """Raised by ``_actor`` on a log whose reads block, for a stream that is not live: the
+    caller activates it with ``await _activate_async`` instead of inline."""
+
+
+class _Loading:
+    """An activation loading in a worker thread, and the senders waiting for it."""
+
+    __slots__ = ("error", "kind", "waiters")
+
+    def __init__(self, kind: AggregateType) -> None:
+        self.kind = kind
+        self.waiters: Waiters = OrderedDict()
+        self.error: BaseException | None = None  # what the load raised, once it ended
+
+    async def join(self, reply: Reply) -> None:
+        """Wait (with ``reply``) until the load ends. Cancelling it leaves nothing behind."""
+        self.waiters[reply] = None
+        try:
+            await reply.wait()
+        except BaseException:
+            self.waiters.pop(reply, None)
+            raise
+
+    def finish(self, error: BaseException | None) -> None:
+        """The load ended (``error``: how it failed); wake every sender waiting for it."""
+        self.error = error
+        waiting, self.waiters = self.waiters, OrderedDict()
+        for reply in waiting:
+            reply.set_result(None)
 
 
 def _committed(result: AppendResult) -> Committed:

@@ -42,7 +42,7 @@ from ._errors import (
     UnknownQuery,
     describe,
 )
-from ._log import MAX_METADATA_BYTES, EventLog, check_label, check_stream_id
+from ._log import MAX_METADATA_BYTES, EventLog, check_label, check_stream_id, read_limiter
 from ._log_lmdb import DEFAULT_MAP_SIZE, DEFAULT_MAX_MAP_SIZE, LmdbEventLog
 from ._log_postgres import PostgresEventLog
 from ._log_view import LogView
@@ -299,6 +299,7 @@ class Engine:
             registry = EventRegistry()
             broadcast = Broadcast(log.head_position(), window_bytes=projector_window_bytes)
             writer = Writer(log, on_commit=broadcast.publish)
+            limiter = read_limiter(log)  # None: the log's reads run inline
             hosts = Aggregates(
                 aggregate_kinds,
                 log=log,
@@ -306,6 +307,7 @@ class Engine:
                 registry=registry,
                 mailbox_size=mailbox_size,
                 max_live=max_live_aggregates,
+                read_limiter=limiter,
             )
             projector_hosts = [
                 ProjectorHost(
@@ -314,6 +316,7 @@ class Engine:
                     broadcast=broadcast,
                     registry=registry,
                     save=writer.save_projector_cache,
+                    read_limiter=limiter,
                 )
                 for kind in projector_kinds
             ]

@@ -15,6 +15,14 @@ Contract (``actorlog.storage.check_event_log`` runs it against any backend):
 - an empty append (no events) only checks the expected version.
 - reads after ``close`` raise ``StorageError``.
 
+Slow reads. A backend whose reads may block for long (a round trip to a database server)
+says so with a ``blocking_reads`` attribute that is true (``PostgresEventLog``); the engine
+then runs its activation loads and projector catch-up reads in worker threads
+(``anyio.to_thread``), so the event loop keeps serving other aggregates and queries
+meanwhile. Such a backend's reads must be safe to call from any thread. A backend without
+the attribute, or with it false (LMDB, memory: reads of microseconds), is read inline,
+where a thread hop would cost more than the read (see ``docs/design.md``).
+
 Why one module over 450 lines: the protocol and the rules for what may enter it (stream
 ids, names, metadata, headers, events, snapshots) are one contract: every backend, the
 writer and the engine's front door call these same checks, so a rule changes in one place.
@@ -25,6 +33,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final, Protocol
 
+import anyio
 import msgspec
 
 from ._codec import DECODE_FAILURES
@@ -49,8 +58,11 @@ __all__ = [
     "check_name",
     "check_projector_cache",
     "check_snapshot",
+    "READ_THREADS",
     "check_stream_id",
     "expected_ok",
+    "read_limiter",
+    "reads_block",
 ]
 
 AppendOutcome = AppendResult | EngineError
@@ -149,6 +161,24 @@ class EventLog(Protocol):
     def close(self) -> None:
         """Release the storage. Idempotent. Later calls raise ``StorageError``."""
         ...
+
+
+READ_THREADS: Final = 4
+"""The most worker threads one engine reads a blocking log with at once (activations and
+projector catch-up together): enough to overlap a few round trips, few enough that a burst
+of first sends to cold streams queues in the engine instead of spawning threads."""
+
+
+def read_limiter(log: object) -> anyio.CapacityLimiter | None:
+    """The bound on the worker threads reading ``log`` (one per engine), or None when its
+    reads run inline."""
+    return anyio.CapacityLimiter(READ_THREADS) if reads_block(log) else None
+
+
+def reads_block(log: object) -> bool:
+    """True if ``log`` declares that its reads may block for long (``blocking_reads``): the
+    engine then reads it in worker threads. False for a backend that does not say."""
+    return bool(getattr(log, "blocking_reads", False))
 
 
 class ReadBatch(list[StoredEvent]):

@@ -46,6 +46,11 @@ class MemoryEventLog:
         """Always False: memory survives nothing."""
         return False
 
+    @property
+    def blocking_reads(self) -> bool:
+        """False: a read is a few dict and list lookups; the engine reads it inline."""
+        return False
+
     def append_batch(
         self,
         appends: Sequence[Append],

@@ -271,6 +271,13 @@ class PostgresEventLog:
         return self._sync
 
     @property
+    def blocking_reads(self) -> bool:
+        """True: every read is a round trip to the server, so the engine runs activation
+        loads and projector catch-up reads in worker threads (the readers' connection is
+        used by one thread at a time, behind its lock)."""
+        return True
+
+    @property
     def schema(self) -> str:
         """The schema holding the log's tables."""
         return self._schema

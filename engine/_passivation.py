@@ -51,6 +51,9 @@ class LiveActors:
         self.max_live = max_live
         self.live: OrderedDict[str, Actor] = OrderedDict()
         self.waiting: Waiters = OrderedDict()  # senders waiting for a live slot, FIFO
+        # Slots reserved by activations loading in a worker thread (a log whose reads
+        # block): not live yet, but counted against the cap.
+        self.loading = 0
         self.peak = 0
         self.activations = 0
         self.passivations = 0
@@ -61,17 +64,18 @@ class LiveActors:
         Raises:
             AtCapacity: every live actor looked at is busy.
         """
-        if len(self.live) >= self.max_live:
+        if len(self.live) + self.loading >= self.max_live:
             # A bounded look at the least recently used: O(1) per activation, and busy
             # actors move to the back so the next look starts with likelier candidates.
-            self.evict_lru(scan=EVICTION_SCAN, room_for=1)
-            if len(self.live) >= self.max_live:
+            self.evict_lru(scan=EVICTION_SCAN, room_for=1 + self.loading)
+            if len(self.live) + self.loading >= self.max_live:
                 raise AtCapacity(
                     f"{self.max_live} aggregates are live and busy (max_live_aggregates)"
                 )
 
     def add(self, actor: Actor) -> None:
-        """Make a newly activated actor live (after :meth:`make_room`)."""
+        """Make a newly activated actor live (after :meth:`make_room`, and once its
+        reserved slot, if it loaded in a thread, was released)."""
         self.live[actor.stream_id] = actor
         self.activations += 1
         self.peak = max(self.peak, len(self.live))

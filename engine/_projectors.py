@@ -59,7 +59,9 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, Protocol
 
+import anyio
 import anyio.lowlevel
+import anyio.to_thread
 import msgspec
 
 from ._codec import EventRegistry, snapshot_bytes
@@ -325,10 +327,14 @@ class ProjectorHost:
         broadcast: Broadcast,
         registry: EventRegistry,
         save: Callable[[str, ProjectorCache], None] | None = None,
+        read_limiter: anyio.CapacityLimiter | None = None,
     ) -> None:
         self.kind = kind
         self.name = kind.name
         self._log = log
+        # Set for a log whose reads block: catch-up reads run in worker threads (its bound).
+        self._limiter = read_limiter
+        self._rebuilds = 0  # a rebuild while a read is in a thread voids that read
         self._broadcast = broadcast
         # Stored name -> (applier, payload decoder), for every name a type is read under
         # (older versions and former names upcast). Names missing here are never decoded.
@@ -434,7 +440,18 @@ class ProjectorHost:
             else:
                 self.catching_up = True
                 try:
-                    events, size = _read_consecutive(self._broadcast, self._log, start, self._batch)
+                    if self._limiter is None:
+                        events, size = _read_consecutive(
+                            self._broadcast, self._log, start, self._batch
+                        )
+                    else:
+                        rebuilds = self._rebuilds
+                        events, size = await _read_consecutive_off_loop(
+                            self._broadcast, self._log, start, self._batch, self._limiter
+                        )
+                        if rebuilds != self._rebuilds:
+                            continue  # rebuilt meanwhile: the read is for the old checkpoint
+                        began = time.perf_counter()  # the loop was free during the read
                     self._fold(events, None)
                 except StorageError as e:
                     self._halt(start, "(log)", e)
@@ -538,6 +555,7 @@ class ProjectorHost:
         """Start over from position 0 with an empty cache (and no fault, nothing parked)."""
         self.instance = self.kind()
         self.checkpoint = 0
+        self._rebuilds += 1
         # Below any checkpoint, so the next save (at the latest, at close) replaces the
         # cache saved before: a rebuild must not come back from the log after a restart.
         self._saved_at = -1
@@ -611,7 +629,27 @@ def _read_consecutive(
         first = read[0].position
         if first <= start <= read[-1].position:
             return read[start - first : start - first + limit], 0
-    events = log.read_all(start, limit)
+    return _consecutive(broadcast, log.read_all(start, limit), start)
+
+
+async def _read_consecutive_off_loop(
+    broadcast: Broadcast, log: EventLog, start: int, limit: int, limiter: anyio.CapacityLimiter
+) -> tuple[list[StoredEvent], int]:
+    """``_read_consecutive`` for a log whose reads block: the read runs in a worker thread
+    (not abandoned if the task is cancelled: it ends with its one query), so the event loop
+    serves commands and queries meanwhile."""
+    for read in reversed(broadcast.recent_reads):
+        first = read[0].position
+        if first <= start <= read[-1].position:
+            return read[start - first : start - first + limit], 0
+    events = await anyio.to_thread.run_sync(log.read_all, start, limit, limiter=limiter)
+    return _consecutive(broadcast, events, start)
+
+
+def _consecutive(
+    broadcast: Broadcast, events: list[StoredEvent], start: int
+) -> tuple[list[StoredEvent], int]:
+    """``events`` read from ``start`` on, checked gap-free and shared (see above)."""
     if events and events[-1].position == start + len(events) - 1:
         # The backend's own count when it gives one (a C pass over its records), else a
         # pass over the payloads (~1,300 instructions an event on a W4 rebuild).
