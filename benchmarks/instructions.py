@@ -66,7 +66,10 @@ trio.run(main)
 _W3_LOG = """
 import sys, pathlib, trio
 sys.path.insert(0, sys.argv[1])
-from actorlog import Engine
+if (pathlib.Path(sys.argv[1]) / "actorlog").is_dir():
+    from actorlog import Engine
+else:  # a tree from before the actorlog namespace: never an actorlog installed elsewhere
+    from engine import Engine
 from benchmarks.bank import Account, OpenAccount, Deposit
 async def main():
     async with Engine.open(pathlib.Path(sys.argv[2]), aggregates=[Account], sync=False) as e:
@@ -80,7 +83,10 @@ trio.run(main)
 _W3 = """
 import sys, pathlib, trio, contextlib
 sys.path.insert(0, sys.argv[1])
-from actorlog import Engine, Rejected
+if (pathlib.Path(sys.argv[1]) / "actorlog").is_dir():
+    from actorlog import Engine, Rejected
+else:  # a tree from before the actorlog namespace: never an actorlog installed elsewhere
+    from engine import Engine, Rejected
 from benchmarks.bank import Account, Withdraw
 async def main():
     for _ in range(int(sys.argv[3])):
