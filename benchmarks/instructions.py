@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, measure, small, large in (
         ("W1", per_command, 2_000 // scale, 12_000 // scale),
         ("W4", per_event, 20_000 // scale, 220_000 // scale),
-        ("W3", per_activation, 1, 1 + 5 // scale),
+        ("W3", per_activation, 1, 1 + max(1, 5 // scale)),
     ):
         if args.only and name not in args.only.split(","):
             continue
