@@ -46,6 +46,7 @@ actor, passivation and the decide step already live in their own modules.
 from __future__ import annotations
 
 import copy
+import random
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -59,6 +60,7 @@ from ._actor import Actor, Pending, Waiters, load_state
 from ._codec import EventRegistry, snapshot_bytes
 from ._decide import AggregateType, decide, kind_name, restore
 from ._errors import (
+    ConcurrencyError,
     DefinitionError,
     DuplicateCommand,
     EngineClosed,
@@ -67,6 +69,7 @@ from ._errors import (
     Rejected,
     UnknownCommand,
 )
+from ._follow import follows_others
 from ._log import AppendOutcome, EventLog, check_stream_id, reads_block
 from ._metadata import CommandMeta
 from ._passivation import AtCapacity, LiveActors
@@ -74,7 +77,11 @@ from ._records import Append, AppendResult, Committed, Snapshot
 from ._reply import Reply, reply_factory
 from ._writer import Writer
 
-__all__ = ["AggregateType", "Aggregates", "AggregatesStatistics", "Pending"]
+__all__ = ["CONFLICT_RETRIES", "AggregateType", "Aggregates", "AggregatesStatistics", "Pending"]
+
+CONFLICT_RETRIES = 8
+"""On a log others append to: how many times a command found decided on a stale aggregate
+is decided again (reloaded first) before ``send`` raises ``ConcurrencyError``."""
 
 
 class AggregatesStatistics(msgspec.Struct, frozen=True):
@@ -88,6 +95,9 @@ class AggregatesStatistics(msgspec.Struct, frozen=True):
     in_flight: int
     waiting: int
     snapshot_failures: int = 0
+    retries: int = 0
+    """Commands decided again because their aggregate was stale (a log others append to:
+    an append that conflicted, or a rejection decided before another process's events)."""
 
 
 class Aggregates:
@@ -142,6 +152,9 @@ class Aggregates:
         self._closed = False
         self._reloads = 0
         self._snapshot_failures = 0
+        # Others append to the log (issue 15): conflicts are retried, rejections confirmed.
+        self._shared = follows_others(log)
+        self._retries = 0
 
     # -- the command path ------------------------------------------------------------------
 
@@ -151,8 +164,12 @@ class Aggregates:
         stream_id: str,
         command: Any,
         meta: CommandMeta | None,
+        attempt: int = 0,
     ) -> Committed:
-        """Run ``command`` on the actor, waiting for mailbox room; see ``Engine.send``."""
+        """Run ``command`` on the actor, waiting for mailbox room; see ``Engine.send``.
+
+        ``attempt``: how many times it was decided before, on a stale aggregate (a log
+        others append to; see ``_again``)."""
         # The usual command, inline: a hosted kind, a known command type, a live actor of
         # that kind (two method calls fewer a command: ~1,400 of W1's ~88,000 instructions,
         # callgrind). Anything else takes ``_handler`` and ``_actor``, which raise the
@@ -195,17 +212,87 @@ class Aggregates:
             # (and _decide raised synchronously, so it is the live one now).
             actor = self._live.get(stream_id, actor)
             if not actor.inflight:
+                if self._shared:
+                    return await self._confirm(
+                        kind, stream_id, command, meta, attempt, actor.version, rejection
+                    )
                 raise
             # Rejected on state that is not all durable yet: if what is in flight fails,
             # the rejection was decided on state that never existed. Wait for it to land.
             # (A failure count, not ``stale``: another sender may have reloaded already.)
             failures = actor.failures
+            decided = actor.version
             await actor.settle(self._new_reply())
             if actor.failures == failures:
+                if self._shared:
+                    return await self._confirm(
+                        kind, stream_id, command, meta, attempt, decided, rejection
+                    )
                 raise rejection from None
-            return await self.send(kind, stream_id, command, meta)
-        result: Committed = await reply.wait()
+            return await self.send(kind, stream_id, command, meta, attempt)
+        try:
+            result: Committed = await reply.wait()
+        except ConcurrencyError as conflict:
+            # Only another writer of the log moves a stream under a live actor (or a failed
+            # append before this one, which reloads it too): decide again on a shared log.
+            if not self._shared:
+                raise
+            return await self._again(kind, stream_id, command, meta, attempt, conflict)
         return result
+
+    # -- a log others append to (issue 15) -------------------------------------------------
+
+    async def _confirm(
+        self,
+        kind: AggregateType,
+        stream_id: str,
+        command: Any,
+        meta: CommandMeta | None,
+        attempt: int,
+        decided: int,
+        rejection: Rejected,
+    ) -> Committed:
+        """A rejection on a log others append to is final only if it was decided on the
+        stream's durable version: read it (one read), and if another process appended
+        since, reload the aggregate and decide again (``_again``)."""
+        read = self._log.stream_version
+        if self._blocking:
+            durable = await anyio.to_thread.run_sync(read, stream_id, limiter=self._limiter)
+        else:
+            durable = read(stream_id)
+        actor = self._live.get(stream_id)
+        ours = actor is not None and actor.kind is kind
+        if durable == decided or (
+            # Commands of this process committed since on the same actor: their appends
+            # would have failed had anyone else appended in between.
+            ours and actor is not None and not actor.stale and durable == actor.version
+        ):
+            raise rejection
+        if ours and actor is not None:
+            actor.stale = True  # reloaded before its next decision
+        return await self._again(
+            kind, stream_id, command, meta, attempt, ConcurrencyError(stream_id, decided, durable)
+        )
+
+    async def _again(
+        self,
+        kind: AggregateType,
+        stream_id: str,
+        command: Any,
+        meta: CommandMeta | None,
+        attempt: int,
+        error: ConcurrencyError,
+    ) -> Committed:
+        """Decide ``command`` again on the reloaded aggregate (it is stale: another process
+        appended to its stream), at most ``CONFLICT_RETRIES`` times, after a short random
+        pause from the second retry on (contending processes then spread out instead of
+        colliding again); past that, ``error``. Nothing of a failed decision was written."""
+        if attempt >= CONFLICT_RETRIES:
+            raise error
+        self._retries += 1
+        if attempt:
+            await anyio.sleep(random.random() * min(0.001 * 2**attempt, 0.05))
+        return await self.send(kind, stream_id, command, meta, attempt + 1)
 
     def send_nowait(
         self,
@@ -657,6 +744,7 @@ class Aggregates:
             + len(self._capacity)
             + sum(len(loading.waiters) for loading in self._loading.values()),
             snapshot_failures=self._snapshot_failures,
+            retries=self._retries,
         )
 
 

@@ -42,6 +42,7 @@ from ._errors import (
     UnknownQuery,
     describe,
 )
+from ._follow import Follower, FollowerStatistics, follows_others
 from ._log import MAX_METADATA_BYTES, EventLog, check_label, check_stream_id, read_limiter
 from ._log_lmdb import DEFAULT_MAP_SIZE, DEFAULT_MAX_MAP_SIZE, LmdbEventLog
 from ._log_postgres import PostgresEventLog
@@ -76,6 +77,8 @@ class EngineStatistics(msgspec.Struct, frozen=True):
     head: int
     window: WindowStatistics
     """What the projectors' window of recent events holds (events, bytes)."""
+    follower: FollowerStatistics | None = None
+    """On a log other processes append to (``others_append``): what its follower saw."""
 
 
 async def _shielded(run: Callable[[], Awaitable[None]]) -> None:
@@ -125,8 +128,10 @@ class Engine:
         registry: EventRegistry,
         policy: Policy | None = None,
         record_principal: RecordPrincipal | None = None,
+        follower: Follower | None = None,
     ) -> None:
         # Use Engine.open: the engine only works inside the task group it creates.
+        self._follower = follower
         self._policy = policy
         self._record_principal = record_principal
         self._log = log
@@ -298,7 +303,14 @@ class Engine:
         try:
             registry = EventRegistry()
             broadcast = Broadcast(log.head_position(), window_bytes=projector_window_bytes)
-            writer = Writer(log, on_commit=broadcast.publish)
+            # Others append to the log (issue 15): follow its head, announce our commits.
+            follower = Follower(log, broadcast) if follows_others(log) else None
+            writer = Writer(
+                log,
+                on_commit=broadcast.publish
+                if follower is None or not follower.announces
+                else follower.on_commit,
+            )
             limiter = read_limiter(log)  # None: the log's reads run inline
             hosts = Aggregates(
                 aggregate_kinds,
@@ -315,7 +327,8 @@ class Engine:
                     log=log,
                     broadcast=broadcast,
                     registry=registry,
-                    save=writer.save_projector_cache,
+                    # A log opened read-only cannot keep a projector's cache.
+                    save=None if getattr(log, "readonly", False) else writer.save_projector_cache,
                     read_limiter=limiter,
                 )
                 for kind in projector_kinds
@@ -329,6 +342,7 @@ class Engine:
                 registry=registry,
                 policy=policy,
                 record_principal=record_principal,
+                follower=follower,
             )
             async with anyio.create_task_group() as tg:
                 # Shielded: if the host cancels us, _shutdown (shielded too) still needs the
@@ -338,6 +352,10 @@ class Engine:
                     tg.start_soon(host.run)
                 if idle_timeout is not None:
                     tg.start_soon(hosts.run_idle_sweeper, idle_timeout)
+                if follower is not None:
+                    tg.start_soon(follower.run)
+                    if follower.announces and aggregate_kinds:
+                        tg.start_soon(follower.run_announcer)
                 try:
                     if wait_for_projectors:
                         await engine._wait_caught_up(broadcast.head)
@@ -454,7 +472,11 @@ class Engine:
                 are shared by all aggregate types).
             StorageError: the commit failed (``StorageFull`` past the map cap or with the
                 disk full); nothing of it was written.
-            ConcurrencyError: another writer changed the stream (should not happen).
+            ConcurrencyError: on a log other processes append to (PostgreSQL), the
+                stream kept changing under the command: it was decided again on the
+                reloaded aggregate ``CONFLICT_RETRIES`` times and still found it stale
+                (nothing of it was appended; retry). On a log only this engine writes it
+                does not happen.
             EngineClosed: the engine is closed or closed before the command ran.
         """
         # Checked before anything is decided: a bad id would be acknowledged and then make
@@ -689,7 +711,7 @@ class Engine:
         if self._closed:
             raise EngineClosed("the engine is closed")
         if position is not None:
-            self._check_written(position, "position")
+            await self._check_written(position, "position")
         target = self._broadcast.head if position is None else position
         # One deadline for them all, not one per projector.
         with anyio.move_on_after(math.inf if timeout is None else timeout) as scope:
@@ -708,7 +730,7 @@ class Engine:
         """The slow path of :meth:`query`: the wait for ``after``, checked and bounded."""
         if self._closed:
             raise EngineClosed("the engine is closed")
-        self._check_written(after, "after")
+        await self._check_written(after, "after")
         if timeout is None:
             await host.wait_position(after)
             return
@@ -720,11 +742,15 @@ class Engine:
                 f"(it is at {host.checkpoint})"
             )
 
-    def _check_written(self, position: int, name: str) -> None:
+    async def _check_written(self, position: int, name: str) -> None:
         """Refuse a position this engine's log has not written: no acknowledgement gave it,
         and since this engine is the log's only writer, waiting for it could last forever
-        (and would hold a host's shutdown, as it did under uvicorn)."""
+        (and would hold a host's shutdown, as it did under uvicorn). On a log others
+        append to, the log's own head is read first: another process may have written it
+        (its acknowledgement), and the follower not seen it yet."""
         head = self._broadcast.head
+        if position > head and self._follower is not None:
+            head = await self._follower.refresh()
         if position > head:
             raise UnknownPosition(
                 f"{name}={position} is beyond the log's head ({head}): no command has "
@@ -797,6 +823,7 @@ class Engine:
             projectors=tuple(h.statistics() for h in self._projectors.values()),
             head=self._broadcast.head,
             window=self._broadcast.statistics(),
+            follower=None if self._follower is None else self._follower.statistics(),
         )
 
     def is_live(self, stream_id: str) -> bool:

@@ -77,6 +77,7 @@ from ._log import (
     check_stream_id,
     expected_ok,
 )
+from ._pg_follow import HeadChannel
 from ._records import Append, AppendResult, ProjectorCache, Snapshot, StoredEvent
 
 __all__ = ["FORMAT", "PostgresEventLog"]
@@ -201,6 +202,8 @@ class PostgresEventLog:
         # thread at a time (its lock).
         self._writer = _Connection(self._connect)
         self._reader = _Connection(self._connect)
+        self._channel: HeadChannel | None = None  # opened by the first follower or announcer
+        self._channel_lock = threading.Lock()
         try:
             self._writer.run(self._initialize)
         except BaseException:
@@ -551,6 +554,34 @@ class PostgresEventLog:
 
         return self._reader.run(run, retry=True)
 
+    # -- following other writers (issue 15; the channel is engine/_pg_follow.py) -----------
+
+    @property
+    def others_append(self) -> bool:
+        """True: other processes may append to this log (each its own engine); the engine
+        follows the head (``wait_for_head``) to feed its projectors, retries commands
+        decided on a stale aggregate, and announces its own commits (``announce_head``)."""
+        return True
+
+    def wait_for_head(self, known: int, timeout: float) -> int:
+        """The head position once it is past ``known``, or after ``timeout`` seconds
+        (LISTEN/NOTIFY, with a bounded poll). Blocking: for a worker thread."""
+        return self._head_channel().wait_for_head(known, timeout)
+
+    def announce_head(self) -> None:
+        """NOTIFY the log's followers that the head moved. Blocking: for a worker thread."""
+        self._head_channel().announce()
+
+    def _head_channel(self) -> HeadChannel:
+        self._check_open()
+        channel = self._channel
+        if channel is None:
+            with self._channel_lock:
+                channel = self._channel
+                if channel is None:
+                    channel = self._channel = HeadChannel(self._connect, self._schema, self._q.head)
+        return channel
+
     # -- lifecycle ------------------------------------------------------------------------
 
     def _check_open(self) -> None:
@@ -558,10 +589,12 @@ class PostgresEventLog:
             raise StorageError("the PostgreSQL log is closed")
 
     def close(self) -> None:
-        """Close both connections. Idempotent."""
+        """Close every connection. Idempotent."""
         self._closed = True
         self._writer.close()
         self._reader.close()
+        if self._channel is not None:
+            self._channel.close()
 
 
 class _Connection:

@@ -255,6 +255,18 @@ class Broadcast:
         for host in listeners:
             host.wake()
 
+    def advance(self, head: int) -> None:
+        """Other processes committed up to ``head`` (a followed log: ``_follow.py``): move
+        the head there and wake readers, who read the new positions from the log. The
+        window is dropped, so that it stays consecutive (it cannot hold what this process
+        did not commit)."""
+        if head <= self.head:
+            return
+        self._drop()
+        self.head = head
+        for host in self._listeners:
+            host.wake()
+
     def _trim(self) -> None:
         """Drop the oldest batches until within both bounds (the newest is kept past the
         event bound, never past the byte bound)."""

@@ -1,0 +1,166 @@
+"""Following a log that other processes write: the head moves without this engine.
+
+A log says so with ``others_append`` (a PostgreSQL log; an LMDB log opened read-only) and
+offers two blocking hooks, run in worker threads:
+
+- ``wait_for_head(known, timeout) -> int`` (required): the log's head, once it is past
+  ``known`` or ``timeout`` seconds have passed;
+- ``announce_head() -> None`` (optional): tell the other processes' followers that this
+  one committed (PostgreSQL's NOTIFY; see ``_pg_follow.py``).
+
+The follower task only moves the broadcast's head; the projectors then read what they
+miss from the log, from ``checkpoint + 1``, checked gap-free, as after any hole in the
+window (``_projectors.py``). So events committed by other processes reach projectors in
+position order, none skipped, none twice, through the same code as catch-up:
+
+    other process ── commit ──▶ log ──▶ follower thread: wait_for_head(head) ──▶ H
+    follower task:  broadcast.advance(H) ──wake──▶ projectors read checkpoint+1 .. H
+
+The engine's own commits keep taking the writer's path (``publish``): a group commit
+returns, and publishes, on the event loop, before the follower's thread can report a head
+that includes it, so ``advance`` never runs ahead of a batch still to be published.
+
+Cancellation: the follower's thread is never abandoned (anyio's default): it returns
+within ``FOLLOW_WAIT``, which bounds how long the engine's close waits for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Final
+
+import anyio
+import anyio.to_thread
+import msgspec
+
+from ._errors import DefinitionError, StorageError
+from ._log import EventLog, reads_block
+from ._projectors import Broadcast
+from ._writer import CommitBatch
+
+__all__ = ["FOLLOW_WAIT", "Follower", "FollowerStatistics", "follows_others"]
+
+FOLLOW_WAIT: Final = 0.1
+"""The longest one wait in the follower's thread lasts (then it waits again): what an
+engine's close may wait for the thread."""
+RETRY_PAUSE: Final = 0.5
+"""After a failed wait (the server unreachable, say), the pause before the next one."""
+
+
+def follows_others(log: object) -> bool:
+    """True if other processes may append to ``log`` (``others_append``), so the engine
+    must follow its head rather than assume it moves only when this engine commits."""
+    return bool(getattr(log, "others_append", False))
+
+
+class FollowerStatistics(msgspec.Struct, frozen=True):
+    """What the follower saw: the heads others moved the log to, and its failures."""
+
+    advances: int
+    """Times the log's head was found beyond this engine's (others committed)."""
+    failures: int
+    """Waits that failed (``StorageError``: the server unreachable); each is retried."""
+    announcements: int
+    """Notifications this engine sent for its own commits (coalesced: at most one in
+    flight)."""
+    last_error: str | None
+
+
+class Follower:
+    """The task that moves the broadcast's head when other processes commit, and the
+    announcer of this engine's own commits (see the module doc)."""
+
+    def __init__(self, log: EventLog, broadcast: Broadcast) -> None:
+        wait = getattr(log, "wait_for_head", None)
+        if wait is None:
+            raise DefinitionError(
+                f"{type(log).__name__} says others append to it (others_append) but has no "
+                "wait_for_head(known, timeout) to follow them with"
+            )
+        self._wait: Callable[[int, float], int] = wait
+        self._announce: Callable[[], None] | None = getattr(log, "announce_head", None)
+        self._log = log
+        self._broadcast = broadcast
+        self._blocking = reads_block(log)
+        # Threads of their own: a follower parked on LISTEN must not hold one of the
+        # engine's read threads (activations, catch-up).
+        self._limiter = anyio.CapacityLimiter(1)
+        self._announce_limiter = anyio.CapacityLimiter(1)
+        self._committed = anyio.Event()  # set by on_commit, taken by the announcer
+        self.advances = 0
+        self.failures = 0
+        self.announcements = 0
+        self.last_error: str | None = None
+
+    # -- following ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Follow the log until cancelled (the engine's task group owns this task)."""
+        while True:
+            known = self._broadcast.head
+            try:
+                head = await anyio.to_thread.run_sync(
+                    self._wait, known, FOLLOW_WAIT, limiter=self._limiter
+                )
+            except StorageError as e:
+                # The server is gone for now: projectors keep what they have; try again.
+                self.failures += 1
+                self.last_error = str(e)
+                await anyio.sleep(RETRY_PAUSE)
+                continue
+            self._advance(head)
+
+    def _advance(self, head: int) -> None:
+        if head > self._broadcast.head:
+            self.advances += 1
+            self._broadcast.advance(head)
+
+    async def refresh(self) -> int:
+        """Read the log's head now (a position a caller got from another process may be
+        beyond what the follower has seen yet), advance to it, and return it.
+
+        Raises:
+            StorageError: the log cannot be read.
+        """
+        read = self._log.head_position
+        if self._blocking:
+            head = await anyio.to_thread.run_sync(read, limiter=self._limiter)
+        else:
+            head = read()
+        self._advance(head)
+        return self._broadcast.head
+
+    # -- announcing ----------------------------------------------------------------------------
+
+    def on_commit(self, batch: CommitBatch) -> None:
+        """The writer's commit callback on a followed log: publish, then let the announcer
+        know (no await: the writer's hot path)."""
+        self._broadcast.publish(batch)
+        self._committed.set()
+
+    @property
+    def announces(self) -> bool:
+        """True if the log can announce commits (``announce_head``)."""
+        return self._announce is not None
+
+    async def run_announcer(self) -> None:
+        """Send one announcement for each run of commits (coalesced: commits that land while
+        one is in flight share the next), until cancelled."""
+        announce = self._announce
+        if announce is None:
+            return
+        while True:
+            await self._committed.wait()
+            self._committed = anyio.Event()
+            try:
+                await anyio.to_thread.run_sync(announce, limiter=self._announce_limiter)
+                self.announcements += 1
+            except StorageError as e:
+                # Lost: the other followers' bounded poll finds the head anyway.
+                self.failures += 1
+                self.last_error = str(e)
+                await anyio.sleep(RETRY_PAUSE)
+
+    def statistics(self) -> FollowerStatistics:
+        """What the follower saw so far."""
+        return FollowerStatistics(self.advances, self.failures, self.announcements, self.last_error)

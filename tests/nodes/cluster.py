@@ -1,0 +1,83 @@
+"""The parent's side of the node processes (``node.py``): start them, ask them things,
+kill them."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+class Node:
+    """One node process; ``ask`` sends a request and returns its answer."""
+
+    def __init__(self, kind: str, where: str, schema: str, role: str) -> None:
+        self.role = role
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.nodes.node", kind, where, schema, role],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+        self.ready = self._answer()["ready"]
+        self.acks: list[tuple[str, int]] = []  # from ``load``
+        self._loader: threading.Thread | None = None
+
+    def _answer(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"node {self.role} exited ({self.proc.wait()})")
+        answer: dict[str, Any] = json.loads(line)
+        return answer
+
+    def ask(self, op: str, **args: Any) -> dict[str, Any]:
+        """Send one request; its answer."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps({"op": op, **args}) + "\n")
+        self.proc.stdin.flush()
+        return self._answer()
+
+    def start_load(self, streams: int, concurrency: int) -> None:
+        """Start deposits to random streams; acknowledgements collect in ``acks``."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(
+            json.dumps({"op": "load", "streams": streams, "concurrency": concurrency}) + "\n"
+        )
+        self.proc.stdin.flush()
+
+        def collect() -> None:
+            assert self.proc.stdout is not None
+            for line in self.proc.stdout:
+                stream, position = json.loads(line)["ack"]
+                self.acks.append((stream, position))
+
+        self._loader = threading.Thread(target=collect, daemon=True)
+        self._loader.start()
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup of any kind."""
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+        if self._loader is not None:
+            self._loader.join(timeout=10)
+
+    def close(self) -> None:
+        """Let it close its engine and exit (kill it if it will not)."""
+        if self.proc.poll() is None:
+            try:
+                self.proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.communicate()
+        else:
+            self.proc.communicate()
+        if self._loader is not None:
+            self._loader.join(timeout=10)

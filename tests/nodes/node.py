@@ -1,0 +1,136 @@
+"""A node process of the multi-process tests: one engine on a shared log, driven by JSON
+lines on stdin, answering one JSON line each on stdout.
+
+    python -m tests.nodes.node pg URL SCHEMA writer|reader
+    python -m tests.nodes.node lmdb PATH - writer|reader
+
+A reader opens the log with projectors and no aggregates (an LMDB reader read-only).
+Requests (``op`` and its arguments):
+
+- ``send`` stream, amount: one deposit; answers its position and version.
+- ``withdraw`` stream, amount: one withdrawal; answers its position, or the error type.
+- ``increment`` stream, n, concurrency: ``n`` deposits of 1 from ``concurrency`` tasks,
+  each re-sent while the engine answers ``ConcurrencyError`` (nothing was appended then);
+  answers the acknowledged positions and the retries (the client's and the engine's).
+- ``load`` streams, concurrency: deposits of 1 to random streams until killed, one line
+  ``{"ack": [stream, position]}`` per acknowledgement (the answer never ends).
+- ``query`` stream, after, timeout: the balance after waiting for ``after``.
+- ``balances`` after, timeout: every balance.
+- ``stats``: the engine's statistics (head, projector checkpoints, follower, retries).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+from typing import Any
+
+import msgspec
+import trio
+
+from actorlog import ConcurrencyError, Engine, EngineError
+from actorlog.storage import EventLog, LmdbEventLog, PostgresEventLog
+from benchmarks.bank import Account, Balances, Deposit, Withdraw
+
+
+def say(message: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
+
+
+async def deposit_until_acknowledged(
+    engine: Engine, stream: str, amount: int, retries: list[int]
+) -> int:
+    """One deposit, re-sent while the engine says the stream kept changing under it."""
+    while True:
+        try:
+            return (await engine.send(Account, stream, Deposit(amount))).position
+        except ConcurrencyError:
+            retries[0] += 1
+
+
+async def handle(engine: Engine, request: dict[str, Any]) -> dict[str, Any]:
+    op = request["op"]
+    try:
+        if op == "send":
+            ack = await engine.send(Account, request["stream"], Deposit(request["amount"]))
+            return {"position": ack.position, "version": ack.version}
+        if op == "withdraw":
+            ack = await engine.send(Account, request["stream"], Withdraw(request["amount"]))
+            return {"position": ack.position, "version": ack.version}
+        if op == "increment":
+            positions: list[int] = []
+            retries = [0]
+            todo = iter(range(request["n"]))
+
+            async def worker() -> None:
+                for _ in todo:
+                    positions.append(
+                        await deposit_until_acknowledged(engine, request["stream"], 1, retries)
+                    )
+
+            async with trio.open_nursery() as nursery:
+                for _ in range(request["concurrency"]):
+                    nursery.start_soon(worker)
+            return {
+                "positions": positions,
+                "client_retries": retries[0],
+                "engine_retries": engine.statistics().aggregates.retries,
+            }
+        if op == "query":
+            balance = await engine.query(
+                Balances.balance,
+                request["stream"],
+                after=request.get("after"),
+                timeout=request.get("timeout"),
+            )
+            return {"balance": balance}
+        if op == "balances":
+            found = await engine.query(
+                Balances.all_balances, after=request.get("after"), timeout=request.get("timeout")
+            )
+            return {"balances": found}
+        if op == "stats":
+            return {"stats": msgspec.to_builtins(engine.statistics())}
+    except EngineError as e:
+        return {"error": type(e).__name__, "message": str(e)}
+    raise ValueError(f"unknown op {op!r}")
+
+
+async def load(engine: Engine, streams: int, concurrency: int) -> None:
+    """Deposits to random streams until the process is killed, each ack on its own line."""
+    retries = [0]
+
+    async def worker() -> None:
+        while True:
+            stream = f"acct-{random.randrange(streams)}"
+            position = await deposit_until_acknowledged(engine, stream, 1, retries)
+            say({"ack": [stream, position]})
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(concurrency):
+            nursery.start_soon(worker)
+
+
+async def main(kind: str, where: str, schema: str, role: str) -> None:
+    log: EventLog
+    if kind == "pg":
+        log = PostgresEventLog(where, schema=schema)
+    else:
+        log = LmdbEventLog(where, readonly=role == "reader", sync=False)
+    aggregates = [] if role == "reader" else [Account]
+    async with Engine.open(log=log, aggregates=aggregates, projectors=[Balances]) as engine:
+        say({"ready": engine.statistics().head})
+        while True:
+            line = await trio.to_thread.run_sync(sys.stdin.readline)
+            if not line:
+                return
+            request = json.loads(line)
+            if request["op"] == "load":
+                await load(engine, request["streams"], request["concurrency"])
+            say(await handle(engine, request))
+
+
+if __name__ == "__main__":
+    trio.run(main, *sys.argv[1:5])

@@ -1,0 +1,156 @@
+"""Several engines on one PostgreSQL log, each accepting any command (issue 15, parts 1,
+3 and 4): foreign commits reach every node's projectors, ``after=`` works across nodes, a
+command decided on a stale cached aggregate is decided again, a rejection stands only if
+decided on the stream's durable version, and N processes x M increments of one counter
+commit exactly N*M. Real server, real processes (skipped without
+``ACTORLOG_TEST_POSTGRES``); ``ACTORLOG_NODES_SCALE`` multiplies the counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+
+from actorlog import ConcurrencyError, Engine, UnknownPosition
+from benchmarks.bank import Account, Balances, Deposit, InsufficientFunds, Withdraw
+from tests.support import Postgres
+
+from .cluster import Node
+
+SCALE = int(os.environ.get("ACTORLOG_NODES_SCALE", "1"))
+
+
+async def two_engines_on_one_log(postgres: Postgres) -> None:
+    schema = postgres.schema()
+    kinds = {"aggregates": [Account], "projectors": [Balances]}
+    async with (
+        Engine.open(log=postgres.log(schema), **kinds) as a,  # type: ignore[arg-type]
+        Engine.open(log=postgres.log(schema), **kinds) as b,  # type: ignore[arg-type]
+    ):
+        # B has the account cached at balance 0 (a rejection on its own, current state).
+        with pytest.raises(InsufficientFunds):
+            await b.send(Account, "acct", Withdraw(5))
+        done = await a.send(Account, "acct", Deposit(10))
+        # Read-your-writes across engines: B waits for A's position.
+        assert await b.query(Balances.balance, "acct", after=done.position, timeout=10) == 10
+        await b.wait_projected(done.position, timeout=10)
+        # B's cached aggregate is stale (balance 0): the withdrawal would be refused on it;
+        # the rejection is checked against the stream's durable version, and decided again.
+        taken = await b.send(Account, "acct", Withdraw(5))
+        assert taken.version == 2
+        assert b.statistics().aggregates.retries >= 1
+        # A's cached aggregate is stale too (it never saw the withdrawal): its append
+        # conflicts, and it is decided again, transparently.
+        again = await a.send(Account, "acct", Deposit(1))
+        assert again.version == 3
+        assert a.statistics().aggregates.retries >= 1
+        # A now-stale rejection stays a rejection when it is one on the durable state.
+        with pytest.raises(InsufficientFunds):
+            await a.send(Account, "acct", Withdraw(100))
+        for engine in (a, b):
+            assert (
+                await engine.query(Balances.balance, "acct", after=again.position, timeout=10)
+                == 6
+            )
+        # A position no one has written is still refused at once.
+        with pytest.raises(UnknownPosition):
+            await b.query(Balances.balance, "acct", after=again.position + 1000)
+        stats = b.statistics()
+        assert stats.follower is not None and stats.follower.failures == 0
+
+
+async def test_two_engines_on_one_log(postgres: Postgres) -> None:
+    await two_engines_on_one_log(postgres)
+
+
+def test_two_engines_on_one_log_on_asyncio(postgres: Postgres) -> None:
+    asyncio.run(two_engines_on_one_log(postgres))
+
+
+async def test_conflicts_past_the_bound_raise_concurrency_error(postgres: Postgres) -> None:
+    # Many concurrent senders on two engines, one stream: some commands may exhaust their
+    # retries; each such one raised ConcurrencyError and appended nothing, every other
+    # one is counted exactly once.
+    import trio
+
+    schema = postgres.schema()
+    acked = 0
+    refused = 0
+    async with (
+        Engine.open(log=postgres.log(schema), aggregates=[Account]) as a,
+        Engine.open(log=postgres.log(schema), aggregates=[Account]) as b,
+    ):
+
+        async def sender(engine: Engine) -> None:
+            nonlocal acked, refused
+            for _ in range(10):
+                try:
+                    await engine.send(Account, "hot", Deposit(1))
+                    acked += 1
+                except ConcurrencyError:
+                    refused += 1
+
+        async with trio.open_nursery() as nursery:
+            for engine in (a, b) * 4:
+                nursery.start_soon(sender, engine)
+        assert acked + refused == 80
+        assert a.log.stream_version("hot") == acked
+
+
+def test_processes_count_every_increment(postgres: Postgres) -> None:
+    schema = postgres.schema()
+    postgres.log(schema)  # the tables exist before the nodes race to create them
+    n, m = 3, 20 * SCALE
+    nodes = [Node("pg", postgres.url, schema, "writer") for _ in range(n)]
+    try:
+        answers = [None] * n
+        # Requests go out together, then the answers are read: the nodes run at once.
+        for node in nodes:
+            assert node.proc.stdin is not None
+            node.proc.stdin.write(
+                '{"op": "increment", "stream": "counter", "n": %d, "concurrency": 4}\n' % m
+            )
+            node.proc.stdin.flush()
+        answers = [node._answer() for node in nodes]
+        positions = [p for answer in answers for p in answer["positions"]]
+        assert len(positions) == n * m == len(set(positions))
+        log = postgres.log(schema)
+        assert log.stream_version("counter") == n * m
+        events = log.read_stream("counter")
+        assert sorted(e.position for e in events) == sorted(positions)
+        last = max(positions)
+        for node in nodes:
+            assert node.ask("query", stream="counter", after=last, timeout=20) == {
+                "balance": n * m
+            }
+    finally:
+        for node in nodes:
+            node.close()
+
+
+def test_one_writer_two_reader_nodes(postgres: Postgres) -> None:
+    schema = postgres.schema()
+    writer = Node("pg", postgres.url, schema, "writer")
+    readers = [Node("pg", postgres.url, schema, "reader") for _ in range(2)]
+    try:
+        expected: dict[str, int] = {}
+        for i in range(30 * SCALE):
+            stream = f"acct-{i % 5}"
+            ack = writer.ask("send", stream=stream, amount=i + 1)
+            expected[stream] = expected.get(stream, 0) + i + 1
+            reader = readers[i % 2]
+            # Read-your-writes on another node: the writer's acknowledgement, then a read.
+            assert reader.ask("query", stream=stream, after=ack["position"], timeout=10) == {
+                "balance": expected[stream]
+            }
+        for reader in readers:
+            assert reader.ask("balances", after=ack["position"], timeout=10) == {
+                "balances": expected
+            }
+            # A reader node hosts no aggregates: it serves queries only.
+            assert reader.ask("send", stream="acct-0", amount=1)["error"] == "UnknownCommand"
+    finally:
+        for node in [writer, *readers]:
+            node.close()
