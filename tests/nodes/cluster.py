@@ -26,11 +26,12 @@ class Node:
             text=True,
             cwd=ROOT,
         )
-        self.ready = self._answer()["ready"]
+        self.ready = self.answer()["ready"]
         self.acks: list[tuple[str, int]] = []  # from ``load``
         self._loader: threading.Thread | None = None
 
-    def _answer(self) -> dict[str, Any]:
+    def answer(self) -> dict[str, Any]:
+        """The next answer (of the oldest request not answered yet)."""
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if not line:
@@ -38,12 +39,16 @@ class Node:
         answer: dict[str, Any] = json.loads(line)
         return answer
 
-    def ask(self, op: str, **args: Any) -> dict[str, Any]:
-        """Send one request; its answer."""
+    def request(self, op: str, **args: Any) -> None:
+        """Send one request without waiting for its answer (``answer`` reads it)."""
         assert self.proc.stdin is not None
         self.proc.stdin.write(json.dumps({"op": op, **args}) + "\n")
         self.proc.stdin.flush()
-        return self._answer()
+
+    def ask(self, op: str, **args: Any) -> dict[str, Any]:
+        """Send one request; its answer."""
+        self.request(op, **args)
+        return self.answer()
 
     def start_load(self, streams: int, concurrency: int) -> None:
         """Start deposits to random streams; acknowledgements collect in ``acks``."""

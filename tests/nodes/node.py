@@ -133,4 +133,5 @@ async def main(kind: str, where: str, schema: str, role: str) -> None:
 
 
 if __name__ == "__main__":
-    trio.run(main, *sys.argv[1:5])
+    kind, where, schema, role = sys.argv[1:5]
+    trio.run(main, kind, where, schema, role)

@@ -51,8 +51,7 @@ async def two_engines_on_one_log(postgres: Postgres) -> None:
             await a.send(Account, "acct", Withdraw(100))
         for engine in (a, b):
             assert (
-                await engine.query(Balances.balance, "acct", after=again.position, timeout=10)
-                == 6
+                await engine.query(Balances.balance, "acct", after=again.position, timeout=10) == 6
             )
         # A position no one has written is still refused at once.
         with pytest.raises(UnknownPosition):
@@ -105,15 +104,10 @@ def test_processes_count_every_increment(postgres: Postgres) -> None:
     n, m = 3, 20 * SCALE
     nodes = [Node("pg", postgres.url, schema, "writer") for _ in range(n)]
     try:
-        answers = [None] * n
         # Requests go out together, then the answers are read: the nodes run at once.
         for node in nodes:
-            assert node.proc.stdin is not None
-            node.proc.stdin.write(
-                '{"op": "increment", "stream": "counter", "n": %d, "concurrency": 4}\n' % m
-            )
-            node.proc.stdin.flush()
-        answers = [node._answer() for node in nodes]
+            node.request("increment", stream="counter", n=m, concurrency=4)
+        answers = [node.answer() for node in nodes]
         positions = [p for answer in answers for p in answer["positions"]]
         assert len(positions) == n * m == len(set(positions))
         log = postgres.log(schema)
@@ -122,9 +116,7 @@ def test_processes_count_every_increment(postgres: Postgres) -> None:
         assert sorted(e.position for e in events) == sorted(positions)
         last = max(positions)
         for node in nodes:
-            assert node.ask("query", stream="counter", after=last, timeout=20) == {
-                "balance": n * m
-            }
+            assert node.ask("query", stream="counter", after=last, timeout=20) == {"balance": n * m}
     finally:
         for node in nodes:
             node.close()
