@@ -29,6 +29,7 @@ class Node:
         self.ready = self.answer()["ready"]
         self.acks: list[tuple[str, int]] = []  # from ``load``
         self._loader: threading.Thread | None = None
+        self._closed = False
 
     def answer(self) -> dict[str, Any]:
         """The next answer (of the oldest request not answered yet)."""
@@ -71,11 +72,21 @@ class Node:
         """SIGKILL: no cleanup of any kind."""
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait()
-        if self._loader is not None:
-            self._loader.join(timeout=10)
+        self.close()
 
     def close(self) -> None:
-        """Let it close its engine and exit (kill it if it will not)."""
+        """Let it close its engine and exit (kill it if it will not). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._loader is not None:
+            self.proc.kill()  # it loads forever
+            self.proc.wait()
+            self._loader.join(timeout=10)
+            assert self.proc.stdin is not None and self.proc.stdout is not None
+            self.proc.stdin.close()
+            self.proc.stdout.close()
+            return
         if self.proc.poll() is None:
             try:
                 self.proc.communicate(timeout=30)
@@ -84,5 +95,3 @@ class Node:
                 self.proc.communicate()
         else:
             self.proc.communicate()
-        if self._loader is not None:
-            self._loader.join(timeout=10)

@@ -1,0 +1,106 @@
+"""LMDB reader processes beside the process that writes the log (issue 15, part 5): a
+writer process and reader processes (engines with projectors and no aggregates, the log
+opened read-only), queries with ``after=`` from the writer's acknowledgements, kill -9 of a
+reader (nothing happens to the writer) and of the writer (readers keep serving what was
+committed; a new writer takes over). ``ACTORLOG_NODES_SCALE`` multiplies the counts.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from pathlib import Path
+
+import msgspec
+
+from actorlog.storage import LmdbEventLog
+from benchmarks.bank import Deposited
+
+from .cluster import Node
+
+SCALE = int(os.environ.get("ACTORLOG_NODES_SCALE", "1"))
+
+
+def wait_for(condition: object, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def deposits_in(path: Path) -> Counter[str]:
+    """Every stream's deposits as the log holds them (read-only, from this process)."""
+    log = LmdbEventLog(path, readonly=True)
+    try:
+        found: Counter[str] = Counter()
+        position = 1
+        while batch := log.read_all(position, 4096):
+            for event in batch:
+                if event.type == "Deposited":
+                    amount = msgspec.msgpack.decode(event.payload, type=Deposited).amount
+                    found[event.stream_id] += amount
+            position = batch[-1].position + 1
+        return found
+    finally:
+        log.close()
+
+
+def test_writer_and_reader_processes(tmp_path: Path) -> None:
+    where = str(tmp_path)
+    writer = Node("lmdb", where, "-", "writer")
+    readers = [Node("lmdb", where, "-", "reader") for _ in range(2)]
+    nodes = [writer, *readers]
+    try:
+        # Cross-process read-your-writes: each acknowledgement, then a read elsewhere.
+        expected: Counter[str] = Counter()
+        for i in range(20 * SCALE):
+            stream = f"acct-{i % 4}"
+            ack = writer.ask("send", stream=stream, amount=i + 1)
+            expected[stream] += i + 1
+            answer = readers[i % 2].ask("query", stream=stream, after=ack["position"], timeout=10)
+            assert answer == {"balance": expected[stream]}
+        for reader in readers:
+            assert reader.ask("send", stream="x", amount=1)["error"] == "UnknownCommand"
+
+        # Under load: the readers follow; kill -9 of one does nothing to the writer.
+        writer.start_load(streams=20, concurrency=8)
+        wait_for(lambda: len(writer.acks) > 200 * SCALE)
+        stream, position = writer.acks[-1]
+        assert "balance" in readers[0].ask("query", stream=stream, after=position, timeout=10)
+        readers[0].kill()
+        acked = len(writer.acks)
+        wait_for(lambda: len(writer.acks) > acked + 200 * SCALE)
+        # A reader started under load catches up and follows too.
+        late = Node("lmdb", where, "-", "reader")
+        nodes.append(late)
+        stream, position = writer.acks[-1]
+        assert "balance" in late.ask("query", stream=stream, after=position, timeout=10)
+
+        # kill -9 of the writer: the readers keep serving everything it committed.
+        writer.kill()
+        acks = list(writer.acks)
+        log_deposits = deposits_in(tmp_path)
+        last = max(position for _, position in acks)
+        for reader in (readers[1], late):
+            balances = reader.ask("balances", after=last, timeout=10)["balances"]
+            # Every acknowledged deposit is in the log and in the view; the view is the
+            # log (commands in flight at the kill are there whole, or not at all).
+            loaded: Counter[str] = Counter()
+            for stream, _ in acks:
+                loaded[stream] += 1
+            for stream, count in loaded.items():
+                assert log_deposits[stream] >= count + expected[stream]
+            head = reader.ask("stats")["stats"]["head"]
+            balances = reader.ask("balances", after=head, timeout=10)["balances"]
+            assert Counter(balances) == +log_deposits
+
+        # A new writer takes over the directory; the readers follow it.
+        successor = Node("lmdb", where, "-", "writer")
+        nodes.append(successor)
+        ack = successor.ask("send", stream="acct-0", amount=1000)
+        answer = late.ask("query", stream="acct-0", after=ack["position"], timeout=10)
+        assert answer == {"balance": log_deposits["acct-0"] + 1000}
+    finally:
+        for node in nodes:
+            node.close()
