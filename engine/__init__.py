@@ -26,6 +26,7 @@ from ._errors import (
     UnknownQuery,
     UpcastError,
 )
+from ._follow import FollowerStatistics
 from ._log import EventLog
 from ._log_lmdb import LmdbEventLog
 from ._log_memory import MemoryEventLog
@@ -62,6 +63,7 @@ __all__ = [
     "EngineStatistics",
     "EventLog",
     "EventRegistry",
+    "FollowerStatistics",
     "HandlerError",
     "InvalidArgument",
     "LmdbEventLog",
