@@ -30,6 +30,7 @@ class Node:
         self.acks: list[tuple[str, int]] = []  # from ``load``
         self._loader: threading.Thread | None = None
         self._closed = False
+        self.stopped = -1
 
     def answer(self) -> dict[str, Any]:
         """The next answer (of the oldest request not answered yet)."""
@@ -52,7 +53,7 @@ class Node:
         return self.answer()
 
     def start_load(self, streams: int, concurrency: int) -> None:
-        """Start deposits to random streams; acknowledgements collect in ``acks``."""
+        """Start bumps to random streams; acknowledgements collect in ``acks``."""
         assert self.proc.stdin is not None
         self.proc.stdin.write(
             json.dumps({"op": "load", "streams": streams, "concurrency": concurrency}) + "\n"
@@ -62,11 +63,25 @@ class Node:
         def collect() -> None:
             assert self.proc.stdout is not None
             for line in self.proc.stdout:
-                stream, position = json.loads(line)["ack"]
+                message = json.loads(line)
+                if "ack" not in message:
+                    self.stopped = message["stopped"]
+                    return
+                stream, position = message["ack"]
                 self.acks.append((stream, position))
 
         self._loader = threading.Thread(target=collect, daemon=True)
         self._loader.start()
+
+    def stop_load(self) -> int:
+        """End the load; how many bumps it says were acknowledged (all of ``acks``)."""
+        assert self.proc.stdin is not None and self._loader is not None
+        self.proc.stdin.write("stop\n")
+        self.proc.stdin.flush()
+        self._loader.join(timeout=30)
+        assert not self._loader.is_alive()
+        self._loader = None
+        return self.stopped
 
     def kill(self) -> None:
         """SIGKILL: no cleanup of any kind."""

@@ -12,10 +12,12 @@ Requests (``op`` and its arguments):
 - ``increment`` stream, n, concurrency: ``n`` deposits of 1 from ``concurrency`` tasks,
   each re-sent while the engine answers ``ConcurrencyError`` (nothing was appended then);
   answers the acknowledged positions and the retries (the client's and the engine's).
-- ``load`` streams, concurrency: deposits of 1 to random streams until killed, one line
-  ``{"ack": [stream, position]}`` per acknowledgement (the answer never ends).
+- ``load`` streams, concurrency: ``Bump`` (two events) to random ``Pair`` streams
+  until a ``stop`` line comes (or the process is killed), one line
+  ``{"ack": [stream, position]}`` per acknowledgement, then ``{"stopped": count}``.
 - ``query`` stream, after, timeout: the balance after waiting for ``after``.
 - ``balances`` after, timeout: every balance.
+- ``pairs`` after, timeout: the ``Pairs`` view (every stream's events, in order).
 - ``stats``: the engine's statistics (head, projector checkpoints, follower, retries).
 """
 
@@ -29,14 +31,72 @@ from typing import Any
 import msgspec
 import trio
 
-from actorlog import ConcurrencyError, Engine, EngineError
+from actorlog import (
+    Aggregate,
+    ConcurrencyError,
+    Engine,
+    EngineError,
+    Projector,
+    Recorded,
+    applies,
+    handles,
+)
 from actorlog.storage import EventLog, LmdbEventLog, PostgresEventLog
 from benchmarks.bank import Account, Balances, Deposit, Withdraw
+
+
+class Bump(msgspec.Struct, frozen=True):
+    """Append two events in one command (to see a command committed whole or not at all)."""
+
+
+class Bumped(msgspec.Struct, frozen=True):
+    """One of a bump's two events: ``half`` 1, then 2."""
+
+    half: int
+
+
+class Pair(Aggregate):
+    """A stream of bumps, each two events."""
+
+    def __init__(self) -> None:
+        self.bumps = 0
+
+    @handles
+    def bump(self, c: Bump) -> list[Bumped]:
+        return [Bumped(1), Bumped(2)]
+
+    @applies
+    def bumped(self, e: Bumped) -> None:
+        self.bumps += e.half == 2
+
+
+class Pairs(Projector):
+    """Every pair stream's halves, in log order."""
+
+    def __init__(self) -> None:
+        self.halves: dict[str, list[int]] = {}
+
+    @applies
+    def bumped(self, e: Bumped, meta: Recorded) -> None:
+        self.halves.setdefault(meta.stream_id, []).append(e.half)
+
+    def all_pairs(self) -> dict[str, list[int]]:
+        """Every stream's halves (a copy)."""
+        return self.halves
 
 
 def say(message: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(message) + "\n")
     sys.stdout.flush()
+
+
+async def bump_until_acknowledged(engine: Engine, stream: str, retries: list[int]) -> int:
+    """One bump, re-sent while the engine says the stream kept changing under it."""
+    while True:
+        try:
+            return (await engine.send(Pair, stream, Bump())).position
+        except ConcurrencyError:
+            retries[0] += 1
 
 
 async def deposit_until_acknowledged(
@@ -91,6 +151,11 @@ async def handle(engine: Engine, request: dict[str, Any]) -> dict[str, Any]:
                 Balances.all_balances, after=request.get("after"), timeout=request.get("timeout")
             )
             return {"balances": found}
+        if op == "pairs":
+            halves = await engine.query(
+                Pairs.all_pairs, after=request.get("after"), timeout=request.get("timeout")
+            )
+            return {"pairs": halves}
         if op == "stats":
             return {"stats": msgspec.to_builtins(engine.statistics())}
     except EngineError as e:
@@ -98,19 +163,25 @@ async def handle(engine: Engine, request: dict[str, Any]) -> dict[str, Any]:
     raise ValueError(f"unknown op {op!r}")
 
 
-async def load(engine: Engine, streams: int, concurrency: int) -> None:
-    """Deposits to random streams until the process is killed, each ack on its own line."""
+async def load(engine: Engine, streams: int, concurrency: int) -> dict[str, Any]:
+    """Bumps to random streams until a ``stop`` line (or a kill), each ack on its own line."""
     retries = [0]
+    count = 0
 
     async def worker() -> None:
+        nonlocal count
         while True:
-            stream = f"acct-{random.randrange(streams)}"
-            position = await deposit_until_acknowledged(engine, stream, 1, retries)
+            stream = f"pair-{random.randrange(streams)}"
+            position = await bump_until_acknowledged(engine, stream, retries)
+            count += 1
             say({"ack": [stream, position]})
 
     async with trio.open_nursery() as nursery:
         for _ in range(concurrency):
             nursery.start_soon(worker)
+        await trio.to_thread.run_sync(sys.stdin.readline)  # "stop"
+        nursery.cancel_scope.cancel()
+    return {"stopped": count}
 
 
 async def main(kind: str, where: str, schema: str, role: str) -> None:
@@ -119,8 +190,8 @@ async def main(kind: str, where: str, schema: str, role: str) -> None:
         log = PostgresEventLog(where, schema=schema)
     else:
         log = LmdbEventLog(where, readonly=role == "reader", sync=False)
-    aggregates = [] if role == "reader" else [Account]
-    async with Engine.open(log=log, aggregates=aggregates, projectors=[Balances]) as engine:
+    aggregates = [] if role == "reader" else [Account, Pair]
+    async with Engine.open(log=log, aggregates=aggregates, projectors=[Balances, Pairs]) as engine:
         say({"ready": engine.statistics().head})
         while True:
             line = await trio.to_thread.run_sync(sys.stdin.readline)
@@ -128,7 +199,8 @@ async def main(kind: str, where: str, schema: str, role: str) -> None:
                 return
             request = json.loads(line)
             if request["op"] == "load":
-                await load(engine, request["streams"], request["concurrency"])
+                say(await load(engine, request["streams"], request["concurrency"]))
+                continue
             say(await handle(engine, request))
 
 

@@ -16,6 +16,7 @@ import msgspec
 
 from actorlog.storage import LmdbEventLog
 from benchmarks.bank import Deposited
+from tests.nodes.node import Bumped
 
 from .cluster import Node
 
@@ -29,19 +30,24 @@ def wait_for(condition: object, seconds: float = 20) -> None:
         time.sleep(0.01)
 
 
-def deposits_in(path: Path) -> Counter[str]:
-    """Every stream's deposits as the log holds them (read-only, from this process)."""
+def deposits_in(path: Path) -> tuple[Counter[str], dict[str, list[int]]]:
+    """Every stream's deposits, and every pair stream's halves, as the log holds them
+    (read-only, from this process)."""
     log = LmdbEventLog(path, readonly=True)
     try:
         found: Counter[str] = Counter()
+        halves: dict[str, list[int]] = {}
         position = 1
         while batch := log.read_all(position, 4096):
             for event in batch:
                 if event.type == "Deposited":
                     amount = msgspec.msgpack.decode(event.payload, type=Deposited).amount
                     found[event.stream_id] += amount
+                elif event.type == "Bumped":
+                    half = msgspec.msgpack.decode(event.payload, type=Bumped).half
+                    halves.setdefault(event.stream_id, []).append(half)
             position = batch[-1].position + 1
-        return found
+        return found, halves
     finally:
         log.close()
 
@@ -67,7 +73,8 @@ def test_writer_and_reader_processes(tmp_path: Path) -> None:
         writer.start_load(streams=20, concurrency=8)
         wait_for(lambda: len(writer.acks) > 200 * SCALE)
         stream, position = writer.acks[-1]
-        assert "balance" in readers[0].ask("query", stream=stream, after=position, timeout=10)
+        pairs = readers[0].ask("pairs", after=position, timeout=10)["pairs"]
+        assert pairs[stream][-2:] == [1, 2]
         readers[0].kill()
         acked = len(writer.acks)
         wait_for(lambda: len(writer.acks) > acked + 200 * SCALE)
@@ -75,32 +82,30 @@ def test_writer_and_reader_processes(tmp_path: Path) -> None:
         late = Node("lmdb", where, "-", "reader")
         nodes.append(late)
         stream, position = writer.acks[-1]
-        assert "balance" in late.ask("query", stream=stream, after=position, timeout=10)
+        pairs = late.ask("pairs", after=position, timeout=10)["pairs"]
+        assert pairs[stream][-2:] == [1, 2]
 
         # kill -9 of the writer: the readers keep serving everything it committed.
         writer.kill()
-        acks = list(writer.acks)
-        log_deposits = deposits_in(tmp_path)
-        last = max(position for _, position in acks)
+        acked_bumps = Counter(stream for stream, _ in writer.acks)
+        deposits, halves = deposits_in(tmp_path)
+        assert deposits == expected
+        for stream, count in acked_bumps.items():
+            # Every acknowledged bump is in the log; the ones in flight at the kill are
+            # there whole (both halves) or not at all.
+            assert halves[stream] == [1, 2] * (len(halves[stream]) // 2)
+            assert len(halves[stream]) >= 2 * count
         for reader in (readers[1], late):
-            balances = reader.ask("balances", after=last, timeout=10)["balances"]
-            # Every acknowledged deposit is in the log and in the view; the view is the
-            # log (commands in flight at the kill are there whole, or not at all).
-            loaded: Counter[str] = Counter()
-            for stream, _ in acks:
-                loaded[stream] += 1
-            for stream, count in loaded.items():
-                assert log_deposits[stream] >= count + expected[stream]
             head = reader.ask("stats")["stats"]["head"]
-            balances = reader.ask("balances", after=head, timeout=10)["balances"]
-            assert Counter(balances) == +log_deposits
+            assert reader.ask("pairs", after=head, timeout=10) == {"pairs": halves}
+            assert reader.ask("balances", after=head, timeout=10) == {"balances": expected}
 
         # A new writer takes over the directory; the readers follow it.
         successor = Node("lmdb", where, "-", "writer")
         nodes.append(successor)
         ack = successor.ask("send", stream="acct-0", amount=1000)
         answer = late.ask("query", stream="acct-0", after=ack["position"], timeout=10)
-        assert answer == {"balance": log_deposits["acct-0"] + 1000}
+        assert answer == {"balance": expected["acct-0"] + 1000}
     finally:
         for node in nodes:
             node.close()
