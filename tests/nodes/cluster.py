@@ -17,10 +17,12 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 class Node:
     """One node process; ``ask`` sends a request and returns its answer."""
 
-    def __init__(self, kind: str, where: str, schema: str, role: str) -> None:
+    def __init__(
+        self, kind: str, where: str, schema: str, role: str, backend: str = "trio"
+    ) -> None:
         self.role = role
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.nodes.node", kind, where, schema, role],
+            [sys.executable, "-m", "tests.nodes.node", kind, where, schema, role, backend],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,

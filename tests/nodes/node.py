@@ -1,8 +1,8 @@
 """A node process of the multi-process tests: one engine on a shared log, driven by JSON
 lines on stdin, answering one JSON line each on stdout.
 
-    python -m tests.nodes.node pg URL SCHEMA writer|reader
-    python -m tests.nodes.node lmdb PATH - writer|reader
+    python -m tests.nodes.node pg URL SCHEMA writer|reader trio|asyncio
+    python -m tests.nodes.node lmdb PATH - writer|reader trio|asyncio
 
 A reader opens the log with projectors and no aggregates (an LMDB reader read-only).
 Requests (``op`` and its arguments):
@@ -28,8 +28,9 @@ import random
 import sys
 from typing import Any
 
+import anyio
+import anyio.to_thread
 import msgspec
-import trio
 
 from actorlog import (
     Aggregate,
@@ -130,7 +131,7 @@ async def handle(engine: Engine, request: dict[str, Any]) -> dict[str, Any]:
                         await deposit_until_acknowledged(engine, request["stream"], 1, retries)
                     )
 
-            async with trio.open_nursery() as nursery:
+            async with anyio.create_task_group() as nursery:
                 for _ in range(request["concurrency"]):
                     nursery.start_soon(worker)
             return {
@@ -176,10 +177,10 @@ async def load(engine: Engine, streams: int, concurrency: int) -> dict[str, Any]
             count += 1
             say({"ack": [stream, position]})
 
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as nursery:
         for _ in range(concurrency):
             nursery.start_soon(worker)
-        await trio.to_thread.run_sync(sys.stdin.readline)  # "stop"
+        await anyio.to_thread.run_sync(sys.stdin.readline)  # "stop"
         nursery.cancel_scope.cancel()
     return {"stopped": count}
 
@@ -194,7 +195,7 @@ async def main(kind: str, where: str, schema: str, role: str) -> None:
     async with Engine.open(log=log, aggregates=aggregates, projectors=[Balances, Pairs]) as engine:
         say({"ready": engine.statistics().head})
         while True:
-            line = await trio.to_thread.run_sync(sys.stdin.readline)
+            line = await anyio.to_thread.run_sync(sys.stdin.readline)
             if not line:
                 return
             request = json.loads(line)
@@ -206,4 +207,4 @@ async def main(kind: str, where: str, schema: str, role: str) -> None:
 
 if __name__ == "__main__":
     kind, where, schema, role = sys.argv[1:5]
-    trio.run(main, kind, where, schema, role)
+    anyio.run(main, kind, where, schema, role, backend=sys.argv[5])

@@ -55,7 +55,8 @@ def deposits_in(path: Path) -> tuple[Counter[str], dict[str, list[int]]]:
 def test_writer_and_reader_processes(tmp_path: Path) -> None:
     where = str(tmp_path)
     writer = Node("lmdb", where, "-", "writer")
-    readers = [Node("lmdb", where, "-", "reader") for _ in range(2)]
+    # One reader on trio, one on asyncio: the follower is anyio's on both.
+    readers = [Node("lmdb", where, "-", "reader", backend) for backend in ("trio", "asyncio")]
     nodes = [writer, *readers]
     try:
         # Cross-process read-your-writes: each acknowledgement, then a read elsewhere.

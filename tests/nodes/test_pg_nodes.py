@@ -102,7 +102,7 @@ def test_processes_count_every_increment(postgres: Postgres) -> None:
     schema = postgres.schema()
     postgres.log(schema)  # the tables exist before the nodes race to create them
     n, m = 3, 20 * SCALE
-    nodes = [Node("pg", postgres.url, schema, "writer") for _ in range(n)]
+    nodes = [Node("pg", postgres.url, schema, "writer", b) for b in ("trio", "asyncio", "trio")]
     try:
         # Requests go out together, then the answers are read: the nodes run at once.
         for node in nodes:
@@ -125,7 +125,7 @@ def test_processes_count_every_increment(postgres: Postgres) -> None:
 def test_one_writer_two_reader_nodes(postgres: Postgres) -> None:
     schema = postgres.schema()
     writer = Node("pg", postgres.url, schema, "writer")
-    readers = [Node("pg", postgres.url, schema, "reader") for _ in range(2)]
+    readers = [Node("pg", postgres.url, schema, "reader", b) for b in ("trio", "asyncio")]
     try:
         expected: dict[str, int] = {}
         for i in range(30 * SCALE):
