@@ -1,0 +1,479 @@
+"""Many engine processes on one log (issue 15), in one run, as ratios.
+
+``python -m benchmarks.nodes --dsn postgresql://user@host/db`` measures, each process a
+real ``python`` process driven over pipes:
+
+- **W1 on PostgreSQL with 1, 2 and 4 write processes**, routed at random (each command
+  to any process) and by affinity (``account number % processes``): commands a second,
+  conflicts (commands decided again on a stale aggregate) and client retries (a command
+  that exhausted the engine's retries) per command, and commands per CPU-second summed
+  over the engines and the PostgreSQL server (its postmaster and backends, from
+  ``/proc``); each as a ratio to one process. 1,000 accounts, 64 clients split over the
+  processes, both views live on every process (projectors on every node).
+- **W5 on LMDB with 1 and 3 reader processes** (a writer process owns the log; readers
+  open it read-only): queries a second over all readers, ratio 3 / 1.
+- **Cross-node visibility**: commands sent one at a time on node A; node B's projector
+  records when each position arrives (``time.monotonic``, one clock for every process
+  on Linux); the lag from A's acknowledgement to B's apply, p50 and p99, on PostgreSQL
+  (LISTEN/NOTIFY) and LMDB (a reader polling the head).
+
+Rounds interleave the configurations (``--rounds``); medians are printed as one JSON
+line per figure. ``--quick`` scales the counts down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import trio
+
+from actorlog import ConcurrencyError, Engine, Projector, Recorded, Rejected, applies
+from actorlog.storage import EventLog, LmdbEventLog, PostgresEventLog
+
+from .bank import Account, Balances, Deposit, Deposited, OpenAccount, Totals
+from .workloads import _commands, _open_accounts
+
+__all__ = ["main"]
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Arrivals(Projector):
+    """When each position reached this process's projectors (``time.monotonic``)."""
+
+    def __init__(self) -> None:
+        self.at: dict[int, float] = {}
+
+    @applies
+    def deposited(self, e: Deposited, meta: Recorded) -> None:
+        self.at[meta.position] = time.monotonic()
+
+    def arrivals(self) -> dict[int, float]:
+        """Position -> arrival time."""
+        return self.at
+
+
+# -- the child processes ----------------------------------------------------------------
+
+
+def _say(message: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
+
+
+async def _line() -> dict[str, Any]:
+    line = await anyio.to_thread.run_sync(sys.stdin.readline)
+    if not line:
+        raise SystemExit(0)
+    message: dict[str, Any] = json.loads(line)
+    return message
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def _writer_child(args: dict[str, Any]) -> None:
+    """A W1 write node: its share of the commands, from its share of the clients."""
+    log = PostgresEventLog(args["dsn"], schema=args["schema"])
+    views = [Balances, Totals] if args["views"] else []
+    async with Engine.open(log=log, aggregates=[Account], projectors=views) as engine:
+        work = [
+            c
+            for i, c in enumerate(_commands(args["accounts"], args["commands"], seed=1))
+            if (int(c[0].rsplit("-", 1)[1]) if args["routing"] == "affinity" else i)
+            % args["processes"]
+            == args["index"]
+        ]
+        _say({"ready": len(work)})
+        await _line()  # go
+        retries = 0
+        cpu, started = _cpu(), time.perf_counter()
+        clients = args["clients"]
+
+        async def client(first: int) -> None:
+            nonlocal retries
+            for stream_id, command in work[first::clients]:
+                while True:
+                    try:
+                        await engine.send(Account, stream_id, command)
+                    except Rejected:
+                        pass
+                    except ConcurrencyError:
+                        retries += 1
+                        continue
+                    break
+
+        async with anyio.create_task_group() as tg:
+            for first in range(clients):
+                tg.start_soon(client, first)
+        seconds, cpu = time.perf_counter() - started, _cpu() - cpu
+        stats = engine.statistics()
+        _say(
+            {
+                "commands": len(work),
+                "seconds": seconds,
+                "cpu": cpu,
+                "conflicts": stats.aggregates.retries,
+                "client_retries": retries,
+            }
+        )
+        await _line()  # done
+
+
+async def _reader_child(args: dict[str, Any]) -> None:
+    """A W5 read node on an LMDB log another process owns: point queries for a while."""
+    log = LmdbEventLog(args["path"], readonly=True)
+    async with Engine.open(log=log, aggregates=[], projectors=[Balances]) as engine:
+        query, balance = engine.query, Balances.balance
+        await query(balance, "acct-1", after=args["after"], timeout=30)
+        _say({"ready": True})
+        await _line()  # go
+        count, cpu, started = 0, _cpu(), time.perf_counter()
+        deadline = started + args["seconds"]
+        while time.perf_counter() < deadline:
+            for _ in range(1000):
+                await query(balance, "acct-1")
+            count += 1000
+        _say({"queries": count, "seconds": time.perf_counter() - started, "cpu": _cpu() - cpu})
+        await _line()  # done
+
+
+async def _arrivals_child(args: dict[str, Any]) -> None:
+    """Node B of the visibility lag: report when positions arrived."""
+    log: EventLog = (
+        PostgresEventLog(args["dsn"], schema=args["schema"])
+        if args["kind"] == "pg"
+        else LmdbEventLog(args["path"], readonly=True)
+    )
+    async with Engine.open(log=log, aggregates=[], projectors=[Arrivals]) as engine:
+        _say({"ready": True})
+        last = (await _line())["last"]
+        at = await engine.query(Arrivals.arrivals, after=last, timeout=60)
+        _say({"arrivals": {str(k): v for k, v in at.items()}})
+        await _line()
+
+
+def _child(role: str, args: dict[str, Any]) -> None:
+    job = {"writer": _writer_child, "reader": _reader_child, "arrivals": _arrivals_child}[role]
+    trio.run(job, args)
+
+
+class _Child:
+    def __init__(self, role: str, **args: Any) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.nodes", "--child", role, json.dumps(args)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+
+    def tell(self, message: dict[str, Any]) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(message) + "\n")
+        self.proc.stdin.flush()
+
+    def hear(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"a child exited: {self.proc.wait()}")
+        message: dict[str, Any] = json.loads(line)
+        return message
+
+    def finish(self) -> None:
+        self.proc.communicate(timeout=60)
+
+
+# -- the PostgreSQL server's CPU ----------------------------------------------------------
+
+
+def _server_pids(dsn: str) -> list[int]:
+    """The server's postmaster and its children (this machine's server only)."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT pg_backend_pid()").fetchone()
+    assert row is not None
+    postmaster = int(Path(f"/proc/{row[0]}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    pids = [postmaster]
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == postmaster:
+                pids.append(int(entry.name))
+    return pids
+
+
+def _server_cpu(dsn: str) -> float:
+    """CPU seconds the server's processes have used (those alive now)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in _server_pids(dsn):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / ticks
+
+
+# -- the measurements ---------------------------------------------------------------------
+
+
+def w1_round(
+    dsn: str, processes: int, routing: str, *, accounts: int, commands: int, views: bool
+) -> dict[str, float]:
+    schema = f"bench_nodes_{uuid.uuid4().hex[:12]}"
+    setup = PostgresEventLog(dsn, schema=schema)
+    try:
+
+        async def open_accounts() -> None:
+            async with Engine.open(log=setup, aggregates=[Account]) as engine:
+                await _open_accounts(engine, accounts)
+
+        trio.run(open_accounts)
+        children = [
+            _Child(
+                "writer",
+                dsn=dsn,
+                schema=schema,
+                accounts=accounts,
+                commands=commands,
+                processes=processes,
+                index=i,
+                routing=routing,
+                clients=max(1, 64 // processes),
+                views=views,
+            )
+            for i in range(processes)
+        ]
+        for child in children:
+            child.hear()
+        server = _server_cpu(dsn)
+        started = time.perf_counter()
+        for child in children:
+            child.tell({"go": True})
+        results = [child.hear() for child in children]
+        wall = time.perf_counter() - started
+        server = _server_cpu(dsn) - server
+        for child in children:
+            child.tell({"done": True})
+            child.finish()
+    finally:
+        import psycopg
+
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    done = sum(r["commands"] for r in results)
+    cpu = sum(r["cpu"] for r in results) + server
+    return {
+        "per_second": done / wall,
+        "per_cpu_second": done / cpu,
+        "conflicts": sum(r["conflicts"] for r in results) / done,
+        "client_retries": sum(r["client_retries"] for r in results) / done,
+        "server_cpu_share": server / cpu,
+    }
+
+
+def w5_round(path: Path, readers: int, seconds: float, after: int) -> tuple[float, float]:
+    """Queries a second over ``readers`` reader processes, and queries a CPU-second."""
+    children = [
+        _Child("reader", path=str(path), seconds=seconds, after=after) for _ in range(readers)
+    ]
+    for child in children:
+        child.hear()
+    for child in children:
+        child.tell({"go": True})
+    results = [child.hear() for child in children]
+    for child in children:
+        child.tell({"done": True})
+        child.finish()
+    queries = sum(r["queries"] for r in results)
+    return queries / max(r["seconds"] for r in results), queries / sum(r["cpu"] for r in results)
+
+
+def lag_round(kind: str, engine_open: Any, count: int, **where: Any) -> list[float]:
+    """Lags (seconds) from node A's acknowledgement (this process) to node B's apply."""
+    child = _Child("arrivals", kind=kind, **where)
+    child.hear()
+    acked: dict[int, float] = {}
+
+    async def send() -> None:
+        async with engine_open() as engine:
+            for _ in range(count):
+                ack = await engine.send(Account, "acct-lag", Deposit(1))
+                acked[ack.position] = time.monotonic()
+                await trio.sleep(0.002)
+
+    trio.run(send)
+    child.tell({"last": max(acked)})
+    arrivals = {int(k): v for k, v in child.hear()["arrivals"].items()}
+    child.tell({"done": True})
+    child.finish()
+    return [max(arrivals[p] - t, 0.0) for p, t in acked.items()]
+
+
+def _quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the measurements and print one JSON line per figure."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.nodes", description=__doc__)
+    parser.add_argument("--dsn", help="a PostgreSQL server (W1 and the PostgreSQL lag)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--only", default="W1,W5,lag", help="W1, W1-plain (W1 without views too), W5, lag"
+    )
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        _child(args.child[0], json.loads(args.child[1]))
+        return 0
+    only = set(args.only.split(","))
+    scale = 10 if args.quick else 1
+    for views in (True, False):
+        if "W1" not in only or not args.dsn or (not views and "W1-plain" not in only):
+            continue
+        configs = [(1, "affinity"), (2, "random"), (2, "affinity"), (4, "random"), (4, "affinity")]
+        samples: dict[tuple[int, str], list[dict[str, float]]] = {c: [] for c in configs}
+        for _ in range(args.rounds):
+            for processes, routing in configs:
+                samples[(processes, routing)].append(
+                    w1_round(
+                        args.dsn,
+                        processes,
+                        routing,
+                        accounts=1000,
+                        commands=20_000 // scale,
+                        views=views,
+                    )
+                )
+        one = samples[(1, "affinity")]
+        base = {k: statistics.median(s[k] for s in one) for k in one[0]}
+        for (processes, routing), runs in samples.items():
+            med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+            print(
+                json.dumps(
+                    {
+                        "workload": "W1-postgres-nodes" + ("" if views else "-no-views"),
+                        "processes": processes,
+                        "routing": routing if processes > 1 else "-",
+                        "per_second_ratio": round(med["per_second"] / base["per_second"], 3),
+                        "per_cpu_second_ratio": round(
+                            med["per_cpu_second"] / base["per_cpu_second"], 3
+                        ),
+                        "conflicts_per_command": round(med["conflicts"], 4),
+                        "client_retries_per_command": round(med["client_retries"], 5),
+                        "server_cpu_share": round(med["server_cpu_share"], 3),
+                        "rounds": args.rounds,
+                    }
+                ),
+                flush=True,
+            )
+    if "W5" in only:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp)
+            head = [0]
+
+            async def own() -> None:
+                # The writer process (this one): opens the log, writes, holds it while the
+                # readers run.
+                async with Engine.open(path, aggregates=[Account], sync=False) as engine:
+                    await engine.send(Account, "acct-1", OpenAccount("q"))
+                    head[0] = (await engine.send(Account, "acct-1", Deposit(5))).position
+                    ratios, cpu_ratios = [], []
+                    seconds = 3.0 / (2 if args.quick else 1)
+                    for _ in range(args.rounds):
+                        one = await anyio.to_thread.run_sync(w5_round, path, 1, seconds, head[0])
+                        three = await anyio.to_thread.run_sync(w5_round, path, 3, seconds, head[0])
+                        ratios.append(three[0] / one[0])
+                        cpu_ratios.append(three[1] / one[1])
+                    print(
+                        json.dumps(
+                            {
+                                "workload": "W5-lmdb-readers",
+                                "three_over_one_per_second": round(statistics.median(ratios), 3),
+                                "three_over_one_per_cpu_second": round(
+                                    statistics.median(cpu_ratios), 3
+                                ),
+                                "each_round": [round(r, 3) for r in ratios],
+                                "load_average": round(os.getloadavg()[0], 2),
+                            }
+                        ),
+                        flush=True,
+                    )
+
+            trio.run(own)
+    if "lag" in only:
+        count = 500 // scale
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp)
+
+            def lmdb_engine() -> Any:
+                return Engine.open(path, aggregates=[Account], sync=False)
+
+            async def create() -> None:
+                async with lmdb_engine() as engine:
+                    await engine.send(Account, "acct-lag", OpenAccount("lag"))
+
+            trio.run(create)
+            lags = lag_round("lmdb", lmdb_engine, count, path=str(path))
+            _print_lag("lmdb", lags)
+        if args.dsn:
+            schema = f"bench_lag_{uuid.uuid4().hex[:12]}"
+            try:
+
+                def pg_engine() -> Any:
+                    return Engine.open(
+                        log=PostgresEventLog(args.dsn, schema=schema), aggregates=[Account]
+                    )
+
+                PostgresEventLog(args.dsn, schema=schema).close()
+                lags = lag_round("pg", pg_engine, count, dsn=args.dsn, schema=schema)
+                _print_lag("postgres", lags)
+            finally:
+                import psycopg
+
+                with psycopg.connect(args.dsn, autocommit=True) as conn:
+                    conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    return 0
+
+
+def _print_lag(kind: str, lags: list[float]) -> None:
+    print(
+        json.dumps(
+            {
+                "workload": f"visibility-lag-{kind}",
+                "samples": len(lags),
+                "p50_ms": round(1000 * _quantile(lags, 0.5), 2),
+                "p99_ms": round(1000 * _quantile(lags, 0.99), 2),
+            }
+        ),
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
