@@ -346,11 +346,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only", default="W1,W5,lag", help="W1, W1-plain (W1 without views too), W5, lag"
     )
+    parser.add_argument("--plot", type=Path, help="draw W1's ratios against processes here")
+    parser.add_argument(
+        "--plot-from", type=Path, help="with --plot: draw from this run's printed lines, only"
+    )
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         _child(args.child[0], json.loads(args.child[1]))
         return 0
+    if args.plot_from is not None:
+        lines = args.plot_from.read_text().splitlines()
+        _plot([json.loads(line) for line in lines if line.strip()], args.plot)
+        return 0
+    rows: list[dict[str, Any]] = []
     only = set(args.only.split(","))
     scale = 10 if args.quick else 1
     for views in (True, False):
@@ -374,24 +383,19 @@ def main(argv: list[str] | None = None) -> int:
         base = {k: statistics.median(s[k] for s in one) for k in one[0]}
         for (processes, routing), runs in samples.items():
             med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-            print(
-                json.dumps(
-                    {
-                        "workload": "W1-postgres-nodes" + ("" if views else "-no-views"),
-                        "processes": processes,
-                        "routing": routing if processes > 1 else "-",
-                        "per_second_ratio": round(med["per_second"] / base["per_second"], 3),
-                        "per_cpu_second_ratio": round(
-                            med["per_cpu_second"] / base["per_cpu_second"], 3
-                        ),
-                        "conflicts_per_command": round(med["conflicts"], 4),
-                        "client_retries_per_command": round(med["client_retries"], 5),
-                        "server_cpu_share": round(med["server_cpu_share"], 3),
-                        "rounds": args.rounds,
-                    }
-                ),
-                flush=True,
-            )
+            row = {
+                "workload": "W1-postgres-nodes" + ("" if views else "-no-views"),
+                "processes": processes,
+                "routing": routing if processes > 1 else "-",
+                "per_second_ratio": round(med["per_second"] / base["per_second"], 3),
+                "per_cpu_second_ratio": round(med["per_cpu_second"] / base["per_cpu_second"], 3),
+                "conflicts_per_command": round(med["conflicts"], 4),
+                "client_retries_per_command": round(med["client_retries"], 5),
+                "server_cpu_share": round(med["server_cpu_share"], 3),
+                "rounds": args.rounds,
+            }
+            rows.append(row)
+            print(json.dumps(row), flush=True)
     if "W5" in only:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp)
@@ -458,7 +462,43 @@ def main(argv: list[str] | None = None) -> int:
 
                 with psycopg.connect(args.dsn, autocommit=True) as conn:
                     conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    if args.plot is not None and rows:
+        _plot(rows, args.plot)
     return 0
+
+
+def _plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """W1 commands a second and per CPU-second, as ratios to one process, against the
+    number of write processes, one line per routing (and views on or off)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+    for workload in sorted({r["workload"] for r in rows if r["workload"].startswith("W1")}):
+        mine = [r for r in rows if r["workload"] == workload]
+        base = [r for r in mine if r["processes"] == 1]
+        for routing in ("random", "affinity"):
+            points = base + [r for r in mine if r["routing"] == routing]
+            xs = [r["processes"] for r in points]
+            label = f"{routing}{'' if workload == 'W1-postgres-nodes' else ', no views'}"
+            for ax, key in zip(axes, ("per_second_ratio", "per_cpu_second_ratio"), strict=True):
+                ax.plot(xs, [r[key] for r in points], marker="o", label=label)
+    for ax, title in zip(
+        axes, ("commands/s vs 1 process", "commands per CPU-second vs 1 process"), strict=True
+    ):
+        ax.set_xticks([1, 2, 4])
+        ax.set_xlabel("write processes on one PostgreSQL log")
+        ax.set_title(title)
+        ax.axhline(1.0, color="grey", lw=0.8)
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    fig.suptitle("W1 (bank, durable) on many engine processes; 2-core VM shared with the server")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _print_lag(kind: str, lags: list[float]) -> None:

@@ -301,6 +301,11 @@ class Engine:
             )
         body_error: BaseException | None = None
         try:
+            if aggregate_kinds and getattr(log, "readonly", False):
+                raise DefinitionError(
+                    "a log opened read-only serves queries only: open the engine with "
+                    "aggregates=[] (its writer is another process)"
+                )
             registry = EventRegistry()
             broadcast = Broadcast(log.head_position(), window_bytes=projector_window_bytes)
             # Others append to the log (issue 15): follow its head, announce our commits.
@@ -353,7 +358,8 @@ class Engine:
                 if idle_timeout is not None:
                     tg.start_soon(hosts.run_idle_sweeper, idle_timeout)
                 if follower is not None:
-                    tg.start_soon(follower.run)
+                    if projector_kinds:  # else nothing to feed (after= still refreshes)
+                        tg.start_soon(follower.run)
                     if follower.announces and aggregate_kinds:
                         tg.start_soon(follower.run_announcer)
                 try:

@@ -68,10 +68,12 @@ def test_two_engines_on_one_log_on_asyncio(postgres: Postgres) -> None:
     asyncio.run(two_engines_on_one_log(postgres))
 
 
-async def test_conflicts_past_the_bound_raise_concurrency_error(postgres: Postgres) -> None:
-    # Many concurrent senders on two engines, one stream: some commands may exhaust their
-    # retries; each such one raised ConcurrencyError and appended nothing, every other
-    # one is counted exactly once.
+async def test_contending_engines_append_each_acknowledged_command_once(
+    postgres: Postgres,
+) -> None:
+    # Many concurrent senders on two engines, one stream: a command that exhausts its
+    # retries raises ConcurrencyError and appends nothing; every acknowledged one is in
+    # the log exactly once.
     import trio
 
     schema = postgres.schema()

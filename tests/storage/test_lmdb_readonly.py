@@ -158,3 +158,25 @@ def test_readonly_open_needs_an_existing_log(tmp_path: Path) -> None:
             LmdbEventLog(tmp_path, readonly=True)
     finally:
         writer_log.close()
+
+
+def test_an_engine_on_a_readonly_log_serves_queries_only(tmp_path: Path) -> None:
+    import trio
+
+    from actorlog import Engine
+    from benchmarks.bank import Account, Balances
+
+    LmdbEventLog(tmp_path).close()  # a log, and no writer now
+
+    async def main() -> None:
+        with pytest.raises(DefinitionError, match="read-only"):
+            async with Engine.open(log=LmdbEventLog(tmp_path, readonly=True), aggregates=[Account]):
+                pass
+        async with Engine.open(
+            log=LmdbEventLog(tmp_path, readonly=True), aggregates=[], projectors=[Balances]
+        ) as engine:
+            assert await engine.query(Balances.all_balances, after=0) == {}
+            stats = engine.statistics()
+            assert stats.head == 0 and stats.follower is not None
+
+    trio.run(main)
