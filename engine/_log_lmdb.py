@@ -83,7 +83,7 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from operator import itemgetter
 from pathlib import Path
 from typing import Any, Final
@@ -340,6 +340,9 @@ class LmdbEventLog:
             self._command_seq = _u64.unpack(cur.key())[0] + 1 if cur.last() else 1
             first = cur.value() if cur.first() else None
         self._id_index = index
+        # The same dict, published for the engine's check before it decides (see
+        # EventLog.command_hashes): a hash that is not a key is certainly not kept.
+        self.command_hashes: Container[int] = index
         self._command_count = count
         first_entry = None if first is None else _readable_entry(first)
         self._oldest_command = 0.0 if first_entry is None else first_entry[0]
