@@ -160,6 +160,13 @@ class PostgresEventLog:
             last commits, never part of one.
         command_ids: how long command ids are kept, as in the LMDB log.
         connect_timeout: seconds to wait for the server at each (re)connect.
+        shared: other processes may append to this schema (the default): an engine on it
+            follows their commits, decides again a command decided on a stale aggregate,
+            and confirms a rejection against the stream's durable version (one read).
+            ``False`` promises that this log's engine is the schema's only writer and
+            saves that work (a follower thread, a NOTIFY a group, a read a rejection); a
+            second writer is then still caught by the expected-version check
+            (``ConcurrencyError`` to the caller), but its events reach no projector here.
 
     Raises:
         DefinitionError: an argument of the wrong type or range.
@@ -176,6 +183,7 @@ class PostgresEventLog:
         sync: bool = True,
         command_ids: CommandIdRetention | None = None,
         connect_timeout: float = 10.0,
+        shared: bool = True,
     ) -> None:
         if psycopg is None:
             raise DefinitionError(
@@ -187,6 +195,9 @@ class PostgresEventLog:
             raise DefinitionError(f"schema must be a name of 1 to 63 bytes, not {schema!r}")
         if type(sync) is not bool:
             raise DefinitionError(f"sync must be a bool, not {type(sync).__name__}")
+        if type(shared) is not bool:
+            raise DefinitionError(f"shared must be a bool, not {type(shared).__name__}")
+        self._shared = shared
         command_ids = retention(command_ids)
         if type(connect_timeout) not in (int, float) or not connect_timeout > 0:
             raise DefinitionError(f"connect_timeout must be a number > 0, not {connect_timeout!r}")
@@ -558,10 +569,11 @@ class PostgresEventLog:
 
     @property
     def others_append(self) -> bool:
-        """True: other processes may append to this log (each its own engine); the engine
-        follows the head (``wait_for_head``) to feed its projectors, retries commands
-        decided on a stale aggregate, and announces its own commits (``announce_head``)."""
-        return True
+        """True unless opened with ``shared=False``: other processes may append to this log
+        (each its own engine); the engine follows the head (``wait_for_head``) to feed its
+        projectors, retries commands decided on a stale aggregate, and announces its own
+        commits (``announce_head``)."""
+        return self._shared
 
     def wait_for_head(self, known: int, timeout: float) -> int:
         """The head position once it is past ``known``, or after ``timeout`` seconds

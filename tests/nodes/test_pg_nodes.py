@@ -148,3 +148,30 @@ def test_one_writer_two_reader_nodes(postgres: Postgres) -> None:
     finally:
         for node in [writer, *readers]:
             node.close()
+
+
+async def test_an_unshared_log_is_not_followed(postgres: Postgres) -> None:
+    from actorlog import DefinitionError
+    from actorlog.storage import PostgresEventLog
+
+    with pytest.raises(DefinitionError):
+        PostgresEventLog(postgres.url, schema=postgres.schema(), shared=1)  # type: ignore[arg-type]
+    schema = postgres.schema()
+    async with Engine.open(
+        log=postgres.log(schema, shared=False), aggregates=[Account], projectors=[Balances]
+    ) as engine:
+        assert engine.statistics().follower is None
+        done = await engine.send(Account, "acct", Deposit(3))
+        assert await engine.query(Balances.balance, "acct", after=done.position) == 3
+        with pytest.raises(InsufficientFunds):  # no confirming read: the old path
+            await engine.send(Account, "acct", Withdraw(5))
+        # Another writer is still caught by the expected-version check.
+        other = postgres.log(schema)
+        from actorlog.storage import Append
+
+        outcomes, _ = other.append_batch(
+            [Append("acct", 1, (("Deposited", b"\x81\xa6amount\x01"),))]
+        )
+        assert not isinstance(outcomes[0], Exception)
+        with pytest.raises(ConcurrencyError):
+            await engine.send(Account, "acct", Deposit(1))
