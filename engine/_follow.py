@@ -86,6 +86,8 @@ class Follower:
         # engine's read threads (activations, catch-up).
         self._limiter = anyio.CapacityLimiter(1)
         self._announce_limiter = anyio.CapacityLimiter(1)
+        # A query's look at the head must not queue behind the follower's long wait.
+        self._refresh_limiter = anyio.CapacityLimiter(1)
         self._committed = anyio.Event()  # set by on_commit, taken by the announcer
         self.advances = 0
         self.failures = 0
@@ -124,7 +126,7 @@ class Follower:
         """
         read = self._log.head_position
         if self._blocking:
-            head = await anyio.to_thread.run_sync(read, limiter=self._limiter)
+            head = await anyio.to_thread.run_sync(read, limiter=self._refresh_limiter)
         else:
             head = read()
         self._advance(head)
