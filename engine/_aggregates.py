@@ -56,7 +56,7 @@ import anyio.lowlevel
 import anyio.to_thread
 import msgspec
 
-from ._actor import Actor, Pending, Waiters, load_state
+from ._actor import Actor, Pending, Waiters, load_state, stream_reader
 from ._codec import EventRegistry, snapshot_bytes
 from ._decide import AggregateType, decide, kind_name, restore
 from ._errors import (
@@ -73,8 +73,8 @@ from ._follow import follows_others
 from ._log import AppendOutcome, EventLog, check_stream_id, reads_block
 from ._metadata import CommandMeta
 from ._passivation import AtCapacity, LiveActors
-from ._records import Append, AppendResult, Committed, Snapshot
-from ._reply import Reply, reply_factory
+from ._records import Append, AppendResult, Committed, Snapshot, StoredEvent
+from ._reply import Reply, must_propagate, reply_factory
 from ._writer import Writer
 
 __all__ = ["CONFLICT_RETRIES", "AggregateType", "Aggregates", "AggregatesStatistics", "Pending"]
@@ -98,6 +98,9 @@ class AggregatesStatistics(msgspec.Struct, frozen=True):
     retries: int = 0
     """Commands decided again because their aggregate was stale (a log others append to:
     an append that conflicted, or a rejection decided before another process's events)."""
+    refreshed: int = 0
+    """Events other processes committed that were applied to a cached aggregate as the
+    follower read them (a log others append to), saving a conflict and a reload."""
 
 
 class Aggregates:
@@ -157,6 +160,8 @@ class Aggregates:
         # Others append to the log (issue 15): conflicts are retried, rejections confirmed.
         self._shared = follows_others(log)
         self._retries = 0
+        self._refreshed = 0  # actors brought up to date by apply_foreign
+        self._readers: dict[AggregateType, tuple[Callable[[str, Any], Any], Any]] = {}
 
     # -- the command path ------------------------------------------------------------------
 
@@ -243,6 +248,45 @@ class Aggregates:
         return result
 
     # -- a log others append to (issue 15) -------------------------------------------------
+
+    def apply_foreign(self, events: Sequence[StoredEvent]) -> None:
+        """Bring cached actors up to date with events the follower read (committed by other
+        processes; this process's own events among them are skipped by their version).
+
+        An idle actor (nothing in flight, not stale, not reloading) whose next version is
+        the event's applies it, as a reload would, without the reload's read: under random
+        routing this turns most would-be conflicts into nothing. Any other actor the event
+        moves past is marked stale (reloaded before its next decision). An event that does
+        not decode or apply marks it stale too (the reload then reports it properly).
+        Synchronous: it runs between two awaits of the follower, atomically on the loop.
+        """
+        live = self._live
+        readers = self._readers
+        for stored in events:
+            actor = live.get(stored.stream_id)
+            if actor is None or stored.version <= actor.version:
+                continue
+            if (
+                stored.version != actor.version + 1
+                or actor.inflight
+                or actor.stale
+                or actor.reloading
+            ):
+                actor.stale = True
+                continue
+            reader = readers.get(actor.kind)
+            if reader is None:
+                reader = readers[actor.kind] = stream_reader(self._registry, actor.kind)
+            decode, appliers = reader
+            try:
+                appliers[type(event := decode(stored.type, stored.payload))](actor.state, event)
+            except BaseException as e:
+                if must_propagate(e):
+                    raise
+                actor.stale = True
+                continue
+            actor.version = stored.version
+            self._refreshed += 1
 
     async def _confirm(
         self,
@@ -751,6 +795,7 @@ class Aggregates:
             + sum(len(loading.waiters) for loading in self._loading.values()),
             snapshot_failures=self._snapshot_failures,
             retries=self._retries,
+            refreshed=self._refreshed,
         )
 
 

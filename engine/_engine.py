@@ -358,7 +358,8 @@ class Engine:
                 if idle_timeout is not None:
                     tg.start_soon(hosts.run_idle_sweeper, idle_timeout)
                 if follower is not None:
-                    if projector_kinds:  # else nothing to feed (after= still refreshes)
+                    if projector_kinds or aggregate_kinds:
+                        follower.feed(hosts.apply_foreign if aggregate_kinds else None)
                         tg.start_soon(follower.run)
                     if follower.announces and aggregate_kinds:
                         tg.start_soon(follower.run_announcer)

@@ -34,8 +34,9 @@ import anyio.to_thread
 import msgspec
 
 from ._errors import DefinitionError, StorageError
-from ._log import EventLog, reads_block
+from ._log import EventLog, ReadBatch, reads_block
 from ._projectors import Broadcast
+from ._records import StoredEvent
 from ._writer import CommitBatch
 
 __all__ = ["FOLLOW_WAIT", "Follower", "FollowerStatistics", "follows_others"]
@@ -43,6 +44,8 @@ __all__ = ["FOLLOW_WAIT", "Follower", "FollowerStatistics", "follows_others"]
 FOLLOW_WAIT: Final = 0.1
 """The longest one wait in the follower's thread lasts (then it waits again): what an
 engine's close may wait for the thread."""
+READ_BATCH: Final = 4096
+"""The most events the follower reads at once (for an engine with aggregates)."""
 RETRY_PAUSE: Final = 0.5
 """After a failed wait (the server unreachable, say), the pause before the next one."""
 
@@ -81,6 +84,7 @@ class Follower:
         self._announce: Callable[[], None] | None = getattr(log, "announce_head", None)
         self._log = log
         self._broadcast = broadcast
+        self._on_events: Callable[[list[StoredEvent]], None] | None = None
         self._blocking = reads_block(log)
         # Threads of their own: a follower parked on LISTEN must not hold one of the
         # engine's read threads (activations, catch-up).
@@ -110,7 +114,43 @@ class Follower:
                 self.last_error = str(e)
                 await anyio.sleep(RETRY_PAUSE)
                 continue
+            if self._on_events is not None and head > self._broadcast.head:
+                try:
+                    await self._read_foreign(head)
+                except StorageError as e:
+                    # Only a shortcut: the projectors read for themselves, and a stale
+                    # aggregate is caught by its append's expected version.
+                    self.failures += 1
+                    self.last_error = str(e)
             self._advance(head)
+
+    def feed(self, on_events: Callable[[list[StoredEvent]], None] | None) -> None:
+        """Have the follower read what others commit itself and hand it to ``on_events``
+        (the engine's cached aggregates), sharing each read with the projectors, who would
+        have read it anyway. None: only move the head (a reader engine)."""
+        self._on_events = on_events
+
+    async def _read_foreign(self, head: int) -> None:
+        """Read the positions up to ``head`` this engine has not seen, hand them to the
+        aggregates, and share them with the projectors; stop at anything not gap-free."""
+        on_events = self._on_events
+        assert on_events is not None
+        position = self._broadcast.head + 1
+        while position <= head:
+            events = await anyio.to_thread.run_sync(
+                self._log.read_all,
+                position,
+                min(head - position + 1, READ_BATCH),
+                limiter=self._limiter,
+            )
+            if not events or events[-1].position != position + len(events) - 1:
+                return
+            if events[0].position != position:
+                return
+            size = events.nbytes if type(events) is ReadBatch else _payload_bytes(events)
+            self._broadcast.share(events, size)
+            on_events(events)
+            position = events[-1].position + 1
 
     def _advance(self, head: int) -> None:
         if head > self._broadcast.head:
@@ -166,3 +206,7 @@ class Follower:
     def statistics(self) -> FollowerStatistics:
         """What the follower saw so far."""
         return FollowerStatistics(self.advances, self.failures, self.announcements, self.last_error)
+
+
+def _payload_bytes(events: list[StoredEvent]) -> int:
+    return sum([len(e.payload) for e in events])
