@@ -59,8 +59,8 @@ async def two_engines_on_one_log(postgres: Postgres) -> None:
         # A position no one has written is still refused at once.
         with pytest.raises(UnknownPosition):
             await b.query(Balances.balance, "acct", after=again.position + 1000)
-        stats = b.statistics()
-        assert stats.follower is not None and stats.follower.failures == 0
+        follower = b.statistics().follower
+        assert follower is not None and follower.failures == 0
 
 
 async def test_followers_keep_cached_aggregates_current(postgres: Postgres) -> None:
