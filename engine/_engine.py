@@ -311,10 +311,7 @@ class Engine:
             # Others append to the log (issue 15): follow its head, announce our commits.
             follower = Follower(log, broadcast) if follows_others(log) else None
             writer = Writer(
-                log,
-                on_commit=broadcast.publish
-                if follower is None or not follower.announces
-                else follower.on_commit,
+                log, on_commit=broadcast.publish if follower is None else follower.on_commit
             )
             limiter = read_limiter(log)  # None: the log's reads run inline
             hosts = Aggregates(
