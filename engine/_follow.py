@@ -16,6 +16,13 @@ position order, none skipped, none twice, through the same code as catch-up:
     other process ── commit ──▶ log ──▶ follower thread: wait_for_head(head) ──▶ H
     follower task:  broadcast.advance(H) ──wake──▶ projectors read checkpoint+1 .. H
 
+In an engine with aggregates the follower also reads what others committed itself
+(inline, skipping this engine's own batches), hands it to the cached aggregates
+(``Aggregates.apply_foreign``: an idle actor applies the next event, any other is marked
+stale), and shares the read with the projectors. Its latency is the conflict rate under
+random routing, which is why those reads, and the look at the head while others keep
+committing, run on the loop rather than in the thread (``docs/design.md``).
+
 The engine's own commits keep taking the writer's path (``publish``): a group commit
 returns, and publishes, on the event loop, before the follower's thread can report a head
 that includes it, so ``advance`` never runs ahead of a batch still to be published.
