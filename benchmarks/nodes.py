@@ -204,13 +204,14 @@ class _Child:
 
 
 def _server_pids(dsn: str) -> list[int]:
-    """The server's postmaster and its children (this machine's server only)."""
+    """The server's postmaster (its data directory's ``postmaster.pid``) and its children
+    (this machine's server only)."""
     import psycopg
 
     with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute("SELECT pg_backend_pid()").fetchone()
+        row = conn.execute("SELECT current_setting('data_directory')").fetchone()
     assert row is not None
-    postmaster = int(Path(f"/proc/{row[0]}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    postmaster = int((Path(row[0]) / "postmaster.pid").read_text().split()[0])
     pids = [postmaster]
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -344,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument(
-        "--only", default="W1,W5,lag", help="W1, W1-plain (W1 without views too), W5, lag"
+        "--only", default="W1,W5,lag", help="W1, W1-plain (W1 without views), W5, lag"
     )
     parser.add_argument("--plot", type=Path, help="draw W1's ratios against processes here")
     parser.add_argument(
@@ -363,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     only = set(args.only.split(","))
     scale = 10 if args.quick else 1
     for views in (True, False):
-        if "W1" not in only or not args.dsn or (not views and "W1-plain" not in only):
+        if not args.dsn or ("W1" if views else "W1-plain") not in only:
             continue
         configs = [(1, "affinity"), (2, "random"), (2, "affinity"), (4, "random"), (4, "affinity")]
         samples: dict[tuple[int, str], list[dict[str, float]]] = {c: [] for c in configs}
