@@ -55,6 +55,7 @@ class Actor:
         "completed",
         "drained",
         "failures",
+        "foreign",
         "handed",
         "inflight",
         "kind",
@@ -102,6 +103,7 @@ class Actor:
         # one comes), which get the first one's outcome: an id commits once.
         self.commands: dict[str, list[Reply] | None] = {}
         self.closed = False  # the engine closed: waiters were failed, none is handed a slot
+        self.foreign = 0  # events of other processes applied by the follower (issue 15)
 
     def busy(self) -> bool:
         """Commands in flight, senders waiting, or a reload under way: it must not be

@@ -221,14 +221,20 @@ class Aggregates:
             if not actor.inflight:
                 if self._shared:
                     return await self._confirm(
-                        kind, stream_id, command, meta, attempt, actor.version, rejection
+                        kind,
+                        stream_id,
+                        command,
+                        meta,
+                        attempt,
+                        (actor, actor.version, actor.foreign),
+                        rejection,
                     )
                 raise
             # Rejected on state that is not all durable yet: if what is in flight fails,
             # the rejection was decided on state that never existed. Wait for it to land.
             # (A failure count, not ``stale``: another sender may have reloaded already.)
             failures = actor.failures
-            decided = actor.version
+            decided = (actor, actor.version, actor.foreign)
             await actor.settle(self._new_reply())
             if actor.failures == failures:
                 if self._shared:
@@ -286,6 +292,7 @@ class Aggregates:
                 actor.stale = True
                 continue
             actor.version = stored.version
+            actor.foreign += 1
             self._refreshed += 1
 
     async def _confirm(
@@ -295,29 +302,36 @@ class Aggregates:
         command: Any,
         meta: CommandMeta | None,
         attempt: int,
-        decided: int,
+        decided: tuple[Actor, int, int],
         rejection: Rejected,
     ) -> Committed:
         """A rejection on a log others append to is final only if it was decided on the
         stream's durable version: read it (one read), and if another process appended
-        since, reload the aggregate and decide again (``_again``)."""
+        since, reload the aggregate and decide again (``_again``).
+
+        ``decided``: the actor it was decided on, its version then, and how many of others'
+        events the follower had applied to it then (``Actor.foreign``)."""
+        decider, version, foreign = decided
         read = self._log.stream_version
         if self._blocking:
             durable = await anyio.to_thread.run_sync(read, stream_id, limiter=self._limiter)
         else:
             durable = read(stream_id)
         actor = self._live.get(stream_id)
-        ours = actor is not None and actor.kind is kind
-        if durable == decided or (
-            # Commands of this process committed since on the same actor: their appends
-            # would have failed had anyone else appended in between.
-            ours and actor is not None and not actor.stale and durable == actor.version
+        if durable == version or (
+            # Only this process's commands moved the same actor since, and they committed:
+            # their appends would have failed had anyone else appended in between (the
+            # follower's applying others' events to it counts in ``foreign``).
+            actor is decider
+            and not actor.stale
+            and actor.foreign == foreign
+            and durable == actor.version
         ):
             raise rejection
-        if ours and actor is not None:
+        if actor is not None and actor.kind is kind:
             actor.stale = True  # reloaded before its next decision
         return await self._again(
-            kind, stream_id, command, meta, attempt, ConcurrencyError(stream_id, decided, durable)
+            kind, stream_id, command, meta, attempt, ConcurrencyError(stream_id, version, durable)
         )
 
     async def _again(
