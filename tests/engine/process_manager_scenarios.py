@@ -266,3 +266,168 @@ async def _until(engine: Engine, condition: Callable[[], object]) -> None:
 
     while not condition():
         await anyio.sleep(0.001)
+
+
+# -- failures, passivation, routing --------------------------------------------------------
+
+
+class Fragile(ProcessManager):
+    """Raises on a booking whose id starts with "bad" (while ``broken`` is set)."""
+
+    broken = True
+    count: int
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    @starts("booking_id")
+    def booked(self, e: Booked) -> list[Any]:
+        if Fragile.broken and e.booking_id.startswith("bad"):
+            raise ValueError(f"cannot handle {e.booking_id}")
+        return [Send(Booking, e.booking_id, ExpireBooking()), Finish()]
+
+
+class ParkingFragile(Fragile):
+    name = "ParkingFragile"
+    on_error = "park"
+
+
+@scenario
+async def raising_reaction_halts_and_resumes(path: Path) -> None:
+    Fragile.broken = True
+    try:
+        async with Engine.open(path, aggregates=[Booking], process_managers=[Fragile]) as engine:
+            await engine.send(Booking, "ok-1", Book("ok-1"))
+            await engine.wait_settled(timeout=10)
+            await engine.send(Booking, "bad-1", Book("bad-1"))
+            await engine.send(Booking, "ok-2", Book("ok-2"))
+            await _until(engine, lambda: engine.statistics().process_managers[0].fault)
+            stats = engine.statistics().process_managers[0]
+            assert stats.state == "halted"
+            assert "cannot handle bad-1" in (stats.fault or "")
+            # Halted at the event, in log order: what came after waits for the resume.
+            assert await booking_state(engine, "ok-1") == ["Booked", "Expired"]
+            assert await booking_state(engine, "ok-2") == ["Booked"]
+            await engine.send(Booking, "other", Book("other"))  # the write side carries on
+            Fragile.broken = False
+            engine.resume(Fragile)
+            await engine.wait_settled(timeout=10)
+            for booking in ("bad-1", "ok-2", "other"):
+                assert await booking_state(engine, booking) == ["Booked", "Expired"]
+    finally:
+        Fragile.broken = True
+
+
+@scenario
+async def halted_process_manager_resumes_after_restart(path: Path) -> None:
+    Fragile.broken = True
+    try:
+        async with Engine.open(path, aggregates=[Booking], process_managers=[Fragile]) as engine:
+            await engine.send(Booking, "bad-1", Book("bad-1"))
+            await _until(engine, lambda: engine.statistics().process_managers[0].fault)
+        Fragile.broken = False
+        async with Engine.open(path, aggregates=[Booking], process_managers=[Fragile]) as engine:
+            await engine.wait_settled(timeout=10)
+            assert await booking_state(engine, "bad-1") == ["Booked", "Expired"]
+    finally:
+        Fragile.broken = True
+
+
+@scenario
+async def raising_reaction_parks_and_goes_on(path: Path) -> None:
+    async with Engine.open(
+        path, aggregates=[Booking], process_managers=[ParkingFragile]
+    ) as engine:
+        await engine.send(Booking, "bad-1", Book("bad-1"))
+        await engine.send(Booking, "ok-1", Book("ok-1"))
+        await engine.wait_settled(timeout=10)
+        assert await booking_state(engine, "ok-1") == ["Booked", "Expired"]
+        assert await booking_state(engine, "bad-1") == ["Booked"]
+        (parked,) = engine.parked(ParkingFragile)  # type: ignore[arg-type]
+        assert parked.stream_id == "bad-1" and "cannot handle" in parked.error
+        assert engine.statistics().process_managers[0].parked == 1
+
+
+class Counting(ProcessManager):
+    """Counts deposits per process until told to stop; small ``max_live``."""
+
+    max_live = 2
+    seen: int
+
+    def __init__(self) -> None:
+        self.seen = 0
+
+    @starts(key=lambda e, meta: None if ":" in e.booking_id else e.booking_id)
+    def booked(self, e: Booked) -> list[Any]:
+        return []
+
+    @applies
+    def booked_(self, e: Booked) -> None:
+        self.seen += 1
+
+    @reacts("booking_id")
+    def paid(self, e: Paid) -> list[Any]:
+        # ``seen`` counts the messages before this one, replayed after passivation or not.
+        return [Send(Booking, e.booking_id, Book(f"{e.booking_id}:seen-{self.seen}")), Finish()]
+
+    @applies
+    def paid_(self, e: Paid) -> None:
+        self.seen += 1
+
+
+@scenario
+async def passivated_instances_come_back_from_their_streams(path: Path) -> None:
+    async with Engine.open(path, aggregates=[Booking], process_managers=[Counting]) as engine:
+        ids = [f"b-{i}" for i in range(6)]
+        for booking in ids:
+            await engine.send(Booking, booking, Book(booking))
+        await engine.wait_settled(timeout=10)
+        assert engine.statistics().process_managers[0].live_instances <= 2
+        for booking in ids:
+            await engine.send(Booking, booking, Pay(booking))
+        await engine.wait_settled(timeout=10)
+        for booking in ids:
+            # The instance saw its one Booked (replayed after passivation) before Paid.
+            last = engine.log.read_stream(booking)[-1]
+            assert msgspec.json.decode(
+                msgspec.json.encode(msgspec.msgpack.decode(last.payload))
+            ) == {"booking_id": f"{booking}:seen-1"}
+        stats = engine.statistics().process_managers[0]
+        assert (stats.started, stats.finished, stats.live_instances) == (6, 6, 0)
+
+
+@scenario
+async def events_for_no_running_process_are_ignored(path: Path) -> None:
+    async with Engine.open(path, aggregates=[Booking], process_managers=[Expiry]) as engine:
+        await engine.send(Booking, "b-1", Book("b-1"))
+        await engine.send(Booking, "b-1", Pay("b-1"))  # finishes the process
+        await engine.send(Booking, "b-3", Book("b-3"))
+        await engine.send(Booking, "b-3", Pay("b-3"))
+        await engine.wait_settled(timeout=10)
+        stats = engine.statistics().process_managers[0]
+        assert (stats.started, stats.finished, stats.ignored) == (2, 2, 0)
+
+
+class Continuing(ProcessManager):
+    """Continues on Paid only; started by Booked with a "go" id."""
+
+    @starts(key=lambda e, meta: e.booking_id if e.booking_id.startswith("go") else None)
+    def booked(self, e: Booked) -> list[Any]:
+        return []
+
+    @reacts("booking_id")
+    def paid(self, e: Paid) -> list[Any]:
+        return [Finish()]
+
+
+@scenario
+async def continue_without_a_start_and_after_finish_is_ignored(path: Path) -> None:
+    async with Engine.open(path, aggregates=[Booking], process_managers=[Continuing]) as engine:
+        await engine.send(Booking, "x-1", Book("x-1"))  # not routed (key None)
+        await engine.send(Booking, "x-1", Pay("x-1"))  # continues nothing: ignored
+        await engine.send(Booking, "g", Book("go-1"))
+        await engine.send(Booking, "g", Pay("go-1"))  # finishes go-1
+        await engine.send(Booking, "h", Book("go-1"))  # a finished id is not started again
+        await engine.wait_settled(timeout=10)
+        stats = engine.statistics().process_managers[0]
+        assert (stats.started, stats.finished, stats.ignored) == (1, 1, 2)
