@@ -651,7 +651,10 @@ class ProcessManagerHost:
                 pending = self.router.sends.get(command_id)
                 if pending is None or command_id in self._inflight:
                     continue
-                await limiter.acquire()
+                try:  # no checkpoint while there is room: a batch of sends goes at once
+                    limiter.acquire_nowait()
+                except anyio.WouldBlock:
+                    await limiter.acquire()
                 self._inflight.add(command_id)
                 tg.start_soon(self._dispatch, command_id, pending, limiter)
 
