@@ -165,7 +165,8 @@ def reacts(target: Any = None, *, key: Key | None = None) -> Any:
         return target
     if target is not None and key is not None:
         raise DefinitionError("reacts takes an attribute name or key=, not both")
-    route = _Route(False, None if target is None and key is None else _key_of(target or key))
+    given: str | Key | None = target if target is not None else key
+    route = _Route(False, None if given is None else _key_of(given))
 
     def mark(fn: F) -> F:
         setattr(fn, _ROUTE, route)
@@ -183,10 +184,11 @@ class ProcessManager:
 
     Subclass it, build the empty state in an argument-free ``__init__``, mark appliers
     with ``@applies`` (they evolve the state from any message the instance receives,
-    after its reaction) and reactions with ``@starts(key)``, ``@reacts(key)`` or bare ``@reacts``. The engine
-    hosts it (``Engine.open(process_managers=[...])``): each step (the message, the
-    commands decided, the deadlines set) is one event of the instance's own stream,
-    written in one group commit; commands are dispatched after it is durable.
+    after its reaction) and reactions with ``@starts(key)``, ``@reacts(key)`` or bare
+    ``@reacts``. The engine hosts it (``Engine.open(process_managers=[...])``): each
+    step (the message, the commands decided, the deadlines set) is one event of the
+    instance's own stream, written in one group commit; commands are dispatched after it
+    is durable.
 
     Class options:
         name: its name in the log (default: the class name): the instance streams are

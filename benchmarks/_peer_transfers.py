@@ -73,6 +73,12 @@ class PeerTransfer(Aggregate):
         self.done = True
 
 
+# The event classes the library's @event decorator makes (invisible to type checkers).
+_STARTED: Any = getattr(PeerTransfer, "Started")  # noqa: B009
+_DEBITED: Any = getattr(PeerAccount, "TransferDebited")  # noqa: B009
+_CREDITED: Any = getattr(PeerAccount, "TransferCredited")  # noqa: B009
+
+
 class Accounts(ProcessApplication[UUID]):
     """Debits on request; credits when a transfer starts."""
 
@@ -85,7 +91,7 @@ class Accounts(ProcessApplication[UUID]):
         self.save(account)
 
     def policy(self, domain_event: Any, processing_event: ProcessingEvent[UUID]) -> None:
-        if isinstance(domain_event, PeerTransfer.Started):
+        if isinstance(domain_event, _STARTED):
             account: PeerAccount = self.repository.get(PeerAccount.create_id(domain_event.target))
             account.credit(domain_event.transfer_id, domain_event.amount)
             processing_event.collect_events(account)
@@ -95,12 +101,12 @@ class Transfers(ProcessApplication[UUID]):
     """Starts a transfer on a debit; completes it on the credit."""
 
     def policy(self, domain_event: Any, processing_event: ProcessingEvent[UUID]) -> None:
-        if isinstance(domain_event, PeerAccount.TransferDebited):
+        if isinstance(domain_event, _DEBITED):
             transfer = PeerTransfer(
                 domain_event.transfer_id, "", domain_event.target, domain_event.amount
             )
             processing_event.collect_events(transfer)
-        elif isinstance(domain_event, PeerAccount.TransferCredited):
+        elif isinstance(domain_event, _CREDITED):
             transfer_id = PeerTransfer.create_id(domain_event.transfer_id)
             started: PeerTransfer = self.repository.get(transfer_id)
             started.complete()

@@ -777,19 +777,20 @@ class Engine:
         """
         self._projector(projector).rebuild()
 
-    def resume(self, projector: ProjectorType) -> None:
-        """Clear a halted projector's fault and retry the event it stopped at."""
+    def resume(self, projector: ProjectorType | type) -> None:
+        """Clear a halted projector's (or process manager's) fault and retry the event it
+        stopped at."""
         self._projector(projector).resume()
 
-    def parked(self, projector: ProjectorType) -> list[Parked]:
+    def parked(self, projector: ProjectorType | type) -> list[Parked]:
         """The most recent events (its ``max_parked``, 1,000 by default) a ``park``
-        projector skipped because its applier raised, oldest first; statistics count
-        them all."""
+        projector (or process manager) skipped because its applier (or reaction) raised,
+        oldest first; statistics count them all."""
         return list(self._projector(projector).parked)
 
-    def _projector(self, projector: ProjectorType) -> ProjectorHost:
+    def _projector(self, projector: ProjectorType | type) -> ProjectorHost:
         try:
-            return self._projectors[projector]
+            return self._projectors[projector]  # type: ignore[index]
         except (KeyError, TypeError):  # TypeError: unhashable, so not a projector either
             if self._processes is not None:  # a process manager's router resumes alike
                 router = self._processes.host_of(projector)

@@ -38,6 +38,7 @@ happens) is easiest to check in one view.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 from collections import OrderedDict, deque
@@ -49,6 +50,7 @@ import msgspec
 
 from ._aggregates import Aggregates, AggregateType
 from ._codec import EventRegistry, snapshot_bytes
+from ._decide import kind_name
 from ._errors import (
     ConcurrencyError,
     DefinitionError,
@@ -355,8 +357,9 @@ class ProcessManagerHost:
                 return router
 
         hub = self.hub
+        router_kind: Any = Router  # a ProjectorType, as far as the host can tell
         host = _RouterHost(
-            Router,
+            router_kind,
             log=hub.log,
             broadcast=hub.broadcast,
             registry=hub.registry,
@@ -742,10 +745,8 @@ class ProcessManagerHost:
         if self._acks:
             entry, _ = self.hub.registry.encode_read_back(ProcessAcks(tuple(self._acks)))
             self._acks = []
-            try:
+            with contextlib.suppress(EngineClosed):  # closed: re-sent after the restart
                 self.hub.writer.submit(Append(self.acks_stream, ANY, (entry,)), _ignore)
-            except EngineClosed:
-                pass
 
     # -- deadlines -------------------------------------------------------------------------
 
@@ -759,7 +760,7 @@ class ProcessManagerHost:
             if timer is None or timer.due != due or instance.finished:
                 return
             message = self._messages[timer.message_type]
-            decoded = msgspec.msgpack.decode(timer.message, type=message)
+            decoded: Any = msgspec.msgpack.decode(timer.message, type=message)
             self._turn(
                 instance,
                 decoded,
@@ -836,7 +837,7 @@ class ProcessManagers:
         registry: EventRegistry,
         broadcast: Broadcast,
         clock: Clock,
-        read_limiter: anyio.Semaphore | None,
+        read_limiter: anyio.CapacityLimiter | None,
     ) -> None:
         self.log = log
         self.writer = writer
@@ -851,7 +852,7 @@ class ProcessManagers:
         self._names: dict[AggregateType, str] = {}
         self._commands: dict[AggregateType, dict[str, type]] = {}
         for kind in aggregate_kinds:
-            name = getattr(kind, "aggregate_name", None) or kind.__name__
+            name = getattr(kind, "aggregate_name", None) or kind_name(kind)
             self._kinds[name] = kind
             self._names[kind] = name
             self._commands[kind] = {c.__name__: c for c in kind.command_handlers}
@@ -872,7 +873,7 @@ class ProcessManagers:
             InvalidArgument: it is not hosted by this engine.
         """
         if cls in self._names:
-            return cls  # type: ignore[return-value]
+            return cls
         raise InvalidArgument(f"{describe(cls)} is not an aggregate this engine hosts")
 
     def aggregate_name(self, kind: AggregateType) -> str:
@@ -1000,4 +1001,3 @@ def check_process_managers(kinds: Iterable[Any]) -> list[Any]:
         if not (isinstance(kind, type) and issubclass(kind, ProcessManager)):
             raise DefinitionError(f"{describe(kind)} is not a ProcessManager class")
     return listed
-

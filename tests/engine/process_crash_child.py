@@ -24,8 +24,17 @@ from typing import Any
 import msgspec
 import trio
 
-from actorlog import Aggregate, Engine, Finish, ProcessManager, Projector, Send, applies, handles
-from actorlog import starts
+from actorlog import (
+    Aggregate,
+    Engine,
+    Finish,
+    ProcessManager,
+    Projector,
+    Send,
+    applies,
+    handles,
+    starts,
+)
 
 __all__ = ["Mark", "Marked", "Relay", "Target", "main"]
 
@@ -82,12 +91,12 @@ class Target(Aggregate):
 
 class Watcher(Projector):
     def __init__(self) -> None:
-        self.marked = 0
+        self.seen = 0
 
     @applies
     def marked(self, e: Marked) -> None:
         _kill_once("ack")
-        self.marked += 1
+        self.seen += 1
 
 
 class Relay(ProcessManager):

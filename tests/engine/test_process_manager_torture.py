@@ -31,8 +31,15 @@ def _verified(line: str) -> tuple[int, int, int, int]:
 
 def _child(path: Path, seed: int, now: float, *extra: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.engine.transfer_torture_child", str(path), str(seed)]
-        + [repr(now), *extra],
+        [
+            sys.executable,
+            "-m",
+            "tests.engine.transfer_torture_child",
+            str(path),
+            str(seed),
+            repr(now),
+            *extra,
+        ],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
