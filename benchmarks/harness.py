@@ -359,7 +359,7 @@ class Harness:
     def w7(self) -> None:
         """W7: transfers end to end through the transfer process manager, beside the
         peer's process applications (``benchmarks/transfers.py``)."""
-        accounts, transfers = 1000, self.n(20_000, 500)
+        accounts, transfers = self.n(1000, 100), self.n(20_000, 500)
         clients = 64
         engine = _trio(
             transfers_w7.engine_transfers(

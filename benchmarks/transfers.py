@@ -59,9 +59,14 @@ async def engine_transfers(
         process_managers=[TransferProcess],
         sync=sync,
     ) as engine:
-        for i in range(accounts):
+
+        async def open_account(i: int) -> None:
             await engine.send(TransferAccount, f"acct-{i}", OpenAccount("owner"))
             await engine.send(TransferAccount, f"acct-{i}", Deposit(10**9))
+
+        async with trio.open_nursery() as nursery:  # concurrently: group commits
+            for i in range(accounts):
+                nursery.start_soon(open_account, i)
         await engine.wait_settled()
         per_client = transfers // clients
 
