@@ -23,7 +23,7 @@ async def test_open_refuses_what_is_not_a_process_manager(tmp_path: Path) -> Non
 
     for bad in ({"process_managers": [Balances]}, {"process_managers": 3}, {"clock": object()}):
         with pytest.raises(DefinitionError):
-            async with Engine.open(tmp_path, aggregates=[Account], **bad):  # type: ignore[arg-type]
+            async with Engine.open(tmp_path, aggregates=[Account], **bad):
                 pass
     with pytest.raises(DefinitionError, match="share a name"):
         async with Engine.open(
