@@ -753,7 +753,10 @@ class ProcessManagerHost:
     def fire(self, stream_id: str, key: str, due: float) -> None:
         """A deadline is due: deliver its message, unless the instance no longer has it."""
         if self.host.fault is not None:
-            return  # halted: armed again after a restart
+            # Halted: put off (the instance may be the one that halted), tried again in a
+            # second, so a resume finds it armed.
+            self.hub.arm(self, stream_id, key, due, self.hub.clock.now() + 1.0)
+            return
         try:
             instance = self._instance(stream_id, stream_id[len(self.prefix) :])
             timer = instance.timers.get(key)
@@ -859,7 +862,9 @@ class ProcessManagers:
         self.hosts = [ProcessManagerHost(kind, self) for kind in kinds]
         if len({h.name for h in self.hosts}) != len(self.hosts):
             raise DefinitionError("two process managers share a name")
-        self._deadlines: list[tuple[float, int, ProcessManagerHost, str, str]] = []
+        # (when to fire, seq, host, instance stream, key, due): ``when`` is ``due`` unless
+        # the firing was put off (its process manager was halted).
+        self._deadlines: list[tuple[float, int, ProcessManagerHost, str, str, float]] = []
         self._seq = itertools.count()
         self._armed = anyio.Event()
         self._sleep: anyio.CancelScope | None = None
@@ -914,11 +919,20 @@ class ProcessManagers:
 
     # -- deadlines -------------------------------------------------------------------------
 
-    def arm(self, host: ProcessManagerHost, stream_id: str, key: str, due: float) -> None:
-        """Add a deadline to the heap; wake the sleeper if it is now the earliest."""
-        heapq.heappush(self._deadlines, (due, next(self._seq), host, stream_id, key))
+    def arm(
+        self,
+        host: ProcessManagerHost,
+        stream_id: str,
+        key: str,
+        due: float,
+        when: float | None = None,
+    ) -> None:
+        """Add a deadline to the heap (to fire at ``when``, by default ``due``); wake the
+        sleeper if it is now the earliest."""
+        when = due if when is None else when
+        heapq.heappush(self._deadlines, (when, next(self._seq), host, stream_id, key, due))
         self._armed.set()
-        if due < self._sleeping_until and self._sleep is not None:
+        if when < self._sleeping_until and self._sleep is not None:
             self._sleep.cancel()
 
     async def _run_deadlines(self) -> None:
@@ -936,7 +950,7 @@ class ProcessManagers:
                     await self.clock.sleep_until(due)
                 self._sleep, self._sleeping_until = None, float("inf")
                 continue
-            _, _, host, stream_id, key = heapq.heappop(deadlines)
+            _, _, host, stream_id, key, due = heapq.heappop(deadlines)
             host.fire(stream_id, key, due)
             await anyio.lowlevel.checkpoint()
 
