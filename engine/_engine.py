@@ -808,6 +808,7 @@ class Engine:
         (deadlines still to come do not count). Cancelling the wait is safe.
 
         Raises:
+            ProjectorFaulted: a process manager is halted (its fault names the event).
             InvalidArgument: ``timeout`` is not None or a finite number >= 0.
             QueryTimeout: ``timeout`` seconds passed first.
             EngineClosed: the engine is closing or closed.

@@ -680,6 +680,11 @@ class ProcessManagerHost:
                 except EngineClosed:
                     return
                 except EngineError as e:
+                    if self.host.fault is not None:
+                        # Halted: the instance cannot be told now. Decided again later (a
+                        # refusal records nothing), once resumed.
+                        await anyio.sleep(RETRY_SECONDS * 20)
+                        continue
                     self._failed(command_id, pending, e)
                     return
                 self.dispatched += 1
@@ -696,8 +701,6 @@ class ProcessManagerHost:
         self.router.sends.pop(command_id, None)
         out = pending.out
         process_id = pending.process_stream[len(self.prefix) :]
-        if self.host.fault is not None:
-            return  # halted: delivered again after a restart (the send is still pending)
         try:
             instance = self._instance(pending.process_stream, process_id)
             if instance.finished or instance.version == 0:
@@ -986,7 +989,14 @@ class ProcessManagers:
             host.host.queue_save()
 
     def settled(self) -> bool:
-        """True when every process manager is settled (see ``Engine.wait_settled``)."""
+        """True when every process manager is settled (see ``Engine.wait_settled``).
+
+        Raises:
+            ProjectorFaulted: one is halted (it would never settle).
+        """
+        for host in self.hosts:
+            if host.host.fault is not None:
+                raise host.host.fault_error()
         return all(host.settled() for host in self.hosts)
 
     def statistics(self) -> tuple[ProcessManagerStatistics, ...]:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import pytest
 
 from actorlog import (
     Aggregate,
@@ -19,6 +20,7 @@ from actorlog import (
     Engine,
     Finish,
     ProcessManager,
+    ProjectorFaulted,
     Rejected,
     Schedule,
     Send,
@@ -305,6 +307,8 @@ async def raising_reaction_halts_and_resumes(path: Path) -> None:
             stats = engine.statistics().process_managers[0]
             assert stats.state == "halted"
             assert "cannot handle bad-1" in (stats.fault or "")
+            with pytest.raises(ProjectorFaulted, match="bad-1"):
+                await engine.wait_settled(timeout=5)  # it would never settle
             # Halted at the event, in log order: what came after waits for the resume.
             assert await booking_state(engine, "ok-1") == ["Booked", "Expired"]
             assert await booking_state(engine, "ok-2") == ["Booked"]
