@@ -62,7 +62,7 @@ from .engine import (
 from .engine._command_ids import CommandIdRetention
 from .engine._errors import QueryTimeout, Unauthorized, UnknownPosition
 from .engine._policy import Policy
-from .engine._process_managers import ProcessManagerStatistics
+from .engine._process_steps import ProcessManagerStatistics
 from .engine._public import publish
 
 __all__ = [

@@ -23,7 +23,7 @@ from typing import Any, Generic, TypeVar
 import msgspec
 
 from ..engine._errors import HandlerError, InvalidArgument, describe
-from ..engine._process_managers import react  # the engine's turn, exactly
+from ..engine._process_steps import react  # the engine's turn, exactly
 from ..engine._reply import must_propagate
 from ._process_manager import ProcessManager, Schedule
 

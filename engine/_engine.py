@@ -48,11 +48,8 @@ from ._log_postgres import PostgresEventLog
 from ._log_view import LogView
 from ._metadata import CommandMeta, RecordPrincipal, command_meta
 from ._policy import Policy, allow_query, allow_send, check_policy, send_refused
-from ._process_managers import (
-    ProcessManagers,
-    ProcessManagerStatistics,
-    check_process_managers,
-)
+from ._process_managers import ProcessManagers
+from ._process_steps import ProcessManagerStatistics, check_process_managers
 from ._projectors import (
     WINDOW_BYTES,
     Broadcast,

@@ -31,9 +31,10 @@ The router's position and its pending work are saved like a projector's cache, a
 position no later than the oldest step not yet durable; replaying from a saved position
 only re-adds what later events remove again (every change is keyed, last one wins).
 
-One file of ~600 lines on purpose: routing, the step's write and its read-back, dispatch
-and deadlines are one protocol whose invariant (every effect is in the log before it
-happens) is easiest to check in one view.
+About 870 lines, one file on purpose: routing, the step's write and its read-back,
+dispatch, acknowledgements and deadlines are one protocol whose invariant (every effect is
+in the log before it happens, and what is pending is what the log says) is easiest to
+check in one view. The records and the turn itself are ``_process_steps.py``.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ import heapq
 import itertools
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import anyio
 import msgspec
@@ -63,21 +64,26 @@ from ._errors import (
     describe,
 )
 from ._fold import Parked
-from ._log import EventLog, check_label, check_stream_id
+from ._log import EventLog, check_stream_id
 from ._metadata import CommandMeta
+from ._process_steps import (
+    STEP_NAME,
+    Outgoing,
+    ProcessAcks,
+    ProcessManagerStatistics,
+    ProcessStep,
+    Timer,
+    react,
+)
 from ._projectors import Broadcast, ProjectorHost
 from ._records import ANY, Append, ProjectorCache, Recorded, StoredEvent
 from ._reply import must_propagate
 from ._timers import Clock
 from ._writer import Writer
 
-__all__ = [
-    "ProcessAcks",
-    "ProcessManagerStatistics",
-    "ProcessManagers",
-    "ProcessStep",
-    "react",
-]
+__all__ = ["ProcessManagers"]
+
+_encoder = msgspec.msgpack.Encoder()
 
 DISPATCH_CONCURRENCY = 256
 """Commands a process manager has in flight at once (a bound, not a tuning: each waits
@@ -85,77 +91,6 @@ for its aggregate's group commit, so more only queue in mailboxes)."""
 RETRY_SECONDS = 0.05
 """Before retrying a dispatch or an acknowledgement that failed for a passing reason
 (``StorageError``, ``Overloaded``)."""
-
-
-class Outgoing(msgspec.Struct, frozen=True, array_like=True, gc=False):
-    """A command in a step's outbox."""
-
-    command_id: str
-    aggregate: str
-    stream_id: str
-    command_type: str
-    command: bytes
-
-
-class Timer(msgspec.Struct, frozen=True, array_like=True, gc=False):
-    """A deadline: ``message`` (of ``message_type``) delivered to the instance at ``due``."""
-
-    key: str
-    due: float
-    message_type: str
-    message: bytes
-
-
-class ProcessStep(msgspec.Struct, frozen=True, array_like=True, tag="$process-step"):
-    """One turn of one instance, as stored in its stream (the only record it has).
-
-    ``trigger`` is the log position of the event it reacted to (0 for a deadline or a
-    failure); ``message`` the message's stored bytes, replayed through the appliers when
-    the instance is loaded.
-    """
-
-    process_id: str
-    trigger: int
-    message_type: str
-    message: bytes
-    sends: tuple[Outgoing, ...] = ()
-    schedules: tuple[Timer, ...] = ()
-    cancels: tuple[str, ...] = ()
-    fired: str | None = None
-    failed: str | None = None
-    finished: bool = False
-
-
-class ProcessAcks(msgspec.Struct, frozen=True, array_like=True, tag="$process-acks"):
-    """Commands of the outbox that committed (in the stream ``"$pm:<name>"``)."""
-
-    command_ids: tuple[str, ...]
-
-
-class ProcessManagerStatistics(msgspec.Struct, frozen=True):
-    """Where a process manager stands.
-
-    ``state``: ``"catching_up"``, ``"live"`` or ``"halted"`` (a reaction raised: see
-    ``fault``). ``pending_sends`` are commands decided and not yet acknowledged,
-    ``pending_deadlines`` deadlines set and not yet fired or cancelled.
-    """
-
-    name: str
-    state: Literal["catching_up", "live", "halted"]
-    checkpoint: int
-    lag: int
-    live_instances: int
-    started: int
-    finished: int
-    steps: int
-    ignored: int
-    pending_sends: int
-    dispatched: int
-    failures_delivered: int
-    pending_deadlines: int
-    deadlines_fired: int
-    parked: int
-    fault: str | None
 
 
 class _PendingSend(msgspec.Struct, array_like=True, gc=False):
@@ -207,72 +142,6 @@ class _Instance:
         self.finished = False
         self.correlation_id: str | None = None
         self.unconfirmed = 0
-
-
-class Effects(msgspec.Struct, frozen=True):
-    """What one turn decided (the test kit compares these)."""
-
-    sends: tuple[Any, ...]
-    schedules: tuple[tuple[str, float, Any], ...]
-    cancels: tuple[str, ...]
-    finished: bool
-
-
-def react(kind: Any, state: Any, message: Any, now: float) -> tuple[Effects, list[Any]]:
-    """Run ``message``'s reaction on ``state``, then apply it: the effects, checked.
-
-    The engine and ``actorlog.testing.given_process`` both turn an instance here. Returns
-    the effects and the raw effect objects (``Send`` etc.) in order.
-
-    Raises:
-        InvalidArgument: the reaction returned something that is not a list of effects,
-            or an effect is malformed.
-        (whatever the applier or the reaction raises)
-    """
-    from ..actors._process_manager import Cancel, Finish, Schedule, Send, check_schedule
-
-    reaction = kind.reactions.get(type(message))
-    returned = reaction(state, message) if reaction is not None else None
-    applier = kind.message_appliers.get(type(message))
-    if applier is not None:
-        applier(state, message)
-    if returned is None:
-        returned = []
-    if not isinstance(returned, list | tuple):
-        raise InvalidArgument(
-            f"a reaction returns a list of effects (Send, Schedule, Cancel, Finish) or "
-            f"None, not {describe(returned)}"
-        )
-    sends: list[Any] = []
-    schedules: list[tuple[str, float, Any]] = []
-    cancels: list[str] = []
-    finished = False
-    for effect in returned:
-        if type(effect) is Send:
-            sends.append(effect)
-        elif type(effect) is Schedule:
-            due = check_schedule(effect, now)
-            message_cls = type(effect.message)
-            if not isinstance(effect.message, msgspec.Struct) or not (
-                message_cls in kind.reactions or message_cls in kind.message_appliers
-            ):
-                raise InvalidArgument(
-                    f"a deadline's message must be a Struct this process manager reacts to "
-                    f"or applies, not {describe(effect.message)}"
-                )
-            key = effect.key if effect.key is not None else message_cls.__name__
-            check_label(key, "a deadline's key")
-            schedules.append((key, due, effect.message))
-        elif type(effect) is Cancel:
-            cancels.append(check_label(effect.key, "a deadline's key"))
-        elif type(effect) is Finish:
-            finished = True
-        else:
-            raise InvalidArgument(
-                f"a reaction returns Send, Schedule, Cancel or Finish effects, "
-                f"not {describe(effect)}"
-            )
-    return Effects(tuple(sends), tuple(schedules), tuple(cancels), finished), list(returned)
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -826,9 +695,6 @@ def _ignore(outcome: Any) -> None:
     """The outcome of a best-effort write at close (a lost ack only means a re-send)."""
 
 
-STEP_NAME = "$process-step"
-
-
 class ProcessManagers:
     """Every process manager of one engine, and the one task that fires deadlines."""
 
@@ -1007,21 +873,3 @@ class ProcessManagers:
         """The parked messages of process manager class ``kind`` (None: not hosted)."""
         host = self.host_of(kind)
         return None if host is None else list(host.parked)
-
-
-def check_process_managers(kinds: Iterable[Any]) -> list[Any]:
-    """The process manager classes as a list, each checked.
-
-    Raises:
-        DefinitionError: one is not a ``ProcessManager`` subclass.
-    """
-    from ..actors._process_manager import ProcessManager
-
-    try:
-        listed = list(kinds)
-    except TypeError as e:
-        raise DefinitionError("process_managers must be an iterable of classes") from e
-    for kind in listed:
-        if not (isinstance(kind, type) and issubclass(kind, ProcessManager)):
-            raise DefinitionError(f"{describe(kind)} is not a ProcessManager class")
-    return listed
