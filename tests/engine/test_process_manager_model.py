@@ -147,7 +147,7 @@ async def _balances(engine: Engine) -> dict[str, int]:
 
 
 @pytest.mark.timeout(240)
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ops=steps)
 def test_transfers_match_the_model(ops: list[tuple[str, str, str, int, float]]) -> None:
     with tempfile.TemporaryDirectory() as directory:
