@@ -58,7 +58,9 @@ class FakeClock:
 
     def __init__(self, start: float = 1_000_000.0) -> None:
         self._now = _finite(start, "start")
-        self._moved = anyio.Event()
+        # Made by the first sleeper: an Event needs a running event loop (anyio < 4.5),
+        # and a clock is often made before one runs.
+        self._moved: anyio.Event | None = None
 
     def now(self) -> float:
         """The fake time."""
@@ -85,12 +87,15 @@ class FakeClock:
         if now < self._now:
             raise InvalidArgument("a FakeClock only moves forward")
         self._now = now
-        moved, self._moved = self._moved, anyio.Event()
-        moved.set()
+        moved, self._moved = self._moved, None
+        if moved is not None:
+            moved.set()
 
     async def sleep_until(self, deadline: float) -> None:
         """Wait until the fake time reaches ``deadline``."""
         while self._now < deadline:
+            if self._moved is None:
+                self._moved = anyio.Event()
             await self._moved.wait()
 
 
