@@ -59,11 +59,12 @@ from ._errors import (
     EngineError,
     InvalidArgument,
     Overloaded,
+    ProjectorFaulted,
     Rejected,
     StorageError,
     describe,
 )
-from ._fold import Parked
+from ._fold import Parked, fault_for
 from ._log import EventLog, check_stream_id
 from ._metadata import CommandMeta
 from ._process_steps import (
@@ -167,6 +168,11 @@ class _RouterHost(ProjectorHost):
             return
         self._save(self.name, ProjectorCache(position, self.kind.snapshot_format, data))
 
+    def resume(self) -> None:
+        """Clear the router's halt, and retry every halted instance."""
+        super().resume()
+        self.manager.resume_instances()
+
 
 class ProcessManagerHost:
     """One process manager: its router, live instances, outbox dispatch and acks."""
@@ -187,6 +193,9 @@ class ProcessManagerHost:
             if kind.routes.get(message, (False, None))[1] is None:
                 self._messages.setdefault(message.__name__, message)
         self._unconfirmed: dict[int, int] = {}  # trigger position -> steps in flight
+        # Halted instances: stream -> (the log position it halted at, 0 for a deadline or
+        # a failure; the message's type; the error). Their messages wait for the resume.
+        self.halted: dict[str, tuple[int, str, BaseException]] = {}
         self._queue: deque[str] = deque()  # command ids to dispatch
         self._inflight: set[str] = set()
         self._acks: list[str] = []
@@ -252,17 +261,27 @@ class ProcessManagerHost:
         if type(process_id) is not str or not process_id:
             raise InvalidArgument(f"a process id must be a non-empty str, not {process_id!r}")
         stream_id = check_stream_id(self.prefix + process_id)
-        instance = self._instance(stream_id, process_id)
-        if instance.finished or (instance.version == 0 and not start):
-            self.ignored += 1
-            return
-        if meta.position <= instance.last_position:
-            return  # reacted to before a restart: its step is in the log
-        if instance.version == 0:
-            instance.correlation_id = meta.correlation_id or stream_id
-            self.started += 1
-        payload = bytes(meta.payload) if isinstance(meta, StoredEvent) else b""
-        self._turn(instance, event, meta.type, payload, meta.position, f"position:{meta.position}")
+        if stream_id in self.halted:
+            return  # read again when it resumes (or after a restart)
+        try:
+            instance = self._instance(stream_id, process_id)
+            if instance.finished or (instance.version == 0 and not start):
+                self.ignored += 1
+                return
+            if meta.position <= instance.last_position:
+                return  # reacted to before a restart: its step is in the log
+            if instance.version == 0:
+                instance.correlation_id = meta.correlation_id or stream_id
+            payload = bytes(meta.payload) if isinstance(meta, StoredEvent) else b""
+            self._turn(
+                instance, event, meta.type, payload, meta.position, f"position:{meta.position}"
+            )
+            if instance.version == 1:
+                self.started += 1
+        except BaseException as e:
+            if must_propagate(e) or self.kind.on_error == "park":
+                raise  # the router parks it (the fold's own path)
+            self.halted[stream_id] = (meta.position, meta.type, e)
 
     def on_step(self, router: _Router, step: ProcessStep, meta: Recorded) -> None:
         """Record a durable step's outbox and deadlines (the router's applier of steps)."""
@@ -477,9 +496,11 @@ class ProcessManagerHost:
         return done
 
     def oldest_unconfirmed(self) -> int:
-        """The trigger position of the oldest step not yet durable (beyond the head if
-        none): the router's cache is saved no later than just before it."""
-        return min(self._unconfirmed, default=2**63)
+        """The trigger position of the oldest step not yet durable, or of the oldest event
+        an instance halted at (beyond the head if none): the router's cache is saved no
+        later than just before it, so a restart reads it again."""
+        halted = [position for position, _, _ in self.halted.values() if position]
+        return min([*self._unconfirmed, *halted], default=2**63)
 
     def _halt_at(self, trigger: int, error: BaseException) -> None:
         host = self.host
@@ -488,14 +509,57 @@ class ProcessManagerHost:
         if host.fault is None:
             host._halt(trigger or host.checkpoint, self.name, error)
 
-    def _fail_turn(self, what: str, error: BaseException) -> bool:
-        """A deadline's or a failure's turn raised: park it or halt. True if parked."""
+    def _fail_turn(self, stream_id: str, what: str, error: BaseException) -> bool:
+        """A deadline's or a failure's turn raised: park it, or halt the instance. True if
+        parked (the message is dropped for the instance)."""
         if self.kind.on_error == "park":
             self.host.parked_total += 1
-            self.host.parked.append(Parked(0, what, type(error).__name__, repr(error)[:1024]))
+            self.host.parked.append(
+                Parked(0, stream_id, what, repr(error)[:1024])  # no log position
+            )
             return True
-        self._halt_at(0, error)
+        self.halted.setdefault(stream_id, (0, what, error))
         return False
+
+    def fault(self) -> ProjectorFaulted | None:
+        """The error of the oldest halted instance (None if none is halted)."""
+        if not self.halted:
+            return None
+        stream_id, (position, what, error) = next(iter(self.halted.items()))
+        return fault_for(f"{self.name} {stream_id}", position, what, error)
+
+    def resume_instances(self) -> None:
+        """Retry every halted instance: from the event it halted at, each event routed to
+        it up to the router's checkpoint, read from the log now (synchronously: nothing
+        else is routed meanwhile, so it rejoins the router exactly at its checkpoint)."""
+        halted, self.halted = self.halted, {}
+        if not halted:
+            return
+        names = {
+            name
+            for message, (_, key) in self.kind.routes.items()
+            if key is not None
+            for name, _ in self.hub.registry.readers(message)
+        }
+        start = min((p for p, _, _ in halted.values() if p), default=0)
+        if not start:
+            return
+        position, checkpoint = start, self.host.checkpoint
+        while position <= checkpoint:
+            batch = self.hub.log.read_all(position, 1024)
+            if not batch:
+                break
+            for stored in batch:
+                if stored.position > checkpoint:
+                    break
+                if stored.type in names:
+                    event = self.hub.registry.decode(stored.type, stored.payload)
+                    _, key = self.kind.routes[type(event)]
+                    process_id = key(event, stored)
+                    stream_id = None if process_id is None else self.prefix + process_id
+                    if stream_id in halted and halted[stream_id][0] <= stored.position:
+                        self.route(event, stored)
+            position = batch[-1].position + 1
 
     # -- dispatch --------------------------------------------------------------------------
 
@@ -549,13 +613,16 @@ class ProcessManagerHost:
                 except EngineClosed:
                     return
                 except EngineError as e:
-                    if self.host.fault is not None:
-                        # Halted: the instance cannot be told now. Decided again later (a
-                        # refusal records nothing), once resumed.
-                        await anyio.sleep(RETRY_SECONDS * 20)
-                        continue
-                    self._failed(command_id, pending, e)
-                    return
+                    if (
+                        self.host.fault is None
+                        and pending.process_stream not in self.halted
+                        and self._failed(command_id, pending, e)
+                    ):
+                        return
+                    # Halted: the instance cannot be told now. Decided again later (a
+                    # refusal records nothing), once it resumes.
+                    await anyio.sleep(RETRY_SECONDS * 20)
+                    continue
                 self.dispatched += 1
                 self.router.sends.pop(command_id, None)
                 self._acks.append(command_id)
@@ -565,17 +632,18 @@ class ProcessManagerHost:
             self._inflight.discard(command_id)
             limiter.release()
 
-    def _failed(self, command_id: str, pending: _PendingSend, error: EngineError) -> None:
-        """Deliver a refused command back to its instance as a ``SendFailed`` step."""
-        self.router.sends.pop(command_id, None)
+    def _failed(self, command_id: str, pending: _PendingSend, error: EngineError) -> bool:
+        """Deliver a refused command back to its instance as a ``SendFailed`` step; False
+        if the instance halted on it (then it stays pending)."""
         out = pending.out
         process_id = pending.process_stream[len(self.prefix) :]
         try:
             instance = self._instance(pending.process_stream, process_id)
             if instance.finished or instance.version == 0:
+                self.router.sends.pop(command_id, None)
                 self._acks.append(command_id)  # nobody to tell: not retried either
                 self._acks_due.set()
-                return
+                return True
             failure = self._send_failed(
                 command_id,
                 out.aggregate,
@@ -586,13 +654,18 @@ class ProcessManagerHost:
                 isinstance(error, Rejected),
             )
             self._turn(instance, failure, "SendFailed", b"", 0, command_id, failed=command_id)
+            self.router.sends.pop(command_id, None)
             self.failures_delivered += 1
+            return True
         except BaseException as e:
             if must_propagate(e):
                 raise
-            if self._fail_turn(pending.process_stream, e):
-                self._acks.append(command_id)
-                self._acks_due.set()
+            if not self._fail_turn(pending.process_stream, "SendFailed", e):
+                return False
+            self.router.sends.pop(command_id, None)
+            self._acks.append(command_id)
+            self._acks_due.set()
+            return True
 
     async def run_acks(self) -> None:
         """Write acknowledged command ids, a batch per append (riding group commits)."""
@@ -624,9 +697,8 @@ class ProcessManagerHost:
 
     def fire(self, stream_id: str, key: str, due: float) -> None:
         """A deadline is due: deliver its message, unless the instance no longer has it."""
-        if self.host.fault is not None:
-            # Halted: put off (the instance may be the one that halted), tried again in a
-            # second, so a resume finds it armed.
+        if self.host.fault is not None or stream_id in self.halted:
+            # Halted: put off, tried again in a second, so a resume finds it armed.
             self.hub.arm(self, stream_id, key, due, self.hub.clock.now() + 1.0)
             return
         try:
@@ -649,7 +721,8 @@ class ProcessManagerHost:
         except BaseException as e:
             if must_propagate(e):
                 raise
-            self._fail_turn(stream_id, e)
+            if not self._fail_turn(stream_id, key, e):
+                self.hub.arm(self, stream_id, key, due, self.hub.clock.now() + 1.0)
 
     # -- inspection ------------------------------------------------------------------------
 
@@ -659,6 +732,7 @@ class ProcessManagerHost:
         return (
             self.ready
             and host.fault is None
+            and not self.halted
             and host.checkpoint >= self.hub.broadcast.head
             and not self.router.sends
             and not self._inflight
@@ -673,7 +747,7 @@ class ProcessManagerHost:
         stats = host.statistics()
         return ProcessManagerStatistics(
             name=self.name,
-            state=stats.state,
+            state="halted" if self.halted else stats.state,
             checkpoint=host.checkpoint,
             lag=stats.lag,
             live_instances=len(self.live),
@@ -687,8 +761,13 @@ class ProcessManagerHost:
             pending_deadlines=sum(len(t) for t in self.router.timers.values()),
             deadlines_fired=self.fired,
             parked=host.parked_total,
-            fault=stats.fault,
+            fault=stats.fault if host.fault is not None else _text(self.fault()),
+            halted_instances=len(self.halted),
         )
+
+
+def _text(fault: ProjectorFaulted | None) -> str | None:
+    return None if fault is None else str(fault)
 
 
 def _ignore(outcome: Any) -> None:
@@ -863,6 +942,9 @@ class ProcessManagers:
         for host in self.hosts:
             if host.host.fault is not None:
                 raise host.host.fault_error()
+            fault = host.fault()
+            if fault is not None:
+                raise fault
         return all(host.settled() for host in self.hosts)
 
     def statistics(self) -> tuple[ProcessManagerStatistics, ...]:

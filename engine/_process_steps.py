@@ -81,9 +81,10 @@ class ProcessAcks(msgspec.Struct, frozen=True, array_like=True, tag="$process-ac
 class ProcessManagerStatistics(msgspec.Struct, frozen=True):
     """Where a process manager stands.
 
-    ``state``: ``"catching_up"``, ``"live"`` or ``"halted"`` (a reaction raised: see
-    ``fault``). ``pending_sends`` are commands decided and not yet acknowledged,
-    ``pending_deadlines`` deadlines set and not yet fired or cancelled.
+    ``state``: ``"catching_up"``, ``"live"`` or ``"halted"`` (an instance's reaction
+    raised, or a step could not be written: see ``fault``). ``pending_sends`` are
+    commands decided and not yet acknowledged, ``pending_deadlines`` deadlines set and not
+    yet fired or cancelled.
     """
 
     name: str
@@ -102,6 +103,9 @@ class ProcessManagerStatistics(msgspec.Struct, frozen=True):
     deadlines_fired: int
     parked: int
     fault: str | None
+    halted_instances: int = 0
+    """Instances halted by a reaction that raised (``on_error = "halt"``): their messages
+    wait for ``Engine.resume`` or a restart; the others go on. ``fault`` names the oldest."""
 
 
 class Effects(msgspec.Struct, frozen=True):
