@@ -930,8 +930,13 @@ class ProcessManagers:
         if self._scope is not None:
             self._scope.cancel()
         for host in self.hosts:
-            host.flush_acks()
-            host.host.queue_save()
+            # Best effort, and never raising: the engine's shutdown must go on (a lost ack
+            # is a re-send answered by the log, a lost save a longer replay).
+            try:
+                host.flush_acks()
+                host.host.queue_save()
+            except Exception:  # XX: not reported anywhere yet
+                continue
 
     def settled(self) -> bool:
         """True when every process manager is settled (see ``Engine.wait_settled``).
