@@ -193,10 +193,11 @@ class ProcessManager:
     Class options:
         name: its name in the log (default: the class name): the instance streams are
             ``"$pm:<name>:<process id>"``. Keep it stable.
-        on_error: ``"halt"`` (default): a reaction or applier that raises halts the process
-            manager at that event, like a projector (listed in statistics; resumed after
-            a restart, or by ``Engine.resume``); ``"park"``: the message is skipped for
-            that instance and listed in ``Engine.parked``.
+        on_error: ``"halt"`` (default): a reaction or applier that raises halts that
+            instance at its message (the others go on; its later messages wait; listed
+            in statistics; retried after a restart, or by ``Engine.resume``);
+            ``"park"``: the message is skipped for that instance and listed in
+            ``Engine.parked``.
         max_parked: how many parked messages are kept (the most recent).
         max_live: the most instances kept in memory; idle ones beyond are passivated
             (reloaded from their stream when next needed).
