@@ -193,6 +193,7 @@ class ProcessManagerHost:
             if kind.routes.get(message, (False, None))[1] is None:
                 self._messages.setdefault(message.__name__, message)
         self._unconfirmed: dict[int, int] = {}  # trigger position -> steps in flight
+        self._steps_in_flight = 0  # of every kind (deadlines' and failures' too)
         # Halted instances: stream -> (the log position it halted at, 0 for a deadline or
         # a failure; the message's type; the error). Their messages wait for the resume.
         self.halted: dict[str, tuple[int, str, BaseException]] = {}
@@ -449,6 +450,7 @@ class ProcessManagerHost:
         self.hub.writer.submit(append, self._confirmation(instance, trigger), [back])
         instance.version = version
         instance.unconfirmed += 1
+        self._steps_in_flight += 1
         if trigger:
             self._unconfirmed[trigger] = self._unconfirmed.get(trigger, 0) + 1
         self._evolve(instance, back)
@@ -477,6 +479,7 @@ class ProcessManagerHost:
     def _confirmation(self, instance: _Instance, trigger: int) -> Callable[[Any], None]:
         def done(outcome: Any) -> None:
             instance.unconfirmed -= 1
+            self._steps_in_flight -= 1
             if trigger:
                 left = self._unconfirmed[trigger] - 1
                 if left:
@@ -737,8 +740,7 @@ class ProcessManagerHost:
             and not self.router.sends
             and not self._inflight
             and not self._acks
-            and not self._unconfirmed
-            and all(i.unconfirmed == 0 for i in self.live.values())
+            and not self._steps_in_flight
         )
 
     def statistics(self) -> ProcessManagerStatistics:
