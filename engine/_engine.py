@@ -295,6 +295,7 @@ class Engine:
                 command_ids=_value(command_ids),
             )
         body_error: BaseException | None = None
+        projector_hosts: list[ProjectorHost] = []
         try:
             registry = EventRegistry()
             broadcast = Broadcast(log.head_position(), window_bytes=projector_window_bytes)
@@ -309,17 +310,17 @@ class Engine:
                 max_live=max_live_aggregates,
                 read_limiter=limiter,
             )
-            projector_hosts = [
-                ProjectorHost(
-                    kind,
-                    log=log,
-                    broadcast=broadcast,
-                    registry=registry,
-                    save=writer.save_projector_cache,
-                    read_limiter=limiter,
+            for kind in projector_kinds:
+                projector_hosts.append(
+                    ProjectorHost(
+                        kind,
+                        log=log,
+                        broadcast=broadcast,
+                        registry=registry,
+                        save=writer.save_projector_cache,
+                        read_limiter=limiter,
+                    )
                 )
-                for kind in projector_kinds
-            ]
             engine = cls(
                 log=log,
                 writer=writer,
@@ -358,6 +359,8 @@ class Engine:
             if body_error is None or not _sole_error(group, body_error):
                 raise
         finally:
+            for host in projector_hosts:  # their tasks have ended: nothing uses them now
+                host.close()
             log.close()
             if held is not None:
                 _open_here.discard(held)
