@@ -84,7 +84,7 @@ class SqliteView(Projector):
     @classmethod
     def at(cls, database: str | os.PathLike[str]) -> type[Self]:
         """This view class kept in ``database`` (same name, appliers and queries)."""
-        return type(cls)(
+        bound: type[Self] = type(
             cls.__name__,
             (cls,),
             {
@@ -94,6 +94,7 @@ class SqliteView(Projector):
                 "__qualname__": cls.__qualname__,
             },
         )
+        return bound
 
     # -- the engine's side (engine._view_store.ViewStore) ----------------------------------
 
@@ -252,7 +253,7 @@ class SqliteView(Projector):
     # -- queries' side: committed documents (event loop) -----------------------------------
 
     def _read_connection(self) -> sqlite3.Connection:
-        reader = getattr(self, "_reader", None)
+        reader: sqlite3.Connection | None = getattr(self, "_reader", None)
         if reader is None:
             raise EngineClosed(f"the view {self.name} is not open")
         return reader

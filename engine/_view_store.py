@@ -120,9 +120,7 @@ def fold_and_commit(
             if cut:
                 # Appliers are pure functions of the events: the same writes again, without
                 # whatever the failed applier left half done.
-                applied, checkpoint, _, again = fold(
-                    appliers, store, events[:cut], objects, "halt"
-                )
+                applied, checkpoint, _, again = fold(appliers, store, events[:cut], objects, "halt")
                 if again is not None:  # not so pure after all: halt at that one instead
                     store.discard()
                     applied, checkpoint = 0, events[0].position - 1
