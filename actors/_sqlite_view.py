@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from threading import get_ident
 from pathlib import Path
+from threading import get_ident
 from typing import Any, ClassVar, Self
 
 import msgspec
