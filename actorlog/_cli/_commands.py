@@ -136,7 +136,7 @@ def info(log: str, schema: str, as_json: bool) -> None:
                 streams.update(e.stream_id for e in events)
                 position = events[-1].position
                 bar.update(task, completed=position)
-        caches = []
+        caches: list[dict[str, Any]] = []
         listable = cache_names(opened)
         for name in listable or []:
             cache = opened.load_projector_cache(name)
