@@ -393,6 +393,9 @@ def _source(path: str) -> Iterator[IO[bytes]]:
 def bench(quick: bool, harness_args: tuple[str, ...]) -> None:
     """Run the benchmark harness (python -m benchmarks) with these options (--only W1,W4,
     --json PATH, ...). Needs a source checkout: run it from the repository root."""
+    root = Path.cwd()
+    if (root / "benchmarks" / "harness.py").is_file() and str(root) not in sys.path:
+        sys.path.insert(0, str(root))  # the console script's path holds its own folder only
     try:
         from benchmarks.harness import main as harness  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
