@@ -57,8 +57,18 @@ def bank_log(tmp_path: Path) -> Path:
     return path
 
 
+def runner() -> CliRunner:
+    """A runner that keeps stderr apart: click < 8.2 needs ``mix_stderr=False`` for that
+    (8.2 always keeps it apart, and dropped the option)."""
+    separate: dict[str, Any] = {"mix_stderr": False}
+    try:
+        return CliRunner(**separate)
+    except TypeError:
+        return CliRunner()
+
+
 def run(*args: str, code: int = 0) -> Result:
-    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    result = runner().invoke(cli, list(args), catch_exceptions=False)
     assert result.exit_code == code, (result.exit_code, result.output)
     return result
 
