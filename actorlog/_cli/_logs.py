@@ -46,6 +46,8 @@ def open_log(target: str, *, schema: str, write: bool = False) -> EventLog:
     if is_postgres(target):
         from ..engine._log_postgres import PostgresEventLog
 
+        if not write:
+            _check_postgres_log(target, schema)  # opening would create an empty one
         return PostgresEventLog(target, schema=schema)
     if not write:
         path = Path(target)
@@ -53,6 +55,23 @@ def open_log(target: str, *, schema: str, write: bool = False) -> EventLog:
             raise StorageError(f"{target} is not a log directory")
         return LmdbEventLog(path, readonly=True)
     return LmdbEventLog(target)
+
+
+def _check_postgres_log(target: str, schema: str) -> None:
+    """Refuse a schema that holds no log, without creating one (a reader writes nothing).
+
+    Raises:
+        StorageError: the server cannot be reached, or the schema holds no actorlog log.
+    """
+    import psycopg
+
+    try:
+        with psycopg.connect(target, connect_timeout=10) as conn:
+            row = conn.execute("SELECT to_regclass(%s)", (f'"{schema}".meta',)).fetchone()
+    except psycopg.Error as e:
+        raise StorageError(f"cannot read the PostgreSQL log: {e}") from e
+    if row is None or row[0] is None:
+        raise StorageError(f"schema {schema!r} holds no actorlog log")
 
 
 def layout(log: EventLog) -> str:

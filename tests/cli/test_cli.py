@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import lmdb
+import psycopg
 import pytest
 import trio
 from click.testing import CliRunner, Result
@@ -232,6 +233,16 @@ class Writer:
         self.child.send_signal(signal.SIGKILL)
         self.child.wait(timeout=30)
         self._reader.join(timeout=30)
+
+
+def test_a_schema_without_a_log_is_refused_not_created(postgres: Postgres) -> None:
+    schema = postgres.schema()
+    result = run("info", postgres.url, "--schema", schema, code=2)
+    assert "holds no actorlog log" in result.stderr
+    run("verify", postgres.url, "--schema", schema, code=2)
+    with psycopg.connect(postgres.url) as conn:
+        row = conn.execute("SELECT to_regnamespace(%s)", (schema,)).fetchone()
+    assert row == (None,)
 
 
 @pytest.fixture
