@@ -83,7 +83,7 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from operator import itemgetter
 from pathlib import Path
 from typing import Any, Final
@@ -497,6 +497,9 @@ class LmdbEventLog:
             self._command_seq = _u64.unpack(cur.key())[0] + 1 if cur.last() else 1
             first = cur.value() if cur.first() else None
         self._id_index = index
+        # The same dict, published for the engine's check before it decides (see
+        # EventLog.command_hashes): a hash that is not a key is certainly not kept.
+        self.command_hashes: Container[int] = index
         self._command_count = count
         first_entry = None if first is None else _readable_entry(first)
         self._oldest_command = 0.0 if first_entry is None else first_entry[0]
@@ -679,6 +682,8 @@ class LmdbEventLog:
         encode, crc32, le32, ones = encode_stored, _crc32, _le32, _ONES
         # Command ids recorded by this group, for a duplicate within it.
         recorded: dict[Ident, AppendResult] = {}
+        recorded_hashes: list[int] = []  # theirs, in the same order
+        id_index = self._id_index
         with self._env.begin(write=True) as txn:
             put = txn.put
             events_db = self._events
@@ -733,11 +738,14 @@ class LmdbEventLog:
                     continue
                 if cid is not None:
                     # Before the version check: a retry that comes late learns it was done.
+                    # The pair's hash once (a tuple does not cache it): for the index here
+                    # and after the commit.
                     ident = (stream_id, cid)
+                    ident_hash = hash(ident)
                     try:
-                        original = recorded.get(ident) or (
+                        original = (recorded.get(ident) if recorded else None) or (
                             self._recorded(txn, ident, timestamp)
-                            if hash(ident) in self._id_index
+                            if ident_hash in id_index
                             else None
                         )
                     except StorageError as e:  # its id's entry is damaged: this append only
@@ -816,6 +824,7 @@ class LmdbEventLog:
                 )
                 if cid is not None:
                     recorded[ident] = result
+                    recorded_hashes.append(ident_hash)
                 outcomes.append(result)
             pruned = self._record_commands(txn, recorded, timestamp) if recorded else None
             write_back = write_back and self._write_back_due(position)
@@ -830,9 +839,8 @@ class LmdbEventLog:
         # Committed: only now may the in-memory view move forward.
         self._head = position
         if pruned is not None:
-            index, seq = self._id_index, self._command_seq
-            for ident in recorded:
-                h = hash(ident)
+            index, seq = id_index, self._command_seq
+            for h in recorded_hashes:
                 if h in index:
                     _index_add(index, h, seq)
                 else:  # the usual case, inline
