@@ -292,6 +292,12 @@ def test_commands_read_a_log_another_process_is_writing(
     assert info.returncode == 0, info.stderr
     head = json.loads(info.stdout)["head"]
     assert head >= 200 and json.loads(info.stdout)["streams"] == 4
+    # In this process too (the test never opens the log itself: one open per process).
+    first = json_lines(run("events", str(path), "--from", "1", "--limit", "50", "--json"))
+    assert [e["position"] for e in first] == list(range(1, 51))
+    (stream_id,) = {first[0]["stream_id"]}
+    versions = [e["version"] for e in json_lines(run("stream", str(path), stream_id, "--json"))]
+    assert versions == list(range(1, len(versions) + 1)) and len(versions) >= 10
     # Events committed after the command started are followed live.
     tail = actorlog("tail", str(path), "--count", "20", "--json")
     assert tail.returncode == 0, tail.stderr
