@@ -737,7 +737,9 @@ class Engine:
     def rebuild(self, projector: ProjectorType) -> None:
         """Drop ``projector``'s cache and rebuild it from position 0 in the background.
 
-        Queries see the cache grow from empty; ``query(..., after=p)`` waits for ``p``.
+        Queries see the cache grow from empty; ``query(..., after=p)`` waits for ``p``. A
+        view kept in a store (``SqliteView``) is emptied in the same transaction as its
+        first rebuilt batch: until that commits, its queries read the old view.
         """
         self._projector(projector).rebuild()
 
