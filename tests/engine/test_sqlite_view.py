@@ -31,7 +31,7 @@ from benchmarks.bank import (
     OpenAccount,
     Withdraw,
 )
-from tests.support import fill_log, stats
+from tests.support import Postgres, fill_log, stats
 
 
 def stored(database: Path, view: str = "BalanceDocuments") -> tuple[int, dict[str, Any]]:
@@ -285,3 +285,18 @@ async def test_a_view_without_a_database_is_refused_at_open(tmp_path: Path) -> N
             tmp_path / "log", aggregates=[], projectors=[BalanceDocuments.at(directory)]
         ):
             pass
+
+
+async def test_on_a_postgres_log(tmp_path: Path, postgres: Postgres) -> None:
+    """On a log whose reads block, the catch-up read and the fold each go to a thread."""
+    view = BalanceDocuments.at(tmp_path / "v.sqlite")
+    schema = postgres.schema()
+    async with Engine.open(
+        log=postgres.log(schema), aggregates=[Account], projectors=[view, Balances]
+    ) as e:
+        head = await bank_traffic(e, 3, 12)
+        assert await e.query(view.all_balances, after=head) == await e.query(Balances.all_balances)
+    async with Engine.open(log=postgres.log(schema), aggregates=[Account], projectors=[view]) as e:
+        assert stats(e, "BalanceDocuments").restored_from == head
+        ack = await e.send(Account, "acct-2", Deposit(50))
+        assert await e.query(view.balance, "acct-2", after=ack.position) > 50
