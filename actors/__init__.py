@@ -15,6 +15,7 @@ from ._process_manager import (
     starts,
 )
 from ._projector import Projector
+from ._sqlite_view import SqliteView
 
 __all__ = [
     "Aggregate",
@@ -25,6 +26,7 @@ __all__ = [
     "Schedule",
     "Send",
     "SendFailed",
+    "SqliteView",
     "applies",
     "handles",
     "reacts",

@@ -2,7 +2,8 @@
 
 Account aggregates (ids ``acct-<n>``) take OpenAccount, Deposit and Withdraw; a second
 open, a withdrawal beyond the balance and a non-positive amount are rejected. Two views:
-the balance per account, and the total of all deposits.
+the balance per account, and the total of all deposits; and the balances again as
+documents in a SQLite file (``BalanceDocuments``), kept across restarts.
 
 Transfers (W7): a :class:`TransferAccount` takes ``Transfer`` (debit the source at once,
 or refuse), and the :class:`TransferProcess` process manager credits the target, refunds
@@ -25,6 +26,7 @@ from actorlog import (
     Schedule,
     Send,
     SendFailed,
+    SqliteView,
     applies,
     handles,
     reacts,
@@ -34,6 +36,7 @@ from actorlog import (
 __all__ = [
     "Account",
     "AccountOpened",
+    "BalanceDocuments",
     "Balances",
     "CloseAccount",
     "CreditTransfer",
@@ -431,3 +434,33 @@ class Totals(Projector):
     def net(self) -> int:
         """Deposits minus withdrawals: must equal the sum of all balances."""
         return self.deposits - self.withdrawals
+
+
+class BalanceDocuments(SqliteView):
+    """The balance of every account, as a JSON document per account in a SQLite file
+    (host ``BalanceDocuments.at(path)``): ``{"owner": ..., "balance": ...}``."""
+
+    @applies
+    def opened(self, e: AccountOpened, meta: Recorded) -> None:
+        self.put(meta.stream_id, {"owner": e.owner, "balance": 0})
+
+    @applies
+    def deposited(self, e: Deposited, meta: Recorded) -> None:
+        doc = self.get(meta.stream_id) or {"owner": None, "balance": 0}
+        doc["balance"] += e.amount
+        self.put(meta.stream_id, doc)
+
+    @applies
+    def withdrawn(self, e: Withdrawn, meta: Recorded) -> None:
+        doc = self.get(meta.stream_id) or {"owner": None, "balance": 0}
+        doc["balance"] -= e.amount
+        self.put(meta.stream_id, doc)
+
+    def balance(self, account: str) -> int:
+        """The account's committed balance (0 if unknown)."""
+        doc = self.read(account)
+        return 0 if doc is None else int(doc["balance"])
+
+    def all_balances(self) -> dict[str, int]:
+        """Every committed balance, by account."""
+        return {key: doc["balance"] for key, doc in self.read_all().items()}
