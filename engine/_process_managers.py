@@ -262,7 +262,10 @@ class ProcessManagerHost:
         if type(process_id) is not str or not process_id:
             raise InvalidArgument(f"a process id must be a non-empty str, not {process_id!r}")
         stream_id = check_stream_id(self.prefix + process_id)
-        if stream_id in self.halted:
+        halted = self.halted.get(stream_id)
+        if halted is not None:
+            if not halted[0]:  # halted on a deadline or a failure: mark its first miss
+                self.halted[stream_id] = (meta.position, halted[1], halted[2])
             return  # read again when it resumes (or after a restart)
         try:
             instance = self._instance(stream_id, process_id)

@@ -434,3 +434,66 @@ async def continue_without_a_start_and_after_finish_is_ignored(path: Path) -> No
         await engine.wait_settled(timeout=10)
         stats = engine.statistics().process_managers[0]
         assert (stats.started, stats.finished, stats.ignored) == (1, 1, 2)
+
+
+class Moody(ProcessManager):
+    """``Expiry`` whose deadline's reaction raises while ``broken``."""
+
+    broken = True
+
+    @starts("booking_id")
+    def booked(self, e: Booked) -> list[Any]:
+        return [Schedule(ExpiryDue(e.booking_id), after=10)]
+
+    @reacts("booking_id")
+    def paid(self, e: Paid) -> list[Any]:
+        return [Cancel("ExpiryDue"), Finish()]
+
+    @reacts
+    def due(self, d: ExpiryDue) -> list[Any]:
+        if Moody.broken:
+            raise ValueError("moody")
+        return [Send(Booking, d.booking_id, ExpireBooking()), Finish()]
+
+
+@scenario
+async def an_instance_halted_on_a_deadline_misses_nothing(path: Path) -> None:
+    """Halted by its deadline's reaction, the instance skips the events that follow; a
+    restart (and a resume) routes them to it again."""
+    clock = FakeClock()
+    for resume in (True, False):
+        Moody.broken = True
+        where = path / ("resume" if resume else "restart")
+        try:
+            async with Engine.open(
+                where, aggregates=[Booking], process_managers=[Moody], clock=clock
+            ) as engine:
+                await engine.send(Booking, "b-1", Book("b-1"))
+                await engine.wait_settled(timeout=10)
+                clock.advance(10)
+                await _until(engine, lambda: engine.statistics().process_managers[0].fault)
+                paid = await engine.send(Booking, "b-1", Pay("b-1"))  # skipped while halted
+                assert engine.statistics().process_managers[0].halted_instances == 1
+                Moody.broken = False
+                if resume:
+                    engine.resume(Moody)
+                    await engine.wait_settled(timeout=10)
+            if not resume:
+                async with Engine.open(
+                    where, aggregates=[Booking], process_managers=[Moody], clock=clock
+                ) as engine:
+                    await engine.wait_settled(timeout=10)
+            async with Engine.open(
+                where, aggregates=[Booking], process_managers=[Moody], clock=clock
+            ) as engine:
+                clock.advance(100)  # the deadline, put off while halted, finds it finished
+                await engine.wait_settled(timeout=10)
+                assert await booking_state(engine, "b-1") == ["Booked", "Paid"]
+                stats = engine.statistics().process_managers[0]
+                assert (stats.halted_instances, stats.pending_deadlines) == (0, 0)
+                # Two steps: started, then finished by the payment it had missed.
+                steps = engine.log.read_stream("$pm:Moody:b-1")
+                assert [s.causation_id for s in steps][-1] == f"position:{paid.position}"
+                assert len(steps) == 2
+        finally:
+            Moody.broken = True
