@@ -54,6 +54,7 @@ decision, and the writer and readers are checked against it side by side.
 
 from __future__ import annotations
 
+import operator
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -105,6 +106,7 @@ _headers_decode = msgspec.json.Decoder(tuple[tuple[str, str], ...]).decode
 _one_value: Final = msgspec.msgpack.Decoder(msgspec.Raw).decode
 _UNSTORABLE: Final = (TypeError, ValueError, msgspec.DecodeError)
 
+_PAYLOAD: Final = operator.itemgetter(7)  # the payload of an ``_EVENT_COLUMNS`` row
 _EVENT_COLUMNS: Final = (
     "position, stream_id, version, type, timestamp, correlation_id, causation_id, payload, "
     "aggregate, command_id, principal, headers::text"
@@ -507,8 +509,9 @@ class PostgresEventLog:
         if limit <= 0:
             return []
         start = min(max(from_position, 1), _MAX_BIGINT)
-        events = self._read(self._q.read_all, (start, min(limit, _MAX_BIGINT)), _event_rows)
-        return ReadBatch(events, sum(len(e.payload) for e in events))
+        last = min(start + limit - 1, _MAX_BIGINT)  # ``limit`` positions: they have no gaps
+        batch: ReadBatch = self._read(self._q.read_all, (start, last), _read_batch)
+        return batch
 
     def head_position(self) -> int:
         """The position of the last committed event; 0 for an empty log."""
@@ -542,14 +545,15 @@ class PostgresEventLog:
         params: Sequence[Any] = (),
         convert: Callable[[list[Any]], list[_T]] | None = None,
     ) -> Any:
-        """Run one query on the readers' connection (autocommit: its own snapshot)."""
+        """Run one query on the readers' connection (autocommit: its own snapshot); the
+        rows are converted after the connection is released (another read may use it)."""
 
-        def run(conn: psycopg.Connection[Any]) -> Any:
+        def run(conn: psycopg.Connection[Any]) -> list[Any]:
             with conn.cursor(binary=True) as cur:
-                rows = cur.execute(query, params).fetchall()
-            return convert(rows) if convert is not None else rows
+                return cur.execute(query, params).fetchall()
 
-        return self._reader.run(run, retry=True)
+        rows = self._reader.run(run, retry=True)
+        return convert(rows) if convert is not None else rows
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -670,9 +674,14 @@ class _Statements:
             "INSERT INTO {s}.projector_caches SELECT * FROM unnest(%b::text[], %b::bytea[])"
             " ON CONFLICT (name) DO UPDATE SET record = excluded.record"
         )
+        # A range, not ``position >= start ... LIMIT n``: positions have no gaps, so the
+        # range holds exactly the page, and the planner estimates it as a small range
+        # whether or not the table has statistics yet. With only ``>=`` it estimated a
+        # fresh table's page 1 as all rows and chose a full scan and a sort for every page
+        # (37 ms instead of 1 ms a page of 4,096 on a 50k-event log written just before).
         self.read_all = q(
             f"SELECT {_EVENT_COLUMNS} FROM {{s}}.events WHERE position >= %s"
-            " ORDER BY position LIMIT %s"
+            " AND position <= %s ORDER BY position"
         )
         self.read_stream = q(
             f"SELECT {_EVENT_COLUMNS} FROM {{s}}.events WHERE stream_id = %s AND version >= %s"
@@ -683,30 +692,35 @@ class _Statements:
 
 
 def _event_rows(rows: list[Any]) -> list[StoredEvent]:
-    """StoredEvents from ``events`` rows (the ``_EVENT_COLUMNS``, binary format)."""
-    events = []
+    """StoredEvents from ``events`` rows (the ``_EVENT_COLUMNS``, binary format).
+
+    One comprehension, not a loop of appends: ~8% less a row (W4 reads ~250 ns a row here,
+    beside ~760 ns for psycopg to fetch and parse it)."""
     Raw = msgspec.Raw
-    for pos, sid, ver, typ, ts, corr, caus, payload, kind, cid, who, headers in rows:
-        if cid is None and who is None and headers is None:
-            events.append(StoredEvent(pos, sid, ver, typ, ts, corr, caus, Raw(payload), kind))
-        else:
-            events.append(
-                StoredEvent(
-                    pos,
-                    sid,
-                    ver,
-                    typ,
-                    ts,
-                    corr,
-                    caus,
-                    Raw(payload),
-                    kind,
-                    command_id=cid,
-                    principal=who,
-                    headers=None if headers is None else _headers_decode(headers),
-                )
-            )
-    return events
+    return [
+        StoredEvent(pos, sid, ver, typ, ts, corr, caus, Raw(payload), kind)
+        if cid is None and who is None and headers is None
+        else StoredEvent(
+            pos,
+            sid,
+            ver,
+            typ,
+            ts,
+            corr,
+            caus,
+            Raw(payload),
+            kind,
+            command_id=cid,
+            principal=who,
+            headers=None if headers is None else _headers_decode(headers),
+        )
+        for pos, sid, ver, typ, ts, corr, caus, payload, kind, cid, who, headers in rows
+    ]
+
+
+def _read_batch(rows: list[Any]) -> ReadBatch:
+    """A :class:`ReadBatch` of ``rows`` (``nbytes``: their payloads', summed in C)."""
+    return ReadBatch(_event_rows(rows), sum(map(len, map(_PAYLOAD, rows))))
 
 
 def _decoded(decoder: msgspec.msgpack.Decoder[_T], data: bytes) -> _T | None:
