@@ -284,8 +284,9 @@ def run_peer_w1(
     Opens ``accounts`` accounts (timed separately as ``open_seconds``), then ``clients``
     threads issue ``commands`` seeded random deposits and withdrawals, each waiting for its
     save before the next. Every accepted command is durable when its call returns. ``store``
-    is a new SQLite file or PostgreSQL schema. Afterwards the log and every balance are checked against what the
-    clients were told, which is how the thread-safety of this setup is verified, not assumed.
+    is a new SQLite file or PostgreSQL schema. Afterwards the log and every balance are
+    checked against what the clients were told, which is how the thread-safety of this
+    setup is verified, not assumed.
     ``fastforward=False`` skips the per-``get`` query for newer events (see the module notes).
     """
     _require_new(store)

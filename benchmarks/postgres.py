@@ -320,12 +320,12 @@ _TYPES += ["text", "text", "text", "text"]
 def read_strategies(dsn: str, *, events: int, rounds: int = 3) -> dict[str, Any]:
     """Rows a second, fetched and parsed by psycopg (not converted to events), for three
     ways of reading a whole log of ``events`` bank events in order, alternating ``rounds``
-    times (medians): ``read_all``'s keyset pages (``WHERE position BETWEEN $1 AND $1 + 4095``:
-    positions have no gaps, so each page is an index range scan from where the last ended), a named cursor
-    over one ``SELECT`` fetched 4,096 rows at a time, and ``COPY (SELECT ...) TO STDOUT`` in
-    binary format; and ``read_all`` itself (the same pages made into ``StoredEvent``\\ s).
-    The log is read right after it is written (as W4 does), before autovacuum may have
-    analyzed it."""
+    times (medians): ``read_all``'s keyset pages (``WHERE position BETWEEN $1 AND $1 +
+    4095``: positions have no gaps, so each page is an index range scan from where the last
+    ended), a named cursor over one ``SELECT`` fetched 4,096 rows at a time, and ``COPY
+    (SELECT ...) TO STDOUT`` in binary format; and ``read_all`` itself (the same pages made
+    into events). The log is read right after it is written (as W4 does), before
+    autovacuum may have analyzed it."""
     import psycopg
     from psycopg import sql
 
@@ -338,8 +338,7 @@ def read_strategies(dsn: str, *, events: int, rounds: int = 3) -> dict[str, Any]
             log.close()
         table = sql.Identifier(schema, "events")
         page = sql.SQL(
-            f"SELECT {_COLUMNS} FROM {{}} WHERE position >= %s AND position <= %s"
-            " ORDER BY position"
+            f"SELECT {_COLUMNS} FROM {{}} WHERE position >= %s AND position <= %s ORDER BY position"
         ).format(table)
         whole = sql.SQL(f"SELECT {_COLUMNS} FROM {{}} ORDER BY position").format(table)
         copy = sql.SQL("COPY ({}) TO STDOUT (FORMAT BINARY)").format(whole)
@@ -379,8 +378,12 @@ def read_strategies(dsn: str, *, events: int, rounds: int = 3) -> dict[str, Any]
                 start = batch[-1].position + 1
             return read
 
-        ways = {"keyset": keyset, "named_cursor": named, "copy_binary": binary_copy}
-        ways["read_all"] = read_all
+        ways: dict[str, Callable[[psycopg.Connection[Any]], int]] = {
+            "keyset": keyset,
+            "named_cursor": named,
+            "copy_binary": binary_copy,
+            "read_all": read_all,
+        }
         rates: dict[str, list[float]] = {name: [] for name in ways}
         with psycopg.connect(dsn, autocommit=True) as conn:
             try:
