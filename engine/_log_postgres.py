@@ -65,6 +65,7 @@ import msgspec
 try:
     import psycopg
     from psycopg import sql
+    from psycopg.rows import tuple_row
 except ImportError:  # the optional extra (actorlog[postgres]) is not installed
     psycopg = None  # type: ignore[assignment]
 
@@ -106,7 +107,7 @@ _headers_decode = msgspec.json.Decoder(tuple[tuple[str, str], ...]).decode
 _one_value: Final = msgspec.msgpack.Decoder(msgspec.Raw).decode
 _UNSTORABLE: Final = (TypeError, ValueError, msgspec.DecodeError)
 
-_PAYLOAD: Final = operator.itemgetter(7)  # the payload of an ``_EVENT_COLUMNS`` row
+_PAYLOAD: Final = operator.attrgetter("payload")
 _EVENT_COLUMNS: Final = (
     "position, stream_id, version, type, timestamp, correlation_id, causation_id, payload, "
     "aggregate, command_id, principal, headers::text"
@@ -510,8 +511,8 @@ class PostgresEventLog:
             return []
         start = min(max(from_position, 1), _MAX_BIGINT)
         last = min(start + limit - 1, _MAX_BIGINT)  # ``limit`` positions: they have no gaps
-        batch: ReadBatch = self._read(self._q.read_all, (start, last), _read_batch)
-        return batch
+        events: list[StoredEvent] = self._read(self._q.read_all, (start, last), _event_rows)
+        return ReadBatch(events, sum(map(len, map(_PAYLOAD, events))))
 
     def head_position(self) -> int:
         """The position of the last committed event; 0 for an empty log."""
@@ -543,17 +544,16 @@ class PostgresEventLog:
         self,
         query: sql.Composed,
         params: Sequence[Any] = (),
-        convert: Callable[[list[Any]], list[_T]] | None = None,
-    ) -> Any:
-        """Run one query on the readers' connection (autocommit: its own snapshot); the
-        rows are converted after the connection is released (another read may use it)."""
+        rows: Callable[[Any], Callable[[Sequence[Any]], Any]] | None = None,
+    ) -> list[Any]:
+        """Run one query on the readers' connection (autocommit: its own snapshot); each
+        row made by the ``rows`` row factory (psycopg's), else a tuple."""
 
         def run(conn: psycopg.Connection[Any]) -> list[Any]:
-            with conn.cursor(binary=True) as cur:
+            with conn.cursor(binary=True, row_factory=rows or tuple_row) as cur:
                 return cur.execute(query, params).fetchall()
 
-        rows = self._reader.run(run, retry=True)
-        return convert(rows) if convert is not None else rows
+        return self._reader.run(run, retry=True)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -691,36 +691,36 @@ class _Statements:
         self.load_cache = q("SELECT record FROM {s}.projector_caches WHERE name = %s")
 
 
-def _event_rows(rows: list[Any]) -> list[StoredEvent]:
-    """StoredEvents from ``events`` rows (the ``_EVENT_COLUMNS``, binary format).
+def _event_rows(cursor: Any) -> Callable[[Sequence[Any]], StoredEvent]:
+    """A psycopg row factory: each ``events`` row (the ``_EVENT_COLUMNS``, binary format)
+    made into its StoredEvent as it is parsed.
 
-    One comprehension, not a loop of appends: ~8% less a row (W4 reads ~250 ns a row here,
-    beside ~760 ns for psycopg to fetch and parse it)."""
-    Raw = msgspec.Raw
-    return [
-        StoredEvent(pos, sid, ver, typ, ts, corr, caus, Raw(payload), kind)
-        if cid is None and who is None and headers is None
-        else StoredEvent(
-            pos,
-            sid,
-            ver,
-            typ,
-            ts,
-            corr,
-            caus,
-            Raw(payload),
-            kind,
-            command_id=cid,
-            principal=who,
-            headers=None if headers is None else _headers_decode(headers),
-        )
-        for pos, sid, ver, typ, ts, corr, caus, payload, kind, cid, who, headers in rows
-    ]
+    Not a pass over ``fetchall()``'s tuples afterwards: those 4,096 tuples alive at once
+    are objects the cyclic garbage collector tracks and counts, and collecting them cost
+    ~25% of ``read_all`` (reads with the collector off measured 1.3x); made row by row,
+    each tuple is freed at once, and StoredEvents are not tracked (``gc=False``). Made row
+    by row: 1.1x the pass over the tuples (median of 6 alternating runs, 1M events)."""
+    return _event
 
 
-def _read_batch(rows: list[Any]) -> ReadBatch:
-    """A :class:`ReadBatch` of ``rows`` (``nbytes``: their payloads', summed in C)."""
-    return ReadBatch(_event_rows(rows), sum(map(len, map(_PAYLOAD, rows))))
+def _event(row: Sequence[Any]) -> StoredEvent:
+    pos, sid, ver, typ, ts, corr, caus, payload, kind, cid, who, headers = row
+    if cid is None and who is None and headers is None:
+        return StoredEvent(pos, sid, ver, typ, ts, corr, caus, msgspec.Raw(payload), kind)
+    return StoredEvent(
+        pos,
+        sid,
+        ver,
+        typ,
+        ts,
+        corr,
+        caus,
+        msgspec.Raw(payload),
+        kind,
+        command_id=cid,
+        principal=who,
+        headers=None if headers is None else _headers_decode(headers),
+    )
 
 
 def _decoded(decoder: msgspec.msgpack.Decoder[_T], data: bytes) -> _T | None:
