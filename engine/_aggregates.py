@@ -227,6 +227,7 @@ class Aggregates:
         in the log, and one that completed meanwhile makes the answer stale: ``_decide``
         then asks the log again, inline (rare: it takes a retry racing its first attempt).
         """
+        self._handler(kind, command)  # closed, not hosted, no handler: before any read
         try:
             actor = self._actor(kind, stream_id)
         except AtCapacity:

@@ -30,6 +30,7 @@ from actorlog import (
     Overloaded,
     Rejected,
     StorageError,
+    UnknownCommand,
     applies,
     handles,
 )
@@ -429,6 +430,19 @@ async def a_lookup_gone_stale_is_asked_again() -> None:
         assert [e.command_id for e in engine.log.read_stream("s")] == [None, None, "y", "x"]
 
 
+async def a_command_id_send_refused_before_any_read() -> None:
+    log = opened("s")
+    async with Engine.open(log=log, aggregates=[Account]) as engine:
+        with pytest.raises(UnknownCommand):
+            await engine.send(Basket, "s", AddItem("a"), command_id="k")
+        with pytest.raises(UnknownCommand):
+            await engine.send(Account, "s", AddItem("a"), command_id="k")
+        assert (log.finds["k"], log.loads["s"]) == (0, 0)
+    with pytest.raises(EngineClosed):
+        await engine.send(Account, "s", Deposit(1), command_id="k")
+    assert (log.finds["k"], log.loads["s"]) == (0, 0)
+
+
 SCENARIOS: dict[str, Callable[[], Awaitable[None]]] = {
     f.__name__: f
     for f in (
@@ -444,6 +458,7 @@ SCENARIOS: dict[str, Callable[[], Awaitable[None]]] = {
         others_are_served_while_a_command_id_is_looked_up,
         concurrent_retries_looked_up_off_the_loop_append_once,
         a_lookup_gone_stale_is_asked_again,
+        a_command_id_send_refused_before_any_read,
     )
 }
 
