@@ -6,7 +6,7 @@ these rows in the harness's table; ``python -m benchmarks.postgres --dsn URL`` r
 same comparison alone and prints one JSON line per figure, with two details the table
 leaves out: how long a group commit holds the event loop on each backend, and how fast
 ``read_all``'s keyset pages read the log beside a named (server-side) cursor and a binary
-``COPY`` streaming the same rows (``--reads``).
+``COPY`` streaming the same rows (``--only reads``).
 
 - **W1** (the bank, 1,000 accounts, 64 clients, durable, both views live) on
   ``LmdbEventLog`` in a temporary directory and on ``PostgresEventLog`` in a fresh schema,
