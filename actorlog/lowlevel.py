@@ -1,6 +1,7 @@
 """The engine's parts, for those who build on them rather than on :class:`actorlog.Engine`:
 the group-commit writer, the event registry and codecs, and the protocols an aggregate or
-projector class meets (``actorlog.Aggregate`` and ``actorlog.Projector`` provide them).
+projector class meets (``actorlog.Aggregate`` and ``actorlog.Projector`` provide them), and
+a projector whose view lives in a store of its own (``actorlog.SqliteView`` is one).
 """
 
 from .engine import (
@@ -16,6 +17,7 @@ from .engine import (
     event_name,
 )
 from .engine._public import publish
+from .engine._view_store import ViewStore
 
 __all__ = [
     "AggregateType",
@@ -23,6 +25,7 @@ __all__ = [
     "EventRegistry",
     "FollowerStatistics",
     "ProjectorType",
+    "ViewStore",
     "WindowStatistics",
     "Writer",
     "WriterStatistics",

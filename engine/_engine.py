@@ -7,6 +7,7 @@ calls they guard.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import sys
@@ -43,12 +44,21 @@ from ._errors import (
     describe,
 )
 from ._follow import Follower, FollowerStatistics, follows_others
-from ._log import MAX_METADATA_BYTES, EventLog, check_label, check_stream_id, read_limiter
+from ._log import (
+    MAX_METADATA_BYTES,
+    EventLog,
+    check_label,
+    check_stream_id,
+    read_limiter,
+    reads_block,
+)
 from ._log_lmdb import DEFAULT_MAP_SIZE, DEFAULT_MAX_MAP_SIZE, LmdbEventLog
 from ._log_postgres import PostgresEventLog
 from ._log_view import LogView
 from ._metadata import CommandMeta, RecordPrincipal, command_meta
 from ._policy import Policy, allow_query, allow_send, check_policy, send_refused
+from ._process_managers import ProcessManagers
+from ._process_steps import ProcessManagerStatistics, check_process_managers
 from ._projectors import (
     WINDOW_BYTES,
     Broadcast,
@@ -61,6 +71,7 @@ from ._projectors import (
 )
 from ._records import Committed
 from ._reply import must_propagate
+from ._timers import Clock, SystemClock
 from ._writer import Writer, WriterStatistics
 
 __all__ = ["Engine", "EngineStatistics", "call_query"]
@@ -77,6 +88,8 @@ class EngineStatistics(msgspec.Struct, frozen=True):
     head: int
     window: WindowStatistics
     """What the projectors' window of recent events holds (events, bytes)."""
+    process_managers: tuple[ProcessManagerStatistics, ...] = ()
+    """Each hosted process manager's counters."""
     follower: FollowerStatistics | None = None
     """On a log other processes append to (``others_append``): what its follower saw."""
 
@@ -128,13 +141,17 @@ class Engine:
         registry: EventRegistry,
         policy: Policy | None = None,
         record_principal: RecordPrincipal | None = None,
+        processes: ProcessManagers | None = None,
         follower: Follower | None = None,
     ) -> None:
         # Use Engine.open: the engine only works inside the task group it creates.
+        self._processes = processes
         self._follower = follower
         self._policy = policy
         self._record_principal = record_principal
         self._log = log
+        # Command ids are looked up in a worker thread (``send_checked``) on such a log.
+        self._checks_off_loop = reads_block(log)
         self._view = LogView(log)
         self._writer = writer
         self._aggregates = aggregates
@@ -173,6 +190,8 @@ class Engine:
         authorize: Policy | None = None,
         record_principal: Callable[[Any], str | None] | None = None,
         command_ids: CommandIdRetention = _COMMAND_IDS,
+        process_managers: Iterable[Any] = (),
+        clock: Clock | None = None,
     ) -> AsyncIterator[Engine]:
         """Open the log, start the actors, and close it all on exit.
 
@@ -221,6 +240,12 @@ class Engine:
                 principal is refused.
             command_ids: with a path or URL: how long command ids are kept for
                 idempotent retries (default: the newest 250,000 younger than a day).
+            process_managers: the :class:`ProcessManager` classes to host; each reads
+                the log from where it left off, and sends what it decided but had not
+                sent (see ``docs/design.md``, "Process managers").
+            clock: what process managers' deadlines read the time from and sleep with
+                (default: the system's wall clock; tests pass a
+                ``actorlog.testing.FakeClock``).
 
         Raises:
             DefinitionError: neither or both of ``path`` and ``log`` were given, ``path``
@@ -270,6 +295,9 @@ class Engine:
                 f"record_principal must be a callable, not {describe(record_principal)}"
             )
         aggregate_kinds, projector_kinds = _check_kinds(aggregates, projectors)
+        process_kinds = check_process_managers(process_managers)
+        if clock is not None and not isinstance(clock, Clock):
+            raise DefinitionError(f"clock must have now() and sleep_until(), not {describe(clock)}")
         _check_options(
             sync=sync,
             mailbox_size=mailbox_size,
@@ -289,7 +317,14 @@ class Engine:
         if log is None and _postgres_url(path):
             if {"map_size", "max_map_size"} & set(given):
                 raise DefinitionError("map_size and max_map_size are LMDB's; a URL was given")
-            log = PostgresEventLog(str(path), sync=sync, command_ids=_value(command_ids))
+            # Connecting and creating the tables take round trips (and, for a server that
+            # does not answer, up to the connect timeout): in a worker thread, not on the
+            # host's event loop.
+            log = await anyio.to_thread.run_sync(
+                functools.partial(
+                    PostgresEventLog, str(path), sync=sync, command_ids=_value(command_ids)
+                )
+            )
         if log is None:
             assert path is not None
             log, held = _open_lmdb(
@@ -300,14 +335,20 @@ class Engine:
                 command_ids=_value(command_ids),
             )
         body_error: BaseException | None = None
+        projector_hosts: list[ProjectorHost] = []
         try:
-            if aggregate_kinds and getattr(log, "readonly", False):
+            if (aggregate_kinds or process_kinds) and getattr(log, "readonly", False):
                 raise DefinitionError(
                     "a log opened read-only serves queries only: open the engine with "
-                    "aggregates=[] (its writer is another process)"
+                    "aggregates=[] and no process managers (its writer is another process)"
                 )
             registry = EventRegistry()
-            broadcast = Broadcast(log.head_position(), window_bytes=projector_window_bytes)
+            head = (
+                await anyio.to_thread.run_sync(log.head_position)
+                if reads_block(log)
+                else log.head_position()
+            )
+            broadcast = Broadcast(head, window_bytes=projector_window_bytes)
             # Others append to the log (issue 15): follow its head, announce our commits.
             follower = Follower(log, broadcast) if follows_others(log) else None
             writer = Writer(
@@ -323,18 +364,35 @@ class Engine:
                 max_live=max_live_aggregates,
                 read_limiter=limiter,
             )
-            projector_hosts = [
-                ProjectorHost(
-                    kind,
+            # A log opened read-only cannot keep a projector's cache.
+            save_cache = None if getattr(log, "readonly", False) else writer.save_projector_cache
+            for kind in projector_kinds:
+                projector_hosts.append(
+                    ProjectorHost(
+                        kind,
+                        log=log,
+                        broadcast=broadcast,
+                        registry=registry,
+                        # A log opened read-only cannot keep a projector's cache.
+                        save=None
+                        if getattr(log, "readonly", False)
+                        else writer.save_projector_cache,
+                        read_limiter=limiter,
+                    )
+                )
+            processes = None
+            if process_kinds:
+                processes = ProcessManagers(
+                    process_kinds,
                     log=log,
-                    broadcast=broadcast,
+                    writer=writer,
+                    aggregates=hosts,
+                    aggregate_kinds=aggregate_kinds,
                     registry=registry,
-                    # A log opened read-only cannot keep a projector's cache.
-                    save=None if getattr(log, "readonly", False) else writer.save_projector_cache,
+                    broadcast=broadcast,
+                    clock=SystemClock() if clock is None else clock,
                     read_limiter=limiter,
                 )
-                for kind in projector_kinds
-            ]
             engine = cls(
                 log=log,
                 writer=writer,
@@ -344,6 +402,7 @@ class Engine:
                 registry=registry,
                 policy=policy,
                 record_principal=record_principal,
+                processes=processes,
                 follower=follower,
             )
             async with anyio.create_task_group() as tg:
@@ -354,6 +413,8 @@ class Engine:
                     tg.start_soon(host.run)
                 if idle_timeout is not None:
                     tg.start_soon(hosts.run_idle_sweeper, idle_timeout)
+                if processes is not None:
+                    tg.start_soon(processes.run, broadcast.head)
                 if follower is not None:
                     if projector_kinds or aggregate_kinds:
                         follower.feed(hosts.apply_foreign if aggregate_kinds else None)
@@ -380,6 +441,8 @@ class Engine:
             if body_error is None or not _sole_error(group, body_error):
                 raise
         finally:
+            for host in projector_hosts:  # their tasks have ended: nothing uses them now
+                host.close()
             log.close()
             if held is not None:
                 _open_here.discard(held)
@@ -403,6 +466,8 @@ class Engine:
     async def _shutdown(self) -> None:
         """Refuse new work, commit what was decided, then stop the writer."""
         self._closed = True
+        if self._processes is not None:
+            self._processes.stop()  # before the last commit, which carries its acks
         self._aggregates.close()
         for host in self._projectors.values():
             host.queue_save()  # rides on the writer's last commit
@@ -544,6 +609,11 @@ class Engine:
             if allowed is not True:
                 raise send_refused(principal, stream_id, command)
         try:  # free when nothing is raised (zero-cost try since Python 3.11)
+            if meta is not None and meta.command_id is not None and self._checks_off_loop:
+                # A log whose reads block is asked for the id in a worker thread.
+                return await self._aggregates.send_checked(
+                    aggregate, stream_id, command, meta, meta.command_id
+                )
             return await self._aggregates.send(aggregate, stream_id, command, meta)
         except UnknownCommand as e:
             raise _with_decode_hint(e, command) from None
@@ -764,25 +834,62 @@ class Engine:
     def rebuild(self, projector: ProjectorType) -> None:
         """Drop ``projector``'s cache and rebuild it from position 0 in the background.
 
-        Queries see the cache grow from empty; ``query(..., after=p)`` waits for ``p``.
+        Queries see the cache grow from empty; ``query(..., after=p)`` waits for ``p``. A
+        view kept in a store (``SqliteView``) is emptied in the same transaction as its
+        first rebuilt batch: until that commits, its queries read the old view.
         """
         self._projector(projector).rebuild()
 
-    def resume(self, projector: ProjectorType) -> None:
-        """Clear a halted projector's fault and retry the event it stopped at."""
+    def resume(self, projector: ProjectorType | type) -> None:
+        """Clear a halted projector's (or process manager's) fault and retry the event it
+        stopped at."""
         self._projector(projector).resume()
 
-    def parked(self, projector: ProjectorType) -> list[Parked]:
+    def parked(self, projector: ProjectorType | type) -> list[Parked]:
         """The most recent events (its ``max_parked``, 1,000 by default) a ``park``
-        projector skipped because its applier raised, oldest first; statistics count
-        them all."""
+        projector (or process manager) skipped because its applier (or reaction) raised,
+        oldest first; statistics count them all."""
         return list(self._projector(projector).parked)
 
-    def _projector(self, projector: ProjectorType) -> ProjectorHost:
+    def _projector(self, projector: ProjectorType | type) -> ProjectorHost:
         try:
-            return self._projectors[projector]
+            return self._projectors[projector]  # type: ignore[index]
         except (KeyError, TypeError):  # TypeError: unhashable, so not a projector either
+            if self._processes is not None:  # a process manager's router resumes alike
+                router = self._processes.host_of(projector)
+                if router is not None:
+                    return router
             raise UnknownQuery(f"{describe(projector)} is not a hosted projector") from None
+
+    async def wait_settled(
+        self,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 (wait_projected's twin)
+    ) -> None:
+        """Wait until every process manager has settled: it has read the log to its
+        head, its steps are durable, and every command it decided was sent and answered
+        (deadlines still to come do not count). Cancelling the wait is safe.
+
+        Raises:
+            ProjectorFaulted: a process manager is halted (its fault names the event).
+            InvalidArgument: ``timeout`` is not None or a finite number >= 0.
+            QueryTimeout: ``timeout`` seconds passed first.
+            EngineClosed: the engine is closing or closed.
+        """
+        if timeout is not None:
+            _check_timeout(timeout)
+        processes = self._processes
+        if processes is None:
+            return
+        with anyio.move_on_after(math.inf if timeout is None else timeout) as scope:
+            # Polled: settling depends on the writer, the routers and every dispatch; a
+            # few milliseconds late is fine for what waits on it (tests, benchmarks).
+            while not processes.settled():
+                if self._closed:
+                    raise EngineClosed("the engine is closed")
+                await anyio.sleep(0.002)
+        if scope.cancelled_caught:
+            raise QueryTimeout(f"the process managers did not settle within {timeout} s")
 
     # -- inspection ------------------------------------------------------------------------
 
@@ -827,6 +934,7 @@ class Engine:
             projectors=tuple(h.statistics() for h in self._projectors.values()),
             head=self._broadcast.head,
             window=self._broadcast.statistics(),
+            process_managers=() if self._processes is None else self._processes.statistics(),
             follower=None if self._follower is None else self._follower.statistics(),
         )
 
