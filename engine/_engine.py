@@ -373,10 +373,7 @@ class Engine:
                         log=log,
                         broadcast=broadcast,
                         registry=registry,
-                        # A log opened read-only cannot keep a projector's cache.
-                        save=None
-                        if getattr(log, "readonly", False)
-                        else writer.save_projector_cache,
+                        save=save_cache,
                         read_limiter=limiter,
                     )
                 )
