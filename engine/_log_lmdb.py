@@ -267,7 +267,9 @@ class LmdbEventLog:
         self._poisoned: str | None = None
         self._lock_fd = _lock_directory(self._path)
         self._data_fd = -1
+        self._here: tuple[int, int] | None = None
         try:
+            self._here = _claim_here(self._path)
             used = (self._path / MARKER).exists()
             _check_data_file(self._path, used)
             # The second lock, on the data file itself: deleting actorlog.lock is then not
@@ -310,6 +312,7 @@ class LmdbEventLog:
                 self._env.close()
             if self._data_fd >= 0:
                 os.close(self._data_fd)
+            _release_here(self._here)
             os.close(self._lock_fd)
             if isinstance(e, lmdb.Error):
                 raise StorageError(f"cannot open the log at {self._path}: {e}") from e
@@ -361,7 +364,9 @@ class LmdbEventLog:
         )
         self._lock_fd = _lock_readers(self._path)
         self._data_fd = -1
+        self._here = None
         try:
+            self._here = _claim_here(self._path)
             _check_data_file(self._path, True)
             self._env = lmdb.open(
                 str(self._path),
@@ -401,6 +406,7 @@ class LmdbEventLog:
         except BaseException as e:
             with contextlib.suppress(lmdb.Error, AttributeError):
                 self._env.close()
+            _release_here(self._here)
             os.close(self._lock_fd)
             if isinstance(e, lmdb.Error | OSError):
                 raise StorageError(f"cannot open the log at {self._path} read-only: {e}") from e
@@ -1363,6 +1369,7 @@ class LmdbEventLog:
             self._env.close()
         if self._data_fd >= 0:
             os.close(self._data_fd)
+        _release_here(self._here)
         os.close(self._lock_fd)
 
 
@@ -1583,6 +1590,35 @@ def _lock_directory(path: Path) -> int:
         os.close(fd)
         raise StorageError(f"cannot lock the log directory {path}: {e}") from e
     return fd
+
+
+_OPEN_HERE: set[tuple[int, int]] = set()
+"""The log directories (device, inode) an ``LmdbEventLog`` of this process has open."""
+_OPEN_HERE_LOCK = threading.Lock()
+
+
+def _claim_here(path: Path) -> tuple[int, int]:
+    """Note that this process opens the log at ``path``, refusing a
+    second open of it here: LMDB's locks on ``lock.mdb`` are POSIX record locks, which a
+    process holds once per file, so closing one of two environments on it would release
+    the other's (a read-only open beside this process's own writer, say; newer py-lmdb
+    refuses that itself, 1.4 does not). Writers never get this far twice (``flock``)."""
+    info = os.stat(path)
+    key = (info.st_dev, info.st_ino)
+    with _OPEN_HERE_LOCK:
+        if key in _OPEN_HERE:
+            raise StorageLocked(
+                f"{path} is already open in this process: LMDB allows one open of a log "
+                "per process (a read-only log lives in another process than its writer)"
+            )
+        _OPEN_HERE.add(key)
+    return key
+
+
+def _release_here(key: tuple[int, int] | None) -> None:
+    if key is not None:
+        with _OPEN_HERE_LOCK:
+            _OPEN_HERE.discard(key)
 
 
 def _lock_readers(path: Path) -> int:
