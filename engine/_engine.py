@@ -60,6 +60,7 @@ from ._projectors import (
 )
 from ._records import Committed
 from ._reply import must_propagate
+from ._telemetry import Telemetry, check_telemetry
 from ._writer import Writer, WriterStatistics
 
 __all__ = ["Engine", "EngineStatistics", "call_query"]
@@ -168,6 +169,7 @@ class Engine:
         authorize: Policy | None = None,
         record_principal: Callable[[Any], str | None] | None = None,
         command_ids: CommandIdRetention = _COMMAND_IDS,
+        telemetry: Telemetry | None = None,
     ) -> AsyncIterator[Engine]:
         """Open the log, start the actors, and close it all on exit.
 
@@ -216,6 +218,9 @@ class Engine:
                 principal is refused.
             command_ids: with a path or URL: how long command ids are kept for
                 idempotent retries (default: the newest 250,000 younger than a day).
+            telemetry: an instrumentation to attach, e.g. ``actorlog.otel.OpenTelemetry()``
+                (spans and metrics; ``pip install 'actorlog[otel]'``). None: nothing is
+                observed, and nothing is paid.
 
         Raises:
             DefinitionError: neither or both of ``path`` and ``log`` were given, ``path``
@@ -260,6 +265,7 @@ class Engine:
             )
         sync, map_size, max_map_size = (_value(sync), _value(map_size), _value(max_map_size))
         policy = check_policy(authorize)
+        telemetry = check_telemetry(telemetry)
         if record_principal is not None and not callable(record_principal):
             raise DefinitionError(
                 f"record_principal must be a callable, not {describe(record_principal)}"
@@ -295,6 +301,7 @@ class Engine:
                 command_ids=_value(command_ids),
             )
         body_error: BaseException | None = None
+        attached: Telemetry | None = None  # detached on the way out, whatever happens
         try:
             registry = EventRegistry()
             broadcast = Broadcast(log.head_position(), window_bytes=projector_window_bytes)
@@ -330,6 +337,9 @@ class Engine:
                 policy=policy,
                 record_principal=record_principal,
             )
+            if telemetry is not None:
+                telemetry.attach(engine)
+                attached = telemetry
             async with anyio.create_task_group() as tg:
                 # Shielded: if the host cancels us, _shutdown (shielded too) still needs the
                 # writer to commit what was decided; it stops through writer.close().
@@ -361,6 +371,8 @@ class Engine:
             log.close()
             if held is not None:
                 _open_here.discard(held)
+            if attached is not None:
+                attached.detach(engine)
         if body_error is not None:
             # Raised outside the except block, so that it is not chained to the group that
             # carried it; its own traceback and context are untouched.
