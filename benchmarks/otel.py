@@ -9,7 +9,9 @@ commands a second and its ratio to the engine without telemetry. The SDK variant
 service pays that keeps every metric and traces every command (or 1% of them, with the
 SDK's ``TraceIdRatioBased`` sampler): a ``BatchSpanProcessor`` (its own thread, as in
 production) into an exporter that drops the spans, and a periodic metric reader (every
-second) into one that drops the metrics.
+second) into one that drops the metrics. ``--instructions`` counts instead, with callgrind,
+the instructions a W1 command (``sync=False``) costs in each variant: steadier than time on
+a shared machine.
 """
 
 from __future__ import annotations
@@ -46,6 +48,16 @@ from .bank import Account, Balances, Totals
 from .workloads import _commands, _open_accounts
 
 __all__ = ["main"]
+
+# W1 under callgrind (--instructions): argv = tree, variant, commands.
+_W1 = """
+import sys, pathlib, tempfile, functools, trio
+sys.path.insert(0, sys.argv[1])
+from benchmarks import otel
+with tempfile.TemporaryDirectory() as tmp:
+    trio.run(functools.partial(otel.w1, pathlib.Path(tmp), sys.argv[2], accounts=1000,
+             commands=int(sys.argv[3]), clients=64, sync=False))
+"""
 
 VARIANTS = ("off", "api only", "sdk, no-op exporters", "sdk, 1% sampled")
 
@@ -123,7 +135,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--accounts", type=int, default=1_000)
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--no-sync", action="store_true", help="sync=False (no fsync)")
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="count instructions a W1 command (sync=False) with callgrind instead",
+    )
     args = parser.parse_args(argv)
+    if args.instructions:
+        return _count_instructions()
     rates: dict[str, list[float]] = {v: [] for v in VARIANTS}
     for _ in range(args.rounds):
         for variant in VARIANTS:
@@ -150,6 +169,32 @@ def main(argv: list[str] | None = None) -> int:
                 "per_second": {v: round(statistics.median(r)) for v, r in rates.items()},
                 "ratio_to_off": {v: round(statistics.median(r) / off, 3) for v, r in rates.items()},
                 "rounds_per_second": {v: [round(x) for x in r] for v, r in rates.items()},
+            }
+        )
+    )
+    return 0
+
+
+def _count_instructions() -> int:
+    """Instructions a W1 command for each variant (the difference of a 2,000- and a
+    12,000-command run over 10,000), the SDK's export threads included."""
+    from .instructions import _instructions
+
+    tree = str(Path(__file__).resolve().parent.parent)
+    counts: dict[str, float] = {}
+    for variant in VARIANTS:
+        small = _instructions(_W1, tree, variant, "2000")
+        large = _instructions(_W1, tree, variant, "12000")
+        counts[variant] = (large - small) / 10_000
+    print(
+        json.dumps(
+            {
+                "workload": "W1 sync=False",
+                "unit": "instructions a command",
+                "instructions": {v: round(c) for v, c in counts.items()},
+                "ratio_off_over_variant": {
+                    v: round(counts["off"] / c, 3) for v, c in counts.items()
+                },
             }
         )
     )
