@@ -16,8 +16,9 @@ an engine opened without ``telemetry=`` imports and pays nothing (``engine/_tele
 How it attaches (``attach``): the engine instance's ``send`` and ``send_nowait`` are
 wrapped (its class is untouched, so other engines pay nothing), and the writer and each
 projector host get an observer, called once per batch. Gauges (live aggregates, projector
-lag, writer queue) are read from ``engine.statistics()`` when the SDK collects, not kept up
-to date on the command path.
+lag, writer queue) are read from the engine's counters when the SDK collects, not kept up
+to date on the command path; they read only what is safe to read from the SDK's own
+collecting thread.
 """
 
 from __future__ import annotations
@@ -369,21 +370,26 @@ class OpenTelemetry:
         for (aggregate, outcome), count in list(self._counts.items()):
             yield Observation(count, {"actorlog.aggregate": aggregate, "actorlog.outcome": outcome})
 
+    # The SDK calls these from its collecting thread (a periodic reader's), while the event
+    # loop runs: they read only ints and len()s, which the GIL makes atomic, never
+    # engine.statistics(), whose sums iterate dicts the loop mutates.
+
     def _observe_live(self, options: CallbackOptions) -> Iterable[Observation]:
         engine = self._engine
         if engine is not None:
-            yield Observation(engine.statistics().aggregates.live)
+            yield Observation(len(engine._aggregates._live))
 
     def _observe_lag(self, options: CallbackOptions) -> Iterable[Observation]:
         engine = self._engine
         if engine is not None:
-            for p in engine.statistics().projectors:
-                yield Observation(p.lag, {"actorlog.projector": p.name})
+            head = engine._broadcast.head
+            for host in list(engine._projectors.values()):  # fixed once open
+                yield Observation(head - host.checkpoint, {"actorlog.projector": host.name})
 
     def _observe_pending(self, options: CallbackOptions) -> Iterable[Observation]:
         engine = self._engine
         if engine is not None:
-            yield Observation(engine.statistics().writer.pending)
+            yield Observation(engine._writer.statistics().pending)
 
 
 class _TracedPending(Pending):

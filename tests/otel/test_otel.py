@@ -4,6 +4,7 @@ OpenTelemetry SDK's in-memory exporters."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import subprocess
 import sys
 import textwrap
@@ -13,6 +14,7 @@ from typing import Any
 
 import msgspec
 import pytest
+import trio
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -267,3 +269,35 @@ def test_nothing_is_imported_without_telemetry(tmp_path: Path) -> None:
         """
     )
     subprocess.run([sys.executable, "-c", script], cwd=ROOT, check=True, timeout=60)
+
+
+async def test_metrics_are_collected_from_another_thread_while_commands_run(
+    tmp_path: Path, telemetry: Telemetry, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The SDK's periodic reader collects in its own thread: the gauges must read nothing
+    the event loop is mutating (engine.statistics() iterates the live aggregates)."""
+    collected = 0
+    async with Engine.open(
+        tmp_path, aggregates=[Account], projectors=[Balances], telemetry=telemetry.otel
+    ) as engine:
+        done = False
+
+        def collect() -> None:
+            nonlocal collected
+            while not done:
+                telemetry.reader.get_metrics_data()
+                collected += 1
+
+        async def client(n: int) -> None:
+            for i in range(30):
+                await engine.send(Account, f"a-{n}-{i % 7}", Deposit(1))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(functools.partial(trio.to_thread.run_sync, collect))
+            async with trio.open_nursery() as clients:
+                for n in range(16):
+                    clients.start_soon(client, n)
+            done = True
+    assert collected > 0
+    failures = [r for r in caplog.records if "Callback failed" in r.getMessage()]
+    assert not failures, failures[0].exc_info
