@@ -16,10 +16,11 @@ import msgspec
 import pytest
 import trio
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoint
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import StatusCode
 
 from actorlog import (
@@ -301,3 +302,29 @@ async def test_metrics_are_collected_from_another_thread_while_commands_run(
     assert collected > 0
     failures = [r for r in caplog.records if "Callback failed" in r.getMessage()]
     assert not failures, failures[0].exc_info
+
+
+async def test_an_unsampled_command_records_no_traceparent(tmp_path: Path) -> None:
+    """A span the sampler drops is never exported: its id is not written into the events,
+    and the command is still counted."""
+    reader = InMemoryMetricReader()
+    otel = OpenTelemetry(
+        tracer_provider=TracerProvider(sampler=ALWAYS_OFF),
+        meter_provider=MeterProvider(metric_readers=[reader]),
+    )
+    async with Engine.open(tmp_path, aggregates=[Account], telemetry=otel) as engine:
+        committed = await engine.send(Account, "a-1", Deposit(1))
+        (event,) = engine.log.read_all()
+        assert event.position == committed.position and event.headers is None
+        data = reader.get_metrics_data()
+    assert data is not None
+    (count,) = [
+        p
+        for r in data.resource_metrics
+        for s in r.scope_metrics
+        for m in s.metrics
+        if m.name == "actorlog.commands"
+        for p in m.data.data_points
+    ]
+    assert isinstance(count, NumberDataPoint)
+    assert count.value == 1
