@@ -60,6 +60,8 @@ with tempfile.TemporaryDirectory() as tmp:
 """
 
 VARIANTS = ("off", "api only", "sdk, no-op exporters", "sdk, 1% sampled")
+# Run on request only (--variants): where the SDK's cost goes.
+MORE_VARIANTS = ("sdk, no traceparent",)
 
 
 class _DropSpans(SpanExporter):
@@ -99,7 +101,11 @@ async def w1(
         reader = PeriodicExportingMetricReader(_DropMetrics(), export_interval_millis=1_000)
         meter_provider = MeterProvider(metric_readers=[reader])
         providers = [tracer_provider, meter_provider]
-        telemetry = OpenTelemetry(tracer_provider=tracer_provider, meter_provider=meter_provider)
+        telemetry = OpenTelemetry(
+            tracer_provider=tracer_provider,
+            meter_provider=meter_provider,
+            record_traceparent="no traceparent" not in variant,
+        )
     work = _commands(accounts, commands, seed=1)
     try:
         async with Engine.open(
@@ -136,16 +142,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--no-sync", action="store_true", help="sync=False (no fsync)")
     parser.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help=f"comma-separated, from {', '.join(VARIANTS + MORE_VARIANTS)} ('off' always runs)",
+    )
+    parser.add_argument(
         "--instructions",
         action="store_true",
         help="count instructions a W1 command (sync=False) with callgrind instead",
     )
     args = parser.parse_args(argv)
+    variants = ["off", *(v for v in args.variants.split(",") if v and v != "off")]
+    unknown = set(variants) - set(VARIANTS + MORE_VARIANTS)
+    if unknown:
+        parser.error(f"unknown variants: {sorted(unknown)}")
     if args.instructions:
-        return _count_instructions()
-    rates: dict[str, list[float]] = {v: [] for v in VARIANTS}
+        return _count_instructions(variants)
+    rates: dict[str, list[float]] = {v: [] for v in variants}
     for _ in range(args.rounds):
-        for variant in VARIANTS:
+        for variant in variants:
             with tempfile.TemporaryDirectory() as tmp:
                 run = functools.partial(
                     w1,
@@ -175,14 +190,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _count_instructions() -> int:
+def _count_instructions(variants: list[str]) -> int:
     """Instructions a W1 command for each variant (the difference of a 2,000- and a
     12,000-command run over 10,000), the SDK's export threads included."""
     from .instructions import _instructions
 
     tree = str(Path(__file__).resolve().parent.parent)
     counts: dict[str, float] = {}
-    for variant in VARIANTS:
+    for variant in variants:
         small = _instructions(_W1, tree, variant, "2000")
         large = _instructions(_W1, tree, variant, "12000")
         counts[variant] = (large - small) / 10_000
