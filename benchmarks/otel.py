@@ -30,6 +30,7 @@ from typing import Any
 
 import anyio
 import trio
+from opentelemetry import trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (
     MetricExporter,
@@ -61,7 +62,7 @@ with tempfile.TemporaryDirectory() as tmp:
 
 VARIANTS = ("off", "api only", "sdk, no-op exporters", "sdk, 1% sampled")
 # Run on request only (--variants): where the SDK's cost goes.
-MORE_VARIANTS = ("sdk, no traceparent",)
+MORE_VARIANTS = ("sdk, no traceparent", "sdk metrics only")
 
 
 class _DropSpans(SpanExporter):
@@ -94,6 +95,13 @@ async def w1(
     telemetry: OpenTelemetry | None = None
     if variant == "api only":
         telemetry = OpenTelemetry()  # the global providers: no SDK here, so no-ops
+    elif variant == "sdk metrics only":
+        reader = PeriodicExportingMetricReader(_DropMetrics(), export_interval_millis=1_000)
+        meter_provider = MeterProvider(metric_readers=[reader])
+        providers = [meter_provider]
+        telemetry = OpenTelemetry(
+            tracer_provider=trace.NoOpTracerProvider(), meter_provider=meter_provider
+        )
     elif variant.startswith("sdk"):
         sampler = TraceIdRatioBased(0.01) if "sampled" in variant else None
         tracer_provider = TracerProvider(sampler=sampler)
