@@ -15,7 +15,7 @@ their records and the contract any new backend runs), ``actorlog.lowlevel`` (the
 the event registry and the protocols the engine hosts, for those who build on its parts).
 """
 
-from .actors import Aggregate, Projector, applies, handles
+from .actors import Aggregate, Projector, SqliteView, applies, handles
 from .engine import (
     CodecError,
     Committed,
@@ -77,6 +77,7 @@ __all__ = [
     "QueryTimeout",
     "Recorded",
     "Rejected",
+    "SqliteView",
     "StorageError",
     "StorageFull",
     "StorageLocked",

@@ -5,5 +5,6 @@ Pure definitions: no I/O, no tasks. The engine hosts them."""
 from ._aggregate import Aggregate
 from ._dispatch import applies, handles
 from ._projector import Projector
+from ._sqlite_view import SqliteView
 
-__all__ = ["Aggregate", "Projector", "applies", "handles"]
+__all__ = ["Aggregate", "Projector", "SqliteView", "applies", "handles"]

@@ -2,18 +2,20 @@
 
 Account aggregates (ids ``acct-<n>``) take OpenAccount, Deposit and Withdraw; a second
 open, a withdrawal beyond the balance and a non-positive amount are rejected. Two views:
-the balance per account, and the total of all deposits.
+the balance per account, and the total of all deposits; and the balances again as
+documents in a SQLite file (``BalanceDocuments``), kept across restarts.
 """
 
 from __future__ import annotations
 
 import msgspec
 
-from actorlog import Aggregate, Projector, Recorded, Rejected, applies, handles
+from actorlog import Aggregate, Projector, Recorded, Rejected, SqliteView, applies, handles
 
 __all__ = [
     "Account",
     "AccountOpened",
+    "BalanceDocuments",
     "Balances",
     "Deposit",
     "Deposited",
@@ -164,3 +166,33 @@ class Totals(Projector):
     def net(self) -> int:
         """Deposits minus withdrawals: must equal the sum of all balances."""
         return self.deposits - self.withdrawals
+
+
+class BalanceDocuments(SqliteView):
+    """The balance of every account, as a JSON document per account in a SQLite file
+    (host ``BalanceDocuments.at(path)``): ``{"owner": ..., "balance": ...}``."""
+
+    @applies
+    def opened(self, e: AccountOpened, meta: Recorded) -> None:
+        self.put(meta.stream_id, {"owner": e.owner, "balance": 0})
+
+    @applies
+    def deposited(self, e: Deposited, meta: Recorded) -> None:
+        doc = self.get(meta.stream_id) or {"owner": None, "balance": 0}
+        doc["balance"] += e.amount
+        self.put(meta.stream_id, doc)
+
+    @applies
+    def withdrawn(self, e: Withdrawn, meta: Recorded) -> None:
+        doc = self.get(meta.stream_id) or {"owner": None, "balance": 0}
+        doc["balance"] -= e.amount
+        self.put(meta.stream_id, doc)
+
+    def balance(self, account: str) -> int:
+        """The account's committed balance (0 if unknown)."""
+        doc = self.read(account)
+        return 0 if doc is None else int(doc["balance"])
+
+    def all_balances(self) -> dict[str, int]:
+        """Every committed balance, by account."""
+        return {key: doc["balance"] for key, doc in self.read_all().items()}

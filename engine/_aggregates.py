@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import copy
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from typing import Any
 
 import anyio
@@ -123,6 +123,8 @@ class Aggregates:
         }
         self._log = log
         self._find_command = log.find_command
+        # See EventLog.command_hashes: None means every id is asked of the log.
+        self._command_hashes: Container[int] | None = getattr(log, "command_hashes", None)
         self._writer = writer
         self._registry = registry
         self._encode = registry.encode_read_back  # bound once, not per command
@@ -337,11 +339,15 @@ class Aggregates:
                 else:
                     followers.append(reply)
                 return reply
-            found = self._find_command(actor.stream_id, command_id)
-            if found is not None:
-                reply = self._new_reply()
-                reply.set_result(_committed(found))
-                return reply
+            hashes = self._command_hashes
+            # A hash the log does not hold is certainly never recorded (the usual case):
+            # no call then (~1,000 instructions a command).
+            if hashes is None or hash((actor.stream_id, command_id)) in hashes:
+                found = self._find_command(actor.stream_id, command_id)
+                if found is not None:
+                    reply = self._new_reply()
+                    reply.set_result(_committed(found))
+                    return reply
         kind = actor.kind
         state = actor.state
         # The attributes as the handler finds them, to undo whatever it (or an applier)

@@ -301,6 +301,7 @@ class Engine:
                 command_ids=_value(command_ids),
             )
         body_error: BaseException | None = None
+        projector_hosts: list[ProjectorHost] = []
         attached: Telemetry | None = None  # detached on the way out, whatever happens
         try:
             registry = EventRegistry()
@@ -316,17 +317,17 @@ class Engine:
                 max_live=max_live_aggregates,
                 read_limiter=limiter,
             )
-            projector_hosts = [
-                ProjectorHost(
-                    kind,
-                    log=log,
-                    broadcast=broadcast,
-                    registry=registry,
-                    save=writer.save_projector_cache,
-                    read_limiter=limiter,
+            for kind in projector_kinds:
+                projector_hosts.append(
+                    ProjectorHost(
+                        kind,
+                        log=log,
+                        broadcast=broadcast,
+                        registry=registry,
+                        save=writer.save_projector_cache,
+                        read_limiter=limiter,
+                    )
                 )
-                for kind in projector_kinds
-            ]
             engine = cls(
                 log=log,
                 writer=writer,
@@ -368,6 +369,8 @@ class Engine:
             if body_error is None or not _sole_error(group, body_error):
                 raise
         finally:
+            for host in projector_hosts:  # their tasks have ended: nothing uses them now
+                host.close()
             log.close()
             if held is not None:
                 _open_here.discard(held)
@@ -746,7 +749,9 @@ class Engine:
     def rebuild(self, projector: ProjectorType) -> None:
         """Drop ``projector``'s cache and rebuild it from position 0 in the background.
 
-        Queries see the cache grow from empty; ``query(..., after=p)`` waits for ``p``.
+        Queries see the cache grow from empty; ``query(..., after=p)`` waits for ``p``. A
+        view kept in a store (``SqliteView``) is emptied in the same transaction as its
+        first rebuilt batch: until that commits, its queries read the old view.
         """
         self._projector(projector).rebuild()
 

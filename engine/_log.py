@@ -90,7 +90,15 @@ _skip_one_value: Final = msgspec.msgpack.Decoder(msgspec.Raw).decode
 
 
 class EventLog(Protocol):
-    """The storage backend protocol: an append-only log of events with a stream index."""
+    """The storage backend protocol: an append-only log of events with a stream index.
+
+    A log may also have a ``command_hashes`` attribute (it is optional, so it is not a
+    protocol member): a container, the same object for the log's life, of
+    ``hash((stream_id, command_id))`` for every command id it may keep. The engine calls
+    ``find_command`` only for an id whose hash is in it: a new id (the usual case) then
+    costs a hash and a lookup, not a call. A log whose ids other writers also record
+    (a database server) has none, and is always asked.
+    """
 
     @property
     def sync(self) -> bool:

@@ -83,7 +83,7 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from operator import itemgetter
 from pathlib import Path
 from typing import Any, Final
@@ -180,6 +180,11 @@ _STORE_FAILURES: Final = (
 (UnicodeEncodeError), an int past 64 bits an OverflowError, a payload that is not one
 msgpack value one of ``DECODE_FAILURES``."""
 
+FOLLOW_POLL: Final = 0.001
+"""Seconds between two looks at the head while a read-only log waits for the writer
+(``wait_for_head``): a visibility lag of about a millisecond, for a few microseconds of
+work a look."""
+
 DEFAULT_MAP_SIZE: Final = 64 << 20
 DEFAULT_MAX_MAP_SIZE: Final = 1 << 40
 
@@ -196,6 +201,16 @@ class LmdbEventLog:
             process crash.
         map_size: initial map size in bytes.
         max_map_size: the cap the map may grow to; past it appends fail with ``StorageFull``.
+        command_ids: how long command ids are kept (see ``CommandIdRetention``).
+        readonly: open a log that another process owns and writes, to read it beside that
+            writer (reader engines, tools): no lock of the writer's is taken (a shared one
+            on ``actorlog.readers`` instead, which readers share), every append fails with
+            ``StorageError``, the head is read from the log each time (so reads see what
+            the writer commits, once it is committed), and ``wait_for_head`` follows it.
+            The directory must hold a log of this version's layout (a writer creates it);
+            ``sync`` does not apply. One open per process: LMDB refuses a second open of
+            an environment in one process, so a reader lives in another process than its
+            writer (``StorageError`` otherwise).
 
     Raises:
         StorageLocked: another process (or another log in this one) has the directory open.
@@ -214,8 +229,12 @@ class LmdbEventLog:
         map_size: int = DEFAULT_MAP_SIZE,
         max_map_size: int = DEFAULT_MAX_MAP_SIZE,
         command_ids: CommandIdRetention | None = None,
+        readonly: bool = False,
     ) -> None:
         self._retention = retention(command_ids)
+        self._readonly = readonly is True
+        if type(readonly) is not bool:
+            raise DefinitionError(f"readonly must be a bool, not {readonly!r}")
         for name, size in (("map_size", map_size), ("max_map_size", max_map_size)):
             if type(size) is not int or size <= 0:
                 raise DefinitionError(f"{name} must be a positive int, not {size!r}")
@@ -227,6 +246,9 @@ class LmdbEventLog:
             empty = False  # not a path: Path() says so below
         if empty:  # Path("") is the current directory: a log opened there by mistake
             raise DefinitionError("an empty path is not a log directory (pass '.' for this one)")
+        if readonly:
+            self._open_reader(path, map_size)
+            return
         try:
             self._path = Path(path)
             created = not self._path.exists()
@@ -315,6 +337,141 @@ class LmdbEventLog:
             self.close()
             raise
 
+    def _open_reader(self, path: str | os.PathLike[str], map_size: int) -> None:
+        """Open an existing log read-only, beside the process that writes it (see the class
+        doc): a shared lock, LMDB's read-only mode, the heads rebuilt as at a writer's
+        open, and every append refused."""
+        try:
+            self._path = Path(path)
+            exists = (self._path / MARKER).exists()
+        except (TypeError, ValueError) as e:
+            raise DefinitionError(f"not a usable path: {path!r}") from e
+        except OSError as e:
+            raise StorageError(f"cannot use {path!r} as a log directory: {e}") from e
+        if not exists:
+            raise StorageError(
+                f"no log at {self._path} to open read-only (its writer creates it: {MARKER} "
+                "is written once the log's first commit is durable)"
+            )
+        self._sync = False  # this process commits nothing
+        self._max_map_size = map_size
+        self._poisoned = (
+            f"the log at {self._path} is open read-only (readonly=True): appends go through "
+            "the process that owns it"
+        )
+        self._lock_fd = _lock_readers(self._path)
+        self._data_fd = -1
+        try:
+            _check_data_file(self._path, True)
+            self._env = lmdb.open(
+                str(self._path),
+                map_size=map_size,  # LMDB takes the file's own size if that is larger
+                max_dbs=8,
+                readonly=True,
+                create=False,
+                # LMDB's reader table (lock.mdb) is what keeps the writer from reusing the
+                # pages a read transaction here still sees: required, not optional.
+                lock=True,
+                max_readers=254,
+            )
+            self._events = self._env.open_db(b"events", create=False)
+            self._heads_db = self._env.open_db(b"heads", create=False)
+            self._anchors = self._env.open_db(b"anchors", create=False)
+            self._snapshots = self._env.open_db(b"snapshots", create=False)
+            self._projections = self._env.open_db(b"projections", create=False)
+            self._meta = self._env.open_db(b"meta", create=False)
+            self._command_ids = self._env.open_db(b"command_ids", create=False)
+            with self._env.begin() as txn:
+                found = txn.get(b"format", db=self._meta)
+                if found != FORMAT:
+                    raise StorageError(
+                        f"the log at {self._path} has format {found!r}; a read-only open "
+                        f"reads {FORMAT!r} only (open it once with a writer to upgrade it)"
+                    )
+                cur = txn.cursor(db=self._events)
+                head = _u64.unpack(cur.key())[0] if cur.last() else 0
+                data = txn.get(b"checked_from", db=self._meta)
+                if data is None or len(data) != _LINK + TRAILER or not intact(data):
+                    raise StorageError(
+                        f"corrupt log at {self._path}: meta[checked_from] is missing or damaged"
+                    )
+                checked_from = _u64.unpack_from(data)[0]
+                heads_at = self._written_back(txn)
+            self._load_command_ids()
+        except BaseException as e:
+            with contextlib.suppress(lmdb.Error, AttributeError):
+                self._env.close()
+            os.close(self._lock_fd)
+            if isinstance(e, lmdb.Error | OSError):
+                raise StorageError(f"cannot open the log at {self._path} read-only: {e}") from e
+            raise
+        self._heads = {}
+        self._unwritten = {}
+        self._head = head
+        self._heads_at = min(heads_at, head)
+        self._checked_from = checked_from
+        self._remap = threading.Lock()
+        self._follow_lock = threading.Lock()
+        self._closed = False
+        try:
+            self._replay_heads()
+        except BaseException:
+            self.close()
+            raise
+
+    def _written_back(self, txn: Any) -> int:
+        """``meta[heads_at]``: the position up to which the heads table is complete (0 if
+        it is missing or damaged: then nothing vouches for the table)."""
+        data = txn.get(b"heads_at", db=self._meta)
+        ok = data is not None and len(data) == _LINK + TRAILER and intact(data)
+        return _u64.unpack_from(data)[0] if ok and data is not None else 0
+
+    @property
+    def readonly(self) -> bool:
+        """True if this log was opened read-only, beside the process that writes it."""
+        return self._readonly
+
+    @property
+    def others_append(self) -> bool:
+        """True if another process may move the head (a read-only open): the engine then
+        follows the log (``wait_for_head``) to feed its projectors."""
+        return self._readonly
+
+    def wait_for_head(self, known: int, timeout: float) -> int:
+        """The log's head position, once it is past ``known`` or ``timeout`` seconds have
+        passed (blocking: the engine runs it in a worker thread).
+
+        LMDB says nothing when another process commits, so this polls the last key every
+        ``FOLLOW_POLL`` seconds (a read transaction and a cursor: a few microseconds).
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            head = self.head_position()
+            if head > known:
+                return head
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return head
+            time.sleep(min(FOLLOW_POLL, left))
+
+    def _follow(self) -> None:
+        """A read-only log: bring the in-memory stream heads up to the log's head (the
+        writer keeps the newest heads in memory, not in the table), so ``read_stream`` and
+        ``stream_version`` see every committed event. Bounded: once this process holds
+        many heads, those the writer has since written back are dropped."""
+        with self._follow_lock:
+            head = self.head_position()
+            if head <= self._head:
+                return
+            self._replay_heads(self._head + 1, head)
+            self._head = head
+            if len(self._unwritten) > _HEAD_CACHE_LIMIT:
+                with self._reading() as txn:
+                    written = self._written_back(txn)
+                for heads in (self._unwritten, self._heads):
+                    for stream_id in [k for k, (_, at) in heads.items() if at <= written]:
+                        del heads[stream_id]
+
     def _load_command_ids(self) -> None:
         """Bring the command ids' bookkeeping into memory (at open; it then moves only
         when a commit does): ``_id_index``, the next entry's sequence number, how many ids
@@ -340,6 +497,9 @@ class LmdbEventLog:
             self._command_seq = _u64.unpack(cur.key())[0] + 1 if cur.last() else 1
             first = cur.value() if cur.first() else None
         self._id_index = index
+        # The same dict, published for the engine's check before it decides (see
+        # EventLog.command_hashes): a hash that is not a key is certainly not kept.
+        self.command_hashes: Container[int] = index
         self._command_count = count
         first_entry = None if first is None else _readable_entry(first)
         self._oldest_command = 0.0 if first_entry is None else first_entry[0]
@@ -522,6 +682,8 @@ class LmdbEventLog:
         encode, crc32, le32, ones = encode_stored, _crc32, _le32, _ONES
         # Command ids recorded by this group, for a duplicate within it.
         recorded: dict[Ident, AppendResult] = {}
+        recorded_hashes: list[int] = []  # theirs, in the same order
+        id_index = self._id_index
         with self._env.begin(write=True) as txn:
             put = txn.put
             events_db = self._events
@@ -576,11 +738,14 @@ class LmdbEventLog:
                     continue
                 if cid is not None:
                     # Before the version check: a retry that comes late learns it was done.
+                    # The pair's hash once (a tuple does not cache it): for the index here
+                    # and after the commit.
                     ident = (stream_id, cid)
+                    ident_hash = hash(ident)
                     try:
-                        original = recorded.get(ident) or (
+                        original = (recorded.get(ident) if recorded else None) or (
                             self._recorded(txn, ident, timestamp)
-                            if hash(ident) in self._id_index
+                            if ident_hash in id_index
                             else None
                         )
                     except StorageError as e:  # its id's entry is damaged: this append only
@@ -659,6 +824,7 @@ class LmdbEventLog:
                 )
                 if cid is not None:
                     recorded[ident] = result
+                    recorded_hashes.append(ident_hash)
                 outcomes.append(result)
             pruned = self._record_commands(txn, recorded, timestamp) if recorded else None
             write_back = write_back and self._write_back_due(position)
@@ -673,9 +839,8 @@ class LmdbEventLog:
         # Committed: only now may the in-memory view move forward.
         self._head = position
         if pruned is not None:
-            index, seq = self._id_index, self._command_seq
-            for ident in recorded:
-                h = hash(ident)
+            index, seq = id_index, self._command_seq
+            for h in recorded_hashes:
                 if h in index:
                     _index_add(index, h, seq)
                 else:  # the usual case, inline
@@ -688,6 +853,11 @@ class LmdbEventLog:
         if write_back:
             self._unwritten.clear()
             self._heads_at = position
+            # A read-only reader killed mid-transaction leaves its slot in LMDB's reader
+            # table, pinning the pages it saw (the file would only grow): clear such slots
+            # here, once a write-back (the table has 254 slots: microseconds).
+            with contextlib.suppress(lmdb.Error):
+                self._env.reader_check()
         else:
             self._unwritten.update(new_heads)
         if len(self._heads) > _HEAD_CACHE_LIMIT:
@@ -709,6 +879,8 @@ class LmdbEventLog:
         oldest = now - self._retention.max_age
         for seq in (seqs,) if type(seqs) is int else seqs:  # type: ignore[union-attr]
             data = txn.get(_u64.pack(seq), db=self._command_ids)
+            if data is None and self._readonly:
+                continue  # pruned by the writer since this reader indexed it
             if data is None or not intact(data):
                 # Not "absent": that would run a retried command a second time.
                 raise StorageError(
@@ -722,6 +894,25 @@ class LmdbEventLog:
                 if kept == ident:
                     return result
         return None
+
+    def _follow_command_ids(self) -> None:
+        """A read-only log: index the command id entries the writer recorded since (entries
+        it pruned stay in the index and read as absent; the index is rebuilt once it holds
+        twice what the log keeps)."""
+        with self._follow_lock, self._reading() as txn:
+            cur = txn.cursor(db=self._command_ids)
+            if not cur.set_range(_u64.pack(self._command_seq)):
+                return
+            for seq_key, value in cur:
+                entry = _readable_entry(value)
+                seq = _u64.unpack(seq_key)[0]
+                if entry is not None:
+                    for ident, _ in entry[1]:
+                        _index_add(self._id_index, hash(ident), seq)
+                        self._command_count += 1
+                self._command_seq = seq + 1
+        if self._command_count > 2 * self._retention.max_ids:
+            self._load_command_ids()
 
     def _record_commands(
         self, txn: Any, recorded: dict[Ident, AppendResult], timestamp: float
@@ -792,6 +983,8 @@ class LmdbEventLog:
             check_command_id(command_id)
         if self._closed:
             self._check_open()  # raises
+        if self._readonly:
+            self._follow_command_ids()
         ident = (stream_id, command_id)
         if hash(ident) not in self._id_index:  # certainly not kept: see _load_command_ids
             return None
@@ -840,11 +1033,13 @@ class LmdbEventLog:
             _put(txn, stream_id.encode(), seal(pack2(*head)), heads_db)
         _put(txn, b"heads_at", seal(_u64.pack(position)), self._meta)
 
-    def _replay_heads(self) -> None:
-        """Bring the heads of the events after ``heads_at`` into memory (at open)."""
-        position = self._heads_at + 1
+    def _replay_heads(self, position: int = 0, end: int = -1) -> None:
+        """Bring the heads of the events from ``position`` to ``end`` (by default: after
+        ``heads_at``, up to the head) into memory (at open; and as a read-only log follows)."""
+        if end < 0:
+            position, end = self._heads_at + 1, self._head
         checked_from = self._checked_from
-        while position <= self._head:
+        while position <= end:
             values = self._scan(position, 4096)
             if not values:
                 raise StorageError(f"corrupt log: position {position} is missing")
@@ -956,6 +1151,8 @@ class LmdbEventLog:
             return []
         # The in-memory head first, then the transaction: a head is in memory only once its
         # commit is, so the transaction below sees every event the head points to.
+        if self._readonly:
+            self._follow()
         head = self._heads.get(stream_id)
         with self._reading() as txn:
             if head is None:
@@ -1094,13 +1291,23 @@ class LmdbEventLog:
         return event
 
     def head_position(self) -> int:
-        """The position of the last committed event; 0 for an empty log."""
+        """The position of the last committed event; 0 for an empty log.
+
+        Read-only, the log's own last key (the writer is another process); else this
+        process's head, which no one else moves.
+        """
         self._check_open()
+        if self._readonly:
+            with self._reading() as txn:
+                cur = txn.cursor(db=self._events)
+                return _u64.unpack(cur.key())[0] if cur.last() else 0
         return self._head
 
     def stream_version(self, stream_id: str) -> int:
         """The version of the stream's last event; 0 if it does not exist."""
         check_stream_id(stream_id)
+        if self._readonly:
+            self._follow()
         cached = self._heads.get(stream_id)
         if cached is not None:
             self._check_open()
@@ -1154,7 +1361,8 @@ class LmdbEventLog:
                 ):
                     self._write_heads(txn, self._unwritten, self._head)
             self._env.close()
-        os.close(self._data_fd)
+        if self._data_fd >= 0:
+            os.close(self._data_fd)
         os.close(self._lock_fd)
 
 
@@ -1172,7 +1380,14 @@ class _ReadTxn:
         log._remap.acquire()
         try:
             log._check_open()  # closed while we waited for the lock
-            self._txn = log._env.begin(buffers=False)
+            try:
+                self._txn = log._env.begin(buffers=False)
+            except lmdb.MapResizedError:
+                # A reader in another process than the writer: the writer grew the map.
+                # Adopt the file's new size (no transaction of ours is open: we hold the
+                # remap lock) and begin again.
+                log._env.set_mapsize(0)
+                self._txn = log._env.begin(buffers=False)
         except BaseException as e:
             log._remap.release()
             if isinstance(e, lmdb.Error):
@@ -1367,6 +1582,31 @@ def _lock_directory(path: Path) -> int:
     except OSError as e:
         os.close(fd)
         raise StorageError(f"cannot lock the log directory {path}: {e}") from e
+    return fd
+
+
+def _lock_readers(path: Path) -> int:
+    """Take a shared lock on ``path/actorlog.readers`` (a read-only open): readers share
+    it with each other and never meet the writer's exclusive locks, so a maintenance tool
+    that needs the directory to itself takes this one exclusively as well. The OS releases
+    it if the reader dies."""
+    try:
+        fd = os.open(path / "actorlog.readers", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        try:  # a directory we may read but not write: the lock file must exist already
+            fd = os.open(path / "actorlog.readers", os.O_RDONLY)
+        except OSError as e:
+            raise StorageError(f"cannot lock the log directory {path} to read: {e}") from e
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StorageLocked(
+            f"{path} is held exclusively by a maintenance tool (actorlog.readers)"
+        ) from None
+    except OSError as e:
+        os.close(fd)
+        raise StorageError(f"cannot lock the log directory {path} to read: {e}") from e
     return fd
 
 

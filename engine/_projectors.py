@@ -78,6 +78,7 @@ from ._log import EventLog, ReadBatch
 from ._records import ProjectorCache, Recorded, StoredEvent
 from ._reply import Reply, must_propagate, reply_factory
 from ._telemetry import BatchObserver
+from ._view_store import ViewStore, fold_and_commit, is_view_store
 from ._writer import CommitBatch
 
 __all__ = [
@@ -368,7 +369,16 @@ class ProjectorHost:
         self.snapshot_failures = 0
         # Set by an instrumentation (engine/_telemetry.py): told of each batch applied.
         self.observer: BatchObserver | None = None
-        if self._snapshot_every is not None:
+        # A view kept in a store of its own (``_view_store.py``): batches are folded and
+        # committed with their checkpoint in a worker thread; it starts from the store's.
+        self._store: ViewStore | None = None
+        self._reset = False  # a rebuild is due: the next committed batch empties the store
+        if is_view_store(kind):
+            self._snapshot_every = None
+            self._store = self.instance
+            self.checkpoint = self.restored_from = self.instance.open_view(log.head_position())
+            self.catching_up = self.checkpoint < broadcast.head
+        elif self._snapshot_every is not None:
             self._restore()
         broadcast.subscribe(self)
 
@@ -439,7 +449,11 @@ class ProjectorHost:
             live = self._broadcast.since(start, self._batch)
             size = 0  # payload bytes read from the log (a window slice is in memory already)
             if live is not None:
-                self._fold(live.events, live.objects)
+                if self._store is None:
+                    self._fold(live.events, live.objects)
+                else:
+                    await self._fold_into_store(live.events, live.objects)
+                    began = time.perf_counter()  # the loop was free during the fold
             else:
                 self.catching_up = True
                 try:
@@ -455,7 +469,11 @@ class ProjectorHost:
                         if rebuilds != self._rebuilds:
                             continue  # rebuilt meanwhile: the read is for the old checkpoint
                         began = time.perf_counter()  # the loop was free during the read
-                    self._fold(events, None)
+                    if self._store is None:
+                        self._fold(events, None)
+                    else:
+                        await self._fold_into_store(events, None)
+                        began = time.perf_counter()  # the loop was free during the fold
                 except StorageError as e:
                     self._halt(start, "(log)", e)
             observer = self.observer  # per batch: free when None
@@ -482,6 +500,35 @@ class ProjectorHost:
             self.parked.extend(parked)
         if failure is not None:
             stored, error = failure
+            self._halt(stored.position, stored.type, error)
+
+    async def _fold_into_store(self, events: list[StoredEvent], objects: list[Any] | None) -> None:
+        """Fold a batch that starts at ``checkpoint + 1`` into the view's store and commit
+        it with its checkpoint, in a worker thread (not abandoned if cancelled: the batch
+        commits or not, whole); the checkpoint moves only once the commit is done, so a
+        query's ``after=`` sees the rows. A store failure halts the projector."""
+        store = self._store
+        assert store is not None
+        rebuilds, reset = self._rebuilds, self._reset
+        try:
+            outcome = await anyio.to_thread.run_sync(
+                fold_and_commit, self._appliers, store, events, objects, self.kind.on_error, reset
+            )
+        except StorageError as e:
+            if rebuilds == self._rebuilds:
+                self._halt(events[0].position, "(view store)", e)
+            return
+        if rebuilds != self._rebuilds:
+            return  # rebuilt meanwhile: the next batch starts over (and empties the store)
+        if reset:
+            self._reset = False
+        self.applied += outcome.applied
+        self.checkpoint = outcome.checkpoint
+        if outcome.parked:
+            self.parked_total += len(outcome.parked)
+            self.parked.extend(outcome.parked)
+        if outcome.failure is not None:
+            stored, error = outcome.failure
             self._halt(stored.position, stored.type, error)
 
     def _halt(self, position: int, event_type: str, error: BaseException) -> None:
@@ -558,8 +605,14 @@ class ProjectorHost:
     # -- control ---------------------------------------------------------------------------
 
     def rebuild(self) -> None:
-        """Start over from position 0 with an empty cache (and no fault, nothing parked)."""
-        self.instance = self.kind()
+        """Start over from position 0 with an empty cache (and no fault, nothing parked).
+
+        A view kept in a store is emptied by the first batch it commits after this, in the
+        same transaction (until then its queries read the old view)."""
+        if self._store is None:
+            self.instance = self.kind()
+        else:
+            self._reset = True
         self.checkpoint = 0
         self._rebuilds += 1
         # Below any checkpoint, so the next save (at the latest, at close) replaces the
@@ -600,6 +653,12 @@ class ProjectorHost:
             restored_from=self.restored_from,
             snapshot_failures=self.snapshot_failures,
         )
+
+    def close(self) -> None:
+        """Release what the projector holds outside the process's memory (a view's store);
+        called once its task has ended."""
+        if self._store is not None:
+            self._store.close_view()
 
     def fail_waiters(self, error: EngineError) -> None:
         """Fail every waiting query, and every later one (the engine is closing)."""

@@ -27,6 +27,7 @@ import msgspec
 from ._engine import call_query
 from ._errors import ConcurrencyError, DefinitionError, DuplicateCommand, StorageError
 from ._log import EventLog
+from ._log_check import LogWalk
 from ._projectors import detach
 from ._records import ANY, NO_STREAM, Append, AppendResult, ProjectorCache, Snapshot, StoredEvent
 
@@ -68,27 +69,12 @@ def assert_log_consistent(log: EventLog, batch: int = 1000) -> dict[str, int]:
         AssertionError: the log is inconsistent.
         StorageError: the log could not read an entry (raised as the log raised it).
     """
-    by_stream: dict[str, list[StoredEvent]] = {}
-    head = log.head_position()
-    position = 0
-    while position < head:
-        events = log.read_all(position + 1, batch)
-        if not events:
-            raise AssertionError(
-                f"read_all({position + 1}) returned nothing, below the head position {head}"
-            )
-        for event in events:
-            position += 1
-            _same(event.position, position, "the position after a gapless log's last one")
-            stream = by_stream.setdefault(event.stream_id, [])
-            _same(event.version, len(stream) + 1, f"the next version of {event.stream_id!r}")
-            stream.append(event)
-    _same(log.read_all(position + 1, batch), [], "read_all past the head position")
-    _same(log.head_position(), position, "head_position() of the log read back")
-    for stream_id, events in by_stream.items():
-        _same(log.stream_version(stream_id), len(events), f"stream_version({stream_id!r})")
-        _same(log.read_stream(stream_id), events, f"read_stream({stream_id!r})")
-    return {stream_id: len(events) for stream_id, events in by_stream.items()}
+    walk = LogWalk(log, batch=batch)  # the rules, shared with ``actorlog verify``
+    for damage in walk.damage():
+        if damage.error is not None:
+            raise damage.error
+        raise AssertionError(damage.problem)
+    return walk.versions
 
 
 def check_event_log(make_log: Callable[[], EventLog]) -> None:

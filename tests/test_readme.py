@@ -67,6 +67,20 @@ def test_the_service_example_runs_as_written(tmp_path: Path) -> None:
     assert _run(program, tmp_path).splitlines() == ["refused: only tellers deposit", "5"]
 
 
+def test_the_sqlite_view_example_runs_as_written(tmp_path: Path) -> None:
+    """The SQLite example under "Operating" continues the one under "Using it": run the two
+    as one program, twice; the second run resumes the view where the first left it."""
+    readme = (ROOT / "README.md").read_text()
+    using = readme.split("## Using it", 1)[1].split("\n## ", 1)[0]
+    operating = readme.split("## Operating", 1)[1].split("\n## ", 1)[0]
+    (first,) = re.findall(r"```python\n(.+?)\n```", using, flags=re.S)
+    (second,) = re.findall(r"```python\n(.+?)\n```", operating, flags=re.S)
+    program = first.rsplit("\ntrio.run(", 1)[0] + "\n\n" + second
+    assert _run(program, tmp_path) == "a-1 holds 5; the view resumed at 0\n"
+    assert _run(program, tmp_path) == "a-1 holds 10; the view resumed at 1\n"
+    assert (tmp_path / "views" / "balances.sqlite").is_file()
+
+
 def test_the_readmes_evolving_events_example_runs_as_written(tmp_path: Path) -> None:
     """The example under "Evolving events" is a whole program that asserts what it shows."""
     readme = (ROOT / "README.md").read_text()

@@ -1,0 +1,5 @@
+"""``python -m actorlog``: the ``actorlog`` command."""
+
+from ._cli import main
+
+main()
