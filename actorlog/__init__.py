@@ -15,7 +15,21 @@ their records and the contract any new backend runs), ``actorlog.lowlevel`` (the
 the event registry and the protocols the engine hosts, for those who build on its parts).
 """
 
-from .actors import Aggregate, Projector, SqliteView, applies, handles
+from .actors import (
+    Aggregate,
+    Cancel,
+    Finish,
+    ProcessManager,
+    Projector,
+    Schedule,
+    Send,
+    SendFailed,
+    SqliteView,
+    applies,
+    handles,
+    reacts,
+    starts,
+)
 from .engine import (
     CodecError,
     Committed,
@@ -49,10 +63,12 @@ from .engine import (
 from .engine._command_ids import CommandIdRetention
 from .engine._errors import QueryTimeout, Unauthorized, UnknownPosition
 from .engine._policy import Policy
+from .engine._process_steps import ProcessManagerStatistics
 from .engine._public import publish
 
 __all__ = [
     "Aggregate",
+    "Cancel",
     "CodecError",
     "CommandIdRetention",
     "Committed",
@@ -64,6 +80,7 @@ __all__ = [
     "EngineClosed",
     "EngineError",
     "EngineStatistics",
+    "Finish",
     "HandlerError",
     "InvalidArgument",
     "Overloaded",
@@ -71,12 +88,17 @@ __all__ = [
     "PayloadTooLarge",
     "Pending",
     "Policy",
+    "ProcessManager",
+    "ProcessManagerStatistics",
     "Projector",
     "ProjectorFaulted",
     "ProjectorStatistics",
     "QueryTimeout",
     "Recorded",
     "Rejected",
+    "Schedule",
+    "Send",
+    "SendFailed",
     "SqliteView",
     "StorageError",
     "StorageFull",
@@ -89,6 +111,8 @@ __all__ = [
     "UpcastError",
     "applies",
     "handles",
+    "reacts",
+    "starts",
     "upcaster",
 ]
 

@@ -1,6 +1,6 @@
 """The benchmark harness: every bank workload beside its floor and its peer, in one run.
 
-``python -m benchmarks`` runs W1-W6 and W4-upcast (W4 over events stored at an older
+``python -m benchmarks`` runs W1-W7 and W4-upcast (W4 over events stored at an older
 version, against the same log at the current one: ``benchmarks/upcast.py``), about 3-5
 minutes here; ``--quick`` scales every count down ~20x, ``--only W1,W4`` selects, ``--json
 PATH`` writes one JSON object per line. The machine is shared and noisy, so absolute
@@ -26,8 +26,10 @@ from typing import Any, TypeVar
 import trio
 
 from . import floors, upcast, workloads
+from . import transfers as transfers_w7
 from ._floor import run_floor_paced_latency, run_floor_w1
 from ._peer import run_peer_w1, run_peer_w3, run_peer_w4
+from ._peer_transfers import run_peer_w7
 
 __all__ = ["main"]
 
@@ -354,6 +356,48 @@ class Harness:
                 _row("W6", q[:3], engine[q], "ms", floor=floor[q], higher_is_better=False)
             )
 
+    def w7(self) -> None:
+        """W7: transfers end to end through the transfer process manager, beside the
+        peer's process applications (``benchmarks/transfers.py``)."""
+        accounts, transfers = self.n(1000, 100), self.n(20_000, 500)
+        clients = 64
+        engine = _trio(
+            transfers_w7.engine_transfers(
+                self.fresh("w7"), accounts=accounts, transfers=transfers, clients=clients
+            )
+        )
+        one = _trio(
+            transfers_w7.engine_transfers(
+                self.fresh("w7-1"), accounts=accounts, transfers=self.n(1_000, 100), clients=1
+            )
+        )
+        peer = None
+        if self.peer:
+            peer = run_peer_w7(
+                str(self.fresh("peer-w7")), accounts=accounts, transfers=self.n(1_000, 100)
+            )
+        self.rows.append(
+            _row(
+                "W7",
+                "transfers, 64 clients",
+                engine["per_second"],
+                "transfers/s",
+                peer=None if peer is None else peer["per_second"],
+                p50_ms=round(engine["p50_ms"], 3),
+                p99_ms=round(engine["p99_ms"], 3),
+            )
+        )
+        self.rows.append(
+            _row(
+                "W7",
+                "p99 latency, one client",
+                one["p99_ms"],
+                "ms",
+                peer=None if peer is None else peer["p99_ms"],
+                higher_is_better=False,
+            )
+        )
+
 
 WORKLOADS: dict[str, Callable[[Harness], None]] = {
     "W1": Harness.w1,
@@ -365,6 +409,7 @@ WORKLOADS: dict[str, Callable[[Harness], None]] = {
     "W4-upcast": Harness.w4_upcast,
     "W5": Harness.w5,
     "W6": Harness.w6,
+    "W7": Harness.w7,
 }
 
 

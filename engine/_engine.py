@@ -48,6 +48,8 @@ from ._log_postgres import PostgresEventLog
 from ._log_view import LogView
 from ._metadata import CommandMeta, RecordPrincipal, command_meta
 from ._policy import Policy, allow_query, allow_send, check_policy, send_refused
+from ._process_managers import ProcessManagers
+from ._process_steps import ProcessManagerStatistics, check_process_managers
 from ._projectors import (
     WINDOW_BYTES,
     Broadcast,
@@ -61,6 +63,7 @@ from ._projectors import (
 from ._records import Committed
 from ._reply import must_propagate
 from ._telemetry import Telemetry, check_telemetry
+from ._timers import Clock, SystemClock
 from ._writer import Writer, WriterStatistics
 
 __all__ = ["Engine", "EngineStatistics", "call_query"]
@@ -77,6 +80,8 @@ class EngineStatistics(msgspec.Struct, frozen=True):
     head: int
     window: WindowStatistics
     """What the projectors' window of recent events holds (events, bytes)."""
+    process_managers: tuple[ProcessManagerStatistics, ...] = ()
+    """Each hosted process manager's counters."""
 
 
 async def _shielded(run: Callable[[], Awaitable[None]]) -> None:
@@ -126,8 +131,10 @@ class Engine:
         registry: EventRegistry,
         policy: Policy | None = None,
         record_principal: RecordPrincipal | None = None,
+        processes: ProcessManagers | None = None,
     ) -> None:
         # Use Engine.open: the engine only works inside the task group it creates.
+        self._processes = processes
         self._policy = policy
         self._record_principal = record_principal
         self._log = log
@@ -169,6 +176,8 @@ class Engine:
         authorize: Policy | None = None,
         record_principal: Callable[[Any], str | None] | None = None,
         command_ids: CommandIdRetention = _COMMAND_IDS,
+        process_managers: Iterable[Any] = (),
+        clock: Clock | None = None,
         telemetry: Telemetry | None = None,
     ) -> AsyncIterator[Engine]:
         """Open the log, start the actors, and close it all on exit.
@@ -218,6 +227,12 @@ class Engine:
                 principal is refused.
             command_ids: with a path or URL: how long command ids are kept for
                 idempotent retries (default: the newest 250,000 younger than a day).
+            process_managers: the :class:`ProcessManager` classes to host; each reads
+                the log from where it left off, and sends what it decided but had not
+                sent (see ``docs/design.md``, "Process managers").
+            clock: what process managers' deadlines read the time from and sleep with
+                (default: the system's wall clock; tests pass a
+                ``actorlog.testing.FakeClock``).
             telemetry: an instrumentation to attach, e.g. ``actorlog.otel.OpenTelemetry()``
                 (spans and metrics; ``pip install 'actorlog[otel]'``). None: nothing is
                 observed, and nothing is paid.
@@ -271,6 +286,9 @@ class Engine:
                 f"record_principal must be a callable, not {describe(record_principal)}"
             )
         aggregate_kinds, projector_kinds = _check_kinds(aggregates, projectors)
+        process_kinds = check_process_managers(process_managers)
+        if clock is not None and not isinstance(clock, Clock):
+            raise DefinitionError(f"clock must have now() and sleep_until(), not {describe(clock)}")
         _check_options(
             sync=sync,
             mailbox_size=mailbox_size,
@@ -328,6 +346,19 @@ class Engine:
                         read_limiter=limiter,
                     )
                 )
+            processes = None
+            if process_kinds:
+                processes = ProcessManagers(
+                    process_kinds,
+                    log=log,
+                    writer=writer,
+                    aggregates=hosts,
+                    aggregate_kinds=aggregate_kinds,
+                    registry=registry,
+                    broadcast=broadcast,
+                    clock=SystemClock() if clock is None else clock,
+                    read_limiter=limiter,
+                )
             engine = cls(
                 log=log,
                 writer=writer,
@@ -337,6 +368,7 @@ class Engine:
                 registry=registry,
                 policy=policy,
                 record_principal=record_principal,
+                processes=processes,
             )
             if telemetry is not None:
                 telemetry.attach(engine)
@@ -349,6 +381,8 @@ class Engine:
                     tg.start_soon(host.run)
                 if idle_timeout is not None:
                     tg.start_soon(hosts.run_idle_sweeper, idle_timeout)
+                if processes is not None:
+                    tg.start_soon(processes.run, broadcast.head)
                 try:
                     if wait_for_projectors:
                         await engine._wait_caught_up(broadcast.head)
@@ -396,6 +430,8 @@ class Engine:
     async def _shutdown(self) -> None:
         """Refuse new work, commit what was decided, then stop the writer."""
         self._closed = True
+        if self._processes is not None:
+            self._processes.stop()  # before the last commit, which carries its acks
         self._aggregates.close()
         for host in self._projectors.values():
             host.queue_save()  # rides on the writer's last commit
@@ -755,21 +791,56 @@ class Engine:
         """
         self._projector(projector).rebuild()
 
-    def resume(self, projector: ProjectorType) -> None:
-        """Clear a halted projector's fault and retry the event it stopped at."""
+    def resume(self, projector: ProjectorType | type) -> None:
+        """Clear a halted projector's (or process manager's) fault and retry the event it
+        stopped at."""
         self._projector(projector).resume()
 
-    def parked(self, projector: ProjectorType) -> list[Parked]:
+    def parked(self, projector: ProjectorType | type) -> list[Parked]:
         """The most recent events (its ``max_parked``, 1,000 by default) a ``park``
-        projector skipped because its applier raised, oldest first; statistics count
-        them all."""
+        projector (or process manager) skipped because its applier (or reaction) raised,
+        oldest first; statistics count them all."""
         return list(self._projector(projector).parked)
 
-    def _projector(self, projector: ProjectorType) -> ProjectorHost:
+    def _projector(self, projector: ProjectorType | type) -> ProjectorHost:
         try:
-            return self._projectors[projector]
+            return self._projectors[projector]  # type: ignore[index]
         except (KeyError, TypeError):  # TypeError: unhashable, so not a projector either
+            if self._processes is not None:  # a process manager's router resumes alike
+                router = self._processes.host_of(projector)
+                if router is not None:
+                    return router
             raise UnknownQuery(f"{describe(projector)} is not a hosted projector") from None
+
+    async def wait_settled(
+        self,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 (wait_projected's twin)
+    ) -> None:
+        """Wait until every process manager has settled: it has read the log to its
+        head, its steps are durable, and every command it decided was sent and answered
+        (deadlines still to come do not count). Cancelling the wait is safe.
+
+        Raises:
+            ProjectorFaulted: a process manager is halted (its fault names the event).
+            InvalidArgument: ``timeout`` is not None or a finite number >= 0.
+            QueryTimeout: ``timeout`` seconds passed first.
+            EngineClosed: the engine is closing or closed.
+        """
+        if timeout is not None:
+            _check_timeout(timeout)
+        processes = self._processes
+        if processes is None:
+            return
+        with anyio.move_on_after(math.inf if timeout is None else timeout) as scope:
+            # Polled: settling depends on the writer, the routers and every dispatch; a
+            # few milliseconds late is fine for what waits on it (tests, benchmarks).
+            while not processes.settled():
+                if self._closed:
+                    raise EngineClosed("the engine is closed")
+                await anyio.sleep(0.002)
+        if scope.cancelled_caught:
+            raise QueryTimeout(f"the process managers did not settle within {timeout} s")
 
     # -- inspection ------------------------------------------------------------------------
 
@@ -814,6 +885,7 @@ class Engine:
             projectors=tuple(h.statistics() for h in self._projectors.values()),
             head=self._broadcast.head,
             window=self._broadcast.statistics(),
+            process_managers=() if self._processes is None else self._processes.statistics(),
         )
 
     def is_live(self, stream_id: str) -> bool:

@@ -67,6 +67,15 @@ def test_the_service_example_runs_as_written(tmp_path: Path) -> None:
     assert _run(program, tmp_path).splitlines() == ["refused: only tellers deposit", "5"]
 
 
+def test_the_process_manager_example_runs_as_written(tmp_path: Path) -> None:
+    """The example under "Work across aggregates" is a whole program: a transfer credited,
+    one refunded."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Work across aggregates", 1)[1].split("\n## ", 1)[0]
+    (code,) = re.findall(r"```python\n(.+?)\n```", section, flags=re.S)
+    assert _run(code, tmp_path).splitlines() == ["ann 70", "bob 0", "cat 30"]
+
+
 def test_the_sqlite_view_example_runs_as_written(tmp_path: Path) -> None:
     """The SQLite example under "Operating" continues the one under "Using it": run the two
     as one program, twice; the second run resumes the view where the first left it."""
