@@ -81,6 +81,8 @@ class OpenTelemetry:
         meter_provider: where metrics go (default: the global one).
         record_traceparent: write each command span's ``traceparent`` into its events'
             headers (it moves the command off the engine's fastest metadata path).
+        traces: False for metrics only: no span at all (nor with a
+            ``NoOpTracerProvider``), commands still counted.
 
     One engine at a time: attaching to a second engine while one is attached raises
     ``DefinitionError``; after that engine closes it may be used again.
@@ -92,8 +94,12 @@ class OpenTelemetry:
         tracer_provider: trace.TracerProvider | None = None,
         meter_provider: metrics.MeterProvider | None = None,
         record_traceparent: bool = True,
+        traces: bool = True,
     ) -> None:
         self._tracer = trace.get_tracer(_SCOPE, tracer_provider=tracer_provider)
+        # No command spans with traces=False, or with a tracer known to be a no-op (a
+        # NoOpTracerProvider passed): commands are then only counted.
+        self._spans = traces and not isinstance(self._tracer, trace.NoOpTracer)
         meter = metrics.get_meter(_SCOPE, meter_provider=meter_provider)
         self._record_traceparent = record_traceparent
         # Commands are counted in plain ints and reported when the SDK collects: an SDK
@@ -217,9 +223,11 @@ class OpenTelemetry:
 
     def _start_command(
         self, aggregate: Any, stream_id: str, command: Any, options: dict[str, Any]
-    ) -> trace.Span:
+    ) -> trace.Span | None:
         """The command's span, a child of the caller's current one; the ``traceparent``
-        added to ``options["headers"]`` if recorded."""
+        added to ``options["headers"]`` if recorded. None when spans are off."""
+        if not self._spans:
+            return None
         attributes = {
             "actorlog.aggregate": self._name(aggregate),
             "actorlog.stream_id": str(stream_id),
@@ -243,14 +251,16 @@ class OpenTelemetry:
 
     def _end_command(
         self,
-        span: trace.Span,
+        span: trace.Span | None,
         aggregate: Any,
         committed: Committed | None,
         error: BaseException | None,
     ) -> None:
+        recording = span is not None and span.is_recording()
         if committed is not None:
             outcome = "committed"
-            if span.is_recording():
+            if recording:
+                assert span is not None
                 span.set_attributes(
                     {
                         "actorlog.version": committed.version,
@@ -267,7 +277,8 @@ class OpenTelemetry:
             outcome = "unauthorized"
         else:
             outcome = "failed"
-        if error is not None and span.is_recording():
+        if error is not None and recording:
+            assert span is not None
             span.set_attribute("error.type", type(error).__qualname__)
             if isinstance(error, Rejected):
                 # An answer, not a fault: no error status, and no exception event, whose
@@ -277,7 +288,8 @@ class OpenTelemetry:
                 if isinstance(error, Exception):
                     span.record_exception(error)
                 span.set_status(Status(StatusCode.ERROR, str(error)))
-        span.end()
+        if span is not None:
+            span.end()
         if not isinstance(error, Exception | None):
             return  # cancelled (or interpreter exit): no outcome to count
         key = (self._name(aggregate), outcome)
@@ -401,7 +413,7 @@ class _TracedPending(Pending):
         self,
         pending: Pending,
         telemetry: OpenTelemetry,
-        span: trace.Span,
+        span: trace.Span | None,
         aggregate: Any,
     ) -> None:
         super().__init__(pending._reply)

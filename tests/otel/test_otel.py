@@ -328,3 +328,19 @@ async def test_an_unsampled_command_records_no_traceparent(tmp_path: Path) -> No
     ]
     assert isinstance(count, NumberDataPoint)
     assert count.value == 1
+
+
+async def test_metrics_only(tmp_path: Path) -> None:
+    """``traces=False``: no span at all, no traceparent, and the commands still counted."""
+    telemetry = Telemetry(traces=False)
+    async with Engine.open(tmp_path, aggregates=[Account], telemetry=telemetry.otel) as engine:
+        await engine.send(Account, "a-1", Deposit(1))
+        with pytest.raises(InsufficientFunds):
+            await engine.send(Account, "a-1", Withdraw(5))
+        await engine.send_nowait(Account, "a-1", Deposit(2))
+        (event, _) = engine.log.read_all()
+        metrics = telemetry.metrics()
+    assert telemetry.named("actorlog.command") == []
+    assert event.headers is None
+    assert _commands(metrics["actorlog.commands"]) == {"committed": 2, "rejected": 1}
+    assert sum(p.count for p in metrics["actorlog.commit.duration"]) >= 2
