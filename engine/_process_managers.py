@@ -25,8 +25,9 @@ re-dispatches what was not acknowledged with the same command id, which the log 
 with the original result (within the command-id retention, a day by default). A deadline
 fires by a step that records it; the instance (its stream is the truth) ignores a firing
 of a deadline it no longer has. A scheduled command (``Schedule(Send(...))``) fires the
-same way, by a step whose outbox holds the command: from there it is any ``Send``. Dispatch and deadlines start once the router has read the
-log up to its head at open, so what is pending is exactly what the log says.
+same way, by a step whose outbox holds the command: from there it is any ``Send``.
+Dispatch and deadlines start once the router has read the log up to its head at open, so
+what is pending is exactly what the log says.
 
 The router's position and its pending work are saved like a projector's cache, at a
 position no later than the oldest step not yet durable; replaying from a saved position
