@@ -2,7 +2,10 @@
 
 ``python -m benchmarks`` runs W1-W7 and W4-upcast (W4 over events stored at an older
 version, against the same log at the current one: ``benchmarks/upcast.py``), about 3-5
-minutes here; ``--quick`` scales every count down ~20x, ``--only W1,W4`` selects, ``--json
+minutes here, and PG (W1, W3 and W4 on the PostgreSQL log beside LMDB and the peer on the
+same server: ``benchmarks/postgres.py``) when a server is given (``--postgres URL`` or
+``ACTORLOG_BENCH_POSTGRES``; with ``--quick``, ``ACTORLOG_TEST_POSTGRES`` too), else it
+says it skipped it; ``--quick`` scales every count down ~20x, ``--only W1,W4`` selects, ``--json
 PATH`` writes one JSON object per line. The machine is shared and noisy, so absolute
 figures drift between runs; the ratios, measured minutes apart in the same process, are
 what to quote.
@@ -25,7 +28,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from . import floors, upcast, workloads
+from . import floors, postgres, upcast, workloads
 from . import transfers as transfers_w7
 from ._floor import run_floor_paced_latency, run_floor_w1
 from ._peer import run_peer_w1, run_peer_w3, run_peer_w4
@@ -100,10 +103,12 @@ def _trio(job: Coroutine[Any, Any, T]) -> T:
 class Harness:
     """Runs the selected workloads at a scale, collecting rows."""
 
-    def __init__(self, root: Path, *, quick: bool, peer: bool) -> None:
+    def __init__(self, root: Path, *, quick: bool, peer: bool, postgres: str | None = None) -> None:
         self.root = root
         self.scale = 20 if quick else 1
         self.peer = peer
+        self.postgres = postgres
+        self.skipped: list[str] = []
         self.rows: list[Row] = []
         self._dirs = 0
         self.sweep: dict[str, dict[int, float]] = {}
@@ -398,6 +403,76 @@ class Harness:
             )
         )
 
+    def pg(self) -> None:
+        """W1 (durable), W3 and W4 on the PostgreSQL log; their floor is the same workload
+        on LMDB in the same run (alternating), their peer ``eventsourcing`` on the same
+        PostgreSQL server."""
+        if self.postgres is None:
+            self.skipped.append(
+                "PG: skipped, no PostgreSQL server (pass --postgres URL or set "
+                "ACTORLOG_BENCH_POSTGRES)"
+            )
+            return
+        quick = self.scale > 1
+        results = postgres.compare(
+            self.postgres,
+            w1_commands=self.n(20_000),
+            w3_events=self.n(10_000, 200),
+            w4_events=self.n(1_000_000),
+            peer_w1_commands=self.n(4_000, 200),
+            peer_w4_events=self.n(100_000),
+            rounds=1 if quick else 3,
+            peer=self.peer,
+        )
+        lmdb = "(floor: actorlog on LMDB)"
+        for r in results:
+            peer_note = {"peer_error": r["peer_error"]} if r.get("peer_error") else {}
+            if r["workload"] == "W1":
+                self.rows.append(
+                    _row(
+                        "W1-pg",
+                        f"durable trio, PostgreSQL {lmdb}",
+                        r["postgres_per_second"],
+                        "commands/s",
+                        floor=r["lmdb_per_second"],
+                        peer=r.get("peer_per_second"),
+                        sync=True,
+                        mean_batch=round(r["postgres_mean_batch"], 1),
+                        commit_time_vs_lmdb=round(
+                            r["postgres_commit_seconds"] / r["lmdb_commit_seconds"], 2
+                        ),
+                        commands=r["commands"],
+                        peer_commands=r.get("peer_commands"),
+                        **peer_note,
+                    )
+                )
+            elif r["workload"] == "W3":
+                self.rows.append(
+                    _row(
+                        "W3-pg",
+                        f"cold, {r['events']} events, PostgreSQL {lmdb}",
+                        r["postgres_ms"],
+                        "ms",
+                        floor=r["lmdb_ms"],
+                        peer=r.get("peer_ms"),
+                        higher_is_better=False,
+                        **peer_note,
+                    )
+                )
+            else:
+                self.rows.append(
+                    _row(
+                        "W4-pg",
+                        f"rebuild {r['events']:,} events from PostgreSQL {lmdb}",
+                        r["postgres_per_second"],
+                        "events/s",
+                        floor=r["lmdb_per_second"],
+                        peer=r.get("peer_per_second"),
+                        peer_events=r.get("peer_events"),
+                        **peer_note,
+                    )
+                )
+
 
 WORKLOADS: dict[str, Callable[[Harness], None]] = {
     "W1": Harness.w1,
@@ -410,6 +485,7 @@ WORKLOADS: dict[str, Callable[[Harness], None]] = {
     "W5": Harness.w5,
     "W6": Harness.w6,
     "W7": Harness.w7,
+    "PG": Harness.pg,
 }
 
 
@@ -470,7 +546,16 @@ def main(argv: list[str] | None = None) -> int:
         help="where to save the W1-vs-clients plot",
     )
     parser.add_argument("--no-peer", action="store_true", help="skip the eventsourcing peer")
+    parser.add_argument(
+        "--postgres",
+        metavar="URL",
+        default=os.environ.get("ACTORLOG_BENCH_POSTGRES"),
+        help="a PostgreSQL server (libpq URL) for PG; default $ACTORLOG_BENCH_POSTGRES",
+    )
     args = parser.parse_args(argv)
+    if args.postgres is None and args.quick:
+        # CI's throwaway server (the tests'); PG at --quick scale takes ~30 s on it.
+        args.postgres = os.environ.get("ACTORLOG_TEST_POSTGRES")
     selected = [w.strip() for w in args.only.split(",") if w.strip()] or list(WORKLOADS)
     unknown = [w for w in selected if w not in WORKLOADS]
     if unknown:
@@ -480,11 +565,15 @@ def main(argv: list[str] | None = None) -> int:
 
     meta = {"versions": _versions(), "cpu": _cpu(), "quick": args.quick}
     with tempfile.TemporaryDirectory(prefix="actorlog-bench-") as tmp:
-        harness = Harness(Path(tmp), quick=args.quick, peer=not args.no_peer)
+        harness = Harness(
+            Path(tmp), quick=args.quick, peer=not args.no_peer, postgres=args.postgres
+        )
         for name in tqdm(selected, desc="workloads", unit="workload", file=sys.stderr):
             WORKLOADS[name](harness)
     rows = [{**row, **meta} for row in harness.rows]
     print(_table(harness.rows))
+    for line in harness.skipped:
+        print(line)
     print(f"\n{meta['cpu']}; " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()))
     if harness.sweep:
         _plot(harness.sweep, args.plot)

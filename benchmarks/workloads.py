@@ -18,7 +18,7 @@ import anyio.lowlevel
 
 from actorlog import Engine, Policy, Rejected
 from actorlog.engine._records import Append
-from actorlog.storage import LmdbEventLog
+from actorlog.storage import EventLog, LmdbEventLog
 
 from .bank import (
     Account,
@@ -42,6 +42,7 @@ __all__ = [
     "engine_write_throughput",
     "percentile",
     "SERVICE_VARIANTS",
+    "append_bank_log",
     "write_bank_log",
 ]
 
@@ -217,31 +218,49 @@ def write_bank_log(
 
     ``opened`` and ``deposited`` build its events from an owner and an amount (the bank's
     own types by default; ``benchmarks.upcast`` writes other versions of them)."""
+    log = LmdbEventLog(path, sync=False)
+    try:
+        append_bank_log(
+            log, events=events, accounts=accounts, seed=seed, opened=opened, deposited=deposited
+        )
+    finally:
+        log.close()
+
+
+def append_bank_log(
+    log: EventLog,
+    *,
+    events: int,
+    accounts: int = 1000,
+    seed: int = 3,
+    opened: Callable[[str], Any] = AccountOpened,
+    deposited: Callable[[int], Any] = Deposited,
+) -> None:
+    """Append :func:`write_bank_log`'s events to an empty ``log`` (any backend), in groups
+    of 10,000."""
     from actorlog.lowlevel import EventRegistry
 
     registry = EventRegistry()
     rng = random.Random(seed)
-    log = LmdbEventLog(path, sync=False)
-    try:
-        versions = [0] * accounts
-        opening = [opened(f"owner-{n}") for n in range(accounts)]
-        written = 0
-        while written < events:
-            group: list[Append] = []
-            for _ in range(min(10_000, events - written)):
-                n = rng.randrange(accounts)
-                if versions[n] == 0:
-                    event: Any = opening[n]
-                else:
-                    event = deposited(rng.randint(1, 100))
-                registry.register(type(event))
-                group.append(Append(f"acct-{n}", versions[n], (registry.encode(event),)))
-                versions[n] += 1
-                written += 1
-            outcomes, _ = log.append_batch(group)
-            assert all(not isinstance(o, Exception) for o in outcomes)
-    finally:
-        log.close()
+    versions = [0] * accounts
+    opening = [opened(f"owner-{n}") for n in range(accounts)]
+    written = 0
+    while written < events:
+        group: list[Append] = []
+        for _ in range(min(10_000, events - written)):
+            n = rng.randrange(accounts)
+            if versions[n] == 0:
+                event: Any = opening[n]
+            else:
+                event = deposited(rng.randint(1, 100))
+            registry.register(type(event))
+            group.append(Append(f"acct-{n}", versions[n], (registry.encode(event),)))
+            versions[n] += 1
+            written += 1
+        outcomes, _ = log.append_batch(group)
+        failed = [o for o in outcomes if isinstance(o, Exception)]
+        if failed:
+            raise RuntimeError(f"writing the bank log failed: {failed[0]!r}")
 
 
 async def engine_rebuild(root: Path, *, events: int) -> dict[str, Any]:

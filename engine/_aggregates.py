@@ -141,6 +141,11 @@ class Aggregates:
         if self._blocking and read_limiter is None:
             self._limiter = anyio.CapacityLimiter(1)
         self._loading: dict[str, _Loading] = {}
+        # Command ids ``send_checked`` looked up in a worker thread and did not find: the
+        # actor and its ``completed`` count when the lookup began (see ``_find_checked``).
+        self._checked: dict[tuple[str, str], tuple[Actor, int]] = {}
+        if self._blocking:
+            self._find_command = self._find_checked
         self._closed = False
         self._reloads = 0
         self._snapshot_failures = 0
@@ -208,6 +213,62 @@ class Aggregates:
             return await self.send(kind, stream_id, command, meta)
         result: Committed = await reply.wait()
         return result
+
+    async def send_checked(
+        self, kind: AggregateType, stream_id: str, command: Any, meta: CommandMeta, command_id: str
+    ) -> Committed:
+        """``send`` of a command carrying a ``command_id``, on a log whose reads block: the
+        log is asked for the id in a worker thread first (the loop serves other commands
+        and queries meanwhile), then the command is sent as usual.
+
+        The answer is used by ``_decide`` (through ``_find_checked``) only if nothing of
+        the stream completed since the lookup began: a command of this id that was in
+        flight then is followed as ever (``actor.commands``), one that completed before is
+        in the log, and one that completed meanwhile makes the answer stale: ``_decide``
+        then asks the log again, inline (rare: it takes a retry racing its first attempt).
+        """
+        self._handler(kind, command)  # closed, not hosted, no handler: before any read
+        try:
+            actor = self._actor(kind, stream_id)
+        except AtCapacity:
+            actor = await self._wait_for_capacity(kind, stream_id)
+        except _NotLive:
+            actor = await self._activate_async(kind, stream_id)
+        if command_id in actor.commands:  # in flight: send follows it
+            return await self.send(kind, stream_id, command, meta)
+        key = (stream_id, command_id)
+        completed = actor.completed
+        try:
+            found = await anyio.to_thread.run_sync(
+                self._log.find_command, stream_id, command_id, limiter=self._limiter
+            )
+        except BaseException:
+            # The read failed (StorageError) or we were cancelled: nothing was decided, and
+            # the actor (activated just for this, perhaps) may go to a sender waiting for
+            # a live slot.
+            if self._capacity and not actor.busy():
+                self._slots.pass_on()
+            raise
+        if found is not None:  # a retry: answered from the log, nothing decided
+            if self._capacity and not actor.busy():
+                self._slots.pass_on()
+            return _committed(found)
+        self._checked[key] = (actor, completed)
+        try:
+            return await self.send(kind, stream_id, command, meta)
+        finally:
+            self._checked.pop(key, None)
+
+    def _find_checked(self, stream_id: str, command_id: str) -> AppendResult | None:
+        """``find_command`` for ``_decide`` on a log whose reads block: None without a read
+        if ``send_checked`` just found the id absent and no append of the stream completed
+        since; else the log's answer, inline (``send_nowait``, or a stale lookup)."""
+        checked = self._checked.pop((stream_id, command_id), None)
+        if checked is not None:
+            actor, completed = checked
+            if self._live.get(stream_id) is actor and actor.completed == completed:
+                return None
+        return self._log.find_command(stream_id, command_id)
 
     def send_nowait(
         self,

@@ -7,6 +7,7 @@ calls they guard.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import sys
@@ -42,7 +43,14 @@ from ._errors import (
     UnknownQuery,
     describe,
 )
-from ._log import MAX_METADATA_BYTES, EventLog, check_label, check_stream_id, read_limiter
+from ._log import (
+    MAX_METADATA_BYTES,
+    EventLog,
+    check_label,
+    check_stream_id,
+    read_limiter,
+    reads_block,
+)
 from ._log_lmdb import DEFAULT_MAP_SIZE, DEFAULT_MAX_MAP_SIZE, LmdbEventLog
 from ._log_postgres import PostgresEventLog
 from ._log_view import LogView
@@ -138,6 +146,8 @@ class Engine:
         self._policy = policy
         self._record_principal = record_principal
         self._log = log
+        # Command ids are looked up in a worker thread (``send_checked``) on such a log.
+        self._checks_off_loop = reads_block(log)
         self._view = LogView(log)
         self._writer = writer
         self._aggregates = aggregates
@@ -308,7 +318,14 @@ class Engine:
         if log is None and _postgres_url(path):
             if {"map_size", "max_map_size"} & set(given):
                 raise DefinitionError("map_size and max_map_size are LMDB's; a URL was given")
-            log = PostgresEventLog(str(path), sync=sync, command_ids=_value(command_ids))
+            # Connecting and creating the tables take round trips (and, for a server that
+            # does not answer, up to the connect timeout): in a worker thread, not on the
+            # host's event loop.
+            log = await anyio.to_thread.run_sync(
+                functools.partial(
+                    PostgresEventLog, str(path), sync=sync, command_ids=_value(command_ids)
+                )
+            )
         if log is None:
             assert path is not None
             log, held = _open_lmdb(
@@ -323,7 +340,12 @@ class Engine:
         attached: Telemetry | None = None  # detached on the way out, whatever happens
         try:
             registry = EventRegistry()
-            broadcast = Broadcast(log.head_position(), window_bytes=projector_window_bytes)
+            head = (
+                await anyio.to_thread.run_sync(log.head_position)
+                if reads_block(log)
+                else log.head_position()
+            )
+            broadcast = Broadcast(head, window_bytes=projector_window_bytes)
             writer = Writer(log, on_commit=broadcast.publish)
             limiter = read_limiter(log)  # None: the log's reads run inline
             hosts = Aggregates(
@@ -569,6 +591,11 @@ class Engine:
             if allowed is not True:
                 raise send_refused(principal, stream_id, command)
         try:  # free when nothing is raised (zero-cost try since Python 3.11)
+            if meta is not None and meta.command_id is not None and self._checks_off_loop:
+                # A log whose reads block is asked for the id in a worker thread.
+                return await self._aggregates.send_checked(
+                    aggregate, stream_id, command, meta, meta.command_id
+                )
             return await self._aggregates.send(aggregate, stream_id, command, meta)
         except UnknownCommand as e:
             raise _with_decode_hint(e, command) from None

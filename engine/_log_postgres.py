@@ -54,6 +54,7 @@ decision, and the writer and readers are checked against it side by side.
 
 from __future__ import annotations
 
+import operator
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -64,6 +65,7 @@ import msgspec
 try:
     import psycopg
     from psycopg import sql
+    from psycopg.rows import tuple_row
 except ImportError:  # the optional extra (actorlog[postgres]) is not installed
     psycopg = None  # type: ignore[assignment]
 
@@ -105,6 +107,7 @@ _headers_decode = msgspec.json.Decoder(tuple[tuple[str, str], ...]).decode
 _one_value: Final = msgspec.msgpack.Decoder(msgspec.Raw).decode
 _UNSTORABLE: Final = (TypeError, ValueError, msgspec.DecodeError)
 
+_PAYLOAD: Final = operator.attrgetter("payload")
 _EVENT_COLUMNS: Final = (
     "position, stream_id, version, type, timestamp, correlation_id, causation_id, payload, "
     "aggregate, command_id, principal, headers::text"
@@ -507,8 +510,9 @@ class PostgresEventLog:
         if limit <= 0:
             return []
         start = min(max(from_position, 1), _MAX_BIGINT)
-        events = self._read(self._q.read_all, (start, min(limit, _MAX_BIGINT)), _event_rows)
-        return ReadBatch(events, sum(len(e.payload) for e in events))
+        last = min(start + limit - 1, _MAX_BIGINT)  # ``limit`` positions: they have no gaps
+        events: list[StoredEvent] = self._read(self._q.read_all, (start, last), _event_rows)
+        return ReadBatch(events, sum(map(len, map(_PAYLOAD, events))))
 
     def head_position(self) -> int:
         """The position of the last committed event; 0 for an empty log."""
@@ -540,14 +544,14 @@ class PostgresEventLog:
         self,
         query: sql.Composed,
         params: Sequence[Any] = (),
-        convert: Callable[[list[Any]], list[_T]] | None = None,
-    ) -> Any:
-        """Run one query on the readers' connection (autocommit: its own snapshot)."""
+        rows: Callable[[Any], Callable[[Sequence[Any]], Any]] | None = None,
+    ) -> list[Any]:
+        """Run one query on the readers' connection (autocommit: its own snapshot); each
+        row made by the ``rows`` row factory (psycopg's), else a tuple."""
 
-        def run(conn: psycopg.Connection[Any]) -> Any:
-            with conn.cursor(binary=True) as cur:
-                rows = cur.execute(query, params).fetchall()
-            return convert(rows) if convert is not None else rows
+        def run(conn: psycopg.Connection[Any]) -> list[Any]:
+            with conn.cursor(binary=True, row_factory=rows or tuple_row) as cur:
+                return cur.execute(query, params).fetchall()
 
         return self._reader.run(run, retry=True)
 
@@ -670,9 +674,14 @@ class _Statements:
             "INSERT INTO {s}.projector_caches SELECT * FROM unnest(%b::text[], %b::bytea[])"
             " ON CONFLICT (name) DO UPDATE SET record = excluded.record"
         )
+        # A range, not ``position >= start ... LIMIT n``: positions have no gaps, so the
+        # range holds exactly the page, and the planner estimates it as a small range
+        # whether or not the table has statistics yet. With only ``>=`` it estimated a
+        # fresh table's page 1 as all rows and chose a full scan and a sort for every page
+        # (37 ms instead of 1 ms a page of 4,096 on a 50k-event log written just before).
         self.read_all = q(
             f"SELECT {_EVENT_COLUMNS} FROM {{s}}.events WHERE position >= %s"
-            " ORDER BY position LIMIT %s"
+            " AND position <= %s ORDER BY position"
         )
         self.read_stream = q(
             f"SELECT {_EVENT_COLUMNS} FROM {{s}}.events WHERE stream_id = %s AND version >= %s"
@@ -682,31 +691,36 @@ class _Statements:
         self.load_cache = q("SELECT record FROM {s}.projector_caches WHERE name = %s")
 
 
-def _event_rows(rows: list[Any]) -> list[StoredEvent]:
-    """StoredEvents from ``events`` rows (the ``_EVENT_COLUMNS``, binary format)."""
-    events = []
-    Raw = msgspec.Raw
-    for pos, sid, ver, typ, ts, corr, caus, payload, kind, cid, who, headers in rows:
-        if cid is None and who is None and headers is None:
-            events.append(StoredEvent(pos, sid, ver, typ, ts, corr, caus, Raw(payload), kind))
-        else:
-            events.append(
-                StoredEvent(
-                    pos,
-                    sid,
-                    ver,
-                    typ,
-                    ts,
-                    corr,
-                    caus,
-                    Raw(payload),
-                    kind,
-                    command_id=cid,
-                    principal=who,
-                    headers=None if headers is None else _headers_decode(headers),
-                )
-            )
-    return events
+def _event_rows(cursor: Any) -> Callable[[Sequence[Any]], StoredEvent]:
+    """A psycopg row factory: each ``events`` row (the ``_EVENT_COLUMNS``, binary format)
+    made into its StoredEvent as it is parsed.
+
+    Not a pass over ``fetchall()``'s tuples afterwards: those 4,096 tuples alive at once
+    are objects the cyclic garbage collector tracks and counts, and collecting them cost
+    ~25% of ``read_all`` (reads with the collector off measured 1.3x); made row by row,
+    each tuple is freed at once, and StoredEvents are not tracked (``gc=False``). Made row
+    by row: 1.1x the pass over the tuples (median of 6 alternating runs, 1M events)."""
+    return _event
+
+
+def _event(row: Sequence[Any]) -> StoredEvent:
+    pos, sid, ver, typ, ts, corr, caus, payload, kind, cid, who, headers = row
+    if cid is None and who is None and headers is None:
+        return StoredEvent(pos, sid, ver, typ, ts, corr, caus, msgspec.Raw(payload), kind)
+    return StoredEvent(
+        pos,
+        sid,
+        ver,
+        typ,
+        ts,
+        corr,
+        caus,
+        msgspec.Raw(payload),
+        kind,
+        command_id=cid,
+        principal=who,
+        headers=None if headers is None else _headers_decode(headers),
+    )
 
 
 def _decoded(decoder: msgspec.msgpack.Decoder[_T], data: bytes) -> _T | None:

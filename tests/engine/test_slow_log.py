@@ -30,19 +30,21 @@ from actorlog import (
     Overloaded,
     Rejected,
     StorageError,
+    UnknownCommand,
     applies,
     handles,
 )
-from actorlog.storage import MemoryEventLog, StoredEvent
+from actorlog.storage import AppendResult, MemoryEventLog, StoredEvent
 from benchmarks.bank import Account, AccountOpened, Balances, Deposit, Deposited, OpenAccount
 from tests.support import Postgres, fill_log, stats
 
 
 class GatedLog(MemoryEventLog):
     """A memory log that says its reads block, and whose reads of the ``gated`` streams
-    (and of the whole log, while ``gate_read_all``) wait until the test sets ``gate``;
-    reads of the ``failing`` streams raise ``StorageError``. ``loads`` counts the reads of
-    each stream."""
+    (and of the whole log, while ``gate_read_all``; and lookups of the ``gated_ids``
+    command ids) wait until the test sets ``gate``; reads of the ``failing`` streams raise
+    ``StorageError``. ``loads`` counts the reads of each stream, ``finds`` the lookups of
+    each command id."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -52,6 +54,8 @@ class GatedLog(MemoryEventLog):
         self.gate = threading.Event()
         self.entered = threading.Event()  # a gated read started
         self.loads: Counter[str] = Counter()
+        self.gated_ids: set[str] = set()
+        self.finds: Counter[str] = Counter()
         self.reader_threads: set[int] = set()
 
     @property
@@ -73,6 +77,12 @@ class GatedLog(MemoryEventLog):
         if stream_id in self.failing:
             raise StorageError(f"cannot read {stream_id!r} (the test says so)")
         return super().read_stream(stream_id, from_version, limit)
+
+    def find_command(self, stream_id: str, command_id: str) -> AppendResult | None:
+        self.finds[command_id] += 1
+        if command_id in self.gated_ids:
+            self._wait_at_gate()
+        return super().find_command(stream_id, command_id)
 
     def read_all(self, from_position: int = 1, limit: int = 1024) -> list[StoredEvent]:
         if self.gate_read_all:
@@ -347,6 +357,92 @@ async def projector_catch_up_reads_off_the_loop() -> None:
         assert await engine.query(Balances.balance, "fast") == 7
 
 
+async def others_are_served_while_a_command_id_is_looked_up() -> None:
+    log = opened("slow", "fast")
+    log.gated_ids.add("c1")
+    async with Engine.open(log=log, aggregates=[Account], projectors=[Balances]) as engine:
+        await engine.send(Account, "slow", Deposit(1))  # both live: only the lookup waits
+        await engine.send(Account, "fast", Deposit(1))
+        done: list[Committed] = []
+
+        async def slow() -> None:
+            done.append(await engine.send(Account, "slow", Deposit(5), command_id="c1"))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(slow)
+            await started(log)
+            # The lookup of "c1" waits in a worker thread; the loop serves everything else.
+            fast = await engine.send(Account, "fast", Deposit(2), command_id="c2")
+            assert await engine.query(Balances.balance, "fast", after=fast.position) == 3
+            assert done == []
+            assert threading.get_ident() not in log.reader_threads
+            log.gate.set()
+        assert done == [Committed("slow", 3, 6, 1)]
+        # A retry is answered from the log (looked up off the loop again), not decided.
+        again = await engine.send(Account, "slow", Deposit(5), command_id="c1")
+        assert again == done[0]
+        assert log.finds["c1"] == 2
+        assert engine.log.stream_version("slow") == 3
+        assert await engine.query(Balances.balance, "slow", after=6) == 6
+
+
+async def concurrent_retries_looked_up_off_the_loop_append_once() -> None:
+    log = opened("s")
+    log.gated_ids.add("same")
+    async with Engine.open(log=log, aggregates=[Account]) as engine:
+        results: list[Committed] = []
+
+        async def send() -> None:
+            results.append(await engine.send(Account, "s", Deposit(3), command_id="same"))
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(3):
+                tg.start_soon(send)
+            await until(lambda: log.finds["same"] == 3)  # all three lookups under way
+            log.gate.set()
+        # One decided and appended; the others followed it (in flight) or, had it
+        # completed first, would have asked the log again: one answer for all.
+        assert results == [Committed("s", 2, 2, 1)] * 3
+        assert engine.log.stream_version("s") == 2
+
+
+async def a_lookup_gone_stale_is_asked_again() -> None:
+    # While "x" is looked up, another command of the stream completes: the lookup's
+    # answer may be stale (had that been "x", it would be), so the decision asks again.
+    log = opened("s")
+    log.gated_ids.add("x")
+    async with Engine.open(log=log, aggregates=[Account]) as engine:
+        await engine.send(Account, "s", Deposit(1))
+        done: list[Committed] = []
+
+        async def first() -> None:
+            done.append(await engine.send(Account, "s", Deposit(2), command_id="x"))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(first)
+            await started(log)
+            assert await engine.send(Account, "s", Deposit(4), command_id="y") == Committed(
+                "s", 3, 3, 1
+            )
+            log.gate.set()
+        assert done == [Committed("s", 4, 4, 1)]
+        assert log.finds["x"] == 2  # off the loop, then again before deciding
+        assert [e.command_id for e in engine.log.read_stream("s")] == [None, None, "y", "x"]
+
+
+async def a_command_id_send_refused_before_any_read() -> None:
+    log = opened("s")
+    async with Engine.open(log=log, aggregates=[Account]) as engine:
+        with pytest.raises(UnknownCommand):
+            await engine.send(Basket, "s", AddItem("a"), command_id="k")
+        with pytest.raises(UnknownCommand):
+            await engine.send(Account, "s", AddItem("a"), command_id="k")
+        assert (log.finds["k"], log.loads["s"]) == (0, 0)
+    with pytest.raises(EngineClosed):
+        await engine.send(Account, "s", Deposit(1), command_id="k")
+    assert (log.finds["k"], log.loads["s"]) == (0, 0)
+
+
 SCENARIOS: dict[str, Callable[[], Awaitable[None]]] = {
     f.__name__: f
     for f in (
@@ -359,6 +455,10 @@ SCENARIOS: dict[str, Callable[[], Awaitable[None]]] = {
         send_nowait_while_a_stream_loads,
         the_engine_closes_while_a_stream_loads,
         projector_catch_up_reads_off_the_loop,
+        others_are_served_while_a_command_id_is_looked_up,
+        concurrent_retries_looked_up_off_the_loop_append_once,
+        a_lookup_gone_stale_is_asked_again,
+        a_command_id_send_refused_before_any_read,
     )
 }
 
