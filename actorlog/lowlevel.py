@@ -1,7 +1,8 @@
 """The engine's parts, for those who build on them rather than on :class:`actorlog.Engine`:
 the group-commit writer, the event registry and codecs, and the protocols an aggregate or
 projector class meets (``actorlog.Aggregate`` and ``actorlog.Projector`` provide them), and
-a projector whose view lives in a store of its own (``actorlog.SqliteView`` is one).
+the instrumentation protocol ``Engine.open(telemetry=)`` takes (``Telemetry``), and a
+projector whose view lives in a store of its own (``actorlog.SqliteView`` is one).
 """
 
 from .engine import (
@@ -17,6 +18,7 @@ from .engine import (
     event_name,
 )
 from .engine._public import publish
+from .engine._telemetry import Telemetry
 from .engine._view_store import ViewStore
 
 __all__ = [
@@ -25,6 +27,7 @@ __all__ = [
     "EventRegistry",
     "FollowerStatistics",
     "ProjectorType",
+    "Telemetry",
     "ViewStore",
     "WindowStatistics",
     "Writer",

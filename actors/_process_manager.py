@@ -9,7 +9,8 @@ What a reaction returns (a list of effects, or None):
 
 - :class:`Send` a command to an aggregate (dispatched after the step is durable, with a
   command id derived from the step, so a re-send after a crash has no second effect);
-- :class:`Schedule` a deadline: a message delivered back to this instance at a time;
+- :class:`Schedule` a deadline: a message delivered back to this instance at a time, or a
+  :class:`Send` dispatched at that time (a scheduled command);
 - :class:`Cancel` a deadline by its key;
 - :class:`Finish` the instance: it is forgotten (its record stays in the log).
 """
@@ -61,7 +62,14 @@ class Send(msgspec.Struct, frozen=True):
 class Schedule(msgspec.Struct, frozen=True):
     """Deliver ``message`` (a Struct) back to this instance at ``at`` (seconds since the
     epoch) or ``after`` seconds from now: exactly one of the two. ``key`` names the
-    deadline (default: the message's class name); scheduling a key again replaces it."""
+    deadline (default: the message's class name); scheduling a key again replaces it.
+
+    ``message`` may be a :class:`Send` instead: a scheduled command. When due it is
+    dispatched as a ``Send`` decided then would be (the firing is a step of the instance's
+    stream, durable before dispatch; the command id is derived from that step; a refusal
+    comes back as a :class:`SendFailed`); no reaction runs. Its key defaults to the
+    command's class name. Like any deadline it is cancelled by :class:`Cancel` and by
+    :class:`Finish`, and one due while the engine was down fires at restart."""
 
     message: Any
     at: float | None = None
@@ -266,6 +274,15 @@ class ProcessManager:
         cls.reactions = reactions
         cls.routes = routes
         cls.message_appliers = appliers
+
+
+def schedule_key(effect: Schedule) -> str:
+    """The key of a :class:`Schedule`: its ``key``, else the class name of its message
+    (of its command, for a scheduled :class:`Send`)."""
+    if effect.key is not None:
+        return effect.key
+    message = effect.message
+    return type(message.command if type(message) is Send else message).__name__
 
 
 def check_schedule(effect: Schedule, now: float) -> float:

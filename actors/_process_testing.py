@@ -25,7 +25,7 @@ import msgspec
 from ..engine._errors import HandlerError, InvalidArgument, describe
 from ..engine._process_steps import react  # the engine's turn, exactly
 from ..engine._reply import must_propagate
-from ._process_manager import ProcessManager, Schedule
+from ._process_manager import ProcessManager, Schedule, schedule_key
 
 __all__ = ["GivenProcess", "ProcessWhen", "given_process"]
 
@@ -111,10 +111,11 @@ class ProcessWhen(Generic[M]):
         return self
 
     def then_deadlines(self, expected: Sequence[tuple[str, float]]) -> ProcessWhen[M]:
-        """Expect these deadlines set, as ``(key, seconds from now)`` pairs, in order."""
+        """Expect these deadlines set (scheduled commands too), as ``(key, seconds from
+        now)`` pairs (``at`` for one set at a time), in order."""
         self._ok()
         got = [
-            (e.key or type(e.message).__name__, e.after if e.after is not None else e.at)
+            (schedule_key(e), e.after if e.after is not None else e.at)
             for e in self.effects
             if type(e) is Schedule
         ]

@@ -71,6 +71,7 @@ from ._projectors import (
 )
 from ._records import Committed
 from ._reply import must_propagate
+from ._telemetry import Telemetry, check_telemetry
 from ._timers import Clock, SystemClock
 from ._writer import Writer, WriterStatistics
 
@@ -192,6 +193,7 @@ class Engine:
         command_ids: CommandIdRetention = _COMMAND_IDS,
         process_managers: Iterable[Any] = (),
         clock: Clock | None = None,
+        telemetry: Telemetry | None = None,
     ) -> AsyncIterator[Engine]:
         """Open the log, start the actors, and close it all on exit.
 
@@ -246,6 +248,9 @@ class Engine:
             clock: what process managers' deadlines read the time from and sleep with
                 (default: the system's wall clock; tests pass a
                 ``actorlog.testing.FakeClock``).
+            telemetry: an instrumentation to attach, e.g. ``actorlog.otel.OpenTelemetry()``
+                (spans and metrics; ``pip install 'actorlog[otel]'``). None: nothing is
+                observed, and nothing is paid.
 
         Raises:
             DefinitionError: neither or both of ``path`` and ``log`` were given, ``path``
@@ -290,6 +295,7 @@ class Engine:
             )
         sync, map_size, max_map_size = (_value(sync), _value(map_size), _value(max_map_size))
         policy = check_policy(authorize)
+        telemetry = check_telemetry(telemetry)
         if record_principal is not None and not callable(record_principal):
             raise DefinitionError(
                 f"record_principal must be a callable, not {describe(record_principal)}"
@@ -336,6 +342,7 @@ class Engine:
             )
         body_error: BaseException | None = None
         projector_hosts: list[ProjectorHost] = []
+        attached: Telemetry | None = None  # detached on the way out, whatever happens
         try:
             if (aggregate_kinds or process_kinds) and getattr(log, "readonly", False):
                 raise DefinitionError(
@@ -402,6 +409,9 @@ class Engine:
                 processes=processes,
                 follower=follower,
             )
+            if telemetry is not None:
+                telemetry.attach(engine)
+                attached = telemetry
             async with anyio.create_task_group() as tg:
                 # Shielded: if the host cancels us, _shutdown (shielded too) still needs the
                 # writer to commit what was decided; it stops through writer.close().
@@ -443,6 +453,8 @@ class Engine:
             log.close()
             if held is not None:
                 _open_here.discard(held)
+            if attached is not None:
+                attached.detach(engine)
         if body_error is not None:
             # Raised outside the except block, so that it is not chained to the group that
             # carried it; its own traceback and context are untouched.

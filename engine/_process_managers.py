@@ -24,14 +24,16 @@ an instance skips events at or below the last position it reacted to); a crash a
 re-dispatches what was not acknowledged with the same command id, which the log answers
 with the original result (within the command-id retention, a day by default). A deadline
 fires by a step that records it; the instance (its stream is the truth) ignores a firing
-of a deadline it no longer has. Dispatch and deadlines start once the router has read the
-log up to its head at open, so what is pending is exactly what the log says.
+of a deadline it no longer has. A scheduled command (``Schedule(Send(...))``) fires the
+same way, by a step whose outbox holds the command: from there it is any ``Send``.
+Dispatch and deadlines start once the router has read the log up to its head at open, so
+what is pending is exactly what the log says.
 
 The router's position and its pending work are saved like a projector's cache, at a
 position no later than the oldest step not yet durable; replaying from a saved position
 only re-adds what later events remove again (every change is keyed, last one wins).
 
-About 870 lines, one file on purpose: routing, the step's write and its read-back,
+About 1,000 lines, one file on purpose: routing, the step's write and its read-back,
 dispatch, acknowledgements and deadlines are one protocol whose invariant (every effect is
 in the log before it happens, and what is pending is what the log says) is easiest to
 check in one view. The records and the turn itself are ``_process_steps.py``.
@@ -68,6 +70,7 @@ from ._fold import Parked, fault_for
 from ._log import EventLog, check_stream_id
 from ._metadata import CommandMeta
 from ._process_steps import (
+    SCHEDULED_SEND,
     STEP_NAME,
     Outgoing,
     ProcessAcks,
@@ -147,6 +150,7 @@ class _Instance:
 
 _encoder = msgspec.msgpack.Encoder()
 _step_decoder = msgspec.msgpack.Decoder(ProcessStep)
+_outgoing_decoder = msgspec.msgpack.Decoder(Outgoing)
 _cache_decoder = msgspec.msgpack.Decoder(_RouterCache)
 
 
@@ -360,10 +364,11 @@ class ProcessManagerHost:
                     f"stream {stream_id!r} is not process manager {self.name}'s instance"
                 )
             step = _step_decoder.decode(stored.payload)
-            message = self._message(step)
-            applier = self.kind.message_appliers.get(type(message))
-            if applier is not None:
-                applier(instance.state, message)
+            if step.message_type != SCHEDULED_SEND:  # a scheduled command's firing: none
+                message = self._message(step)
+                applier = self.kind.message_appliers.get(type(message))
+                if applier is not None:
+                    applier(instance.state, message)
             instance.version = stored.version
             if instance.correlation_id is None:
                 instance.correlation_id = stored.correlation_id
@@ -419,10 +424,7 @@ class ProcessManagerHost:
                 self._outgoing(send, f"{instance.stream_id}/{version}.{index}")
                 for index, send in enumerate(effects.sends)
             )
-            schedules = tuple(
-                Timer(key, due, type(m).__name__, _encoder.encode(m))
-                for key, due, m in effects.schedules
-            )
+            schedules = tuple(self._timer(key, due, m) for key, due, m in effects.schedules)
             if trigger == 0:
                 payload = _encoder.encode(message)
             step = ProcessStep(
@@ -450,6 +452,35 @@ class ProcessManagerHost:
             if not must_propagate(e):
                 self.live.pop(instance.stream_id, None)
             raise
+        self._submit(instance, append, back, trigger)
+
+    def _fire_send(self, instance: _Instance, timer: Timer, causation_id: str) -> None:
+        """Fire a scheduled command: a step whose outbox holds it, with the command id a
+        ``Send`` decided by this step would get; no reaction runs. Dispatched, retried
+        and acknowledged by the outbox, as any ``Send``."""
+        scheduled = _outgoing_decoder.decode(timer.message)
+        out = Outgoing(
+            f"{instance.stream_id}/{instance.version + 1}.0",
+            scheduled.aggregate,
+            scheduled.stream_id,
+            scheduled.command_type,
+            scheduled.command,
+        )
+        step = ProcessStep(instance.process_id, 0, SCHEDULED_SEND, b"", (out,), fired=timer.key)
+        entry, back = self.hub.registry.encode_read_back(step)
+        append = Append(
+            instance.stream_id,
+            instance.version,
+            (entry,),
+            correlation_id=instance.correlation_id,
+            causation_id=causation_id,
+        )
+        self._submit(instance, append, back, 0)
+
+    def _submit(self, instance: _Instance, append: Append, back: ProcessStep, trigger: int) -> None:
+        """Hand a step to the writer and count it in flight (its state is ahead of its
+        stream until it is durable)."""
+        version = instance.version + 1
         self.hub.writer.submit(append, self._confirmation(instance, trigger), [back])
         instance.version = version
         instance.unconfirmed += 1
@@ -459,6 +490,16 @@ class ProcessManagerHost:
         self._evolve(instance, back)
         if back.finished:
             self.finished += 1
+
+    def _timer(self, key: str, due: float, message: Any) -> Timer:
+        """A deadline as stored: a scheduled ``Send`` is checked now (a bad one fails the
+        turn that decided it, as a ``Send`` does) and stored without its command id."""
+        from ..actors._process_manager import Send
+
+        if type(message) is Send:
+            out = self._outgoing(message, "")
+            return Timer(key, due, SCHEDULED_SEND, _encoder.encode(out))
+        return Timer(key, due, type(message).__name__, _encoder.encode(message))
 
     def _outgoing(self, send: Any, command_id: str) -> Outgoing:
         kind = self.hub.aggregate(send.aggregate)
@@ -712,17 +753,13 @@ class ProcessManagerHost:
             timer = instance.timers.get(key)
             if timer is None or timer.due != due or instance.finished:
                 return
-            message = self._messages[timer.message_type]
-            decoded: Any = msgspec.msgpack.decode(timer.message, type=message)
-            self._turn(
-                instance,
-                decoded,
-                timer.message_type,
-                b"",
-                0,
-                f"{stream_id}#deadline:{key}",
-                fired=key,
-            )
+            causation_id = f"{stream_id}#deadline:{key}"
+            if timer.message_type == SCHEDULED_SEND:
+                self._fire_send(instance, timer, causation_id)
+            else:
+                message = self._messages[timer.message_type]
+                decoded: Any = msgspec.msgpack.decode(timer.message, type=message)
+                self._turn(instance, decoded, timer.message_type, b"", 0, causation_id, fired=key)
             self.fired += 1
         except BaseException as e:
             if must_propagate(e):

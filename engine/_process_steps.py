@@ -18,6 +18,7 @@ from ._errors import DefinitionError, InvalidArgument, describe
 from ._log import check_label
 
 __all__ = [
+    "SCHEDULED_SEND",
     "STEP_NAME",
     "Effects",
     "Outgoing",
@@ -31,6 +32,10 @@ __all__ = [
 
 STEP_NAME = "$process-step"
 """The stored name of a :class:`ProcessStep`."""
+SCHEDULED_SEND = "$send"
+"""The ``message_type`` of a :class:`Timer` that dispatches a command (its ``message`` is
+an :class:`Outgoing` without a command id), and of the step that fires it (no message:
+no applier runs). No class is named so: a ``$`` is not in a Python identifier."""
 
 
 class Outgoing(msgspec.Struct, frozen=True, array_like=True, gc=False):
@@ -44,7 +49,8 @@ class Outgoing(msgspec.Struct, frozen=True, array_like=True, gc=False):
 
 
 class Timer(msgspec.Struct, frozen=True, array_like=True, gc=False):
-    """A deadline: ``message`` (of ``message_type``) delivered to the instance at ``due``."""
+    """A deadline: ``message`` (of ``message_type``) delivered to the instance at ``due``,
+    or, if ``message_type`` is :data:`SCHEDULED_SEND`, a command sent then."""
 
     key: str
     due: float
@@ -128,7 +134,14 @@ def react(kind: Any, state: Any, message: Any, now: float) -> tuple[Effects, lis
             or an effect is malformed.
         (whatever the applier or the reaction raises)
     """
-    from ..actors._process_manager import Cancel, Finish, Schedule, Send, check_schedule
+    from ..actors._process_manager import (
+        Cancel,
+        Finish,
+        Schedule,
+        Send,
+        check_schedule,
+        schedule_key,
+    )
 
     reaction = kind.reactions.get(type(message))
     returned = reaction(state, message) if reaction is not None else None
@@ -152,15 +165,17 @@ def react(kind: Any, state: Any, message: Any, now: float) -> tuple[Effects, lis
         elif type(effect) is Schedule:
             due = check_schedule(effect, now)
             message_cls = type(effect.message)
-            if not isinstance(effect.message, msgspec.Struct) or not (
-                message_cls in kind.reactions or message_cls in kind.message_appliers
+            # A scheduled Send is checked as a Send is: by the engine, which knows the
+            # aggregates it hosts.
+            if message_cls is not Send and (
+                not isinstance(effect.message, msgspec.Struct)
+                or not (message_cls in kind.reactions or message_cls in kind.message_appliers)
             ):
                 raise InvalidArgument(
-                    f"a deadline's message must be a Struct this process manager reacts to "
-                    f"or applies, not {describe(effect.message)}"
+                    f"a deadline's message must be a Send, or a Struct this process manager "
+                    f"reacts to or applies, not {describe(effect.message)}"
                 )
-            key = effect.key if effect.key is not None else message_cls.__name__
-            check_label(key, "a deadline's key")
+            key = check_label(schedule_key(effect), "a deadline's key")
             schedules.append((key, due, effect.message))
         elif type(effect) is Cancel:
             cancels.append(check_label(effect.key, "a deadline's key"))

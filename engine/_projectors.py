@@ -77,6 +77,7 @@ from ._fold import (
 from ._log import EventLog, ReadBatch
 from ._records import ProjectorCache, Recorded, StoredEvent
 from ._reply import Reply, must_propagate, reply_factory
+from ._telemetry import BatchObserver
 from ._view_store import ViewStore, fold_and_commit, is_view_store
 from ._writer import CommitBatch
 
@@ -378,6 +379,8 @@ class ProjectorHost:
         self._saved_at = 0  # the checkpoint of the last cache saved or loaded
         self.restored_from = 0
         self.snapshot_failures = 0
+        # Set by an instrumentation (engine/_telemetry.py): told of each batch applied.
+        self.observer: BatchObserver | None = None
         # A view kept in a store of its own (``_view_store.py``): batches are folded and
         # committed with their checkpoint in a worker thread; it starts from the store's.
         self._store: ViewStore | None = None
@@ -485,6 +488,9 @@ class ProjectorHost:
                         began = time.perf_counter()  # the loop was free during the fold
                 except StorageError as e:
                     self._halt(start, "(log)", e)
+            observer = self.observer  # per batch: free when None
+            if observer is not None:
+                observer(self, start, began, live is None)
             self._release_waiters()
             every = self._snapshot_every
             if every is not None and self.checkpoint - self._saved_at >= every:

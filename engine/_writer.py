@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -67,6 +68,7 @@ from ._log import (
 )
 from ._records import Append, AppendResult, ProjectorCache, Snapshot, StoredEvent
 from ._reply import Reply, reply_factory
+from ._telemetry import CommitObserver
 
 __all__ = ["CommitBatch", "Writer", "WriterStatistics"]
 
@@ -152,6 +154,8 @@ class Writer:
         self._events = 0
         self._failed = 0
         self._largest = 0
+        # Set by an instrumentation (engine/_telemetry.py): told of each group commit.
+        self.observer: CommitObserver | None = None
 
     # -- submitting ------------------------------------------------------------------------
 
@@ -304,6 +308,9 @@ class Writer:
         # keeps working for every engine whose projectors do not save their cache.
         extra: dict[str, Any] = {"projector_caches": caches} if caches else {}
         outcomes: list[AppendOutcome]
+        observer = self.observer  # per batch, not per command: free when None
+        if observer is not None:
+            started, began = time.time_ns(), time.perf_counter_ns()
         try:
             outcomes, stored = self._log.append_batch(appends, snapshots=snapshots, **extra)
         except EngineError as e:
@@ -322,6 +329,8 @@ class Writer:
         self._appended += len(appends)
         self._events += len(stored)
         self._largest = max(self._largest, len(appends))
+        if observer is not None:
+            observer(started, time.perf_counter_ns() - began, len(appends), len(stored), outcomes)
         if stored and self._on_commit is not None:
             self._on_commit(
                 CommitBatch(stored, _objects_for(outcomes, objects, len(stored), unvouched))

@@ -14,7 +14,13 @@ from types import ModuleType
 
 import pytest
 
-NAMESPACES = ["actorlog", "actorlog.storage", "actorlog.lowlevel", "actorlog.testing"]
+NAMESPACES = [
+    "actorlog",
+    "actorlog.storage",
+    "actorlog.lowlevel",
+    "actorlog.testing",
+    "actorlog.otel",
+]
 ROOT = Path(__file__).resolve().parent.parent
 
 # The implementation packages, and the names of theirs that no namespace exports on purpose:

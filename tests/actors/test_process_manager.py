@@ -83,6 +83,29 @@ def test_a_refused_void_waits_for_the_credit() -> None:
     given_process(TransferProcess, [DEBITED]).when(refused).then([])
 
 
+def test_the_kit_shows_a_scheduled_command() -> None:
+    from tests.engine.process_manager_scenarios import (
+        Booked,
+        Booking,
+        ExpireBooking,
+        Paid,
+        ScheduledExpiry,
+    )
+
+    expire = Send(Booking, "b-1", ExpireBooking())
+    given_process(ScheduledExpiry).when(Booked("b-1")).then(
+        [Schedule(expire, after=60)]
+    ).then_deadlines([("ExpireBooking", 60)])  # keyed by the command's class name
+    given_process(ScheduledExpiry, [Booked("b-1")]).when(Paid("b-1")).then([Finish()])
+
+    class Named(ProcessManager):
+        @starts("pid")
+        def ping(self, p: Ping) -> list[Any]:
+            return [Schedule(Send(TransferAccount, p.pid, VoidTransfer(p.pid)), at=5, key="v")]
+
+    given_process(Named).when(Ping("p")).then_deadlines([("v", 5)])
+
+
 def test_the_kit_reports_what_a_reaction_raises() -> None:
     class Broken(ProcessManager):
         @starts("pid")
@@ -110,7 +133,12 @@ def test_malformed_effects_are_refused() -> None:
         def ping(self, p: Ping) -> Any:
             return [Schedule(TransferTimedOut("x"), after=1)]  # nothing here reacts to it
 
-    for kind in (Bad, Late, Nowhere):
+    class BadKey(ProcessManager):
+        @starts("pid")
+        def ping(self, p: Ping) -> Any:
+            return [Schedule(Send(TransferAccount, "b", VoidTransfer("x")), after=1, key="")]
+
+    for kind in (Bad, Late, Nowhere, BadKey):
         given_process(kind).when(Ping("p")).then_raises(InvalidArgument)
 
 

@@ -7,7 +7,10 @@
 - ``dispatch``: in the target aggregate's handler, so the process manager's step (and its
   outbox) is durable but the command it sent never committed;
 - ``ack``: in a projector, once the command's event committed, so its acknowledgement was
-  never written.
+  never written;
+- ``scheduled``: in the target aggregate's handler, of a command scheduled 60 s ahead (on a
+  ``FakeClock``, moved by hand), so the step that fired it is durable but the command never
+  committed.
 
 Without a kill to do (the marker exists) it runs until the process manager settles and
 exits 0. The parent (``test_process_manager_crashes.py``) checks the effect happened once.
@@ -30,13 +33,15 @@ from actorlog import (
     Finish,
     ProcessManager,
     Projector,
+    Schedule,
     Send,
     applies,
     handles,
     starts,
 )
+from actorlog.testing import FakeClock
 
-__all__ = ["Mark", "Marked", "Relay", "Target", "main"]
+__all__ = ["DelayedRelay", "Mark", "Marked", "Relay", "Target", "main"]
 
 _directory = Path(".")
 _mode = "dispatch"
@@ -78,6 +83,7 @@ class Target(Aggregate):
     @handles
     def mark(self, c: Mark) -> list[Marked]:
         _kill_once("dispatch")
+        _kill_once("scheduled")
         return [Marked(c.job)]
 
     @applies
@@ -111,18 +117,39 @@ class Relay(ProcessManager):
         return [Finish()]
 
 
+class DelayedRelay(ProcessManager):
+    """On Started, schedule the job's mark 60 s ahead; finished when the mark lands."""
+
+    @starts("job")
+    def started(self, e: Started) -> list[Any]:
+        return [Schedule(Send(Target, f"target-{e.job}", Mark(e.job)), after=60)]
+
+    @starts("job")
+    def marked(self, e: Marked) -> list[Any]:
+        return [Finish()]
+
+
 async def main(directory: Path, mode: str) -> None:
     global _directory, _mode
     _directory, _mode = directory, mode
+    clock = FakeClock()
     async with Engine.open(
         directory / "log",
         aggregates=[Target],
         projectors=[Watcher],
-        process_managers=[Relay],
+        process_managers=[DelayedRelay if mode == "scheduled" else Relay],
+        clock=clock,
     ) as engine:
         if not engine.log.read_stream("job-1"):
             await engine.send(Target, "job-1", Start("1"))
         await engine.wait_settled(timeout=30)
+        if mode == "scheduled":
+            clock.advance(60)  # the mark is due; wait_settled does not wait for a firing
+            with trio.fail_after(30):
+                # (a condition on the log: no event to wait on)
+                while len(engine.log.read_stream("$pm:DelayedRelay:1")) < 2:  # noqa: ASYNC110
+                    await trio.sleep(0.01)
+            await engine.wait_settled(timeout=30)
 
 
 if __name__ == "__main__":

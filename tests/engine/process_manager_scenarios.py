@@ -24,6 +24,7 @@ from actorlog import (
     Rejected,
     Schedule,
     Send,
+    SendFailed,
     applies,
     handles,
     reacts,
@@ -497,3 +498,153 @@ async def an_instance_halted_on_a_deadline_misses_nothing(path: Path) -> None:
                 assert len(steps) == 2
         finally:
             Moody.broken = True
+
+
+# -- scheduled commands: a deadline that sends a command when due --------------------------
+
+
+class ScheduledExpiry(ProcessManager):
+    """Expire a booking 60 s after it was made by a scheduled command; a payment finishes
+    the process (which cancels the command); a refusal comes back as ``SendFailed``."""
+
+    failures: list[str]
+
+    def __init__(self) -> None:
+        self.failures = []
+
+    @starts("booking_id")
+    def booked(self, e: Booked) -> list[Any]:
+        return [Schedule(Send(Booking, e.booking_id, ExpireBooking()), after=60)]
+
+    @reacts("booking_id")
+    def paid(self, e: Paid) -> list[Any]:
+        return [Finish()]
+
+    @reacts
+    def failed(self, f: SendFailed) -> list[Any]:
+        return [Finish()]
+
+    @applies
+    def failed_(self, f: SendFailed) -> None:
+        self.failures.append(f.error)
+
+
+class CancellingExpiry(ScheduledExpiry):
+    """Cancels the scheduled command by its key on a payment, and runs on."""
+
+    name = "CancellingExpiry"
+
+    @reacts("booking_id")
+    def paid(self, e: Paid) -> list[Any]:
+        return [Cancel("ExpireBooking")]
+
+
+class StubbornExpiry(ScheduledExpiry):
+    """Lets the scheduled command go even after a payment: the booking refuses it."""
+
+    name = "StubbornExpiry"
+
+    @reacts("booking_id")
+    def paid(self, e: Paid) -> list[Any]:
+        return []
+
+
+def _expiry(path: Path, kind: type[ProcessManager], clock: FakeClock) -> Any:
+    return Engine.open(path, aggregates=[Booking], process_managers=[kind], clock=clock)
+
+
+@scenario
+async def scheduled_command_is_sent_once_when_due(path: Path) -> None:
+    clock = FakeClock()
+    async with _expiry(path, ScheduledExpiry, clock) as engine:
+        await engine.send(Booking, "b-1", Book("b-1"), correlation_id="req-1")
+        await engine.wait_settled(timeout=10)
+        stats = engine.statistics().process_managers[0]
+        assert (stats.pending_deadlines, stats.pending_sends) == (1, 0)
+        clock.advance(59)
+        await engine.wait_settled(timeout=10)
+        assert await booking_state(engine, "b-1") == ["Booked"]
+        clock.advance(1)
+        await _until(engine, lambda: len(engine.log.read_stream("b-1")) == 2)
+        await engine.wait_settled(timeout=10)
+        clock.advance(3600)
+        await engine.wait_settled(timeout=10)
+        assert await booking_state(engine, "b-1") == ["Booked", "Expired"]
+        expired = engine.log.read_stream("b-1")[-1]
+        # The id a Send decided by the firing step (the instance's second) would get; the
+        # chain: the booking's correlation id, caused by the deadline.
+        assert expired.command_id == "$pm:ScheduledExpiry:b-1/2.0"
+        assert expired.correlation_id == "req-1"
+        assert expired.causation_id == "$pm:ScheduledExpiry:b-1#deadline:ExpireBooking"
+        stats = engine.statistics().process_managers[0]
+        assert (stats.deadlines_fired, stats.dispatched, stats.pending_deadlines) == (1, 1, 0)
+        assert (stats.pending_sends, stats.finished) == (0, 0)
+        steps = engine.log.read_stream("$pm:ScheduledExpiry:b-1")
+        assert len(steps) == 2  # started (the schedule), then the firing (its outbox)
+        assert steps[1].causation_id == expired.causation_id
+
+
+@scenario
+async def finish_cancels_a_scheduled_command(path: Path) -> None:
+    clock = FakeClock()
+    async with _expiry(path, ScheduledExpiry, clock) as engine:
+        await engine.send(Booking, "b-1", Book("b-1"))
+        await engine.send(Booking, "b-1", Pay("b-1"))
+        await engine.wait_settled(timeout=10)
+        clock.advance(3600)
+        await engine.wait_settled(timeout=10)
+        assert await booking_state(engine, "b-1") == ["Booked", "Paid"]
+        stats = engine.statistics().process_managers[0]
+        assert (stats.deadlines_fired, stats.pending_deadlines, stats.finished) == (0, 0, 1)
+
+
+@scenario
+async def scheduled_command_is_cancelled_by_its_key(path: Path) -> None:
+    clock = FakeClock()
+    for _ in range(2):  # after a restart too, nothing is left to fire
+        async with _expiry(path, CancellingExpiry, clock) as engine:
+            if not engine.log.read_stream("b-1"):
+                await engine.send(Booking, "b-1", Book("b-1"))
+                await engine.send(Booking, "b-1", Pay("b-1"))
+            await engine.wait_settled(timeout=10)
+            clock.advance(3600)
+            await engine.wait_settled(timeout=10)
+            assert await booking_state(engine, "b-1") == ["Booked", "Paid"]
+            stats = engine.statistics().process_managers[0]
+            assert (stats.deadlines_fired, stats.pending_deadlines) == (0, 0)
+            assert stats.finished == 0  # still running: only the command was cancelled
+
+
+@scenario
+async def refused_scheduled_command_comes_back_as_send_failed(path: Path) -> None:
+    clock = FakeClock()
+    async with _expiry(path, StubbornExpiry, clock) as engine:
+        await engine.send(Booking, "b-1", Book("b-1"))
+        await engine.send(Booking, "b-1", Pay("b-1"))
+        await engine.wait_settled(timeout=10)
+        clock.advance(60)
+        await _until(engine, lambda: engine.statistics().process_managers[0].finished)
+        await engine.wait_settled(timeout=10)
+        assert await booking_state(engine, "b-1") == ["Booked", "Paid"]
+        stats = engine.statistics().process_managers[0]
+        assert (stats.deadlines_fired, stats.failures_delivered) == (1, 1)
+        assert (stats.pending_sends, stats.pending_deadlines) == (0, 0)
+        steps = engine.log.read_stream("$pm:StubbornExpiry:b-1")
+        # Started, paid (nothing), the firing, then the failure (which finished it).
+        assert len(steps) == 4
+        assert steps[3].causation_id == "$pm:StubbornExpiry:b-1/3.0"
+
+
+@scenario
+async def scheduled_command_due_while_down_is_sent_at_restart_once(path: Path) -> None:
+    clock = FakeClock()
+    async with _expiry(path, ScheduledExpiry, clock) as engine:
+        await engine.send(Booking, "b-1", Book("b-1"))
+        await engine.wait_settled(timeout=10)
+    clock.advance(3600)  # while no engine runs
+    for _ in range(2):
+        async with _expiry(path, ScheduledExpiry, clock) as engine:
+            await _until(engine, lambda: len(engine.log.read_stream("b-1")) == 2)
+            await engine.wait_settled(timeout=10)
+            assert await booking_state(engine, "b-1") == ["Booked", "Expired"]
+            assert len(engine.log.read_stream("$pm:ScheduledExpiry:b-1")) == 2

@@ -1,5 +1,6 @@
-"""kill -9 between a process manager's durable step and its command's commit, and between
-that commit and its acknowledgement: after a restart the command has taken effect once."""
+"""kill -9 between a process manager's durable step and its command's commit, between that
+commit and its acknowledgement, and between a scheduled command's firing and its commit:
+after a restart the command has taken effect once."""
 
 from __future__ import annotations
 
@@ -38,3 +39,19 @@ def test_a_crash_in_the_outbox_only_delays_the_command(tmp_path: Path, mode: str
     assert len(marks) == 1  # the command took effect exactly once
     assert marks[0].command_id == "$pm:Relay:1/1.0"  # the id the step derived
     assert len(steps) == 2  # started (the send), then finished on the mark
+
+
+def test_a_crash_after_a_scheduled_command_fired_only_delays_it(tmp_path: Path) -> None:
+    assert _run(tmp_path, "scheduled") == -9  # killed in the handler of the fired command
+    assert _run(tmp_path, "scheduled") == 0  # restarted (its clock before the due time)
+    log = LmdbEventLog(tmp_path / "log")
+    try:
+        marks = [e for e in log.read_stream("target-1") if e.type == "Marked"]
+        steps = log.read_stream("$pm:DelayedRelay:1")
+    finally:
+        log.close()
+    assert len(marks) == 1  # the command took effect exactly once
+    # The id derived from the firing step (the instance's second), the same after restart.
+    assert marks[0].command_id == "$pm:DelayedRelay:1/2.0"
+    assert marks[0].causation_id == "$pm:DelayedRelay:1#deadline:Mark"
+    assert len(steps) == 3  # started (the schedule), fired (the outbox), finished

@@ -98,3 +98,30 @@ async def test_transfers_on_postgresql(postgres: Postgres) -> None:
             await engine.wait_projected()
             assert await engine.query(Balances.balance, "a") == 6
             assert await engine.query(Balances.balance, "b") == 4
+
+
+async def test_a_scheduled_command_is_checked_when_scheduled(tmp_path: Path) -> None:
+    """A scheduled Send the engine cannot dispatch (its aggregate is not hosted) fails the
+    turn that schedules it, as a Send would: not 60 s later."""
+    from typing import Any
+
+    from actorlog import Engine, ProcessManager, Schedule, Send, starts
+    from actorlog.testing import FakeClock
+    from benchmarks.bank import TransferAccount, VoidTransfer
+
+    from .process_manager_scenarios import Book, Booked, Booking, _until
+
+    class Misdirected(ProcessManager):
+        @starts("booking_id")
+        def booked(self, e: Booked) -> list[Any]:
+            return [Schedule(Send(TransferAccount, "a", VoidTransfer(e.booking_id)), after=60)]
+
+    async with Engine.open(
+        tmp_path, aggregates=[Booking], process_managers=[Misdirected], clock=FakeClock()
+    ) as engine:
+        await engine.send(Booking, "b-1", Book("b-1"))
+        await _until(engine, lambda: engine.statistics().process_managers[0].fault)
+        stats = engine.statistics().process_managers[0]
+        assert (stats.halted_instances, stats.pending_deadlines) == (1, 0)
+        assert "not an aggregate this engine hosts" in (stats.fault or "")
+        assert engine.log.read_stream("$pm:Misdirected:b-1") == []

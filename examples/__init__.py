@@ -1,0 +1,1 @@
+"""Runnable examples of hosting actorlog (not installed with the package)."""
