@@ -1,7 +1,7 @@
 """kill -9 torture with transfers: after every round, once the process manager settled,
 money is conserved and no transfer was applied twice (or left unfinished).
 
-``PM_TORTURE_ROUNDS`` sets the rounds (CI runs 8; the issue's target is 100 and more).
+``PM_TORTURE_ROUNDS`` sets the rounds (8 by default; .ci/run sets 100 for its last suite run, the issue's CI target).
 """
 
 from __future__ import annotations
