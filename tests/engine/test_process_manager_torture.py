@@ -1,7 +1,8 @@
 """kill -9 torture with transfers: after every round, once the process manager settled,
 money is conserved and no transfer was applied twice (or left unfinished).
 
-``PM_TORTURE_ROUNDS`` sets the rounds (8 by default; .ci/run sets 100 for its last suite run, the issue's CI target).
+``PM_TORTURE_ROUNDS`` sets the rounds (8 by default; .ci/run sets 100, the issue's CI
+target, for its last suite run).
 """
 
 from __future__ import annotations
