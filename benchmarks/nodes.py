@@ -89,7 +89,7 @@ def _cpu() -> float:
 
 async def _writer_child(args: dict[str, Any]) -> None:
     """A W1 write node: its share of the commands, from its share of the clients."""
-    log = PostgresEventLog(args["dsn"], schema=args["schema"])
+    log = PostgresEventLog(args["dsn"], schema=args["schema"], shared=True)
     views = [Balances, Totals] if args["views"] else []
     async with Engine.open(log=log, aggregates=[Account], projectors=views) as engine:
         work = [
@@ -156,7 +156,7 @@ async def _reader_child(args: dict[str, Any]) -> None:
 async def _arrivals_child(args: dict[str, Any]) -> None:
     """Node B of the visibility lag: report when positions arrived."""
     log: EventLog = (
-        PostgresEventLog(args["dsn"], schema=args["schema"])
+        PostgresEventLog(args["dsn"], schema=args["schema"], shared=True)
         if args["kind"] == "pg"
         else LmdbEventLog(args["path"], readonly=True)
     )
@@ -452,7 +452,8 @@ def main(argv: list[str] | None = None) -> int:
 
                 def pg_engine() -> Any:
                     return Engine.open(
-                        log=PostgresEventLog(args.dsn, schema=schema), aggregates=[Account]
+                        log=PostgresEventLog(args.dsn, schema=schema, shared=True),
+                        aggregates=[Account],
                     )
 
                 PostgresEventLog(args.dsn, schema=schema).close()

@@ -188,7 +188,7 @@ async def load(engine: Engine, streams: int, concurrency: int) -> dict[str, Any]
 async def main(kind: str, where: str, schema: str, role: str) -> None:
     log: EventLog
     if kind == "pg":
-        log = PostgresEventLog(where, schema=schema)
+        log = PostgresEventLog(where, schema=schema, shared=True)
     else:
         log = LmdbEventLog(where, readonly=role == "reader", sync=False)
     aggregates = [] if role == "reader" else [Account, Pair]

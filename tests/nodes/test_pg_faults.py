@@ -33,7 +33,7 @@ def wait_for(condition: object, seconds: float = 30) -> None:
 
 def test_kill_one_of_three_write_nodes_under_load(postgres: Postgres) -> None:
     schema = postgres.schema()
-    postgres.log(schema)  # the tables exist before the nodes race to create them
+    postgres.log(schema, shared=True)  # the tables exist before the nodes race to create them
     nodes = [Node("pg", postgres.url, schema, "writer") for _ in range(3)]
     try:
         for node in nodes:
@@ -49,7 +49,7 @@ def test_kill_one_of_three_write_nodes_under_load(postgres: Postgres) -> None:
         )
         for node in nodes[1:]:
             assert node.stop_load() == len(node.acks)
-        log = postgres.log(schema)
+        log = postgres.log(schema, shared=True)
         assert_log_consistent(log)
         halves: dict[str, list[int]] = {}
         for event in log.read_all(1, 1_000_000):
@@ -85,8 +85,12 @@ def _terminate_other_connections(postgres: Postgres) -> int:
 async def test_dropped_connections_fail_typed_and_recover(postgres: Postgres) -> None:
     schema = postgres.schema()
     async with (
-        Engine.open(log=postgres.log(schema), aggregates=[Account], projectors=[Balances]) as a,
-        Engine.open(log=postgres.log(schema), aggregates=[], projectors=[Balances]) as b,
+        Engine.open(
+            log=postgres.log(schema, shared=True), aggregates=[Account], projectors=[Balances]
+        ) as a,
+        Engine.open(
+            log=postgres.log(schema, shared=True), aggregates=[], projectors=[Balances]
+        ) as b,
     ):
         first = await a.send(Account, "acct", Deposit(1))
         assert await b.query(Balances.balance, "acct", after=first.position, timeout=10) == 1
@@ -124,9 +128,9 @@ async def test_every_node_converges_to_a_rebuild(postgres: Postgres) -> None:
     schema = postgres.schema()
     kinds = {"aggregates": [Account], "projectors": [Balances]}
     async with (
-        Engine.open(log=postgres.log(schema), **kinds) as a,  # type: ignore[arg-type]
-        Engine.open(log=postgres.log(schema), **kinds) as b,  # type: ignore[arg-type]
-        Engine.open(log=postgres.log(schema), **kinds) as c,  # type: ignore[arg-type]
+        Engine.open(log=postgres.log(schema, shared=True), **kinds) as a,  # type: ignore[arg-type]
+        Engine.open(log=postgres.log(schema, shared=True), **kinds) as b,  # type: ignore[arg-type]
+        Engine.open(log=postgres.log(schema, shared=True), **kinds) as c,  # type: ignore[arg-type]
     ):
 
         async def deposits(engine: Engine, seed: int) -> None:
@@ -139,6 +143,6 @@ async def test_every_node_converges_to_a_rebuild(postgres: Postgres) -> None:
         head = a.log.head_position()
         views = [await e.query(Balances.all_balances, after=head, timeout=10) for e in (a, b, c)]
     async with Engine.open(
-        log=postgres.log(schema), aggregates=[], projectors=[Balances, Pairs]
+        log=postgres.log(schema, shared=True), aggregates=[], projectors=[Balances, Pairs]
     ) as rebuilt:
         assert await rebuilt.query(Balances.all_balances) == views[0] == views[1] == views[2]

@@ -26,8 +26,8 @@ async def two_engines_on_one_log(postgres: Postgres) -> None:
     schema = postgres.schema()
     kinds = {"aggregates": [Account], "projectors": [Balances]}
     async with (
-        Engine.open(log=postgres.log(schema), **kinds) as a,  # type: ignore[arg-type]
-        Engine.open(log=postgres.log(schema), **kinds) as b,  # type: ignore[arg-type]
+        Engine.open(log=postgres.log(schema, shared=True), **kinds) as a,  # type: ignore[arg-type]
+        Engine.open(log=postgres.log(schema, shared=True), **kinds) as b,  # type: ignore[arg-type]
     ):
         # B has the account cached at balance 0 (a rejection on its own, current state).
         with pytest.raises(InsufficientFunds):
@@ -68,8 +68,8 @@ async def test_followers_keep_cached_aggregates_current(postgres: Postgres) -> N
 
     schema = postgres.schema()
     async with (
-        Engine.open(log=postgres.log(schema), aggregates=[Account]) as a,
-        Engine.open(log=postgres.log(schema), aggregates=[Account]) as b,
+        Engine.open(log=postgres.log(schema, shared=True), aggregates=[Account]) as a,
+        Engine.open(log=postgres.log(schema, shared=True), aggregates=[Account]) as b,
     ):
         await b.send(Account, "acct", Deposit(1))  # cached in B, idle
         await a.send(Account, "acct", Deposit(10))  # A loads it from the log
@@ -105,8 +105,8 @@ async def test_contending_engines_append_each_acknowledged_command_once(
     acked = 0
     refused = 0
     async with (
-        Engine.open(log=postgres.log(schema), aggregates=[Account]) as a,
-        Engine.open(log=postgres.log(schema), aggregates=[Account]) as b,
+        Engine.open(log=postgres.log(schema, shared=True), aggregates=[Account]) as a,
+        Engine.open(log=postgres.log(schema, shared=True), aggregates=[Account]) as b,
     ):
 
         async def sender(engine: Engine) -> None:
@@ -127,7 +127,7 @@ async def test_contending_engines_append_each_acknowledged_command_once(
 
 def test_processes_count_every_increment(postgres: Postgres) -> None:
     schema = postgres.schema()
-    postgres.log(schema)  # the tables exist before the nodes race to create them
+    postgres.log(schema, shared=True)  # the tables exist before the nodes race to create them
     n, m = 3, 20 * SCALE
     nodes = [Node("pg", postgres.url, schema, "writer", b) for b in ("trio", "asyncio", "trio")]
     try:
@@ -137,7 +137,7 @@ def test_processes_count_every_increment(postgres: Postgres) -> None:
         answers = [node.answer() for node in nodes]
         positions = [p for answer in answers for p in answer["positions"]]
         assert len(positions) == n * m == len(set(positions))
-        log = postgres.log(schema)
+        log = postgres.log(schema, shared=True)
         assert log.stream_version("counter") == n * m
         events = log.read_stream("counter")
         assert sorted(e.position for e in events) == sorted(positions)
@@ -182,6 +182,10 @@ async def test_an_unshared_log_is_not_followed(postgres: Postgres) -> None:
     with pytest.raises(DefinitionError):
         PostgresEventLog(postgres.url, schema=postgres.schema(), shared=1)  # type: ignore[arg-type]
     schema = postgres.schema()
+    # Unshared is the default: the single-process log.
+    default = postgres.log(schema)
+    assert not default.others_append
+    default.close()
     async with Engine.open(
         log=postgres.log(schema, shared=False), aggregates=[Account], projectors=[Balances]
     ) as engine:
@@ -191,7 +195,7 @@ async def test_an_unshared_log_is_not_followed(postgres: Postgres) -> None:
         with pytest.raises(InsufficientFunds):  # no confirming read: the old path
             await engine.send(Account, "acct", Withdraw(5))
         # Another writer is still caught by the expected-version check.
-        other = postgres.log(schema)
+        other = postgres.log(schema, shared=True)
         from actorlog.storage import Append
 
         outcomes, _ = other.append_batch(
