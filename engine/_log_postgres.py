@@ -70,7 +70,14 @@ except ImportError:  # the optional extra (actorlog[postgres]) is not installed
     psycopg = None  # type: ignore[assignment]
 
 from ._command_ids import CommandIdRetention, retention
-from ._errors import DefinitionError, DuplicateCommand, EncodeError, InvalidArgument, StorageError
+from ._errors import (
+    DefinitionError,
+    DuplicateCommand,
+    EncodeError,
+    InvalidArgument,
+    StorageError,
+    StorageLocked,
+)
 from ._log import (
     AppendOutcome,
     ReadBatch,
@@ -89,6 +96,10 @@ FORMAT: Final = "actorlog-pg-1"
 A schema holding another layout is refused at open, never misread."""
 
 MIN_SERVER_VERSION: Final = 150000
+
+WRITER_LOCK_WAIT: Final = 2.0
+"""Seconds an append waits for the schema's writer lock before ``StorageLocked``: the lock
+of a writer just killed is released when the server notices its connection gone."""
 """PostgreSQL 15 (``server_version_num``): the oldest server the suite runs against."""
 
 _PRUNE_MOST: Final = 4096
@@ -169,9 +180,9 @@ class PostgresEventLog:
             version (one read). Give ``True`` to every engine of a schema that several
             processes open. ``False`` (the default) promises that this log's engine is
             the schema's only writer and saves that work (a follower thread, a NOTIFY a
-            group, a read a rejection: single-process W1 measured 0.13-0.19x with it); a
-            second writer is then still caught by the expected-version check
-            (``ConcurrencyError`` to the caller), but its events reach no projector here.
+            group, a read a rejection: single-process W1 measured 0.13-0.19x with it), and
+            is kept: the first append takes the schema's writer lock, exclusive, so a
+            second writer, shared or not, gets ``StorageLocked`` (shared logs share it).
 
     Raises:
         DefinitionError: an argument of the wrong type or range.
@@ -219,6 +230,8 @@ class PostgresEventLog:
         self._writer = _Connection(self._connect)
         self._reader = _Connection(self._connect)
         self._channel: HeadChannel | None = None  # opened by the first follower or announcer
+        # The writer connection that holds the schema's writer lock (see _lock_writer).
+        self._locked: psycopg.Connection[Any] | None = None
         self._channel_lock = threading.Lock()
         try:
             self._writer.run(self._initialize)
@@ -328,10 +341,45 @@ class PostgresEventLog:
             check_stream_id(append.stream_id)
         snaps = {check_stream_id(stream_id): s for stream_id, s in snapshots}
         caches = {_check_name(name): cache for name, cache in projector_caches}
+
+        def commit(conn: psycopg.Connection[Any]) -> tuple[list[AppendOutcome], list[StoredEvent]]:
+            if conn is not self._locked:  # a new connection: take the lock on it first
+                self._lock_writer(conn)
+                self._locked = conn
+            return self._commit(conn, appends, snaps, caches)
+
         try:
-            return self._writer.run(lambda conn: self._commit(conn, appends, snaps, caches))
+            return self._writer.run(commit)
         except StorageError as e:
             return [e for _ in appends], []
+
+    def _lock_writer(self, conn: psycopg.Connection[Any]) -> None:
+        """Take the schema's writer lock on ``conn``, a session advisory lock held while the
+        connection lives: exclusive for an unshared log (its engine is the only writer),
+        shared for a shared one, so an unshared writer and any other writer refuse each
+        other, as LMDB's lock does. Taken at the first append, not at open: a log that only
+        reads (a reader node, the ``actorlog`` command) never takes it.
+
+        Raises:
+            StorageLocked: another process writes the schema against this log's promise.
+        """
+        query = self._q.lock_shared if self._shared else self._q.lock_alone
+        deadline = time.monotonic() + WRITER_LOCK_WAIT
+        while True:
+            row = conn.execute(query, (self._schema,)).fetchone()
+            if row is not None and row[0]:
+                return
+            if time.monotonic() >= deadline:
+                raise StorageLocked(
+                    f"schema {self._schema!r} is written by another process"
+                    + (
+                        " that opened it unshared (shared=False)"
+                        if self._shared
+                        else "; every engine of a schema that several processes write "
+                        "needs shared=True"
+                    )
+                )
+            time.sleep(0.05)
 
     def _commit(
         self,
@@ -664,6 +712,11 @@ class _Statements:
             return sql.SQL(text).format(s=s)
 
         self.lock = q("LOCK TABLE {s}.events IN EXCLUSIVE MODE")
+        # The schema's writer lock (PostgresEventLog._lock_writer), keyed by its name.
+        self.lock_alone = sql.SQL("SELECT pg_try_advisory_lock(hashtext('actorlog writer ' || %s))")
+        self.lock_shared = sql.SQL(
+            "SELECT pg_try_advisory_lock_shared(hashtext('actorlog writer ' || %s))"
+        )
         self.head = q("SELECT coalesce(max(position), 0) FROM {s}.events")
         self.last_seq = q("SELECT coalesce(max(seq), 0) FROM {s}.command_ids")
         self.versions = q(

@@ -194,13 +194,15 @@ async def test_an_unshared_log_is_not_followed(postgres: Postgres) -> None:
         assert await engine.query(Balances.balance, "acct", after=done.position) == 3
         with pytest.raises(InsufficientFunds):  # no confirming read: the old path
             await engine.send(Account, "acct", Withdraw(5))
-        # Another writer is still caught by the expected-version check.
-        other = postgres.log(schema, shared=True)
+        # Another writer is refused: the unshared log holds the schema's writer lock.
+        from actorlog import StorageLocked
         from actorlog.storage import Append
 
-        outcomes, _ = other.append_batch(
-            [Append("acct", 1, (("Deposited", b"\x81\xa6amount\x01"),))]
-        )
-        assert not isinstance(outcomes[0], Exception)
-        with pytest.raises(ConcurrencyError):
-            await engine.send(Account, "acct", Deposit(1))
+        for other in (postgres.log(schema), postgres.log(schema, shared=True)):
+            outcomes, _ = other.append_batch(
+                [Append("acct", 1, (("Deposited", b"\x81\xa6amount\x01"),))]
+            )
+            assert isinstance(outcomes[0], StorageLocked)
+            other.close()
+        done = await engine.send(Account, "acct", Deposit(1))
+        assert await engine.query(Balances.balance, "acct", after=done.position) == 4

@@ -129,7 +129,7 @@ def test_two_writers_keep_positions_gap_free_and_in_commit_order(postgres: Postg
     # read. A position committed after a larger one would be skipped by the reader for
     # good; the final comparison with the whole log catches that.
     schema = postgres.schema()
-    writers = [postgres.log(schema), postgres.log(schema)]
+    writers = [postgres.log(schema, shared=True), postgres.log(schema, shared=True)]
     reader = postgres.log(schema)
     groups = 150
     results: list[list[object]] = [[], []]
@@ -297,3 +297,33 @@ def test_a_killed_writer_loses_no_acknowledged_append(postgres: Postgres) -> Non
 def test_bad_options_are_refused_before_connecting(dsn: object, options: dict[str, object]) -> None:
     with pytest.raises(DefinitionError):
         PostgresEventLog(dsn, **options)  # type: ignore[arg-type]
+
+
+def test_an_unshared_log_is_its_schemas_only_writer(postgres: Postgres) -> None:
+    # The default promises one writer: a second one, shared or not, is refused at its first
+    # append (StorageLocked, nothing written), while logs that only read are not.
+    from actorlog import StorageLocked
+
+    schema = postgres.schema()
+    alone = postgres.log(schema)
+    assert not isinstance(alone.append_batch([make_append("a", NO_STREAM)])[0][0], Exception)
+    reader = postgres.log(schema)
+    assert [e.stream_id for e in reader.read_all()] == ["a"]
+    for other in (postgres.log(schema), postgres.log(schema, shared=True)):
+        outcomes, stored = other.append_batch([make_append("b", NO_STREAM)])
+        assert isinstance(outcomes[0], StorageLocked) and stored == []
+        other.close()
+    assert reader.head_position() == 1
+    # Closing the writer frees the schema for the next one.
+    alone.close()
+    successor = postgres.log(schema)
+    assert not isinstance(successor.append_batch([make_append("b", NO_STREAM)])[0][0], Exception)
+    # Shared writers share the lock, and keep an unshared one out.
+    successor.close()
+    shared = [postgres.log(schema, shared=True), postgres.log(schema, shared=True)]
+    for i, log in enumerate(shared):
+        outcome = log.append_batch([make_append(f"s{i}", NO_STREAM)])[0][0]
+        assert not isinstance(outcome, Exception)
+    late = postgres.log(schema)
+    assert isinstance(late.append_batch([make_append("c", NO_STREAM)])[0][0], StorageLocked)
+    assert reader.head_position() == 4
