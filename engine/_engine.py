@@ -244,7 +244,8 @@ class Engine:
                 idempotent retries (default: the newest 250,000 younger than a day).
             process_managers: the :class:`ProcessManager` classes to host; each reads
                 the log from where it left off, and sends what it decided but had not
-                sent (see ``docs/design.md``, "Process managers").
+                sent (see ``docs/design.md``, "Process managers"). Not on a log other
+                processes write too (``DefinitionError``): not coordinated across them yet.
             clock: what process managers' deadlines read the time from and sleep with
                 (default: the system's wall clock; tests pass a
                 ``actorlog.testing.FakeClock``).
@@ -348,6 +349,13 @@ class Engine:
                 raise DefinitionError(
                     "a log opened read-only serves queries only: open the engine with "
                     "aggregates=[] and no process managers (its writer is another process)"
+                )
+            if process_kinds and follows_others(log):
+                # Every node would react to every event and race its step appends: not
+                # coordinated across processes yet, so refused rather than half working.
+                raise DefinitionError(
+                    "process managers need a log this engine alone writes: on a shared log "
+                    "every node would run them (not coordinated across processes yet)"
                 )
             registry = EventRegistry()
             head = (
