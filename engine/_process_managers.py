@@ -867,7 +867,7 @@ class ProcessManagers:
         Raises:
             InvalidArgument: it is not hosted by this engine.
         """
-        if cls in self._names:
+        if isinstance(cls, type) and cls in self._names:  # a class: hashable
             return cls
         raise InvalidArgument(f"{describe(cls)} is not an aggregate this engine hosts")
 
