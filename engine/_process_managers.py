@@ -867,8 +867,9 @@ class ProcessManagers:
         Raises:
             InvalidArgument: it is not hosted by this engine.
         """
-        if isinstance(cls, type) and cls in self._names:  # a class: hashable
-            return cls
+        with contextlib.suppress(TypeError):  # unhashable: not an aggregate either
+            if cls in self._names:
+                return cls
         raise InvalidArgument(f"{describe(cls)} is not an aggregate this engine hosts")
 
     def aggregate_name(self, kind: AggregateType) -> str:

@@ -21,7 +21,7 @@ from .process_manager_scenarios import Book, Booked, Booking, ExpireBooking, Exp
 def _garbage() -> dict[str, Callable[[str], Any]]:
     return {
         "send_stream_id_with_nul": lambda b: [Send(Booking, b + "\x00x", Pay(b))],
-        "send_stream_id_not_str": lambda b: [Send(Booking, 42, Pay(b))],
+        "send_stream_id_not_str": lambda b: [Send(Booking, 42, Pay(b))],  # type: ignore[arg-type]
         "send_empty_stream_id": lambda b: [Send(Booking, "", Pay(b))],
         "send_to_a_name_not_a_class": lambda b: [Send("Booking", b, Pay(b))],  # type: ignore[arg-type]
         "send_to_an_unhashable": lambda b: [Send([Booking], b, Pay(b))],  # type: ignore[arg-type]
@@ -73,7 +73,7 @@ async def _until(condition: Callable[[], object]) -> None:
 async def test_garbage_effects_halt_only_their_instance(
     effects: Callable[[str], Any], tmp_path: Path
 ) -> None:
-    Garbage.effects = staticmethod(effects)  # type: ignore[assignment]
+    Garbage.effects = staticmethod(effects)
     clock = FakeClock()
     async with Engine.open(
         tmp_path, aggregates=[Booking], process_managers=[Garbage], clock=clock

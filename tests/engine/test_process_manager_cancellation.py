@@ -5,6 +5,7 @@ restart settles, money is conserved and no transfer is credited or refunded twic
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 from collections import Counter
@@ -55,18 +56,16 @@ async def _scenario(path: Path, seed: int) -> None:
         with anyio.CancelScope() as scope:
             async with _open(path, clock) as engine:  # type: ignore[attr-defined]
 
-                async def transfer(n: int, engine: Engine = engine) -> None:
+                async def transfer(n: int, engine: Engine = engine, round_: int = round_) -> None:
                     source, target = rng.sample(ACCOUNTS[:-1] + ACCOUNTS, 2)
                     if source == target:
                         return
-                    try:
+                    with contextlib.suppress(Rejected, EngineClosed):
                         await engine.send(
                             TransferAccount,
                             source,
                             Transfer(f"t-{round_}-{n}", source, target, rng.randint(1, 50)),
                         )
-                    except (Rejected, EngineClosed):
-                        pass
 
                 async with anyio.create_task_group() as tg:
                     for n in range(40):
