@@ -360,7 +360,9 @@ def import_command(source: str, log: str, fmt: str | None, schema: str) -> None:
             raise Unusable(str(e)) from None
         with _opened(log, schema, write=True) as opened, _progress(err) as bar:
             task = bar.add_task("importing", total=header.head)
-            count = import_log(opened, records, progress=lambda n: bar.advance(task, n))
+            count = import_log(
+                opened, records, head=header.head, progress=lambda n: bar.advance(task, n)
+            )
     err.print(f"imported {count:,} events into {log}")
 
 

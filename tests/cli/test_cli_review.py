@@ -1,0 +1,53 @@
+"""``actorlog import`` refuses an export that is not whole (review of issue 17, part 1): a
+file cut at a record boundary, or edited so that a stream's versions do not run on, must
+not import quietly or put events at other positions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from .test_cli import all_events, bank_log, run
+
+__all__ = ["bank_log"]  # the fixture, used by name
+
+
+def _cut_jsonl(dump: Path, events: int) -> None:
+    lines = dump.read_bytes().splitlines(keepends=True)
+    dump.write_bytes(b"".join(lines[: 1 + events]))
+
+
+def _cut_msgpack(dump: Path, events: int) -> None:
+    data, at = dump.read_bytes(), 0
+    for _ in range(1 + events):
+        at += 4 + int.from_bytes(data[at : at + 4], "little")
+    dump.write_bytes(data[:at])
+
+
+@pytest.mark.parametrize("suffix", ["jsonl", "msgpack"])
+def test_an_export_cut_at_a_record_boundary_is_refused(
+    bank_log: Path, tmp_path: Path, suffix: str
+) -> None:
+    dump = tmp_path / f"bank.{suffix}"
+    run("export", str(bank_log), str(dump))
+    (_cut_jsonl if suffix == "jsonl" else _cut_msgpack)(dump, 5)
+    result = run("import", str(dump), str(tmp_path / "copy"), code=2)
+    assert "12" in result.stderr and "5" in result.stderr, result.stderr
+
+
+def test_an_export_whose_versions_do_not_run_on_is_refused_before_appending(
+    bank_log: Path, tmp_path: Path
+) -> None:
+    dump = tmp_path / "bank.jsonl"
+    run("export", str(bank_log), str(dump))
+    records = [json.loads(line) for line in dump.read_bytes().splitlines()]
+    records[7]["version"] += 5  # an event of a stream, moved up by hand
+    dump.write_bytes(b"".join(msgspec.json.encode(r) + b"\n" for r in records))
+    result = run("import", str(dump), str(tmp_path / "copy"), code=2)
+    assert "version" in result.stderr, result.stderr
+    # Refused before its group was appended: no event lands at another position.
+    copy = tmp_path / "copy"
+    assert not (copy / "actorlog.data").exists() or all_events(copy) == []
