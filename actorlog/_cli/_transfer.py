@@ -263,7 +263,15 @@ def import_log(
             )
         versions[e.stream_id] = e.version
         position = e.position
-        if run and (_key(e) != _key(run[0]) or e.version != run[-1].version + 1):
+        if run and (
+            _key(e) != _key(run[0])
+            or e.version != run[-1].version + 1
+            # A run without a command id may be many commands' appends: cut it, or a long
+            # stream would be held whole and appended in one transaction. (One with an id
+            # is one original append, which the log took whole: split, the second half
+            # would record the id again.)
+            or (e.command_id is None and len(run) >= APPEND_EVENTS)
+        ):
             close_run()
             # Commit between original appends only: one split in two would record its
             # command id twice (the second refused as a duplicate).

@@ -5,10 +5,15 @@ not import quietly or put events at other positions."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
+
+from actorlog._cli._transfer import APPEND_EVENTS, ExportedEvent, import_log
+from actorlog.storage import Append, MemoryEventLog
 
 from .test_cli import all_events, bank_log, run
 
@@ -51,3 +56,30 @@ def test_an_export_whose_versions_do_not_run_on_is_refused_before_appending(
     # Refused before its group was appended: no event lands at another position.
     copy = tmp_path / "copy"
     assert not (copy / "actorlog.data").exists() or all_events(copy) == []
+
+
+class CountingLog(MemoryEventLog):
+    """A memory log that remembers how many events each append of its batches held."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.appends: list[int] = []
+
+    def append_batch(self, appends: Sequence[Append], **options: Any) -> Any:
+        self.appends.extend(len(a.events) for a in appends)
+        return super().append_batch(appends, **options)
+
+
+def test_an_import_streams_a_long_stream_written_without_command_ids() -> None:
+    """A stream of many commands without metadata is not one append of all its events
+    (held in memory at once, one transaction): it is cut, as the export streams."""
+    events = 3 * APPEND_EVENTS
+    exported = (
+        ExportedEvent(n, "hot", n, "Deposited", 0.0, msgspec.msgpack.encode({"amount": n}))
+        for n in range(1, events + 1)
+    )
+    log = CountingLog()
+    assert import_log(log, exported, head=events) == events
+    assert sum(log.appends) == events
+    assert max(log.appends) <= APPEND_EVENTS, max(log.appends)
+    assert [e.version for e in log.read_stream("hot")] == list(range(1, events + 1))
