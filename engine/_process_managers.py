@@ -808,6 +808,9 @@ class ProcessManagerHost:
         )
 
 
+_MIN_COMPACT = 1024  # heap entries before the first compaction
+
+
 def _text(fault: ProjectorFaulted | None) -> str | None:
     return None if fault is None else str(fault)
 
@@ -856,6 +859,10 @@ class ProcessManagers:
         # the firing was put off (its process manager was halted).
         self._deadlines: list[tuple[float, int, ProcessManagerHost, str, str, float]] = []
         self._seq = itertools.count()
+        # A deadline replaced or cancelled leaves its entry in the heap until it comes up
+        # (then ignored): compacted when the heap outgrows twice what it held after the
+        # last compaction, so it stays proportional to the deadlines set, not the re-arms.
+        self._compact_at = _MIN_COMPACT
         self._armed = anyio.Event()
         self._sleep: anyio.CancelScope | None = None
         self._sleeping_until = float("inf")
@@ -922,9 +929,27 @@ class ProcessManagers:
         sleeper if it is now the earliest."""
         when = due if when is None else when
         heapq.heappush(self._deadlines, (when, next(self._seq), host, stream_id, key, due))
+        if len(self._deadlines) > self._compact_at:
+            self._compact()
         self._armed.set()
         if when < self._sleeping_until and self._sleep is not None:
             self._sleep.cancel()
+
+    def _compact(self) -> None:
+        """Drop the heap entries of deadlines the routers no longer hold (replaced,
+        cancelled, fired, finished) and duplicates, in place (the deadline task holds the
+        list). Amortized O(1) a push: it runs after the heap has doubled."""
+        kept: dict[tuple[int, str, str, float], tuple[Any, ...]] = {}
+        for entry in self._deadlines:
+            _, _, host, stream_id, key, due = entry
+            if host.router.timers.get(stream_id, {}).get(key) != due:
+                continue  # no longer set: firing it would be ignored anyway
+            ident = (id(host), stream_id, key, due)
+            if ident not in kept or entry < kept[ident]:
+                kept[ident] = entry  # the earliest of duplicates (a put-off one is later)
+        self._deadlines[:] = kept.values()
+        heapq.heapify(self._deadlines)
+        self._compact_at = max(_MIN_COMPACT, 2 * len(self._deadlines))
 
     async def _run_deadlines(self) -> None:
         """One task for every deadline: sleep until the earliest, fire what is due."""
