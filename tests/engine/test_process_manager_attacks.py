@@ -12,8 +12,17 @@ from typing import Any, ClassVar
 import anyio
 import pytest
 
-from actorlog import Cancel, Engine, Finish, ProcessManager, Schedule, Send, starts
-from actorlog.testing import FakeClock
+from actorlog import (
+    Cancel,
+    Engine,
+    Finish,
+    InvalidArgument,
+    ProcessManager,
+    Schedule,
+    Send,
+    starts,
+)
+from actorlog.testing import FakeClock, given_process
 
 from .process_manager_scenarios import Book, Booked, Booking, ExpireBooking, ExpiryDue, Pay
 
@@ -91,3 +100,11 @@ async def test_garbage_effects_halt_only_their_instance(
         clock.advance(10**6)
         await anyio.sleep(0.05)
         assert engine.statistics().process_managers[0].deadlines_fired == 0
+
+
+@pytest.mark.parametrize("effects", GARBAGE.values(), ids=GARBAGE.keys())
+def test_the_test_kit_refuses_what_the_engine_refuses(effects: Callable[[str], Any]) -> None:
+    """given_process runs "the engine's own turn": an effect the engine halts on is an
+    InvalidArgument in the kit too, not a passing ``then``."""
+    Garbage.effects = staticmethod(effects)
+    given_process(Garbage).when(Booked("bad-1")).then_raises(InvalidArgument)
