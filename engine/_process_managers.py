@@ -265,13 +265,16 @@ class ProcessManagerHost:
             return
         if type(process_id) is not str or not process_id:
             raise InvalidArgument(f"a process id must be a non-empty str, not {process_id!r}")
-        stream_id = check_stream_id(self.prefix + process_id)
+        stream_id = self.prefix + process_id
         halted = self.halted.get(stream_id)
         if halted is not None:
             if not halted[0]:  # halted on a deadline or a failure: mark its first miss
                 self.halted[stream_id] = (meta.position, halted[1], halted[2])
             return  # read again when it resumes (or after a restart)
         try:
+            # A process id no stream can be named after (a NUL, too long) halts (or parks)
+            # that process only: one bad event must not stop every other process.
+            check_stream_id(stream_id)
             instance = self._instance(stream_id, process_id)
             if instance.finished or (instance.version == 0 and not start):
                 self.ignored += 1

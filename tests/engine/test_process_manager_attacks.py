@@ -23,6 +23,14 @@ from actorlog import (
     starts,
 )
 from actorlog.testing import FakeClock, given_process
+from benchmarks.bank import (
+    Balances,
+    Deposit,
+    OpenAccount,
+    Transfer,
+    TransferAccount,
+    TransferProcess,
+)
 
 from .process_manager_scenarios import Book, Booked, Booking, ExpireBooking, ExpiryDue, Pay
 
@@ -108,3 +116,28 @@ def test_the_test_kit_refuses_what_the_engine_refuses(effects: Callable[[str], A
     InvalidArgument in the kit too, not a passing ``then``."""
     Garbage.effects = staticmethod(effects)
     given_process(Garbage).when(Booked("bad-1")).then_raises(InvalidArgument)
+
+
+@pytest.mark.parametrize("transfer_id", ["t\x00nul", "t" * 400], ids=["nul", "too_long"])
+async def test_an_event_routed_to_an_impossible_process_id_halts_only_that_process(
+    tmp_path: Path, transfer_id: str
+) -> None:
+    """A transfer id the aggregate took but no instance stream can be named after (a NUL,
+    too long): the other transfers go on."""
+    async with Engine.open(
+        tmp_path,
+        aggregates=[TransferAccount],
+        projectors=[Balances],
+        process_managers=[TransferProcess],
+        clock=FakeClock(),
+    ) as engine:
+        for account in ("a", "b"):
+            await engine.send(TransferAccount, account, OpenAccount(account))
+            await engine.send(TransferAccount, account, Deposit(100))
+        await engine.send(TransferAccount, "a", Transfer(transfer_id, "a", "b", 10))
+        await engine.send(TransferAccount, "a", Transfer("t-ok", "a", "b", 5))
+        await _until(lambda: engine.statistics().process_managers[0].fault)
+        await _until(lambda: any(e.type == "TransferCredited" for e in engine.log.read_stream("b")))
+        stats = engine.statistics().process_managers[0]
+        assert stats.halted_instances == 1, stats
+        assert "InvalidArgument" in (stats.fault or ""), stats.fault
