@@ -83,3 +83,38 @@ def test_an_import_streams_a_long_stream_written_without_command_ids() -> None:
     assert sum(log.appends) == events
     assert max(log.appends) <= APPEND_EVENTS, max(log.appends)
     assert [e.version for e in log.read_stream("hot")] == list(range(1, events + 1))
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["events", "{log}", "--from", str(2**64)],
+        ["events", "{log}", "--limit", str(2**64)],
+        ["stream", "{log}", "acct-1", "--from-version", str(2**64)],
+        ["stream", "{log}", "acct-1", "--limit", str(2**64)],
+        ["tail", "{log}", "--from", str(2**64), "--count", "1"],
+        ["tail", "{log}", "--poll", "-1", "--count", "1"],
+        ["tail", "{log}", "--poll", "nan", "--count", "1"],
+        ["export", "{log}", "{tmp}/no-such-directory/out.jsonl"],
+        ["import", "{tmp}/no-such-file.jsonl", "{tmp}/new"],
+    ],
+    ids=[
+        "events_from_huge",
+        "events_limit_huge",
+        "stream_from_version_huge",
+        "stream_limit_huge",
+        "tail_from_huge",
+        "tail_poll_negative",
+        "tail_poll_nan",
+        "export_into_a_missing_directory",
+        "import_a_missing_file",
+    ],
+)
+def test_bad_arguments_are_a_clear_error_not_a_traceback(
+    bank_log: Path, tmp_path: Path, args: list[str]
+) -> None:
+    """Exit status 2 with an ``Error:`` line, as for any usage error: never an uncaught
+    exception (``run`` does not catch them)."""
+    filled = [a.format(log=bank_log, tmp=tmp_path) for a in args]
+    result = run(*filled, code=2)
+    assert "Error" in result.stderr, result.stderr
