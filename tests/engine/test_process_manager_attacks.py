@@ -49,6 +49,8 @@ def _garbage() -> dict[str, Callable[[str], Any]]:
         "schedule_after_minus_inf": lambda b: [Schedule(ExpiryDue(b), after=-math.inf)],
         "schedule_after_negative": lambda b: [Schedule(ExpiryDue(b), after=-1)],
         "schedule_at_a_bool": lambda b: [Schedule(ExpiryDue(b), at=True)],
+        "schedule_at_a_huge_int": lambda b: [Schedule(ExpiryDue(b), at=10**400)],
+        "schedule_after_a_huge_int": lambda b: [Schedule(ExpiryDue(b), after=10**400)],
         "schedule_at_a_str": lambda b: [Schedule(ExpiryDue(b), at="10")],  # type: ignore[arg-type]
         "schedule_both": lambda b: [Schedule(ExpiryDue(b), at=1.0, after=1.0)],
         "schedule_neither": lambda b: [Schedule(ExpiryDue(b))],
@@ -141,3 +143,13 @@ async def test_an_event_routed_to_an_impossible_process_id_halts_only_that_proce
         stats = engine.statistics().process_managers[0]
         assert stats.halted_instances == 1, stats
         assert "InvalidArgument" in (stats.fault or ""), stats.fault
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="engine/_timers.py (FakeClock._finite) calls math.isfinite on an int beyond a "
+    "float's range: OverflowError, not InvalidArgument (not a module of this review's)",
+)
+def test_a_fake_clock_refuses_an_int_beyond_a_float_with_a_typed_error() -> None:
+    with pytest.raises(InvalidArgument):
+        FakeClock().advance(10**400)
