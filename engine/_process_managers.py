@@ -191,11 +191,15 @@ class ProcessManagerHost:
         self.hub = hub
         self._send_failed = SendFailed
         self.live: OrderedDict[str, _Instance] = OrderedDict()
-        # Messages delivered to instances (deadlines, SendFailed), by stored name.
+        # Messages delivered to instances (deadlines, SendFailed), by stored name: any type
+        # it reacts to or applies may be a deadline's message (what Schedule accepts), a
+        # routed event type too; an unrouted one wins a clash of names.
         self._messages: dict[str, type] = {SendFailed.__name__: SendFailed}
-        for message in (*kind.reactions, *kind.message_appliers):
-            if kind.routes.get(message, (False, None))[1] is None:
-                self._messages.setdefault(message.__name__, message)
+        messages = (*kind.reactions, *kind.message_appliers)
+        for routed in (False, True):
+            for message in messages:
+                if (kind.routes.get(message, (False, None))[1] is not None) == routed:
+                    self._messages.setdefault(message.__name__, message)
         self._unconfirmed: dict[int, int] = {}  # trigger position -> steps in flight
         self._steps_in_flight = 0  # of every kind (deadlines' and failures' too)
         # Halted instances: stream -> (the log position it halted at, 0 for a deadline or

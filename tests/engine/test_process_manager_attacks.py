@@ -20,6 +20,7 @@ from actorlog import (
     ProcessManager,
     Schedule,
     Send,
+    reacts,
     starts,
 )
 from actorlog.testing import FakeClock, given_process
@@ -32,7 +33,15 @@ from benchmarks.bank import (
     TransferProcess,
 )
 
-from .process_manager_scenarios import Book, Booked, Booking, ExpireBooking, ExpiryDue, Pay
+from .process_manager_scenarios import (
+    Book,
+    Booked,
+    Booking,
+    ExpireBooking,
+    ExpiryDue,
+    Paid,
+    Pay,
+)
 
 
 def _garbage() -> dict[str, Callable[[str], Any]]:
@@ -153,3 +162,39 @@ async def test_an_event_routed_to_an_impossible_process_id_halts_only_that_proce
 def test_a_fake_clock_refuses_an_int_beyond_a_float_with_a_typed_error() -> None:
     with pytest.raises(InvalidArgument):
         FakeClock().advance(10**400)
+
+
+class Reminder(ProcessManager):
+    """Schedules, as its deadline's message, an event type it also reacts to when routed
+    (``Paid``): the documented "a Struct this process manager reacts to"."""
+
+    @starts("booking_id")
+    def booked(self, e: Booked) -> list[Any]:
+        return [Schedule(Paid(e.booking_id), after=60)]
+
+    @reacts("booking_id")
+    def paid(self, e: Paid) -> list[Any]:
+        return [Send(Booking, e.booking_id, ExpireBooking()), Finish()]
+
+
+async def test_a_deadline_whose_message_is_a_routed_event_type_fires(tmp_path: Path) -> None:
+    clock = FakeClock()
+    for run in range(2):  # and after a restart (the fired step is read back on a reload)
+        async with Engine.open(
+            tmp_path, aggregates=[Booking], process_managers=[Reminder], clock=clock
+        ) as engine:
+            if not engine.log.read_stream("b-1"):
+                await engine.send(Booking, "b-1", Book("b-1"))
+                await engine.wait_settled(timeout=10)
+                clock.advance(61)
+                await _until(lambda: len(engine.log.read_stream("b-1")) == 2)
+            await engine.wait_settled(timeout=10)
+            stats = engine.statistics().process_managers[0]
+            assert (stats.fault, stats.pending_deadlines, stats.halted_instances) == (None, 0, 0)
+            if run == 0:
+                assert (stats.deadlines_fired, stats.finished) == (1, 1)
+            else:  # the finished instance, reloaded for another event, is ignored
+                await engine.send(Booking, "b-1", Book("b-1"))
+                await engine.wait_settled(timeout=10)
+                assert engine.statistics().process_managers[0].fault is None
+            assert [e.type for e in engine.log.read_stream("b-1")][:2] == ["Booked", "Expired"]
