@@ -296,10 +296,14 @@ def check_schedule(effect: Schedule, now: float) -> float:
     if (at is None) == (after is None):
         raise InvalidArgument("Schedule needs exactly one of at= or after=")
     value = at if at is not None else after
-    if type(value) not in (int, float) or not math.isfinite(value):  # type: ignore[arg-type]
+    try:  # an int beyond a float's range is no time either (float() overflows)
+        seconds = float(value) if type(value) in (int, float) else math.nan  # type: ignore[arg-type]
+    except OverflowError:
+        seconds = math.nan
+    if not math.isfinite(seconds):
         raise InvalidArgument(f"Schedule's time must be a finite number, not {value!r}")
     if after is not None:
-        if after < 0:
+        if seconds < 0:
             raise InvalidArgument(f"Schedule(after=) must be >= 0, not {after!r}")
-        return now + float(after)
-    return float(at)  # type: ignore[arg-type]
+        return now + seconds
+    return seconds

@@ -17,15 +17,16 @@ then its applier, the effects checked) at the kit's time ``now`` (for ``Schedule
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
 import msgspec
 
 from ..engine._errors import HandlerError, InvalidArgument, describe
+from ..engine._log import check_stream_id
 from ..engine._process_steps import react  # the engine's turn, exactly
 from ..engine._reply import must_propagate
-from ._process_manager import ProcessManager, Schedule, schedule_key
+from ._process_manager import ProcessManager, Schedule, Send, schedule_key
 
 __all__ = ["GivenProcess", "ProcessWhen", "given_process"]
 
@@ -77,11 +78,37 @@ class GivenProcess(Generic[M]):
         message = _read_back(message)
         try:
             _, effects = react(self.process, state, message, self.now)
+            for effect in effects:
+                if type(effect) is Schedule and type(effect.message) is Send:
+                    _check_send(effect.message)
+                elif type(effect) is Send:
+                    _check_send(effect)
         except BaseException as e:
             if must_propagate(e):
                 raise
             return ProcessWhen(state, message, [], e)
         return ProcessWhen(state, message, effects, None)
+
+
+_encode = msgspec.msgpack.Encoder().encode
+
+
+def _check_send(send: Send) -> None:
+    """What the engine checks of a ``Send`` when the turn decides it (``_outgoing`` in
+    ``engine/_process_managers.py``), but whether the aggregate is hosted: a command its
+    aggregate has a handler for, a valid stream id, a command that can be stored."""
+    handlers = getattr(send.aggregate, "command_handlers", None)
+    if not isinstance(send.aggregate, type) or not isinstance(handlers, Mapping):
+        raise InvalidArgument(f"{describe(send.aggregate)} is not an aggregate class")
+    if type(send.command) not in handlers:
+        raise InvalidArgument(
+            f"{describe(send.aggregate)} has no handler for {describe(send.command)}"
+        )
+    check_stream_id(send.stream_id)
+    try:
+        _encode(send.command)
+    except (TypeError, msgspec.EncodeError) as e:
+        raise InvalidArgument(f"cannot store {describe(send.command)}: {e}") from e
 
 
 class ProcessWhen(Generic[M]):

@@ -24,6 +24,7 @@ collecting thread.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -51,6 +52,7 @@ _COUNTS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384)
 # Recent group commits, for the command spans' links: a command's caller resumes right after
 # its commit, so the one it rode is nearly always the newest; a few hundred cover a backlog.
 _RECENT_COMMITS = 256
+_logger = logging.getLogger("actorlog.otel")
 
 
 class OpenTelemetry:
@@ -83,6 +85,10 @@ class OpenTelemetry:
             headers (it moves the command off the engine's fastest metadata path).
         traces: False for metrics only: no span at all (nor with a
             ``NoOpTracerProvider``), commands still counted.
+
+    Telemetry never fails the engine: an exception from the SDK (a span processor or an
+    exporter that raises) is counted in :attr:`errors`, the first one logged (logger
+    ``actorlog.otel``), and the command, commit or batch goes on as without it.
 
     One engine at a time: attaching to a second engine while one is attached raises
     ``DefinitionError``; after that engine closes it may be used again.
@@ -151,6 +157,19 @@ class OpenTelemetry:
         # Commands by (aggregate name, outcome), since this instrumentation was made.
         self._counts: dict[tuple[str, str], int] = {}
         self._names: dict[Any, str] = {}
+        self._errors = 0
+
+    @property
+    def errors(self) -> int:
+        """How many times the OpenTelemetry SDK raised while observing (the engine went on
+        without that span or measurement)."""
+        return self._errors
+
+    def _failed(self, error: Exception) -> None:
+        # Never raises: it runs inside the writer's commit and the command path.
+        if not self._errors:
+            _logger.error("OpenTelemetry raised; telemetry is incomplete", exc_info=error)
+        self._errors += 1
 
     # -- attaching (the engine/_telemetry.py protocol) -------------------------------------
 
@@ -200,7 +219,7 @@ class OpenTelemetry:
             except BaseException as e:
                 self._end_command(span, aggregate, None, e)
                 raise
-            self._end_command(span, aggregate, committed, None)
+            self._end_command(span, aggregate, committed, None)  # committed: never raises
             return committed
 
         traced_send.__doc__ = send.__doc__
@@ -225,29 +244,34 @@ class OpenTelemetry:
         self, aggregate: Any, stream_id: str, command: Any, options: dict[str, Any]
     ) -> trace.Span | None:
         """The command's span, a child of the caller's current one; the ``traceparent``
-        added to ``options["headers"]`` if recorded. None when spans are off."""
+        added to ``options["headers"]`` if recorded. None when spans are off (or the SDK
+        raised: the command goes on without a span)."""
         if not self._spans:
             return None
-        attributes = {
-            "actorlog.aggregate": self._name(aggregate),
-            "actorlog.stream_id": str(stream_id),
-        }
-        command_id = options.get("command_id")
-        if type(command_id) is str:
-            attributes["actorlog.command_id"] = command_id
-        span = self._tracer.start_span(
-            f"actorlog.command {type(command).__name__}",
-            kind=SpanKind.INTERNAL,
-            attributes=attributes,
-        )
-        if self._record_traceparent:
-            span_context = span.get_span_context()
-            # Sampled spans only: an unsampled span is never exported, so its id would lead
-            # nowhere, and 55 bytes an event plus headers' slower metadata path would be
-            # paid for nothing (a 1%-sampled service would pay it on every command).
-            if span_context.trace_flags.sampled:
-                options["headers"] = _with_traceparent(options.get("headers"), span_context)
-        return span
+        try:  # free unless it raises (3.11's zero-cost try)
+            attributes = {
+                "actorlog.aggregate": self._name(aggregate),
+                "actorlog.stream_id": str(stream_id),
+            }
+            command_id = options.get("command_id")
+            if type(command_id) is str:
+                attributes["actorlog.command_id"] = command_id
+            span = self._tracer.start_span(
+                f"actorlog.command {type(command).__name__}",
+                kind=SpanKind.INTERNAL,
+                attributes=attributes,
+            )
+            if self._record_traceparent:
+                span_context = span.get_span_context()
+                # Sampled spans only: an unsampled span is never exported, so its id would lead
+                # nowhere, and 55 bytes an event plus headers' slower metadata path would be
+                # paid for nothing (a 1%-sampled service would pay it on every command).
+                if span_context.trace_flags.sampled:
+                    options["headers"] = _with_traceparent(options.get("headers"), span_context)
+            return span
+        except Exception as e:
+            self._failed(e)
+            return None
 
     def _end_command(
         self,
@@ -256,10 +280,22 @@ class OpenTelemetry:
         committed: Committed | None,
         error: BaseException | None,
     ) -> None:
-        recording = span is not None and span.is_recording()
-        if committed is not None:
-            outcome = "committed"
-            if recording:
+        """End the command's span and count its outcome; never raises (the command's
+        outcome is the caller's answer, whatever the SDK does)."""
+        if isinstance(error, Exception | None):  # else cancelled: no outcome to count
+            if committed is not None:
+                outcome = "committed"
+            elif isinstance(error, Rejected):
+                outcome = "rejected"
+            elif isinstance(error, Unauthorized):
+                outcome = "unauthorized"
+            else:
+                outcome = "failed"
+            key = (self._name(aggregate), outcome)
+            self._counts[key] = self._counts.get(key, 0) + 1
+        try:  # free unless it raises
+            recording = span is not None and span.is_recording()
+            if committed is not None and recording:
                 assert span is not None
                 span.set_attributes(
                     {
@@ -271,29 +307,21 @@ class OpenTelemetry:
                 commit = self._commit_of(committed.position)
                 if commit is not None:
                     span.add_link(commit)
-        elif isinstance(error, Rejected):
-            outcome = "rejected"
-        elif isinstance(error, Unauthorized):
-            outcome = "unauthorized"
-        else:
-            outcome = "failed"
-        if error is not None and recording:
-            assert span is not None
-            span.set_attribute("error.type", type(error).__qualname__)
-            if isinstance(error, Rejected):
-                # An answer, not a fault: no error status, and no exception event, whose
-                # traceback formatting cost ~0.5 ms (half of W1's withdrawals are refused).
-                span.set_attribute("actorlog.rejection", str(error))
-            else:
-                if isinstance(error, Exception):
-                    span.record_exception(error)
-                span.set_status(Status(StatusCode.ERROR, str(error)))
-        if span is not None:
-            span.end()
-        if not isinstance(error, Exception | None):
-            return  # cancelled (or interpreter exit): no outcome to count
-        key = (self._name(aggregate), outcome)
-        self._counts[key] = self._counts.get(key, 0) + 1
+            if error is not None and recording:
+                assert span is not None
+                span.set_attribute("error.type", type(error).__qualname__)
+                if isinstance(error, Rejected):
+                    # An answer, not a fault: no error status, and no exception event, whose
+                    # traceback formatting cost ~0.5 ms (half of W1's withdrawals are refused).
+                    span.set_attribute("actorlog.rejection", str(error))
+                else:
+                    if isinstance(error, Exception):
+                        span.record_exception(error)
+                    span.set_status(Status(StatusCode.ERROR, str(error)))
+            if span is not None:
+                span.end()
+        except Exception as e:
+            self._failed(e)
 
     def _name(self, aggregate: Any) -> str:
         """The aggregate's name in the log (cached: asked on every command)."""
@@ -321,6 +349,16 @@ class OpenTelemetry:
     # -- the writer and the projectors (observers, called once per batch) ------------------
 
     def _on_commit(
+        self, started: int, duration: int, appends: int, events: int, outcomes: Sequence[Any]
+    ) -> None:
+        """The writer's observer: called after a group commit is durable and before its
+        appenders are told, so it must never raise."""
+        try:
+            self._observe_commit(started, duration, appends, events, outcomes)
+        except Exception as e:
+            self._failed(e)
+
+    def _observe_commit(
         self, started: int, duration: int, appends: int, events: int, outcomes: Sequence[Any]
     ) -> None:
         failed = sum(1 for o in outcomes if isinstance(o, EngineError))
@@ -353,6 +391,13 @@ class OpenTelemetry:
         self._commit_appends.record(appends)
 
     def _on_batch(self, host: Any, first: int, began: float, read: bool) -> None:
+        """A projector host's observer (after a batch is applied): never raises."""
+        try:
+            self._observe_batch(host, first, began, read)
+        except Exception as e:
+            self._failed(e)
+
+    def _observe_batch(self, host: Any, first: int, began: float, read: bool) -> None:
         elapsed = time.perf_counter() - began
         end = time.time_ns()
         name: str = host.name

@@ -191,11 +191,15 @@ class ProcessManagerHost:
         self.hub = hub
         self._send_failed = SendFailed
         self.live: OrderedDict[str, _Instance] = OrderedDict()
-        # Messages delivered to instances (deadlines, SendFailed), by stored name.
+        # Messages delivered to instances (deadlines, SendFailed), by stored name: any type
+        # it reacts to or applies may be a deadline's message (what Schedule accepts), a
+        # routed event type too; an unrouted one wins a clash of names.
         self._messages: dict[str, type] = {SendFailed.__name__: SendFailed}
-        for message in (*kind.reactions, *kind.message_appliers):
-            if kind.routes.get(message, (False, None))[1] is None:
-                self._messages.setdefault(message.__name__, message)
+        messages = (*kind.reactions, *kind.message_appliers)
+        for routed in (False, True):
+            for message in messages:
+                if (kind.routes.get(message, (False, None))[1] is not None) == routed:
+                    self._messages.setdefault(message.__name__, message)
         self._unconfirmed: dict[int, int] = {}  # trigger position -> steps in flight
         self._steps_in_flight = 0  # of every kind (deadlines' and failures' too)
         # Halted instances: stream -> (the log position it halted at, 0 for a deadline or
@@ -265,13 +269,16 @@ class ProcessManagerHost:
             return
         if type(process_id) is not str or not process_id:
             raise InvalidArgument(f"a process id must be a non-empty str, not {process_id!r}")
-        stream_id = check_stream_id(self.prefix + process_id)
+        stream_id = self.prefix + process_id
         halted = self.halted.get(stream_id)
         if halted is not None:
             if not halted[0]:  # halted on a deadline or a failure: mark its first miss
                 self.halted[stream_id] = (meta.position, halted[1], halted[2])
             return  # read again when it resumes (or after a restart)
         try:
+            # A process id no stream can be named after (a NUL, too long) halts (or parks)
+            # that process only: one bad event must not stop every other process.
+            check_stream_id(stream_id)
             instance = self._instance(stream_id, process_id)
             if instance.finished or (instance.version == 0 and not start):
                 self.ignored += 1
@@ -808,6 +815,9 @@ class ProcessManagerHost:
         )
 
 
+_MIN_COMPACT = 1024  # heap entries before the first compaction
+
+
 def _text(fault: ProjectorFaulted | None) -> str | None:
     return None if fault is None else str(fault)
 
@@ -856,6 +866,10 @@ class ProcessManagers:
         # the firing was put off (its process manager was halted).
         self._deadlines: list[tuple[float, int, ProcessManagerHost, str, str, float]] = []
         self._seq = itertools.count()
+        # A deadline replaced or cancelled leaves its entry in the heap until it comes up
+        # (then ignored): compacted when the heap outgrows twice what it held after the
+        # last compaction, so it stays proportional to the deadlines set, not the re-arms.
+        self._compact_at = _MIN_COMPACT
         self._armed = anyio.Event()
         self._sleep: anyio.CancelScope | None = None
         self._sleeping_until = float("inf")
@@ -867,8 +881,9 @@ class ProcessManagers:
         Raises:
             InvalidArgument: it is not hosted by this engine.
         """
-        if cls in self._names:
-            return cls
+        with contextlib.suppress(TypeError):  # unhashable: not an aggregate either
+            if cls in self._names:
+                return cls
         raise InvalidArgument(f"{describe(cls)} is not an aggregate this engine hosts")
 
     def aggregate_name(self, kind: AggregateType) -> str:
@@ -921,9 +936,27 @@ class ProcessManagers:
         sleeper if it is now the earliest."""
         when = due if when is None else when
         heapq.heappush(self._deadlines, (when, next(self._seq), host, stream_id, key, due))
+        if len(self._deadlines) > self._compact_at:
+            self._compact()
         self._armed.set()
         if when < self._sleeping_until and self._sleep is not None:
             self._sleep.cancel()
+
+    def _compact(self) -> None:
+        """Drop the heap entries of deadlines the routers no longer hold (replaced,
+        cancelled, fired, finished) and duplicates, in place (the deadline task holds the
+        list). Amortized O(1) a push: it runs after the heap has doubled."""
+        kept: dict[tuple[int, str, str, float], tuple[Any, ...]] = {}
+        for entry in self._deadlines:
+            _, _, host, stream_id, key, due = entry
+            if host.router.timers.get(stream_id, {}).get(key) != due:
+                continue  # no longer set: firing it would be ignored anyway
+            ident = (id(host), stream_id, key, due)
+            if ident not in kept or entry < kept[ident]:
+                kept[ident] = entry  # the earliest of duplicates (a put-off one is later)
+        self._deadlines[:] = kept.values()
+        heapq.heapify(self._deadlines)
+        self._compact_at = max(_MIN_COMPACT, 2 * len(self._deadlines))
 
     async def _run_deadlines(self) -> None:
         """One task for every deadline: sleep until the earliest, fire what is due."""

@@ -8,6 +8,7 @@ found damage, 2 a usage error or a log that cannot be opened or read.
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 import time
 from collections.abc import Iterator
@@ -40,6 +41,15 @@ schema_option = click.option(
     "--schema", default="actorlog", show_default=True, help="PostgreSQL schema of the log."
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON (lines).")
+# Positions, versions and counts as the logs hold them (signed 64-bit in PostgreSQL; an
+# LMDB key packs 64 bits): a larger one is a usage error here, not a traceback there.
+COUNT = click.IntRange(min=1, max=2**63 - 1)
+
+
+def _poll_seconds(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    if not math.isfinite(value) or not 0 < value <= 3600:
+        raise click.BadParameter(f"{value} is not a number of seconds in (0, 3600]")
+    return value
 
 
 class Output:
@@ -189,8 +199,8 @@ def info(log: str, schema: str, as_json: bool) -> None:
 @cli.command()
 @log_argument
 @click.argument("stream_id", metavar="ID")
-@click.option("--from-version", default=1, show_default=True, type=click.IntRange(min=1))
-@click.option("--limit", type=click.IntRange(min=1), help="At most this many events.")
+@click.option("--from-version", default=1, show_default=True, type=COUNT)
+@click.option("--limit", type=COUNT, help="At most this many events.")
 @schema_option
 @json_option
 def stream(
@@ -208,8 +218,8 @@ def stream(
 
 @cli.command()
 @log_argument
-@click.option("--from", "start", default=1, show_default=True, type=click.IntRange(min=1))
-@click.option("--limit", default=100, show_default=True, type=click.IntRange(min=1))
+@click.option("--from", "start", default=1, show_default=True, type=COUNT)
+@click.option("--limit", default=100, show_default=True, type=COUNT)
 @schema_option
 @json_option
 def events(log: str, start: int, limit: int, schema: str, as_json: bool) -> None:
@@ -230,11 +240,15 @@ def events(log: str, start: int, limit: int, schema: str, as_json: bool) -> None
 
 @cli.command()
 @log_argument
+@click.option("--from", "start", type=COUNT, help="First position (default: new events).")
+@click.option("--count", type=COUNT, help="Stop after this many events.")
 @click.option(
-    "--from", "start", type=click.IntRange(min=1), help="First position (default: new events)."
+    "--poll",
+    default=0.1,
+    show_default=True,
+    callback=_poll_seconds,
+    help="Seconds between looks.",
 )
-@click.option("--count", type=click.IntRange(min=1), help="Stop after this many events.")
-@click.option("--poll", default=0.1, show_default=True, help="Seconds between looks.")
 @schema_option
 @json_option
 def tail(
@@ -360,7 +374,9 @@ def import_command(source: str, log: str, fmt: str | None, schema: str) -> None:
             raise Unusable(str(e)) from None
         with _opened(log, schema, write=True) as opened, _progress(err) as bar:
             task = bar.add_task("importing", total=header.head)
-            count = import_log(opened, records, progress=lambda n: bar.advance(task, n))
+            count = import_log(
+                opened, records, head=header.head, progress=lambda n: bar.advance(task, n)
+            )
     err.print(f"imported {count:,} events into {log}")
 
 
@@ -370,8 +386,12 @@ def _sink(path: str) -> Iterator[IO[bytes]]:
         yield sys.stdout.buffer
         sys.stdout.buffer.flush()
         return
-    with Path(path).open("wb") as f:
-        yield f
+    try:
+        sink = Path(path).open("wb")  # noqa: SIM115 (closed below; the open's error is ours)
+    except OSError as e:
+        raise Unusable(f"cannot write {path}: {e}") from None
+    with sink:
+        yield sink
 
 
 @contextlib.contextmanager

@@ -180,14 +180,19 @@ def import_log(
     log: EventLog,
     events: Iterator[ExportedEvent],
     *,
+    head: int | None = None,
     progress: Callable[[int], None] = lambda _: None,
 ) -> int:
     """Append an export's events to the empty ``log``, each at its own position; returns
-    how many. Durable as the log's appends are, group by group.
+    how many. Durable as the log's appends are, group by group. ``head``: the export's
+    header's, checked against its last event (an export cut at a record boundary reads
+    as a whole one otherwise).
 
     Raises:
         InvalidArgument: the log is not empty, or the export's positions or versions do
-            not run on (an export cut or edited by hand).
+            not run on (an export cut or edited by hand): raised before the group holding
+            the record is appended, so no event lands at another position; or the export
+            ends before ``head`` (what came before is imported, group by group).
         StorageError: an append failed (what came before it is in the log).
     """
     if log.head_position() != 0:
@@ -241,11 +246,32 @@ def import_log(
 
     group_start = 1
     pending = 0
+    # Each stream's last version (the log would refuse a gap only when its group is
+    # appended, after the groups before it, and with the rest of its own group in place:
+    # events at other positions). 8 bytes a stream, as verify keeps.
+    versions: dict[str, int] = {}
     for e in events:
         if e.position != position + 1:
             raise InvalidArgument(f"the export holds position {e.position} after {position}")
+        if head is not None and e.position > head:
+            raise InvalidArgument(f"the export holds position {e.position} beyond its head {head}")
+        expected = versions.get(e.stream_id, 0) + 1
+        if e.version != expected:
+            raise InvalidArgument(
+                f"the export holds version {e.version} of stream {e.stream_id!r} at position "
+                f"{e.position}, where version {expected} comes next"
+            )
+        versions[e.stream_id] = e.version
         position = e.position
-        if run and (_key(e) != _key(run[0]) or e.version != run[-1].version + 1):
+        if run and (
+            _key(e) != _key(run[0])
+            or e.version != run[-1].version + 1
+            # A run without a command id may be many commands' appends: cut it, or a long
+            # stream would be held whole and appended in one transaction. (One with an id
+            # is one original append, which the log took whole: split, the second half
+            # would record the id again.)
+            or (e.command_id is None and len(run) >= APPEND_EVENTS)
+        ):
             close_run()
             # Commit between original appends only: one split in two would record its
             # command id twice (the second refused as a duplicate).
@@ -255,4 +281,9 @@ def import_log(
         run.append(e)
         pending += 1
     flush()
+    if head is not None and position != head:
+        raise InvalidArgument(
+            f"the export ends at position {position}, but its header says the log's head "
+            f"was {head}: it was cut (the {position} events before are imported)"
+        )
     return position
