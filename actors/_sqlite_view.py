@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 from threading import get_ident
 from typing import Any, ClassVar, Self
@@ -31,7 +32,7 @@ __all__ = ["SqliteView"]
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS actorlog_views ("
-    " view TEXT PRIMARY KEY, position INTEGER NOT NULL, format INTEGER NOT NULL)",
+    " view TEXT PRIMARY KEY, position INTEGER NOT NULL, format INTEGER NOT NULL, mark TEXT)",
     "CREATE TABLE IF NOT EXISTS actorlog_documents ("
     " view TEXT NOT NULL, key TEXT NOT NULL, body TEXT NOT NULL,"
     " PRIMARY KEY (view, key)) WITHOUT ROWID",
@@ -102,8 +103,9 @@ class SqliteView(Projector):
 
     # -- the engine's side (engine._view_store.ViewStore) ----------------------------------
 
-    def open_view(self, head: int) -> int:
-        """Open the database (creating its tables) and return the view's checkpoint."""
+    def open_view(self, head: int, mark_at: Callable[[int], str | None]) -> int:
+        """Open the database (creating its tables) and return the view's checkpoint: 0,
+        emptied, if the file holds a view of another log (see ``ViewStore.open_view``)."""
         if self.database is None:
             raise DefinitionError(f"{type(self).__qualname__}.database is not set")
         path = Path(self.database)
@@ -125,7 +127,8 @@ class SqliteView(Projector):
             for statement in _SCHEMA:
                 writer.execute(statement)
             row = writer.execute(
-                "SELECT position, format FROM actorlog_views WHERE view = ?", (self._name,)
+                "SELECT position, format, mark FROM actorlog_views WHERE view = ?",
+                (self._name,),
             ).fetchone()
             if row is None:
                 writer.execute(
@@ -133,8 +136,13 @@ class SqliteView(Projector):
                     (self._name, self.snapshot_format),
                 )
                 self._position = 0
-            elif row[1] != self.snapshot_format or not 0 <= row[0] <= head:
-                # Another format, or a view of more than this log holds: start over.
+            elif (
+                row[1] != self.snapshot_format
+                or not 0 <= row[0] <= head
+                or (row[0] > 0 and (row[2] is None or row[2] != mark_at(row[0])))
+            ):
+                # Another format, a view of more than this log holds, or of another log
+                # (its checkpoint's event is not this log's there): start over.
                 self._position = row[0]
                 self.begin(True)
                 self.commit(0)
@@ -166,8 +174,9 @@ class SqliteView(Projector):
         """Drop the batch's pending writes."""
         self._pending.clear()
 
-    def commit(self, checkpoint: int) -> None:
-        """Write the batch and ``checkpoint`` in one SQLite transaction.
+    def commit(self, checkpoint: int, mark: str | None = None) -> None:
+        """Write the batch, ``checkpoint`` and its event's ``mark`` in one SQLite
+        transaction.
 
         Raises:
             StorageError: SQLite failed (nothing of the batch is stored), or the stored
@@ -184,9 +193,9 @@ class SqliteView(Projector):
             writer.execute("BEGIN IMMEDIATE")
             try:
                 moved = writer.execute(
-                    "UPDATE actorlog_views SET position = ?, format = ?"
+                    "UPDATE actorlog_views SET position = ?, format = ?, mark = ?"
                     " WHERE view = ? AND position = ?",
-                    (checkpoint, self.snapshot_format, name, self._position),
+                    (checkpoint, self.snapshot_format, mark, name, self._position),
                 ).rowcount
                 if moved != 1:
                     raise StorageError(

@@ -78,7 +78,7 @@ from ._log import EventLog, ReadBatch
 from ._records import ProjectorCache, Recorded, StoredEvent
 from ._reply import Reply, must_propagate, reply_factory
 from ._telemetry import BatchObserver
-from ._view_store import ViewStore, fold_and_commit, is_view_store
+from ._view_store import ViewStore, fold_and_commit, is_view_store, log_mark
 from ._writer import CommitBatch
 
 __all__ = [
@@ -388,7 +388,9 @@ class ProjectorHost:
         if is_view_store(kind):
             self._snapshot_every = None
             self._store = self.instance
-            self.checkpoint = self.restored_from = self.instance.open_view(log.head_position())
+            self.checkpoint = self.restored_from = self.instance.open_view(
+                log.head_position(), lambda position: log_mark(log, position)
+            )
             self.catching_up = self.checkpoint < broadcast.head
         elif self._snapshot_every is not None:
             self._restore()

@@ -12,7 +12,7 @@ checkpoint, so a restart resumes at ``checkpoint + 1``: every event applied exac
     events = window or log read  ──▶   store.begin(reset)   # reset: a rebuild is due
                                        fold(appliers, store, events)   # pending writes
                                        on a failure: discard, re-fold the events before it
-                                       store.commit(checkpoint)   # rows + checkpoint, atomic
+                                       store.commit(checkpoint, mark) # rows + checkpoint, atomic
     checkpoint = committed one   ◀──
     wake queries waiting for it
 
@@ -32,12 +32,23 @@ of an event. With ``on_error = "park"`` the failed event's position is committed
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
+import msgspec
+
 from ._fold import Appliers, Parked, _error_text, fold
+from ._log import EventLog
 from ._records import StoredEvent
 
-__all__ = ["BatchOutcome", "ViewStore", "fold_and_commit", "is_view_store"]
+__all__ = [
+    "BatchOutcome",
+    "ViewStore",
+    "event_mark",
+    "fold_and_commit",
+    "is_view_store",
+    "log_mark",
+]
 
 
 @runtime_checkable
@@ -50,9 +61,11 @@ class ViewStore(Protocol):
     store has begun.
     """
 
-    def open_view(self, head: int) -> int:
+    def open_view(self, head: int, mark_at: Callable[[int], str | None]) -> int:
         """Open the store and return the position its view holds (0: empty). A view
-        beyond ``head``, or of another format, is not this log's: it is reset to 0."""
+        beyond ``head``, of another format, or whose checkpoint's mark is not
+        ``mark_at(checkpoint)`` (the log's event there, see :func:`event_mark`) is not
+        this log's: it is reset to 0."""
 
     def begin(self, reset: bool) -> None:
         """Start a batch (``reset``: the batch also empties the view, for a rebuild)."""
@@ -60,12 +73,29 @@ class ViewStore(Protocol):
     def discard(self) -> None:
         """Drop the batch's pending writes (the reset, if asked, stays pending)."""
 
-    def commit(self, checkpoint: int) -> None:
+    def commit(self, checkpoint: int, mark: str | None) -> None:
         """Write the batch and ``checkpoint`` in one transaction; durable as the store
-        makes it (atomic in any case: after a crash the view holds all of it or none)."""
+        makes it (atomic in any case: after a crash the view holds all of it or none).
+        ``mark`` is :func:`event_mark` of the event at ``checkpoint`` (None at 0), kept
+        with it so that a later open can tell this log's view from another's."""
 
     def close_view(self) -> None:
         """Close the store (idempotent)."""
+
+
+def event_mark(event: StoredEvent) -> str:
+    """What tells the event at a checkpoint apart from another log's at that position:
+    its stream, version and commit time (JSON text, for any store)."""
+    return _mark_encoder.encode((event.stream_id, event.version, event.timestamp)).decode()
+
+
+def log_mark(log: EventLog, position: int) -> str | None:
+    """:func:`event_mark` of ``log``'s event at ``position``; None if it has none."""
+    events = log.read_all(position, 1) if position > 0 else []
+    return event_mark(events[0]) if events and events[0].position == position else None
+
+
+_mark_encoder = msgspec.json.Encoder()
 
 
 def is_view_store(kind: object) -> bool:
@@ -132,7 +162,11 @@ def fold_and_commit(
                 ]
                 checkpoint, failure = stored.position, None
         if checkpoint >= events[0].position or reset:
-            store.commit(checkpoint)
+            # A commit without a reset always ends inside the batch; a reset's may sit
+            # before it only at 0 (a rebuild starts from the first position).
+            first = events[0].position
+            at = events[checkpoint - first] if checkpoint >= first else None
+            store.commit(checkpoint, None if at is None else event_mark(at))
         else:
             store.discard()
         return BatchOutcome(applied, checkpoint, parked, failure)

@@ -115,8 +115,8 @@ class CountingDocuments(BalanceDocuments):
 
     commits: ClassVar[list[int]] = []
 
-    def commit(self, checkpoint: int) -> None:
-        super().commit(checkpoint)
+    def commit(self, checkpoint: int, mark: str | None = None) -> None:
+        super().commit(checkpoint, mark)
         type(self).commits.append(checkpoint)
 
 

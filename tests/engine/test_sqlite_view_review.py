@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import pytest
 
 from actorlog import Engine
 from actorlog.storage import LmdbEventLog
@@ -25,13 +24,6 @@ from benchmarks.bank import (
 from tests.support import fill_log
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open_view(head) is given only the head: a view file of another log whose "
-    "checkpoint is <= this log's head is taken as this log's view (no identity of the "
-    "event at the checkpoint is stored or compared); the fix needs the host "
-    "(engine/_projectors.py) to hand the log to open_view",
-)
 async def test_a_view_file_of_another_shorter_log_is_not_taken_as_this_logs(
     tmp_path: Path,
 ) -> None:
