@@ -130,6 +130,7 @@ ANCHOR_EVERY: Final = 1024
 
 _u64: Final = struct.Struct(">Q")
 _u64x2: Final = struct.Struct(">QQ")
+_MAX_POSITION: Final = 2**64 - 1  # the largest a key (big-endian u64) holds
 _LINK: Final = _u64.size
 _HEAD_CACHE_LIMIT: Final = 100_000
 HEADS_FLUSH_EVERY: Final = 16_384
@@ -1269,7 +1270,7 @@ class LmdbEventLog:
         return out
 
     def _scan(self, from_position: int, limit: int) -> list[bytes]:
-        if limit <= 0:
+        if limit <= 0 or from_position > _MAX_POSITION:  # no key holds it: nothing there
             self._check_open()
             return []
         with self._reading() as txn:

@@ -122,12 +122,6 @@ def test_bad_arguments_are_a_clear_error_not_a_traceback(
     assert "Error" in result.stderr, result.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine/_log_lmdb.py packs the position into a u64 key unchecked: "
-    "read_all(2**64, n) raises struct.error (the memory log answers []); "
-    "the LMDB log is being merged by another engineer",
-)
 def test_lmdb_read_all_beyond_64_bits_is_empty_or_a_typed_error(tmp_path: Path) -> None:
     log = LmdbEventLog(tmp_path / "log")
     try:
