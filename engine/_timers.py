@@ -100,6 +100,11 @@ class FakeClock:
 
 
 def _finite(value: object, name: str) -> float:
-    if type(value) not in (int, float) or not math.isfinite(value):  # type: ignore[arg-type]
+    try:
+        # float() first: an int beyond a float's range raises OverflowError there.
+        ok = type(value) in (int, float) and math.isfinite(float(value))  # type: ignore[arg-type]
+    except OverflowError:
+        ok = False
+    if not ok:
         raise InvalidArgument(f"{name} must be a finite number, not {describe(value)}")
     return float(value)  # type: ignore[arg-type]

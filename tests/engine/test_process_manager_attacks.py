@@ -154,11 +154,6 @@ async def test_an_event_routed_to_an_impossible_process_id_halts_only_that_proce
         assert "InvalidArgument" in (stats.fault or ""), stats.fault
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine/_timers.py (FakeClock._finite) calls math.isfinite on an int beyond a "
-    "float's range: OverflowError, not InvalidArgument (not a module of this review's)",
-)
 def test_a_fake_clock_refuses_an_int_beyond_a_float_with_a_typed_error() -> None:
     with pytest.raises(InvalidArgument):
         FakeClock().advance(10**400)
