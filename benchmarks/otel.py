@@ -17,18 +17,15 @@ a shared machine.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import json
 import platform
 import statistics
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import anyio
 import trio
 from opentelemetry import trace
 from opentelemetry.sdk.metrics import MeterProvider
@@ -42,11 +39,11 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
 
-from actorlog import Engine, Rejected
+from actorlog import Engine
 from actorlog.otel import OpenTelemetry
 
 from .bank import Account, Balances, Totals
-from .workloads import _commands, _open_accounts
+from .workloads import _commands, _open_accounts, send_all
 
 __all__ = ["main"]
 
@@ -124,18 +121,7 @@ async def w1(
             telemetry=telemetry,
         ) as engine:
             await _open_accounts(engine, accounts)
-
-            async def client(first: int) -> None:
-                for i in range(first, len(work), clients):
-                    account, command = work[i]
-                    with contextlib.suppress(Rejected):
-                        await engine.send(Account, account, command)
-
-            started = time.perf_counter()
-            async with anyio.create_task_group() as tg:
-                for first in range(clients):
-                    tg.start_soon(client, first)
-            seconds = time.perf_counter() - started
+            seconds = await send_all(engine, work, clients)
     finally:
         for provider in providers:
             provider.shutdown()

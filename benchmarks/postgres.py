@@ -35,7 +35,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import anyio
 import trio
 
 from actorlog import Engine, Rejected
@@ -43,7 +42,7 @@ from actorlog.storage import EventLog, LmdbEventLog, PostgresEventLog
 
 from ._peer import PostgresStore, run_peer_w1, run_peer_w3, run_peer_w4
 from .bank import Account, Balances, Deposit, OpenAccount, Totals, Withdraw
-from .workloads import _commands, _open_accounts, append_bank_log, percentile
+from .workloads import _commands, _open_accounts, append_bank_log, percentile, send_all
 
 __all__ = ["compare", "main", "read_strategies"]
 
@@ -72,18 +71,7 @@ async def w1(log: EventLog, *, accounts: int, commands: int, clients: int) -> di
         await _open_accounts(engine, accounts)
         before = engine.statistics().writer
         commit_seconds, commits = 0.0, 0
-
-        async def client(first: int) -> None:
-            for i in range(first, len(work), clients):
-                account, command = work[i]
-                with contextlib.suppress(Rejected):
-                    await engine.send(Account, account, command)
-
-        started = time.perf_counter()
-        async with anyio.create_task_group() as tg:
-            for first in range(clients):
-                tg.start_soon(client, first)
-        seconds = time.perf_counter() - started
+        seconds = await send_all(engine, work, clients)
         after = engine.statistics().writer
     groups = after.commits - before.commits
     return {

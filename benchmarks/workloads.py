@@ -108,6 +108,22 @@ what an ``async`` policy that suspends would cost (why policies are synchronous)
 _TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 
+async def send_all(engine: Engine, work: list[tuple[str, Any]], clients: int) -> float:
+    """Send ``work`` (account, command) from ``clients`` concurrent clients, each waiting
+    for its reply (rejections are answers); return the seconds it took."""
+
+    async def client(first: int) -> None:
+        for account, command in work[first::clients]:
+            with contextlib.suppress(Rejected):
+                await engine.send(Account, account, command)
+
+    started = time.perf_counter()
+    async with anyio.create_task_group() as tg:
+        for first in range(clients):
+            tg.start_soon(client, first)
+    return time.perf_counter() - started
+
+
 async def engine_write_throughput(
     root: Path,
     *,
