@@ -61,6 +61,7 @@ class Actor:
         "kind",
         "mailbox_size",
         "reloading",
+        "retrying",
         "room",
         "settled",
         "snapshot_version",
@@ -104,6 +105,9 @@ class Actor:
         self.commands: dict[str, list[Reply] | None] = {}
         self.closed = False  # the engine closed: waiters were failed, none is handed a slot
         self.foreign = 0  # events of other processes applied by the follower (issue 15)
+        # send_nowait's commands being decided again in an engine task (a log others append
+        # to): they hold mailbox slots for send_nowait, and keep the actor live.
+        self.retrying = 0
 
     def busy(self) -> bool:
         """Commands in flight, senders waiting, or a reload under way: it must not be
@@ -115,12 +119,18 @@ class Actor:
             or self.drained
             or self.settled
             or self.reloading
+            or self.retrying
         )
 
     def full(self) -> bool:
-        """True if a sender must wait before deciding: the actor is stale, others are
-        already waiting for room (first come, first served), or the mailbox is full."""
-        return bool(self.stale or self.room or self.inflight + self.handed >= self.mailbox_size)
+        """True if ``send_nowait`` must refuse: the actor is stale, others are already
+        waiting for room (first come, first served), or the mailbox is full (counting the
+        commands of ``send_nowait`` being decided again on a log others append to)."""
+        return bool(
+            self.stale
+            or self.room
+            or self.inflight + self.handed + self.retrying >= self.mailbox_size
+        )
 
     def hand_out(self) -> None:
         """Wake waiting senders, first come first served, while slots are free."""
@@ -181,8 +191,10 @@ class Actor:
 class Pending:
     """A command in an actor's mailbox; ``await`` it for its :class:`Committed`.
 
-    Returned by ``send_nowait``. Awaiting is optional: the command commits either way.
-    It may be awaited again (one task at a time), also after a cancelled wait.
+    Returned by ``send_nowait``. Awaiting is optional: the command commits either way
+    (on a log other processes append to, the engine decides it again after a conflict
+    whether or not it is awaited). It may be awaited again (one task at a time), also
+    after a cancelled wait.
     """
 
     __slots__ = ("_reply",)
@@ -194,7 +206,9 @@ class Pending:
         """Wait until the command's events are durable.
 
         Raises the command's error (``StorageError``, ``ConcurrencyError``,
-        ``EngineClosed``). If cancelled, the command may still commit, and a later
+        ``EngineClosed``; on a log other processes append to also ``Rejected``, confirmed
+        on the stream's durable version, or an error of the command decided again, such
+        as ``HandlerError``). If cancelled, the command may still commit, and a later
         ``wait`` returns its outcome.
         """
         result: Committed = await self._reply.wait()

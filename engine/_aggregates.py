@@ -48,13 +48,14 @@ from __future__ import annotations
 import copy
 import random
 from collections import OrderedDict
-from collections.abc import Callable, Container, Sequence
+from collections.abc import Awaitable, Callable, Container, Sequence
 from typing import Any
 
 import anyio
 import anyio.lowlevel
 import anyio.to_thread
 import msgspec
+from anyio.abc import TaskGroup
 
 from ._actor import Actor, Pending, Waiters, load_state, stream_reader
 from ._codec import EventRegistry, snapshot_bytes
@@ -101,6 +102,9 @@ class AggregatesStatistics(msgspec.Struct, frozen=True):
     refreshed: int = 0
     """Events other processes committed that were applied to a cached aggregate as the
     follower read them (a log others append to), saving a conflict and a reload."""
+    redeciding: int = 0
+    """``send_nowait`` commands whose outcome an engine task is settling right now (a log
+    others append to: decided again after a conflict, or a rejection being confirmed)."""
 
 
 class Aggregates:
@@ -166,6 +170,10 @@ class Aggregates:
         self._shared = follows_others(log)
         self._retries = 0
         self._refreshed = 0  # actors brought up to date by apply_foreign
+        # send_nowait's outcomes settled in the engine's tasks (a log others append to).
+        self._task_group: TaskGroup | None = None
+        self._redeciding = 0
+        self._max_redeciding = max_live * mailbox_size
         self._readers: dict[AggregateType, tuple[Callable[[str, Any], Any], Any]] = {}
 
     # -- the command path ------------------------------------------------------------------
@@ -439,9 +447,141 @@ class Aggregates:
         if actor.full():
             raise Overloaded(
                 f"the mailbox of {kind_name(kind)} {stream_id!r} is full "
-                f"({self._mailbox_size} commands in flight, or senders waiting for room)"
+                f"({self._mailbox_size} commands in flight or being decided again, or "
+                "senders waiting for room)"
             )
+        if self._shared:
+            return self._send_nowait_shared(actor, handler, command, meta)
         return Pending(self._decide(actor, handler, command, meta))
+
+    # -- send_nowait on a log others append to (issue 15) ----------------------------------
+    #
+    # send_nowait decides at once on the cached aggregate, which may be stale: another
+    # process may have appended since (the follower has not applied it yet). Its outcome
+    # is then settled the way send settles it, but in a task of the engine's task group,
+    # so that it happens whether or not anyone awaits the Pending:
+    #
+    #   send_nowait ─▶ decide ─▶ writer ─▶ done(outcome) ─▶ _Redeciding
+    #                    │                                    │ Committed, or any error
+    #                    │                                    │ but a conflict ─▶ Pending
+    #                    │                                    ▼ ConcurrencyError
+    #                    │ Rejected               task: _again (reload, decide again, up
+    #                    ▼                        to CONFLICT_RETRIES times) ─▶ Pending
+    #             task: _settle_rejection (wait for what was in flight, read the durable
+    #             version; decide again if stale, else the rejection) ─▶ Pending
+    #
+    # Bounded: each such command holds a mailbox slot of its actor for send_nowait
+    # (``Actor.retrying``: full() counts it) and keeps the actor live (busy), so at most
+    # max_live_aggregates x mailbox_size of them run at once. Only followers of an
+    # in-flight command id take no slot; past that bound their conflict is final.
+
+    def use_task_group(self, task_group: TaskGroup) -> None:
+        """Run the tasks that settle ``send_nowait``'s outcomes on a log others append to
+        in ``task_group`` (the engine's, open for as long as the engine is)."""
+        self._task_group = task_group
+
+    def _send_nowait_shared(
+        self,
+        actor: Actor,
+        handler: Callable[[Any, Any], Any],
+        command: Any,
+        meta: CommandMeta | None,
+    ) -> Pending:
+        """``send_nowait`` on a log others append to: the Pending answers the outcome
+        settled as ``send`` settles it (see the picture above); a rejection is not raised
+        here, since it may have been decided on a stale aggregate."""
+        if self._redeciding >= self._max_redeciding:
+            raise Overloaded(
+                f"{self._redeciding} commands are being decided again "
+                "(max_live_aggregates x mailbox_size); retry later, or use send"
+            )
+        final = self._new_reply()
+        into = _Redeciding(self, actor, command, meta, final)
+        try:
+            self._decide(actor, handler, command, meta, into)
+        except Rejected as rejection:
+            # Decided on what this process has cached: final only if that was the durable
+            # version. What it must wait for is noted now, before anything else runs.
+            self._redecide(
+                actor,
+                final,
+                self._settle_rejection,
+                actor.kind,
+                actor.stream_id,
+                command,
+                meta,
+                rejection,
+                (actor, actor.version, actor.foreign),
+                actor.failures if actor.inflight else None,
+            )
+        return Pending(final)
+
+    def _redecide(
+        self,
+        actor: Actor,
+        final: Reply,
+        settle: Callable[..., Awaitable[Committed]],
+        *args: Any,
+    ) -> None:
+        """Start ``settle(*args)`` in the engine's task group; its outcome completes
+        ``final`` (the Pending's reply). Counted against the bound until it ends."""
+        # Engine.open hands its task group over before it yields the engine.
+        assert self._task_group is not None
+        actor.retrying += 1
+        self._redeciding += 1
+        self._task_group.start_soon(self._settled, actor, final, settle, *args)
+
+    async def _settled(
+        self,
+        actor: Actor,
+        final: Reply,
+        settle: Callable[..., Awaitable[Committed]],
+        *args: Any,
+    ) -> None:
+        """The task of ``_redecide``: complete ``final`` with what ``settle`` ends with.
+
+        Shielded from cancellation: a cancelled task could not tell whether the command it
+        decided again committed (asyncio can cancel a task whose reply just arrived), and
+        the Pending would then lie. It ends by itself once the engine closes: a decision
+        still to be made raises ``EngineClosed``, one made is committed (or failed) by the
+        writer before it stops, and every wait in between is released by the close.
+        """
+        try:
+            with anyio.CancelScope(shield=True):
+                result = await settle(*args)
+        except Exception as error:  # Rejected, ConcurrencyError, EngineClosed, ...
+            final.set_error(error)
+        except BaseException:  # KeyboardInterrupt, SystemExit: the process's business
+            final.set_error(EngineClosed("the engine stopped before this command was settled"))
+            raise
+        else:
+            final.set_result(result)
+        finally:
+            actor.retrying -= 1
+            self._redeciding -= 1
+            if self._capacity and not actor.busy():
+                self._slots.pass_on()  # idle now: a sender waiting for a live slot may use it
+
+    async def _settle_rejection(
+        self,
+        kind: AggregateType,
+        stream_id: str,
+        command: Any,
+        meta: CommandMeta | None,
+        rejection: Rejected,
+        decided: tuple[Actor, int, int],
+        failures: int | None,
+    ) -> Committed:
+        """A ``send_nowait`` rejection on a log others append to, made final as ``send``
+        makes it: if it was decided while commands of the actor were in flight
+        (``failures``: the actor's failure count then), wait for them, and decide again if
+        one failed; then ``_confirm`` it against the stream's durable version."""
+        actor = decided[0]
+        if failures is not None:
+            await actor.settle(self._new_reply())
+            if actor.failures != failures:
+                return await self.send(kind, stream_id, command, meta)
+        return await self._confirm(kind, stream_id, command, meta, 0, decided, rejection)
 
     async def _wait_for_capacity(self, kind: AggregateType, stream_id: str) -> Actor:
         """Wait until an actor goes idle (so it can be passivated), then activate ours.
@@ -531,14 +671,18 @@ class Aggregates:
         handler: Callable[[Any, Any], Any],
         command: Any,
         meta: CommandMeta | None,
+        into: Reply | None = None,
     ) -> Reply:
-        """The actor's turn: decide, evolve, submit. Synchronous, so nothing interleaves."""
+        """The actor's turn: decide, evolve, submit. Synchronous, so nothing interleaves.
+
+        ``into``: what to complete with the outcome (default: a new reply); ``send_nowait``
+        passes a ``_Redeciding`` on a log others append to."""
         command_id = None if meta is None else meta.command_id
         if command_id is not None:
             # A retry is answered from its first attempt, never decided again: the first
             # attempt's own outcome while it is in flight, else the log's record of it.
             if command_id in actor.commands:  # in flight: this send follows it
-                reply = self._new_reply()
+                reply = self._new_reply() if into is None else into
                 followers = actor.commands[command_id]
                 if followers is None:
                     actor.commands[command_id] = [reply]
@@ -551,7 +695,7 @@ class Aggregates:
             if hashes is None or hash((actor.stream_id, command_id)) in hashes:
                 found = self._find_command(actor.stream_id, command_id)
                 if found is not None:
-                    reply = self._new_reply()
+                    reply = self._new_reply() if into is None else into
                     reply.set_result(_committed(found))
                     return reply
         kind = actor.kind
@@ -571,7 +715,7 @@ class Aggregates:
             raise
         expected = actor.version
         count = len(encoded)
-        reply = self._new_reply()
+        reply = self._new_reply() if into is None else into
         stream_id = actor.stream_id
 
         def done(outcome: AppendOutcome) -> None:
@@ -871,7 +1015,71 @@ class Aggregates:
             snapshot_failures=self._snapshot_failures,
             retries=self._retries,
             refreshed=self._refreshed,
+            redeciding=self._redeciding,
         )
+
+
+class _Redeciding:
+    """The reply ``_decide`` completes for a ``send_nowait`` command on a log others append
+    to: a conflict (the command was decided on a stale aggregate) starts a task that
+    decides it again (``Aggregates._again``); every other outcome goes to ``final``, the
+    reply its ``Pending`` waits on. Completed once, on the event loop's thread, as any
+    reply (by the writer's ``done``, or ``_share`` for a follower of its command id)."""
+
+    __slots__ = ("_actor", "_aggregates", "_command", "_done", "_final", "_meta")
+
+    def __init__(
+        self,
+        aggregates: Aggregates,
+        actor: Actor,
+        command: Any,
+        meta: CommandMeta | None,
+        final: Reply,
+    ) -> None:
+        self._aggregates = aggregates
+        self._actor = actor
+        self._command = command
+        self._meta = meta
+        self._final = final
+        self._done = False
+
+    def set_result(self, value: Any) -> bool:
+        if self._done:
+            return False
+        self._done = True
+        return self._final.set_result(value)
+
+    def set_error(self, error: BaseException) -> bool:
+        if self._done:
+            return False
+        self._done = True
+        hosts, actor = self._aggregates, self._actor
+        if not isinstance(error, ConcurrencyError):
+            return self._final.set_error(error)
+        if hosts._closed:
+            # Not committed, and no longer decided again: as send, once the engine closed.
+            closed = EngineClosed("the engine closed before this command was decided again")
+            closed.__cause__ = error
+            return self._final.set_error(closed)
+        if hosts._redeciding >= hosts._max_redeciding:
+            # Only followers of an in-flight command id take no slot: at the bound, the
+            # conflict is their answer (nothing of it was appended; retry).
+            return self._final.set_error(error)
+        hosts._redecide(
+            actor,
+            self._final,
+            hosts._again,
+            actor.kind,
+            actor.stream_id,
+            self._command,
+            self._meta,
+            0,
+            error,
+        )
+        return True
+
+    async def wait(self) -> Any:
+        return await self._final.wait()
 
 
 class _NotLive(Exception):

@@ -421,6 +421,7 @@ class Engine:
                 telemetry.attach(engine)
                 attached = telemetry
             async with anyio.create_task_group() as tg:
+                hosts.use_task_group(tg)  # send_nowait's retries on a shared log run here
                 # Shielded: if the host cancels us, _shutdown (shielded too) still needs the
                 # writer to commit what was decided; it stops through writer.close().
                 tg.start_soon(_shielded, writer.run)
@@ -653,10 +654,23 @@ class Engine:
         has already run when this returns, so its errors are raised here. Cancelling the
         ``await`` of the :class:`Pending` does not withdraw the command: it may commit.
 
+        On a log other processes append to (``PostgresEventLog(shared=True)``) the
+        command is decided on this process's cached aggregate, which may be stale, and
+        its outcome is settled as :meth:`send` settles it, by the engine, whether or not
+        the :class:`Pending` is awaited: a command whose append conflicts is reloaded and
+        decided again (up to ``CONFLICT_RETRIES`` times, then ``ConcurrencyError``), and a
+        ``Rejected`` is not raised here but checked against the stream's durable version
+        first: awaiting the :class:`Pending` then raises it if it stands, or returns the
+        :class:`Committed` of the command decided again. Until settled, such a command
+        holds a slot of the mailbox for ``send_nowait``. If the engine closes first, a
+        command not yet decided again fails with ``EngineClosed``; one decided again is
+        committed. On a log only this engine writes none of this happens.
+
         Raises:
             Overloaded: the mailbox is full, or ``max_live_aggregates`` aggregates are live
                 and all busy; nothing was queued. Always exactly ``Overloaded``.
-            (and the errors of :meth:`send`)
+            (and the errors of :meth:`send`; on a log other processes append to, not
+            ``Rejected``: see above)
         """
         if type(stream_id) is not str:  # as in send
             stream_id = check_stream_id(stream_id)
