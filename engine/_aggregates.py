@@ -76,7 +76,7 @@ from ._metadata import CommandMeta
 from ._passivation import AtCapacity, LiveActors
 from ._records import Append, AppendResult, Committed, Snapshot, StoredEvent
 from ._reply import Reply, must_propagate, reply_factory
-from ._writer import Writer
+from ._writer import Done, Writer
 
 __all__ = ["CONFLICT_RETRIES", "AggregateType", "Aggregates", "AggregatesStatistics", "Pending"]
 
@@ -175,6 +175,10 @@ class Aggregates:
         self._redeciding = 0
         self._max_redeciding = max_live * mailbox_size
         self._readers: dict[AggregateType, tuple[Callable[[str, Any], Any], Any]] = {}
+        # How a decision reaches the writer: at once, or in its actor's turn (shared log).
+        self._submit: Callable[..., None] = (
+            self._submit_in_turn if self._shared else writer.submit
+        )
 
     # -- the command path ------------------------------------------------------------------
 
@@ -475,6 +479,61 @@ class Aggregates:
     # max_live_aggregates x mailbox_size of them run at once. Only followers of an
     # in-flight command id take no slot; past that bound their conflict is final.
 
+    def _submit_in_turn(
+        self, append: Append, done: Done, objects: Sequence[Any] | None, *, checked: bool
+    ) -> None:
+        """``Writer.submit`` on a log others append to: one append of an actor in the
+        writer at a time; one decided behind it is held until it has committed.
+
+        Why: a decision pipelined behind one in flight expects the version that one would
+        leave. Alone, a failed append makes every later one fail its check too. With
+        other writers, their events can fill exactly those versions: the first append
+        conflicts, and the next one, decided on state that never existed (an overdraft),
+        matches the log's version and commits. Held back, it is submitted only once the
+        one before it is durable (so nobody appended in between), and failed with
+        ``ConcurrencyError`` (decided again, like any conflict) if that one failed.
+        """
+        actor = self._live[append.stream_id]
+
+        def in_turn(outcome: AppendOutcome) -> None:
+            done(outcome)
+            if actor.held:
+                self._next_in_turn(actor, outcome)
+
+        if actor.inflight:  # one of this actor's appends is in the writer (or held)
+            actor.held.append((append, in_turn, objects))
+            return
+        self._writer.submit(append, in_turn, objects, checked=checked)
+
+    def _next_in_turn(self, actor: Actor, outcome: AppendOutcome) -> None:
+        """The actor's append in the writer ended with ``outcome``: submit the next held
+        one if it committed, else fail every held one (nothing of them is written)."""
+        held = actor.held
+        if not isinstance(outcome, EngineError):
+            append, in_turn, objects = held.popleft()
+            try:
+                self._writer.submit(append, in_turn, objects, checked=True)
+                return
+            except EngineError as refused:  # the writer is closing
+                held.appendleft((append, in_turn, objects))
+                outcome = refused
+        self._fail_held(actor, outcome)
+
+    def _fail_held(self, actor: Actor, cause: BaseException) -> None:
+        """Fail every append ``actor`` holds back: with ``EngineClosed`` if ``cause`` is
+        one, else with the ``ConcurrencyError`` each would have met (the stream did not
+        move where it was decided to)."""
+        failing = list(actor.held)
+        actor.held.clear()
+        for append, in_turn, _ in failing:
+            error: EngineError
+            if isinstance(cause, EngineClosed):
+                error = copy.copy(cause)
+            else:
+                actual = cause.actual if isinstance(cause, ConcurrencyError) else -1
+                error = ConcurrencyError(append.stream_id, append.expected_version, actual)
+            in_turn(error)
+
     def use_task_group(self, task_group: TaskGroup) -> None:
         """Run the tasks that settle ``send_nowait``'s outcomes on a log others append to
         in ``task_group`` (the engine's, open for as long as the engine is)."""
@@ -768,7 +827,7 @@ class Aggregates:
             events = [event if shareable(type(event)) else None for event in events]
         owner = None if expected else self._owner_names[kind]  # on the stream's first append
         try:
-            self._writer.submit(
+            self._submit(
                 Append(stream_id, expected, tuple(encoded), None, None, owner)
                 if meta is None
                 else Append(
@@ -989,8 +1048,15 @@ class Aggregates:
         await self._slots.run_idle_sweeper(idle_timeout)
 
     def close(self) -> None:
-        """Refuse new commands and fail every sender still waiting for room."""
+        """Refuse new commands and fail every sender still waiting for room, and every
+        append held back behind another (a log others append to: the closing writer would
+        refuse it when its turn came)."""
         self._closed = True
+        for actor in self._live.values():
+            if actor.held:
+                self._fail_held(
+                    actor, EngineClosed("the engine closed before this command was written")
+                )
         self._slots.close(lambda: EngineClosed("the engine closed before this command ran"))
         for loading in self._loading.values():
             loading.finish(None)  # its waiters find the engine closed; the load ends alone

@@ -13,6 +13,7 @@ same schema. Real server (skipped without ``ACTORLOG_TEST_POSTGRES``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import anyio
 import msgspec
@@ -312,6 +313,79 @@ async def test_a_rejection_behind_a_failed_command_is_decided_again(postgres: Po
     assert sum(a if name == "Deposited" else -a for _, name, a in events) == 9
 
 
+# -- commands pipelined on a failed one -----------------------------------------------------
+
+
+def balances(log: PostgresEventLog, stream_id: str) -> list[int]:
+    """The account's balance after each of its events, in order."""
+    balance, after = 0, []
+    for _, name, amount in amounts(log, stream_id):
+        balance += amount if name == "Deposited" else -amount
+        after.append(balance)
+    return after
+
+
+async def pipelined_on_a_failed_command(postgres: Postgres) -> None:
+    schema = postgres.schema()
+    rival = postgres.log(schema, shared=True)
+    async with Engine.open(log=postgres.log(schema, shared=True), aggregates=[Account]) as b:
+        await b.send(Account, "acct", Deposit(10))  # cached in B: balance 10, version 1
+        # Another process takes the 10 out and puts 1 back: versions 2 and 3, balance 1.
+        append(rival, "acct", Withdrawn(10), Deposited(1))
+        # B pipelines three commands on its stale cache: the deposits expect versions 1
+        # and 2 (both conflict), the withdrawal version 3 -- the log's version, but it
+        # was decided on a balance of 20 that never existed. It must not commit as it is.
+        pendings = [
+            b.send_nowait(Account, "acct", Deposit(5)),
+            b.send_nowait(Account, "acct", Deposit(5)),
+            b.send_nowait(Account, "acct", Withdraw(20)),
+        ]
+        outcomes: list[object] = []
+        for pending in pendings:
+            try:
+                outcomes.append((await pending).version)
+            except InsufficientFunds as refused:
+                outcomes.append(refused)
+    # The deposits were decided again and committed; the withdrawal, decided again on
+    # the durable balance (at most 11), is refused.
+    assert sorted(outcomes[:2]) == [4, 5]  # type: ignore[type-var]
+    assert isinstance(outcomes[2], InsufficientFunds)
+    assert balances(rival, "acct") == [10, 0, 1, 6, 11]
+
+
+async def test_a_command_pipelined_on_a_failed_one_is_decided_again(postgres: Postgres) -> None:
+    await pipelined_on_a_failed_command(postgres)
+
+
+def test_a_command_pipelined_on_a_failed_one_on_asyncio(postgres: Postgres) -> None:
+    asyncio.run(pipelined_on_a_failed_command(postgres))
+
+
+async def test_sends_pipelined_on_a_stale_aggregate_never_overdraw(postgres: Postgres) -> None:
+    # The same with send: concurrent senders pipeline their decisions the same way.
+    import trio
+
+    schema = postgres.schema()
+    rival = postgres.log(schema, shared=True)
+    async with Engine.open(log=postgres.log(schema, shared=True), aggregates=[Account]) as b:
+        for _ in range(5):
+            await b.send(Account, "acct", Deposit(10))
+            # Another process empties the account and puts 1 back.
+            balance = balances(rival, "acct")[-1]
+            append(rival, "acct", Withdrawn(balance), Deposited(1))
+
+            async def send(command: Deposit | Withdraw) -> None:
+                # Refused, or contended past the retries: nothing appended.
+                with contextlib.suppress(InsufficientFunds, ConcurrencyError):
+                    await b.send(Account, "acct", command)
+
+            async with trio.open_nursery() as nursery:
+                for command in (Deposit(5), Deposit(5), Withdraw(20)):
+                    nursery.start_soon(send, command)
+    after = balances(rival, "acct")
+    assert min(after) >= 0, after
+
+
 # -- closing ---------------------------------------------------------------------------------
 
 
@@ -329,23 +403,23 @@ async def test_a_conflict_arriving_at_close_fails_with_engine_closed(postgres: P
     assert [v for v, _, _ in amounts(rival, "acct")] == [1, 2]
 
 
-async def test_close_with_retries_under_way_answers_each_truthfully(postgres: Postgres) -> None:
+async def close_with_retries_under_way(postgres: Postgres, races: int, after: int) -> None:
     schema = postgres.schema()
     rival = postgres.log(schema, shared=True)
     pendings: list[Pending] = []
     try:
         async with Engine.open(log=postgres.log(schema, shared=True), aggregates=[Contested]) as b:
             await b.send(Contested, "c", Bump())
-            rivals(rival, races=20)
+            rivals(rival, races=races)
             for _ in range(4):
                 pendings.append(b.send_nowait(Contested, "c", Bump()))
             for _ in range(5000):  # polled: a counter, there is no event to wait on
-                if b.statistics().aggregates.retries:
+                if b.statistics().aggregates.retries >= after:
                     break  # retries under way: close now
                 await anyio.sleep(0.001)
             else:
                 raise AssertionError("no conflict was ever decided again")
-        races = 20 - RACE.left
+        raced = races - RACE.left
     finally:
         rivals(None, 0)
     committed: list[int] = []
@@ -359,4 +433,14 @@ async def test_close_with_retries_under_way_answers_each_truthfully(postgres: Po
     stored = rival.read_stream("c")
     assert [e.version for e in stored] == list(range(1, len(stored) + 1))
     # One initial command; each rival append raced a decision; the rest are Committed.
-    assert len(stored) == 1 + races + len(committed)
+    assert len(stored) == 1 + raced + len(committed)
+
+
+async def test_close_with_retries_under_way_answers_each_truthfully(postgres: Postgres) -> None:
+    await close_with_retries_under_way(postgres, races=2, after=2)
+
+
+def test_close_with_retries_under_way_on_asyncio(postgres: Postgres) -> None:
+    # asyncio can cancel a task whose reply just arrived: the retries are not cancelled at
+    # close (they end by themselves), so a Committed is never reported as EngineClosed.
+    asyncio.run(close_with_retries_under_way(postgres, races=2, after=2))
