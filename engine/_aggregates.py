@@ -142,7 +142,6 @@ class Aggregates:
         self._find_command = log.find_command
         # See EventLog.command_hashes: None means every id is asked of the log.
         self._command_hashes: Container[int] | None = getattr(log, "command_hashes", None)
-        self._writer = writer
         self._registry = registry
         self._encode = registry.encode_read_back  # bound once, not per command
         self._mailbox_size = mailbox_size
@@ -175,10 +174,11 @@ class Aggregates:
         self._redeciding = 0
         self._max_redeciding = max_live * mailbox_size
         self._readers: dict[AggregateType, tuple[Callable[[str, Any], Any], Any]] = {}
-        # How a decision reaches the writer: at once, or in its actor's turn (shared log).
-        self._submit: Callable[..., None] = (
-            self._submit_in_turn if self._shared else writer.submit
-        )
+        # What decisions are submitted to: the writer itself, or on a log others append to
+        # a front that submits each actor's appends in turn (``_submit_in_turn``). Chosen
+        # here, so that the single-writer command path calls ``writer.submit`` as before.
+        self._writer: Writer | _InTurn = writer if not self._shared else _InTurn(self, writer)
+        self._appender = writer  # the writer itself, for the appends held back
 
     # -- the command path ------------------------------------------------------------------
 
@@ -503,7 +503,7 @@ class Aggregates:
         if actor.inflight:  # one of this actor's appends is in the writer (or held)
             actor.held.append((append, in_turn, objects))
             return
-        self._writer.submit(append, in_turn, objects, checked=checked)
+        self._appender.submit(append, in_turn, objects, checked=checked)
 
     def _next_in_turn(self, actor: Actor, outcome: AppendOutcome) -> None:
         """The actor's append in the writer ended with ``outcome``: submit the next held
@@ -512,7 +512,7 @@ class Aggregates:
         if not isinstance(outcome, EngineError):
             append, in_turn, objects = held.popleft()
             try:
-                self._writer.submit(append, in_turn, objects, checked=True)
+                self._appender.submit(append, in_turn, objects, checked=True)
                 return
             except EngineError as refused:  # the writer is closing
                 held.appendleft((append, in_turn, objects))
@@ -827,7 +827,7 @@ class Aggregates:
             events = [event if shareable(type(event)) else None for event in events]
         owner = None if expected else self._owner_names[kind]  # on the stream's first append
         try:
-            self._submit(
+            self._writer.submit(
                 Append(stream_id, expected, tuple(encoded), None, None, owner)
                 if meta is None
                 else Append(
@@ -1083,6 +1083,31 @@ class Aggregates:
             refreshed=self._refreshed,
             redeciding=self._redeciding,
         )
+
+
+class _InTurn:
+    """The writer as the aggregates submit to it on a log others append to: ``submit`` is
+    ``Aggregates._submit_in_turn`` (one append of an actor in the writer at a time); the
+    rest is the writer's."""
+
+    __slots__ = ("_aggregates", "_writer")
+
+    def __init__(self, aggregates: Aggregates, writer: Writer) -> None:
+        self._aggregates = aggregates
+        self._writer = writer
+
+    def submit(
+        self,
+        append: Append,
+        done: Done,
+        objects: Sequence[Any] | None = None,
+        *,
+        checked: bool = False,
+    ) -> None:
+        self._aggregates._submit_in_turn(append, done, objects, checked=checked)
+
+    def save_snapshot(self, stream_id: str, snapshot: Snapshot) -> None:
+        self._writer.save_snapshot(stream_id, snapshot)
 
 
 class _Redeciding:
