@@ -9,6 +9,11 @@ What this object keeps is the mailbox window and the queues of senders waiting o
     drained    senders waiting for inflight == 0, to reload a stale state (or for the
                reload another sender runs in a worker thread, on a log whose reads block)
     settled    rejected senders waiting for what was in flight when they were refused
+    retrying   send_nowait commands an engine task is settling (a log others append to:
+               decided again after a conflict, or a rejection being confirmed); they
+               hold mailbox slots for send_nowait only
+    held       appends decided behind one still in the writer, submitted in turn (a log
+               others append to; counted in inflight)
 
 Room in a full mailbox is handed out in arrival order::
 

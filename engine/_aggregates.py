@@ -40,7 +40,10 @@ batch; two more only for a sender that had to wait for room.
 Why one module over 450 lines: the hot path, its slow paths (waiting for room, for a live
 slot, for in-flight commands before a rejection is final) and the completion callback all
 move the same actor counters, and their invariants are only checkable side by side; the
-actor, passivation and the decide step already live in their own modules.
+actor, passivation and the decide step already live in their own modules. On a log others
+append to (issue 15) the same counters carry the retries too: ``send``'s (``_again``,
+``_confirm``), ``send_nowait``'s in engine tasks (``_Redeciding``), and each actor's
+appends submitted in turn (``_InTurn``).
 """
 
 from __future__ import annotations
@@ -371,6 +374,61 @@ class Aggregates:
             await anyio.sleep(random.random() * min(0.001 * 2**attempt, 0.05))
         return await self.send(kind, stream_id, command, meta, attempt + 1)
 
+    def _submit_in_turn(
+        self, append: Append, done: Done, objects: Sequence[Any] | None, *, checked: bool
+    ) -> None:
+        """``Writer.submit`` on a log others append to: one append of an actor in the
+        writer at a time; one decided behind it is held until it has committed.
+
+        Why: a decision pipelined behind one in flight expects the version that one would
+        leave. Alone, a failed append makes every later one fail its check too. With
+        other writers, their events can fill exactly those versions: the first append
+        conflicts, and the next one, decided on state that never existed (an overdraft),
+        matches the log's version and commits. Held back, it is submitted only once the
+        one before it is durable (so nobody appended in between), and failed with
+        ``ConcurrencyError`` (decided again, like any conflict) if that one failed.
+        """
+        actor = self._live[append.stream_id]
+
+        def in_turn(outcome: AppendOutcome) -> None:
+            done(outcome)
+            if actor.held:
+                self._next_in_turn(actor, outcome)
+
+        if actor.inflight:  # one of this actor's appends is in the writer (or held)
+            actor.held.append((append, in_turn, objects))
+            return
+        self._appender.submit(append, in_turn, objects, checked=checked)
+
+    def _next_in_turn(self, actor: Actor, outcome: AppendOutcome) -> None:
+        """The actor's append in the writer ended with ``outcome``: submit the next held
+        one if it committed, else fail every held one (nothing of them is written)."""
+        held = actor.held
+        if not isinstance(outcome, EngineError):
+            append, in_turn, objects = held.popleft()
+            try:
+                self._appender.submit(append, in_turn, objects, checked=True)
+                return
+            except EngineError as refused:  # the writer is closing
+                held.appendleft((append, in_turn, objects))
+                outcome = refused
+        self._fail_held(actor, outcome)
+
+    def _fail_held(self, actor: Actor, cause: BaseException) -> None:
+        """Fail every append ``actor`` holds back: with ``EngineClosed`` if ``cause`` is
+        one, else with the ``ConcurrencyError`` each would have met (the stream did not
+        move where it was decided to)."""
+        failing = list(actor.held)
+        actor.held.clear()
+        for append, in_turn, _ in failing:
+            error: EngineError
+            if isinstance(cause, EngineClosed):
+                error = copy.copy(cause)
+            else:
+                actual = cause.actual if isinstance(cause, ConcurrencyError) else -1
+                error = ConcurrencyError(append.stream_id, append.expected_version, actual)
+            in_turn(error)
+
     async def send_checked(
         self, kind: AggregateType, stream_id: str, command: Any, meta: CommandMeta, command_id: str
     ) -> Committed:
@@ -478,61 +536,6 @@ class Aggregates:
     # (``Actor.retrying``: full() counts it) and keeps the actor live (busy), so at most
     # max_live_aggregates x mailbox_size of them run at once. Only followers of an
     # in-flight command id take no slot; past that bound their conflict is final.
-
-    def _submit_in_turn(
-        self, append: Append, done: Done, objects: Sequence[Any] | None, *, checked: bool
-    ) -> None:
-        """``Writer.submit`` on a log others append to: one append of an actor in the
-        writer at a time; one decided behind it is held until it has committed.
-
-        Why: a decision pipelined behind one in flight expects the version that one would
-        leave. Alone, a failed append makes every later one fail its check too. With
-        other writers, their events can fill exactly those versions: the first append
-        conflicts, and the next one, decided on state that never existed (an overdraft),
-        matches the log's version and commits. Held back, it is submitted only once the
-        one before it is durable (so nobody appended in between), and failed with
-        ``ConcurrencyError`` (decided again, like any conflict) if that one failed.
-        """
-        actor = self._live[append.stream_id]
-
-        def in_turn(outcome: AppendOutcome) -> None:
-            done(outcome)
-            if actor.held:
-                self._next_in_turn(actor, outcome)
-
-        if actor.inflight:  # one of this actor's appends is in the writer (or held)
-            actor.held.append((append, in_turn, objects))
-            return
-        self._appender.submit(append, in_turn, objects, checked=checked)
-
-    def _next_in_turn(self, actor: Actor, outcome: AppendOutcome) -> None:
-        """The actor's append in the writer ended with ``outcome``: submit the next held
-        one if it committed, else fail every held one (nothing of them is written)."""
-        held = actor.held
-        if not isinstance(outcome, EngineError):
-            append, in_turn, objects = held.popleft()
-            try:
-                self._appender.submit(append, in_turn, objects, checked=True)
-                return
-            except EngineError as refused:  # the writer is closing
-                held.appendleft((append, in_turn, objects))
-                outcome = refused
-        self._fail_held(actor, outcome)
-
-    def _fail_held(self, actor: Actor, cause: BaseException) -> None:
-        """Fail every append ``actor`` holds back: with ``EngineClosed`` if ``cause`` is
-        one, else with the ``ConcurrencyError`` each would have met (the stream did not
-        move where it was decided to)."""
-        failing = list(actor.held)
-        actor.held.clear()
-        for append, in_turn, _ in failing:
-            error: EngineError
-            if isinstance(cause, EngineClosed):
-                error = copy.copy(cause)
-            else:
-                actual = cause.actual if isinstance(cause, ConcurrencyError) else -1
-                error = ConcurrencyError(append.stream_id, append.expected_version, actual)
-            in_turn(error)
 
     def use_task_group(self, task_group: TaskGroup) -> None:
         """Run the tasks that settle ``send_nowait``'s outcomes on a log others append to
