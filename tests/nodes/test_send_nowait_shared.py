@@ -403,6 +403,22 @@ async def test_a_conflict_arriving_at_close_fails_with_engine_closed(postgres: P
     assert [v for v, _, _ in amounts(rival, "acct")] == [1, 2]
 
 
+async def test_close_fails_the_appends_held_in_turn(postgres: Postgres) -> None:
+    # On a shared log an actor has one append in the writer at a time; the ones decided
+    # behind it wait their turn, which a closing writer would refuse: EngineClosed, and
+    # nothing of them appended. The one in the writer commits.
+    schema = postgres.schema()
+    rival = postgres.log(schema, shared=True)
+    async with Engine.open(log=postgres.log(schema, shared=True), aggregates=[Account]) as b:
+        await b.send(Account, "acct", Deposit(1))
+        pendings = [b.send_nowait(Account, "acct", Deposit(n)) for n in (2, 3, 4)]
+    assert (await pendings[0]).version == 2
+    for pending in pendings[1:]:
+        with pytest.raises(EngineClosed):
+            await pending
+    assert amounts(rival, "acct") == [(1, "Deposited", 1), (2, "Deposited", 2)]
+
+
 async def close_with_retries_under_way(postgres: Postgres, races: int, after: int) -> None:
     schema = postgres.schema()
     rival = postgres.log(schema, shared=True)
