@@ -10,8 +10,12 @@ real ``python`` process driven over pipes:
   over the engines and the PostgreSQL server (its postmaster and backends, from
   ``/proc``); each as a ratio to one process. 1,000 accounts, 64 clients split over the
   processes, both views live on every process (projectors on every node).
-- **W5 on LMDB with 1 and 3 reader processes** (a writer process owns the log; readers
-  open it read-only): queries a second over all readers, ratio 3 / 1.
+- **W5 with 1 and 3 reader processes, on LMDB and on PostgreSQL** (a writer process owns
+  the log; readers open it read-only on LMDB, as reader nodes on a shared PostgreSQL
+  schema): point queries a second over all readers and queries per CPU-second of theirs,
+  ratio 3 / 1; and whether the cores are the limit: the cores the readers kept busy
+  (their CPU seconds over the wall seconds) with 1 and with 3, on PostgreSQL also the
+  server's (its processes, as for W1), beside ``os.cpu_count()``.
 - **Cross-node visibility**: commands sent one at a time on node A; node B's projector
   records when each position arrives (``time.monotonic``, one clock for every process
   on Linux); the lag from A's acknowledgement to B's apply, p50 and p99, on PostgreSQL
@@ -136,8 +140,13 @@ async def _writer_child(args: dict[str, Any]) -> None:
 
 
 async def _reader_child(args: dict[str, Any]) -> None:
-    """A W5 read node on an LMDB log another process owns: point queries for a while."""
-    log = LmdbEventLog(args["path"], readonly=True)
+    """A W5 read node (projectors, no aggregates) on a log another process writes, LMDB
+    read-only or PostgreSQL shared: point queries for a while."""
+    log: EventLog = (
+        PostgresEventLog(args["dsn"], schema=args["schema"], shared=True)
+        if args["kind"] == "pg"
+        else LmdbEventLog(args["path"], readonly=True)
+    )
     async with Engine.open(log=log, aggregates=[], projectors=[Balances]) as engine:
         query, balance = engine.query, Balances.balance
         await query(balance, "acct-1", after=args["after"], timeout=30)
@@ -295,21 +304,72 @@ def w1_round(
     }
 
 
-def w5_round(path: Path, readers: int, seconds: float, after: int) -> tuple[float, float]:
-    """Queries a second over ``readers`` reader processes, and queries a CPU-second."""
+def w5_round(
+    kind: str, readers: int, seconds: float, after: int, *, dsn: str | None = None, **where: Any
+) -> dict[str, float]:
+    """``readers`` reader processes on one log (``kind`` "lmdb": ``path=``; "pg":
+    ``schema=``, on ``dsn``): queries a second over them all, queries per CPU-second of
+    theirs, the cores they kept busy (their CPU seconds over the wall seconds) and, on
+    PostgreSQL, the cores the server's processes kept busy meanwhile."""
     children = [
-        _Child("reader", path=str(path), seconds=seconds, after=after) for _ in range(readers)
+        _Child("reader", kind=kind, dsn=dsn, seconds=seconds, after=after, **where)
+        for _ in range(readers)
     ]
     for child in children:
         child.hear()
+    server = _server_cpu(dsn) if dsn else 0.0
+    started = time.perf_counter()
     for child in children:
         child.tell({"go": True})
     results = [child.hear() for child in children]
+    wall = time.perf_counter() - started
+    server = _server_cpu(dsn) - server if dsn else 0.0
     for child in children:
         child.tell({"done": True})
         child.finish()
     queries = sum(r["queries"] for r in results)
-    return queries / max(r["seconds"] for r in results), queries / sum(r["cpu"] for r in results)
+    reader_wall = max(r["seconds"] for r in results)
+    cpu = sum(r["cpu"] for r in results)
+    return {
+        "per_second": queries / reader_wall,
+        "per_cpu_second": queries / cpu,
+        "busy_cores": cpu / reader_wall,
+        "server_busy_cores": server / wall,
+    }
+
+
+def _w5_rounds(
+    workload: str, rounds: int, seconds: float, after: int, **where: Any
+) -> dict[str, Any]:
+    """Interleaved rounds of 1 and 3 readers: the JSON line of ``workload``."""
+    ones, threes = [], []
+    for _ in range(rounds):
+        ones.append(w5_round(readers=1, seconds=seconds, after=after, **where))
+        threes.append(w5_round(readers=3, seconds=seconds, after=after, **where))
+
+    def median(runs: list[dict[str, float]], key: str) -> float:
+        return round(statistics.median(r[key] for r in runs), 2)
+
+    ratios = [t["per_second"] / o["per_second"] for o, t in zip(ones, threes, strict=True)]
+    cpu_ratios = [
+        t["per_cpu_second"] / o["per_cpu_second"] for o, t in zip(ones, threes, strict=True)
+    ]
+    row: dict[str, Any] = {
+        "workload": workload,
+        "three_over_one_per_second": round(statistics.median(ratios), 3),
+        "three_over_one_per_cpu_second": round(statistics.median(cpu_ratios), 3),
+        "each_round": [round(r, 3) for r in ratios],
+        # Whether the cores are the limit: the cores the readers kept busy (their CPU
+        # seconds over the wall seconds), medians, against the cores the machine has.
+        "reader_busy_cores_one": median(ones, "busy_cores"),
+        "reader_busy_cores_three": median(threes, "busy_cores"),
+    }
+    if where.get("dsn"):
+        row["server_busy_cores_one"] = median(ones, "server_busy_cores")
+        row["server_busy_cores_three"] = median(threes, "server_busy_cores")
+    row["cpu_count"] = os.cpu_count()
+    row["load_average"] = round(os.getloadavg()[0], 2)
+    return row
 
 
 def lag_round(kind: str, engine_open: Any, count: int, **where: Any) -> list[float]:
@@ -398,39 +458,54 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             print(json.dumps(row), flush=True)
     if "W5" in only:
+        seconds = 3.0 / (2 if args.quick else 1)
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp)
-            head = [0]
 
-            async def own() -> None:
+            async def own_lmdb() -> None:
                 # The writer process (this one): opens the log, writes, holds it while the
                 # readers run.
                 async with Engine.open(path, aggregates=[Account], sync=False) as engine:
                     await engine.send(Account, "acct-1", OpenAccount("q"))
-                    head[0] = (await engine.send(Account, "acct-1", Deposit(5))).position
-                    ratios, cpu_ratios = [], []
-                    seconds = 3.0 / (2 if args.quick else 1)
-                    for _ in range(args.rounds):
-                        one = await anyio.to_thread.run_sync(w5_round, path, 1, seconds, head[0])
-                        three = await anyio.to_thread.run_sync(w5_round, path, 3, seconds, head[0])
-                        ratios.append(three[0] / one[0])
-                        cpu_ratios.append(three[1] / one[1])
-                    print(
-                        json.dumps(
-                            {
-                                "workload": "W5-lmdb-readers",
-                                "three_over_one_per_second": round(statistics.median(ratios), 3),
-                                "three_over_one_per_cpu_second": round(
-                                    statistics.median(cpu_ratios), 3
-                                ),
-                                "each_round": [round(r, 3) for r in ratios],
-                                "load_average": round(os.getloadavg()[0], 2),
-                            }
-                        ),
-                        flush=True,
+                    head = (await engine.send(Account, "acct-1", Deposit(5))).position
+                    row = await anyio.to_thread.run_sync(
+                        lambda: _w5_rounds(
+                            "W5-lmdb-readers", args.rounds, seconds, head, kind="lmdb", path=tmp
+                        )
                     )
+                    print(json.dumps(row), flush=True)
 
-            trio.run(own)
+            trio.run(own_lmdb)
+        if args.dsn:
+            dsn, schema = args.dsn, f"bench_readers_{uuid.uuid4().hex[:12]}"
+
+            async def own_pg() -> None:
+                # The write node (this one), as on LMDB; the readers are reader nodes on
+                # the same schema, each following the log from PostgreSQL.
+                log = PostgresEventLog(dsn, schema=schema, shared=True)
+                async with Engine.open(log=log, aggregates=[Account]) as engine:
+                    await engine.send(Account, "acct-1", OpenAccount("q"))
+                    head = (await engine.send(Account, "acct-1", Deposit(5))).position
+                    row = await anyio.to_thread.run_sync(
+                        lambda: _w5_rounds(
+                            "W5-postgres-readers",
+                            args.rounds,
+                            seconds,
+                            head,
+                            kind="pg",
+                            dsn=dsn,
+                            schema=schema,
+                        )
+                    )
+                    print(json.dumps(row), flush=True)
+
+            try:
+                trio.run(own_pg)
+            finally:
+                import psycopg
+
+                with psycopg.connect(dsn, autocommit=True) as conn:
+                    conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
     if "lag" in only:
         count = 500 // scale
         with tempfile.TemporaryDirectory() as tmp:
