@@ -347,8 +347,8 @@ def _w5_rounds(
         ones.append(w5_round(readers=1, seconds=seconds, after=after, **where))
         threes.append(w5_round(readers=3, seconds=seconds, after=after, **where))
 
-    def median(runs: list[dict[str, float]], key: str) -> float:
-        return round(statistics.median(r[key] for r in runs), 2)
+    def median(runs: list[dict[str, float]], key: str, digits: int = 2) -> float:
+        return round(statistics.median(r[key] for r in runs), digits)
 
     ratios = [t["per_second"] / o["per_second"] for o, t in zip(ones, threes, strict=True)]
     cpu_ratios = [
@@ -365,8 +365,8 @@ def _w5_rounds(
         "reader_busy_cores_three": median(threes, "busy_cores"),
     }
     if where.get("dsn"):
-        row["server_busy_cores_one"] = median(ones, "server_busy_cores")
-        row["server_busy_cores_three"] = median(threes, "server_busy_cores")
+        row["server_busy_cores_one"] = median(ones, "server_busy_cores", 3)
+        row["server_busy_cores_three"] = median(threes, "server_busy_cores", 3)
     row["cpu_count"] = os.cpu_count()
     row["load_average"] = round(os.getloadavg()[0], 2)
     return row
