@@ -363,6 +363,11 @@ def _w5_rounds(
         # seconds over the wall seconds), medians, against the cores the machine has.
         "reader_busy_cores_one": median(ones, "busy_cores"),
         "reader_busy_cores_three": median(threes, "busy_cores"),
+        # Each round's [one, three]: a round's ratio follows the cores its readers got.
+        "each_round_reader_busy_cores": [
+            [round(o["busy_cores"], 2), round(t["busy_cores"], 2)]
+            for o, t in zip(ones, threes, strict=True)
+        ],
     }
     if where.get("dsn"):
         row["server_busy_cores_one"] = median(ones, "server_busy_cores", 3)

@@ -36,6 +36,7 @@ def test_w5_quick_prints_lmdb_and_postgres_reader_lines(
         assert len(row["each_round"]) == 1
         assert row["reader_busy_cores_one"] > 0
         assert row["reader_busy_cores_three"] > 0
+        assert len(row["each_round_reader_busy_cores"]) == 1
         assert row["cpu_count"] == os.cpu_count()
     # The server's share is measured on PostgreSQL only (it may round to 0: reader nodes
     # answer queries from their own projectors).
