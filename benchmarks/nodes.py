@@ -134,6 +134,8 @@ async def _writer_child(args: dict[str, Any]) -> None:
                 "cpu": cpu,
                 "conflicts": stats.aggregates.retries,
                 "client_retries": retries,
+                "groups": stats.writer.commits,
+                "follower_reads": 0 if stats.follower is None else stats.follower.reads,
             }
         )
         await _line()  # done
@@ -250,8 +252,19 @@ def _server_cpu(dsn: str) -> float:
 
 
 def w1_round(
-    dsn: str, processes: int, routing: str, *, accounts: int, commands: int, views: bool
+    dsn: str,
+    processes: int,
+    routing: str,
+    *,
+    accounts: int,
+    commands: int,
+    views: bool,
+    clients: int = 64,
+    busy: int = 0,
 ) -> dict[str, float]:
+    """One W1 run: ``clients`` split over ``processes`` write processes, beside ``busy``
+    processes that only burn CPU (a control: the contention of more processes on the
+    cores, without their work)."""
     schema = f"bench_nodes_{uuid.uuid4().hex[:12]}"
     setup = PostgresEventLog(dsn, schema=schema)
     try:
@@ -271,20 +284,28 @@ def w1_round(
                 processes=processes,
                 index=i,
                 routing=routing,
-                clients=max(1, 64 // processes),
+                clients=max(1, clients // processes),
                 views=views,
             )
             for i in range(processes)
         ]
         for child in children:
             child.hear()
-        server = _server_cpu(dsn)
-        started = time.perf_counter()
-        for child in children:
-            child.tell({"go": True})
-        results = [child.hear() for child in children]
-        wall = time.perf_counter() - started
-        server = _server_cpu(dsn) - server
+        burners = [
+            subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(busy)
+        ]
+        try:
+            server = _server_cpu(dsn)
+            started = time.perf_counter()
+            for child in children:
+                child.tell({"go": True})
+            results = [child.hear() for child in children]
+            wall = time.perf_counter() - started
+            server = _server_cpu(dsn) - server
+        finally:
+            for burner in burners:
+                burner.kill()
+                burner.wait()
         for child in children:
             child.tell({"done": True})
             child.finish()
@@ -301,6 +322,8 @@ def w1_round(
         "conflicts": sum(r["conflicts"] for r in results) / done,
         "client_retries": sum(r["client_retries"] for r in results) / done,
         "server_cpu_share": server / cpu,
+        "commands_per_group": done / max(1, sum(r["groups"] for r in results)),
+        "follower_reads_per_command": sum(r["follower_reads"] for r in results) / done,
     }
 
 
@@ -431,11 +454,25 @@ def main(argv: list[str] | None = None) -> int:
     for views in (True, False):
         if not args.dsn or ("W1" if views else "W1-plain") not in only:
             continue
-        configs = [(1, "affinity"), (2, "random"), (2, "affinity"), (4, "random"), (4, "affinity")]
-        samples: dict[tuple[int, str], list[dict[str, float]]] = {c: [] for c in configs}
+        # (processes, routing, clients, busy processes). The last four are one process
+        # under the two things that change when the load is split over N processes on
+        # these cores: N-1 more processes contending for the cores (busy ones, burning
+        # CPU), and 64/N clients each (smaller groups).
+        configs: list[tuple[int, str, int, int]] = [
+            (1, "affinity", 64, 0),
+            (2, "random", 64, 0),
+            (2, "affinity", 64, 0),
+            (4, "random", 64, 0),
+            (4, "affinity", 64, 0),
+            (1, "affinity", 64, 1),
+            (1, "affinity", 64, 3),
+            (1, "affinity", 32, 0),
+            (1, "affinity", 16, 0),
+        ]
+        samples: dict[tuple[int, str, int, int], list[dict[str, float]]] = {c: [] for c in configs}
         for _ in range(args.rounds):
-            for processes, routing in configs:
-                samples[(processes, routing)].append(
+            for processes, routing, clients, busy in configs:
+                samples[(processes, routing, clients, busy)].append(
                     w1_round(
                         args.dsn,
                         processes,
@@ -443,21 +480,44 @@ def main(argv: list[str] | None = None) -> int:
                         accounts=1000,
                         commands=20_000 // scale,
                         views=views,
+                        clients=clients,
+                        busy=busy,
                     )
                 )
-        one = samples[(1, "affinity")]
-        base = {k: statistics.median(s[k] for s in one) for k in one[0]}
-        for (processes, routing), runs in samples.items():
-            med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-            row = {
+        medians = {
+            c: {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+            for c, runs in samples.items()
+        }
+        base = medians[configs[0]]
+        for (processes, routing, clients, busy), med in medians.items():
+            row: dict[str, Any] = {
                 "workload": "W1-postgres-nodes" + ("" if views else "-no-views"),
                 "processes": processes,
                 "routing": routing if processes > 1 else "-",
+            }
+            if busy or clients != 64:
+                row["control"] = (
+                    f"one process beside {busy} busy processes"
+                    if busy
+                    else f"one process with {clients} clients"
+                )
+            row |= {
                 "per_second_ratio": round(med["per_second"] / base["per_second"], 3),
                 "per_cpu_second_ratio": round(med["per_cpu_second"] / base["per_cpu_second"], 3),
+            }
+            contended = medians.get((1, "affinity", 64, processes - 1))
+            if processes > 1 and contended is not None:
+                # Per CPU-second against one process under the same contention for the
+                # cores: what splitting the work costs, apart from the cores' sharing.
+                row["per_cpu_second_vs_same_contention"] = round(
+                    med["per_cpu_second"] / contended["per_cpu_second"], 3
+                )
+            row |= {
                 "conflicts_per_command": round(med["conflicts"], 4),
                 "client_retries_per_command": round(med["client_retries"], 5),
                 "server_cpu_share": round(med["server_cpu_share"], 3),
+                "commands_per_group": round(med["commands_per_group"], 1),
+                "follower_reads_per_command": round(med["follower_reads_per_command"], 3),
                 "rounds": args.rounds,
             }
             rows.append(row)
@@ -559,14 +619,34 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
     for workload in sorted({r["workload"] for r in rows if r["workload"].startswith("W1")}):
-        mine = [r for r in rows if r["workload"] == workload]
+        mine = [r for r in rows if r["workload"] == workload and "control" not in r]
         base = [r for r in mine if r["processes"] == 1]
+        suffix = "" if workload == "W1-postgres-nodes" else ", no views"
         for routing in ("random", "affinity"):
             points = base + [r for r in mine if r["routing"] == routing]
             xs = [r["processes"] for r in points]
-            label = f"{routing}{'' if workload == 'W1-postgres-nodes' else ', no views'}"
             for ax, key in zip(axes, ("per_second_ratio", "per_cpu_second_ratio"), strict=True):
-                ax.plot(xs, [r[key] for r in points], marker="o", label=label)
+                ax.plot(xs, [r[key] for r in points], marker="o", label=routing + suffix)
+        # The control: one process beside N-1 busy processes (the same contention for
+        # the cores as N write processes), per CPU-second.
+        busy = {
+            r["control"]: r
+            for r in rows
+            if r["workload"] == workload and "busy" in r.get("control", "")
+        }
+        controls = base + [
+            busy[f"one process beside {n - 1} busy processes"]
+            for n in (2, 4)
+            if f"one process beside {n - 1} busy processes" in busy
+        ]
+        if len(controls) > 1:
+            axes[1].plot(
+                [1, 2, 4][: len(controls)],
+                [r["per_cpu_second_ratio"] for r in controls],
+                linestyle="--",
+                marker="x",
+                label="1 process, same contention" + suffix,
+            )
     for ax, title in zip(
         axes, ("commands/s vs 1 process", "commands per CPU-second vs 1 process"), strict=True
     ):
