@@ -106,23 +106,43 @@ class HeadChannel:
                 self._drop_listener()
                 raise StorageError(f"following the PostgreSQL log failed: {e}") from e
 
-    def _wait_for_notice(self, conn: psycopg.Connection[Any], deadline: float) -> None:
-        """Wait until another process's notification arrives, ``POLL`` seconds pass, or
-        ``deadline``. This process's own notifications (its announcer's backend) are read
-        and dropped here, without a query: each would otherwise cost a read of the head
-        that can only find what this engine already knows."""
+    def wait_for_notice(self, timeout: float) -> bool:
+        """Wait for another process's notification, at most ``timeout`` seconds (no read
+        of the head: for a follower that reads the log next in any case). True if one
+        came. Blocking: run it in a worker thread.
+
+        Raises:
+            StorageError: the server cannot be reached, or the channel is closed.
+        """
+        with self._listen_lock:
+            try:
+                conn = self._listening()
+                if self._noticed:  # one came with an earlier reply
+                    self._noticed = False
+                    return True
+                return self._wait_for_notice(conn, time.monotonic() + timeout)
+            except (psycopg.Error, OSError) as e:  # OSError: the socket went away
+                self._drop_listener()
+                raise StorageError(f"following the PostgreSQL log failed: {e}") from e
+
+    def _wait_for_notice(self, conn: psycopg.Connection[Any], deadline: float) -> bool:
+        """Wait until another process's notification arrives (True), or ``POLL`` seconds
+        pass, or ``deadline`` (False). This process's own notifications (its announcer's
+        backend) are read and dropped here, without a query: each would otherwise cost a
+        read of the log that can only find what this engine already knows."""
         pgconn = conn.pgconn
         end = min(deadline, time.monotonic() + POLL)
         while (wait := end - time.monotonic()) > 0:
             ready, _, _ = select.select([conn.fileno()], [], [], wait)
             if not ready:
-                return
+                return False
             pgconn.consume_input()
             foreign = False
             while (notice := pgconn.notifies()) is not None:
                 foreign = foreign or notice.be_pid != self._announcer_pid
             if foreign:
-                return
+                return True
+        return False
 
     def announce(self) -> None:
         """Tell the log's followers that its head moved (one NOTIFY). Blocking.
