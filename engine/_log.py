@@ -30,7 +30,7 @@ writer and the engine's front door call these same checks, so a rule changes in 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from typing import Any, Final, Protocol
 
 import anyio
@@ -563,9 +563,19 @@ def _utf8_size(value: str, what: str, bound: int) -> int:
         ) from None
 
 
-def expected_ok(append: Append, actual: int) -> ConcurrencyError | None:
-    """The error if ``append``'s expected version does not admit ``actual``, else None."""
+def expected_ok(
+    append: Append, actual: int, failed_before: Container[str] = ()
+) -> ConcurrencyError | None:
+    """The error if ``append``'s expected version does not admit ``actual``, else None.
+
+    ``failed_before``: the streams of which an earlier append of the same batch, one that
+    carried events, failed. An actor pipelines: its next decision expects the version its
+    previous one would leave, so once that one fails, the next was decided on state that
+    never existed, even if the log has reached its expected version anyway. Only a log
+    others append to can get there (their events fill the versions); a single writer's log
+    never does, and passes nothing.
+    """
     expected = append.expected_version
-    if expected in (ANY, actual):
+    if expected == ANY or (expected == actual and append.stream_id not in failed_before):
         return None
     return ConcurrencyError(append.stream_id, expected, actual)

@@ -438,21 +438,30 @@ class PostgresEventLog:
             # Decide, as the other backends do.
             rows: list[list[Any]] = [[] for _ in range(12)]
             recorded: dict[tuple[str, str], AppendResult] = {}
+            # Streams with an append that carried events and failed in this batch: a later
+            # one was decided on top of it (``expected_ok``), whatever the others wrote.
+            failed: set[str] = set()
             for i, append in enumerate(appends):
+                stream_id, cid = append.stream_id, append.command_id
                 refused = unstorable.get(i)
                 if refused is not None:
+                    if append.events:
+                        failed.add(stream_id)
                     outcomes.append(refused)
                     continue
-                stream_id, cid = append.stream_id, append.command_id
                 if cid is not None:
                     ident = (stream_id, cid)
                     original = recorded.get(ident) or kept.get(ident)
                     if original is not None:
+                        if append.events:
+                            failed.add(stream_id)
                         outcomes.append(DuplicateCommand(cid, original))
                         continue
                 version = versions[stream_id]
-                mismatch = expected_ok(append, version)
+                mismatch = expected_ok(append, version, failed)
                 if mismatch is not None:
+                    if append.events:
+                        failed.add(stream_id)
                     outcomes.append(mismatch)
                     continue
                 first_version, first_position = version + 1, position + 1
@@ -633,6 +642,11 @@ class PostgresEventLog:
         """The head position once it is past ``known``, or after ``timeout`` seconds
         (LISTEN/NOTIFY, with a bounded poll). Blocking: for a worker thread."""
         return self._head_channel().wait_for_head(known, timeout)
+
+    def wait_for_notice(self, timeout: float) -> bool:
+        """Wait at most ``timeout`` seconds for another process's NOTIFY that the head
+        moved; True if one came. Blocking: for a worker thread."""
+        return self._head_channel().wait_for_notice(timeout)
 
     def announce_head(self) -> None:
         """NOTIFY the log's followers that the head moved. Blocking: for a worker thread."""
