@@ -12,8 +12,6 @@ What this object keeps is the mailbox window and the queues of senders waiting o
     retrying   send_nowait commands an engine task is settling (a log others append to:
                decided again after a conflict, or a rejection being confirmed); they
                hold mailbox slots for send_nowait only
-    held       appends decided behind one still in the writer, submitted in turn (a log
-               others append to; counted in inflight)
 
 Room in a full mailbox is handed out in arrival order::
 
@@ -33,15 +31,15 @@ methods here run only when someone waits.
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 from ._codec import EventRegistry
 from ._decide import AggregateType, kind_name
 from ._errors import CodecError, DecodeError, DefinitionError, EngineError, HandlerError
-from ._log import AppendOutcome, EventLog
-from ._records import Append, Committed, StoredEvent
+from ._log import EventLog
+from ._records import Committed, StoredEvent
 from ._reply import Reply, must_propagate
 from ._schema import RETIRED, retired_events
 
@@ -62,7 +60,6 @@ class Actor:
         "failures",
         "foreign",
         "handed",
-        "held",
         "inflight",
         "kind",
         "mailbox_size",
@@ -114,9 +111,6 @@ class Actor:
         # send_nowait's commands being decided again in an engine task (a log others append
         # to): they hold mailbox slots for send_nowait, and keep the actor live.
         self.retrying = 0
-        # Appends decided behind one still in the writer, held back until it commits (a
-        # log others append to: see Aggregates._submit_in_turn): (append, done, objects).
-        self.held: deque[tuple[Append, Callable[[AppendOutcome], None], Any]] = deque()
 
     def busy(self) -> bool:
         """Commands in flight, senders waiting, or a reload under way: it must not be

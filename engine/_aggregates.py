@@ -42,8 +42,7 @@ slot, for in-flight commands before a rejection is final) and the completion cal
 move the same actor counters, and their invariants are only checkable side by side; the
 actor, passivation and the decide step already live in their own modules. On a log others
 append to (issue 15) the same counters carry the retries too: ``send``'s (``_again``,
-``_confirm``), ``send_nowait``'s in engine tasks (``_Redeciding``), and each actor's
-appends submitted in turn (``_InTurn``).
+``_confirm``) and ``send_nowait``'s in engine tasks (``_Redeciding``).
 """
 
 from __future__ import annotations
@@ -79,7 +78,7 @@ from ._metadata import CommandMeta
 from ._passivation import AtCapacity, LiveActors
 from ._records import Append, AppendResult, Committed, Snapshot, StoredEvent
 from ._reply import Reply, must_propagate, reply_factory
-from ._writer import Done, Writer
+from ._writer import Writer
 
 __all__ = ["CONFLICT_RETRIES", "AggregateType", "Aggregates", "AggregatesStatistics", "Pending"]
 
@@ -145,6 +144,7 @@ class Aggregates:
         self._find_command = log.find_command
         # See EventLog.command_hashes: None means every id is asked of the log.
         self._command_hashes: Container[int] | None = getattr(log, "command_hashes", None)
+        self._writer = writer
         self._registry = registry
         self._encode = registry.encode_read_back  # bound once, not per command
         self._mailbox_size = mailbox_size
@@ -177,11 +177,6 @@ class Aggregates:
         self._redeciding = 0
         self._max_redeciding = max_live * mailbox_size
         self._readers: dict[AggregateType, tuple[Callable[[str, Any], Any], Any]] = {}
-        # What decisions are submitted to: the writer itself, or on a log others append to
-        # a front that submits each actor's appends in turn (``_submit_in_turn``). Chosen
-        # here, so that the single-writer command path calls ``writer.submit`` as before.
-        self._writer: Writer | _InTurn = writer if not self._shared else _InTurn(self, writer)
-        self._appender = writer  # the writer itself, for the appends held back
 
     # -- the command path ------------------------------------------------------------------
 
@@ -373,61 +368,6 @@ class Aggregates:
         if attempt:
             await anyio.sleep(random.random() * min(0.001 * 2**attempt, 0.05))
         return await self.send(kind, stream_id, command, meta, attempt + 1)
-
-    def _submit_in_turn(
-        self, append: Append, done: Done, objects: Sequence[Any] | None, *, checked: bool
-    ) -> None:
-        """``Writer.submit`` on a log others append to: one append of an actor in the
-        writer at a time; one decided behind it is held until it has committed.
-
-        Why: a decision pipelined behind one in flight expects the version that one would
-        leave. Alone, a failed append makes every later one fail its check too. With
-        other writers, their events can fill exactly those versions: the first append
-        conflicts, and the next one, decided on state that never existed (an overdraft),
-        matches the log's version and commits. Held back, it is submitted only once the
-        one before it is durable (so nobody appended in between), and failed with
-        ``ConcurrencyError`` (decided again, like any conflict) if that one failed.
-        """
-        actor = self._live[append.stream_id]
-
-        def in_turn(outcome: AppendOutcome) -> None:
-            done(outcome)
-            if actor.held:
-                self._next_in_turn(actor, outcome)
-
-        if actor.inflight:  # one of this actor's appends is in the writer (or held)
-            actor.held.append((append, in_turn, objects))
-            return
-        self._appender.submit(append, in_turn, objects, checked=checked)
-
-    def _next_in_turn(self, actor: Actor, outcome: AppendOutcome) -> None:
-        """The actor's append in the writer ended with ``outcome``: submit the next held
-        one if it committed, else fail every held one (nothing of them is written)."""
-        held = actor.held
-        if not isinstance(outcome, EngineError):
-            append, in_turn, objects = held.popleft()
-            try:
-                self._appender.submit(append, in_turn, objects, checked=True)
-                return
-            except EngineError as refused:  # the writer is closing
-                held.appendleft((append, in_turn, objects))
-                outcome = refused
-        self._fail_held(actor, outcome)
-
-    def _fail_held(self, actor: Actor, cause: BaseException) -> None:
-        """Fail every append ``actor`` holds back: with ``EngineClosed`` if ``cause`` is
-        one, else with the ``ConcurrencyError`` each would have met (the stream did not
-        move where it was decided to)."""
-        failing = list(actor.held)
-        actor.held.clear()
-        for append, in_turn, _ in failing:
-            error: EngineError
-            if isinstance(cause, EngineClosed):
-                error = copy.copy(cause)
-            else:
-                actual = cause.actual if isinstance(cause, ConcurrencyError) else -1
-                error = ConcurrencyError(append.stream_id, append.expected_version, actual)
-            in_turn(error)
 
     async def send_checked(
         self, kind: AggregateType, stream_id: str, command: Any, meta: CommandMeta, command_id: str
@@ -1051,15 +991,8 @@ class Aggregates:
         await self._slots.run_idle_sweeper(idle_timeout)
 
     def close(self) -> None:
-        """Refuse new commands and fail every sender still waiting for room, and every
-        append held back behind another (a log others append to: the closing writer would
-        refuse it when its turn came)."""
+        """Refuse new commands and fail every sender still waiting for room."""
         self._closed = True
-        for actor in self._live.values():
-            if actor.held:
-                self._fail_held(
-                    actor, EngineClosed("the engine closed before this command was written")
-                )
         self._slots.close(lambda: EngineClosed("the engine closed before this command ran"))
         for loading in self._loading.values():
             loading.finish(None)  # its waiters find the engine closed; the load ends alone
@@ -1086,31 +1019,6 @@ class Aggregates:
             refreshed=self._refreshed,
             redeciding=self._redeciding,
         )
-
-
-class _InTurn:
-    """The writer as the aggregates submit to it on a log others append to: ``submit`` is
-    ``Aggregates._submit_in_turn`` (one append of an actor in the writer at a time); the
-    rest is the writer's."""
-
-    __slots__ = ("_aggregates", "_writer")
-
-    def __init__(self, aggregates: Aggregates, writer: Writer) -> None:
-        self._aggregates = aggregates
-        self._writer = writer
-
-    def submit(
-        self,
-        append: Append,
-        done: Done,
-        objects: Sequence[Any] | None = None,
-        *,
-        checked: bool = False,
-    ) -> None:
-        self._aggregates._submit_in_turn(append, done, objects, checked=checked)
-
-    def save_snapshot(self, stream_id: str, snapshot: Snapshot) -> None:
-        self._writer.save_snapshot(stream_id, snapshot)
 
 
 class _Redeciding:

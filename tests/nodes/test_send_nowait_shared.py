@@ -13,7 +13,6 @@ same schema. Real server (skipped without ``ACTORLOG_TEST_POSTGRES``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import anyio
 import msgspec
@@ -361,31 +360,6 @@ def test_a_command_pipelined_on_a_failed_one_on_asyncio(postgres: Postgres) -> N
     asyncio.run(pipelined_on_a_failed_command(postgres))
 
 
-async def test_sends_pipelined_on_a_stale_aggregate_never_overdraw(postgres: Postgres) -> None:
-    # The same with send: concurrent senders pipeline their decisions the same way.
-    import trio
-
-    schema = postgres.schema()
-    rival = postgres.log(schema, shared=True)
-    async with Engine.open(log=postgres.log(schema, shared=True), aggregates=[Account]) as b:
-        for _ in range(5):
-            await b.send(Account, "acct", Deposit(10))
-            # Another process empties the account and puts 1 back.
-            balance = balances(rival, "acct")[-1]
-            append(rival, "acct", Withdrawn(balance), Deposited(1))
-
-            async def send(command: Deposit | Withdraw) -> None:
-                # Refused, or contended past the retries: nothing appended.
-                with contextlib.suppress(InsufficientFunds, ConcurrencyError):
-                    await b.send(Account, "acct", command)
-
-            async with trio.open_nursery() as nursery:
-                for command in (Deposit(5), Deposit(5), Withdraw(20)):
-                    nursery.start_soon(send, command)
-    after = balances(rival, "acct")
-    assert min(after) >= 0, after
-
-
 # -- closing ---------------------------------------------------------------------------------
 
 
@@ -401,22 +375,6 @@ async def test_a_conflict_arriving_at_close_fails_with_engine_closed(postgres: P
     with pytest.raises(EngineClosed):
         await pending
     assert [v for v, _, _ in amounts(rival, "acct")] == [1, 2]
-
-
-async def test_close_fails_the_appends_held_in_turn(postgres: Postgres) -> None:
-    # On a shared log an actor has one append in the writer at a time; the ones decided
-    # behind it wait their turn, which a closing writer would refuse: EngineClosed, and
-    # nothing of them appended. The one in the writer commits.
-    schema = postgres.schema()
-    rival = postgres.log(schema, shared=True)
-    async with Engine.open(log=postgres.log(schema, shared=True), aggregates=[Account]) as b:
-        await b.send(Account, "acct", Deposit(1))
-        pendings = [b.send_nowait(Account, "acct", Deposit(n)) for n in (2, 3, 4)]
-    assert (await pendings[0]).version == 2
-    for pending in pendings[1:]:
-        with pytest.raises(EngineClosed):
-            await pending
-    assert amounts(rival, "acct") == [(1, "Deposited", 1), (2, "Deposited", 2)]
 
 
 async def close_with_retries_under_way(postgres: Postgres, races: int, after: int) -> None:
