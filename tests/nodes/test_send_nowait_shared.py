@@ -2,7 +2,9 @@
 on a stale cached aggregate is decided again by the engine, whether or not its ``Pending``
 is awaited; a rejection stands only if decided on the stream's durable version; the
 retries are bounded (``ConcurrencyError`` past ``CONFLICT_RETRIES``, ``Overloaded`` past
-the mailbox); an engine closing with a retry under way answers it truthfully.
+the mailbox); a command pipelined on a failed one never commits as it was decided (the
+log fails it: see test_shared_pipelining.py); an engine closing commits every command
+already decided and answers one with a retry under way truthfully.
 
 The other process is a second writer of the same schema: a ``PostgresEventLog(shared=True)``
 appending straight to the stream, synchronously, right before the engine decides (so the
@@ -375,6 +377,18 @@ async def test_a_conflict_arriving_at_close_fails_with_engine_closed(postgres: P
     with pytest.raises(EngineClosed):
         await pending
     assert [v for v, _, _ in amounts(rival, "acct")] == [1, 2]
+
+
+async def test_close_commits_every_command_already_decided(postgres: Postgres) -> None:
+    # Pipelined decisions go to the writer at once, as on a log only this engine writes:
+    # the closing writer commits every one of them (Engine.open's contract), none awaited.
+    schema = postgres.schema()
+    rival = postgres.log(schema, shared=True)
+    async with Engine.open(log=postgres.log(schema, shared=True), aggregates=[Account]) as b:
+        await b.send(Account, "acct", Deposit(1))
+        pendings = [b.send_nowait(Account, "acct", Deposit(n)) for n in (2, 3, 4)]
+    assert [(await pending).version for pending in pendings] == [2, 3, 4]
+    assert amounts(rival, "acct") == [(n, "Deposited", n) for n in (1, 2, 3, 4)]
 
 
 async def close_with_retries_under_way(postgres: Postgres, races: int, after: int) -> None:
