@@ -1,0 +1,75 @@
+"""What a bank's transfers look like in the log when each took effect exactly once: the
+check the process-manager node tests share (they read the log itself, not any node)."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+
+import msgspec
+
+from actorlog.storage import EventLog
+from benchmarks.bank import Deposited, TransferCredited, TransferDebited
+
+
+def check_transfers(log: EventLog, opened_with: int, accounts: Iterable[str]) -> int:
+    """Assert that every transfer debited in ``log`` was credited exactly once, by the
+    transfer process's first step, in exactly two steps of its instance (started on the
+    debit, finished on the credit), and that money was conserved; the number of transfers.
+
+    Raises:
+        AssertionError: with what was not so.
+    """
+    events = log.read_all(1, 10_000_000)
+    debits: dict[str, int] = {}  # transfer id -> position
+    credits: dict[str, list[tuple[int, str | None]]] = defaultdict(list)
+    steps: dict[str, list[str | None]] = defaultdict(list)
+    balances: Counter[str] = Counter()
+    for event in events:
+        if event.type == "TransferDebited":
+            debit = msgspec.msgpack.decode(event.payload, type=TransferDebited)
+            assert debit.transfer_id not in debits, f"{debit.transfer_id} debited twice"
+            debits[debit.transfer_id] = event.position
+            balances[event.stream_id] -= debit.amount
+        elif event.type == "TransferCredited":
+            credit = msgspec.msgpack.decode(event.payload, type=TransferCredited)
+            credits[credit.transfer_id].append((event.position, event.command_id))
+            balances[event.stream_id] += credit.amount
+        elif event.type == "Deposited":
+            balances[event.stream_id] += msgspec.msgpack.decode(
+                event.payload, type=Deposited
+            ).amount
+        elif event.stream_id.startswith("$pm:Transfer:"):
+            steps[event.stream_id[len("$pm:Transfer:") :]].append(event.causation_id)
+        else:
+            assert event.type in ("AccountOpened", "$process-acks"), event.type
+    assert set(credits) == set(debits), "a credit without its debit, or the reverse"
+    for transfer_id, position in debits.items():
+        stream = f"$pm:Transfer:{transfer_id}"
+        assert len(credits[transfer_id]) == 1, f"{transfer_id} credited {credits[transfer_id]}"
+        credited_at, command_id = credits[transfer_id][0]
+        assert command_id == f"{stream}/1.0", (transfer_id, command_id)
+        # Started on the debit, finished on the credit: one step each, nothing repeated.
+        assert steps[transfer_id] == [f"position:{position}", f"position:{credited_at}"], (
+            transfer_id,
+            steps[transfer_id],
+        )
+    names = list(accounts)
+    assert set(balances) <= set(names)
+    assert sum(balances[name] for name in names) == opened_with * len(names)
+    assert all(balances[name] >= 0 for name in names)
+    return len(debits)
+
+
+def transfers_in_flight(log: EventLog) -> int:
+    """How far the log is from every debited transfer being credited and its instance
+    finished (0 once they all are): credits and steps still missing."""
+    debits = credits = steps = 0
+    for event in log.read_all(1, 10_000_000):
+        if event.type == "TransferDebited":
+            debits += 1
+        elif event.type == "TransferCredited":
+            credits += 1
+        elif event.stream_id.startswith("$pm:Transfer:"):
+            steps += 1
+    return (debits - credits) + (2 * debits - steps)
