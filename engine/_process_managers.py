@@ -710,7 +710,6 @@ class ProcessManagerHost:
             if instance.failed is not None and command_id in instance.failed:
                 # Its refusal is delivered already (by another engine that ran it too):
                 # the step that says so retires it from the outbox when read back.
-                self.router.sends.pop(command_id, None)
                 return True
             if instance.finished or instance.version == 0:
                 self.router.sends.pop(command_id, None)
@@ -727,7 +726,9 @@ class ProcessManagerHost:
                 isinstance(error, Rejected),
             )
             self._turn(instance, failure, "SendFailed", b"", 0, command_id, failed=command_id)
-            self.router.sends.pop(command_id, None)
+            # Still pending until its step is read back (``on_step`` retires it then): a
+            # cache saved before that must not have dropped it, as the step may yet fail
+            # alone (on a shared log, a conflict with another engine's step).
             self.failures_delivered += 1
             return True
         except BaseException as e:

@@ -9,13 +9,16 @@ from collections.abc import Iterable
 import msgspec
 
 from actorlog.storage import EventLog
-from benchmarks.bank import Deposited, TransferCredited, TransferDebited
+from benchmarks.bank import Deposited, TransferCredited, TransferDebited, TransferRefunded
 
 
 def check_transfers(log: EventLog, opened_with: int, accounts: Iterable[str]) -> int:
     """Assert that every transfer debited in ``log`` was credited exactly once, by the
     transfer process's first step, in exactly two steps of its instance (started on the
-    debit, finished on the credit), and that money was conserved; the number of transfers.
+    debit, finished on the credit), or, if its credit was refused, refunded exactly once,
+    by the step that was told of the refusal, in exactly three steps (started, told,
+    finished on the refund); and that money was conserved. Returns the number of
+    transfers.
 
     Raises:
         AssertionError: with what was not so.
@@ -23,6 +26,7 @@ def check_transfers(log: EventLog, opened_with: int, accounts: Iterable[str]) ->
     events = log.read_all(1, 10_000_000)
     debits: dict[str, int] = {}  # transfer id -> position
     credits: dict[str, list[tuple[int, str | None]]] = defaultdict(list)
+    refunds: dict[str, list[tuple[int, str | None]]] = defaultdict(list)
     steps: dict[str, list[str | None]] = defaultdict(list)
     balances: Counter[str] = Counter()
     for event in events:
@@ -35,6 +39,10 @@ def check_transfers(log: EventLog, opened_with: int, accounts: Iterable[str]) ->
             credit = msgspec.msgpack.decode(event.payload, type=TransferCredited)
             credits[credit.transfer_id].append((event.position, event.command_id))
             balances[event.stream_id] += credit.amount
+        elif event.type == "TransferRefunded":
+            refund = msgspec.msgpack.decode(event.payload, type=TransferRefunded)
+            refunds[refund.transfer_id].append((event.position, event.command_id))
+            balances[event.stream_id] += refund.amount
         elif event.type == "Deposited":
             balances[event.stream_id] += msgspec.msgpack.decode(
                 event.payload, type=Deposited
@@ -43,9 +51,22 @@ def check_transfers(log: EventLog, opened_with: int, accounts: Iterable[str]) ->
             steps[event.stream_id[len("$pm:Transfer:") :]].append(event.causation_id)
         else:
             assert event.type in ("AccountOpened", "$process-acks"), event.type
-    assert set(credits) == set(debits), "a credit without its debit, or the reverse"
+    assert set(credits) | set(refunds) == set(debits), "a credit or refund without a debit"
     for transfer_id, position in debits.items():
         stream = f"$pm:Transfer:{transfer_id}"
+        if transfer_id in refunds:
+            assert transfer_id not in credits, f"{transfer_id} credited and refunded"
+            assert len(refunds[transfer_id]) == 1, f"{transfer_id} refunded twice"
+            refunded_at, command_id = refunds[transfer_id][0]
+            assert command_id == f"{stream}/2.0", (transfer_id, command_id)
+            # Started, told of the refused credit (its command id the cause), finished.
+            told = f"{stream}/1.0"
+            assert steps[transfer_id] == [
+                f"position:{position}",
+                told,
+                f"position:{refunded_at}",
+            ], (transfer_id, steps[transfer_id])
+            continue
         assert len(credits[transfer_id]) == 1, f"{transfer_id} credited {credits[transfer_id]}"
         credited_at, command_id = credits[transfer_id][0]
         assert command_id == f"{stream}/1.0", (transfer_id, command_id)
@@ -64,12 +85,14 @@ def check_transfers(log: EventLog, opened_with: int, accounts: Iterable[str]) ->
 def transfers_in_flight(log: EventLog) -> int:
     """How far the log is from every debited transfer being credited and its instance
     finished (0 once they all are): credits and steps still missing."""
-    debits = credits = steps = 0
+    debits = done = steps = missing_steps = 0
     for event in log.read_all(1, 10_000_000):
         if event.type == "TransferDebited":
             debits += 1
-        elif event.type == "TransferCredited":
-            credits += 1
+            missing_steps += 2
+        elif event.type in ("TransferCredited", "TransferRefunded"):
+            done += 1
+            missing_steps += event.type == "TransferRefunded"  # a third step: told
         elif event.stream_id.startswith("$pm:Transfer:"):
             steps += 1
-    return (debits - credits) + (2 * debits - steps)
+    return (debits - done) + (missing_steps - steps)
