@@ -33,6 +33,12 @@ The router's position and its pending work are saved like a projector's cache, a
 position no later than the oldest step not yet durable; replaying from a saved position
 only re-adds what later events remove again (every change is keyed, last one wins).
 
+On a log several engines write, one engine at a time hosts this (``_process_leader.py``,
+a term per lease held), and two that both do for a moment double nothing: a step expects
+its instance's version (the loser's term restarts from the log: ``on_conflict``), an
+instance reloaded from its stream skips what it reacted to and ignores a deadline it no
+longer has or a refusal it was told already, and a command's id is its step's.
+
 About 1,000 lines, one file on purpose: routing, the step's write and its read-back,
 dispatch, acknowledgements and deadlines are one protocol whose invariant (every effect is
 in the log before it happens, and what is pending is what the log says) is easiest to
