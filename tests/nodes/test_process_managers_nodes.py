@@ -9,6 +9,7 @@ log). Real server, real processes (skipped without ``ACTORLOG_TEST_POSTGRES``);
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import random
@@ -41,9 +42,11 @@ OPENED_WITH = 1_000
 class PmNode:
     """One ``pm_node`` process: ``ask`` a request, or run a ``load`` of transfers."""
 
-    def __init__(self, url: str, schema: str, *, mode: str = "lease") -> None:
+    def __init__(
+        self, url: str, schema: str, *, mode: str = "lease", backend: str = "trio"
+    ) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.nodes.pm_node", url, schema, "trio", mode],
+            [sys.executable, "-m", "tests.nodes.pm_node", url, schema, backend, mode],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -131,8 +134,8 @@ def pm_nodes(
     postgres.log(schema, shared=True)  # the tables exist before the nodes race to create them
     with ExitStack() as stack:
         nodes = []
-        for _ in range(count):
-            node = PmNode(postgres.url, schema, mode=mode)
+        for n in range(count):  # the second on asyncio: the lease's tasks run on both
+            node = PmNode(postgres.url, schema, mode=mode, backend=("trio", "asyncio")[n % 2])
             stack.callback(node.close)
             nodes.append(node)
         for node in nodes:  # started together, ready one by one
@@ -266,6 +269,14 @@ async def test_two_engines_that_both_lead_still_do_each_effect_once(
 
 
 async def test_a_lost_lease_ends_the_term_and_the_lease_is_taken_again(postgres: Postgres) -> None:
+    await a_lost_lease_ends_the_term(postgres)
+
+
+def test_a_lost_lease_ends_the_term_on_asyncio(postgres: Postgres) -> None:
+    asyncio.run(a_lost_lease_ends_the_term(postgres))
+
+
+async def a_lost_lease_ends_the_term(postgres: Postgres) -> None:
     schema = postgres.schema()
     options: dict[str, Any] = {
         "aggregates": [TransferAccount],
