@@ -10,8 +10,9 @@ patched), so it runs the process managers whatever the other nodes do.
 Requests (``op`` and its arguments):
 
 - ``open`` accounts, amount: open each account and deposit ``amount``.
-- ``transfers`` ids, accounts, concurrency: one transfer of 1 per id between two random
-  accounts; answers the ids acknowledged.
+- ``transfers`` ids, accounts, concurrency, refused: one transfer of 1 per id between two
+  random accounts (to an account never opened for the ids in ``refused``); answers the
+  ids acknowledged.
 - ``load`` streams (accounts), concurrency: transfers of 1 between random accounts until a
   ``stop`` line (or a kill), one line ``{"ack": [transfer id, position]}`` each, then
   ``{"stopped": count}``.
@@ -41,10 +42,15 @@ def say(message: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-async def transfer(engine: Engine, transfer_id: str, accounts: list[str]) -> int:
-    """One transfer of 1 between two random accounts, its id its command id (a re-send
-    after a conflict is answered from the log if the first one committed)."""
+async def transfer(
+    engine: Engine, transfer_id: str, accounts: list[str], *, refused: bool = False
+) -> int:
+    """One transfer of 1 between two random accounts (to an account never opened if
+    ``refused``: its credit is refused, and it is refunded), its id its command id (a
+    re-send after a conflict is answered from the log if the first one committed)."""
     source, target = random.sample(accounts, 2)
+    if refused:
+        target = "nowhere"
     while True:
         try:
             done = await engine.send(
@@ -88,10 +94,13 @@ async def handle(engine: Engine, request: dict[str, Any]) -> dict[str, Any]:
     if op == "transfers":
         acked: list[str] = []
         todo = iter(request["ids"])
+        refused = set(request.get("refused", ()))
 
         async def worker() -> None:
             for transfer_id in todo:
-                await transfer(engine, transfer_id, request["accounts"])
+                await transfer(
+                    engine, transfer_id, request["accounts"], refused=transfer_id in refused
+                )
                 acked.append(transfer_id)
 
         async with anyio.create_task_group() as nursery:

@@ -83,16 +83,22 @@ def check_transfers(log: EventLog, opened_with: int, accounts: Iterable[str]) ->
 
 
 def transfers_in_flight(log: EventLog) -> int:
-    """How far the log is from every debited transfer being credited and its instance
-    finished (0 once they all are): credits and steps still missing."""
-    debits = done = steps = missing_steps = 0
+    """How many transfers debited in ``log`` are not yet done: credited or refunded, and
+    their instance's steps all written (two after a credit, three after a refund; more is
+    done too, and for ``check_transfers`` to refuse)."""
+    expected: dict[str, int] = {}  # transfer id -> steps it needs (0: not done yet)
+    steps: Counter[str] = Counter()
     for event in log.read_all(1, 10_000_000):
         if event.type == "TransferDebited":
-            debits += 1
-            missing_steps += 2
-        elif event.type in ("TransferCredited", "TransferRefunded"):
-            done += 1
-            missing_steps += event.type == "TransferRefunded"  # a third step: told
+            expected.setdefault(_transfer_id(event.payload), 0)
+        elif event.type == "TransferCredited":
+            expected[msgspec.msgpack.decode(event.payload, type=TransferCredited).transfer_id] = 2
+        elif event.type == "TransferRefunded":
+            expected[msgspec.msgpack.decode(event.payload, type=TransferRefunded).transfer_id] = 3
         elif event.stream_id.startswith("$pm:Transfer:"):
-            steps += 1
-    return (debits - done) + (missing_steps - steps)
+            steps[event.stream_id[len("$pm:Transfer:") :]] += 1
+    return sum(1 for tid, need in expected.items() if not need or steps[tid] < need)
+
+
+def _transfer_id(payload: bytes) -> str:
+    return msgspec.msgpack.decode(payload, type=TransferDebited).transfer_id
