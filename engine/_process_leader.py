@@ -86,7 +86,6 @@ class LeasedProcessManagers:
         self._stopping = False
         self._limiter = anyio.CapacityLimiter(1)  # the lease's thread (not the readers')
         self.terms = 0
-        self.lease_failures = 0  # tries that could not reach the server
 
     @property
     def leading(self) -> bool:
@@ -115,14 +114,20 @@ class LeasedProcessManagers:
     async def _acquire(self) -> bool:
         try:
             return await anyio.to_thread.run_sync(self._lease.try_acquire, limiter=self._limiter)
-        except StorageError:
-            self.lease_failures += 1
+        except StorageError:  # the server cannot be reached: try again later
             return False
 
     async def _run_term(self) -> None:
         """One term: fresh process managers, run until the lease is lost, a conflict, or
         the engine stops."""
-        hub = self._make()
+        try:
+            hub = self._make()  # reads the routers' saved caches and the head
+        except StorageError:
+            # The server went away after the lease was taken: try it all again later
+            # (the lease first: it is likely lost with the server).
+            self._leading = False
+            await anyio.sleep(LEASE_INTERVAL)
+            return
         self.terms += 1
         async with anyio.create_task_group() as tg:
             hub.on_conflict = tg.cancel_scope.cancel

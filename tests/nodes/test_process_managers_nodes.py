@@ -25,7 +25,7 @@ from typing import Any
 import anyio
 import pytest
 
-from actorlog import DefinitionError, Engine
+from actorlog import ConcurrencyError, DefinitionError, Engine, StorageError
 from actorlog.engine import _pg_lease
 from actorlog.storage import MemoryEventLog
 from benchmarks.bank import Deposit, OpenAccount, Transfer, TransferAccount, TransferProcess
@@ -367,3 +367,54 @@ async def test_process_managers_are_refused_on_a_shared_log_without_a_lease() ->
             log=_OthersAppend(), aggregates=[TransferAccount], process_managers=[TransferProcess]
         ):
             pass  # pragma: no cover
+
+
+async def test_every_connection_dropped_under_transfers(postgres: Postgres) -> None:
+    # The server ends every session (as a restart of it would): the leader's lease with
+    # them, and every writer's connection, mid-transfer. A step or a dispatch that fails
+    # is tried again from the log by whichever engine leads next; clients re-send with
+    # their command id. Every transfer still completes exactly once.
+    schema = postgres.schema()
+    options: dict[str, Any] = {
+        "aggregates": [TransferAccount],
+        "process_managers": [TransferProcess],
+    }
+    async with (
+        Engine.open(log=postgres.log(schema, shared=True), **options) as a,
+        Engine.open(log=postgres.log(schema, shared=True), **options) as b,
+    ):
+        with anyio.fail_after(30):
+            for account in ACCOUNTS:
+                await a.send(TransferAccount, account, OpenAccount(account))
+                await a.send(TransferAccount, account, Deposit(OPENED_WITH))
+            count = 40 * SCALE
+
+            async def send(engine: Engine, n: int) -> None:
+                source, target = random.sample(ACCOUNTS, 2)
+                command = Transfer(f"t-{n}", source, target, 1)
+                while True:
+                    try:
+                        await engine.send(TransferAccount, source, command, command_id=f"t-{n}")
+                        return
+                    except (StorageError, ConcurrencyError):
+                        await anyio.sleep(0.05)  # re-sent: answered from the log if done
+
+            async with anyio.create_task_group() as tg:
+                for n in range(count):
+                    tg.start_soon(send, (a, b)[n % 2], n)
+                    if n == count // 2:
+                        await anyio.sleep(0.05)
+                        dropped = await anyio.to_thread.run_sync(
+                            postgres.execute,
+                            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                            "WHERE pid <> pg_backend_pid() AND datname = current_database() "
+                            "AND backend_type = 'client backend'",
+                        )
+                        assert dropped[0][0] >= 3  # at least the lease and two writers
+            # The leader noticed its lease gone (and began a new term, or the other did).
+            await until(lambda: sum(e.statistics().process_managers[0].terms for e in (a, b)) >= 2)
+            await settled_in_log(postgres, schema)
+            await until(
+                lambda: [e.statistics().process_managers[0].leader for e in (a, b)].count(True) == 1
+            )
+        assert check_transfers(postgres.log(schema, shared=True), OPENED_WITH, ACCOUNTS) == count
