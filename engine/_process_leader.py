@@ -120,6 +120,8 @@ class LeasedProcessManagers:
     async def _run_term(self) -> None:
         """One term: fresh process managers, run until the lease is lost, a conflict, or
         the engine stops."""
+        if self._stopping:  # the lease came back while the engine began to close
+            return
         try:
             hub = self._make()  # reads the routers' saved caches and the head
         except StorageError:
