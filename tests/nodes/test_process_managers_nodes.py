@@ -219,7 +219,6 @@ def test_kill_the_leader_under_load_another_takes_over(postgres: Postgres) -> No
         wait_settled_in_log(postgres, schema)
         survivors = leaders(others)
         assert len(survivors) == 1
-        assert survivors[0].ask("stats")["stats"][0]["terms"] == 1
     log = postgres.log(schema, shared=True)
     transfers = check_transfers(log, OPENED_WITH, ACCOUNTS)
     # Every acknowledged transfer is in it (and the killed node's in-flight ones, whole).
