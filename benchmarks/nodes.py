@@ -10,8 +10,12 @@ real ``python`` process driven over pipes:
   over the engines and the PostgreSQL server (its postmaster and backends, from
   ``/proc``); each as a ratio to one process. 1,000 accounts, 64 clients split over the
   processes, both views live on every process (projectors on every node).
-- **W5 on LMDB with 1 and 3 reader processes** (a writer process owns the log; readers
-  open it read-only): queries a second over all readers, ratio 3 / 1.
+- **W5 with 1 and 3 reader processes, on LMDB and on PostgreSQL** (a writer process owns
+  the log; readers open it read-only on LMDB, as reader nodes on a shared PostgreSQL
+  schema): point queries a second over all readers and queries per CPU-second of theirs,
+  ratio 3 / 1; and whether the cores are the limit: the cores the readers kept busy
+  (their CPU seconds over the wall seconds) with 1 and with 3, on PostgreSQL also the
+  server's (its processes, as for W1), beside ``os.cpu_count()``.
 - **Cross-node visibility**: commands sent one at a time on node A; node B's projector
   records when each position arrives (``time.monotonic``, one clock for every process
   on Linux); the lag from A's acknowledgement to B's apply, p50 and p99, on PostgreSQL
@@ -130,14 +134,21 @@ async def _writer_child(args: dict[str, Any]) -> None:
                 "cpu": cpu,
                 "conflicts": stats.aggregates.retries,
                 "client_retries": retries,
+                "groups": stats.writer.commits,
+                "follower_reads": 0 if stats.follower is None else stats.follower.reads,
             }
         )
         await _line()  # done
 
 
 async def _reader_child(args: dict[str, Any]) -> None:
-    """A W5 read node on an LMDB log another process owns: point queries for a while."""
-    log = LmdbEventLog(args["path"], readonly=True)
+    """A W5 read node (projectors, no aggregates) on a log another process writes, LMDB
+    read-only or PostgreSQL shared: point queries for a while."""
+    log: EventLog = (
+        PostgresEventLog(args["dsn"], schema=args["schema"], shared=True)
+        if args["kind"] == "pg"
+        else LmdbEventLog(args["path"], readonly=True)
+    )
     async with Engine.open(log=log, aggregates=[], projectors=[Balances]) as engine:
         query, balance = engine.query, Balances.balance
         await query(balance, "acct-1", after=args["after"], timeout=30)
@@ -241,8 +252,19 @@ def _server_cpu(dsn: str) -> float:
 
 
 def w1_round(
-    dsn: str, processes: int, routing: str, *, accounts: int, commands: int, views: bool
+    dsn: str,
+    processes: int,
+    routing: str,
+    *,
+    accounts: int,
+    commands: int,
+    views: bool,
+    clients: int = 64,
+    busy: int = 0,
 ) -> dict[str, float]:
+    """One W1 run: ``clients`` split over ``processes`` write processes, beside ``busy``
+    processes that only burn CPU (a control: the contention of more processes on the
+    cores, without their work)."""
     schema = f"bench_nodes_{uuid.uuid4().hex[:12]}"
     setup = PostgresEventLog(dsn, schema=schema)
     try:
@@ -262,20 +284,28 @@ def w1_round(
                 processes=processes,
                 index=i,
                 routing=routing,
-                clients=max(1, 64 // processes),
+                clients=max(1, clients // processes),
                 views=views,
             )
             for i in range(processes)
         ]
         for child in children:
             child.hear()
-        server = _server_cpu(dsn)
-        started = time.perf_counter()
-        for child in children:
-            child.tell({"go": True})
-        results = [child.hear() for child in children]
-        wall = time.perf_counter() - started
-        server = _server_cpu(dsn) - server
+        burners = [
+            subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(busy)
+        ]
+        try:
+            server = _server_cpu(dsn)
+            started = time.perf_counter()
+            for child in children:
+                child.tell({"go": True})
+            results = [child.hear() for child in children]
+            wall = time.perf_counter() - started
+            server = _server_cpu(dsn) - server
+        finally:
+            for burner in burners:
+                burner.kill()
+                burner.wait()
         for child in children:
             child.tell({"done": True})
             child.finish()
@@ -292,24 +322,82 @@ def w1_round(
         "conflicts": sum(r["conflicts"] for r in results) / done,
         "client_retries": sum(r["client_retries"] for r in results) / done,
         "server_cpu_share": server / cpu,
+        "commands_per_group": done / max(1, sum(r["groups"] for r in results)),
+        "follower_reads_per_command": sum(r["follower_reads"] for r in results) / done,
     }
 
 
-def w5_round(path: Path, readers: int, seconds: float, after: int) -> tuple[float, float]:
-    """Queries a second over ``readers`` reader processes, and queries a CPU-second."""
+def w5_round(
+    kind: str, readers: int, seconds: float, after: int, *, dsn: str | None = None, **where: Any
+) -> dict[str, float]:
+    """``readers`` reader processes on one log (``kind`` "lmdb": ``path=``; "pg":
+    ``schema=``, on ``dsn``): queries a second over them all, queries per CPU-second of
+    theirs, the cores they kept busy (their CPU seconds over the wall seconds) and, on
+    PostgreSQL, the cores the server's processes kept busy meanwhile."""
     children = [
-        _Child("reader", path=str(path), seconds=seconds, after=after) for _ in range(readers)
+        _Child("reader", kind=kind, dsn=dsn, seconds=seconds, after=after, **where)
+        for _ in range(readers)
     ]
     for child in children:
         child.hear()
+    server = _server_cpu(dsn) if dsn else 0.0
+    started = time.perf_counter()
     for child in children:
         child.tell({"go": True})
     results = [child.hear() for child in children]
+    wall = time.perf_counter() - started
+    server = _server_cpu(dsn) - server if dsn else 0.0
     for child in children:
         child.tell({"done": True})
         child.finish()
     queries = sum(r["queries"] for r in results)
-    return queries / max(r["seconds"] for r in results), queries / sum(r["cpu"] for r in results)
+    reader_wall = max(r["seconds"] for r in results)
+    cpu = sum(r["cpu"] for r in results)
+    return {
+        "per_second": queries / reader_wall,
+        "per_cpu_second": queries / cpu,
+        "busy_cores": cpu / reader_wall,
+        "server_busy_cores": server / wall,
+    }
+
+
+def _w5_rounds(
+    workload: str, rounds: int, seconds: float, after: int, **where: Any
+) -> dict[str, Any]:
+    """Interleaved rounds of 1 and 3 readers: the JSON line of ``workload``."""
+    ones, threes = [], []
+    for _ in range(rounds):
+        ones.append(w5_round(readers=1, seconds=seconds, after=after, **where))
+        threes.append(w5_round(readers=3, seconds=seconds, after=after, **where))
+
+    def median(runs: list[dict[str, float]], key: str, digits: int = 2) -> float:
+        return round(statistics.median(r[key] for r in runs), digits)
+
+    ratios = [t["per_second"] / o["per_second"] for o, t in zip(ones, threes, strict=True)]
+    cpu_ratios = [
+        t["per_cpu_second"] / o["per_cpu_second"] for o, t in zip(ones, threes, strict=True)
+    ]
+    row: dict[str, Any] = {
+        "workload": workload,
+        "three_over_one_per_second": round(statistics.median(ratios), 3),
+        "three_over_one_per_cpu_second": round(statistics.median(cpu_ratios), 3),
+        "each_round": [round(r, 3) for r in ratios],
+        # Whether the cores are the limit: the cores the readers kept busy (their CPU
+        # seconds over the wall seconds), medians, against the cores the machine has.
+        "reader_busy_cores_one": median(ones, "busy_cores"),
+        "reader_busy_cores_three": median(threes, "busy_cores"),
+        # Each round's [one, three]: a round's ratio follows the cores its readers got.
+        "each_round_reader_busy_cores": [
+            [round(o["busy_cores"], 2), round(t["busy_cores"], 2)]
+            for o, t in zip(ones, threes, strict=True)
+        ],
+    }
+    if where.get("dsn"):
+        row["server_busy_cores_one"] = median(ones, "server_busy_cores", 3)
+        row["server_busy_cores_three"] = median(threes, "server_busy_cores", 3)
+    row["cpu_count"] = os.cpu_count()
+    row["load_average"] = round(os.getloadavg()[0], 2)
+    return row
 
 
 def lag_round(kind: str, engine_open: Any, count: int, **where: Any) -> list[float]:
@@ -366,11 +454,25 @@ def main(argv: list[str] | None = None) -> int:
     for views in (True, False):
         if not args.dsn or ("W1" if views else "W1-plain") not in only:
             continue
-        configs = [(1, "affinity"), (2, "random"), (2, "affinity"), (4, "random"), (4, "affinity")]
-        samples: dict[tuple[int, str], list[dict[str, float]]] = {c: [] for c in configs}
+        # (processes, routing, clients, busy processes). The last four are one process
+        # under the two things that change when the load is split over N processes on
+        # these cores: N-1 more processes contending for the cores (busy ones, burning
+        # CPU), and 64/N clients each (smaller groups).
+        configs: list[tuple[int, str, int, int]] = [
+            (1, "affinity", 64, 0),
+            (2, "random", 64, 0),
+            (2, "affinity", 64, 0),
+            (4, "random", 64, 0),
+            (4, "affinity", 64, 0),
+            (1, "affinity", 64, 1),
+            (1, "affinity", 64, 3),
+            (1, "affinity", 32, 0),
+            (1, "affinity", 16, 0),
+        ]
+        samples: dict[tuple[int, str, int, int], list[dict[str, float]]] = {c: [] for c in configs}
         for _ in range(args.rounds):
-            for processes, routing in configs:
-                samples[(processes, routing)].append(
+            for processes, routing, clients, busy in configs:
+                samples[(processes, routing, clients, busy)].append(
                     w1_round(
                         args.dsn,
                         processes,
@@ -378,59 +480,97 @@ def main(argv: list[str] | None = None) -> int:
                         accounts=1000,
                         commands=20_000 // scale,
                         views=views,
+                        clients=clients,
+                        busy=busy,
                     )
                 )
-        one = samples[(1, "affinity")]
-        base = {k: statistics.median(s[k] for s in one) for k in one[0]}
-        for (processes, routing), runs in samples.items():
-            med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-            row = {
+        medians = {
+            c: {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+            for c, runs in samples.items()
+        }
+        base = medians[configs[0]]
+        for (processes, routing, clients, busy), med in medians.items():
+            row: dict[str, Any] = {
                 "workload": "W1-postgres-nodes" + ("" if views else "-no-views"),
                 "processes": processes,
                 "routing": routing if processes > 1 else "-",
+            }
+            if busy or clients != 64:
+                row["control"] = (
+                    f"one process beside {busy} busy processes"
+                    if busy
+                    else f"one process with {clients} clients"
+                )
+            row |= {
                 "per_second_ratio": round(med["per_second"] / base["per_second"], 3),
                 "per_cpu_second_ratio": round(med["per_cpu_second"] / base["per_cpu_second"], 3),
+            }
+            contended = medians.get((1, "affinity", 64, processes - 1))
+            if processes > 1 and contended is not None:
+                # Per CPU-second against one process under the same contention for the
+                # cores: what splitting the work costs, apart from the cores' sharing.
+                row["per_cpu_second_vs_same_contention"] = round(
+                    med["per_cpu_second"] / contended["per_cpu_second"], 3
+                )
+            row |= {
                 "conflicts_per_command": round(med["conflicts"], 4),
                 "client_retries_per_command": round(med["client_retries"], 5),
                 "server_cpu_share": round(med["server_cpu_share"], 3),
+                "commands_per_group": round(med["commands_per_group"], 1),
+                "follower_reads_per_command": round(med["follower_reads_per_command"], 3),
                 "rounds": args.rounds,
             }
             rows.append(row)
             print(json.dumps(row), flush=True)
     if "W5" in only:
+        seconds = 0.5 if args.quick else 3.0  # each reader run
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp)
-            head = [0]
 
-            async def own() -> None:
+            async def own_lmdb() -> None:
                 # The writer process (this one): opens the log, writes, holds it while the
                 # readers run.
                 async with Engine.open(path, aggregates=[Account], sync=False) as engine:
                     await engine.send(Account, "acct-1", OpenAccount("q"))
-                    head[0] = (await engine.send(Account, "acct-1", Deposit(5))).position
-                    ratios, cpu_ratios = [], []
-                    seconds = 3.0 / (2 if args.quick else 1)
-                    for _ in range(args.rounds):
-                        one = await anyio.to_thread.run_sync(w5_round, path, 1, seconds, head[0])
-                        three = await anyio.to_thread.run_sync(w5_round, path, 3, seconds, head[0])
-                        ratios.append(three[0] / one[0])
-                        cpu_ratios.append(three[1] / one[1])
-                    print(
-                        json.dumps(
-                            {
-                                "workload": "W5-lmdb-readers",
-                                "three_over_one_per_second": round(statistics.median(ratios), 3),
-                                "three_over_one_per_cpu_second": round(
-                                    statistics.median(cpu_ratios), 3
-                                ),
-                                "each_round": [round(r, 3) for r in ratios],
-                                "load_average": round(os.getloadavg()[0], 2),
-                            }
-                        ),
-                        flush=True,
+                    head = (await engine.send(Account, "acct-1", Deposit(5))).position
+                    row = await anyio.to_thread.run_sync(
+                        lambda: _w5_rounds(
+                            "W5-lmdb-readers", args.rounds, seconds, head, kind="lmdb", path=tmp
+                        )
                     )
+                    print(json.dumps(row), flush=True)
 
-            trio.run(own)
+            trio.run(own_lmdb)
+        if args.dsn:
+            dsn, schema = args.dsn, f"bench_readers_{uuid.uuid4().hex[:12]}"
+
+            async def own_pg() -> None:
+                # The write node (this one), as on LMDB; the readers are reader nodes on
+                # the same schema, each following the log from PostgreSQL.
+                log = PostgresEventLog(dsn, schema=schema, shared=True)
+                async with Engine.open(log=log, aggregates=[Account]) as engine:
+                    await engine.send(Account, "acct-1", OpenAccount("q"))
+                    head = (await engine.send(Account, "acct-1", Deposit(5))).position
+                    row = await anyio.to_thread.run_sync(
+                        lambda: _w5_rounds(
+                            "W5-postgres-readers",
+                            args.rounds,
+                            seconds,
+                            head,
+                            kind="pg",
+                            dsn=dsn,
+                            schema=schema,
+                        )
+                    )
+                    print(json.dumps(row), flush=True)
+
+            try:
+                trio.run(own_pg)
+            finally:
+                import psycopg
+
+                with psycopg.connect(dsn, autocommit=True) as conn:
+                    conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
     if "lag" in only:
         count = 500 // scale
         with tempfile.TemporaryDirectory() as tmp:
@@ -479,14 +619,34 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
     for workload in sorted({r["workload"] for r in rows if r["workload"].startswith("W1")}):
-        mine = [r for r in rows if r["workload"] == workload]
+        mine = [r for r in rows if r["workload"] == workload and "control" not in r]
         base = [r for r in mine if r["processes"] == 1]
+        suffix = "" if workload == "W1-postgres-nodes" else ", no views"
         for routing in ("random", "affinity"):
             points = base + [r for r in mine if r["routing"] == routing]
             xs = [r["processes"] for r in points]
-            label = f"{routing}{'' if workload == 'W1-postgres-nodes' else ', no views'}"
             for ax, key in zip(axes, ("per_second_ratio", "per_cpu_second_ratio"), strict=True):
-                ax.plot(xs, [r[key] for r in points], marker="o", label=label)
+                ax.plot(xs, [r[key] for r in points], marker="o", label=routing + suffix)
+        # The control: one process beside N-1 busy processes (the same contention for
+        # the cores as N write processes), per CPU-second.
+        busy = {
+            r["control"]: r
+            for r in rows
+            if r["workload"] == workload and "busy" in r.get("control", "")
+        }
+        controls = base + [
+            busy[f"one process beside {n - 1} busy processes"]
+            for n in (2, 4)
+            if f"one process beside {n - 1} busy processes" in busy
+        ]
+        if len(controls) > 1:
+            axes[1].plot(
+                [1, 2, 4][: len(controls)],
+                [r["per_cpu_second_ratio"] for r in controls],
+                linestyle="--",
+                marker="x",
+                label="1 process, same contention" + suffix,
+            )
     for ax, title in zip(
         axes, ("commands/s vs 1 process", "commands per CPU-second vs 1 process"), strict=True
     ):

@@ -20,8 +20,11 @@ In an engine with aggregates the follower also reads what others committed itsel
 (inline, skipping this engine's own batches), hands it to the cached aggregates
 (``Aggregates.apply_foreign``: an idle actor applies the next event, any other is marked
 stale), and shares the read with the projectors. Its latency is the conflict rate under
-random routing, which is why those reads, and the look at the head while others keep
-committing, run on the loop rather than in the thread (``docs/design.md``).
+random routing, which is why those reads run on the loop rather than in the thread; while
+others keep committing it reads on from there, at most every ``HOT_PACE`` seconds and
+without a look at the head first (each query counts: every node reads what every other
+node writes), and only a read that finds nothing sends it back to the thread's wait
+(``docs/design.md``).
 
 The engine's own commits keep taking the writer's path (``publish``): a group commit
 returns, and publishes, on the event loop, before the follower's thread can report a head
@@ -55,6 +58,8 @@ FOLLOW_WAIT: Final = 0.1
 engine's close may wait for the thread."""
 OWN_RANGES: Final = 4096
 """The most of this engine's own batches the follower remembers above what it has read."""
+HOT_PACE: Final = 0.002
+"""While others keep committing, the least time between two of the follower's reads."""
 READ_BATCH: Final = 4096
 """The most events the follower reads at once (for an engine with aggregates)."""
 RETRY_PAUSE: Final = 0.5
@@ -79,6 +84,9 @@ class FollowerStatistics(msgspec.Struct, frozen=True):
     flight)."""
     foreign_events: int
     """Events of other processes the follower read for the cached aggregates."""
+    reads: int
+    """Reads of the log the follower made for them (each brings every event committed
+    since the one before, up to ``READ_BATCH``)."""
     last_error: str | None
 
 
@@ -104,6 +112,7 @@ class Follower:
         # range dropped is read back and skipped by version, never lost.
         self._own: deque[tuple[int, int]] = deque(maxlen=OWN_RANGES)
         self.foreign_events = 0
+        self.reads = 0
         self._blocking = reads_block(log)
         # Threads of their own: a follower parked on LISTEN must not hold one of the
         # engine's read threads (activations, catch-up).
@@ -122,42 +131,54 @@ class Follower:
     async def run(self) -> None:
         """Follow the log until cancelled (the engine's task group owns this task).
 
-        Feeding aggregates, a turn that found others' events looks at the head again at
-        once, inline (one round trip on the loop, after a checkpoint), rather than in the
-        waiting thread: while others keep committing, every hand-off of the GIL from a
-        thread back to a busy loop adds latency, and latency here is conflicts.
+        Feeding aggregates, while others keep committing the follower reads on inline
+        (one round trip on the loop: a thread's hand-offs of the GIL back to a busy loop
+        add latency, and latency here is conflicts), at most once every ``HOT_PACE``
+        seconds, and without asking for the head first: the read itself says what is
+        new, and one read brings every group committed since the last one. Only when a
+        read finds nothing does it go back to waiting in the thread (LISTEN/NOTIFY).
         """
         hot = False
+        last_read = 0.0
         while True:
-            # Feeding aggregates, the follower waits for anything it has not handed on;
-            # else for a head beyond the broadcast's.
-            known = self._followed if self._on_events is not None else self._broadcast.head
-            try:
-                if hot:
-                    await anyio.lowlevel.checkpoint()
-                    head = self._log.head_position()
+            if hot:
+                # Others are committing: read on, paced, so that one round trip brings
+                # several of their groups (fewer queries for the server and for this
+                # process) at the price of up to HOT_PACE of staleness.
+                pause = last_read + HOT_PACE - anyio.current_time()
+                if pause > 0:
+                    await anyio.sleep(pause)
                 else:
+                    await anyio.lowlevel.checkpoint()
+                head = self._followed
+            else:
+                # Feeding aggregates, the follower waits for anything it has not handed
+                # on; else for a head beyond the broadcast's.
+                known = self._followed if self._on_events is not None else self._broadcast.head
+                try:
                     head = await anyio.to_thread.run_sync(
                         self._wait, known, FOLLOW_WAIT, limiter=self._limiter
                     )
-            except StorageError as e:
-                # The server is gone for now: projectors keep what they have; try again.
-                self.failures += 1
-                self.last_error = str(e)
-                hot = False
-                await anyio.sleep(RETRY_PAUSE)
-                continue
-            hot = False
-            if self._on_events is not None and head > self._followed:
+                except StorageError as e:
+                    # The server is gone for now: projectors keep what they have; retry.
+                    self.failures += 1
+                    self.last_error = str(e)
+                    await anyio.sleep(RETRY_PAUSE)
+                    continue
+            was_hot, hot = hot, False
+            if self._on_events is not None and (was_hot or head > self._followed):
                 seen = self.foreign_events
+                last_read = anyio.current_time()
                 try:
-                    await self._read_foreign(head)
+                    # Hot, the read finds its own end (the log's head as of the read).
+                    await self._read_foreign(None if was_hot else head)
                 except StorageError as e:
                     # Only a shortcut: the projectors read for themselves, and a stale
                     # aggregate is caught by its append's expected version.
                     self.failures += 1
                     self.last_error = str(e)
                 hot = self.foreign_events > seen
+                head = max(head, self._followed)
             self._advance(head)
 
     def feed(self, on_events: Callable[[list[StoredEvent]], None] | None) -> None:
@@ -166,26 +187,31 @@ class Follower:
         have read it anyway. None: only move the head (a reader engine)."""
         self._on_events = on_events
 
-    async def _read_foreign(self, head: int) -> None:
-        """Read the positions up to ``head`` that other processes committed (skipping this
-        engine's own batches, ``_own``), hand them to the aggregates, and share them with
-        the projectors. Stops early at anything not gap-free (the projectors and the
-        appends' version checks do not depend on this)."""
+    async def _read_foreign(self, head: int | None) -> None:
+        """Read what other processes committed after ``_followed`` (skipping this engine's
+        own batches, ``_own``), hand it to the aggregates, and share it with the
+        projectors: up to ``head`` if given, else until a read comes back short (the log's
+        head as of that read). Stops early at anything not gap-free (the projectors and
+        the appends' version checks do not depend on this)."""
         on_events = self._on_events
         assert on_events is not None
         own = self._own
-        while self._followed < head:
+        while head is None or self._followed < head:
             start = self._followed + 1
             while own and own[0][1] < start:
                 own.popleft()  # passed already
             if own and own[0][0] <= start:
                 self._followed = own.popleft()[1]  # ours: the aggregates decided it
                 continue
-            end = min(head, own[0][0] - 1) if own else head
+            end = own[0][0] - 1 if own else None
+            if head is not None:
+                end = head if end is None else min(end, head)
+            limit = READ_BATCH if end is None else min(end - start + 1, READ_BATCH)
             # Inline, like the writer's commit: one round trip on the loop costs less than
             # a thread's hand-offs of the GIL back to a busy loop (measured: the lag from
             # another process's commit to its apply, p50, 250 ms in a thread under load).
-            events = self._log.read_all(start, min(end - start + 1, READ_BATCH))
+            events = self._log.read_all(start, limit)
+            self.reads += 1
             if not events or events[0].position != start:
                 return
             if events[-1].position != start + len(events) - 1:
@@ -195,6 +221,8 @@ class Follower:
             on_events(events)
             self.foreign_events += len(events)
             self._followed = max(self._followed, events[-1].position)
+            if head is None and len(events) < limit:
+                return  # caught up with the log as of this read
 
     def _advance(self, head: int) -> None:
         if head > self._broadcast.head:
@@ -258,7 +286,12 @@ class Follower:
     def statistics(self) -> FollowerStatistics:
         """What the follower saw so far."""
         return FollowerStatistics(
-            self.advances, self.failures, self.announcements, self.foreign_events, self.last_error
+            self.advances,
+            self.failures,
+            self.announcements,
+            self.foreign_events,
+            self.reads,
+            self.last_error,
         )
 
 

@@ -5,8 +5,10 @@ bounded poll as the fallback.
                                                              in flight, coalesced
     engine B's follower thread:  wait_for_head(known, timeout)
         LISTEN (once, on its own connection) ──▶ head? ──▶ > known: return it
-                                              └─▶ wait for the socket (a notification),
-                                                  at most ``POLL`` s ──▶ head? ──▶ return it
+                                              └─▶ wait for the socket (another process's
+                                                  notification; this one's own are read
+                                                  and dropped, by the announcer's backend
+                                                  pid), at most ``POLL`` s ──▶ head? ──▶ ...
 
 Why the NOTIFY is not in the commit's transaction: a NOTIFY takes a global lock at
 commit (the notification queue's), and the group commit already holds the events' table
@@ -26,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import select
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -74,6 +77,7 @@ class HeadChannel:
         self._listen_lock = threading.Lock()
         self._announce_lock = threading.Lock()
         self._noticed = False
+        self._announcer_pid = 0  # its backend's pid: the notifications to ignore
         self._closed = False
 
     def wait_for_head(self, known: int, timeout: float) -> int:
@@ -86,23 +90,39 @@ class HeadChannel:
         with self._listen_lock:
             try:
                 conn = self._listening()
-                remaining = timeout
+                deadline = time.monotonic() + timeout
                 while True:
                     self._noticed = False
                     head = self._head(conn)
-                    if head > known or remaining <= 0:
+                    if head > known or time.monotonic() >= deadline:
                         return head
                     if self._noticed:
-                        continue  # a notification came in with the head's own reply
-                    wait = min(remaining, POLL)
-                    ready, _, _ = select.select([conn.fileno()], [], [], wait)
-                    remaining = 0 if ready else remaining - wait
+                        continue  # another process's notification came with the reply
+                    self._wait_for_notice(conn, deadline)
             except psycopg.Error as e:
                 self._drop_listener()
                 raise StorageError(f"following the PostgreSQL log failed: {e}") from e
             except OSError as e:  # the socket went away under select
                 self._drop_listener()
                 raise StorageError(f"following the PostgreSQL log failed: {e}") from e
+
+    def _wait_for_notice(self, conn: psycopg.Connection[Any], deadline: float) -> None:
+        """Wait until another process's notification arrives, ``POLL`` seconds pass, or
+        ``deadline``. This process's own notifications (its announcer's backend) are read
+        and dropped here, without a query: each would otherwise cost a read of the head
+        that can only find what this engine already knows."""
+        pgconn = conn.pgconn
+        end = min(deadline, time.monotonic() + POLL)
+        while (wait := end - time.monotonic()) > 0:
+            ready, _, _ = select.select([conn.fileno()], [], [], wait)
+            if not ready:
+                return
+            pgconn.consume_input()
+            foreign = False
+            while (notice := pgconn.notifies()) is not None:
+                foreign = foreign or notice.be_pid != self._announcer_pid
+            if foreign:
+                return
 
     def announce(self) -> None:
         """Tell the log's followers that its head moved (one NOTIFY). Blocking.
@@ -117,6 +137,7 @@ class HeadChannel:
             try:
                 if conn is None or conn.closed:
                     conn = self._announcer = self._connect()
+                    self._announcer_pid = conn.info.backend_pid
                 conn.execute("SELECT pg_notify(%s, '')", (self._channel,))
             except psycopg.Error as e:
                 self._announcer = None
@@ -154,8 +175,9 @@ class HeadChannel:
             self._listener = conn
         return conn
 
-    def _notified(self, _: Any) -> None:
-        self._noticed = True
+    def _notified(self, notice: psycopg.Notify) -> None:
+        if notice.pid != self._announcer_pid:  # not this process's own announcement
+            self._noticed = True
 
     def _head(self, conn: psycopg.Connection[Any]) -> int:
         row = conn.execute(self._head_query).fetchone()
