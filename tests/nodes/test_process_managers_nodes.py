@@ -417,3 +417,58 @@ async def test_every_connection_dropped_under_transfers(postgres: Postgres) -> N
                 lambda: [e.statistics().process_managers[0].leader for e in (a, b)].count(True) == 1
             )
         assert check_transfers(postgres.log(schema, shared=True), OPENED_WITH, ACCOUNTS) == count
+
+
+async def test_a_deadline_left_by_a_leader_that_closed_fires_once_on_the_next(
+    postgres: Postgres,
+) -> None:
+    # A redeploy: the leader closes with a scheduled command pending; the other engine
+    # takes the lease, arms the deadline from the log, and fires it exactly once.
+    from actorlog.testing import FakeClock
+    from tests.engine.process_manager_scenarios import Book, Booking, ScheduledExpiry
+
+    schema = postgres.schema()
+    clock = FakeClock()
+    engines: dict[int, Engine] = {}
+    close = [anyio.Event(), anyio.Event()]
+
+    async def host(index: int) -> None:  # each engine in a task of its own: closed apart
+        async with Engine.open(
+            log=postgres.log(schema, shared=True),
+            aggregates=[Booking],
+            process_managers=[ScheduledExpiry],
+            clock=clock,
+        ) as engine:
+            engines[index] = engine
+            await close[index].wait()
+        del engines[index]
+
+    def leads(index: int) -> bool:
+        engine = engines.get(index)
+        return engine is not None and engine.statistics().process_managers[0].leader
+
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tg:
+            for index in range(2):
+                tg.start_soon(host, index)
+            await until(lambda: len(engines) == 2 and [leads(0), leads(1)].count(True) == 1)
+            first = 0 if leads(0) else 1
+            leader, other = engines[first], engines[1 - first]
+            await other.send(Booking, "b-1", Book("b-1"))
+            await leader.wait_settled()
+            assert leader.statistics().process_managers[0].pending_deadlines == 1
+            close[first].set()  # the leader closes, releasing the lease
+            await until(lambda: leads(1 - first))
+            await other.wait_settled()
+            assert other.statistics().process_managers[0].pending_deadlines == 1
+            clock.advance(61)
+            await until(lambda: len(other.log.read_stream("b-1")) == 2, pause=0.02)
+            await other.wait_settled()
+            stats = other.statistics().process_managers[0]
+            expired = other.log.read_stream("b-1")
+            steps = other.log.read_stream("$pm:ScheduledExpiry:b-1")
+            close[1 - first].set()
+    assert [e.type for e in expired] == ["Booked", "Expired"]
+    assert expired[1].command_id == "$pm:ScheduledExpiry:b-1/2.0"
+    assert len(steps) == 2  # set by the first leader, fired by the second
+    assert (stats.deadlines_fired, stats.pending_deadlines, stats.pending_sends) == (1, 0, 0)
