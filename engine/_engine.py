@@ -57,6 +57,7 @@ from ._log_postgres import PostgresEventLog
 from ._log_view import LogView
 from ._metadata import CommandMeta, RecordPrincipal, command_meta
 from ._policy import Policy, allow_query, allow_send, check_policy, send_refused
+from ._process_leader import LeasedProcessManagers, lease_name
 from ._process_managers import ProcessManagers
 from ._process_steps import ProcessManagerStatistics, check_process_managers
 from ._projectors import (
@@ -142,7 +143,7 @@ class Engine:
         registry: EventRegistry,
         policy: Policy | None = None,
         record_principal: RecordPrincipal | None = None,
-        processes: ProcessManagers | None = None,
+        processes: ProcessManagers | LeasedProcessManagers | None = None,
         follower: Follower | None = None,
     ) -> None:
         # Use Engine.open: the engine only works inside the task group it creates.
@@ -244,8 +245,12 @@ class Engine:
                 idempotent retries (default: the newest 250,000 younger than a day).
             process_managers: the :class:`ProcessManager` classes to host; each reads
                 the log from where it left off, and sends what it decided but had not
-                sent (see ``docs/design.md``, "Process managers"). Not on a log other
-                processes write too (``DefinitionError``): not coordinated across them yet.
+                sent (see ``docs/design.md``, "Process managers"). On a log several engines
+                write (``PostgresEventLog(shared=True)``) one engine at a time runs them,
+                the holder of their lease; the others stand by and take over within about
+                half a second of its loss (``statistics().process_managers``: ``leader``).
+                Refused (``DefinitionError``) on another log that others write: it offers
+                no lease.
             clock: what process managers' deadlines read the time from and sleep with
                 (default: the system's wall clock; tests pass a
                 ``actorlog.testing.FakeClock``).
@@ -350,12 +355,13 @@ class Engine:
                     "a log opened read-only serves queries only: open the engine with "
                     "aggregates=[] and no process managers (its writer is another process)"
                 )
-            if process_kinds and follows_others(log):
-                # Every node would react to every event and race its step appends: not
-                # coordinated across processes yet, so refused rather than half working.
+            if process_kinds and follows_others(log) and not hasattr(log, "open_lease"):
+                # Other engines write it: one of them at a time runs the process managers,
+                # chosen by a lease the log must offer (_process_leader.py).
                 raise DefinitionError(
-                    "process managers need a log this engine alone writes: on a shared log "
-                    "every node would run them (not coordinated across processes yet)"
+                    f"process managers on a log other processes write run on one engine at "
+                    f"a time, chosen by a lease, and a {type(log).__name__} offers none "
+                    "(PostgresEventLog(shared=True) does): host them where one engine writes"
                 )
             registry = EventRegistry()
             head = (
@@ -392,9 +398,10 @@ class Engine:
                         read_limiter=limiter,
                     )
                 )
-            processes = None
+            processes: ProcessManagers | LeasedProcessManagers | None = None
             if process_kinds:
-                processes = ProcessManagers(
+                make_processes = functools.partial(
+                    ProcessManagers,
                     process_kinds,
                     log=log,
                     writer=writer,
@@ -405,6 +412,12 @@ class Engine:
                     clock=SystemClock() if clock is None else clock,
                     read_limiter=limiter,
                 )
+                if follows_others(log):
+                    # One engine of the log at a time runs them: the lease's holder.
+                    lease = log.open_lease(lease_name(process_kinds))  # type: ignore[attr-defined]
+                    processes = LeasedProcessManagers(make_processes, lease)
+                else:
+                    processes = make_processes()
             engine = cls(
                 log=log,
                 writer=writer,
@@ -432,7 +445,7 @@ class Engine:
                 if processes is not None:
                     tg.start_soon(processes.run, broadcast.head)
                 if follower is not None:
-                    if projector_kinds or aggregate_kinds:
+                    if projector_kinds or aggregate_kinds or processes is not None:
                         follower.feed(hosts.apply_foreign if aggregate_kinds else None)
                         tg.start_soon(follower.run)
                     if follower.announces and aggregate_kinds:
@@ -899,13 +912,16 @@ class Engine:
     ) -> None:
         """Wait until every process manager has settled: it has read the log to its
         head, its steps are durable, and every command it decided was sent and answered
-        (deadlines still to come do not count). Cancelling the wait is safe.
+        (deadlines still to come do not count). Cancelling the wait is safe. On a log
+        several engines write, only the engine that leads them can tell: elsewhere it waits
+        until this engine leads and has settled (``QueryTimeout`` if it does not).
 
         Raises:
             ProjectorFaulted: a process manager is halted (its fault names the event).
             InvalidArgument: ``timeout`` is not None or a finite number >= 0.
             QueryTimeout: ``timeout`` seconds passed first.
             EngineClosed: the engine is closing or closed.
+            StorageError: on a log others write, its head could not be read.
         """
         if timeout is not None:
             _check_timeout(timeout)
@@ -913,6 +929,10 @@ class Engine:
         if processes is None:
             return
         with anyio.move_on_after(math.inf if timeout is None else timeout) as scope:
+            if self._follower is not None and isinstance(processes, LeasedProcessManagers):
+                # Others write the log: what they acknowledged before this call (a debit a
+                # client sent to another engine) must be read before settling counts.
+                await self._follower.refresh()
             # Polled: settling depends on the writer, the routers and every dispatch; a
             # few milliseconds late is fine for what waits on it (tests, benchmarks).
             while not processes.settled():

@@ -87,6 +87,7 @@ from ._log import (
     expected_ok,
 )
 from ._pg_follow import HeadChannel
+from ._pg_lease import PgLease
 from ._records import Append, AppendResult, ProjectorCache, Snapshot, StoredEvent
 
 __all__ = ["FORMAT", "PostgresEventLog"]
@@ -661,6 +662,12 @@ class PostgresEventLog:
                 if channel is None:
                     channel = self._channel = HeadChannel(self._connect, self._schema, self._q.head)
         return channel
+
+    def open_lease(self, name: str) -> PgLease:
+        """A lease named ``name`` among every engine of this schema, on a connection of its
+        own, opened on first use (``engine/_pg_lease.py``); the caller closes it."""
+        self._check_open()
+        return PgLease(self._dsn, self._schema, name, connect_timeout=self._timeout)
 
     # -- lifecycle ------------------------------------------------------------------------
 

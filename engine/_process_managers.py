@@ -33,6 +33,12 @@ The router's position and its pending work are saved like a projector's cache, a
 position no later than the oldest step not yet durable; replaying from a saved position
 only re-adds what later events remove again (every change is keyed, last one wins).
 
+On a log several engines write, one engine at a time hosts this (``_process_leader.py``,
+a term per lease held), and two that both do for a moment double nothing: a step expects
+its instance's version (the loser's term restarts from the log: ``on_conflict``), an
+instance reloaded from its stream skips what it reacted to and ignores a deadline it no
+longer has or a refusal it was told already, and a command's id is its step's.
+
 About 1,000 lines, one file on purpose: routing, the step's write and its read-back,
 dispatch, acknowledgements and deadlines are one protocol whose invariant (every effect is
 in the log before it happens, and what is pending is what the log says) is easiest to
@@ -126,6 +132,7 @@ class _Instance:
 
     __slots__ = (
         "correlation_id",
+        "failed",
         "finished",
         "last_position",
         "process_id",
@@ -146,6 +153,9 @@ class _Instance:
         self.finished = False
         self.correlation_id: str | None = None
         self.unconfirmed = 0
+        # The commands whose refusal its stream records (a SendFailed step): delivered
+        # once, even if another engine that also ran it was refused the same command.
+        self.failed: set[str] | None = None
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -396,6 +406,10 @@ class ProcessManagerHost:
     def _evolve(instance: _Instance, step: ProcessStep) -> None:
         if step.trigger > instance.last_position:
             instance.last_position = step.trigger
+        if step.failed is not None:
+            if instance.failed is None:
+                instance.failed = set()
+            instance.failed.add(step.failed)
         for key in step.cancels:
             instance.timers.pop(key, None)
         if step.fired is not None:
@@ -540,6 +554,12 @@ class ProcessManagerHost:
             if isinstance(outcome, EngineError):
                 # Its state is ahead of its stream: reload it, and read the event again.
                 self.live.pop(instance.stream_id, None)
+                on_conflict = self.hub.on_conflict
+                if on_conflict is not None and isinstance(outcome, ConcurrencyError):
+                    # Another engine wrote this instance (on a shared log, a leader that
+                    # lost its lease): this term's memory is stale; start afresh.
+                    on_conflict()
+                    return
                 if not isinstance(outcome, EngineClosed):
                     self._halt_at(trigger, outcome)
                 return
@@ -693,6 +713,10 @@ class ProcessManagerHost:
         process_id = pending.process_stream[len(self.prefix) :]
         try:
             instance = self._instance(pending.process_stream, process_id)
+            if instance.failed is not None and command_id in instance.failed:
+                # Its refusal is delivered already (by another engine that ran it too):
+                # the step that says so retires it from the outbox when read back.
+                return True
             if instance.finished or instance.version == 0:
                 self.router.sends.pop(command_id, None)
                 self._acks.append(command_id)  # nobody to tell: not retried either
@@ -708,7 +732,9 @@ class ProcessManagerHost:
                 isinstance(error, Rejected),
             )
             self._turn(instance, failure, "SendFailed", b"", 0, command_id, failed=command_id)
-            self.router.sends.pop(command_id, None)
+            # Still pending until its step is read back (``on_step`` retires it then): a
+            # cache saved before that must not have dropped it, as the step may yet fail
+            # alone (on a shared log, a conflict with another engine's step).
             self.failures_delivered += 1
             return True
         except BaseException as e:
@@ -874,6 +900,9 @@ class ProcessManagers:
         self._sleep: anyio.CancelScope | None = None
         self._sleeping_until = float("inf")
         self._scope: anyio.CancelScope | None = None
+        # Set on a log several engines write (``_process_leader.py``): called when a step
+        # finds its instance moved by another engine, instead of halting.
+        self.on_conflict: Callable[[], None] | None = None
 
     def aggregate(self, cls: object) -> AggregateType:
         """The hosted aggregate class ``cls``.
@@ -1012,6 +1041,15 @@ class ProcessManagers:
                 host.host.queue_save()
             except Exception:  # XX: not reported anywhere yet
                 continue
+
+    def end_term(self) -> None:
+        """This engine no longer runs them (its lease lost, or its term restarted): queue the
+        last acks, and stop waking the routers. The routers' caches are not saved: the
+        next term (here or elsewhere) starts from the log, which holds every durable step."""
+        for host in self.hosts:
+            with contextlib.suppress(EngineError):  # a lost ack is only a re-send
+                host.flush_acks()
+            self.broadcast.unsubscribe(host.host)
 
     def settled(self) -> bool:
         """True when every process manager is settled (see ``Engine.wait_settled``).

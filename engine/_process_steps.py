@@ -88,13 +88,15 @@ class ProcessManagerStatistics(msgspec.Struct, frozen=True):
     """Where a process manager stands.
 
     ``state``: ``"catching_up"``, ``"live"`` or ``"halted"`` (an instance's reaction
-    raised, or a step could not be written: see ``fault``). ``pending_sends`` are
-    commands decided and not yet acknowledged, ``pending_deadlines`` deadlines set and not
-    yet fired or cancelled.
+    raised, or a step could not be written: see ``fault``), or ``"standby"``: on a log
+    several engines write, another engine runs it now (see ``leader``; every count is
+    then 0). ``pending_sends`` are commands decided and not yet acknowledged,
+    ``pending_deadlines`` deadlines set and not yet fired or cancelled. The counts are
+    this engine's since its current term began (``terms``).
     """
 
     name: str
-    state: Literal["catching_up", "live", "halted"]
+    state: Literal["catching_up", "live", "halted", "standby"]
     checkpoint: int
     lag: int
     live_instances: int
@@ -112,6 +114,15 @@ class ProcessManagerStatistics(msgspec.Struct, frozen=True):
     halted_instances: int = 0
     """Instances halted by a reaction that raised (``on_error = "halt"``): their messages
     wait for ``Engine.resume`` or a restart; the others go on. ``fault`` names the oldest."""
+    leader: bool = True
+    """True if this engine runs the process manager now: always on a log it alone writes;
+    on a log several engines write (``PostgresEventLog(shared=True)``), while it holds the
+    process managers' lease (one engine at a time; another takes over within about half a
+    second of its loss)."""
+    terms: int = 1
+    """How many times this engine started running it: 1 on a log it alone writes; on a
+    shared log, one more each time it gained the lease, or restarted its term because
+    another engine wrote to one of its instances (a leader that had lost its lease)."""
 
 
 class Effects(msgspec.Struct, frozen=True):

@@ -230,6 +230,11 @@ class Broadcast:
         """Wake ``host`` after every publish."""
         self._listeners.append(host)
 
+    def unsubscribe(self, host: ProjectorHost) -> None:
+        """Stop waking ``host`` (a process manager's router whose term ended)."""
+        if host in self._listeners:
+            self._listeners.remove(host)
+
     def publish(self, batch: CommitBatch) -> None:
         """Record a committed batch (called by the writer, in log order) and wake readers."""
         events = batch.events

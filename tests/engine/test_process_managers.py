@@ -125,16 +125,3 @@ async def test_a_scheduled_command_is_checked_when_scheduled(tmp_path: Path) -> 
         assert (stats.halted_instances, stats.pending_deadlines) == (1, 0)
         assert "not an aggregate this engine hosts" in (stats.fault or "")
         assert engine.log.read_stream("$pm:Misdirected:b-1") == []
-
-
-async def test_process_managers_are_refused_on_a_shared_log(postgres: Postgres) -> None:
-    # Every node of a shared log would run them and race their steps: refused at open.
-    from actorlog import DefinitionError, Engine
-    from benchmarks.bank import TransferAccount, TransferProcess
-
-    log = postgres.log(postgres.schema(), shared=True)
-    with pytest.raises(DefinitionError, match="process managers"):
-        async with Engine.open(
-            log=log, aggregates=[TransferAccount], process_managers=[TransferProcess]
-        ):
-            pass  # pragma: no cover
