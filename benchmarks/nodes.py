@@ -47,6 +47,7 @@ import trio
 from actorlog import ConcurrencyError, Engine, Projector, Recorded, Rejected, applies
 from actorlog.storage import EventLog, LmdbEventLog, PostgresEventLog
 
+from ._child import Child
 from .bank import Account, Balances, Deposit, Deposited, OpenAccount, Totals
 from .workloads import _commands, _open_accounts
 
@@ -184,28 +185,9 @@ def _child(role: str, args: dict[str, Any]) -> None:
     trio.run(job, args)
 
 
-class _Child:
+class _Child(Child):
     def __init__(self, role: str, **args: Any) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.nodes", "--child", role, json.dumps(args)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            cwd=ROOT,
-        )
-
-    def tell(self, message: dict[str, Any]) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps(message) + "\n")
-        self.proc.stdin.flush()
-
-    def hear(self) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"a child exited: {self.proc.wait()}")
-        message: dict[str, Any] = json.loads(line)
-        return message
+        super().__init__("benchmarks.nodes", "--child", role, json.dumps(args))
 
     def finish(self) -> None:
         self.proc.communicate(timeout=60)

@@ -17,7 +17,6 @@ import argparse
 import json
 import random
 import statistics
-import subprocess
 import sys
 import time
 import uuid
@@ -31,6 +30,7 @@ import anyio.to_thread
 from actorlog import ConcurrencyError, Engine
 from actorlog.storage import PostgresEventLog
 
+from ._child import Child
 from .bank import Deposit, OpenAccount, Transfer, TransferAccount, TransferProcess
 
 __all__ = ["main"]
@@ -81,28 +81,9 @@ async def _child(dsn: str, schema: str) -> None:
                 _say({"sent": True})
 
 
-class _Node:
+class _Node(Child):
     def __init__(self, dsn: str, schema: str) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.transfer_nodes", "--child", dsn, schema],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            cwd=ROOT,
-        )
-
-    def tell(self, **message: Any) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps(message) + "\n")
-        self.proc.stdin.flush()
-
-    def hear(self) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"a node exited ({self.proc.wait()})")
-        heard: dict[str, Any] = json.loads(line)
-        return heard
+        super().__init__("benchmarks.transfer_nodes", "--child", dsn, schema)
 
     def finish(self) -> None:
         assert self.proc.stdin is not None
@@ -132,11 +113,11 @@ def w7_round(dsn: str, processes: int, transfers: int, accounts: int, clients: i
         for node in nodes:
             node.hear()
         names = [f"acct-{i}" for i in range(accounts)]
-        nodes[0].tell(op="open", accounts=names)
+        nodes[0].tell({"op": "open", "accounts": names})
         nodes[0].hear()
         while True:  # one node leads before the clock starts
             for node in nodes:
-                node.tell(op="leads")
+                node.tell({"op": "leads"})
             if sum(node.hear()["leads"] for node in nodes) == 1:
                 break
             time.sleep(0.05)
@@ -147,7 +128,7 @@ def w7_round(dsn: str, processes: int, transfers: int, accounts: int, clients: i
             shares[rng.randrange(processes)].append((f"t-{n}", source, target))
         started = time.perf_counter()
         for node, share in zip(nodes, shares, strict=True):
-            node.tell(op="send", transfers=share, clients=max(1, clients // processes))
+            node.tell({"op": "send", "transfers": share, "clients": max(1, clients // processes)})
         for node in nodes:
             node.hear()
         while _credits(dsn, schema) < transfers:

@@ -30,7 +30,7 @@ writer and the engine's front door call these same checks, so a rule changes in 
 
 from __future__ import annotations
 
-from collections.abc import Container, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final, Protocol
 
 import anyio
@@ -564,18 +564,25 @@ def _utf8_size(value: str, what: str, bound: int) -> int:
 
 
 def expected_ok(
-    append: Append, actual: int, failed_before: Container[str] = ()
+    append: Append, actual: int, failed_before: Mapping[str, int] | None = None
 ) -> ConcurrencyError | None:
     """The error if ``append``'s expected version does not admit ``actual``, else None.
 
-    ``failed_before``: the streams of which an earlier append of the same batch, one that
-    carried events, failed. An actor pipelines: its next decision expects the version its
-    previous one would leave, so once that one fails, the next was decided on state that
-    never existed, even if the log has reached its expected version anyway. Only a log
-    others append to can get there (their events fill the versions); a single writer's log
-    never does, and passes nothing.
+    ``failed_before``: for a stream of which an earlier append of the same batch, one that
+    carried events, failed, the version that append was decided on (its expected version,
+    or for one that expected nothing the stream's version then). An actor pipelines: its
+    next decision expects the version its previous one would leave, so once that one
+    fails, an append expecting more than that version was decided on state that never
+    existed, even if the log has reached its expected version anyway. Only a log others
+    append to can get there (their events fill the versions); a single writer's log never
+    does, and passes nothing. An append expecting that version or less was not decided on
+    top of the failed one (another caller's), and is judged on its own.
     """
     expected = append.expected_version
-    if expected == ANY or (expected == actual and append.stream_id not in failed_before):
+    if expected == ANY:
         return None
+    if expected == actual:
+        base = None if failed_before is None else failed_before.get(append.stream_id)
+        if base is None or expected <= base:
+            return None
     return ConcurrencyError(append.stream_id, expected, actual)

@@ -88,7 +88,7 @@ from ._log import (
 )
 from ._pg_follow import HeadChannel
 from ._pg_lease import PgLease
-from ._records import Append, AppendResult, ProjectorCache, Snapshot, StoredEvent
+from ._records import ANY, Append, AppendResult, ProjectorCache, Snapshot, StoredEvent
 
 __all__ = ["FORMAT", "PostgresEventLog"]
 
@@ -439,31 +439,28 @@ class PostgresEventLog:
             # Decide, as the other backends do.
             rows: list[list[Any]] = [[] for _ in range(12)]
             recorded: dict[tuple[str, str], AppendResult] = {}
-            # Streams with an append that carried events and failed in this batch: a later
-            # one was decided on top of it (``expected_ok``), whatever the others wrote.
-            failed: set[str] = set()
+            # Streams with an append that carried events and failed in this batch, and the
+            # version it was decided on: a later one expecting more was decided on top of
+            # it (``expected_ok``), whatever the others wrote.
+            failed: dict[str, int] = {}
             for i, append in enumerate(appends):
                 stream_id, cid = append.stream_id, append.command_id
-                refused = unstorable.get(i)
-                if refused is not None:
-                    if append.events:
-                        failed.add(stream_id)
-                    outcomes.append(refused)
-                    continue
-                if cid is not None:
+                outcome: AppendOutcome | None = unstorable.get(i)
+                if outcome is None and cid is not None:
                     ident = (stream_id, cid)
                     original = recorded.get(ident) or kept.get(ident)
                     if original is not None:
-                        if append.events:
-                            failed.add(stream_id)
-                        outcomes.append(DuplicateCommand(cid, original))
-                        continue
-                version = versions[stream_id]
-                mismatch = expected_ok(append, version, failed)
-                if mismatch is not None:
+                        outcome = DuplicateCommand(cid, original)
+                version = versions.get(stream_id, 0)
+                if outcome is None:
+                    outcome = expected_ok(append, version, failed)
+                if outcome is not None:
                     if append.events:
-                        failed.add(stream_id)
-                    outcomes.append(mismatch)
+                        base = (
+                            version if append.expected_version == ANY else append.expected_version
+                        )
+                        failed[stream_id] = min(base, failed.get(stream_id, base))
+                    outcomes.append(outcome)
                     continue
                 first_version, first_position = version + 1, position + 1
                 corr, caus, kind = append.correlation_id, append.causation_id, append.aggregate_name

@@ -6,61 +6,45 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import threading
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent.parent
+from benchmarks._child import Child
 
 
-class Node:
-    """One node process; ``ask`` sends a request and returns its answer."""
+class NodeProcess(Child):
+    """A node process driven over its stdin/stdout, one JSON line a message: ``ask`` sends a
+    request and returns its answer; ``start_load``/``stop_load`` run a load whose
+    acknowledgements collect in ``acks``; ``kill`` is SIGKILL."""
 
-    def __init__(
-        self, kind: str, where: str, schema: str, role: str, backend: str = "trio"
-    ) -> None:
-        self.role = role
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.nodes.node", kind, where, schema, role, backend],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            cwd=ROOT,
-        )
-        self.ready = self.answer()["ready"]
-        self.acks: list[tuple[str, int]] = []  # from ``load``
+    def __init__(self, module: str, *argv: str) -> None:
+        super().__init__(module, *argv)
+        self.acks: list[Any] = []  # from ``load``
         self._loader: threading.Thread | None = None
         self._closed = False
         self.stopped = -1
 
     def answer(self) -> dict[str, Any]:
         """The next answer (of the oldest request not answered yet)."""
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"node {self.role} exited ({self.proc.wait()})")
-        answer: dict[str, Any] = json.loads(line)
-        return answer
+        return self.hear()
 
     def request(self, op: str, **args: Any) -> None:
         """Send one request without waiting for its answer (``answer`` reads it)."""
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps({"op": op, **args}) + "\n")
-        self.proc.stdin.flush()
+        self.tell({"op": op, **args})
 
     def ask(self, op: str, **args: Any) -> dict[str, Any]:
         """Send one request; its answer."""
         self.request(op, **args)
         return self.answer()
 
-    def start_load(self, streams: int, concurrency: int) -> None:
-        """Start bumps to random streams; acknowledgements collect in ``acks``."""
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(
-            json.dumps({"op": "load", "streams": streams, "concurrency": concurrency}) + "\n"
-        )
-        self.proc.stdin.flush()
+    def _ack(self, ack: list[Any]) -> Any:
+        """What ``acks`` keeps of one acknowledgement the load reports."""
+        return tuple(ack)
+
+    def start_load(self, streams: Any, concurrency: int) -> None:
+        """Start a load on ``streams`` (the node says what it sends); acknowledgements
+        collect in ``acks``."""
+        self.request("load", streams=streams, concurrency=concurrency)
 
         def collect() -> None:
             assert self.proc.stdout is not None
@@ -69,14 +53,13 @@ class Node:
                 if "ack" not in message:
                     self.stopped = message["stopped"]
                     return
-                stream, position = message["ack"]
-                self.acks.append((stream, position))
+                self.acks.append(self._ack(message["ack"]))
 
         self._loader = threading.Thread(target=collect, daemon=True)
         self._loader.start()
 
     def stop_load(self) -> int:
-        """End the load; how many bumps it says were acknowledged (all of ``acks``)."""
+        """End the load; how many commands it says were acknowledged (all of ``acks``)."""
         assert self.proc.stdin is not None and self._loader is not None
         self.proc.stdin.write("stop\n")
         self.proc.stdin.flush()
@@ -112,3 +95,17 @@ class Node:
                 self.proc.communicate()
         else:
             self.proc.communicate()
+
+
+class Node(NodeProcess):
+    """One ``node.py`` process (bumps of counters; see there)."""
+
+    def __init__(
+        self, kind: str, where: str, schema: str, role: str, backend: str = "trio"
+    ) -> None:
+        super().__init__("tests.nodes.node", kind, where, schema, role, backend)
+        self.role = role
+        self.ready = self.answer()["ready"]
+
+    def __str__(self) -> str:
+        return f"node {self.role}"

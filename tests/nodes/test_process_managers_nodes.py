@@ -10,13 +10,8 @@ log). Real server, real processes (skipped without ``ACTORLOG_TEST_POSTGRES``);
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import random
-import signal
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -31,7 +26,7 @@ from actorlog.storage import MemoryEventLog
 from benchmarks.bank import Deposit, OpenAccount, Transfer, TransferAccount, TransferProcess
 from tests.support import Postgres
 
-from .cluster import ROOT
+from .cluster import NodeProcess
 from .transfers import check_transfers, transfers_in_flight
 
 SCALE = int(os.environ.get("ACTORLOG_NODES_SCALE", "1"))
@@ -39,92 +34,24 @@ ACCOUNTS = [f"acct-{i}" for i in range(12)]
 OPENED_WITH = 1_000
 
 
-class PmNode:
+class PmNode(NodeProcess):
     """One ``pm_node`` process: ``ask`` a request, or run a ``load`` of transfers."""
 
     def __init__(
         self, url: str, schema: str, *, mode: str = "lease", backend: str = "trio"
     ) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.nodes.pm_node", url, schema, backend, mode],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            cwd=ROOT,
-        )
-        self.acks: list[str] = []
-        self.stopped = -1
-        self._loader: threading.Thread | None = None
-        self._closed = False
+        super().__init__("tests.nodes.pm_node", url, schema, backend, mode)
 
-    def answer(self) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"node exited ({self.proc.wait()})")
-        answer: dict[str, Any] = json.loads(line)
-        return answer
-
-    def request(self, op: str, **args: Any) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps({"op": op, **args}) + "\n")
-        self.proc.stdin.flush()
-
-    def ask(self, op: str, **args: Any) -> dict[str, Any]:
-        self.request(op, **args)
-        return self.answer()
+    def _ack(self, ack: list[Any]) -> Any:
+        return ack[0]  # the transfer's id
 
     def leads(self) -> bool:
         stats = self.ask("stats")["stats"]
         return bool(stats[0]["leader"])
 
-    def start_load(self, concurrency: int) -> None:
-        self.request("load", streams=ACCOUNTS, concurrency=concurrency)
-
-        def collect() -> None:
-            assert self.proc.stdout is not None
-            for line in self.proc.stdout:
-                message = json.loads(line)
-                if "ack" not in message:
-                    self.stopped = message["stopped"]
-                    return
-                self.acks.append(message["ack"][0])
-
-        self._loader = threading.Thread(target=collect, daemon=True)
-        self._loader.start()
-
-    def stop_load(self) -> int:
-        assert self.proc.stdin is not None and self._loader is not None
-        self.proc.stdin.write("stop\n")
-        self.proc.stdin.flush()
-        self._loader.join(timeout=30)
-        assert not self._loader.is_alive()
-        self._loader = None
-        return self.stopped
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-        self.close()
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        if self._loader is not None or self.proc.poll() is not None:
-            self.proc.kill()
-            self.proc.wait()
-            if self._loader is not None:
-                self._loader.join(timeout=10)
-            assert self.proc.stdin is not None and self.proc.stdout is not None
-            self.proc.stdin.close()
-            self.proc.stdout.close()
-            return
-        try:
-            self.proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.communicate()
+    def start_transfers(self, concurrency: int) -> None:
+        """Start transfers between ``ACCOUNTS``; their ids collect in ``acks``."""
+        self.start_load(ACCOUNTS, concurrency)
 
 
 @contextmanager
@@ -203,7 +130,7 @@ def test_kill_the_leader_under_load_another_takes_over(postgres: Postgres) -> No
         leader = leaders(nodes)[0]
         others = [node for node in nodes if node is not leader]
         for node in nodes:
-            node.start_load(concurrency=3)
+            node.start_transfers(3)
         wait_for(lambda: sum(len(node.acks) for node in nodes) > 30 * SCALE)
         leader.kill()
         # It left transfers debited and not carried through (dozens, under this load).

@@ -87,3 +87,19 @@ def test_the_log_fails_an_append_decided_on_a_failed_one(postgres: Postgres) -> 
         assert not isinstance(outcomes[1], Exception) and outcomes[1].first_version == 5
     finally:
         log.close()
+
+
+def test_an_append_expecting_no_more_than_a_failed_one_is_judged_alone(
+    postgres: Postgres,
+) -> None:
+    # Another caller's append, not decided on top of the failed one: its expected version
+    # is at most the failed one's, so it commits if it matches (the log's contract).
+    log = postgres.log(postgres.schema(), shared=True)
+    try:
+        append(log, "acct", Deposited(10))  # version 1
+        deposit = (_EVENTS.encode(Deposited(5)),)
+        outcomes, _ = log.append_batch([Append("acct", 2, deposit), Append("acct", 1, deposit)])
+        assert isinstance(outcomes[0], ConcurrencyError)
+        assert not isinstance(outcomes[1], Exception) and outcomes[1].first_version == 2
+    finally:
+        log.close()
