@@ -93,6 +93,28 @@ async def test_the_group_commit_does_not_refuse_a_callers_current_append(
     assert not isinstance(outcomes["current"], Exception), outcomes["current"]
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "the ConcurrencyError the shared-log rule gives an append decided on a failed one "
+        "says 'expected version 3, actual version 3' (.expected == .actual), though "
+        "ConcurrencyError means the expected version did not match the actual one "
+        "(_errors.py): expected_ok (_log.py) builds it from the matching versions"
+    ),
+)
+def test_a_refusal_by_the_shared_log_rule_reports_versions_that_differ(
+    postgres: Postgres,
+) -> None:
+    # The rule's own case (an actor's pipelined decisions): the stream is at 3, the first
+    # append expected 2 and failed, the second was decided on it and expects 3.
+    log = postgres.log(postgres.schema(), shared=True)
+    _commit_three(log)
+    outcomes, _ = log.append_batch([Append("acct", 2, _DEPOSIT), Append("acct", 3, _DEPOSIT)])
+    refused = outcomes[1]
+    assert isinstance(refused, ConcurrencyError)  # right to refuse it
+    assert refused.expected != refused.actual, refused
+
+
 def _rival_append(log: PostgresEventLog, stream_id: str, count: int) -> None:
     """Another process's commit: straight to the log, synchronously (on the loop, so it
     lands between this engine's own batches)."""
