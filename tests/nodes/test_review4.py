@@ -9,14 +9,27 @@ without ``ACTORLOG_TEST_POSTGRES``).
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 import pytest
 
-from actorlog import ConcurrencyError, Engine
+from actorlog import ConcurrencyError, Engine, QueryTimeout
 from actorlog.lowlevel import EventRegistry, Writer
 from actorlog.storage import ANY, Append, EventLog, MemoryEventLog, PostgresEventLog
-from benchmarks.bank import Account, Deposit, Deposited, Withdrawn
+from benchmarks.bank import (
+    Account,
+    Deposit,
+    Deposited,
+    OpenAccount,
+    Transfer,
+    TransferAccount,
+    TransferProcess,
+    Withdrawn,
+)
 from tests.support import Postgres
+
+from .transfers import check_transfers
 
 _EVENTS = EventRegistry([Deposited, Withdrawn])
 _DEPOSIT = (_EVENTS.encode(Deposited(5)),)
@@ -156,3 +169,60 @@ async def test_the_follower_hands_on_every_foreign_event_once_and_none_of_its_ow
         assert stats is not None
         assert stats.foreign_events == foreign, (stats, foreign)
         assert stats.failures == 0, stats
+
+
+async def test_a_standby_answers_wait_settled_typed_and_closes_and_the_lease_moves_on_close(
+    postgres: Postgres,
+) -> None:
+    # Probe (passed): on a standby, wait_settled(timeout) ends in QueryTimeout (it waits
+    # to lead); closing the standby neither hangs nor disturbs the leader's term; closing
+    # the leader hands the lease to an engine opened after it, which carries on.
+    import trio
+
+    schema = postgres.schema()
+    options: dict[str, Any] = {
+        "aggregates": [TransferAccount],
+        "process_managers": [TransferProcess],
+    }
+
+    def pm(engine: Engine) -> Any:
+        return engine.statistics().process_managers[0]
+
+    later: list[Engine] = []
+    opened, done = trio.Event(), trio.Event()
+
+    async def open_later() -> None:
+        async with Engine.open(log=postgres.log(schema, shared=True), **options) as c:
+            later.append(c)
+            opened.set()
+            await done.wait()
+
+    async with trio.open_nursery() as nursery:
+        async with Engine.open(log=postgres.log(schema, shared=True), **options) as a:
+            with trio.fail_after(10):
+                while not pm(a).leader:
+                    await trio.sleep(0.01)
+            async with Engine.open(log=postgres.log(schema, shared=True), **options) as b:
+                assert not pm(b).leader and pm(b).state == "standby"
+                with pytest.raises(QueryTimeout):
+                    await b.wait_settled(timeout=0.3)
+                with trio.fail_after(5):
+                    for account in ("x", "y"):
+                        await b.send(TransferAccount, account, OpenAccount(account))
+                        await b.send(TransferAccount, account, Deposit(10))
+                    await b.send(TransferAccount, "x", Transfer("t-1", "x", "y", 4))
+                    await a.wait_settled()  # the leader carries out what b debited
+            with trio.fail_after(5):  # b's close did not hang (bounded above), nor end a's term
+                await a.wait_settled()
+            assert pm(a).leader and pm(a).terms == 1
+            nursery.start_soon(open_later)
+            await opened.wait()
+            assert not pm(later[0]).leader
+        c = later[0]
+        with trio.fail_after(5):  # a closed: c leads within a few lease intervals
+            while not pm(c).leader:
+                await trio.sleep(0.01)
+            await c.send(TransferAccount, "y", Transfer("t-2", "y", "x", 1))
+            await c.wait_settled()
+        done.set()
+    assert check_transfers(postgres.log(schema, shared=True), 10, ["x", "y"]) == 2
