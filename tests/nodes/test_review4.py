@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import msgspec
 import pytest
 
 from actorlog import ConcurrencyError, Engine, QueryTimeout
@@ -162,7 +161,7 @@ async def test_the_follower_hands_on_every_foreign_event_once_and_none_of_its_ow
             if round_ % 5 == 0:
                 await trio.sleep(0.02)  # let a read happen here and there
         with trio.fail_after(5):
-            while (stats := b.statistics().follower) is None or stats.foreign_events < foreign:
+            while (stats := b.statistics().follower) is None or stats.foreign_events < foreign:  # noqa: ASYNC110
                 await trio.sleep(0.01)
         await trio.sleep(0.3)  # anything more would come now
         stats = b.statistics().follower
@@ -200,7 +199,7 @@ async def test_a_standby_answers_wait_settled_typed_and_closes_and_the_lease_mov
     async with trio.open_nursery() as nursery:
         async with Engine.open(log=postgres.log(schema, shared=True), **options) as a:
             with trio.fail_after(10):
-                while not pm(a).leader:
+                while not pm(a).leader:  # noqa: ASYNC110 (statistics: no event)
                     await trio.sleep(0.01)
             async with Engine.open(log=postgres.log(schema, shared=True), **options) as b:
                 assert not pm(b).leader and pm(b).state == "standby"
@@ -220,7 +219,7 @@ async def test_a_standby_answers_wait_settled_typed_and_closes_and_the_lease_mov
             assert not pm(later[0]).leader
         c = later[0]
         with trio.fail_after(5):  # a closed: c leads within a few lease intervals
-            while not pm(c).leader:
+            while not pm(c).leader:  # noqa: ASYNC110 (statistics: no event)
                 await trio.sleep(0.01)
             await c.send(TransferAccount, "y", Transfer("t-2", "y", "x", 1))
             await c.wait_settled()
