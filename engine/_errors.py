@@ -178,22 +178,41 @@ class HandlerError(EngineError):
 
 
 class ConcurrencyError(EngineError):
-    """An append's ``expected_version`` did not match the stream's actual version.
+    """An append's ``expected_version`` did not match the stream's actual version, or
+    (``after_failed``, on a log other processes append to) it was decided on top of an
+    append of the same group that failed: the versions up to ``expected`` hold other
+    events than the ones it counted on, even if ``expected == actual``.
 
     Only that append failed; the others in its group commit still committed. Re-read the
     stream and decide again.
     """
 
-    def __init__(self, stream_id: str, expected: int, actual: int) -> None:
-        super().__init__(
-            f"stream {stream_id!r}: expected version {expected}, actual version {actual}"
-        )
+    def __init__(
+        self, stream_id: str, expected: int, actual: int, *, after_failed: bool = False
+    ) -> None:
+        if after_failed:
+            message = (
+                f"stream {stream_id!r}: expected version {expected} was decided on an "
+                f"append of the same group that failed (actual version {actual}: other "
+                "events)"
+            )
+        else:
+            message = f"stream {stream_id!r}: expected version {expected}, actual version {actual}"
+        super().__init__(message)
         self.stream_id = stream_id
         self.expected = expected
         self.actual = actual
+        self.after_failed = after_failed
 
-    def __reduce__(self) -> tuple[type[ConcurrencyError], tuple[str, int, int]]:
-        return (type(self), (self.stream_id, self.expected, self.actual))
+    def __reduce__(self) -> Any:
+        return (_concurrency_error, (self.stream_id, self.expected, self.actual, self.after_failed))
+
+
+def _concurrency_error(
+    stream_id: str, expected: int, actual: int, after_failed: bool
+) -> ConcurrencyError:
+    """Unpickles a ConcurrencyError (its keyword argument included)."""
+    return ConcurrencyError(stream_id, expected, actual, after_failed=after_failed)
 
 
 class DuplicateCommand(EngineError):

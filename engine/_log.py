@@ -30,7 +30,7 @@ writer and the engine's front door call these same checks, so a rule changes in 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from typing import Any, Final, Protocol
 
 import anyio
@@ -564,25 +564,26 @@ def _utf8_size(value: str, what: str, bound: int) -> int:
 
 
 def expected_ok(
-    append: Append, actual: int, failed_before: Mapping[str, int] | None = None
+    append: Append, actual: int, chained: Mapping[str, Container[int]] | None = None
 ) -> ConcurrencyError | None:
     """The error if ``append``'s expected version does not admit ``actual``, else None.
 
-    ``failed_before``: for a stream of which an earlier append of the same batch, one that
-    carried events, failed, the version that append was decided on (its expected version,
-    or for one that expected nothing the stream's version then). An actor pipelines: its
-    next decision expects the version its previous one would leave, so once that one
-    fails, an append expecting more than that version was decided on state that never
-    existed, even if the log has reached its expected version anyway. Only a log others
-    append to can get there (their events fill the versions); a single writer's log never
-    does, and passes nothing. An append expecting that version or less was not decided on
-    top of the failed one (another caller's), and is judged on its own.
+    ``chained``: for a stream of which an earlier append of the same batch, one that
+    carried events, failed, the versions a decision made on top of it would expect (the
+    failed one's expected version plus its events; on along a chain of such). An actor
+    pipelines: its next decision expects exactly the version its previous one would
+    leave, so once that one fails, an append expecting that version was decided on state
+    that never existed, even if the log has reached that version anyway (others' events
+    filled it). Only a log others append to can get there; a single writer's log never
+    does, and passes nothing. Another caller's append to the stream is judged on its own
+    unless it happens to expect exactly such a version (then it gets a conflict it may
+    retry: never a wrong commit).
     """
     expected = append.expected_version
     if expected == ANY:
         return None
     if expected == actual:
-        base = None if failed_before is None else failed_before.get(append.stream_id)
-        if base is None or expected <= base:
+        if chained is None or expected not in chained.get(append.stream_id, ()):
             return None
+        return ConcurrencyError(append.stream_id, expected, actual, after_failed=True)
     return ConcurrencyError(append.stream_id, expected, actual)

@@ -439,10 +439,9 @@ class PostgresEventLog:
             # Decide, as the other backends do.
             rows: list[list[Any]] = [[] for _ in range(12)]
             recorded: dict[tuple[str, str], AppendResult] = {}
-            # Streams with an append that carried events and failed in this batch, and the
-            # version it was decided on: a later one expecting more was decided on top of
-            # it (``expected_ok``), whatever the others wrote.
-            failed: dict[str, int] = {}
+            # For a stream with an append that carried events and failed in this batch:
+            # the versions a decision made on top of it expects (``expected_ok``).
+            chained: dict[str, set[int]] = {}
             for i, append in enumerate(appends):
                 stream_id, cid = append.stream_id, append.command_id
                 outcome: AppendOutcome | None = unstorable.get(i)
@@ -453,13 +452,13 @@ class PostgresEventLog:
                         outcome = DuplicateCommand(cid, original)
                 version = versions.get(stream_id, 0)
                 if outcome is None:
-                    outcome = expected_ok(append, version, failed)
+                    outcome = expected_ok(append, version, chained)
                 if outcome is not None:
                     if append.events:
-                        base = (
-                            version if append.expected_version == ANY else append.expected_version
-                        )
-                        failed[stream_id] = min(base, failed.get(stream_id, base))
+                        base = append.expected_version
+                        if base == ANY:
+                            base = version
+                        chained.setdefault(stream_id, set()).add(base + len(append.events))
                     outcomes.append(outcome)
                     continue
                 first_version, first_position = version + 1, position + 1

@@ -2,9 +2,12 @@
 shared-log rule ``expected_ok(append, actual, failed_before)`` in the PostgreSQL group
 commit, the follower's own-batch dropping and hot reads, and process managers by lease.
 
-Defects are written as strict xfails whose reason names the defect; the other tests are
-probes that passed (no defect) and cover a risk the suite did not. Real server (skipped
-without ``ACTORLOG_TEST_POSTGRES``).
+The two defects it found (a current append of another caller refused for a stale one's
+sake; a refusal reading "expected version 3, actual version 3") were fixed: the rule now
+holds an append to have been decided on a failed one only if it expects exactly the
+version that one would have left, and says so (``ConcurrencyError.after_failed``). The
+other tests are probes that passed and cover a risk the suite did not. Real server
+(skipped without ``ACTORLOG_TEST_POSTGRES``).
 """
 
 from __future__ import annotations
@@ -57,16 +60,6 @@ def test_the_contract_commits_a_current_append_after_another_callers_stale_one()
     assert not isinstance(outcomes[1], Exception)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "the shared PostgreSQL log refuses a current append (expects the stream's actual "
-        "version 3) with ConcurrencyError because an unrelated stale append of the same "
-        "stream earlier in the group (expected 1) failed: expected_ok (_log.py) holds any "
-        "append expecting more than a failed one's base to have been decided on it, but an "
-        "append with a fresher view than the failed one also expects more"
-    ),
-)
 def test_a_current_append_is_not_refused_for_another_callers_stale_one(
     postgres: Postgres,
 ) -> None:
@@ -75,16 +68,6 @@ def test_a_current_append_is_not_refused_for_another_callers_stale_one(
     assert not isinstance(outcomes[1], Exception), outcomes[1]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "through the public group-commit Writer on a shared PostgreSQL log, a caller whose "
-        "append expects the stream's actual version (3) gets ConcurrencyError ('expected "
-        "version 3, actual version 3') because another caller's stale append (expected 1) "
-        "to the same stream was queued before it into the same group: the decide loop of "
-        "_log_postgres.py treats it as decided on the failed one (expected_ok, _log.py)"
-    ),
-)
 async def test_the_group_commit_does_not_refuse_a_callers_current_append(
     postgres: Postgres,
 ) -> None:
@@ -105,26 +88,20 @@ async def test_the_group_commit_does_not_refuse_a_callers_current_append(
     assert not isinstance(outcomes["current"], Exception), outcomes["current"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "the ConcurrencyError the shared-log rule gives an append decided on a failed one "
-        "says 'expected version 3, actual version 3' (.expected == .actual), though "
-        "ConcurrencyError means the expected version did not match the actual one "
-        "(_errors.py): expected_ok (_log.py) builds it from the matching versions"
-    ),
-)
-def test_a_refusal_by_the_shared_log_rule_reports_versions_that_differ(
+def test_a_refusal_by_the_shared_log_rule_says_why(
     postgres: Postgres,
 ) -> None:
     # The rule's own case (an actor's pipelined decisions): the stream is at 3, the first
-    # append expected 2 and failed, the second was decided on it and expects 3.
+    # append expected 2 and failed, the second was decided on it and expects 3. The
+    # versions match, so the error must say what did not: the history it counted on.
     log = postgres.log(postgres.schema(), shared=True)
     _commit_three(log)
     outcomes, _ = log.append_batch([Append("acct", 2, _DEPOSIT), Append("acct", 3, _DEPOSIT)])
-    refused = outcomes[1]
+    stale, refused = outcomes
+    assert isinstance(stale, ConcurrencyError) and not stale.after_failed
     assert isinstance(refused, ConcurrencyError)  # right to refuse it
-    assert refused.expected != refused.actual, refused
+    assert refused.after_failed and (refused.expected, refused.actual) == (3, 3)
+    assert "failed" in str(refused)
 
 
 def _rival_append(log: PostgresEventLog, stream_id: str, count: int) -> None:
