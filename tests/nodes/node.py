@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import random
 import sys
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -87,8 +88,28 @@ class Pairs(Projector):
 
 
 def say(message: dict[str, Any]) -> None:
+    """One message to the parent (one JSON line)."""
     sys.stdout.write(json.dumps(message) + "\n")
     sys.stdout.flush()
+
+
+async def serve(
+    engine: Engine,
+    handle: Callable[[Engine, dict[str, Any]], Awaitable[dict[str, Any]]],
+    load: Callable[[Engine, Any, int], Awaitable[dict[str, Any]]],
+) -> None:
+    """Say ready, then answer the parent's requests (``load`` runs until "stop") until
+    its stdin closes."""
+    say({"ready": engine.statistics().head})
+    while True:
+        line = await anyio.to_thread.run_sync(sys.stdin.readline)
+        if not line:
+            return
+        request = json.loads(line)
+        if request["op"] == "load":
+            say(await load(engine, request["streams"], request["concurrency"]))
+            continue
+        say(await handle(engine, request))
 
 
 async def bump_until_acknowledged(engine: Engine, stream: str, retries: list[int]) -> int:
@@ -193,16 +214,7 @@ async def main(kind: str, where: str, schema: str, role: str) -> None:
         log = LmdbEventLog(where, readonly=role == "reader", sync=False)
     aggregates = [] if role == "reader" else [Account, Pair]
     async with Engine.open(log=log, aggregates=aggregates, projectors=[Balances, Pairs]) as engine:
-        say({"ready": engine.statistics().head})
-        while True:
-            line = await anyio.to_thread.run_sync(sys.stdin.readline)
-            if not line:
-                return
-            request = json.loads(line)
-            if request["op"] == "load":
-                say(await load(engine, request["streams"], request["concurrency"]))
-                continue
-            say(await handle(engine, request))
+        await serve(engine, handle, load)
 
 
 if __name__ == "__main__":

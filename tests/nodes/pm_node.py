@@ -21,7 +21,6 @@ Requests (``op`` and its arguments):
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import sys
@@ -35,11 +34,7 @@ from actorlog import ConcurrencyError, Engine
 from actorlog.engine import _pg_lease
 from actorlog.storage import PostgresEventLog
 from benchmarks.bank import Deposit, OpenAccount, Transfer, TransferAccount, TransferProcess
-
-
-def say(message: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(message) + "\n")
-    sys.stdout.flush()
+from tests.nodes.node import say, serve
 
 
 async def transfer(
@@ -120,16 +115,7 @@ async def main(url: str, schema: str, mode: str) -> None:
     async with Engine.open(
         log=log, aggregates=[TransferAccount], process_managers=[TransferProcess]
     ) as engine:
-        say({"ready": engine.statistics().head})
-        while True:
-            line = await anyio.to_thread.run_sync(sys.stdin.readline)
-            if not line:
-                return
-            request = json.loads(line)
-            if request["op"] == "load":
-                say(await load(engine, request["streams"], request["concurrency"]))
-                continue
-            say(await handle(engine, request))
+        await serve(engine, handle, load)
 
 
 if __name__ == "__main__":

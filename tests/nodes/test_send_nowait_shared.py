@@ -36,20 +36,7 @@ from actorlog.storage import ANY, Append, PostgresEventLog
 from benchmarks.bank import Account, Deposit, Deposited, InsufficientFunds, Withdraw, Withdrawn
 from tests.support import Postgres
 
-_EVENTS = EventRegistry([Deposited, Withdrawn])
-
-
-def append(log: PostgresEventLog, stream_id: str, *events: msgspec.Struct) -> None:
-    """Another process's commit: straight to the log, synchronously."""
-    encoded = tuple(_EVENTS.encode(e) for e in events)
-    outcomes, _ = log.append_batch([Append(stream_id, ANY, encoded)])
-    assert not any(isinstance(o, Exception) for o in outcomes), outcomes
-
-
-def amounts(log: PostgresEventLog, stream_id: str) -> list[tuple[int, str, int]]:
-    """(version, event name, amount) of every event of the stream, in order."""
-    events = log.read_stream(stream_id)
-    return [(e.version, e.type, _EVENTS.decode(e.type, e.payload).amount) for e in events]
+from .rival import amounts, append, balances
 
 
 async def wait_settled(engine: Engine) -> None:
@@ -315,15 +302,6 @@ async def test_a_rejection_behind_a_failed_command_is_decided_again(postgres: Po
 
 
 # -- commands pipelined on a failed one -----------------------------------------------------
-
-
-def balances(log: PostgresEventLog, stream_id: str) -> list[int]:
-    """The account's balance after each of its events, in order."""
-    balance, after = 0, []
-    for _, name, amount in amounts(log, stream_id):
-        balance += amount if name == "Deposited" else -amount
-        after.append(balance)
-    return after
 
 
 async def pipelined_on_a_failed_command(postgres: Postgres) -> None:

@@ -11,32 +11,12 @@ from __future__ import annotations
 
 import contextlib
 
-import msgspec
-
 from actorlog import ConcurrencyError, Engine
-from actorlog.lowlevel import EventRegistry
-from actorlog.storage import ANY, Append, PostgresEventLog
+from actorlog.storage import ANY, Append
 from benchmarks.bank import Account, Deposit, Deposited, InsufficientFunds, Withdraw, Withdrawn
 from tests.support import Postgres
 
-_EVENTS = EventRegistry([Deposited, Withdrawn])
-
-
-def append(log: PostgresEventLog, stream_id: str, *events: msgspec.Struct) -> None:
-    """Another process's commit: straight to the log, synchronously."""
-    encoded = tuple(_EVENTS.encode(e) for e in events)
-    outcomes, _ = log.append_batch([Append(stream_id, ANY, encoded)])
-    assert not any(isinstance(o, Exception) for o in outcomes), outcomes
-
-
-def balances(log: PostgresEventLog, stream_id: str) -> list[int]:
-    """The account's balance after each of its events, in order."""
-    balance, after = 0, []
-    for event in log.read_stream(stream_id):
-        amount = _EVENTS.decode(event.type, event.payload).amount
-        balance += amount if event.type == "Deposited" else -amount
-        after.append(balance)
-    return after
+from .rival import EVENTS, append, balances
 
 
 async def test_sends_pipelined_on_a_stale_aggregate_never_overdraw(postgres: Postgres) -> None:
@@ -69,7 +49,7 @@ def test_the_log_fails_an_append_decided_on_a_failed_one(postgres: Postgres) -> 
     log = postgres.log(postgres.schema(), shared=True)
     try:
         append(log, "acct", Deposited(10), Withdrawn(10), Deposited(1))  # versions 1-3
-        deposit = (_EVENTS.encode(Deposited(5)),)
+        deposit = (EVENTS.encode(Deposited(5)),)
         outcomes, stored = log.append_batch(
             [
                 Append("acct", 1, deposit),  # stale: the log is at 3
@@ -97,7 +77,7 @@ def test_an_append_expecting_no_more_than_a_failed_one_is_judged_alone(
     log = postgres.log(postgres.schema(), shared=True)
     try:
         append(log, "acct", Deposited(10))  # version 1
-        deposit = (_EVENTS.encode(Deposited(5)),)
+        deposit = (EVENTS.encode(Deposited(5)),)
         outcomes, _ = log.append_batch([Append("acct", 2, deposit), Append("acct", 1, deposit)])
         assert isinstance(outcomes[0], ConcurrencyError)
         assert not isinstance(outcomes[1], Exception) and outcomes[1].first_version == 2
