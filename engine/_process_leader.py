@@ -100,7 +100,11 @@ class LeasedProcessManagers:
         try:
             while not self._stopping:
                 # A term that ended on a conflict, not a loss, is followed by the next at
-                # once: the lease is still held (the next term's watch checks it).
+                # once if the lease still holds: checked first, since each term's watch
+                # sleeps an interval before its first check, and a leader that lost the
+                # lease and keeps conflicting must not put that check off forever.
+                if self._leading:
+                    self._leading = await self._holds()
                 if self._leading or await self._acquire():
                     self._leading = True
                     await self._run_term()
@@ -110,6 +114,9 @@ class LeasedProcessManagers:
         finally:
             # A socket's close: quick, and the server releases the lock at once.
             self._lease.close()
+
+    async def _holds(self) -> bool:
+        return await anyio.to_thread.run_sync(self._lease.holds, limiter=self._limiter)
 
     async def _acquire(self) -> bool:
         try:
@@ -146,7 +153,7 @@ class LeasedProcessManagers:
         """End the term once the lease no longer holds."""
         while True:
             await anyio.sleep(LEASE_INTERVAL)
-            if not await anyio.to_thread.run_sync(self._lease.holds, limiter=self._limiter):
+            if not await self._holds():
                 self._leading = False
                 term.cancel()
                 return
