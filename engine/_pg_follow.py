@@ -99,10 +99,7 @@ class HeadChannel:
                     if self._noticed:
                         continue  # another process's notification came with the reply
                     self._wait_for_notice(conn, deadline)
-            except psycopg.Error as e:
-                self._drop_listener()
-                raise StorageError(f"following the PostgreSQL log failed: {e}") from e
-            except OSError as e:  # the socket went away under select
+            except (psycopg.Error, OSError) as e:  # OSError: the socket went away
                 self._drop_listener()
                 raise StorageError(f"following the PostgreSQL log failed: {e}") from e
 
