@@ -58,7 +58,6 @@ class Actor:
         "completed",
         "drained",
         "failures",
-        "foreign",
         "handed",
         "inflight",
         "kind",
@@ -107,7 +106,6 @@ class Actor:
         # one comes), which get the first one's outcome: an id commits once.
         self.commands: dict[str, list[Reply] | None] = {}
         self.closed = False  # the engine closed: waiters were failed, none is handed a slot
-        self.foreign = 0  # events of other processes applied by the follower (issue 15)
         # send_nowait's commands being decided again in an engine task (a log others append
         # to): they hold mailbox slots for send_nowait, and keep the actor live.
         self.retrying = 0

@@ -233,29 +233,19 @@ class Aggregates:
             # The actor it was decided on: the slow path may have re-activated the stream
             # (and _decide raised synchronously, so it is the live one now).
             actor = self._live.get(stream_id, actor)
+            if self._shared:
+                # Submitted now, before anything else runs: see _probe.
+                return await self._confirm(
+                    kind, stream_id, command, meta, attempt, self._probe(actor), rejection
+                )
             if not actor.inflight:
-                if self._shared:
-                    return await self._confirm(
-                        kind,
-                        stream_id,
-                        command,
-                        meta,
-                        attempt,
-                        (actor, actor.version, actor.foreign),
-                        rejection,
-                    )
                 raise
             # Rejected on state that is not all durable yet: if what is in flight fails,
             # the rejection was decided on state that never existed. Wait for it to land.
             # (A failure count, not ``stale``: another sender may have reloaded already.)
             failures = actor.failures
-            decided = (actor, actor.version, actor.foreign)
             await actor.settle(self._new_reply())
             if actor.failures == failures:
-                if self._shared:
-                    return await self._confirm(
-                        kind, stream_id, command, meta, attempt, decided, rejection
-                    )
                 raise rejection from None
             return await self.send(kind, stream_id, command, meta, attempt)
         try:
@@ -307,8 +297,37 @@ class Aggregates:
                 actor.stale = True
                 continue
             actor.version = stored.version
-            actor.foreign += 1
             self._refreshed += 1
+
+    def _probe(self, actor: Actor) -> Reply:
+        """Submit the check that makes a rejection decided on ``actor`` final on a log
+        others append to: an append with no events expecting the version it was decided
+        on, which the writer's next group commit judges with the log's own rule
+        (``expected_ok``), in its place among the actor's appends. Its reply completes with
+        the (empty) result, or the ``ConcurrencyError`` saying the rejection was decided on
+        a stale aggregate.
+
+        Must be called synchronously after the decision, before anything else runs: the
+        actor's appends still in flight are then ahead of it in the same batch (the group
+        commit is synchronous on the loop), so one that failed fails the probe too
+        (``after_failed``), even where other processes' events filled the version it
+        expects. It rides in a group commit that happens anyway: no read of its own, no
+        worker thread (a read per rejection in a thread cost half a single process's
+        throughput on W1: see docs/design.md).
+
+        Raises:
+            EngineClosed: the writer is closing.
+        """
+        probe = self._new_reply()
+
+        def done(outcome: AppendOutcome) -> None:
+            if isinstance(outcome, EngineError):
+                probe.set_error(outcome)
+            else:
+                probe.set_result(outcome)
+
+        self._writer.submit(Append(actor.stream_id, actor.version, ()), done, (), checked=True)
+        return probe
 
     async def _confirm(
         self,
@@ -317,37 +336,21 @@ class Aggregates:
         command: Any,
         meta: CommandMeta | None,
         attempt: int,
-        decided: tuple[Actor, int, int],
+        probe: Reply,
         rejection: Rejected,
     ) -> Committed:
         """A rejection on a log others append to is final only if it was decided on the
-        stream's durable version: read it (one read), and if another process appended
-        since, reload the aggregate and decide again (``_again``).
-
-        ``decided``: the actor it was decided on, its version then, and how many of others'
-        events the follower had applied to it then (``Actor.foreign``)."""
-        decider, version, foreign = decided
-        read = self._log.stream_version
-        if self._blocking:
-            durable = await anyio.to_thread.run_sync(read, stream_id, limiter=self._limiter)
-        else:
-            durable = read(stream_id)
-        actor = self._live.get(stream_id)
-        if durable == version or (
-            # Only this process's commands moved the same actor since, and they committed:
-            # their appends would have failed had anyone else appended in between (the
-            # follower's applying others' events to it counts in ``foreign``).
-            actor is decider
-            and not actor.stale
-            and actor.foreign == foreign
-            and durable == actor.version
-        ):
-            raise rejection
-        if actor is not None and actor.kind is kind:
-            actor.stale = True  # reloaded before its next decision
-        return await self._again(
-            kind, stream_id, command, meta, attempt, ConcurrencyError(stream_id, version, durable)
-        )
+        stream's durable version: wait for its ``probe`` (``_probe``); if that conflicts,
+        another process appended first, so reload the aggregate and decide again
+        (``_again``)."""
+        try:
+            await probe.wait()
+        except ConcurrencyError as conflict:
+            actor = self._live.get(stream_id)
+            if actor is not None and actor.kind is kind:
+                actor.stale = True  # reloaded before its next decision
+            return await self._again(kind, stream_id, command, meta, attempt, conflict)
+        raise rejection
 
     async def _again(
         self,
@@ -469,8 +472,8 @@ class Aggregates:
     #                    │                                    ▼ ConcurrencyError
     #                    │ Rejected               task: _again (reload, decide again, up
     #                    ▼                        to CONFLICT_RETRIES times) ─▶ Pending
-    #             task: _settle_rejection (wait for what was in flight, read the durable
-    #             version; decide again if stale, else the rejection) ─▶ Pending
+    #             _probe (a check in the next group commit), then task: _confirm
+    #             (decide again if it conflicts, else the rejection) ─▶ Pending
     #
     # Bounded: each such command holds a mailbox slot of its actor for send_nowait
     # (``Actor.retrying``: full() counts it) and keeps the actor live (busy), so at most
@@ -503,18 +506,18 @@ class Aggregates:
             self._decide(actor, handler, command, meta, into)
         except Rejected as rejection:
             # Decided on what this process has cached: final only if that was the durable
-            # version. What it must wait for is noted now, before anything else runs.
+            # version. Its check is submitted now, before anything else runs (_probe).
             self._redecide(
                 actor,
                 final,
-                self._settle_rejection,
+                self._confirm,
                 actor.kind,
                 actor.stream_id,
                 command,
                 meta,
+                0,
+                self._probe(actor),
                 rejection,
-                (actor, actor.version, actor.foreign),
-                actor.failures if actor.inflight else None,
             )
         return Pending(final)
 
@@ -563,27 +566,6 @@ class Aggregates:
             self._redeciding -= 1
             if self._capacity and not actor.busy():
                 self._slots.pass_on()  # idle now: a sender waiting for a live slot may use it
-
-    async def _settle_rejection(
-        self,
-        kind: AggregateType,
-        stream_id: str,
-        command: Any,
-        meta: CommandMeta | None,
-        rejection: Rejected,
-        decided: tuple[Actor, int, int],
-        failures: int | None,
-    ) -> Committed:
-        """A ``send_nowait`` rejection on a log others append to, made final as ``send``
-        makes it: if it was decided while commands of the actor were in flight
-        (``failures``: the actor's failure count then), wait for them, and decide again if
-        one failed; then ``_confirm`` it against the stream's durable version."""
-        actor = decided[0]
-        if failures is not None:
-            await actor.settle(self._new_reply())
-            if actor.failures != failures:
-                return await self.send(kind, stream_id, command, meta)
-        return await self._confirm(kind, stream_id, command, meta, 0, decided, rejection)
 
     async def _wait_for_capacity(self, kind: AggregateType, stream_id: str) -> Actor:
         """Wait until an actor goes idle (so it can be passivated), then activate ours.

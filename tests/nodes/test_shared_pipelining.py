@@ -45,6 +45,40 @@ async def test_sends_pipelined_on_a_stale_aggregate_never_overdraw(postgres: Pos
     assert min(after) >= 0, after
 
 
+async def test_a_rejection_pipelined_on_a_stale_aggregate_is_decided_again(
+    postgres: Postgres,
+) -> None:
+    # A rejection is checked by an append with no events in the next group commit
+    # (_probe): one decided on top of a failed append must not stand because the others'
+    # events happen to fill the version it expects.
+    import trio
+
+    schema = postgres.schema()
+    rival = postgres.log(schema, shared=True)
+    refused: list[InsufficientFunds] = []
+    async with Engine.open(log=postgres.log(schema, shared=True), aggregates=[Account]) as b:
+        for _ in range(5):
+            await b.send(Account, "acct", Deposit(10))
+            # Another process deposits 100: one version on (unseen by b's follower yet).
+            append(rival, "acct", Deposited(100))
+
+            async def send(command: Withdraw) -> None:
+                try:
+                    await b.send(Account, "acct", command)
+                except InsufficientFunds as e:
+                    refused.append(e)
+
+            # Decided together on the stale cache: the first withdrawal expects the
+            # version the rival took (it conflicts); the second, decided on the balance
+            # of 0 the first would leave, is refused on state that never existed: the
+            # account holds over 100 all along.
+            async with trio.open_nursery() as nursery:
+                for command in (Withdraw(10), Withdraw(5)):
+                    nursery.start_soon(send, command)
+    assert refused == []
+    assert balances(rival, "acct")[-1] == 5 * (10 + 100 - 15)
+
+
 def test_the_log_fails_an_append_decided_on_a_failed_one(postgres: Postgres) -> None:
     log = postgres.log(postgres.schema(), shared=True)
     try:
