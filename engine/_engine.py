@@ -370,7 +370,7 @@ class Engine:
                 else log.head_position()
             )
             broadcast = Broadcast(head, window_bytes=projector_window_bytes)
-            # Others append to the log (issue 15): follow its head, announce our commits.
+            # Others append to the log (issue 15): follow its head.
             follower = Follower(log, broadcast) if follows_others(log) else None
             writer = Writer(
                 log, on_commit=broadcast.publish if follower is None else follower.on_commit
@@ -444,12 +444,11 @@ class Engine:
                     tg.start_soon(hosts.run_idle_sweeper, idle_timeout)
                 if processes is not None:
                     tg.start_soon(processes.run, broadcast.head)
-                if follower is not None:
-                    if projector_kinds or aggregate_kinds or processes is not None:
-                        follower.feed(hosts.apply_foreign if aggregate_kinds else None)
-                        tg.start_soon(follower.run)
-                    if follower.announces and aggregate_kinds:
-                        tg.start_soon(follower.run_announcer)
+                if follower is not None and (
+                    projector_kinds or aggregate_kinds or processes is not None
+                ):
+                    follower.feed(hosts.apply_foreign if aggregate_kinds else None)
+                    tg.start_soon(follower.run)
                 try:
                     if wait_for_projectors:
                         await engine._wait_caught_up(broadcast.head)

@@ -5,11 +5,10 @@ offers blocking hooks, run in worker threads:
 
 - ``wait_for_head(known, timeout) -> int`` (required): the log's head, once it is past
   ``known`` or ``timeout`` seconds have passed;
-- ``announce_head() -> None`` (optional): tell the other processes' followers that this
-  one committed (PostgreSQL's NOTIFY; see ``_pg_follow.py``);
 - ``wait_for_notice(timeout) -> bool`` (optional): wait for another process's
-  announcement, without reading the head (a follower that reads the log next anyway
-  saves that query).
+  notification that it committed (PostgreSQL's NOTIFY, sent by the log in each group
+  commit; see ``_pg_follow.py``), without reading the head (a follower that reads the
+  log next anyway saves that query).
 
 The follower task only moves the broadcast's head; the projectors then read what they
 miss from the log, from ``checkpoint + 1``, checked gap-free, as after any hole in the
@@ -86,9 +85,6 @@ class FollowerStatistics(msgspec.Struct, frozen=True):
     """Times the log's head was found beyond this engine's (others committed)."""
     failures: int
     """Waits that failed (``StorageError``: the server unreachable); each is retried."""
-    announcements: int
-    """Notifications this engine sent for its own commits (coalesced: at most one in
-    flight)."""
     foreign_events: int
     """Events of other processes the follower read for the cached aggregates."""
     reads: int
@@ -98,8 +94,8 @@ class FollowerStatistics(msgspec.Struct, frozen=True):
 
 
 class Follower:
-    """The task that moves the broadcast's head when other processes commit, and the
-    announcer of this engine's own commits (see the module doc)."""
+    """The task that moves the broadcast's head when other processes commit (see the
+    module doc)."""
 
     def __init__(self, log: EventLog, broadcast: Broadcast) -> None:
         wait = getattr(log, "wait_for_head", None)
@@ -109,7 +105,6 @@ class Follower:
                 "wait_for_head(known, timeout) to follow them with"
             )
         self._wait: Callable[[int, float], int] = wait
-        self._announce: Callable[[], None] | None = getattr(log, "announce_head", None)
         self._notice: Callable[[float], bool] | None = getattr(log, "wait_for_notice", None)
         self._log = log
         self._broadcast = broadcast
@@ -125,13 +120,10 @@ class Follower:
         # Threads of their own: a follower parked on LISTEN must not hold one of the
         # engine's read threads (activations, catch-up).
         self._limiter = anyio.CapacityLimiter(1)
-        self._announce_limiter = anyio.CapacityLimiter(1)
         # A query's look at the head must not queue behind the follower's long wait.
         self._refresh_limiter = anyio.CapacityLimiter(1)
-        self._committed = anyio.Event()  # set by on_commit, taken by the announcer
         self.advances = 0
         self.failures = 0
-        self.announcements = 0
         self.last_error: str | None = None
 
     # -- following ---------------------------------------------------------------------------
@@ -280,12 +272,12 @@ class Follower:
         self._advance(head)
         return self._broadcast.head
 
-    # -- announcing ----------------------------------------------------------------------------
+    # -- this engine's own commits --------------------------------------------------------------
 
     def on_commit(self, batch: CommitBatch) -> None:
-        """The writer's commit callback on a followed log: publish, note the batch as this
-        engine's own (the follower need not read it back), and let the announcer know (no
-        await: the writer's path)."""
+        """The writer's commit callback on a followed log: publish, and note the batch as
+        this engine's own (the follower need not read it back). No await: the writer's
+        path."""
         self._broadcast.publish(batch)
         events = batch.events
         if events:
@@ -294,37 +286,12 @@ class Follower:
                 self._followed = last
             else:  # others committed in between: the follower reads that gap
                 self._own.append((first, last))
-        self._committed.set()
-
-    @property
-    def announces(self) -> bool:
-        """True if the log can announce commits (``announce_head``)."""
-        return self._announce is not None
-
-    async def run_announcer(self) -> None:
-        """Send one announcement for each run of commits (coalesced: commits that land while
-        one is in flight share the next), until cancelled."""
-        announce = self._announce
-        if announce is None:
-            return
-        while True:
-            await self._committed.wait()
-            self._committed = anyio.Event()
-            try:
-                await anyio.to_thread.run_sync(announce, limiter=self._announce_limiter)
-                self.announcements += 1
-            except StorageError as e:
-                # Lost: the other followers' bounded poll finds the head anyway.
-                self.failures += 1
-                self.last_error = str(e)
-                await anyio.sleep(RETRY_PAUSE)
 
     def statistics(self) -> FollowerStatistics:
         """What the follower saw so far."""
         return FollowerStatistics(
             self.advances,
             self.failures,
-            self.announcements,
             self.foreign_events,
             self.reads,
             self.last_error,

@@ -30,11 +30,12 @@ writer that ignored the lock, never let it interleave.
 Round trips. A group is two: (1) BEGIN, the lock, the head, the versions of the group's
 streams, the group's command ids that are kept, pipelined (psycopg's pipeline mode) and
 read back together; (2) the events as one ``INSERT ... SELECT FROM unnest(arrays)``, the
-command ids likewise, their bounded pruning, the snapshots and caches, and COMMIT,
-pipelined. A group of only snapshots or caches is one. Deciding in Python between the two
-keeps the rules (expected versions, duplicates, empty appends) in one language with the
-other backends; a server-side function would save one round trip, but a local round
-trip measured ~36 µs of a ~2 ms group commit (2%): not worth a second language.
+command ids likewise, their bounded pruning, the snapshots and caches, on a shared log
+the NOTIFY that wakes the other processes' followers, and COMMIT, pipelined. A group of
+only snapshots or caches is one. Deciding in Python between the two keeps the rules
+(expected versions, duplicates, empty appends) in one language with the other backends; a
+server-side function would save one round trip, but a local round trip measured ~36 µs of
+a ~2 ms group commit (2%): not worth a second language.
 
 Errors. A failure of the server or the connection fails the whole group with a
 ``StorageError`` (the psycopg error is ``__cause__``; the transaction rolled back, nothing
@@ -86,7 +87,7 @@ from ._log import (
     check_stream_id,
     expected_ok,
 )
-from ._pg_follow import HeadChannel
+from ._pg_follow import HeadChannel, channel_name
 from ._pg_lease import PgLease
 from ._records import ANY, Append, AppendResult, ProjectorCache, Snapshot, StoredEvent
 
@@ -230,9 +231,11 @@ class PostgresEventLog:
         # thread at a time (its lock).
         self._writer = _Connection(self._connect)
         self._reader = _Connection(self._connect)
-        self._channel: HeadChannel | None = None  # opened by the first follower or announcer
-        # The writer connection that holds the schema's writer lock (see _lock_writer).
+        self._channel: HeadChannel | None = None  # opened by the first follower
+        # The writer connection that holds the schema's writer lock (see _lock_writer),
+        # and its backend's pid: the notifications of this log's own commits.
         self._locked: psycopg.Connection[Any] | None = None
+        self._writer_pid = 0
         self._channel_lock = threading.Lock()
         try:
             self._writer.run(self._initialize)
@@ -347,6 +350,7 @@ class PostgresEventLog:
             if conn is not self._locked:  # a new connection: take the lock on it first
                 self._lock_writer(conn)
                 self._locked = conn
+                self._writer_pid = conn.info.backend_pid
             return self._commit(conn, appends, snaps, caches)
 
         try:
@@ -530,6 +534,13 @@ class PostgresEventLog:
                 )
                 conn.execute(q.prune_by_count, (seq + len(results) - self._retention.max_ids,))
                 conn.execute(q.prune_by_age, (timestamp - self._retention.max_age,))
+            if stored and self._shared:
+                # Tell the other processes' followers, once a group, inside the commit:
+                # no round trip, connection, thread or WAL flush of its own. NOTIFY takes
+                # a cluster-wide lock at commit; our writers are serialized by the table
+                # lock anyway, so it only orders other notifying transactions of the
+                # cluster behind this commit (docs/design.md).
+                conn.execute(q.notify)
             if snapshots:
                 conn.execute(
                     q.save_snapshots,
@@ -631,8 +642,8 @@ class PostgresEventLog:
     def others_append(self) -> bool:
         """True if opened with ``shared=True``: other processes may append to this log
         (each its own engine); the engine follows the head (``wait_for_head``) to feed its
-        projectors, retries commands decided on a stale aggregate, and announces its own
-        commits (``announce_head``)."""
+        projectors and retries commands decided on a stale aggregate. Each group commit
+        that writes events NOTIFYs the followers."""
         return self._shared
 
     def wait_for_head(self, known: int, timeout: float) -> int:
@@ -645,10 +656,6 @@ class PostgresEventLog:
         moved; True if one came. Blocking: for a worker thread."""
         return self._head_channel().wait_for_notice(timeout)
 
-    def announce_head(self) -> None:
-        """NOTIFY the log's followers that the head moved. Blocking: for a worker thread."""
-        self._head_channel().announce()
-
     def _head_channel(self) -> HeadChannel:
         self._check_open()
         channel = self._channel
@@ -656,7 +663,9 @@ class PostgresEventLog:
             with self._channel_lock:
                 channel = self._channel
                 if channel is None:
-                    channel = self._channel = HeadChannel(self._connect, self._schema, self._q.head)
+                    channel = self._channel = HeadChannel(
+                        self._connect, self._schema, self._q.head, lambda: self._writer_pid
+                    )
         return channel
 
     def open_lease(self, name: str) -> PgLease:
@@ -735,6 +744,7 @@ class _Statements:
             "SELECT pg_try_advisory_lock_shared(hashtext('actorlog writer ' || %s))"
         )
         self.head = q("SELECT coalesce(max(position), 0) FROM {s}.events")
+        self.notify = sql.SQL("NOTIFY {}").format(sql.Identifier(channel_name(schema)))
         self.last_seq = q("SELECT coalesce(max(seq), 0) FROM {s}.command_ids")
         self.versions = q(
             "SELECT id, coalesce((SELECT max(version) FROM {s}.events WHERE stream_id = id), 0)"

@@ -1,26 +1,23 @@
 """Following a PostgreSQL log that other processes write: LISTEN/NOTIFY as a hint, a
 bounded poll as the fallback.
 
-    engine A ── group commit ──▶ (the writer publishes) ──▶ announce(): NOTIFY, at most one
-                                                             in flight, coalesced
+    engine A ── group commit: ... NOTIFY channel; COMMIT (once a group that wrote events)
     engine B's follower thread:  wait_for_head(known, timeout)
         LISTEN (once, on its own connection) ──▶ head? ──▶ > known: return it
                                               └─▶ wait for the socket (another process's
                                                   notification; this one's own are read
-                                                  and dropped, by the announcer's backend
-                                                  pid), at most ``POLL`` s ──▶ head? ──▶ ...
+                                                  and dropped, by its writer connection's
+                                                  backend pid), at most ``POLL`` s ──▶ ...
 
-Why the NOTIFY is not in the commit's transaction: a NOTIFY takes a global lock at
-commit (the notification queue's), and the group commit already holds the events' table
-lock; sent after the commit from a connection of its own, it serializes nothing of the
-write path and costs one small round trip a group at most (fewer when groups commit
-faster than a round trip: the engine coalesces them). A notification says only "the head
-moved"; the head is always read from the table, so a lost, late or duplicated
-notification costs latency (up to ``POLL``), never an event.
+The NOTIFY is sent by the log inside the group's transaction (``PostgresEventLog._commit``),
+so it is delivered exactly when the events become visible and costs no round trip of its
+own (see that module and ``docs/design.md`` for the lock it takes). A notification says
+only "the head moved"; the head is always read from the table, so a lost, late or
+duplicated notification costs latency (up to ``POLL``), never an event.
 
-Connections: one for listening (used by the follower's thread only) and one for
-announcing, each opened on first use and reopened after a failure; a failure is a
-``StorageError`` (the follower retries after a pause).
+The listening connection is used by the follower's thread only, opened on first use and
+reopened after a failure; a failure is a ``StorageError`` (the follower retries after a
+pause).
 """
 
 from __future__ import annotations
@@ -54,13 +51,15 @@ def channel_name(schema: str) -> str:
 
 
 class HeadChannel:
-    """The LISTEN and NOTIFY ends of one log's channel (see the module doc).
+    """The LISTEN end of one log's channel (see the module doc).
 
     Args:
         connect: opens a new autocommit connection to the log's database
             (``StorageError`` if it cannot).
         schema: the log's schema (names the channel).
         head_query: the statement that reads the log's head position.
+        own_pid: the backend pid of this process's writer connection, the sender of its
+            own commits' notifications (0 before its first commit).
     """
 
     def __init__(
@@ -68,16 +67,15 @@ class HeadChannel:
         connect: Callable[[], psycopg.Connection[Any]],
         schema: str,
         head_query: sql.Composed,
+        own_pid: Callable[[], int],
     ) -> None:
         self._connect = connect
         self._channel = channel_name(schema)
         self._head_query = head_query
+        self._own_pid = own_pid
         self._listener: psycopg.Connection[Any] | None = None
-        self._announcer: psycopg.Connection[Any] | None = None
         self._listen_lock = threading.Lock()
-        self._announce_lock = threading.Lock()
         self._noticed = False
-        self._announcer_pid = 0  # its backend's pid: the notifications to ignore
         self._closed = False
 
     def wait_for_head(self, known: int, timeout: float) -> int:
@@ -124,9 +122,10 @@ class HeadChannel:
 
     def _wait_for_notice(self, conn: psycopg.Connection[Any], deadline: float) -> bool:
         """Wait until another process's notification arrives (True), or ``POLL`` seconds
-        pass, or ``deadline`` (False). This process's own notifications (its announcer's
-        backend) are read and dropped here, without a query: each would otherwise cost a
-        read of the log that can only find what this engine already knows."""
+        pass, or ``deadline`` (False). This process's own notifications (its writer
+        connection's backend) are read and dropped here, without a query: each would
+        otherwise cost a read of the log that can only find what this engine already
+        knows."""
         pgconn = conn.pgconn
         end = min(deadline, time.monotonic() + POLL)
         while (wait := end - time.monotonic()) > 0:
@@ -135,40 +134,16 @@ class HeadChannel:
                 return False
             pgconn.consume_input()
             foreign = False
+            own = self._own_pid()
             while (notice := pgconn.notifies()) is not None:
-                foreign = foreign or notice.be_pid != self._announcer_pid
+                foreign = foreign or notice.be_pid != own
             if foreign:
                 return True
         return False
 
-    def announce(self) -> None:
-        """Tell the log's followers that its head moved (one NOTIFY). Blocking.
-
-        Raises:
-            StorageError: the server cannot be reached (the announcement is lost: the
-                followers' poll finds the head anyway).
-        """
-        with self._announce_lock:
-            self._check_open()
-            conn = self._announcer
-            try:
-                if conn is None or conn.closed:
-                    conn = self._announcer = self._connect()
-                    self._announcer_pid = conn.info.backend_pid
-                conn.execute("SELECT pg_notify(%s, '')", (self._channel,))
-            except psycopg.Error as e:
-                self._announcer = None
-                if conn is not None:
-                    conn.close()
-                raise StorageError(f"announcing to the PostgreSQL log failed: {e}") from e
-
     def close(self) -> None:
-        """Close both connections. Idempotent."""
+        """Close the listening connection. Idempotent."""
         self._closed = True
-        with self._announce_lock:
-            if self._announcer is not None:
-                self._announcer.close()
-                self._announcer = None
         with self._listen_lock:
             self._drop_listener()
 
@@ -193,7 +168,7 @@ class HeadChannel:
         return conn
 
     def _notified(self, notice: psycopg.Notify) -> None:
-        if notice.pid != self._announcer_pid:  # not this process's own announcement
+        if notice.pid != self._own_pid():  # not this process's own commit
             self._noticed = True
 
     def _head(self, conn: psycopg.Connection[Any]) -> int:

@@ -327,3 +327,31 @@ def test_an_unshared_log_is_its_schemas_only_writer(postgres: Postgres) -> None:
     late = postgres.log(schema)
     assert isinstance(late.append_batch([make_append("c", NO_STREAM)])[0][0], StorageLocked)
     assert reader.head_position() == 4
+
+
+def test_a_shared_logs_commit_wakes_the_other_processes_followers(postgres: Postgres) -> None:
+    # The NOTIFY rides in the group commit (one a group that wrote events): another log
+    # of the schema hears it; the log's own commits never wake its own follower (each
+    # would cost it a useless read of the log).
+    schema = postgres.schema()
+    writer = postgres.log(schema, shared=True)
+    follower = postgres.log(schema, shared=True)
+    try:
+        assert not follower.wait_for_notice(0.05)  # listening now; nothing sent yet
+
+        def commit(log: PostgresEventLog, stream_id: str, expected: int, count: int) -> None:
+            outcomes, _ = log.append_batch([make_append(stream_id, expected, count)])
+            assert not isinstance(outcomes[0], Exception), outcomes
+
+        commit(writer, "a", 0, 1)
+        assert follower.wait_for_notice(5.0)  # another log's commit
+        commit(follower, "b", 0, 1)
+        assert not follower.wait_for_notice(0.3)  # its own: read and dropped
+        # A group that wrote no events (a rejection's check) tells no one.
+        commit(writer, "a", 1, 0)
+        assert not follower.wait_for_notice(0.3)
+        commit(writer, "a", 1, 2)
+        assert follower.wait_for_notice(5.0)
+    finally:
+        writer.close()
+        follower.close()
