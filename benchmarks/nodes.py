@@ -97,7 +97,7 @@ def _cpu() -> float:
 
 async def _writer_child(args: dict[str, Any]) -> None:
     """A W1 write node: its share of the commands, from its share of the clients."""
-    log = PostgresEventLog(args["dsn"], schema=args["schema"], shared=True)
+    log = PostgresEventLog(args["dsn"], schema=args["schema"], shared=args["shared"])
     views = [Balances, Totals] if args["views"] else []
     async with Engine.open(log=log, aggregates=[Account], projectors=views) as engine:
         work = [
@@ -263,10 +263,12 @@ def w1_round(
     views: bool,
     clients: int = 64,
     busy: int = 0,
+    shared: bool = True,
 ) -> dict[str, float]:
     """One W1 run: ``clients`` split over ``processes`` write processes, beside ``busy``
     processes that only burn CPU (a control: the contention of more processes on the
-    cores, without their work)."""
+    cores, without their work); ``shared=False``: one process on a log it alone writes (a
+    control: what following others costs one process)."""
     schema = f"bench_nodes_{uuid.uuid4().hex[:12]}"
     setup = PostgresEventLog(dsn, schema=schema)
     try:
@@ -288,6 +290,7 @@ def w1_round(
                 routing=routing,
                 clients=max(1, clients // processes),
                 views=views,
+                shared=shared,
             )
             for i in range(processes)
         ]
@@ -456,25 +459,29 @@ def main(argv: list[str] | None = None) -> int:
     for views in (True, False):
         if not args.dsn or ("W1" if views else "W1-plain") not in only:
             continue
-        # (processes, routing, clients, busy processes). The last four are one process
-        # under the two things that change when the load is split over N processes on
-        # these cores: N-1 more processes contending for the cores (busy ones, burning
-        # CPU), and 64/N clients each (smaller groups).
-        configs: list[tuple[int, str, int, int]] = [
-            (1, "affinity", 64, 0),
-            (2, "random", 64, 0),
-            (2, "affinity", 64, 0),
-            (4, "random", 64, 0),
-            (4, "affinity", 64, 0),
-            (1, "affinity", 64, 1),
-            (1, "affinity", 64, 3),
-            (1, "affinity", 32, 0),
-            (1, "affinity", 16, 0),
+        # (processes, routing, clients, busy processes, shared). The controls are one
+        # process under the two things that change when the load is split over N
+        # processes on these cores: N-1 more processes contending for the cores (busy
+        # ones, burning CPU), and 64/N clients each (smaller groups); and one process on
+        # a log only it writes (what following others costs).
+        configs: list[tuple[int, str, int, int, bool]] = [
+            (1, "affinity", 64, 0, True),
+            (2, "random", 64, 0, True),
+            (2, "affinity", 64, 0, True),
+            (4, "random", 64, 0, True),
+            (4, "affinity", 64, 0, True),
+            (1, "affinity", 64, 1, True),
+            (1, "affinity", 64, 3, True),
+            (1, "affinity", 32, 0, True),
+            (1, "affinity", 16, 0, True),
+            (1, "affinity", 64, 0, False),
         ]
-        samples: dict[tuple[int, str, int, int], list[dict[str, float]]] = {c: [] for c in configs}
+        samples: dict[tuple[int, str, int, int, bool], list[dict[str, float]]] = {
+            c: [] for c in configs
+        }
         for _ in range(args.rounds):
-            for processes, routing, clients, busy in configs:
-                samples[(processes, routing, clients, busy)].append(
+            for processes, routing, clients, busy, shared in configs:
+                samples[(processes, routing, clients, busy, shared)].append(
                     w1_round(
                         args.dsn,
                         processes,
@@ -484,6 +491,7 @@ def main(argv: list[str] | None = None) -> int:
                         views=views,
                         clients=clients,
                         busy=busy,
+                        shared=shared,
                     )
                 )
         medians = {
@@ -491,23 +499,25 @@ def main(argv: list[str] | None = None) -> int:
             for c, runs in samples.items()
         }
         base = medians[configs[0]]
-        for (processes, routing, clients, busy), med in medians.items():
+        for (processes, routing, clients, busy, shared), med in medians.items():
             row: dict[str, Any] = {
                 "workload": "W1-postgres-nodes" + ("" if views else "-no-views"),
                 "processes": processes,
                 "routing": routing if processes > 1 else "-",
             }
-            if busy or clients != 64:
+            if busy or clients != 64 or not shared:
                 row["control"] = (
                     f"one process beside {busy} busy processes"
                     if busy
                     else f"one process with {clients} clients"
+                    if clients != 64
+                    else "one process on a log only it writes (shared=False)"
                 )
             row |= {
                 "per_second_ratio": round(med["per_second"] / base["per_second"], 3),
                 "per_cpu_second_ratio": round(med["per_cpu_second"] / base["per_cpu_second"], 3),
             }
-            contended = medians.get((1, "affinity", 64, processes - 1))
+            contended = medians.get((1, "affinity", 64, processes - 1, True))
             if processes > 1 and contended is not None:
                 # Per CPU-second against one process under the same contention for the
                 # cores: what splitting the work costs, apart from the cores' sharing.

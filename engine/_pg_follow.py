@@ -66,7 +66,7 @@ class HeadChannel:
         self,
         connect: Callable[[], psycopg.Connection[Any]],
         schema: str,
-        head_query: sql.Composed,
+        head_query: bytes | sql.SQL | sql.Composed,
         own_pid: Callable[[], int],
     ) -> None:
         self._connect = connect
