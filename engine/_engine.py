@@ -867,7 +867,9 @@ class Engine:
         (its acknowledgement), and the follower not seen it yet."""
         head = self._broadcast.head
         if position > head and self._follower is not None:
-            head = await self._follower.refresh()
+            head = self._follower.written()  # its own commits the follower holds back
+            if position > head:
+                head = await self._follower.refresh()
         if position > head:
             raise UnknownPosition(
                 f"{name}={position} is beyond the log's head ({head}): no command has "

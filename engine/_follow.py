@@ -70,6 +70,9 @@ READ_BATCH: Final = 4096
 """The most events the follower reads at once (for an engine with aggregates)."""
 RETRY_PAUSE: Final = 0.5
 """After a failed wait (the server unreachable, say), the pause before the next one."""
+HELD_EVENTS: Final = 4096
+"""The most events of this engine's own batches held back for the follower to publish in
+order (``Follower.on_commit``); past it they are let go and the projectors read them."""
 
 
 def follows_others(log: object) -> bool:
@@ -114,6 +117,10 @@ class Follower:
         # This engine's batches above ``_followed`` (first, last), in order; bounded: a
         # range dropped is read back and skipped by version, never lost.
         self._own: deque[tuple[int, int]] = deque(maxlen=OWN_RANGES)
+        # This engine's batches committed after positions others took that the follower
+        # has not read yet: held back, in order, until it has (see on_commit).
+        self._held: deque[CommitBatch] = deque()
+        self._held_events = 0
         self.foreign_events = 0
         self.reads = 0
         self._blocking = reads_block(log)
@@ -213,6 +220,7 @@ class Follower:
                 own.popleft()  # passed already
             if own and own[0][0] <= start:
                 self._followed = own.popleft()[1]  # ours: the aggregates decided it
+                self._release_held()
                 continue
             limit = READ_BATCH if head is None else min(head - start + 1, READ_BATCH)
             # Inline, like the writer's commit: one round trip on the loop costs less than
@@ -227,6 +235,7 @@ class Follower:
                 return
             size = events.nbytes if type(events) is ReadBatch else _payload_bytes(events)
             self._broadcast.share(events, size)
+            self._publish_read(events)
             foreign = events if not own or own[0][0] > last else self._without_own(events)
             if foreign:
                 on_events(foreign)
@@ -252,10 +261,60 @@ class Follower:
         foreign.extend(events[at:])
         return foreign
 
+    def _publish_read(self, events: list[StoredEvent]) -> None:
+        """Publish what a gap-free read brought beyond the broadcast's head, in order:
+        others' events as read (the projectors decode them), this engine's own as held
+        back (with the objects they were encoded from). A read that does not reach the
+        head publishes nothing (``_advance`` then moves the head, and the projectors
+        read the log)."""
+        broadcast, held = self._broadcast, self._held
+        first = events[0].position
+        at = broadcast.head + 1 - first  # the first event beyond the head
+        if at < 0:
+            return
+        while at < len(events):
+            end = len(events)
+            if held:
+                end = min(end, held[0].events[0].position - first)
+            if end > at:
+                run = events[at:end]
+                broadcast.publish(CommitBatch(run, [None] * len(run)))
+            self._release_held()
+            following = broadcast.head + 1 - first
+            if following <= at:  # pragma: no cover - each turn publishes something
+                return
+            at = following
+
+    def _release_held(self) -> None:
+        """Publish the held batches that follow the broadcast's head now; forget those it
+        has passed (the projectors read them from the log)."""
+        broadcast, held = self._broadcast, self._held
+        while held:
+            batch = held[0]
+            events = batch.events
+            head = broadcast.head
+            if events[0].position > head + 1:
+                return
+            held.popleft()
+            self._held_events -= len(events)
+            if events[-1].position > head:
+                skip = head + 1 - events[0].position  # 0 unless an advance passed a part
+                if skip:
+                    batch = CommitBatch(events[skip:], batch.objects[skip:])
+                broadcast.publish(batch)
+
     def _advance(self, head: int) -> None:
         if head > self._broadcast.head:
             self.advances += 1
             self._broadcast.advance(head)
+        if self._held:
+            self._release_held()
+
+    def written(self) -> int:
+        """The last position this engine knows committed: the broadcast's head, or its own
+        last batch if that is still held back."""
+        head = self._broadcast.head
+        return max(head, self._held[-1].events[-1].position) if self._held else head
 
     async def refresh(self) -> int:
         """Read the log's head now (a position a caller got from another process may be
@@ -277,15 +336,32 @@ class Follower:
     def on_commit(self, batch: CommitBatch) -> None:
         """The writer's commit callback on a followed log: publish, and note the batch as
         this engine's own (the follower need not read it back). No await: the writer's
-        path."""
-        self._broadcast.publish(batch)
+        path.
+
+        Feeding aggregates, a batch that does not follow the broadcast's head (others
+        committed in between, and the follower has not read them yet) is held back, and
+        published once the follower has read and published what comes before it
+        (``_publish_read``): the projectors then get the others' events from the read
+        the follower makes anyway, and their own with their objects. Published at once,
+        it would break the window's run of positions, and each projector would read the
+        log from its checkpoint, this engine's own events included (measured: 3.4 events
+        read a command at two processes, 6.2 at four, against 0.5 and 0.75 needed)."""
         events = batch.events
-        if events:
-            first, last = events[0].position, events[-1].position
-            if first == self._followed + 1 and not self._own:
-                self._followed = last
-            else:  # others committed in between: the follower reads that gap
-                self._own.append((first, last))
+        if not events:
+            return
+        first, last = events[0].position, events[-1].position
+        if first == self._followed + 1 and not self._own:
+            self._followed = last
+        else:  # others committed in between: the follower reads that gap
+            self._own.append((first, last))
+        broadcast = self._broadcast
+        if self._on_events is None or (not self._held and first == broadcast.head + 1):
+            broadcast.publish(batch)
+            return
+        self._held.append(batch)
+        self._held_events += len(events)
+        if self._held_events > HELD_EVENTS:
+            self._advance(last)  # let them go: the projectors read the log
 
     def statistics(self) -> FollowerStatistics:
         """What the follower saw so far."""

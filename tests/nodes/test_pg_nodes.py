@@ -14,7 +14,7 @@ import os
 import pytest
 
 from actorlog import ConcurrencyError, Engine, UnknownPosition
-from benchmarks.bank import Account, Balances, Deposit, InsufficientFunds, Withdraw
+from benchmarks.bank import Account, Balances, Deposit, Deposited, InsufficientFunds, Withdraw
 from tests.support import Postgres
 
 from .cluster import Node
@@ -206,3 +206,31 @@ async def test_an_unshared_log_is_not_followed(postgres: Postgres) -> None:
             other.close()
         done = await engine.send(Account, "acct", Deposit(1))
         assert await engine.query(Balances.balance, "acct", after=done.position) == 4
+
+
+async def test_own_commits_behind_others_reach_the_projectors_in_order(
+    postgres: Postgres,
+) -> None:
+    # Each command here commits right after another process's event its follower has not
+    # read yet: the engine holds its own batch back and publishes it once the follower
+    # has read and published the other's (Follower.on_commit). The projector must apply
+    # both, in position order, and after= with the engine's own position must wait for
+    # its commit, not refuse it.
+    from actorlog.storage import Append
+
+    from .rival import EVENTS
+
+    schema = postgres.schema()
+    rival = postgres.log(schema, shared=True)
+    log = postgres.log(schema, shared=True)
+    async with Engine.open(log=log, aggregates=[Account], projectors=[Balances]) as engine:
+        for n in range(1, 21):
+            outcomes, stored = rival.append_batch(
+                [Append("other", n - 1, (EVENTS.encode(Deposited(100)),))]
+            )
+            assert not isinstance(outcomes[0], Exception), outcomes
+            committed = await engine.send(Account, "acct", Deposit(5))
+            assert committed.position > stored[0].position
+            at = committed.position
+            assert await engine.query(Balances.balance, "acct", after=at, timeout=10) == 5 * n
+            assert await engine.query(Balances.balance, "other", after=at, timeout=10) == 100 * n
