@@ -479,8 +479,12 @@ def main(argv: list[str] | None = None) -> int:
         samples: dict[tuple[int, str, int, int, bool], list[dict[str, float]]] = {
             c: [] for c in configs
         }
-        for _ in range(args.rounds):
-            for processes, routing, clients, busy, shared in configs:
+        for round_ in range(args.rounds):
+            # Each round starts at another configuration: a run's place in the round
+            # moved its figure by up to ~30% on this VM (the baseline, always first,
+            # measured below one process beside a busy one).
+            turn = round_ % len(configs)
+            for processes, routing, clients, busy, shared in configs[turn:] + configs[:turn]:
                 samples[(processes, routing, clients, busy, shared)].append(
                     w1_round(
                         args.dsn,
