@@ -11,12 +11,22 @@ or another engine on the schema. Real server (skipped without ``ACTORLOG_TEST_PO
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import anyio
 import pytest
 
-from actorlog import Engine, Rejected
-from benchmarks.bank import Account, Balances, Deposit, Deposited, InsufficientFunds, Withdraw
+from actorlog import Engine, Projector, Recorded, Rejected
+from actorlog.actors import applies
+from benchmarks.bank import (
+    Account,
+    Balances,
+    Deposit,
+    Deposited,
+    InsufficientFunds,
+    Withdraw,
+    Withdrawn,
+)
 from tests.support import Postgres
 
 from .rival import amounts, append
@@ -47,3 +57,73 @@ async def test_wait_projected_covers_an_own_commit_held_back(postgres: Postgres)
 
 def test_wait_projected_covers_an_own_commit_held_back_on_asyncio(postgres: Postgres) -> None:
     asyncio.run(own_commit_is_projected_by_wait_projected(postgres))
+
+
+class Positions(Projector):
+    """Every account event's position, in the order the projector applied them."""
+
+    def __init__(self) -> None:
+        self.seen: list[int] = []
+
+    @applies
+    def deposited(self, e: Deposited, meta: Recorded) -> None:
+        self.seen.append(meta.position)
+
+    @applies
+    def withdrawn(self, e: Withdrawn, meta: Recorded) -> None:
+        self.seen.append(meta.position)
+
+    def positions(self) -> list[int]:
+        return list(self.seen)
+
+
+async def interleave(postgres: Postgres, rounds: int) -> None:
+    """Two engines (aggregates + a projector each) and a raw writer interleave single and
+    multi-event appends, send and pipelined send_nowait; every projector must apply every
+    position exactly once, in order."""
+    schema = postgres.schema()
+    rival = postgres.log(schema, shared=True)
+    kinds: dict[str, Any] = {"aggregates": [Account], "projectors": [Positions]}
+    async with (
+        Engine.open(log=postgres.log(schema, shared=True), **kinds) as a,
+        Engine.open(log=postgres.log(schema, shared=True), **kinds) as b,
+    ):
+
+        async def load(engine: Engine, name: str) -> None:
+            for n in range(rounds):
+                append(rival, f"r{n % 3}", Deposited(1), Deposited(2), Deposited(3))
+                await engine.send(Account, f"{name}{n % 2}", Deposit(1))
+                pendings = [engine.send_nowait(Account, f"{name}p", Deposit(1)) for _ in range(3)]
+                append(rival, "shared", Deposited(1))
+                for pending in pendings:
+                    await pending
+                if n % 4 == 0:
+                    await anyio.sleep(0.002)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(load, a, "a")
+            tg.start_soon(load, b, "b")
+        head = rival.head_position()
+        for engine in (a, b):
+            with anyio.fail_after(20):
+                await engine.wait_projected(head)
+            seen = await engine.query(Positions.positions)
+            assert seen[:head] == list(range(1, head + 1))
+
+
+async def test_projectors_see_every_position_once_in_order(postgres: Postgres) -> None:
+    await interleave(postgres, 30)
+
+
+async def test_projectors_in_order_across_small_read_batches_and_held_overflow(
+    postgres: Postgres, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from actorlog.engine import _follow
+
+    monkeypatch.setattr(_follow, "READ_BATCH", 4)
+    monkeypatch.setattr(_follow, "HELD_EVENTS", 3)
+    await interleave(postgres, 30)
+
+
+def test_projectors_see_every_position_once_in_order_on_asyncio(postgres: Postgres) -> None:
+    asyncio.run(interleave(postgres, 15))
