@@ -18,6 +18,7 @@ import pytest
 
 from actorlog import Engine, Projector, Recorded, Rejected, StorageError
 from actorlog.actors import applies
+from actorlog.storage import ANY, Append
 from benchmarks.bank import (
     Account,
     Balances,
@@ -61,6 +62,8 @@ def test_wait_projected_covers_an_own_commit_held_back_on_asyncio(postgres: Post
 
 class Positions(Projector):
     """Every account event's position, in the order the projector applied them."""
+
+    seen: list[int]
 
     def __init__(self) -> None:
         self.seen: list[int] = []
@@ -127,6 +130,78 @@ async def test_projectors_in_order_across_small_read_batches_and_held_overflow(
 
 def test_projectors_see_every_position_once_in_order_on_asyncio(postgres: Postgres) -> None:
     asyncio.run(interleave(postgres, 15))
+
+
+
+class SavedPositions(Positions):
+    """Positions, its cache saved at every position and at close."""
+
+    snapshot_every = 1
+
+
+async def test_held_batches_at_close_leave_a_saved_cache_that_resumes_in_order(
+    postgres: Postgres,
+) -> None:
+    # The engine closes with its own batches held back (others' events before them not
+    # read yet): the cache saved at close must not claim positions it has not applied.
+    schema = postgres.schema()
+    rival = postgres.log(schema, shared=True)
+    kinds: dict[str, Any] = {"aggregates": [Account], "projectors": [SavedPositions]}
+    for _ in range(3):
+        async with Engine.open(log=postgres.log(schema, shared=True), **kinds) as engine:
+            for _ in range(3):
+                append(rival, "other", Deposited(1), Deposited(2))
+                await engine.send(Account, "acct", Deposit(1))
+    head = rival.head_position()
+    async with Engine.open(log=postgres.log(schema, shared=True), **kinds) as engine:
+        with anyio.fail_after(10):
+            await engine.wait_projected(head)
+        assert await engine.query(SavedPositions.positions) == list(range(1, head + 1))
+
+
+async def test_refresh_past_held_batches_keeps_projectors_in_order(postgres: Postgres) -> None:
+    # after= another process's position beyond this engine's held batch: the head read
+    # (refresh) passes the held batch, which the projector then reads from the log.
+    schema = postgres.schema()
+    rival = postgres.log(schema, shared=True)
+    kinds: dict[str, Any] = {"aggregates": [Account], "projectors": [Positions]}
+    async with Engine.open(log=postgres.log(schema, shared=True), **kinds) as engine:
+        for n in range(5):
+            append(rival, "other", Deposited(1))
+            own = await engine.send(Account, "acct", Deposit(1))
+            append(rival, "other", Deposited(1), Deposited(2))
+            after = rival.head_position()
+            seen = await engine.query(Positions.positions, after=after, timeout=10)
+            assert seen[:after] == list(range(1, after + 1)), n
+            assert own.position in seen
+
+
+async def test_held_batches_survive_the_follower_losing_its_connections(
+    postgres: Postgres,
+) -> None:
+    schema = postgres.schema()
+    rival = postgres.log(schema, shared=True)
+    kinds: dict[str, Any] = {"aggregates": [Account], "projectors": [Positions]}
+    async with Engine.open(log=postgres.log(schema, shared=True), **kinds) as engine:
+        for n in range(3):
+            if n:  # the rival's connection was killed too: its first write fails
+                outcomes, _ = rival.append_batch([Append("other", ANY, ())])
+                assert isinstance(outcomes[0], StorageError)
+            append(rival, "other", Deposited(1))
+            own = await engine.send(Account, "acct", Deposit(1))
+            kill_other_backends(postgres)  # the follower's, the reader's, the writer's
+            seen = await engine.query(Positions.positions, after=own.position, timeout=10)
+            assert seen == list(range(1, own.position + 1))
+            try:
+                await engine.send(Account, "acct", Deposit(1))
+            except StorageError:  # the first write to find the connection gone
+                pass
+        rival.append_batch([Append("other", ANY, ())])  # reconnects (fails: connection lost)
+        append(rival, "other", Deposited(1))
+        head = rival.head_position()
+        with anyio.fail_after(10):
+            await engine.wait_projected(head)
+        assert await engine.query(Positions.positions) == list(range(1, head + 1))
 
 
 # -- a rejection confirmed by a probe in the group commit (3daf079) ------------------------
