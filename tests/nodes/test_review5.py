@@ -204,6 +204,43 @@ async def test_held_batches_survive_the_follower_losing_its_connections(
         assert await engine.query(Positions.positions) == list(range(1, head + 1))
 
 
+
+async def test_own_commits_reach_the_projectors_when_the_listener_cannot_connect(
+    postgres: Postgres,
+) -> None:
+    # REVIEW5 DEFECT (fails on main at 483cf5a): a role allowed two connections gives the
+    # engine its writer and reader, and every attempt at the follower's LISTEN connection
+    # fails (a real server refusal, retried every RETRY_PAUSE). The follower then never
+    # reads, so an own batch held back behind another process's event was never
+    # published: query(after=own position) timed out. Before 483cf5a it was published at
+    # once and the projector read the log.
+    import uuid
+
+    role = f"r5_{uuid.uuid4().hex[:8]}"
+    postgres.execute(f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 2")
+    postgres.execute(f"GRANT CREATE ON DATABASE {postgres.execute('SELECT current_database()')[0][0]} TO {role}")
+    schema = postgres.schema()
+    try:
+        from actorlog.storage import PostgresEventLog
+
+        url = postgres.url.replace("postgres@", f"{role}@", 1)
+        assert url != postgres.url
+        log = PostgresEventLog(url, schema=schema, shared=True)
+        try:
+            rival = postgres.log(schema, shared=True)
+            async with Engine.open(log=log, aggregates=[Account], projectors=[Balances]) as e:
+                for n in range(1, 3):
+                    append(rival, "other", Deposited(1))
+                    own = await e.send(Account, "acct", Deposit(1))
+                    assert await e.query(Balances.balance, "acct", after=own.position, timeout=5) == n
+        finally:
+            log.close()
+    finally:
+        postgres.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        postgres.execute(f"DROP OWNED BY {role}")
+        postgres.execute(f"DROP ROLE {role}")
+
+
 # -- a rejection confirmed by a probe in the group commit (3daf079) ------------------------
 
 
