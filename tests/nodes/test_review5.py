@@ -422,3 +422,33 @@ async def test_a_process_manager_sees_own_commits_held_back(postgres: Postgres) 
         assert await engine.query(Balances.balance, "a") == 92
         assert await engine.query(Balances.balance, "b") == 8
         assert await engine.query(Balances.balance, "noise") == 8
+
+
+def test_three_writer_processes_views_match_the_log(postgres: Postgres) -> None:
+    # Three real processes bump pair streams (two events a command) at once: each holds
+    # its own batches back behind the others' and publishes them after its follower's
+    # read. Every node's view must hold each stream's events exactly once, in order.
+    import time
+
+    from .cluster import Node
+
+    schema = postgres.schema()
+    log = postgres.log(schema, shared=True)  # the tables exist before the nodes race
+    nodes = [Node("pg", postgres.url, schema, "writer", b) for b in ("trio", "asyncio", "trio")]
+    try:
+        for node in nodes:
+            node.start_load(6, 4)
+        time.sleep(0.5)
+        for node in nodes:
+            assert node.stop_load() > 0
+        head = log.head_position()
+        halves: dict[str, list[int]] = {}
+        for event in log.read_all(1, head):
+            if event.type == "Bumped":
+                halves.setdefault(event.stream_id, []).append(1 if event.version % 2 else 2)
+        assert sum(map(len, halves.values())) == head > 0
+        for node in nodes:
+            assert node.ask("pairs", after=head, timeout=20) == {"pairs": halves}
+    finally:
+        for node in nodes:
+            node.close()
