@@ -70,6 +70,7 @@ from ._errors import (
     EngineError,
     Overloaded,
     Rejected,
+    StorageError,
     UnknownCommand,
 )
 from ._follow import follows_others
@@ -345,11 +346,17 @@ class Aggregates:
         (``_again``)."""
         try:
             await probe.wait()
-        except ConcurrencyError as conflict:
+        except (ConcurrencyError, StorageError) as failed:
+            # A conflict: another process appended first. A StorageError: the group that
+            # carried the probe failed (its connection was lost, say: a write is never
+            # retried), so what the actor had in flight may or may not have committed
+            # and the rejection is not confirmed either way. Both: reload, decide again
+            # (its own probe rides in the next group, on a reopened connection; a server
+            # still down fails the reload with StorageError).
             actor = self._live.get(stream_id)
             if actor is not None and actor.kind is kind:
                 actor.stale = True  # reloaded before its next decision
-            return await self._again(kind, stream_id, command, meta, attempt, conflict)
+            return await self._again(kind, stream_id, command, meta, attempt, failed)
         raise rejection
 
     async def _again(
@@ -359,7 +366,7 @@ class Aggregates:
         command: Any,
         meta: CommandMeta | None,
         attempt: int,
-        error: ConcurrencyError,
+        error: ConcurrencyError | StorageError,
     ) -> Committed:
         """Decide ``command`` again on the reloaded aggregate (it is stale: another process
         appended to its stream), at most ``CONFLICT_RETRIES`` times, after a short random

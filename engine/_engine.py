@@ -829,7 +829,14 @@ class Engine:
             raise EngineClosed("the engine is closed")
         if position is not None:
             await self._check_written(position, "position")
-        target = self._broadcast.head if position is None else position
+        if position is not None:
+            target = position
+        elif self._follower is not None:
+            # Its own acknowledged commits count, held back by the follower or not: a
+            # caller that sent a command and waits for "the head" means to read it.
+            target = self._follower.written()
+        else:
+            target = self._broadcast.head
         # One deadline for them all, not one per projector.
         with anyio.move_on_after(math.inf if timeout is None else timeout) as scope:
             for host in self._projectors.values():

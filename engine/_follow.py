@@ -176,8 +176,13 @@ class Follower:
                         )
                 except StorageError as e:
                     # The server is gone for now: projectors keep what they have; retry.
+                    # This engine's own batches held back are let go first: they wait
+                    # for a read that may not come for a while (the listening connection
+                    # refused, say, while the writer and readers work), and the
+                    # projectors can read them from the log.
                     self.failures += 1
                     self.last_error = str(e)
+                    self._let_held_go()
                     await anyio.sleep(RETRY_PAUSE)
                     continue
             if feeding and (head is None or head > self._followed):
@@ -190,6 +195,7 @@ class Follower:
                     # aggregate is caught by its append's expected version.
                     self.failures += 1
                     self.last_error = str(e)
+                    self._let_held_go()
                 if self.foreign_events > seen:
                     hot_until = last_read + HOT_LINGER
             self._advance(self._followed if head is None else max(head, self._followed))
@@ -309,6 +315,12 @@ class Follower:
             self._broadcast.advance(head)
         if self._held:
             self._release_held()
+
+    def _let_held_go(self) -> None:
+        """Stop holding this engine's own batches back: move the head past them (every
+        position before them is committed too); the projectors read them from the log."""
+        if self._held:
+            self._advance(self._held[-1].events[-1].position)
 
     def written(self) -> int:
         """The last position this engine knows committed: the broadcast's head, or its own

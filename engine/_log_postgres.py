@@ -283,7 +283,9 @@ class PostgresEventLog:
             ).fetchone()
             if row is None:
                 taken = conn.execute(
-                    "SELECT to_regclass(%s) IS NOT NULL", (f'"{self._schema}".events',)
+                    # quote_ident: a schema name may hold a double quote.
+                    "SELECT to_regclass(quote_ident(%s) || '.events') IS NOT NULL",
+                    (self._schema,),
                 ).fetchone()
                 if taken is not None and taken[0]:
                     raise StorageError(
