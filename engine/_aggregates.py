@@ -79,7 +79,7 @@ from ._metadata import CommandMeta
 from ._passivation import AtCapacity, LiveActors
 from ._records import Append, AppendResult, Committed, Snapshot, StoredEvent
 from ._reply import Reply, must_propagate, reply_factory
-from ._writer import Writer
+from ._writer import Writer, completing
 
 __all__ = ["CONFLICT_RETRIES", "AggregateType", "Aggregates", "AggregatesStatistics", "Pending"]
 
@@ -320,14 +320,9 @@ class Aggregates:
             EngineClosed: the writer is closing.
         """
         probe = self._new_reply()
-
-        def done(outcome: AppendOutcome) -> None:
-            if isinstance(outcome, EngineError):
-                probe.set_error(outcome)
-            else:
-                probe.set_result(outcome)
-
-        self._writer.submit(Append(actor.stream_id, actor.version, ()), done, (), checked=True)
+        self._writer.submit(
+            Append(actor.stream_id, actor.version, ()), completing(probe), (), checked=True
+        )
         return probe
 
     async def _confirm(

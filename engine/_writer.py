@@ -70,7 +70,7 @@ from ._records import Append, AppendResult, ProjectorCache, Snapshot, StoredEven
 from ._reply import Reply, reply_factory
 from ._telemetry import CommitObserver
 
-__all__ = ["CommitBatch", "Writer", "WriterStatistics"]
+__all__ = ["CommitBatch", "Writer", "WriterStatistics", "completing"]
 
 
 class CommitBatch:
@@ -95,6 +95,19 @@ class CommitBatch:
 
 
 Done = Callable[[AppendOutcome], None]
+
+
+def completing(reply: Reply) -> Done:
+    """A ``done`` that completes ``reply`` with an append's outcome: its result, or the
+    ``EngineError`` it failed with."""
+
+    def done(outcome: AppendOutcome) -> None:
+        if isinstance(outcome, EngineError):
+            reply.set_error(outcome)
+        else:
+            reply.set_result(outcome)
+
+    return done
 
 
 class WriterStatistics(msgspec.Struct, frozen=True):
@@ -253,14 +266,7 @@ class Writer:
                 self._room = anyio.Event()
             await self._room.wait()
         reply = self._new_reply()
-
-        def done(outcome: AppendOutcome) -> None:
-            if isinstance(outcome, EngineError):
-                reply.set_error(outcome)
-            else:
-                reply.set_result(outcome)
-
-        self.submit(append, done)
+        self.submit(append, completing(reply))
         result: AppendResult = await reply.wait()
         return result
 
