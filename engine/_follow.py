@@ -50,7 +50,7 @@ import msgspec
 
 from ._errors import DefinitionError, StorageError
 from ._log import EventLog, ReadBatch, reads_block
-from ._projectors import Broadcast
+from ._projectors import EVENT_OVERHEAD, Broadcast
 from ._records import StoredEvent
 from ._writer import CommitBatch
 
@@ -73,6 +73,9 @@ RETRY_PAUSE: Final = 0.5
 HELD_EVENTS: Final = 4096
 """The most events of this engine's own batches held back for the follower to publish in
 order (``Follower.on_commit``); past it they are let go and the projectors read them."""
+HELD_BYTES: Final = 16 * 1024 * 1024
+"""The same bound in bytes, counted as the broadcast window counts them (payload plus
+``EVENT_OVERHEAD`` an event)."""
 
 
 def follows_others(log: object) -> bool:
@@ -94,6 +97,11 @@ class FollowerStatistics(msgspec.Struct, frozen=True):
     """Reads of the log the follower made for them (each brings every event committed
     since the one before, up to ``READ_BATCH``)."""
     last_error: str | None
+    held_events: int = 0
+    """This engine's own events held back right now, until the follower has read the
+    others' events before them (``HELD_EVENTS`` at most)."""
+    held_bytes: int = 0
+    """Their size, counted as the broadcast window counts (``HELD_BYTES`` at most)."""
 
 
 class Follower:
@@ -121,6 +129,7 @@ class Follower:
         # has not read yet: held back, in order, until it has (see on_commit).
         self._held: deque[CommitBatch] = deque()
         self._held_events = 0
+        self._held_bytes = 0
         self.foreign_events = 0
         self.reads = 0
         self._blocking = reads_block(log)
@@ -303,6 +312,7 @@ class Follower:
                 return
             held.popleft()
             self._held_events -= len(events)
+            self._held_bytes -= _held_size(events)
             if events[-1].position > head:
                 skip = head + 1 - events[0].position  # 0 unless an advance passed a part
                 if skip:
@@ -373,7 +383,8 @@ class Follower:
             return
         self._held.append(batch)
         self._held_events += len(events)
-        if self._held_events > HELD_EVENTS:
+        self._held_bytes += _held_size(events)
+        if self._held_events > HELD_EVENTS or self._held_bytes > HELD_BYTES:
             self._advance(last)  # let them go: the projectors read the log
 
     def statistics(self) -> FollowerStatistics:
@@ -384,7 +395,13 @@ class Follower:
             self.foreign_events,
             self.reads,
             self.last_error,
+            self._held_events,
+            self._held_bytes,
         )
+
+
+def _held_size(events: list[StoredEvent]) -> int:
+    return sum([len(e.payload) for e in events]) + EVENT_OVERHEAD * len(events)
 
 
 def _payload_bytes(events: list[StoredEvent]) -> int:

@@ -234,3 +234,34 @@ async def test_own_commits_behind_others_reach_the_projectors_in_order(
             at = committed.position
             assert await engine.query(Balances.balance, "acct", after=at, timeout=10) == 5 * n
             assert await engine.query(Balances.balance, "other", after=at, timeout=10) == 100 * n
+
+
+async def test_held_batches_past_their_byte_bound_are_let_go(
+    postgres: Postgres, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every own batch committed behind another process's unread event would be held;
+    # with a byte bound smaller than one event, each is let go at once (the projectors
+    # read it from the log), so nothing is ever held, and the view is still whole.
+    from actorlog.engine import _follow
+    from actorlog.storage import Append
+
+    from .rival import EVENTS
+
+    monkeypatch.setattr(_follow, "HELD_BYTES", 1)
+    schema = postgres.schema()
+    rival = postgres.log(schema, shared=True)
+    async with Engine.open(
+        log=postgres.log(schema, shared=True), aggregates=[Account], projectors=[Balances]
+    ) as engine:
+        for n in range(1, 21):
+            outcomes, _ = rival.append_batch(
+                [Append("other", n - 1, (EVENTS.encode(Deposited(100)),))]
+            )
+            assert not isinstance(outcomes[0], Exception), outcomes
+            committed = await engine.send(Account, "acct", Deposit(5))
+            follower = engine.statistics().follower
+            assert follower is not None
+            assert (follower.held_events, follower.held_bytes) == (0, 0)
+            at = committed.position
+            assert await engine.query(Balances.balance, "acct", after=at, timeout=10) == 5 * n
+            assert await engine.query(Balances.balance, "other", after=at, timeout=10) == 100 * n
