@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 
 import pytest
 
@@ -208,14 +209,11 @@ async def test_an_unshared_log_is_not_followed(postgres: Postgres) -> None:
         assert await engine.query(Balances.balance, "acct", after=done.position) == 4
 
 
-async def test_own_commits_behind_others_reach_the_projectors_in_order(
-    postgres: Postgres,
-) -> None:
-    # Each command here commits right after another process's event its follower has not
-    # read yet: the engine holds its own batch back and publishes it once the follower
-    # has read and published the other's (Follower.on_commit). The projector must apply
-    # both, in position order, and after= with the engine's own position must wait for
-    # its commit, not refuse it.
+async def commit_behind_others(postgres: Postgres, check: Callable[[Engine], None]) -> None:
+    """20 commands, each committed right after another process's event its follower has
+    not read yet; ``check`` looks at the engine after each. The projector must apply both,
+    in position order, and after= with the engine's own position must wait for its commit,
+    not refuse it."""
     from actorlog.storage import Append
 
     from .rival import EVENTS
@@ -231,37 +229,32 @@ async def test_own_commits_behind_others_reach_the_projectors_in_order(
             assert not isinstance(outcomes[0], Exception), outcomes
             committed = await engine.send(Account, "acct", Deposit(5))
             assert committed.position > stored[0].position
+            check(engine)
             at = committed.position
             assert await engine.query(Balances.balance, "acct", after=at, timeout=10) == 5 * n
             assert await engine.query(Balances.balance, "other", after=at, timeout=10) == 100 * n
+
+
+async def test_own_commits_behind_others_reach_the_projectors_in_order(
+    postgres: Postgres,
+) -> None:
+    # The engine holds each own batch back and publishes it once the follower has read
+    # and published the other's (Follower.on_commit).
+    await commit_behind_others(postgres, lambda engine: None)
 
 
 async def test_held_batches_past_their_byte_bound_are_let_go(
     postgres: Postgres, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Every own batch committed behind another process's unread event would be held;
-    # with a byte bound smaller than one event, each is let go at once (the projectors
-    # read it from the log), so nothing is ever held, and the view is still whole.
+    # With a byte bound smaller than one event, each batch is let go at once (the
+    # projectors read it from the log): nothing is ever held, and the view is still whole.
     from actorlog.engine import _follow
-    from actorlog.storage import Append
-
-    from .rival import EVENTS
 
     monkeypatch.setattr(_follow, "HELD_BYTES", 1)
-    schema = postgres.schema()
-    rival = postgres.log(schema, shared=True)
-    async with Engine.open(
-        log=postgres.log(schema, shared=True), aggregates=[Account], projectors=[Balances]
-    ) as engine:
-        for n in range(1, 21):
-            outcomes, _ = rival.append_batch(
-                [Append("other", n - 1, (EVENTS.encode(Deposited(100)),))]
-            )
-            assert not isinstance(outcomes[0], Exception), outcomes
-            committed = await engine.send(Account, "acct", Deposit(5))
-            follower = engine.statistics().follower
-            assert follower is not None
-            assert (follower.held_events, follower.held_bytes) == (0, 0)
-            at = committed.position
-            assert await engine.query(Balances.balance, "acct", after=at, timeout=10) == 5 * n
-            assert await engine.query(Balances.balance, "other", after=at, timeout=10) == 100 * n
+
+    def nothing_held(engine: Engine) -> None:
+        follower = engine.statistics().follower
+        assert follower is not None
+        assert (follower.held_events, follower.held_bytes) == (0, 0)
+
+    await commit_behind_others(postgres, nothing_held)
