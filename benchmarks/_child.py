@@ -1,5 +1,6 @@
 """A benchmark's worker process, driven over its stdin and stdout, one JSON line a message
-(the multi-process benchmarks: ``nodes``, ``transfer_nodes``)."""
+(the multi-process benchmarks: ``nodes``, ``transfer_nodes``; the node processes of
+``tests/nodes``): ``Child`` is the parent's end, ``say`` and ``heard`` the child's."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Child"]
+import anyio.to_thread
+
+__all__ = ["Child", "heard", "say"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,3 +43,18 @@ class Child:
             raise RuntimeError(f"a child exited ({self.proc.wait()})")
         message: dict[str, Any] = json.loads(line)
         return message
+
+
+def say(message: dict[str, Any]) -> None:
+    """In the child: send the parent one message."""
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
+
+
+async def heard() -> dict[str, Any] | None:
+    """In the child: the parent's next message, or None once its stdin is closed."""
+    line = await anyio.to_thread.run_sync(sys.stdin.readline)
+    if not line:
+        return None
+    message: dict[str, Any] = json.loads(line)
+    return message

@@ -50,7 +50,7 @@ import trio
 from actorlog import ConcurrencyError, Engine, Projector, Recorded, Rejected, applies
 from actorlog.storage import EventLog, LmdbEventLog, PostgresEventLog
 
-from ._child import Child
+from ._child import Child, heard, say
 from .bank import Account, Balances, Deposit, Deposited, OpenAccount, Totals, Withdraw
 from .workloads import _commands, _open_accounts
 
@@ -77,16 +77,10 @@ class Arrivals(Projector):
 # -- the child processes ----------------------------------------------------------------
 
 
-def _say(message: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(message) + "\n")
-    sys.stdout.flush()
-
-
 async def _line() -> dict[str, Any]:
-    line = await anyio.to_thread.run_sync(sys.stdin.readline)
-    if not line:
+    message = await heard()
+    if message is None:
         raise SystemExit(0)
-    message: dict[str, Any] = json.loads(line)
     return message
 
 
@@ -123,7 +117,7 @@ async def _writer_child(args: dict[str, Any]) -> None:
             for first in range(clients):
                 tg.start_soon(warm, first)
         before = engine.statistics()
-        _say({"ready": len(work)})
+        say({"ready": len(work)})
         await _line()  # go
         retries = 0
         cpu, started = _cpu(), time.perf_counter()
@@ -146,7 +140,7 @@ async def _writer_child(args: dict[str, Any]) -> None:
                 tg.start_soon(client, first)
         seconds, cpu = time.perf_counter() - started, _cpu() - cpu
         stats = engine.statistics()
-        _say(
+        say(
             {
                 "commands": len(work),
                 "seconds": seconds,
@@ -173,7 +167,7 @@ async def _reader_child(args: dict[str, Any]) -> None:
     async with Engine.open(log=log, aggregates=[], projectors=[Balances]) as engine:
         query, balance = engine.query, Balances.balance
         await query(balance, "acct-1", after=args["after"], timeout=30)
-        _say({"ready": True})
+        say({"ready": True})
         await _line()  # go
         count, cpu, started = 0, _cpu(), time.perf_counter()
         deadline = started + args["seconds"]
@@ -181,7 +175,7 @@ async def _reader_child(args: dict[str, Any]) -> None:
             for _ in range(1000):
                 await query(balance, "acct-1")
             count += 1000
-        _say({"queries": count, "seconds": time.perf_counter() - started, "cpu": _cpu() - cpu})
+        say({"queries": count, "seconds": time.perf_counter() - started, "cpu": _cpu() - cpu})
         await _line()  # done
 
 
@@ -193,10 +187,10 @@ async def _arrivals_child(args: dict[str, Any]) -> None:
         else LmdbEventLog(args["path"], readonly=True)
     )
     async with Engine.open(log=log, aggregates=[], projectors=[Arrivals]) as engine:
-        _say({"ready": True})
+        say({"ready": True})
         last = (await _line())["last"]
         at = await engine.query(Arrivals.arrivals, after=last, timeout=60)
-        _say({"arrivals": {str(k): v for k, v in at.items()}})
+        say({"arrivals": {str(k): v for k, v in at.items()}})
         await _line()
 
 

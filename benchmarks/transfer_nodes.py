@@ -22,7 +22,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -30,17 +29,12 @@ import anyio.to_thread
 from actorlog import ConcurrencyError, Engine
 from actorlog.storage import PostgresEventLog
 
-from ._child import Child
+from ._child import Child, heard, say
 from .bank import Deposit, OpenAccount, Transfer, TransferAccount, TransferProcess
 
 __all__ = ["main"]
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _say(message: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(message) + "\n")
-    sys.stdout.flush()
 
 
 async def _child(dsn: str, schema: str) -> None:
@@ -49,19 +43,18 @@ async def _child(dsn: str, schema: str) -> None:
     async with Engine.open(
         log=log, aggregates=[TransferAccount], process_managers=[TransferProcess]
     ) as engine:
-        _say({"ready": True})
+        say({"ready": True})
         while True:
-            line = await anyio.to_thread.run_sync(sys.stdin.readline)
-            if not line:
+            request = await heard()
+            if request is None:
                 return
-            request = json.loads(line)
             if request["op"] == "open":
                 for account in request["accounts"]:
                     await engine.send(TransferAccount, account, OpenAccount(account))
                     await engine.send(TransferAccount, account, Deposit(1_000_000))
-                _say({"opened": True})
+                say({"opened": True})
             elif request["op"] == "leads":
-                _say({"leads": engine.statistics().process_managers[0].leader})
+                say({"leads": engine.statistics().process_managers[0].leader})
             else:
 
                 async def client(todo: Iterator[list[str]]) -> None:
@@ -78,7 +71,7 @@ async def _child(dsn: str, schema: str) -> None:
                 async with anyio.create_task_group() as tg:
                     for _ in range(request["clients"]):
                         tg.start_soon(client, todo)
-                _say({"sent": True})
+                say({"sent": True})
 
 
 class _Node(Child):

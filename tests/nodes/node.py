@@ -23,7 +23,6 @@ Requests (``op`` and its arguments):
 
 from __future__ import annotations
 
-import json
 import random
 import sys
 from collections.abc import Awaitable, Callable
@@ -44,6 +43,7 @@ from actorlog import (
     handles,
 )
 from actorlog.storage import EventLog, LmdbEventLog, PostgresEventLog
+from benchmarks._child import heard, say
 from benchmarks.bank import Account, Balances, Deposit, Withdraw
 
 
@@ -87,12 +87,6 @@ class Pairs(Projector):
         return self.halves
 
 
-def say(message: dict[str, Any]) -> None:
-    """One message to the parent (one JSON line)."""
-    sys.stdout.write(json.dumps(message) + "\n")
-    sys.stdout.flush()
-
-
 async def serve(
     engine: Engine,
     handle: Callable[[Engine, dict[str, Any]], Awaitable[dict[str, Any]]],
@@ -102,10 +96,9 @@ async def serve(
     its stdin closes."""
     say({"ready": engine.statistics().head})
     while True:
-        line = await anyio.to_thread.run_sync(sys.stdin.readline)
-        if not line:
+        request = await heard()
+        if request is None:
             return
-        request = json.loads(line)
         if request["op"] == "load":
             say(await load(engine, request["streams"], request["concurrency"]))
             continue

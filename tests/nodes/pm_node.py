@@ -33,8 +33,9 @@ import msgspec
 from actorlog import ConcurrencyError, Engine
 from actorlog.engine import _pg_lease
 from actorlog.storage import PostgresEventLog
+from benchmarks._child import say
 from benchmarks.bank import Deposit, OpenAccount, Transfer, TransferAccount, TransferProcess
-from tests.nodes.node import say, serve
+from tests.nodes.node import serve
 
 
 async def transfer(
