@@ -827,16 +827,13 @@ class Engine:
             _check_timeout(timeout)
         if self._closed:
             raise EngineClosed("the engine is closed")
-        if position is not None:
-            await self._check_written(position, "position")
-        if position is not None:
-            target = position
-        elif self._follower is not None:
+        if position is None:
             # Its own acknowledged commits count, held back by the follower or not: a
             # caller that sent a command and waits for "the head" means to read it.
-            target = self._follower.written()
+            target = self._written()
         else:
-            target = self._broadcast.head
+            await self._check_written(position, "position")
+            target = position
         # One deadline for them all, not one per projector.
         with anyio.move_on_after(math.inf if timeout is None else timeout) as scope:
             for host in self._projectors.values():
@@ -872,16 +869,20 @@ class Engine:
         (and would hold a host's shutdown, as it did under uvicorn). On a log others
         append to, the log's own head is read first: another process may have written it
         (its acknowledgement), and the follower not seen it yet."""
-        head = self._broadcast.head
+        head = self._written()
         if position > head and self._follower is not None:
-            head = self._follower.written()  # its own commits the follower holds back
-            if position > head:
-                head = await self._follower.refresh()
+            head = await self._follower.refresh()
         if position > head:
             raise UnknownPosition(
                 f"{name}={position} is beyond the log's head ({head}): no command has "
                 "been acknowledged at that position; pass a Committed.position"
             )
+
+    def _written(self) -> int:
+        """The last position this engine knows committed, its own commits the follower
+        holds back included (``Follower.written``)."""
+        follower = self._follower
+        return self._broadcast.head if follower is None else follower.written()
 
     def rebuild(self, projector: ProjectorType) -> None:
         """Drop ``projector``'s cache and rebuild it from position 0 in the background.
