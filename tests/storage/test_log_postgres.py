@@ -15,7 +15,13 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from actorlog import CommandIdRetention, DefinitionError, EncodeError, StorageError
+from actorlog import (
+    CommandIdRetention,
+    ConcurrencyError,
+    DefinitionError,
+    EncodeError,
+    StorageError,
+)
 from actorlog.engine.testing import make_append
 from actorlog.storage import (
     ANY,
@@ -191,6 +197,64 @@ def test_two_writers_keep_positions_gap_free_and_in_commit_order(postgres: Postg
             assert [(e.stream_id, e.version) for e in held] == [
                 (result.stream_id, v) for v in range(result.first_version, result.last_version + 1)
             ]
+
+
+def test_two_writers_racing_for_streams_commit_exactly(postgres: Postgres) -> None:
+    # Groups that need no decision are sent as one message whose INSERT writes only if no
+    # stream moved from the version the group assumes (``_commit_guarded``); when another
+    # writer moved one, nothing is written and the group is decided exactly. Two logs race
+    # for the same streams with exact expected versions (each from the version its last
+    # outcome said), beside streams of their own: each append commits exactly when its
+    # expected version was current, the losers fail alone, nothing is lost or doubled.
+    schema = postgres.schema()
+    writers = [postgres.log(schema, shared=True), postgres.log(schema, shared=True)]
+    groups = 200
+    results: list[list[tuple[Append, object]]] = [[], []]
+    failures: list[BaseException] = []
+
+    def write(w: int) -> None:
+        try:
+            log, known = writers[w], {f"own{w}": 0, "hot0": 0, "hot1": 0}
+            for g in range(groups):
+                hot = f"hot{g % 2}"
+                appends = [make_append(f"own{w}", known[f"own{w}"]), make_append(hot, known[hot])]
+                outcomes, _ = log.append_batch(appends)
+                for append, outcome in zip(appends, outcomes, strict=True):
+                    results[w].append((append, outcome))
+                    if isinstance(outcome, AppendResult):
+                        known[append.stream_id] = outcome.last_version
+                    else:
+                        assert isinstance(outcome, ConcurrencyError), outcome
+                        known[append.stream_id] = outcome.actual
+        except BaseException as e:
+            failures.append(e)
+
+    threads = [threading.Thread(target=write, args=(w,)) for w in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
+    reader = postgres.log(schema)
+    everything = reader.read_all(1, 100_000)
+    assert [e.position for e in everything] == list(range(1, len(everything) + 1))
+    versions = assert_log_consistent(reader)
+    assert versions["own0"] == versions["own1"] == groups  # never in a race: all commit
+    committed = [(a, o) for r in results for a, o in r if isinstance(o, AppendResult)]
+    lost = [(a, o) for r in results for a, o in r if not isinstance(o, AppendResult)]
+    assert lost, "the writers never raced: the test proves nothing"
+    for stream in ("hot0", "hot1"):
+        # Every version of a hot stream is one acknowledged append, expecting the one before.
+        won = sorted(a.expected_version for a, o in committed if a.stream_id == stream)
+        assert won == list(range(versions[stream]))
+    for append, outcome in committed:
+        assert isinstance(outcome, AppendResult)
+        held = everything[outcome.first_position - 1]
+        assert (held.stream_id, held.version) == (append.stream_id, append.expected_version + 1)
+        assert bytes(held.payload) == append.events[0][1]
+    for append, outcome in lost:
+        assert isinstance(outcome, ConcurrencyError)
+        assert outcome.actual > append.expected_version
 
 
 def _ids_held(postgres: Postgres, schema: str) -> int:
