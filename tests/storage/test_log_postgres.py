@@ -247,14 +247,14 @@ def test_two_writers_racing_for_streams_commit_exactly(postgres: Postgres) -> No
         # Every version of a hot stream is one acknowledged append, expecting the one before.
         won = sorted(a.expected_version for a, o in committed if a.stream_id == stream)
         assert won == list(range(versions[stream]))
-    for append, outcome in committed:
-        assert isinstance(outcome, AppendResult)
-        held = everything[outcome.first_position - 1]
+    for append, result in committed:
+        assert isinstance(result, AppendResult)
+        held = everything[result.first_position - 1]
         assert (held.stream_id, held.version) == (append.stream_id, append.expected_version + 1)
         assert bytes(held.payload) == append.events[0][1]
-    for append, outcome in lost:
-        assert isinstance(outcome, ConcurrencyError)
-        assert outcome.actual > append.expected_version
+    for append, failure in lost:
+        assert isinstance(failure, ConcurrencyError)
+        assert failure.actual > append.expected_version
 
 
 def _ids_held(postgres: Postgres, schema: str) -> int:
