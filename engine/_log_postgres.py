@@ -438,73 +438,52 @@ class PostgresEventLog:
         """Commit a group that needs no decision in one round trip, or None (nothing
         written): the group's outcome if every append passes is known before anything is
         read, so the group is sent as one message (the lock and one guarded INSERT: the
-        simple query protocol runs the two as one transaction) whose INSERT writes
-        only if every stream is at the version its first append expects. A group with
-        anything else to decide (an append with ``ANY`` or a command id, one that cannot
-        be stored, a stream whose appends do not follow one another), or whose guard
-        finds a stream moved, is committed by ``_commit``, which decides it exactly.
+        simple query protocol runs the two as one transaction) whose INSERT writes only
+        if every stream is at the version its first append expects. If a stream moved,
+        the answer says to which version: the group is judged there by the log's rule
+        (``_judged``, as ``_commit`` judges) and what passes is sent again, once. A group
+        with anything else to decide (an append with ``ANY`` or a command id, one that
+        cannot be stored, a stream whose appends do not follow one another), or that
+        finds a stream moved twice, is committed by ``_commit``, which decides it while
+        holding the lock.
 
         Why: a group commit's fixed cost is its CPU, paid by every group however small
         (the groups of N processes are N times smaller): see the module doc.
         """
-        # The streams' versions the group assumes: each stream's first expected version;
-        # a later append of the stream must expect what the previous one leaves.
-        assumed: dict[str, int] = {}
-        after: dict[str, int] = {}
         for append in appends:
-            stream_id, expected = append.stream_id, append.expected_version
-            if expected == ANY or append.command_id is not None or type(stream_id) is not str:
+            if append.command_id is not None or type(append.stream_id) is not str:
                 return None  # (a str subclass: msgspec encodes exact strs)
-            if stream_id in after:
-                if after[stream_id] != expected:
-                    return None
-            else:
-                assumed[stream_id] = expected
-            after[stream_id] = expected + len(append.events)
             try:
                 _check_storable(append)
             except _UNSTORABLE:
                 return None  # _commit fails it alone with the reason
         timestamp = time.time()
-        rows_out: list[_GuardedRow] = []
-        for append in appends:
-            headers = append.headers
-            headers_json = None if headers is None else _headers_encode(headers).decode()
-            version = append.expected_version
-            for name, payload in append.events:
-                version += 1
-                rows_out.append(
-                    _GuardedRow(
-                        append.stream_id,
-                        version,
-                        name,
-                        payload.hex(),
-                        append.correlation_id,
-                        append.causation_id,
-                        append.aggregate_name,
-                        append.principal,
-                        headers_json,
-                    )
-                )
-        cursor = self._guarded
-        assert cursor is not None  # made with the lock, on the connection that holds it
-        params = (
-            _json_encode([_GuardStream(s, v) for s, v in assumed.items()]).decode(),
-            _json_encode(rows_out).decode(),
-            timestamp,
-        )
-        if rows_out:
-            cursor.execute(self._q.guarded, params)
-            cursor.nextset()  # past the LOCK's answer, to the guarded INSERT's rows
-        else:
-            cursor.execute(self._q.guarded_check, params)
-        rows = cursor.fetchall()
-        if len(rows) != 1 or rows[0][0] is not None:
-            return None  # a stream moved (its row says where): nothing was written
-        position = rows[0][1]
-        outcomes: list[AppendOutcome] = []
+        outcomes: list[AppendOutcome | None] = [None] * len(appends)
+        passing = list(range(len(appends)))
+        for attempt in (1, 2):
+            group = [appends[i] for i in passing]
+            assumed = _assumed(group)
+            if assumed is None:
+                return None
+            head, moved = self._send_guarded(group, assumed, timestamp)
+            if not moved:
+                break
+            if attempt == 2:
+                return None
+            versions = {**assumed, **moved}
+            chained: dict[str, set[int]] = {}
+            for i, append in zip(passing, group, strict=True):
+                outcomes[i] = _judged(append, versions, chained)
+            passing = [i for i in passing if outcomes[i] is None]
+            if not passing:
+                break
+        results: list[AppendOutcome] = []
         stored: list[StoredEvent] = []
-        for append in appends:
+        position = head
+        for append, failed in zip(appends, outcomes, strict=True):
+            if failed is not None:
+                results.append(failed)
+                continue
             stream_id, version = append.stream_id, append.expected_version
             first_version, first_position = version + 1, position + 1
             for name, payload in append.events:
@@ -526,10 +505,56 @@ class PostgresEventLog:
                         headers=append.headers,
                     )
                 )
-            outcomes.append(
+            results.append(
                 AppendResult(stream_id, first_version, version, first_position, position, timestamp)
             )
-        return outcomes, stored
+        return results, stored
+
+    def _send_guarded(
+        self, group: list[Append], assumed: dict[str, int], timestamp: float
+    ) -> tuple[int, dict[str, int]]:
+        """Send ``group`` as one message: the head it was written after, or the streams
+        that are not at the version ``assumed`` for them (their versions; then nothing
+        was written)."""
+        rows: list[_GuardedRow] = []
+        for append in group:
+            headers = append.headers
+            headers_json = None if headers is None else _headers_encode(headers).decode()
+            version = append.expected_version
+            for name, payload in append.events:
+                version += 1
+                rows.append(
+                    _GuardedRow(
+                        append.stream_id,
+                        version,
+                        name,
+                        payload.hex(),
+                        append.correlation_id,
+                        append.causation_id,
+                        append.aggregate_name,
+                        append.principal,
+                        headers_json,
+                    )
+                )
+        cursor = self._guarded
+        assert cursor is not None  # made with the lock, on the connection that holds it
+        params = (
+            _json_encode([_GuardStream(s, v) for s, v in assumed.items()]).decode(),
+            _json_encode(rows).decode(),
+            timestamp,
+        )
+        if rows:
+            cursor.execute(self._q.guarded, params)
+            cursor.nextset()  # past the LOCK's answer, to the guarded INSERT's rows
+        else:
+            cursor.execute(self._q.guarded_check, params)
+        head, moved = 0, {}
+        for stream_id, version in cursor.fetchall():
+            if stream_id is None:
+                head = version
+            else:
+                moved[stream_id] = version
+        return head, moved
 
     def _commit(
         self,
@@ -599,14 +624,8 @@ class PostgresEventLog:
                     if original is not None:
                         outcome = DuplicateCommand(cid, original)
                 version = versions.get(stream_id, 0)
-                if outcome is None:
-                    outcome = expected_ok(append, version, chained)
+                outcome = _judged(append, versions, chained, outcome)
                 if outcome is not None:
-                    if append.events:
-                        base = append.expected_version
-                        if base == ANY:
-                            base = version
-                        chained.setdefault(stream_id, set()).add(base + len(append.events))
                     outcomes.append(outcome)
                     continue
                 first_version, first_position = version + 1, position + 1
@@ -651,7 +670,6 @@ class PostgresEventLog:
                         strict=True,
                     ):
                         column.append(value)
-                versions[stream_id] = version
                 result = AppendResult(
                     stream_id, first_version, version, first_position, position, timestamp
                 )
@@ -1011,6 +1029,47 @@ class _Statements:
         for name, statement in vars(self).items():
             if isinstance(statement, sql.Composable):
                 setattr(self, name, statement.as_bytes(conn))
+
+
+def _assumed(group: Sequence[Append]) -> dict[str, int] | None:
+    """The version of each stream a group decided on, if it needs no decision: each
+    stream's first expected version; None if an append expects ``ANY`` or does not expect
+    what the stream's previous append in the group leaves."""
+    assumed: dict[str, int] = {}
+    after: dict[str, int] = {}
+    for append in group:
+        stream_id, expected = append.stream_id, append.expected_version
+        if expected == ANY:
+            return None
+        if stream_id in after:
+            if after[stream_id] != expected:
+                return None
+        else:
+            assumed[stream_id] = expected
+        after[stream_id] = expected + len(append.events)
+    return assumed
+
+
+def _judged(
+    append: Append,
+    versions: dict[str, int],
+    chained: dict[str, set[int]],
+    failed: AppendOutcome | None = None,
+) -> AppendOutcome | None:
+    """``append``'s outcome if it fails, judged in its place in a group: ``failed``
+    (found before: it cannot be stored, a duplicate) or the log's rule at the stream's
+    version (``expected_ok``). A failed append that carried events chains the versions
+    decided on it (``chained``); one that passes moves its stream's version in
+    ``versions``."""
+    stream_id = append.stream_id
+    version = versions.get(stream_id, 0)
+    outcome = failed if failed is not None else expected_ok(append, version, chained)
+    if outcome is None:
+        versions[stream_id] = version + len(append.events)
+    elif append.events:
+        base = version if append.expected_version == ANY else append.expected_version
+        chained.setdefault(stream_id, set()).add(base + len(append.events))
+    return outcome
 
 
 def _event_rows(cursor: Any) -> Callable[[Sequence[Any]], StoredEvent]:
