@@ -11,7 +11,10 @@ real ``python`` process driven over pipes:
   ``/proc``); each as a ratio to one process. 1,000 accounts, 64 clients split over the
   processes, both views live on every process (projectors on every node), every
   aggregate a process will be sent cached before the clock starts (steady state, not
-  the activation reads of a cold start).
+  the activation reads of a cold start). Controls, each a ratio to the same one process:
+  one process beside 1 and 3 CPU-burning processes, with 32 and 16 clients, on a log only
+  it writes, and one and two processes (by affinity) whose commits do not wait for the
+  server's WAL flush (``sync=False``; two of those also as a ratio to one of those).
 - **W5 with 1 and 3 reader processes, on LMDB and on PostgreSQL** (a writer process owns
   the log; readers open it read-only on LMDB, as reader nodes on a shared PostgreSQL
   schema): point queries a second over all readers and queries per CPU-second of theirs,
@@ -91,7 +94,9 @@ def _cpu() -> float:
 
 async def _writer_child(args: dict[str, Any]) -> None:
     """A W1 write node: its share of the commands, from its share of the clients."""
-    log = PostgresEventLog(args["dsn"], schema=args["schema"], shared=args["shared"])
+    log = PostgresEventLog(
+        args["dsn"], schema=args["schema"], shared=args["shared"], sync=args["sync"]
+    )
     views = [Balances, Totals] if args["views"] else []
     async with Engine.open(log=log, aggregates=[Account], projectors=views) as engine:
         work = [
@@ -258,11 +263,14 @@ def w1_round(
     clients: int = 64,
     busy: int = 0,
     shared: bool = True,
+    sync: bool = True,
 ) -> dict[str, float]:
     """One W1 run: ``clients`` split over ``processes`` write processes, beside ``busy``
     processes that only burn CPU (a control: the contention of more processes on the
     cores, without their work); ``shared=False``: one process on a log it alone writes (a
-    control: what following others costs one process)."""
+    control: what following others costs one process); ``sync=False``: the engines'
+    commits do not wait for the server's WAL flush (a control: what the flush, paid once a
+    group and serialized by the log's lock, costs several processes)."""
     schema = f"bench_nodes_{uuid.uuid4().hex[:12]}"
     setup = PostgresEventLog(dsn, schema=schema)
     try:
@@ -285,6 +293,7 @@ def w1_round(
                 clients=max(1, clients // processes),
                 views=views,
                 shared=shared,
+                sync=sync,
             )
             for i in range(processes)
         ]
@@ -453,24 +462,27 @@ def main(argv: list[str] | None = None) -> int:
     for views in (True, False):
         if not args.dsn or ("W1" if views else "W1-plain") not in only:
             continue
-        # (processes, routing, clients, busy processes, shared). The controls are one
-        # process under the two things that change when the load is split over N
+        # (processes, routing, clients, busy processes, shared, sync). The controls are
+        # one process under the two things that change when the load is split over N
         # processes on these cores: N-1 more processes contending for the cores (busy
-        # ones, burning CPU), and 64/N clients each (smaller groups); and one process on
-        # a log only it writes (what following others costs).
-        configs: list[tuple[int, str, int, int, bool]] = [
-            (1, "affinity", 64, 0, True),
-            (2, "random", 64, 0, True),
-            (2, "affinity", 64, 0, True),
-            (4, "random", 64, 0, True),
-            (4, "affinity", 64, 0, True),
-            (1, "affinity", 64, 1, True),
-            (1, "affinity", 64, 3, True),
-            (1, "affinity", 32, 0, True),
-            (1, "affinity", 16, 0, True),
-            (1, "affinity", 64, 0, False),
+        # ones, burning CPU), and 64/N clients each (smaller groups); one process on a
+        # log only it writes (what following others costs); and one and two processes
+        # whose commits do not wait for the WAL flush (what the flush costs them).
+        configs: list[tuple[int, str, int, int, bool, bool]] = [
+            (1, "affinity", 64, 0, True, True),
+            (2, "random", 64, 0, True, True),
+            (2, "affinity", 64, 0, True, True),
+            (4, "random", 64, 0, True, True),
+            (4, "affinity", 64, 0, True, True),
+            (1, "affinity", 64, 1, True, True),
+            (1, "affinity", 64, 3, True, True),
+            (1, "affinity", 32, 0, True, True),
+            (1, "affinity", 16, 0, True, True),
+            (1, "affinity", 64, 0, False, True),
+            (1, "affinity", 64, 0, True, False),
+            (2, "affinity", 64, 0, True, False),
         ]
-        samples: dict[tuple[int, str, int, int, bool], list[dict[str, float]]] = {
+        samples: dict[tuple[int, str, int, int, bool, bool], list[dict[str, float]]] = {
             c: [] for c in configs
         }
         for round_ in range(args.rounds):
@@ -478,8 +490,9 @@ def main(argv: list[str] | None = None) -> int:
             # moved its figure by up to ~30% on this VM (the baseline, always first,
             # measured below one process beside a busy one).
             turn = round_ % len(configs)
-            for processes, routing, clients, busy, shared in configs[turn:] + configs[:turn]:
-                samples[(processes, routing, clients, busy, shared)].append(
+            for config in configs[turn:] + configs[:turn]:
+                processes, routing, clients, busy, shared, sync = config
+                samples[config].append(
                     w1_round(
                         args.dsn,
                         processes,
@@ -490,6 +503,7 @@ def main(argv: list[str] | None = None) -> int:
                         clients=clients,
                         busy=busy,
                         shared=shared,
+                        sync=sync,
                     )
                 )
         medians = {
@@ -497,26 +511,37 @@ def main(argv: list[str] | None = None) -> int:
             for c, runs in samples.items()
         }
         base = medians[configs[0]]
-        for (processes, routing, clients, busy, shared), med in medians.items():
+        for (processes, routing, clients, busy, shared, sync), med in medians.items():
             row: dict[str, Any] = {
                 "workload": "W1-postgres-nodes" + ("" if views else "-no-views"),
                 "processes": processes,
                 "routing": routing if processes > 1 else "-",
             }
-            if busy or clients != 64 or not shared:
+            if busy or clients != 64 or not shared or not sync:
                 row["control"] = (
                     f"one process beside {busy} busy processes"
                     if busy
                     else f"one process with {clients} clients"
                     if clients != 64
                     else "one process on a log only it writes (shared=False)"
+                    if not shared
+                    else f"{processes} process(es), sync=False (the WAL flush not awaited)"
                 )
             row |= {
                 "per_second_ratio": round(med["per_second"] / base["per_second"], 3),
                 "per_cpu_second_ratio": round(med["per_cpu_second"] / base["per_cpu_second"], 3),
             }
-            contended = medians.get((1, "affinity", 64, processes - 1, True))
-            if processes > 1 and contended is not None:
+            unflushed = medians.get((1, "affinity", 64, 0, True, False))
+            if not sync and processes > 1 and unflushed is not None:
+                # Against one process that does not wait for the flush either.
+                row["per_second_vs_one_unflushed"] = round(
+                    med["per_second"] / unflushed["per_second"], 3
+                )
+                row["per_cpu_second_vs_one_unflushed"] = round(
+                    med["per_cpu_second"] / unflushed["per_cpu_second"], 3
+                )
+            contended = medians.get((1, "affinity", 64, processes - 1, True, True))
+            if processes > 1 and sync and contended is not None:
                 # Per CPU-second against one process under the same contention for the
                 # cores: what splitting the work costs, apart from the cores' sharing.
                 row["per_cpu_second_vs_same_contention"] = round(
