@@ -14,7 +14,9 @@ real ``python`` process driven over pipes:
   the activation reads of a cold start). Controls, each a ratio to the same one process:
   one process beside 1 and 3 CPU-burning processes, with 32 and 16 clients, on a log only
   it writes, and one and two processes (by affinity) whose commits do not wait for the
-  server's WAL flush (``sync=False``; two of those also as a ratio to one of those).
+  server's WAL flush (``sync=False``; two of those also as a ratio to one of those). And
+  besides 64 clients split over N processes (one load, split), N processes of 64 clients
+  each (``"load": "64 clients a process"``: what N processes can serve).
 - **W5 with 1 and 3 reader processes, on LMDB and on PostgreSQL** (a writer process owns
   the log; readers open it read-only on LMDB, as reader nodes on a shared PostgreSQL
   schema): point queries a second over all readers and queries per CPU-second of theirs,
@@ -467,13 +469,19 @@ def main(argv: list[str] | None = None) -> int:
         # processes on these cores: N-1 more processes contending for the cores (busy
         # ones, burning CPU), and 64/N clients each (smaller groups); one process on a
         # log only it writes (what following others costs); and one and two processes
-        # whose commits do not wait for the WAL flush (what the flush costs them).
+        # whose commits do not wait for the WAL flush (what the flush costs them). Beside
+        # the same 64 clients split over N processes, N processes of 64 clients each:
+        # the load a deployment of N processes is for (its capacity, not one load split).
         configs: list[tuple[int, str, int, int, bool, bool]] = [
             (1, "affinity", 64, 0, True, True),
             (2, "random", 64, 0, True, True),
             (2, "affinity", 64, 0, True, True),
             (4, "random", 64, 0, True, True),
             (4, "affinity", 64, 0, True, True),
+            (2, "random", 128, 0, True, True),
+            (2, "affinity", 128, 0, True, True),
+            (4, "random", 256, 0, True, True),
+            (4, "affinity", 256, 0, True, True),
             (1, "affinity", 64, 1, True, True),
             (1, "affinity", 64, 3, True, True),
             (1, "affinity", 32, 0, True, True),
@@ -517,7 +525,11 @@ def main(argv: list[str] | None = None) -> int:
                 "processes": processes,
                 "routing": routing if processes > 1 else "-",
             }
-            if busy or clients != 64 or not shared or not sync:
+            if processes > 1:
+                row["load"] = (
+                    "64 clients a process" if clients == 64 * processes else "64 clients in all"
+                )
+            if busy or (processes == 1 and clients != 64) or not shared or not sync:
                 row["control"] = (
                     f"one process beside {busy} busy processes"
                     if busy
@@ -657,11 +669,22 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
         mine = [r for r in rows if r["workload"] == workload and "control" not in r]
         base = [r for r in mine if r["processes"] == 1]
         suffix = "" if workload == "W1-postgres-nodes" else ", no views"
-        for routing in ("random", "affinity"):
-            points = base + [r for r in mine if r["routing"] == routing]
-            xs = [r["processes"] for r in points]
-            for ax, key in zip(axes, ("per_second_ratio", "per_cpu_second_ratio"), strict=True):
-                ax.plot(xs, [r[key] for r in points], marker="o", label=routing + suffix)
+        for load, style in (("64 clients in all", "-"), ("64 clients a process", ":")):
+            for routing in ("random", "affinity"):
+                points = base + [
+                    r for r in mine if r["routing"] == routing and r.get("load") == load
+                ]
+                if len(points) < 2:
+                    continue
+                xs = [r["processes"] for r in points]
+                for ax, key in zip(axes, ("per_second_ratio", "per_cpu_second_ratio"), strict=True):
+                    ax.plot(
+                        xs,
+                        [r[key] for r in points],
+                        marker="o",
+                        linestyle=style,
+                        label=f"{routing}, {load}{suffix}",
+                    )
         # The control: one process beside N-1 busy processes (the same contention for
         # the cores as N write processes), per CPU-second.
         busy = {
