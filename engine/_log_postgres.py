@@ -27,24 +27,27 @@ another order). Positions are not a SEQUENCE for that reason (a sequence also le
 on rollback). The primary key and ``UNIQUE (stream_id, version)`` would refuse a second
 writer that ignored the lock, never let it interleave.
 
-Round trips. A group that needs no decision (every append expects an exact version, none
-carries a command id, the appends of a stream follow one another; what W1's commands and
-most commands are) is one message and one round trip (``_commit_guarded``): the lock and
-one prepared INSERT, sent with the simple query protocol, which runs them as one
-transaction. The INSERT writes only if every stream is at the version the group assumes
-(its rows arrive as one JSON document: one string escaped once) and numbers the positions
-from the head itself; if a stream moved, it writes nothing and says so, and the group is
-committed the exact way. The exact way is two round trips: (1) BEGIN, the lock, the
-versions of the group's streams with the head (one statement), the group's command ids
-that are kept, pipelined (psycopg's pipeline mode) and read back together; (2) the events
-as one ``INSERT ... SELECT FROM unnest(arrays)``, the command ids likewise, their bounded
-pruning, the snapshots and caches, on a shared log the NOTIFY that wakes the other
-processes' followers, and COMMIT, pipelined. Deciding in Python between the two keeps the
-rules (expected versions, duplicates, empty appends) in one language with the other
-backends: the one-message INSERT only checks that nothing moved, it decides nothing. Why
-not always the exact way: a group commit's price is CPU, the client's and the server's,
-paid once a group however small; the pipelined statements cost ~1.1 ms of it a group
-here, the one message ~0.35 ms (docs/design.md, "One round trip a group").
+Round trips. A group that needs no decision (every append expects an exact version, the
+appends of a stream follow one another, no command id is recorded already; what W1's
+commands and most commands are) is one message and one round trip (``_commit_guarded``):
+the lock and one prepared INSERT (with its command ids' recording, then their pruning),
+sent with the simple query protocol, which runs them as one transaction. The INSERT
+writes only if every stream is at the version the group assumes and none of its command
+ids is recorded (its rows arrive as one JSON document: one string escaped once) and
+numbers the positions from the head itself; if a stream moved, it writes nothing and
+says where the streams are: the group is judged there and what passes is sent again; a
+recorded id (a retry, perhaps) sends the group the exact way. The exact way is two round
+trips: (1) BEGIN, the lock, the versions of the group's streams with the head (one
+statement), the group's command ids that are kept, pipelined (psycopg's pipeline mode)
+and read back together; (2) the events as one ``INSERT ... SELECT FROM unnest(arrays)``,
+the command ids likewise, their bounded pruning, the snapshots and caches, on a shared
+log the NOTIFY that wakes the other processes' followers, and COMMIT, pipelined.
+Deciding in Python between the two keeps the rules (expected versions, duplicates, empty
+appends) in one language with the other backends: the one-message INSERT only checks
+that nothing moved, it decides nothing. Why not always the exact way: a group commit's
+price is CPU, the client's and the server's, paid once a group however small; the
+pipelined statements cost ~1.1 ms of it a group here, the one message ~0.35 ms
+(docs/design.md, "One round trip a group").
 
 Errors. A failure of the server or the connection fails the whole group with a
 ``StorageError`` (the psycopg error is ``__cause__``; the transaction rolled back, nothing
@@ -151,8 +154,21 @@ class _GuardedRow(msgspec.Struct, omit_defaults=True):
     co: str | None = None
     ca: str | None = None
     a: str | None = None
+    ci: str | None = None
     pr: str | None = None
     hd: str | None = None
+
+
+class _GuardedId(msgspec.Struct):
+    """A command id a group sent in one message records: its append's versions, and its
+    positions as offsets from the head (the server knows the head)."""
+
+    s: str
+    c: str
+    fv: int
+    lv: int
+    fo: int
+    lo: int
 
 
 _json_encode = msgspec.json.Encoder().encode
@@ -442,17 +458,24 @@ class PostgresEventLog:
         if every stream is at the version its first append expects. If a stream moved,
         the answer says to which version: the group is judged there by the log's rule
         (``_judged``, as ``_commit`` judges) and what passes is sent again, once. A group
-        with anything else to decide (an append with ``ANY`` or a command id, one that
-        cannot be stored, a stream whose appends do not follow one another), or that
-        finds a stream moved twice, is committed by ``_commit``, which decides it while
-        holding the lock.
+        with anything else to decide (an append with ``ANY``, one that cannot be stored, a
+        stream whose appends do not follow one another, a command id twice), or that
+        finds a stream moved twice or a command id already recorded (a retry, perhaps:
+        only ``_commit`` answers it), is committed by ``_commit``, which decides it while
+        holding the lock. Command ids are recorded and pruned in the same message.
 
         Why: a group commit's fixed cost is its CPU, paid by every group however small
         (the groups of N processes are N times smaller): see the module doc.
         """
+        ids: set[tuple[str, str]] = set()
         for append in appends:
-            if append.command_id is not None or type(append.stream_id) is not str:
+            if type(append.stream_id) is not str:
                 return None  # (a str subclass: msgspec encodes exact strs)
+            if append.command_id is not None:
+                key = (append.stream_id, append.command_id)
+                if key in ids:
+                    return None  # a duplicate within the group
+                ids.add(key)
             try:
                 _check_storable(append)
             except _UNSTORABLE:
@@ -466,6 +489,8 @@ class PostgresEventLog:
             if assumed is None:
                 return None
             head, moved = self._send_guarded(group, assumed, timestamp)
+            if moved is None:
+                return None  # a command id is recorded: a duplicate to answer, perhaps
             if not moved:
                 break
             if attempt == 2:
@@ -500,7 +525,7 @@ class PostgresEventLog:
                         append.causation_id,
                         msgspec.Raw(payload),
                         append.aggregate_name,
-                        command_id=None,
+                        command_id=append.command_id,
                         principal=append.principal,
                         headers=append.headers,
                     )
@@ -512,17 +537,22 @@ class PostgresEventLog:
 
     def _send_guarded(
         self, group: list[Append], assumed: dict[str, int], timestamp: float
-    ) -> tuple[int, dict[str, int]]:
+    ) -> tuple[int, dict[str, int] | None]:
         """Send ``group`` as one message: the head it was written after, or the streams
         that are not at the version ``assumed`` for them (their versions; then nothing
-        was written)."""
+        was written), or None for them if a command id of the group is recorded (nothing
+        written either)."""
         rows: list[_GuardedRow] = []
+        recorded: list[_GuardedId] = []
+        offset = 0  # the group's events so far: positions are the head plus these
         for append in group:
             headers = append.headers
             headers_json = None if headers is None else _headers_encode(headers).decode()
             version = append.expected_version
+            first = offset + 1
             for name, payload in append.events:
                 version += 1
+                offset += 1
                 rows.append(
                     _GuardedRow(
                         append.stream_id,
@@ -532,8 +562,20 @@ class PostgresEventLog:
                         append.correlation_id,
                         append.causation_id,
                         append.aggregate_name,
+                        append.command_id,
                         append.principal,
                         headers_json,
+                    )
+                )
+            if append.command_id is not None:
+                recorded.append(
+                    _GuardedId(
+                        append.stream_id,
+                        append.command_id,
+                        append.expected_version + 1,
+                        version,
+                        first,
+                        offset,
                     )
                 )
         cursor = self._guarded
@@ -542,8 +584,17 @@ class PostgresEventLog:
             _json_encode([_GuardStream(s, v) for s, v in assumed.items()]).decode(),
             _json_encode(rows).decode(),
             timestamp,
+            _json_encode(recorded).decode(),
         )
-        if rows:
+        if recorded:
+            # Pruned in the same transaction, after the recording (statements of their
+            # own: they see it), as _commit prunes.
+            retention = self._retention
+            cursor.execute(
+                self._q.guarded_ids, (*params, retention.max_ids, timestamp - retention.max_age)
+            )
+            cursor.nextset()
+        elif rows:
             cursor.execute(self._q.guarded, params)
             cursor.nextset()  # past the LOCK's answer, to the guarded INSERT's rows
         else:
@@ -552,6 +603,8 @@ class PostgresEventLog:
         for stream_id, version in cursor.fetchall():
             if stream_id is None:
                 head = version
+            elif version is None:
+                return 0, None
             else:
                 moved[stream_id] = version
         return head, moved
@@ -925,28 +978,51 @@ class _Statements:
         notify = (
             sql.SQL(
                 ", LATERAL (SELECT pg_notify({}, '') WHERE json_array_length($2) > 0"
-                " AND NOT EXISTS (SELECT FROM stale)) n"
+                " AND NOT EXISTS (SELECT FROM stale) AND NOT EXISTS (SELECT FROM taken)) n"
             ).format(sql.Literal(channel_name(schema)))
             if shared
             else sql.SQL("")
         )
+        ok = "NOT EXISTS (SELECT FROM stale) AND NOT EXISTS (SELECT FROM taken)"
         self.prepare_guarded: Statement = sql.SQL(
-            "PREPARE actorlog_guarded(json, json, float8) AS"
+            "PREPARE actorlog_guarded(json, json, float8, json) AS"
             " WITH head AS (SELECT coalesce(max(position), 0) AS h FROM {s}.events),"
             " stale AS (SELECT k.s AS id, c.v FROM json_to_recordset($1) AS k(s text, v bigint),"
             " LATERAL (SELECT coalesce(max(version), 0) AS v FROM {s}.events"
             " WHERE stream_id = k.s) c WHERE c.v <> k.v),"
+            # A command id recorded before, kept or not: the exact path decides.
+            " taken AS (SELECT k.s FROM json_to_recordset($4) AS k(s text, c text)"
+            " JOIN {s}.command_ids AS c ON c.stream_id = k.s AND c.command_id = k.c),"
             " written AS (INSERT INTO {s}.events (position, stream_id, version, type,"
-            " timestamp, correlation_id, causation_id, payload, aggregate, principal, headers)"
+            " timestamp, correlation_id, causation_id, payload, aggregate, command_id,"
+            " principal, headers)"
             " SELECT head.h + u.n, u.s, u.v, u.t, $3, u.co, u.ca, decode(u.pl, 'hex'), u.a,"
-            " u.pr, u.hd::jsonb FROM head, ROWS FROM (json_to_recordset($2)"
-            " AS (s text, v bigint, t text, pl text, co text, ca text, a text, pr text,"
-            " hd text)) WITH ORDINALITY AS u(s, v, t, pl, co, ca, a, pr, hd, n)"
-            " WHERE NOT EXISTS (SELECT FROM stale))"
+            " u.ci, u.pr, u.hd::jsonb FROM head, ROWS FROM (json_to_recordset($2)"
+            " AS (s text, v bigint, t text, pl text, co text, ca text, a text, ci text,"
+            " pr text, hd text)) WITH ORDINALITY AS u(s, v, t, pl, co, ca, a, ci, pr, hd, n)"
+            " WHERE " + ok + "),"
+            " recorded AS (INSERT INTO {s}.command_ids (seq, stream_id, command_id,"
+            " recorded_at, first_version, last_version, first_position, last_position)"
+            " SELECT q.q + r.n, r.s, r.c, $3, r.fv, r.lv, head.h + r.fo, head.h + r.lo"
+            " FROM head, (SELECT coalesce(max(seq), 0) AS q FROM {s}.command_ids) AS q,"
+            " ROWS FROM (json_to_recordset($4) AS (s text, c text, fv bigint, lv bigint,"
+            " fo bigint, lo bigint)) WITH ORDINALITY AS r(s, c, fv, lv, fo, lo, n)"
+            " WHERE " + ok + ")"
             " SELECT NULL, h FROM head{n} UNION ALL SELECT id, v FROM stale"
+            " UNION ALL SELECT s, NULL FROM taken"
         ).format(s=s, n=notify)
-        execute = "EXECUTE actorlog_guarded(%s, %s, %s)"
+        execute = "EXECUTE actorlog_guarded(%s, %s, %s, %s)"
         self.guarded = q("LOCK TABLE {s}.events IN EXCLUSIVE MODE; " + execute)
+        # With command ids: their pruning by count (the max_ids newest kept: the bound
+        # from the newest seq, the group's included) and by age, as _commit prunes.
+        self.guarded_ids = q(
+            "LOCK TABLE {s}.events IN EXCLUSIVE MODE; " + execute + ";"
+            " DELETE FROM {s}.command_ids WHERE seq IN (SELECT seq FROM {s}.command_ids"
+            " WHERE seq <= (SELECT max(seq) FROM {s}.command_ids) - %s ORDER BY seq"
+            f" LIMIT {_PRUNE_MOST});"
+            " DELETE FROM {s}.command_ids WHERE seq IN (SELECT seq FROM {s}.command_ids"
+            f" WHERE recorded_at <= %s ORDER BY recorded_at LIMIT {_PRUNE_MOST})"
+        )
         # A group of checks only (rejections' probes) writes nothing: it reads the
         # versions without the lock, and waits for no other process's group.
         self.guarded_check: Statement = sql.SQL(execute)

@@ -299,6 +299,41 @@ def test_command_ids_past_their_age_are_decided_again_and_pruned(postgres: Postg
     assert _ids_held(postgres, schema) == 1  # each group pruned the one before
 
 
+def test_command_ids_of_groups_sent_in_one_message_are_kept_and_answered(
+    postgres: Postgres,
+) -> None:
+    # Appends expecting exact versions take the one-message commit, which records their
+    # ids and prunes in the same transaction; a recorded id sends the group to the exact
+    # commit, which answers it (DuplicateCommand with the first result), stale or not.
+    schema = postgres.schema()
+    log = postgres.log(schema, command_ids=CommandIdRetention(max_ids=50))
+    first: dict[str, AppendResult] = {}
+    for group in range(20):
+        appends = [
+            msgspec.structs.replace(make_append("s", group * 10 + i), command_id=f"{group}-{i}")
+            for i in range(10)
+        ]
+        outcomes, _ = log.append_batch(appends)
+        for append, outcome in zip(appends, outcomes, strict=True):
+            assert isinstance(outcome, AppendResult)
+            assert append.command_id is not None
+            first[append.command_id] = outcome
+    # The newest 50 are kept, exactly as recorded; none older; the table holds no more.
+    kept = {c: r for c, r in first.items() if log.find_command("s", c) is not None}
+    assert sorted(kept) == sorted(f"{g}-{i}" for g in range(15, 20) for i in range(10))
+    assert all(log.find_command("s", c) == r for c, r in kept.items())
+    assert _ids_held(postgres, schema) == 50
+    assert [e.command_id for e in log.read_stream("s", 200)] == ["19-9"]
+    # A retry (its expected version stale now) and a reused id on the current version.
+    retry = msgspec.structs.replace(make_append("s", 199), command_id="19-9")
+    reused = msgspec.structs.replace(make_append("s", 200), command_id="19-8")
+    for append in (retry, reused):
+        outcomes, stored = log.append_batch([append])
+        assert isinstance(outcomes[0], DuplicateCommand) and stored == []
+        assert outcomes[0].result == first[str(append.command_id)]
+    assert log.stream_version("s") == 200
+
+
 def test_a_killed_writer_loses_no_acknowledged_append(postgres: Postgres) -> None:
     # tests/storage/crash_writer_child.py on this server, SIGKILLed after a random number of
     # acknowledgements, three times over the same schema: every acknowledged append is
