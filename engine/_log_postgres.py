@@ -990,9 +990,11 @@ class _Statements:
             " stale AS (SELECT k.s AS id, c.v FROM json_to_recordset($1) AS k(s text, v bigint),"
             " LATERAL (SELECT coalesce(max(version), 0) AS v FROM {s}.events"
             " WHERE stream_id = k.s) c WHERE c.v <> k.v),"
-            # A command id recorded before, kept or not: the exact path decides.
-            " taken AS (SELECT k.s FROM json_to_recordset($4) AS k(s text, c text)"
-            " JOIN {s}.command_ids AS c ON c.stream_id = k.s AND c.command_id = k.c),"
+            # A command id recorded before, kept or not: the exact path decides. (A
+            # lateral lookup with LIMIT: a join let the generic plan hash the whole table.)
+            " taken AS (SELECT k.s FROM json_to_recordset($4) AS k(s text, c text),"
+            " LATERAL (SELECT FROM {s}.command_ids AS c WHERE c.stream_id = k.s"
+            " AND c.command_id = k.c LIMIT 1) AS hit),"
             " written AS (INSERT INTO {s}.events (position, stream_id, version, type,"
             " timestamp, correlation_id, causation_id, payload, aggregate, command_id,"
             " principal, headers)"
