@@ -453,6 +453,11 @@ class PostgresEventLog:
         for append in appends:
             if append.command_id is not None or type(append.stream_id) is not str:
                 return None  # (a str subclass: msgspec encodes exact strs)
+            if append.expected_version + len(append.events) > _MAX_BIGINT:
+                # A version bigint cannot hold (the writer admits up to 2**64 - 1): sent,
+                # it fails the whole group in the server; no stream is there, so _commit
+                # fails it alone with a conflict.
+                return None
             try:
                 _check_storable(append)
             except _UNSTORABLE:
