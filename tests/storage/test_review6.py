@@ -150,3 +150,203 @@ def test_an_expected_version_beyond_bigint_fails_alone(postgres: Postgres) -> No
         assert [e.stream_id for e in stored] == ["ok"]
     assert log.stream_version("ok") == 4
     assert log.stream_version("big") == 0
+
+
+# -- outcomes: the rule, at the versions the log had ----------------------------------------
+
+
+def _model_outcomes(
+    group: Sequence[Append], versions: dict[str, int], head: int
+) -> tuple[list[tuple[Any, ...]], int]:
+    """The log's rule, written out on its own: an exact expected version must be the
+    stream's; an append that expects the version a failed append (with events) of the same
+    stream in the group would have left fails too (``after_failed``). Moves ``versions``."""
+    chained: dict[str, set[int]] = {}
+    outcomes: list[tuple[Any, ...]] = []
+    for append in group:
+        sid, expected, n = append.stream_id, append.expected_version, len(append.events)
+        actual = versions.get(sid, 0)
+        if expected == ANY or (expected == actual and expected not in chained.get(sid, ())):
+            outcomes.append(("ok", sid, actual + 1, actual + n, head + 1, head + n))
+            versions[sid] = actual + n
+            head += n
+        else:
+            outcomes.append(("conflict", sid, expected, actual, expected == actual))
+            if n:
+                chained.setdefault(sid, set()).add(expected + n)
+    return outcomes, head
+
+
+def _observed(outcome: object) -> tuple[Any, ...]:
+    if isinstance(outcome, AppendResult):
+        return (
+            "ok",
+            outcome.stream_id,
+            outcome.first_version,
+            outcome.last_version,
+            outcome.first_position,
+            outcome.last_position,
+        )
+    assert isinstance(outcome, ConcurrencyError), outcome
+    return ("conflict", outcome.stream_id, outcome.expected, outcome.actual, outcome.after_failed)
+
+
+def _random_group(rng: random.Random, believed: dict[str, int], tag: str) -> list[Append]:
+    """Pipelined chains on a few streams from ``believed`` versions (stale, or off by one
+    now and then), interleaved; checks (empty appends) among them; rarely an ANY append
+    or a broken chain (the exact path)."""
+    chains: list[list[Append]] = []
+    for sid in rng.sample(sorted(believed), rng.randint(1, 4)):
+        version = believed[sid] + (rng.choice((-1, 1)) if rng.random() < 0.1 else 0)
+        chain = []
+        for k in range(rng.randint(1, 3)):
+            n = rng.choice((0, 1, 1, 2))
+            events = tuple((f"{tag}.{sid}.{k}.{j}", b"\xc0") for j in range(n))
+            expected = ANY if rng.random() < 0.03 else max(version, 0)
+            chain.append(Append(sid, expected, events))
+            version = max(version, 0) + n + (1 if rng.random() < 0.03 else 0)
+        chains.append(chain)
+    group: list[Append] = []
+    while chains:
+        chain = rng.choice(chains)
+        group.append(chain.pop(0))
+        if not chain:
+            chains.remove(chain)
+    return group
+
+
+def test_outcomes_are_the_rule_at_the_versions_another_writer_left(postgres: Postgres) -> None:
+    schema = postgres.schema()
+    ours = postgres.log(schema, shared=True)
+    other = postgres.log(schema, shared=True)
+    rng = random.Random(66)
+    streams = [f"s{i}" for i in range(6)]
+    versions = dict.fromkeys(streams, 0)  # the log's
+    believed = dict(versions)  # ours, stale after the other writer's appends
+    head = 0
+    expected_log: list[tuple[str, int, str]] = []
+    for round_ in range(120):
+        for sid in rng.sample(streams, rng.choice((0, 0, 1, 2))):
+            n = rng.randint(1, 2)
+            events = tuple((f"other.{round_}.{sid}.{j}", b"\xc0") for j in range(n))
+            _committed(other.append_batch([Append(sid, ANY, events)])[0])
+            expected_log += [(sid, versions[sid] + j + 1, name) for j, (name, _) in enumerate(events)]
+            versions[sid] += n
+            head += n
+        group = _random_group(rng, believed, f"ours.{round_}")
+        model, new_head = _model_outcomes(group, versions, head)
+        outcomes, stored = ours.append_batch(group)
+        assert [_observed(o) for o in outcomes] == model, round_
+        for append, outcome in zip(group, model, strict=True):
+            if outcome[0] == "ok":
+                expected_log += [
+                    (append.stream_id, outcome[2] + j, name)
+                    for j, (name, _) in enumerate(append.events)
+                ]
+        assert [(e.stream_id, e.version, e.type) for e in stored] == expected_log[head:]
+        assert [e.position for e in stored] == list(range(head + 1, new_head + 1))
+        head = new_head
+        believed = dict(versions)  # as an engine learns from its conflicts and its follower
+    log = ours.read_all(1, 100_000)
+    assert [e.position for e in log] == list(range(1, head + 1))
+    assert [(e.stream_id, e.version, e.type) for e in log] == expected_log
+
+
+def test_a_group_racing_another_writer_loses_nothing_and_writes_no_failure(
+    postgres: Postgres,
+) -> None:
+    """Another process appends to the same streams all the while, so groups find streams
+    moved once, twice (the exact path), or not at all: every acknowledged append is in the
+    log where its result says, no failed one is, positions have no gaps."""
+    schema = postgres.schema()
+    ours = postgres.log(schema, shared=True)
+    other = postgres.log(schema, shared=True)
+    streams = [f"s{i}" for i in range(4)]
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def hammer() -> None:
+        rng = random.Random(7)
+        try:
+            while not stop.is_set():
+                sid = rng.choice(streams)
+                other.append_batch([Append(sid, ANY, (("other", b"\xc0"),))])
+        except BaseException as e:  # noqa: BLE001 - reported by the test
+            errors.append(e)
+
+    thread = threading.Thread(target=hammer)
+    thread.start()
+    rng = random.Random(8)
+    acknowledged: dict[str, tuple[int, int, int, str]] = {}
+    failed: set[str] = set()
+    try:
+        deadline = time.monotonic() + 1.5
+        round_ = 0
+        while time.monotonic() < deadline:
+            round_ += 1
+            believed = {sid: ours.stream_version(sid) for sid in streams}
+            group = _random_group(rng, believed, f"ours.{round_}")
+            outcomes, stored = ours.append_batch(group)
+            for append, outcome in zip(group, outcomes, strict=True):
+                if not append.events:
+                    continue
+                (name, _), *_ = append.events
+                if isinstance(outcome, AppendResult):
+                    acknowledged[name] = (
+                        outcome.first_position,
+                        outcome.first_version,
+                        len(append.events),
+                        append.stream_id,
+                    )
+                else:
+                    assert isinstance(outcome, ConcurrencyError), outcome
+                    failed.add(name)
+            assert stored == sorted(stored, key=lambda e: e.position)
+    finally:
+        stop.set()
+        thread.join()
+    assert not errors
+    log = ours.read_all(1, 1_000_000)
+    assert [e.position for e in log] == list(range(1, len(log) + 1))
+    by_type = {e.type: e for e in log}
+    for name, (position, version, _, sid) in acknowledged.items():
+        event = by_type[name]
+        assert (event.position, event.version, event.stream_id) == (position, version, sid)
+    assert not failed & set(by_type)
+    # Each stream's versions are 1, 2, ... in log order.
+    for sid in streams:
+        assert [e.version for e in log if e.stream_id == sid] == list(
+            range(1, ours.stream_version(sid) + 1)
+        )
+    assert acknowledged and failed  # the race happened both ways
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_a_check_only_group_answers_the_head_like_the_exact_path(
+    postgres: Postgres, shared: bool
+) -> None:
+    """An empty append's result is one past the last position and version (the storage
+    contract), whether its group went as one message or the exact way, and whether it was
+    a group of checks from the start (a rejection's probe) or became one when its writes
+    were judged stale."""
+    schema = postgres.schema()
+    log = postgres.log(schema, shared=shared)
+    other = postgres.log(schema, shared=True) if shared else log
+    _committed(log.append_batch([Append("a", 0, (("T", b"\xc0"),) * 3)])[0])
+    head = 3
+    for group in (
+        [Append("a", 3, ())],  # one message, checks only
+        [Append("a", 3, ()), Append("b", ANY, ())],  # the exact path
+    ):
+        (result, *_), _ = log.append_batch(group)
+        assert isinstance(result, AppendResult), result
+        assert (result.first_version, result.last_version) == (4, 3)
+        assert (result.first_position, result.last_position) == (head + 1, head)
+    # Its write judged stale, the rest of the group is checks only.
+    _committed(other.append_batch([Append("b", 0, (("T", b"\xc0"),))])[0])
+    head += 1
+    outcomes, stored = log.append_batch([Append("b", 0, (("T", b"\xc0"),)), Append("a", 3, ())])
+    assert isinstance(outcomes[0], ConcurrencyError), outcomes[0]
+    assert stored == []
+    assert isinstance(outcomes[1], AppendResult), outcomes[1]
+    assert (outcomes[1].first_position, outcomes[1].last_position) == (head + 1, head)
