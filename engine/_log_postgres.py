@@ -926,11 +926,13 @@ class _Statements:
         # A group in one message (PostgresEventLog._commit_guarded): the INSERT writes
         # only if no stream of the group moved from the version assumed for it; its rows
         # are the head before it, or the streams that moved (and their versions). On a
-        # shared log the head row calls pg_notify, once, only when it writes.
+        # shared log the head row calls pg_notify, once, only when it writes: a LEFT
+        # JOIN, so the head row stays when it does not (a group of checks, a rejection's
+        # probe, answers the head too: its empty results are one past it).
         notify = (
             sql.SQL(
-                ", LATERAL (SELECT pg_notify({}, '') WHERE json_array_length($2) > 0"
-                " AND NOT EXISTS (SELECT FROM stale)) n"
+                " LEFT JOIN LATERAL (SELECT pg_notify({}, '') WHERE json_array_length($2) > 0"
+                " AND NOT EXISTS (SELECT FROM stale)) n ON true"
             ).format(sql.Literal(channel_name(schema)))
             if shared
             else sql.SQL("")
