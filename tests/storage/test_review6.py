@@ -350,3 +350,157 @@ def test_a_check_only_group_answers_the_head_like_the_exact_path(
     assert stored == []
     assert isinstance(outcomes[1], AppendResult), outcomes[1]
     assert (outcomes[1].first_position, outcomes[1].last_position) == (head + 1, head)
+
+
+# -- failures -------------------------------------------------------------------------------
+
+
+def _with_options(url: str, options: str) -> str:
+    """``url`` with libpq ``options`` (server settings for its connections)."""
+    parts = urllib.parse.urlsplit(url)
+    query = urllib.parse.parse_qsl(parts.query) + [("options", options)]
+    return parts._replace(query=urllib.parse.urlencode(query, quote_via=urllib.parse.quote)).geturl()
+
+
+def _aborted_sessions(postgres: Postgres) -> list[Any]:
+    return postgres.execute(
+        "SELECT pid FROM pg_stat_activity WHERE state = 'idle in transaction (aborted)'"
+    )
+
+
+def test_a_server_error_inside_the_message_fails_the_group_and_leaves_the_connection_usable(
+    postgres: Postgres,
+) -> None:
+    schema = postgres.schema()
+    log = postgres.log(schema)
+    _committed(log.append_batch([Append("a", 0, (("T", b"\xc0"),))])[0])
+    # A constraint the guarded INSERT runs into, in the server, after the lock.
+    postgres.execute(
+        f'ALTER TABLE "{schema}".events ADD CONSTRAINT poison CHECK (type <> \'poison\')'
+    )
+    group = [Append("a", 1, (("T", b"\xc0"),)), Append("b", 0, (("poison", b"\xc0"),))]
+    for attempt in range(2):
+        outcomes, stored = log.append_batch(group)
+        assert stored == []
+        assert len(outcomes) == 2
+        assert all(isinstance(o, StorageError) for o in outcomes), outcomes
+        assert not _aborted_sessions(postgres)
+    assert log.head_position() == 1
+    assert log.stream_version("a") == 1
+    # The same connection commits the next group, one message or the exact way.
+    pids = postgres.execute("SELECT pid FROM pg_stat_activity WHERE query LIKE '%%actorlog_guarded%%'"
+        " AND pid <> pg_backend_pid()")
+    _committed(log.append_batch([Append("a", 1, (("T", b"\xc0"),))])[0])
+    _committed(log.append_batch([Append("a", ANY, (("T", b"\xc0"),))])[0])
+    _committed(log.append_batch([Append("a", 3, ())])[0])
+    assert pids == postgres.execute(
+        "SELECT pid FROM pg_stat_activity WHERE query LIKE '%%actorlog_guarded%%'"
+        " AND pid <> pg_backend_pid()"
+    )
+    assert [e.position for e in log.read_all()] == [1, 2, 3]
+
+
+def test_a_statement_timeout_behind_another_lock_fails_the_group_only(postgres: Postgres) -> None:
+    """A writer stuck behind the table lock until its statement times out: the group fails
+    with StorageError and nothing of it is written; once the lock is free the next group
+    commits on the same connection."""
+    import psycopg
+
+    schema = postgres.schema()
+    log = PostgresEventLog(
+        _with_options(postgres.url, "-c statement_timeout=300"), schema=schema, shared=True
+    )
+    try:
+        _committed(log.append_batch([Append("a", 0, (("T", b"\xc0"),))])[0])
+        with psycopg.connect(postgres.url) as blocker:
+            blocker.execute(f'LOCK TABLE "{schema}".events IN EXCLUSIVE MODE')
+            outcomes, stored = log.append_batch([Append("a", 1, (("T", b"\xc0"),))])
+            assert stored == [] and isinstance(outcomes[0], StorageError), outcomes
+            blocker.rollback()
+        assert not _aborted_sessions(postgres)
+        _committed(log.append_batch([Append("a", 1, (("T", b"\xc0"),))])[0])
+        assert [(e.position, e.version) for e in log.read_stream("a")] == [(1, 1), (2, 2)]
+    finally:
+        log.close()
+
+
+def _writer_pids(postgres: Postgres) -> list[int]:
+    return [
+        pid
+        for (pid,) in postgres.execute(
+            "SELECT pid FROM pg_stat_activity WHERE query LIKE '%%actorlog_guarded%%'"
+        " AND pid <> pg_backend_pid()"
+            " AND pid <> pg_backend_pid()"
+        )
+    ]
+
+
+def test_a_writer_killed_before_or_while_sending_reconnects_and_prepares_again(
+    postgres: Postgres,
+) -> None:
+    import psycopg
+
+    schema = postgres.schema()
+    log = postgres.log(schema, shared=True)
+    _committed(log.append_batch([Append("a", 0, (("T", b"\xc0"),))])[0])
+    # Killed between groups: the next group fails (its connection is gone), the one after
+    # reconnects, takes the writer lock and prepares the statement again.
+    (pid,) = _writer_pids(postgres)
+    postgres.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,))
+    outcomes, stored = log.append_batch([Append("a", 1, (("T", b"\xc0"),))])
+    assert stored == [] and isinstance(outcomes[0], StorageError), outcomes
+    _committed(log.append_batch([Append("a", 1, (("T", b"\xc0"),))])[0])
+    # Killed while its message waits for the table lock.
+    (pid,) = _writer_pids(postgres)
+    result: list[Any] = []
+    with psycopg.connect(postgres.url) as blocker:
+        blocker.execute(f'LOCK TABLE "{schema}".events IN EXCLUSIVE MODE')
+        thread = threading.Thread(
+            target=lambda: result.append(
+                log.append_batch([Append("a", 2, (("T", b"\xc0"),)), Append("b", 0, ())])
+            )
+        )
+        thread.start()
+        deadline = time.monotonic() + 5
+        while not postgres.execute(
+            "SELECT 1 FROM pg_stat_activity WHERE pid = %s AND wait_event_type = 'Lock'", (pid,)
+        ):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        postgres.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,))
+        thread.join(5)
+        blocker.rollback()
+    ((outcomes, stored),) = result
+    assert stored == [] and all(isinstance(o, StorageError) for o in outcomes), outcomes
+    assert log.stream_version("a") == 2
+    results = _committed(log.append_batch([Append("a", 2, (("T", b"\xc0"),)), Append("b", 0, ())])[0])
+    assert (results[0].first_position, results[1].first_position) == (3, 4)
+    assert [e.position for e in log.read_all()] == [1, 2, 3]
+
+
+def test_a_group_of_checks_is_answered_while_another_process_holds_the_table_lock(
+    postgres: Postgres,
+) -> None:
+    """A group of checks only (a rejection's probe) writes nothing, so it neither takes nor
+    waits for the table lock that another process's group commit holds: it is answered
+    meanwhile, at the versions committed (here the connection's statement_timeout would
+    fail a check that waited)."""
+    import psycopg
+
+    schema = postgres.schema()
+    log = PostgresEventLog(
+        _with_options(postgres.url, "-c statement_timeout=300"), schema=schema, shared=True
+    )
+    try:
+        _committed(log.append_batch([Append("a", 0, (("T", b"\xc0"),))])[0])
+        with psycopg.connect(postgres.url) as blocker:
+            blocker.execute(f'LOCK TABLE "{schema}".events IN EXCLUSIVE MODE')
+            (check,), _ = log.append_batch([Append("a", 1, ())])
+            assert isinstance(check, AppendResult), check
+            assert (check.first_position, check.last_position) == (2, 1)
+            stale, fresh = log.append_batch([Append("a", 0, ()), Append("b", 0, ())])[0]
+            assert isinstance(stale, ConcurrencyError) and stale.actual == 1, stale
+            assert isinstance(fresh, AppendResult), fresh
+            blocker.rollback()
+    finally:
+        log.close()
