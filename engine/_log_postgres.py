@@ -390,6 +390,7 @@ class PostgresEventLog:
             if conn is not self._locked:  # a new connection: take the lock on it first
                 self._lock_writer(conn)
                 conn.execute(self._q.prepare_guarded)
+                conn.execute(self._q.prepare_checked)
                 self._guarded = psycopg.ClientCursor(conn)
                 self._locked = conn
                 self._writer_pid = conn.info.backend_pid
@@ -552,7 +553,7 @@ class PostgresEventLog:
             cursor.execute(self._q.guarded, params)
             cursor.nextset()  # past the LOCK's answer, to the guarded INSERT's rows
         else:
-            cursor.execute(self._q.guarded_check, params)
+            cursor.execute(self._q.guarded_check, params[:1])
         head, moved = 0, {}
         for stream_id, version in cursor.fetchall():
             if stream_id is None:
@@ -937,12 +938,15 @@ class _Statements:
             if shared
             else sql.SQL("")
         )
-        self.prepare_guarded: Statement = sql.SQL(
-            "PREPARE actorlog_guarded(json, json, float8) AS"
+        # The head and the streams that moved: what the guarded INSERT reads first.
+        guard = (
             " WITH head AS (SELECT coalesce(max(position), 0) AS h FROM {s}.events),"
             " stale AS (SELECT k.s AS id, c.v FROM json_to_recordset($1) AS k(s text, v bigint),"
             " LATERAL (SELECT coalesce(max(version), 0) AS v FROM {s}.events"
-            " WHERE stream_id = k.s) c WHERE c.v <> k.v),"
+            " WHERE stream_id = k.s) c WHERE c.v <> k.v)"
+        )
+        self.prepare_guarded: Statement = sql.SQL(
+            "PREPARE actorlog_guarded(json, json, float8) AS" + guard + ","
             " written AS (INSERT INTO {s}.events (position, stream_id, version, type,"
             " timestamp, correlation_id, causation_id, payload, aggregate, principal, headers)"
             " SELECT head.h + u.n, u.s, u.v, u.t, $3, u.co, u.ca, decode(u.pl, 'hex'), u.a,"
@@ -952,11 +956,20 @@ class _Statements:
             " WHERE NOT EXISTS (SELECT FROM stale))"
             " SELECT NULL, h FROM head{n} UNION ALL SELECT id, v FROM stale"
         ).format(s=s, n=notify)
-        execute = "EXECUTE actorlog_guarded(%s, %s, %s)"
-        self.guarded = q("LOCK TABLE {s}.events IN EXCLUSIVE MODE; " + execute)
+        self.guarded = q(
+            "LOCK TABLE {s}.events IN EXCLUSIVE MODE; EXECUTE actorlog_guarded(%s, %s, %s)"
+        )
         # A group of checks only (rejections' probes) writes nothing: it reads the
-        # versions without the lock, and waits for no other process's group.
-        self.guarded_check: Statement = sql.SQL(execute)
+        # versions without the lock, and waits for no other process's group. Its own
+        # statement, a plain SELECT: one with the INSERT, even writing nothing, takes ROW
+        # EXCLUSIVE on the table, which waits for every other process's group commit
+        # (EXCLUSIVE) and holds the next one back while it runs.
+        self.prepare_checked: Statement = sql.SQL(
+            "PREPARE actorlog_checked(json) AS"
+            + guard
+            + " SELECT NULL, h FROM head UNION ALL SELECT id, v FROM stale"
+        ).format(s=s)
+        self.guarded_check: Statement = sql.SQL("EXECUTE actorlog_checked(%s)")
         # The versions of the group's streams, and the head as the row whose id is NULL
         # (no stream's): one statement of the group commit instead of two.
         self.versions = q(
