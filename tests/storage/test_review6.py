@@ -89,9 +89,8 @@ def _tricky_group(tag: str, log: PostgresEventLog) -> list[Append]:
             )
         )
     # None everywhere, and the longest stream id (400 UTF-8 bytes, four bytes a character).
-    appends.append(
-        Append(f"{tag}/" + "\U0001f600" * ((400 - len(tag) - 1) // 4), 0, (("T", b"\xc0"),))
-    )
+    longest = f"{tag}/" + "\U0001f600" * ((400 - len(tag) - 1) // 4)
+    appends.append(Append(longest, log.stream_version(longest), (("T", b"\xc0"),)))
     return appends
 
 
@@ -275,7 +274,7 @@ def test_a_group_racing_another_writer_loses_nothing_and_writes_no_failure(
             while not stop.is_set():
                 sid = rng.choice(streams)
                 other.append_batch([Append(sid, ANY, (("other", b"\xc0"),))])
-        except BaseException as e:  # noqa: BLE001 - reported by the test
+        except BaseException as e:  # reported by the test
             errors.append(e)
 
     thread = threading.Thread(target=hammer)
@@ -362,7 +361,7 @@ def test_a_check_only_group_answers_the_head_like_the_exact_path(
 def _with_options(url: str, options: str) -> str:
     """``url`` with libpq ``options`` (server settings for its connections)."""
     parts = urllib.parse.urlsplit(url)
-    query = urllib.parse.parse_qsl(parts.query) + [("options", options)]
+    query = [*urllib.parse.parse_qsl(parts.query), ("options", options)]
     return parts._replace(
         query=urllib.parse.urlencode(query, quote_via=urllib.parse.quote)
     ).geturl()
@@ -395,7 +394,7 @@ def test_a_server_error_inside_the_message_fails_the_group_and_leaves_the_connec
         f"ALTER TABLE \"{schema}\".events ADD CONSTRAINT poison CHECK (type <> 'poison')"
     )
     group = [Append("a", 1, (("T", b"\xc0"),)), Append("b", 0, (("poison", b"\xc0"),))]
-    for attempt in range(2):
+    for _ in range(2):
         outcomes, stored = log.append_batch(group)
         assert stored == []
         assert len(outcomes) == 2
@@ -507,3 +506,69 @@ def test_a_group_of_checks_is_answered_while_another_process_holds_the_table_loc
             blocker.rollback()
     finally:
         log.close()
+
+
+# -- notifications, schemas, options --------------------------------------------------------
+
+
+def _noticed(log: PostgresEventLog, seconds: float) -> bool:
+    """Whether ``log``'s follower hears another process's NOTIFY within ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if log.wait_for_notice(deadline - time.monotonic()):
+            return True
+    return False
+
+
+@pytest.mark.parametrize(
+    "schema_name", ["actorlog_r6_plain", 'Mixed "Quoted" Schema ç→😀', "  spaced  "]
+)
+def test_only_groups_that_write_wake_another_processes_follower(
+    postgres: Postgres, schema_name: str
+) -> None:
+    postgres.execute(f'DROP SCHEMA IF EXISTS "{schema_name.replace(chr(34), chr(34) * 2)}" CASCADE')
+    log = postgres.log(schema_name, shared=True)
+    follower = postgres.log(schema_name, shared=True)
+    postgres._schemas.append(schema_name.replace('"', '""'))  # dropped at teardown
+    _committed(follower.append_batch([Append("f", 0, (("T", b"\xc0"),))])[0])
+    assert not _noticed(follower, 0.05)  # listening now; its own commit is not news
+    _committed(log.append_batch([Append("a", 0, (("T", b"\xc0"),))])[0])
+    assert _noticed(follower, 5)
+    # A group of checks, and a group whose only write was judged stale: nothing written,
+    # no notice.
+    _committed(log.append_batch([Append("a", 1, ()), Append("f", 1, ())])[0])
+    outcomes, stored = log.append_batch([Append("a", 0, (("T", b"\xc0"),))])
+    assert stored == [] and isinstance(outcomes[0], ConcurrencyError)
+    assert not _noticed(follower, 0.3)
+    # Both paths wrote, and read back, in this schema.
+    _committed(log.append_batch([Append("a", ANY, (("T", b"\xc0"),))])[0])
+    assert _noticed(follower, 5)
+    assert [(e.stream_id, e.version) for e in follower.read_all()] == [
+        ("f", 1),
+        ("a", 1),
+        ("a", 2),
+    ]
+
+
+@pytest.mark.parametrize(
+    "options", [{"shared": False, "sync": False}, {"shared": True, "sync": False}]
+)
+def test_the_one_message_path_with_other_options(
+    postgres: Postgres, options: dict[str, Any]
+) -> None:
+    log = postgres.log(**options)
+    for _ in range(3):
+        fast = _tricky_group("o", log)
+        outcomes, stored = log.append_batch(fast)
+        _committed(outcomes)
+        assert [_bits(e) for e in log.read_all(stored[0].position, len(stored))] == [
+            _bits(e) for e in stored
+        ]
+    # A stale group under these options too: judged, what passes resent.
+    moved = fast[0].stream_id
+    outcomes, stored = log.append_batch(
+        [Append(moved, 0, (("T", b"\xc0"),)), Append("n", 0, (("T", b"\xc0"),))]
+    )
+    assert isinstance(outcomes[0], ConcurrencyError) and outcomes[0].actual == 3 * len(_PAYLOADS)
+    assert isinstance(outcomes[1], AppendResult), outcomes[1]
+    assert [e.stream_id for e in stored] == ["n"]
