@@ -11,6 +11,7 @@ the two paths.
 
 from __future__ import annotations
 
+import os
 import random
 import struct
 import threading
@@ -572,3 +573,40 @@ def test_the_one_message_path_with_other_options(
     assert isinstance(outcomes[0], ConcurrencyError) and outcomes[0].actual == 3 * len(_PAYLOADS)
     assert isinstance(outcomes[1], AppendResult), outcomes[1]
     assert [e.stream_id for e in stored] == ["n"]
+
+
+# -- size -----------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(
+    not os.environ.get("ACTORLOG_REVIEW6_BIG"),
+    reason="set ACTORLOG_REVIEW6_BIG=1: sends a 530 MiB event (~10 s, ~2 GB of memory)",
+)
+def test_a_group_the_exact_path_commits_is_not_lost_to_the_message_size_limit(
+    postgres: Postgres,
+) -> None:
+    """PostgreSQL refuses a message over 1 GB. The exact path sends payloads as binary
+    (~1 GB of them fit); the one message sends them hex in a JSON string, twice their size,
+    so a group of ~512 MiB to ~1 GB of payload, which the engine forms if an event is that
+    big (no bound on events or groups), must not go as one message (before the fix: the
+    server closed the connection and the group failed with StorageError)."""
+    log = postgres.log()
+    n = 530 * 2**20
+    payload = b"\xc6" + n.to_bytes(4, "big") + bytes(n)  # msgpack bin 32
+    outcomes, stored = log.append_batch([Append("big", 0, (("T", payload),))])
+    (result,) = _committed(outcomes)
+    del payload, stored
+    assert (result.first_version, result.last_version) == (1, 1)
+    assert log.stream_version("big") == 1
+
+
+def test_a_group_just_under_the_one_message_bound_round_trips(postgres: Postgres) -> None:
+    """Groups of several MiB of payload, one event or many, on both sides of the bound at
+    which the one-message path hands a group to the exact path."""
+    log = postgres.log()
+    big = _pack(bytes(range(256)) * (4 * 2**12))  # 1 MiB
+    for count in (1, 15, 17):
+        group = [Append(f"m{count}", 0, (("T", big),) * count), Append("c", 0, ())]
+        outcomes, stored = log.append_batch(group)
+        _committed(outcomes)
+        assert [_bits(e) for e in log.read_stream(f"m{count}")] == [_bits(e) for e in stored]
