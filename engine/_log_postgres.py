@@ -117,6 +117,15 @@ _PRUNE_MOST: Final = 4096
 """The most command ids one group deletes per bound (age, count), as in the LMDB log: a
 backlog is worked off over a few groups instead of one long transaction."""
 
+_ONE_MESSAGE_MOST_BYTES: Final = 2**20
+"""The most payload bytes a group sends as one message (``_commit_guarded``); a bigger
+group goes the exact way. The message carries payloads hex in a JSON string, twice their
+size, and PostgreSQL refuses a message over 1 GB: a group of ~512 MiB to ~1 GB of payload,
+which the exact way's binary arrays carry, failed as one message. Well below that: the hex
+and the escaping also cost more per byte than the binary arrays (a group of 4 appends was
+1.2x the exact way's time at 32 KiB of payload, 2.8x at 128 KiB; 0.5x at 4 KiB), while a
+group of many small appends gains per append (docs/design.md, review6)."""
+
 _T = TypeVar("_T")
 _MAX_BIGINT: Final = 2**63 - 1
 
@@ -471,7 +480,10 @@ class PostgresEventLog:
             assumed = _assumed(group)
             if assumed is None:
                 return None
-            head, moved = self._send_guarded(group, assumed, timestamp)
+            answer = self._send_guarded(group, assumed, timestamp)
+            if answer is None:
+                return None  # too big for one message
+            head, moved = answer
             if not moved:
                 break
             if attempt == 2:
@@ -518,16 +530,21 @@ class PostgresEventLog:
 
     def _send_guarded(
         self, group: list[Append], assumed: dict[str, int], timestamp: float
-    ) -> tuple[int, dict[str, int]]:
+    ) -> tuple[int, dict[str, int]] | None:
         """Send ``group`` as one message: the head it was written after, or the streams
         that are not at the version ``assumed`` for them (their versions; then nothing
-        was written)."""
+        was written). None, sending nothing, if its payloads are over
+        ``_ONE_MESSAGE_MOST_BYTES``."""
         rows: list[_GuardedRow] = []
+        size = 0
         for append in group:
             headers = append.headers
             headers_json = None if headers is None else _headers_encode(headers).decode()
             version = append.expected_version
             for name, payload in append.events:
+                size += len(payload)
+                if size > _ONE_MESSAGE_MOST_BYTES:
+                    return None  # counted before hexing: the payload may be huge
                 version += 1
                 rows.append(
                     _GuardedRow(
