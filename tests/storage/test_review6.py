@@ -611,3 +611,30 @@ def test_groups_on_both_sides_of_the_one_message_bound_round_trip(postgres: Post
         outcomes, stored = log.append_batch(group)
         _committed(outcomes)
         assert [_bits(e) for e in log.read_stream(f"m{count}")] == [_bits(e) for e in stored]
+
+
+def test_session_settings_that_change_literals_do_not_change_what_is_stored(
+    postgres: Postgres,
+) -> None:
+    """The one message binds on the client (quoted literals): a role or DSN may set how the
+    server reads string literals (standard_conforming_strings off: backslashes escape) and
+    writes floats and bytea as text; every field still round-trips bit for bit."""
+    schema = postgres.schema()
+    options = (
+        "-c standard_conforming_strings=off -c escape_string_warning=off"
+        " -c extra_float_digits=0 -c bytea_output=escape"
+    )
+    log = PostgresEventLog(_with_options(postgres.url, options), schema=schema, shared=True)
+    try:
+        fast = _tricky_group("fast", log)
+        outcomes, fast_stored = log.append_batch(fast)
+        _committed(outcomes)
+        exact = [*_tricky_group("exact", log), Append("any", ANY, (("T", b"\xc0"),))]
+        outcomes, exact_stored = log.append_batch(exact)
+        _committed(outcomes)
+        for reader in (log, postgres.log(schema)):
+            assert [_bits(e) for e in reader.read_all(1, 10_000)] == [
+                _bits(e) for e in fast_stored + exact_stored
+            ]
+    finally:
+        log.close()
