@@ -399,7 +399,6 @@ class PostgresEventLog:
             if conn is not self._locked:  # a new connection: take the lock on it first
                 self._lock_writer(conn)
                 conn.execute(self._q.prepare_guarded)
-                conn.execute(self._q.prepare_checked)
                 self._guarded = psycopg.ClientCursor(conn)
                 self._locked = conn
                 self._writer_pid = conn.info.backend_pid
@@ -958,9 +957,9 @@ class _Statements:
         # The head and the streams that moved: what the guarded INSERT reads first.
         guard = (
             " WITH head AS (SELECT coalesce(max(position), 0) AS h FROM {s}.events),"
-            " stale AS (SELECT k.s AS id, c.v FROM json_to_recordset($1) AS k(s text, v bigint),"
-            " LATERAL (SELECT coalesce(max(version), 0) AS v FROM {s}.events"
-            " WHERE stream_id = k.s) c WHERE c.v <> k.v)"
+            " stale AS (SELECT k.s AS id, c.v FROM json_to_recordset({streams})"
+            " AS k(s text, v bigint), LATERAL (SELECT coalesce(max(version), 0) AS v"
+            " FROM {s}.events WHERE stream_id = k.s) c WHERE c.v <> k.v)"
         )
         self.prepare_guarded: Statement = sql.SQL(
             "PREPARE actorlog_guarded(json, json, float8) AS" + guard + ","
@@ -972,21 +971,20 @@ class _Statements:
             " hd text)) WITH ORDINALITY AS u(s, v, t, pl, co, ca, a, pr, hd, n)"
             " WHERE NOT EXISTS (SELECT FROM stale))"
             " SELECT NULL, h FROM head{n} UNION ALL SELECT id, v FROM stale"
-        ).format(s=s, n=notify)
+        ).format(s=s, n=notify, streams=sql.SQL("$1"))
         self.guarded = q(
             "LOCK TABLE {s}.events IN EXCLUSIVE MODE; EXECUTE actorlog_guarded(%s, %s, %s)"
         )
         # A group of checks only (rejections' probes) writes nothing: it reads the
-        # versions without the lock, and waits for no other process's group. Its own
-        # statement, a plain SELECT: one with the INSERT, even writing nothing, takes ROW
-        # EXCLUSIVE on the table, which waits for every other process's group commit
-        # (EXCLUSIVE) and holds the next one back while it runs.
-        self.prepare_checked: Statement = sql.SQL(
-            "PREPARE actorlog_checked(json) AS"
-            + guard
-            + " SELECT NULL, h FROM head UNION ALL SELECT id, v FROM stale"
-        ).format(s=s)
-        self.guarded_check: Statement = sql.SQL("EXECUTE actorlog_checked(%s)")
+        # versions without the lock, and waits for no other process's group. A plain
+        # SELECT of its own: the guarded statement's INSERT, even writing nothing, takes
+        # ROW EXCLUSIVE on the table, which waits for every other process's group commit
+        # (EXCLUSIVE) and holds the next one back while it runs. Not prepared: a second
+        # PREPARE a connection could fail after the first, which would then exist when
+        # the next group prepares it again.
+        self.guarded_check: Statement = sql.SQL(
+            guard + " SELECT NULL, h FROM head UNION ALL SELECT id, v FROM stale"
+        ).format(s=s, streams=sql.SQL("%s::json"))
         # The versions of the group's streams, and the head as the row whose id is NULL
         # (no stream's): one statement of the group commit instead of two.
         self.versions = q(
