@@ -368,20 +368,28 @@ def _with_options(url: str, options: str) -> str:
     ).geturl()
 
 
-def _aborted_sessions(postgres: Postgres) -> list[Any]:
-    return postgres.execute(
-        "SELECT pid FROM pg_stat_activity WHERE state = 'idle in transaction (aborted)'"
-    )
-
-
-def _writer_pids(postgres: Postgres) -> list[int]:
-    """The backends holding a writer lock (a session advisory lock): the writers' connections."""
+def _writer_pids(postgres: Postgres, schema: str) -> list[int]:
+    """The backends holding the writer lock of ``schema`` (a session advisory lock keyed by
+    its name): the connections its logs write on. Other tests' logs on the same server
+    hold the locks of their own schemas."""
     return [
         pid
         for (pid,) in postgres.execute(
             "SELECT DISTINCT pid FROM pg_locks WHERE locktype = 'advisory' AND granted"
+            " AND objsubid = 1 AND ((classid::bigint << 32) | objid::bigint)"
+            " = hashtext('actorlog writer ' || %s)::bigint",
+            (schema,),
         )
     ]
+
+
+def _aborted_sessions(postgres: Postgres, schema: str) -> list[Any]:
+    """Those of ``schema``'s writer connections left in an aborted transaction."""
+    return postgres.execute(
+        "SELECT pid FROM pg_stat_activity WHERE state = 'idle in transaction (aborted)'"
+        " AND pid = ANY(%s)",
+        (_writer_pids(postgres, schema),),
+    )
 
 
 def test_a_server_error_inside_the_message_fails_the_group_and_leaves_the_connection_usable(
@@ -400,15 +408,15 @@ def test_a_server_error_inside_the_message_fails_the_group_and_leaves_the_connec
         assert stored == []
         assert len(outcomes) == 2
         assert all(isinstance(o, StorageError) for o in outcomes), outcomes
-        assert not _aborted_sessions(postgres)
+        assert not _aborted_sessions(postgres, schema)
     assert log.head_position() == 1
     assert log.stream_version("a") == 1
     # The same connection commits the next group, one message or the exact way.
-    pids = _writer_pids(postgres)
+    pids = _writer_pids(postgres, schema)
     _committed(log.append_batch([Append("a", 1, (("T", b"\xc0"),))])[0])
     _committed(log.append_batch([Append("a", ANY, (("T", b"\xc0"),))])[0])
     _committed(log.append_batch([Append("a", 3, ())])[0])
-    assert pids == _writer_pids(postgres) and len(pids) == 1
+    assert pids == _writer_pids(postgres, schema) and len(pids) == 1
     assert [e.position for e in log.read_all()] == [1, 2, 3]
 
 
@@ -429,7 +437,7 @@ def test_a_statement_timeout_behind_another_lock_fails_the_group_only(postgres: 
             outcomes, stored = log.append_batch([Append("a", 1, (("T", b"\xc0"),))])
             assert stored == [] and isinstance(outcomes[0], StorageError), outcomes
             blocker.rollback()
-        assert not _aborted_sessions(postgres)
+        assert not _aborted_sessions(postgres, schema)
         _committed(log.append_batch([Append("a", 1, (("T", b"\xc0"),))])[0])
         assert [(e.position, e.version) for e in log.read_stream("a")] == [(1, 1), (2, 2)]
     finally:
@@ -446,13 +454,13 @@ def test_a_writer_killed_before_or_while_sending_reconnects_and_prepares_again(
     _committed(log.append_batch([Append("a", 0, (("T", b"\xc0"),))])[0])
     # Killed between groups: the next group fails (its connection is gone), the one after
     # reconnects, takes the writer lock and prepares the statement again.
-    (pid,) = _writer_pids(postgres)
+    (pid,) = _writer_pids(postgres, schema)
     postgres.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,))
     outcomes, stored = log.append_batch([Append("a", 1, (("T", b"\xc0"),))])
     assert stored == [] and isinstance(outcomes[0], StorageError), outcomes
     _committed(log.append_batch([Append("a", 1, (("T", b"\xc0"),))])[0])
     # Killed while its message waits for the table lock.
-    (pid,) = _writer_pids(postgres)
+    (pid,) = _writer_pids(postgres, schema)
     result: list[Any] = []
     with psycopg.connect(postgres.url) as blocker:
         blocker.execute(f'LOCK TABLE "{schema}".events IN EXCLUSIVE MODE')
