@@ -535,10 +535,17 @@ def _noticed(log: PostgresEventLog, seconds: float) -> bool:
 def test_only_groups_that_write_wake_another_processes_follower(
     postgres: Postgres, schema_name: str
 ) -> None:
-    postgres.execute(f'DROP SCHEMA IF EXISTS "{schema_name.replace(chr(34), chr(34) * 2)}" CASCADE')
+    schema_name += postgres.schema()[-6:]  # unique on the server
+    quoted = schema_name.replace('"', '""')
+    try:
+        _groups_that_write_wake(postgres, schema_name)
+    finally:
+        postgres.execute(f'DROP SCHEMA IF EXISTS "{quoted}" CASCADE')
+
+
+def _groups_that_write_wake(postgres: Postgres, schema_name: str) -> None:
     log = postgres.log(schema_name, shared=True)
     follower = postgres.log(schema_name, shared=True)
-    postgres._schemas.append(schema_name.replace('"', '""'))  # dropped at teardown
     _committed(follower.append_batch([Append("f", 0, (("T", b"\xc0"),))])[0])
     assert not _noticed(follower, 0.05)  # listening now; its own commit is not news
     _committed(log.append_batch([Append("a", 0, (("T", b"\xc0"),))])[0])
