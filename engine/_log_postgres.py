@@ -29,13 +29,15 @@ writer that ignored the lock, never let it interleave.
 
 Round trips. A group that needs no decision (every append expects an exact version, none
 carries a command id, the appends of a stream follow one another; what W1's commands and
-most commands are) is one message and one round trip (``_commit_guarded``): the lock and
-one prepared INSERT, sent with the simple query protocol, which runs them as one
-transaction. The INSERT writes only if every stream is at the version the group assumes
-(its rows arrive as one JSON document: one string escaped once) and numbers the positions
-from the head itself; if a stream moved, it writes nothing and says so, and the group is
-committed the exact way. The exact way is two round trips: (1) BEGIN, the lock, the
-versions of the group's streams with the head (one statement), the group's command ids
+most commands are) and holds at most 1 MiB of payload is one message and one round trip
+(``_commit_guarded``): the lock and one prepared INSERT, sent with the simple query
+protocol, which runs them as one transaction. The INSERT writes only if every stream is
+at the version the group assumes (its rows arrive as one JSON document: one string
+escaped once) and numbers the positions from the head itself; if a stream moved, it
+writes nothing and says so, and the group is judged at the versions it says, what
+passes sent again once, else committed the exact way. The exact way is two round
+trips: (1) BEGIN, the lock, the versions of the group's streams with the head (one
+statement), the group's command ids
 that are kept, pipelined (psycopg's pipeline mode) and read back together; (2) the events
 as one ``INSERT ... SELECT FROM unnest(arrays)``, the command ids likewise, their bounded
 pruning, the snapshots and caches, on a shared log the NOTIFY that wakes the other
@@ -452,9 +454,9 @@ class PostgresEventLog:
         the answer says to which version: the group is judged there by the log's rule
         (``_judged``, as ``_commit`` judges) and what passes is sent again, once. A group
         with anything else to decide (an append with ``ANY`` or a command id, one that
-        cannot be stored, a stream whose appends do not follow one another), or that
-        finds a stream moved twice, is committed by ``_commit``, which decides it while
-        holding the lock.
+        cannot be stored, a stream whose appends do not follow one another), one over
+        ``_ONE_MESSAGE_MOST_BYTES`` of payload, or one that finds a stream moved twice,
+        is committed by ``_commit``, which decides it while holding the lock.
 
         Why: a group commit's fixed cost is its CPU, paid by every group however small
         (the groups of N processes are N times smaller): see the module doc.
@@ -944,8 +946,8 @@ class _Statements:
         # only if no stream of the group moved from the version assumed for it; its rows
         # are the head before it, or the streams that moved (and their versions). On a
         # shared log the head row calls pg_notify, once, only when it writes: a LEFT
-        # JOIN, so the head row stays when it does not (a group of checks, a rejection's
-        # probe, answers the head too: its empty results are one past it).
+        # JOIN, so the head row stays when it does not (a cross join dropped it: a group
+        # of checks sent here answered head 0, its empty results positions 1/0).
         notify = (
             sql.SQL(
                 " LEFT JOIN LATERAL (SELECT pg_notify({}, '') WHERE json_array_length($2) > 0"
