@@ -37,13 +37,13 @@ escaped once) and numbers the positions from the head itself; if a stream moved,
 writes nothing and says so, and the group is judged at the versions it says, what
 passes sent again once, else committed the exact way. The exact way is two round
 trips: (1) BEGIN, the lock, the versions of the group's streams with the head (one
-statement), the group's command ids
-that are kept, pipelined (psycopg's pipeline mode) and read back together; (2) the events
-as one ``INSERT ... SELECT FROM unnest(arrays)``, the command ids likewise, their bounded
-pruning, the snapshots and caches, on a shared log the NOTIFY that wakes the other
-processes' followers, and COMMIT, pipelined. Deciding in Python between the two keeps the
-rules (expected versions, duplicates, empty appends) in one language with the other
-backends: the one-message INSERT only checks that nothing moved, it decides nothing. Why
+statement), the group's command ids that are kept, pipelined (psycopg's pipeline mode)
+and read back together; (2) the events as one ``INSERT ... SELECT FROM unnest(arrays)``,
+the command ids likewise, their bounded pruning, the snapshots and caches, on a shared
+log the NOTIFY that wakes the other processes' followers, and COMMIT, pipelined. Deciding
+in Python between the two keeps the rules (expected versions, duplicates, empty appends)
+in one language with the other backends: the one-message INSERT only checks that nothing
+moved, it decides nothing. Why
 not always the exact way: a group commit's price is CPU, the client's and the server's,
 paid once a group however small; the pipelined statements cost ~1.1 ms of it a group
 here, the one message ~0.35 ms (docs/design.md, "One round trip a group").
