@@ -43,10 +43,10 @@ the command ids likewise, their bounded pruning, the snapshots and caches, on a 
 log the NOTIFY that wakes the other processes' followers, and COMMIT, pipelined. Deciding
 in Python between the two keeps the rules (expected versions, duplicates, empty appends)
 in one language with the other backends: the one-message INSERT only checks that nothing
-moved, it decides nothing. Why
-not always the exact way: a group commit's price is CPU, the client's and the server's,
-paid once a group however small; the pipelined statements cost ~1.1 ms of it a group
-here, the one message ~0.35 ms (docs/design.md, "One round trip a group").
+moved, it decides nothing. Why not always the exact way: a group commit's price is CPU,
+the client's and the server's, paid once a group however small; the pipelined statements
+cost ~1.1 ms of it a group here, the one message ~0.35 ms (docs/design.md, "One round
+trip a group").
 
 Errors. A failure of the server or the connection fails the whole group with a
 ``StorageError`` (the psycopg error is ``__cause__``; the transaction rolled back, nothing
