@@ -615,6 +615,41 @@ def test_a_group_the_exact_path_commits_is_not_lost_to_the_message_size_limit(
     assert log.stream_version("big") == 1
 
 
+@pytest.mark.skipif(
+    not os.environ.get("ACTORLOG_REVIEW6_BIG"),
+    reason="set ACTORLOG_REVIEW6_BIG=1: a group of 16,000 events (~40 s, ~5 GB of memory)",
+)
+def test_a_group_of_many_events_with_escaped_metadata_is_not_lost_to_the_size_limit(
+    postgres: Postgres,
+) -> None:
+    """Metadata the writer admits (check_append: ids of 1,024 bytes, headers of 4,096) is
+    repeated on every event, and control characters take six bytes each in the JSON
+    document (seven inside the headers' own JSON): one append of 16,000 such events made a
+    document over PostgreSQL's 1 GB, while the exact path sends ~0.4 GB and commits it
+    (before the fix: StorageError, "invalid memory alloc request size")."""
+    from actorlog.engine._log import check_append
+
+    log = postgres.log()
+    ctl = "\x01"
+    append = check_append(
+        Append(
+            ctl * 400,
+            0,
+            tuple((ctl * 400, b"\xc0") for _ in range(16_000)),
+            correlation_id=ctl * 1024,
+            causation_id=ctl * 1024,
+            aggregate_name=ctl * 400,
+            principal=ctl * 1024,
+            headers=((ctl * 400, ctl * 600),) * 4 + ((ctl * 10, ctl * 86),),
+        )
+    )
+    outcomes, stored = log.append_batch([append])
+    (result,) = _committed(outcomes)
+    del stored
+    assert (result.first_version, result.last_version) == (1, 16_000)
+    assert log.stream_version(ctl * 400) == 16_000
+
+
 def test_groups_on_both_sides_of_the_one_message_bound_round_trip(postgres: Postgres) -> None:
     """Groups of about 1 MiB of payload, the bound above which a group goes the exact way
     (exactly at it, just over it), bit for bit."""
