@@ -29,9 +29,9 @@ writer that ignored the lock, never let it interleave.
 
 Round trips. A group that needs no decision (every append expects an exact version, none
 carries a command id, the appends of a stream follow one another; what W1's commands and
-most commands are) and holds at most 1 MiB of payload is one message and one round trip
-(``_commit_guarded``): the lock and one prepared INSERT, sent with the simple query
-protocol, which runs them as one transaction. The INSERT writes only if every stream is
+most commands are) and holds at most 1 MiB of payload (64 MiB as JSON) is one message
+and one round trip (``_commit_guarded``): the lock and one prepared INSERT, sent with the
+simple query protocol, which runs them as one transaction. The INSERT writes only if every stream is
 at the version the group assumes (its rows arrive as one JSON document: one string
 escaped once) and numbers the positions from the head itself; if a stream moved, it
 writes nothing and says so, and the group is judged at the versions it says, what
@@ -127,6 +127,14 @@ which the exact way's binary arrays carry, failed as one message. Well below tha
 and the escaping also cost more per byte than the binary arrays (a group of 4 appends was
 1.2x the exact way's time at 32 KiB of payload, 2.8x at 128 KiB; 0.5x at 4 KiB), while a
 group of many small appends gains per append (docs/design.md, review6)."""
+
+_ONE_MESSAGE_MOST_TEXT: Final = 2**26
+"""The most bytes of the JSON document of a group's rows sent as one message; a bigger
+group goes the exact way. Each event's row repeats its append's metadata, and the JSON
+escapes it (a control character takes six bytes, seven inside the headers' own JSON;
+quoting doubles the backslashes again): one append of 16,000 events with the most
+metadata the writer admits made a document over PostgreSQL's 1 GB, which the exact way
+sends in ~0.4 GB."""
 
 _T = TypeVar("_T")
 _MAX_BIGINT: Final = 2**63 - 1
@@ -455,8 +463,9 @@ class PostgresEventLog:
         (``_judged``, as ``_commit`` judges) and what passes is sent again, once. A group
         with anything else to decide (an append with ``ANY`` or a command id, one that
         cannot be stored, a stream whose appends do not follow one another), one over
-        ``_ONE_MESSAGE_MOST_BYTES`` of payload, or one that finds a stream moved twice,
-        is committed by ``_commit``, which decides it while holding the lock.
+        ``_ONE_MESSAGE_MOST_BYTES`` of payload or ``_ONE_MESSAGE_MOST_TEXT`` of rows, or
+        one that finds a stream moved twice, is committed by ``_commit``, which decides
+        it while holding the lock.
 
         Why: a group commit's fixed cost is its CPU, paid by every group however small
         (the groups of N processes are N times smaller): see the module doc.
@@ -535,7 +544,7 @@ class PostgresEventLog:
         """Send ``group`` as one message: the head it was written after, or the streams
         that are not at the version ``assumed`` for them (their versions; then nothing
         was written). None, sending nothing, if its payloads are over
-        ``_ONE_MESSAGE_MOST_BYTES``."""
+        ``_ONE_MESSAGE_MOST_BYTES`` or its rows over ``_ONE_MESSAGE_MOST_TEXT``."""
         rows: list[_GuardedRow] = []
         size = 0
         for append in group:
@@ -560,11 +569,14 @@ class PostgresEventLog:
                         headers_json,
                     )
                 )
+        document = _json_encode(rows)
+        if len(document) > _ONE_MESSAGE_MOST_TEXT:
+            return None
         cursor = self._guarded
         assert cursor is not None  # made with the lock, on the connection that holds it
         params = (
             _json_encode([_GuardStream(s, v) for s, v in assumed.items()]).decode(),
-            _json_encode(rows).decode(),
+            document.decode(),
             timestamp,
         )
         if rows:
