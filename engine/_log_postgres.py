@@ -29,25 +29,25 @@ writer that ignored the lock, never let it interleave.
 
 Round trips. A group that needs no decision (every append expects an exact version, the
 appends of a stream follow one another, no command id is recorded already; what W1's
-commands and most commands are) is one message and one round trip (``_commit_guarded``):
-the lock and one prepared INSERT (with its command ids' recording, then their pruning),
-sent with the simple query protocol, which runs them as one transaction. The INSERT
-writes only if every stream is at the version the group assumes and none of its command
-ids is recorded (its rows arrive as one JSON document: one string escaped once) and
-numbers the positions from the head itself; if a stream moved, it writes nothing and
-says where the streams are: the group is judged there and what passes is sent again; a
-recorded id (a retry, perhaps) sends the group the exact way. The exact way is two round
-trips: (1) BEGIN, the lock, the versions of the group's streams with the head (one
-statement), the group's command ids that are kept, pipelined (psycopg's pipeline mode)
-and read back together; (2) the events as one ``INSERT ... SELECT FROM unnest(arrays)``,
-the command ids likewise, their bounded pruning, the snapshots and caches, on a shared
-log the NOTIFY that wakes the other processes' followers, and COMMIT, pipelined.
-Deciding in Python between the two keeps the rules (expected versions, duplicates, empty
-appends) in one language with the other backends: the one-message INSERT only checks
-that nothing moved, it decides nothing. Why not always the exact way: a group commit's
-price is CPU, the client's and the server's, paid once a group however small; the
-pipelined statements cost ~1.1 ms of it a group here, the one message ~0.35 ms
-(docs/design.md, "One round trip a group").
+commands and most commands are) and holds at most 1 MiB of payload (64 MiB as JSON) is
+one message and one round trip (``_commit_guarded``): the lock and one prepared INSERT
+(with its command ids' recording, then their pruning), sent with the simple query
+protocol, which runs them as one transaction. The INSERT writes only if every stream is
+at the version the group assumes and none of its command ids is recorded (its rows
+arrive as one JSON document: one string escaped once) and numbers the positions from the
+head itself; if a stream moved, it writes nothing and says where the streams are: the
+group is judged there and what passes is sent again; a recorded id (a retry, perhaps)
+sends the group the exact way. The exact way is two round trips: (1) BEGIN, the lock,
+the versions of the group's streams with the head (one statement), the group's command
+ids that are kept, pipelined (psycopg's pipeline mode) and read back together; (2) the
+events as one ``INSERT ... SELECT FROM unnest(arrays)``, the command ids likewise, their
+bounded pruning, the snapshots and caches, on a shared log the NOTIFY that wakes the
+other processes' followers, and COMMIT, pipelined. Deciding in Python between the two
+keeps the rules (expected versions, duplicates, empty appends) in one language with the
+other backends: the one-message INSERT only checks that nothing moved, it decides
+nothing. Why not always the exact way: a group commit's price is CPU, the client's and
+the server's, paid once a group however small; the pipelined statements cost ~1.1 ms of
+it a group here, the one message ~0.35 ms (docs/design.md, "One round trip a group").
 
 Errors. A failure of the server or the connection fails the whole group with a
 ``StorageError`` (the psycopg error is ``__cause__``; the transaction rolled back, nothing
@@ -119,6 +119,23 @@ of a writer just killed is released when the server notices its connection gone.
 _PRUNE_MOST: Final = 4096
 """The most command ids one group deletes per bound (age, count), as in the LMDB log: a
 backlog is worked off over a few groups instead of one long transaction."""
+
+_ONE_MESSAGE_MOST_BYTES: Final = 2**20
+"""The most payload bytes a group sends as one message (``_commit_guarded``); a bigger
+group goes the exact way. The message carries payloads hex in a JSON string, twice their
+size, and PostgreSQL refuses a message over 1 GB: a group of ~512 MiB to ~1 GB of payload,
+which the exact way's binary arrays carry, failed as one message. Well below that: the hex
+and the escaping also cost more per byte than the binary arrays (a group of 4 appends was
+1.2x the exact way's time at 32 KiB of payload, 2.8x at 128 KiB; 0.5x at 4 KiB), while a
+group of many small appends gains per append (docs/design.md, review6)."""
+
+_ONE_MESSAGE_MOST_TEXT: Final = 2**26
+"""The most bytes of the JSON document of a group's rows sent as one message; a bigger
+group goes the exact way. Each event's row repeats its append's metadata, and the JSON
+escapes it (a control character takes six bytes, seven inside the headers' own JSON;
+quoting doubles the backslashes again): one append of 16,000 events with the most
+metadata the writer admits made a document over PostgreSQL's 1 GB, which the exact way
+sends in ~0.4 GB."""
 
 _T = TypeVar("_T")
 _MAX_BIGINT: Final = 2**63 - 1
@@ -459,10 +476,12 @@ class PostgresEventLog:
         the answer says to which version: the group is judged there by the log's rule
         (``_judged``, as ``_commit`` judges) and what passes is sent again, once. A group
         with anything else to decide (an append with ``ANY``, one that cannot be stored, a
-        stream whose appends do not follow one another, a command id twice), or that
-        finds a stream moved twice or a command id already recorded (a retry, perhaps:
-        only ``_commit`` answers it), is committed by ``_commit``, which decides it while
-        holding the lock. Command ids are recorded and pruned in the same message.
+        stream whose appends do not follow one another, a command id twice), one over
+        ``_ONE_MESSAGE_MOST_BYTES`` of payload or ``_ONE_MESSAGE_MOST_TEXT`` of rows, or
+        one that finds a stream moved twice or a command id already recorded (a retry,
+        perhaps: only ``_commit`` answers it), is committed by ``_commit``, which decides
+        it while holding the lock. Command ids are recorded and pruned in the same
+        message.
 
         Why: a group commit's fixed cost is its CPU, paid by every group however small
         (the groups of N processes are N times smaller): see the module doc.
@@ -476,6 +495,11 @@ class PostgresEventLog:
                 if key in ids:
                     return None  # a duplicate within the group
                 ids.add(key)
+            if append.expected_version + len(append.events) > _MAX_BIGINT:
+                # A version bigint cannot hold (the writer admits up to 2**64 - 1): sent,
+                # it fails the whole group in the server; no stream is there, so _commit
+                # fails it alone with a conflict.
+                return None
             try:
                 _check_storable(append)
             except _UNSTORABLE:
@@ -488,9 +512,10 @@ class PostgresEventLog:
             assumed = _assumed(group)
             if assumed is None:
                 return None
-            head, moved = self._send_guarded(group, assumed, timestamp)
-            if moved is None:
-                return None  # a command id is recorded: a duplicate to answer, perhaps
+            answer = self._send_guarded(group, assumed, timestamp)
+            if answer is None:
+                return None  # too big for one message, or a command id is recorded
+            head, moved = answer
             if not moved:
                 break
             if attempt == 2:
@@ -537,13 +562,15 @@ class PostgresEventLog:
 
     def _send_guarded(
         self, group: list[Append], assumed: dict[str, int], timestamp: float
-    ) -> tuple[int, dict[str, int] | None]:
+    ) -> tuple[int, dict[str, int]] | None:
         """Send ``group`` as one message: the head it was written after, or the streams
         that are not at the version ``assumed`` for them (their versions; then nothing
-        was written), or None for them if a command id of the group is recorded (nothing
-        written either)."""
+        was written). None if a command id of the group is recorded (nothing written
+        either), or, sending nothing, if its payloads are over ``_ONE_MESSAGE_MOST_BYTES``
+        or its rows over ``_ONE_MESSAGE_MOST_TEXT``."""
         rows: list[_GuardedRow] = []
         recorded: list[_GuardedId] = []
+        size = 0
         offset = 0  # the group's events so far: positions are the head plus these
         for append in group:
             headers = append.headers
@@ -551,6 +578,9 @@ class PostgresEventLog:
             version = append.expected_version
             first = offset + 1
             for name, payload in append.events:
+                size += len(payload)
+                if size > _ONE_MESSAGE_MOST_BYTES:
+                    return None  # counted before hexing: the payload may be huge
                 version += 1
                 offset += 1
                 rows.append(
@@ -578,11 +608,14 @@ class PostgresEventLog:
                         offset,
                     )
                 )
+        document = _json_encode(rows)
+        if len(document) > _ONE_MESSAGE_MOST_TEXT:
+            return None
         cursor = self._guarded
         assert cursor is not None  # made with the lock, on the connection that holds it
         params = (
             _json_encode([_GuardStream(s, v) for s, v in assumed.items()]).decode(),
-            _json_encode(rows).decode(),
+            document.decode(),
             timestamp,
             _json_encode(recorded).decode(),
         )
@@ -598,13 +631,13 @@ class PostgresEventLog:
             cursor.execute(self._q.guarded, params)
             cursor.nextset()  # past the LOCK's answer, to the guarded INSERT's rows
         else:
-            cursor.execute(self._q.guarded_check, params)
+            cursor.execute(self._q.guarded_check, params[:1])
         head, moved = 0, {}
         for stream_id, version in cursor.fetchall():
             if stream_id is None:
                 head = version
             elif version is None:
-                return 0, None
+                return None
             else:
                 moved[stream_id] = version
         return head, moved
@@ -974,22 +1007,28 @@ class _Statements:
         # A group in one message (PostgresEventLog._commit_guarded): the INSERT writes
         # only if no stream of the group moved from the version assumed for it; its rows
         # are the head before it, or the streams that moved (and their versions). On a
-        # shared log the head row calls pg_notify, once, only when it writes.
+        # shared log the head row calls pg_notify, once, only when it writes: a LEFT
+        # JOIN, so the head row stays when it does not (a cross join dropped it: a group
+        # of checks sent here answered head 0, its empty results positions 1/0).
         notify = (
             sql.SQL(
-                ", LATERAL (SELECT pg_notify({}, '') WHERE json_array_length($2) > 0"
-                " AND NOT EXISTS (SELECT FROM stale) AND NOT EXISTS (SELECT FROM taken)) n"
+                " LEFT JOIN LATERAL (SELECT pg_notify({}, '') WHERE json_array_length($2) > 0"
+                " AND NOT EXISTS (SELECT FROM stale) AND NOT EXISTS (SELECT FROM taken))"
+                " n ON true"
             ).format(sql.Literal(channel_name(schema)))
             if shared
             else sql.SQL("")
         )
         ok = "NOT EXISTS (SELECT FROM stale) AND NOT EXISTS (SELECT FROM taken)"
-        self.prepare_guarded: Statement = sql.SQL(
-            "PREPARE actorlog_guarded(json, json, float8, json) AS"
+        # The head and the streams that moved: what the guarded INSERT reads first.
+        guard = (
             " WITH head AS (SELECT coalesce(max(position), 0) AS h FROM {s}.events),"
-            " stale AS (SELECT k.s AS id, c.v FROM json_to_recordset($1) AS k(s text, v bigint),"
-            " LATERAL (SELECT coalesce(max(version), 0) AS v FROM {s}.events"
-            " WHERE stream_id = k.s) c WHERE c.v <> k.v),"
+            " stale AS (SELECT k.s AS id, c.v FROM json_to_recordset({streams})"
+            " AS k(s text, v bigint), LATERAL (SELECT coalesce(max(version), 0) AS v"
+            " FROM {s}.events WHERE stream_id = k.s) c WHERE c.v <> k.v)"
+        )
+        self.prepare_guarded: Statement = sql.SQL(
+            "PREPARE actorlog_guarded(json, json, float8, json) AS" + guard + ","
             # A command id recorded before, kept or not: the exact path decides. (A
             # lateral lookup with LIMIT: a join let the generic plan hash the whole table.)
             " taken AS (SELECT k.s FROM json_to_recordset($4) AS k(s text, c text),"
@@ -1012,7 +1051,7 @@ class _Statements:
             " WHERE " + ok + ")"
             " SELECT NULL, h FROM head{n} UNION ALL SELECT id, v FROM stale"
             " UNION ALL SELECT s, NULL FROM taken"
-        ).format(s=s, n=notify)
+        ).format(s=s, n=notify, streams=sql.SQL("$1"))
         execute = "EXECUTE actorlog_guarded(%s, %s, %s, %s)"
         self.guarded = q("LOCK TABLE {s}.events IN EXCLUSIVE MODE; " + execute)
         # With command ids: their pruning by count (the max_ids newest kept: the bound
@@ -1026,8 +1065,15 @@ class _Statements:
             f" WHERE recorded_at <= %s ORDER BY recorded_at LIMIT {_PRUNE_MOST})"
         )
         # A group of checks only (rejections' probes) writes nothing: it reads the
-        # versions without the lock, and waits for no other process's group.
-        self.guarded_check: Statement = sql.SQL(execute)
+        # versions without the lock, and waits for no other process's group. A plain
+        # SELECT of its own: the guarded statement's INSERT, even writing nothing, takes
+        # ROW EXCLUSIVE on the table, which waits for every other process's group commit
+        # (EXCLUSIVE) and holds the next one back while it runs. Not prepared: a second
+        # PREPARE a connection could fail after the first, which would then exist when
+        # the next group prepares it again.
+        self.guarded_check: Statement = sql.SQL(
+            guard + " SELECT NULL, h FROM head UNION ALL SELECT id, v FROM stale"
+        ).format(s=s, streams=sql.SQL("%s::json"))
         # The versions of the group's streams, and the head as the row whose id is NULL
         # (no stream's): one statement of the group commit instead of two.
         self.versions = q(
