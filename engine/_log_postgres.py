@@ -29,7 +29,7 @@ writer that ignored the lock, never let it interleave.
 
 Round trips. A group that needs no decision (every append expects an exact version, the
 appends of a stream follow one another, no command id is recorded already; what W1's
-commands and most commands are) and holds at most 1 MiB of payload (64 MiB as JSON) is
+commands and most commands are) and holds at most 16 KiB of payload (64 MiB as JSON) is
 one message and one round trip (``_commit_guarded``): the lock and one prepared INSERT
 (with its command ids' recording, then their pruning), sent with the simple query
 protocol, which runs them as one transaction. The INSERT writes only if every stream is
@@ -120,14 +120,15 @@ _PRUNE_MOST: Final = 4096
 """The most command ids one group deletes per bound (age, count), as in the LMDB log: a
 backlog is worked off over a few groups instead of one long transaction."""
 
-_ONE_MESSAGE_MOST_BYTES: Final = 2**20
+_ONE_MESSAGE_MOST_BYTES: Final = 2**14
 """The most payload bytes a group sends as one message (``_commit_guarded``); a bigger
-group goes the exact way. The message carries payloads hex in a JSON string, twice their
-size, and PostgreSQL refuses a message over 1 GB: a group of ~512 MiB to ~1 GB of payload,
-which the exact way's binary arrays carry, failed as one message. Well below that: the hex
-and the escaping also cost more per byte than the binary arrays (a group of 4 appends was
-1.2x the exact way's time at 32 KiB of payload, 2.8x at 128 KiB; 0.5x at 4 KiB), while a
-group of many small appends gains per append (docs/design.md, review6)."""
+group goes the exact way. The message carries payloads hex in a JSON string, which the
+server lexes, checks as JSON and parses again, at ~60 ns of CPU a payload byte more than
+the exact way's binary arrays; it saves ~1.2-1.7 ms of CPU a group: even at 16 KiB a group
+(4 appends of 8 KiB: 0.8-1.0x the exact way's CPU, client and server; 64 of 1 KiB:
+1.3-1.6x; 64 of 4 KiB: 2.7-2.8x; W1's 64 of ~20 bytes: 0.4-0.55x). Far below PostgreSQL's
+1 GB message limit, which a group of ~512 MiB of payload, twice that as hex, broke as
+one message (review6) while the exact way committed it."""
 
 _ONE_MESSAGE_MOST_TEXT: Final = 2**26
 """The most bytes of the JSON document of a group's rows sent as one message; a bigger

@@ -24,6 +24,7 @@ import msgspec
 import pytest
 
 from actorlog import ConcurrencyError, StorageError
+from actorlog.engine._log_postgres import _ONE_MESSAGE_MOST_BYTES
 from actorlog.storage import ANY, Append, AppendResult, PostgresEventLog, StoredEvent
 from tests.support import Postgres
 
@@ -651,11 +652,11 @@ def test_a_group_of_many_events_with_escaped_metadata_is_not_lost_to_the_size_li
 
 
 def test_groups_on_both_sides_of_the_one_message_bound_round_trip(postgres: Postgres) -> None:
-    """Groups of about 1 MiB of payload, the bound above which a group goes the exact way
-    (exactly at it, just over it), bit for bit."""
+    """Groups of payload exactly at the bound above which a group goes the exact way, and
+    just over it, bit for bit."""
     log = postgres.log()
-    quarter = _pack(bytes(range(256)) * (2**10 - 1) + bytes(251))  # 2**18 bytes, with its header
-    assert len(quarter) == 2**18
+    quarter = _pack(b"q" * (_ONE_MESSAGE_MOST_BYTES // 4 - 3))  # 3 bytes of msgpack header
+    assert len(quarter) == _ONE_MESSAGE_MOST_BYTES // 4
     for count in (4, 5):
         group = [Append(f"m{count}", 0, (("T", quarter),) * count), Append("c", 0, ())]
         outcomes, stored = log.append_batch(group)
