@@ -29,25 +29,26 @@ writer that ignored the lock, never let it interleave.
 
 Round trips. A group that needs no decision (every append expects an exact version, the
 appends of a stream follow one another, no command id is recorded already; what W1's
-commands and most commands are) and holds at most 16 KiB of payload (64 MiB as JSON) is
+commands and most commands are) and holds at most 64 KiB of payload (64 MiB as JSON) is
 one message and one round trip (``_commit_guarded``): the lock and one prepared INSERT
 (with its command ids' recording, then their pruning), sent with the simple query
 protocol, which runs them as one transaction. The INSERT writes only if every stream is
 at the version the group assumes and none of its command ids is recorded (its rows
-arrive as one JSON document: one string escaped once) and numbers the positions from the
-head itself; if a stream moved, it writes nothing and says where the streams are: the
-group is judged there and what passes is sent again; a recorded id (a retry, perhaps)
-sends the group the exact way. The exact way is two round trips: (1) BEGIN, the lock,
-the versions of the group's streams with the head (one statement), the group's command
-ids that are kept, pipelined (psycopg's pipeline mode) and read back together; (2) the
-events as one ``INSERT ... SELECT FROM unnest(arrays)``, the command ids likewise, their
-bounded pruning, the snapshots and caches, on a shared log the NOTIFY that wakes the
-other processes' followers, and COMMIT, pipelined. Deciding in Python between the two
-keeps the rules (expected versions, duplicates, empty appends) in one language with the
-other backends: the one-message INSERT only checks that nothing moved, it decides
-nothing. Why not always the exact way: a group commit's price is CPU, the client's and
-the server's, paid once a group however small; the pipelined statements cost ~1.1 ms of
-it a group here, the one message ~0.35 ms (docs/design.md, "One round trip a group").
+arrive as one JSON document, one string escaped once, their payloads as one bytea) and
+numbers the positions from the head itself; if a stream moved, it writes nothing and
+says where the streams are: the group is judged there and what passes is sent again; a
+recorded id (a retry, perhaps) sends the group the exact way. The exact way is two round
+trips: (1) BEGIN, the lock, the versions of the group's streams with the head (one
+statement), the group's command ids that are kept, pipelined (psycopg's pipeline mode)
+and read back together; (2) the events as one ``INSERT ... SELECT FROM unnest(arrays)``,
+the command ids likewise, their bounded pruning, the snapshots and caches, on a shared
+log the NOTIFY that wakes the other processes' followers, and COMMIT, pipelined.
+Deciding in Python between the two keeps the rules (expected versions, duplicates, empty
+appends) in one language with the other backends: the one-message INSERT only checks
+that nothing moved, it decides nothing. Why not always the exact way: a group commit's
+price is CPU, the client's and the server's, paid once a group however small; the
+pipelined statements cost ~1.1 ms of it a group here, the one message ~0.35 ms
+(docs/design.md, "One round trip a group").
 
 Errors. A failure of the server or the connection fails the whole group with a
 ``StorageError`` (the psycopg error is ``__cause__``; the transaction rolled back, nothing
@@ -120,15 +121,17 @@ _PRUNE_MOST: Final = 4096
 """The most command ids one group deletes per bound (age, count), as in the LMDB log: a
 backlog is worked off over a few groups instead of one long transaction."""
 
-_ONE_MESSAGE_MOST_BYTES: Final = 2**14
+_ONE_MESSAGE_MOST_BYTES: Final = 2**16
 """The most payload bytes a group sends as one message (``_commit_guarded``); a bigger
-group goes the exact way. The message carries payloads hex in a JSON string, which the
-server lexes, checks as JSON and parses again, at ~60 ns of CPU a payload byte more than
-the exact way's binary arrays; it saves ~1.2-1.7 ms of CPU a group: even at 16 KiB a group
-(4 appends of 8 KiB: 0.8-1.0x the exact way's CPU, client and server; 64 of 1 KiB:
-1.3-1.6x; 64 of 4 KiB: 2.7-2.8x; W1's 64 of ~20 bytes: 0.4-0.55x). Far below PostgreSQL's
-1 GB message limit, which a group of ~512 MiB of payload, twice that as hex, broke as
-one message (review6) while the exact way committed it."""
+group goes the exact way. The message carries the payloads as one bytea literal, hex
+(each event's row says where its payload is in it), at ~25 ns of CPU a payload byte more
+than the exact way's binary arrays (client and server: the hex, the quoting, the server's
+lexing and decoding), against ~1.2-1.7 ms of CPU a group saved: 4 appends of 8 KiB cost
+0.5x the exact way's CPU, 16 of 4 KiB 0.7x, 64 of 1 KiB 1.0x, 4 of 32 KiB 1.6x, 64 of 4
+KiB 1.5x; W1's 64 of ~20 bytes 0.4-0.55x. (With the payloads hex inside the JSON rows, the
+first version, the extra was ~60 ns a byte.) Far below PostgreSQL's 1 GB message limit,
+which a group of ~512 MiB of payload, twice that as hex, broke as one message (review6)
+while the exact way committed it."""
 
 _ONE_MESSAGE_MOST_TEXT: Final = 2**26
 """The most bytes of the JSON document of a group's rows sent as one message; a bigger
@@ -168,7 +171,8 @@ class _GuardedRow(msgspec.Struct, omit_defaults=True):
     s: str
     v: int
     t: str
-    pl: str  # the payload, hex
+    po: int  # where its payload starts in the group's payloads (one bytea, no hex in JSON)
+    pl: int  # and its length
     co: str | None = None
     ca: str | None = None
     a: str | None = None
@@ -573,12 +577,14 @@ class PostgresEventLog:
         recorded: list[_GuardedId] = []
         size = 0
         offset = 0  # the group's events so far: positions are the head plus these
+        payloads: list[bytes] = []
         for append in group:
             headers = append.headers
             headers_json = None if headers is None else _headers_encode(headers).decode()
             version = append.expected_version
             first = offset + 1
             for name, payload in append.events:
+                payloads.append(payload)
                 size += len(payload)
                 if size > _ONE_MESSAGE_MOST_BYTES:
                     return None  # counted before hexing: the payload may be huge
@@ -589,7 +595,8 @@ class PostgresEventLog:
                         append.stream_id,
                         version,
                         name,
-                        payload.hex(),
+                        size - len(payload),
+                        len(payload),
                         append.correlation_id,
                         append.causation_id,
                         append.aggregate_name,
@@ -619,6 +626,7 @@ class PostgresEventLog:
             document.decode(),
             timestamp,
             _json_encode(recorded).decode(),
+            b"".join(payloads),
         )
         if recorded:
             # Pruned in the same transaction, after the recording (statements of their
@@ -1029,7 +1037,7 @@ class _Statements:
             " FROM {s}.events WHERE stream_id = k.s) c WHERE c.v <> k.v)"
         )
         self.prepare_guarded: Statement = sql.SQL(
-            "PREPARE actorlog_guarded(json, json, float8, json) AS" + guard + ","
+            "PREPARE actorlog_guarded(json, json, float8, json, bytea) AS" + guard + ","
             # A command id recorded before, kept or not: the exact path decides. (A
             # lateral lookup with LIMIT: a join let the generic plan hash the whole table.)
             " taken AS (SELECT k.s FROM json_to_recordset($4) AS k(s text, c text),"
@@ -1038,10 +1046,11 @@ class _Statements:
             " written AS (INSERT INTO {s}.events (position, stream_id, version, type,"
             " timestamp, correlation_id, causation_id, payload, aggregate, command_id,"
             " principal, headers)"
-            " SELECT head.h + u.n, u.s, u.v, u.t, $3, u.co, u.ca, decode(u.pl, 'hex'), u.a,"
-            " u.ci, u.pr, u.hd::jsonb FROM head, ROWS FROM (json_to_recordset($2)"
-            " AS (s text, v bigint, t text, pl text, co text, ca text, a text, ci text,"
-            " pr text, hd text)) WITH ORDINALITY AS u(s, v, t, pl, co, ca, a, ci, pr, hd, n)"
+            " SELECT head.h + u.n, u.s, u.v, u.t, $3, u.co, u.ca, substring($5 FROM u.po + 1"
+            " FOR u.pl), u.a, u.ci, u.pr, u.hd::jsonb FROM head, ROWS FROM (json_to_recordset($2)"
+            " AS (s text, v bigint, t text, po integer, pl integer, co text, ca text, a text,"
+            " ci text, pr text, hd text)) WITH ORDINALITY"
+            " AS u(s, v, t, po, pl, co, ca, a, ci, pr, hd, n)"
             " WHERE " + ok + "),"
             " recorded AS (INSERT INTO {s}.command_ids (seq, stream_id, command_id,"
             " recorded_at, first_version, last_version, first_position, last_position)"
@@ -1053,7 +1062,7 @@ class _Statements:
             " SELECT NULL, h FROM head{n} UNION ALL SELECT id, v FROM stale"
             " UNION ALL SELECT s, NULL FROM taken"
         ).format(s=s, n=notify, streams=sql.SQL("$1"))
-        execute = "EXECUTE actorlog_guarded(%s, %s, %s, %s)"
+        execute = "EXECUTE actorlog_guarded(%s, %s, %s, %s, %s)"
         self.guarded = q("LOCK TABLE {s}.events IN EXCLUSIVE MODE; " + execute)
         # With command ids: their pruning by count (the max_ids newest kept: the bound
         # from the newest seq, the group's included) and by age, as _commit prunes.
