@@ -63,6 +63,7 @@ __all__ = [
     "expected_ok",
     "read_limiter",
     "reads_block",
+    "stored_events",
 ]
 
 AppendOutcome = AppendResult | EngineError
@@ -561,6 +562,31 @@ def _utf8_size(value: str, what: str, bound: int) -> int:
         raise InvalidArgument(
             f"{what} is not valid UTF-8 (a lone surrogate?): {describe(value)}"
         ) from None
+
+
+def stored_events(
+    append: Append, stream_id: str, position: int, version: int, timestamp: float
+) -> list[StoredEvent]:
+    """``append``'s events as a log stores and hands them back: the first at ``position +
+    1`` and ``version + 1`` of ``stream_id`` (the append's, checked), each payload a
+    ``msgspec.Raw``, the append's metadata on each."""
+    return [
+        StoredEvent(
+            position + i,
+            stream_id,
+            version + i,
+            name,
+            timestamp,
+            append.correlation_id,
+            append.causation_id,
+            msgspec.Raw(payload),
+            append.aggregate_name,
+            command_id=append.command_id,
+            principal=append.principal,
+            headers=append.headers,
+        )
+        for i, (name, payload) in enumerate(append.events, 1)
+    ]
 
 
 def expected_ok(

@@ -10,11 +10,16 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 
-import msgspec
-
 from ._command_ids import CommandIdRetention, retention
 from ._errors import DuplicateCommand, StorageError, StorageFull
-from ._log import AppendOutcome, check_command_id, check_name, check_stream_id, expected_ok
+from ._log import (
+    AppendOutcome,
+    check_command_id,
+    check_name,
+    check_stream_id,
+    expected_ok,
+    stored_events,
+)
 from ._records import Append, AppendResult, ProjectorCache, Snapshot, StoredEvent
 
 __all__ = ["MemoryEventLog"]
@@ -85,26 +90,10 @@ class MemoryEventLog:
                 outcomes.append(error)
                 continue
             first_version, first_position = version + 1, position + 1
-            for name, payload in append.events:
-                position += 1
-                version += 1
-                stored.append(
-                    StoredEvent(
-                        position,
-                        stream_id,
-                        version,
-                        name,
-                        timestamp,
-                        append.correlation_id,
-                        append.causation_id,
-                        msgspec.Raw(payload),
-                        append.aggregate_name,
-                        command_id=cid,
-                        principal=append.principal,
-                        headers=append.headers,
-                    )
-                )
-                new_positions.setdefault(stream_id, []).append(position)
+            stored.extend(stored_events(append, stream_id, position, version, timestamp))
+            position += len(append.events)
+            version += len(append.events)
+            new_positions.setdefault(stream_id, []).extend(range(first_position, position + 1))
             result = AppendResult(
                 stream_id, first_version, version, first_position, position, timestamp
             )

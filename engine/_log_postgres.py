@@ -99,6 +99,7 @@ from ._log import (
     check_name,
     check_stream_id,
     expected_ok,
+    stored_events,
 )
 from ._pg_follow import HeadChannel, channel_name
 from ._pg_lease import PgLease
@@ -541,25 +542,9 @@ class PostgresEventLog:
                 continue
             stream_id, version = append.stream_id, append.expected_version
             first_version, first_position = version + 1, position + 1
-            for name, payload in append.events:
-                position += 1
-                version += 1
-                stored.append(
-                    StoredEvent(
-                        position,
-                        stream_id,
-                        version,
-                        name,
-                        timestamp,
-                        append.correlation_id,
-                        append.causation_id,
-                        msgspec.Raw(payload),
-                        append.aggregate_name,
-                        command_id=append.command_id,
-                        principal=append.principal,
-                        headers=append.headers,
-                    )
-                )
+            stored.extend(stored_events(append, stream_id, position, version, timestamp))
+            position += len(append.events)
+            version += len(append.events)
             results.append(
                 AppendResult(stream_id, first_version, version, first_position, position, timestamp)
             )
@@ -724,28 +709,13 @@ class PostgresEventLog:
                     outcomes.append(outcome)
                     continue
                 first_version, first_position = version + 1, position + 1
+                stored.extend(stored_events(append, stream_id, position, version, timestamp))
                 corr, caus, kind = append.correlation_id, append.causation_id, append.aggregate_name
                 who, headers = append.principal, append.headers
                 headers_json = None if headers is None else _headers_encode(headers).decode()
                 for name, payload in append.events:
                     position += 1
                     version += 1
-                    stored.append(
-                        StoredEvent(
-                            position,
-                            stream_id,
-                            version,
-                            name,
-                            timestamp,
-                            corr,
-                            caus,
-                            msgspec.Raw(payload),
-                            kind,
-                            command_id=cid,
-                            principal=who,
-                            headers=headers,
-                        )
-                    )
                     for column, value in zip(
                         rows,
                         (

@@ -11,13 +11,14 @@ the two paths.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import struct
 import threading
 import time
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Final
 
 import msgspec
@@ -102,15 +103,23 @@ def _committed(outcomes: Sequence[object]) -> list[AppendResult]:
     return [o for o in outcomes if isinstance(o, AppendResult)]
 
 
-def test_every_field_round_trips_bit_for_bit_on_both_paths(postgres: Postgres) -> None:
-    log = postgres.log()
+def _on_both_paths(
+    log: PostgresEventLog,
+) -> tuple[list[Append], list[Append], list[StoredEvent], list[StoredEvent]]:
+    """The tricky group committed as one message, then again (other streams) with one ANY
+    append, which sends it the exact way: the groups and what ``append_batch`` returned."""
     fast = _tricky_group("fast", log)
     outcomes, fast_stored = log.append_batch(fast)
     _committed(outcomes)
-    # The same group with one ANY append: the exact path.
     exact = [*_tricky_group("exact", log), Append("any", ANY, (("T", b"\xc0"),))]
     outcomes, exact_stored = log.append_batch(exact)
     _committed(outcomes)
+    return fast, exact, fast_stored, exact_stored
+
+
+def test_every_field_round_trips_bit_for_bit_on_both_paths(postgres: Postgres) -> None:
+    log = postgres.log()
+    fast, exact, fast_stored, exact_stored = _on_both_paths(log)
     stored = fast_stored + exact_stored
     # What append_batch handed back (to projectors) is what the log reads back.
     assert [_bits(e) for e in log.read_all(1, 10_000)] == [_bits(e) for e in stored]
@@ -425,24 +434,13 @@ def test_a_statement_timeout_behind_another_lock_fails_the_group_only(postgres: 
     """A writer stuck behind the table lock until its statement times out: the group fails
     with StorageError and nothing of it is written; once the lock is free the next group
     commits on the same connection."""
-    import psycopg
-
-    schema = postgres.schema()
-    log = PostgresEventLog(
-        _with_options(postgres.url, "-c statement_timeout=300"), schema=schema, shared=True
-    )
-    try:
-        _committed(log.append_batch([Append("a", 0, (("T", b"\xc0"),))])[0])
-        with psycopg.connect(postgres.url) as blocker:
-            blocker.execute(f'LOCK TABLE "{schema}".events IN EXCLUSIVE MODE')
+    with _impatient_writer(postgres) as (log, schema):
+        with _table_locked(postgres, schema):
             outcomes, stored = log.append_batch([Append("a", 1, (("T", b"\xc0"),))])
             assert stored == [] and isinstance(outcomes[0], StorageError), outcomes
-            blocker.rollback()
         assert not _aborted_sessions(postgres, schema)
         _committed(log.append_batch([Append("a", 1, (("T", b"\xc0"),))])[0])
         assert [(e.position, e.version) for e in log.read_stream("a")] == [(1, 1), (2, 2)]
-    finally:
-        log.close()
 
 
 def test_a_writer_killed_before_or_while_sending_reconnects_and_prepares_again(
@@ -497,25 +495,39 @@ def test_a_group_of_checks_is_answered_while_another_process_holds_the_table_loc
     waits for the table lock that another process's group commit holds: it is answered
     meanwhile, at the versions committed (here the connection's statement_timeout would
     fail a check that waited)."""
-    import psycopg
+    with _impatient_writer(postgres) as (log, schema), _table_locked(postgres, schema):
+        (check,), _ = log.append_batch([Append("a", 1, ())])
+        assert isinstance(check, AppendResult), check
+        assert (check.first_position, check.last_position) == (2, 1)
+        stale, fresh = log.append_batch([Append("a", 0, ()), Append("b", 0, ())])[0]
+        assert isinstance(stale, ConcurrencyError) and stale.actual == 1, stale
+        assert isinstance(fresh, AppendResult), fresh
 
+
+@contextlib.contextmanager
+def _impatient_writer(postgres: Postgres) -> Iterator[tuple[PostgresEventLog, str]]:
+    """A shared log whose statements time out after 0.3 s, and its schema, with event 1
+    committed (stream ``a``, version 1)."""
     schema = postgres.schema()
     log = PostgresEventLog(
         _with_options(postgres.url, "-c statement_timeout=300"), schema=schema, shared=True
     )
     try:
         _committed(log.append_batch([Append("a", 0, (("T", b"\xc0"),))])[0])
-        with psycopg.connect(postgres.url) as blocker:
-            blocker.execute(f'LOCK TABLE "{schema}".events IN EXCLUSIVE MODE')
-            (check,), _ = log.append_batch([Append("a", 1, ())])
-            assert isinstance(check, AppendResult), check
-            assert (check.first_position, check.last_position) == (2, 1)
-            stale, fresh = log.append_batch([Append("a", 0, ()), Append("b", 0, ())])[0]
-            assert isinstance(stale, ConcurrencyError) and stale.actual == 1, stale
-            assert isinstance(fresh, AppendResult), fresh
-            blocker.rollback()
+        yield log, schema
     finally:
         log.close()
+
+
+@contextlib.contextmanager
+def _table_locked(postgres: Postgres, schema: str) -> Iterator[None]:
+    """Another session holds ``schema``'s events table as a group commit does."""
+    import psycopg
+
+    with psycopg.connect(postgres.url) as blocker:
+        blocker.execute(f'LOCK TABLE "{schema}".events IN EXCLUSIVE MODE')
+        yield
+        blocker.rollback()
 
 
 # -- notifications, schemas, options --------------------------------------------------------
@@ -682,12 +694,7 @@ def test_session_settings_that_change_literals_do_not_change_what_is_stored(
     )
     log = PostgresEventLog(_with_options(postgres.url, options), schema=schema, shared=True)
     try:
-        fast = _tricky_group("fast", log)
-        outcomes, fast_stored = log.append_batch(fast)
-        _committed(outcomes)
-        exact = [*_tricky_group("exact", log), Append("any", ANY, (("T", b"\xc0"),))]
-        outcomes, exact_stored = log.append_batch(exact)
-        _committed(outcomes)
+        _, _, fast_stored, exact_stored = _on_both_paths(log)
         for reader in (log, postgres.log(schema)):
             assert [_bits(e) for e in reader.read_all(1, 10_000)] == [
                 _bits(e) for e in fast_stored + exact_stored
