@@ -6,6 +6,8 @@ suite the LMDB and in-memory logs pass); ``Engine.open(log=...)`` then runs on i
 ``engine.log`` is a :class:`LogView`: the log's reads, never its writes.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from .engine import (
     ANY,
     NO_STREAM,
@@ -19,10 +21,12 @@ from .engine import (
     StoredEvent,
 )
 from .engine._errors import DuplicateCommand
-from .engine._log_postgres import PostgresEventLog
 from .engine._log_view import LogView
 from .engine._public import publish
 from .engine.testing import assert_log_consistent, check_event_log
+
+if TYPE_CHECKING:
+    from .engine._log_postgres import PostgresEventLog
 
 __all__ = [
     "ANY",
@@ -42,4 +46,16 @@ __all__ = [
     "check_event_log",
 ]
 
-publish(__name__, globals(), __all__)
+publish(__name__, globals(), [name for name in __all__ if name != "PostgresEventLog"])
+
+
+def __getattr__(name: str) -> Any:
+    """``PostgresEventLog``, loaded on first use: a host on LMDB never imports its module
+    or psycopg (~70 ms of a ~300 ms ``import actorlog`` here)."""
+    if name == "PostgresEventLog":
+        from .engine._log_postgres import PostgresEventLog
+
+        publish(__name__, {name: PostgresEventLog}, [name])
+        globals()[name] = PostgresEventLog
+        return PostgresEventLog
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

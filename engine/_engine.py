@@ -53,7 +53,6 @@ from ._log import (
     reads_block,
 )
 from ._log_lmdb import DEFAULT_MAP_SIZE, DEFAULT_MAX_MAP_SIZE, LmdbEventLog
-from ._log_postgres import PostgresEventLog
 from ._log_view import LogView
 from ._metadata import CommandMeta, RecordPrincipal, command_meta
 from ._policy import Policy, allow_query, allow_send, check_policy, send_refused
@@ -332,6 +331,9 @@ class Engine:
             # Connecting and creating the tables take round trips (and, for a server that
             # does not answer, up to the connect timeout): in a worker thread, not on the
             # host's event loop.
+            # Loaded here, on first use: a host on LMDB never imports psycopg (~70 ms).
+            from ._log_postgres import PostgresEventLog
+
             log = await anyio.to_thread.run_sync(
                 functools.partial(
                     PostgresEventLog, str(path), sync=sync, command_ids=_value(command_ids)

@@ -36,12 +36,7 @@ try:
 except ImportError:  # pragma: no cover - the log itself refuses to open then
     psycopg = None  # type: ignore[assignment]
 
-__all__ = ["LEASE_INTERVAL", "PgLease", "lease_key"]
-
-LEASE_INTERVAL: Final = 0.5
-"""Seconds between two tries of a lease by an engine that does not hold it, and between two
-checks by the one that does: a failover takes at most about this long once the server has
-released the lock (plus the new leader's catch-up)."""
+__all__ = ["PgLease", "lease_key"]
 
 # Keepalives on the lease's connection, so that a leader cut off from the server (no FIN:
 # a network partition) learns of it in seconds rather than the OS's two hours. The server

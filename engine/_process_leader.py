@@ -31,7 +31,7 @@ answers with the first result (``docs/design.md``, the last section).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import anyio
 import anyio.to_thread
@@ -39,12 +39,17 @@ import msgspec
 
 from ._errors import StorageError
 from ._fold import Parked
-from ._pg_lease import LEASE_INTERVAL
 from ._process_managers import ProcessManagers
 from ._process_steps import ProcessManagerStatistics
 from ._projectors import ProjectorHost
 
-__all__ = ["Lease", "LeasedProcessManagers", "lease_name"]
+__all__ = ["LEASE_INTERVAL", "Lease", "LeasedProcessManagers", "lease_name"]
+
+LEASE_INTERVAL: Final = 0.5
+"""Seconds between two tries of a lease by an engine that does not hold it, and between two
+checks by the one that does: a failover takes at most about this long once the server has
+released the lock (plus the new leader's catch-up). (Here, not beside the PostgreSQL lease:
+an engine on LMDB imports this module, and never psycopg.)"""
 
 
 class Lease(Protocol):
