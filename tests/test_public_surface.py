@@ -89,6 +89,26 @@ def test_an_application_needs_one_import_line() -> None:
         assert attr not in actorlog.__all__
 
 
+def test_a_host_on_lmdb_never_loads_the_postgresql_log() -> None:
+    # psycopg and the PostgreSQL log load on first use (~70 ms of ~300 of importing
+    # actorlog): an engine on LMDB, its storage namespace included, never imports them;
+    # naming PostgresEventLog does, and it reports the public namespace.
+    code = (
+        "import sys, trio, tempfile, actorlog, actorlog.storage\n"
+        "async def main():\n"
+        "    with tempfile.TemporaryDirectory() as d:\n"
+        "        async with actorlog.Engine.open(d, aggregates=[]):\n"
+        "            pass\n"
+        "trio.run(main)\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith('psycopg') or 'postgres' in m)\n"
+        "assert not loaded, loaded\n"
+        "from actorlog.storage import PostgresEventLog\n"
+        "assert PostgresEventLog.__module__ == 'actorlog.storage'\n"
+        "assert actorlog.storage.PostgresEventLog is PostgresEventLog\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_the_kits_give_old_events_from_the_testing_namespace() -> None:
     import actorlog.testing
 
