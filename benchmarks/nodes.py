@@ -713,7 +713,7 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
         ax.set_title(title)
         ax.axhline(1.0, color="grey", lw=0.8)
         ax.grid(True, alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=8)
     fig.suptitle("W1 (bank, durable) on many engine processes; 2-core VM shared with the server")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
