@@ -243,7 +243,8 @@ class PostgresEventLog:
 
     Args:
         dsn: a libpq connection string or URL (``postgresql://user@host:5432/db``).
-        schema: the schema holding the log's tables (created if missing).
+        schema: the schema holding the log's tables (created if missing): 1 to 63 bytes, no
+            NUL and no ``%``.
         sync: commit with the server's ``synchronous_commit`` (durable when ``append_batch``
             returns); ``False`` sets it ``off`` for this log: a server crash may lose the
             last commits, never part of one.
@@ -284,6 +285,10 @@ class PostgresEventLog:
             raise DefinitionError(f"dsn must be a str, not {type(dsn).__name__}")
         if type(schema) is not str or not 0 < len(schema.encode()) <= 63 or "\x00" in schema:
             raise DefinitionError(f"schema must be a name of 1 to 63 bytes, not {schema!r}")
+        if "%" in schema:
+            # psycopg reads a % of a statement that has parameters as a placeholder, and
+            # the schema's name is in every statement: refused here, not failed at open.
+            raise DefinitionError(f"schema must not hold '%', not {schema!r}")
         if type(sync) is not bool:
             raise DefinitionError(f"sync must be a bool, not {type(sync).__name__}")
         if type(shared) is not bool:

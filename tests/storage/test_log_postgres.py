@@ -388,6 +388,7 @@ def test_a_killed_writer_loses_no_acknowledged_append(postgres: Postgres) -> Non
         (b"postgresql://", {}),
         ("postgresql://", {"schema": ""}),
         ("postgresql://", {"schema": "x" * 64}),
+        ("postgresql://", {"schema": "per%cent"}),  # psycopg would read a placeholder
         ("postgresql://", {"sync": 1}),
         ("postgresql://", {"command_ids": 5}),
         ("postgresql://", {"connect_timeout": 0}),
