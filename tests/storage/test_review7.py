@@ -44,6 +44,7 @@ _P: Final = _pack(1)
 _FORCE_EXACT: Final = (("zz-force-exact", Snapshot(0, 0, _pack(None), None)),)
 
 Group = Sequence[Append]
+_ROOT: Final = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _outcome(o: object) -> tuple[Any, ...]:
@@ -430,19 +431,77 @@ def test_lazy_name_pickles_star_imports_and_reprs() -> None:
 
 
 def test_engine_open_on_a_url_before_anything_imported_the_module(postgres: Postgres) -> None:
-    schema = postgres.schema()
-    out = _python(
-        "import sys, anyio\n"
-        "import actorlog\n"
-        "assert 'actorlog.engine._log_postgres' not in sys.modules\n"
-        "async def main():\n"
-        "    async with actorlog.Engine.open(sys.argv[1], aggregates=[]) as engine:\n"
-        "        print(type(engine.log).__name__, engine.log.schema)\n"
-        "anyio.run(main)\n",
-        _with_schema(postgres.url, schema),
+    # Engine.open("postgresql://...") uses the default schema, "actorlog": dropped around
+    # the test, as tests/engine/test_engine_on_postgres.py does.
+    postgres.execute("DROP SCHEMA IF EXISTS actorlog CASCADE")
+    try:
+        out = _python(
+            "import sys, anyio\n"
+            "import actorlog\n"
+            "assert 'actorlog.engine._log_postgres' not in sys.modules\n"
+            "assert 'psycopg' not in sys.modules\n"
+            "async def main():\n"
+            "    async with actorlog.Engine.open(sys.argv[1], aggregates=[]) as engine:\n"
+            "        print(engine.log.head_position())\n"
+            "    import actorlog.storage as s\n"
+            "    from actorlog.engine._log_postgres import PostgresEventLog\n"
+            "    print(s.PostgresEventLog is PostgresEventLog)\n"
+            "anyio.run(main)\n",
+            postgres.url,
+        )
+        assert out.split() == ["0", "True"]
+    finally:
+        postgres.execute("DROP SCHEMA IF EXISTS actorlog CASCADE")
+
+
+def test_the_cli_on_a_url_in_a_fresh_process(postgres: Postgres) -> None:
+    log = postgres.log()
+    outcomes, _ = log.append_batch([_a("s", 0, 3, "c")])
+    assert isinstance(outcomes[0], AppendResult)
+    done = subprocess.run(
+        [sys.executable, "-m", "actorlog", "stream", postgres.url, "s", "--schema", log.schema],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
-    assert out.split() == ["PostgresEventLog", schema] or out.split()[0] == "PostgresEventLog"
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("E") >= 3
 
 
-def _with_schema(url: str, schema: str) -> str:
-    return url
+def test_the_process_managers_lease_of_two_shared_logs(postgres: Postgres) -> None:
+    schema = postgres.schema()
+    first, second = (postgres.log(schema, shared=True) for _ in range(2))
+    one, two = first.open_lease("pm"), second.open_lease("pm")
+    try:
+        assert one.try_acquire()
+        assert not two.try_acquire()
+        assert one.holds()
+        one.release()
+        assert two.try_acquire() and two.holds()
+    finally:
+        one.close()
+        two.close()
+
+
+def test_mypy_sees_the_lazy_name(tmp_path: Any) -> None:
+    host = tmp_path / "host.py"
+    host.write_text(
+        "import actorlog.storage\n"
+        "from actorlog.storage import PostgresEventLog\n"
+        "def open_it(url: str) -> actorlog.storage.EventLog:\n"
+        "    log: PostgresEventLog = actorlog.storage.PostgresEventLog(url, shared=True)\n"
+        "    return log\n"
+        "def wrong(url: str) -> int:\n"
+        "    return actorlog.storage.PostgresEventLog(url)  # an error mypy must see\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", str(host)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=_ROOT,  # the package found as the repo's (an editable install hides it)
+    )
+    lines = [line for line in done.stdout.splitlines() if ": error:" in line]
+    assert len(lines) == 1 and "host.py:7:" in lines[0], done.stdout
