@@ -505,3 +505,19 @@ def test_mypy_sees_the_lazy_name(tmp_path: Any) -> None:
     )
     lines = [line for line in done.stdout.splitlines() if ": error:" in line]
     assert len(lines) == 1 and "host.py:7:" in lines[0], done.stdout
+
+
+def test_dir_and_help_of_storage_name_the_lazy_class_before_it_loads() -> None:
+    """``help(actorlog.storage)`` and ``dir()`` (IDEs, ``inspect.getmembers``) list a
+    module's names from ``dir()``: the class loaded on first use must be among them
+    before anything loaded it (PEP 562's ``__dir__``)."""
+    out = _python(
+        "import sys, pydoc\n"
+        "import actorlog.storage as s\n"
+        "assert 'actorlog.engine._log_postgres' not in sys.modules\n"
+        "print('PostgresEventLog' in dir(s))\n"
+        "text = pydoc.render_doc(s, renderer=pydoc.plaintext)\n"
+        "print('class PostgresEventLog' in text)\n"
+        "print(sorted(set(s.__all__) - set(dir(s))))\n"
+    )
+    assert out.split() == ["True", "True", "[]"]
