@@ -521,3 +521,35 @@ def test_dir_and_help_of_storage_name_the_lazy_class_before_it_loads() -> None:
         "print(sorted(set(s.__all__) - set(dir(s))))\n"
     )
     assert out.split() == ["True", "True", "[]"]
+
+
+def _url_with(url: str, **params: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    query = urllib.parse.parse_qsl(parts.query) + list(params.items())
+    return parts._replace(query=urllib.parse.urlencode(query, quote_via=urllib.parse.quote)).geturl()
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_a_client_encoding_in_the_url_does_not_change_what_is_stored(
+    postgres: Postgres, exact: bool
+) -> None:
+    """A DSN (or ``PGCLIENTENCODING``) may ask for another client encoding: the log's
+    strs are Unicode whatever it asks, so a character the encoding lacks is stored (the
+    one message binds its whole JSON document in the client encoding), and a log on that
+    DSN reads what a UTF-8 one wrote."""
+    schema = postgres.schema()
+    latin = PostgresEventLog(_url_with(postgres.url, client_encoding="LATIN1"), schema=schema)
+    try:
+        plain = postgres.log(schema)
+        text = "\U0001f600 \u20ac \u00e9"
+        append = Append(
+            "s", 0, ((text, _P),), correlation_id=text, command_id=text, headers=((text, text),)
+        )
+        outcomes, stored = latin.append_batch([append], snapshots=_FORCE_EXACT if exact else ())
+        assert isinstance(outcomes[0], AppendResult)
+        assert latin.read_stream("s") == stored == plain.read_stream("s")
+        assert latin.find_command("s", text) == outcomes[0] == plain.find_command("s", text)
+        plain.append_batch([Append(text, 0, ((text, _P),))])
+        assert [e.type for e in latin.read_all()] == [text, text]
+    finally:
+        latin.close()
