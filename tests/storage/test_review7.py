@@ -553,3 +553,19 @@ def test_a_client_encoding_in_the_url_does_not_change_what_is_stored(
         assert [e.type for e in latin.read_all()] == [text, text]
     finally:
         latin.close()
+
+
+def test_a_lease_named_in_unicode_under_another_client_encoding(postgres: Postgres) -> None:
+    log = PostgresEventLog(
+        _url_with(postgres.url, client_encoding="LATIN1"),
+        schema=postgres.schema(),
+        shared=True,
+    )
+    try:
+        lease = log.open_lease("process managers \U0001f600")
+        try:
+            assert lease.try_acquire() and lease.holds()
+        finally:
+            lease.close()
+    finally:
+        log.close()
