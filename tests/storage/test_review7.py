@@ -538,9 +538,11 @@ def test_a_client_encoding_in_the_url_does_not_change_what_is_stored(
     one message binds its whole JSON document in the client encoding), and a log on that
     DSN reads what a UTF-8 one wrote."""
     schema = postgres.schema()
-    latin = PostgresEventLog(_url_with(postgres.url, client_encoding="LATIN1"), schema=schema)
+    latin = PostgresEventLog(
+        _url_with(postgres.url, client_encoding="LATIN1"), schema=schema, shared=True
+    )
     try:
-        plain = postgres.log(schema)
+        plain = postgres.log(schema, shared=True)
         text = "\U0001f600 \u20ac \u00e9"
         append = Append(
             "s", 0, ((text, _P),), correlation_id=text, command_id=text, headers=((text, text),)
@@ -549,7 +551,8 @@ def test_a_client_encoding_in_the_url_does_not_change_what_is_stored(
         assert isinstance(outcomes[0], AppendResult)
         assert latin.read_stream("s") == stored == plain.read_stream("s")
         assert latin.find_command("s", text) == outcomes[0] == plain.find_command("s", text)
-        plain.append_batch([Append(text, 0, ((text, _P),))])
+        written, _ = plain.append_batch([Append(text, 0, ((text, _P),))])
+        assert isinstance(written[0], AppendResult)
         assert [e.type for e in latin.read_all()] == [text, text]
     finally:
         latin.close()
