@@ -321,7 +321,13 @@ class PostgresEventLog:
 
     def _connect(self) -> psycopg.Connection[Any]:
         try:
-            conn = psycopg.connect(self._dsn, autocommit=True, connect_timeout=self._timeout)
+            # UTF-8 whatever the DSN or PGCLIENTENCODING asks: the log's strs are Unicode,
+            # and psycopg encodes them (the one message's whole JSON document, bound client
+            # side; the exact way's text parameters) in the client encoding; another one
+            # raised UnicodeEncodeError out of append_batch and the reads (review 7).
+            conn = psycopg.connect(
+                self._dsn, autocommit=True, connect_timeout=self._timeout, client_encoding="UTF8"
+            )
         except psycopg.Error as e:
             raise StorageError(f"cannot connect to the PostgreSQL log: {e}") from e
         except (TypeError, ValueError) as e:  # a malformed connection string
