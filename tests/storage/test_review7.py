@@ -29,7 +29,6 @@ from actorlog import ConcurrencyError
 from actorlog.engine._command_ids import CommandIdRetention
 from actorlog.engine._log_postgres import _ONE_MESSAGE_MOST_BYTES
 from actorlog.storage import (
-    ANY,
     Append,
     AppendResult,
     DuplicateCommand,
@@ -50,7 +49,8 @@ _ROOT: Final = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(_
 def _outcome(o: object) -> tuple[Any, ...]:
     """An outcome without its timestamp: what both paths must agree on."""
     if isinstance(o, AppendResult):
-        return ("ok", o.stream_id, o.first_version, o.last_version, o.first_position, o.last_position)
+        versions = (o.first_version, o.last_version)
+        return ("ok", o.stream_id, *versions, o.first_position, o.last_position)
     if isinstance(o, DuplicateCommand):
         return ("dup", o.command_id, *_outcome(o.result)[1:])
     return (type(o).__name__,)
@@ -61,7 +61,7 @@ def _ids(postgres: Postgres, log: PostgresEventLog) -> list[tuple[Any, ...]]:
     return [
         tuple(r)
         for r in postgres.execute(
-            f'SELECT seq, stream_id, command_id, first_version, last_version, first_position,'
+            f"SELECT seq, stream_id, command_id, first_version, last_version, first_position,"
             f' last_position FROM "{log.schema}".command_ids ORDER BY seq'
         )
     ]
@@ -236,7 +236,7 @@ def test_a_second_attempt_records_only_the_ids_that_committed(postgres: Postgres
     assert mine.append_batch([_a("s", 0), _a("t", 0)])[0][0].first_position == 1  # type: ignore[union-attr]
     other.append_batch([_a("s", 1)])  # "s" moved behind mine's back
     group = [_a("s", 1, 1, "lost"), _a("s", 2, 1, "chained"), _a("t", 1, 2, "won")]
-    outcomes, stored = mine.append_batch(group)
+    outcomes, _ = mine.append_batch(group)
     assert isinstance(outcomes[0], ConcurrencyError)
     assert isinstance(outcomes[1], ConcurrencyError)  # on top of the one that failed
     assert _outcome(outcomes[2]) == ("ok", "t", 2, 3, 4, 5)
@@ -335,7 +335,7 @@ def _payload(total: int) -> bytes:
 
 def test_payloads_at_the_bound_and_around_it(postgres: Postgres) -> None:
     bound = _ONE_MESSAGE_MOST_BYTES
-    groups = []
+    groups: list[Group] = []
     for total in (bound - 1, bound, bound + 1):
         # Two appends whose events interleave in the bytea (several events an append).
         first = [_payload(1), _payload(total // 2 - 1), _payload(3)]
@@ -377,10 +377,7 @@ def test_many_tiny_and_odd_payloads(postgres: Postgres) -> None:
 def test_odd_bytes_without_standard_conforming_strings(postgres: Postgres) -> None:
     """A server or role with ``standard_conforming_strings=off`` reads backslashes in
     plain literals as escapes: the client-side binding must quote for it."""
-    parts = urllib.parse.urlsplit(postgres.url)
-    query = urllib.parse.parse_qsl(parts.query)
-    query.append(("options", "-c standard_conforming_strings=off"))
-    url = parts._replace(query=urllib.parse.urlencode(query, quote_via=urllib.parse.quote)).geturl()
+    url = _url_with(postgres.url, options="-c standard_conforming_strings=off")
     schema = postgres.schema()
     log = PostgresEventLog(url, schema=schema)
     try:
@@ -532,7 +529,8 @@ def test_dir_and_help_of_storage_name_the_lazy_class_before_it_loads() -> None:
 def _url_with(url: str, **params: str) -> str:
     parts = urllib.parse.urlsplit(url)
     query = urllib.parse.parse_qsl(parts.query) + list(params.items())
-    return parts._replace(query=urllib.parse.urlencode(query, quote_via=urllib.parse.quote)).geturl()
+    encoded = urllib.parse.urlencode(query, quote_via=urllib.parse.quote)
+    return parts._replace(query=encoded).geturl()
 
 
 @pytest.mark.parametrize("exact", [False, True])
