@@ -621,3 +621,18 @@ def test_ids_pruned_the_moment_they_are_recorded_and_a_backlog(postgres: Postgre
     assert fast.find_command("m0", "id0") is not None
     assert fast.find_command(f"m{n - 1}", f"id{n - 1}") is None
     assert len(_ids(postgres, fast)) == 1  # the backlog worked off by the next group
+
+
+def test_a_group_with_command_ids_notifies_the_other_processes(postgres: Postgres) -> None:
+    """Only a group that writes events notifies: with ids (the statement with the
+    prunes), and not for a retry (nothing written) nor for empty appends with ids."""
+    schema = postgres.schema()
+    writer, follower = (postgres.log(schema, shared=True) for _ in range(2))
+    assert not follower.wait_for_notice(0.01)  # listening from here on
+    outcomes, _ = writer.append_batch([_a("s", 0, 2, "c"), _a("t", 0, 0, "e")])
+    assert all(isinstance(o, AppendResult) for o in outcomes)
+    assert follower.wait_for_notice(5.0)
+    retry, _ = writer.append_batch([_a("s", 0, 2, "c")])  # a duplicate: nothing written
+    empty, _ = writer.append_batch([_a("u", 0, 0, "f")])
+    assert isinstance(retry[0], DuplicateCommand) and isinstance(empty[0], AppendResult)
+    assert not follower.wait_for_notice(0.3)
