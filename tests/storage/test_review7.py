@@ -25,7 +25,7 @@ from typing import Any, Final
 import msgspec
 import pytest
 
-from actorlog import ConcurrencyError
+from actorlog import ConcurrencyError, StorageError
 from actorlog.engine._command_ids import CommandIdRetention
 from actorlog.engine._log_postgres import _ONE_MESSAGE_MOST_BYTES
 from actorlog.storage import (
@@ -636,3 +636,38 @@ def test_a_group_with_command_ids_notifies_the_other_processes(postgres: Postgre
     empty, _ = writer.append_batch([_a("u", 0, 0, "f")])
     assert isinstance(retry[0], DuplicateCommand) and isinstance(empty[0], AppendResult)
     assert not follower.wait_for_notice(0.3)
+
+
+@pytest.mark.parametrize("encoding", ["LATIN1", "SQL_ASCII"])
+def test_a_database_in_another_encoding(postgres: Postgres, encoding: str) -> None:
+    """In a LATIN1 database a character LATIN1 lacks fails in the server, taking every
+    append of its group with it (not that append alone, as ``EncodeError``): such a
+    database is refused at open. SQL_ASCII stores the UTF-8 bytes as they are."""
+    name = f"review7_{encoding.lower()}_{os.getpid()}"
+    postgres.execute(f"DROP DATABASE IF EXISTS {name}")
+    postgres.execute(
+        f"CREATE DATABASE {name} ENCODING '{encoding}' LC_COLLATE 'C' LC_CTYPE 'C'"
+        " TEMPLATE template0"
+    )
+    parts = urllib.parse.urlsplit(postgres.url)
+    url = parts._replace(path=f"/{name}").geturl()
+    try:
+        if encoding == "LATIN1":
+            with pytest.raises(StorageError, match="UTF8"):
+                PostgresEventLog(url, schema="r7")
+            return
+        log = PostgresEventLog(url, schema="r7")
+        try:
+            text = "\U0001f600 \u00e9 \x01 \\ '"
+            appends = [
+                Append("ok", 0, (("t", _P),)),
+                Append(text, 0, ((text, _P),), command_id=text, headers=((text, text),)),
+            ]
+            outcomes, stored = log.append_batch(appends)
+            assert all(isinstance(o, AppendResult) for o in outcomes)
+            assert log.read_all() == stored
+            assert log.find_command(text, text) == outcomes[1]
+        finally:
+            log.close()
+    finally:
+        postgres.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
