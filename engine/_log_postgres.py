@@ -349,6 +349,15 @@ class PostgresEventLog:
         """Create the tables in a new schema, or check the layout of an existing one, in
         one transaction (serialized with any other first open by an advisory lock)."""
         s = sql.Identifier(self._schema)
+        # A database that cannot hold every Unicode character (LATIN1, ...) fails a group
+        # whose append has one it lacks in the server, every append of the group with it,
+        # where the log's contract fails that append alone (review 7). SQL_ASCII stores
+        # the UTF-8 bytes as they are.
+        encoding = conn.info.parameter_status("server_encoding")
+        if encoding not in ("UTF8", "SQL_ASCII"):
+            raise StorageError(
+                f"the PostgreSQL log needs a database in UTF8; this one is in {encoding}"
+            )
         with conn.transaction():
             conn.execute(
                 "SELECT pg_advisory_xact_lock(hashtext('actorlog schema ' || %s))",
