@@ -262,8 +262,8 @@ class PostgresEventLog:
     Raises:
         DefinitionError: an argument of the wrong type or range.
         StorageError: the server is unreachable, refuses the credentials, is older than
-            PostgreSQL 15, or the schema holds another layout (the psycopg error, if any, is
-            ``__cause__``).
+            PostgreSQL 15, the database's encoding is neither UTF8 nor SQL_ASCII, or the
+            schema holds another layout (the psycopg error, if any, is ``__cause__``).
     """
 
     def __init__(
