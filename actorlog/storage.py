@@ -59,3 +59,10 @@ def __getattr__(name: str) -> Any:
         globals()[name] = PostgresEventLog
         return PostgresEventLog
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The module's names, ``PostgresEventLog`` among them before it loads: ``dir()``,
+    ``help()`` and ``inspect.getmembers`` list a module from ``dir()``, and left out the
+    lazily loaded class (review 7)."""
+    return sorted(set(globals()) | set(__all__))

@@ -263,8 +263,8 @@ class PostgresEventLog:
     Raises:
         DefinitionError: an argument of the wrong type or range.
         StorageError: the server is unreachable, refuses the credentials, is older than
-            PostgreSQL 15, or the schema holds another layout (the psycopg error, if any, is
-            ``__cause__``).
+            PostgreSQL 15, the database's encoding is neither UTF8 nor SQL_ASCII, or the
+            schema holds another layout (the psycopg error, if any, is ``__cause__``).
     """
 
     def __init__(
@@ -326,7 +326,13 @@ class PostgresEventLog:
 
     def _connect(self) -> psycopg.Connection[Any]:
         try:
-            conn = psycopg.connect(self._dsn, autocommit=True, connect_timeout=self._timeout)
+            # UTF-8 whatever the DSN or PGCLIENTENCODING asks: the log's strs are Unicode,
+            # and psycopg encodes them (the one message's whole JSON document, bound client
+            # side; the exact way's text parameters) in the client encoding; another one
+            # raised UnicodeEncodeError out of append_batch and the reads (review 7).
+            conn = psycopg.connect(
+                self._dsn, autocommit=True, connect_timeout=self._timeout, client_encoding="UTF8"
+            )
         except psycopg.Error as e:
             raise StorageError(f"cannot connect to the PostgreSQL log: {e}") from e
         except (TypeError, ValueError) as e:  # a malformed connection string
@@ -348,6 +354,15 @@ class PostgresEventLog:
         """Create the tables in a new schema, or check the layout of an existing one, in
         one transaction (serialized with any other first open by an advisory lock)."""
         s = sql.Identifier(self._schema)
+        # A database that cannot hold every Unicode character (LATIN1, ...) fails a group
+        # whose append has one it lacks in the server, every append of the group with it,
+        # where the log's contract fails that append alone (review 7). SQL_ASCII stores
+        # the UTF-8 bytes as they are.
+        encoding = conn.info.parameter_status("server_encoding")
+        if encoding not in ("UTF8", "SQL_ASCII"):
+            raise StorageError(
+                f"the PostgreSQL log needs a database in UTF8; this one is in {encoding}"
+            )
         with conn.transaction():
             conn.execute(
                 "SELECT pg_advisory_xact_lock(hashtext('actorlog schema ' || %s))",

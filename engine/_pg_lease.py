@@ -90,8 +90,13 @@ class PgLease:
             try:
                 if conn is None or conn.closed:
                     self._held = False
+                    # UTF-8 as the log's connections (review 7): the key's strs are
+                    # Unicode; another client encoding raised UnicodeEncodeError here.
                     conninfo = make_conninfo(
-                        self._dsn, application_name="actorlog lease", **_KEEPALIVES
+                        self._dsn,
+                        application_name="actorlog lease",
+                        client_encoding="UTF8",
+                        **_KEEPALIVES,
                     )
                     conn = self._conn = psycopg.connect(
                         conninfo, autocommit=True, connect_timeout=self._timeout
