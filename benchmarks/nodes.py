@@ -238,17 +238,25 @@ def _server_pids(dsn: str) -> list[int]:
     return pids
 
 
-def _server_cpu(dsn: str) -> float:
-    """CPU seconds the server's processes have used (those alive now)."""
+def _server_cpu(dsn: str) -> dict[int, float]:
+    """CPU seconds each of the server's processes (those alive now) has used."""
     ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
+    used: dict[int, float] = {}
     for pid in _server_pids(dsn):
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / ticks
+        used[pid] = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return used
+
+
+def _server_cpu_since(dsn: str, before: dict[int, float]) -> float:
+    """CPU seconds the server's processes used since ``before`` (``_server_cpu``): each
+    live process's growth, a new one's all. A process that ended meanwhile is not counted
+    (an undercount, never below zero: a sum over the live ones went negative when other
+    clients' backends ended during a run)."""
+    return sum(cpu - before.get(pid, 0.0) for pid, cpu in _server_cpu(dsn).items())
 
 
 # -- the measurements ---------------------------------------------------------------------
@@ -305,13 +313,13 @@ def w1_round(
             subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(busy)
         ]
         try:
-            server = _server_cpu(dsn)
+            before = _server_cpu(dsn)
             started = time.perf_counter()
             for child in children:
                 child.tell({"go": True})
             results = [child.hear() for child in children]
             wall = time.perf_counter() - started
-            server = _server_cpu(dsn) - server
+            server = _server_cpu_since(dsn, before)
         finally:
             for burner in burners:
                 burner.kill()
@@ -350,13 +358,13 @@ def w5_round(
     ]
     for child in children:
         child.hear()
-    server = _server_cpu(dsn) if dsn else 0.0
+    before = _server_cpu(dsn) if dsn else {}
     started = time.perf_counter()
     for child in children:
         child.tell({"go": True})
     results = [child.hear() for child in children]
     wall = time.perf_counter() - started
-    server = _server_cpu(dsn) - server if dsn else 0.0
+    server = _server_cpu_since(dsn, before) if dsn else 0.0
     for child in children:
         child.tell({"done": True})
         child.finish()
