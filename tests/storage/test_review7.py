@@ -502,7 +502,18 @@ def test_mypy_sees_the_lazy_name(tmp_path: Any) -> None:
         "    return actorlog.storage.PostgresEventLog(url)  # an error mypy must see\n"
     )
     done = subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", str(host)],
+        # Errors of the host file only: actorlog's own modules are checked by CI's mypy
+        # run, and under the lowest dependency versions (lmdb without types) --strict
+        # finds an Any in them that says nothing about the lazy name.
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--strict",
+            "--no-incremental",
+            "--follow-imports=silent",
+            str(host),
+        ],
         capture_output=True,
         text=True,
         timeout=120,
@@ -510,7 +521,7 @@ def test_mypy_sees_the_lazy_name(tmp_path: Any) -> None:
         cwd=_ROOT,  # the package found as the repo's (an editable install hides it)
     )
     lines = [line for line in done.stdout.splitlines() if ": error:" in line]
-    assert len(lines) == 1 and "host.py:7:" in lines[0], done.stdout
+    assert len(lines) == 1 and "host.py:7:" in lines[0], done.stdout + done.stderr
 
 
 def test_dir_and_help_of_storage_name_the_lazy_class_before_it_loads() -> None:
