@@ -1004,8 +1004,9 @@ class _Statements:
         self.notify: Statement = sql.SQL("NOTIFY {}").format(sql.Identifier(channel_name(schema)))
         self.last_seq = q("SELECT coalesce(max(seq), 0) FROM {s}.command_ids")
         # A group in one message (PostgresEventLog._commit_guarded): the INSERT writes
-        # only if no stream of the group moved from the version assumed for it; its rows
-        # are the head before it, or the streams that moved (and their versions). On a
+        # only if no stream of the group moved from the version assumed for it and none
+        # of its command ids is recorded; its rows are the head before it, the streams
+        # that moved (and their versions), and the streams of recorded ids (and NULL). On a
         # shared log the head row calls pg_notify, once, only when it writes: a LEFT
         # JOIN, so the head row stays when it does not (a cross join dropped it: a group
         # of checks sent here answered head 0, its empty results positions 1/0).
