@@ -334,6 +334,35 @@ def test_command_ids_of_groups_sent_in_one_message_are_kept_and_answered(
     assert log.stream_version("s") == 200
 
 
+def test_a_failure_after_the_insert_in_one_message_acknowledges_nothing(
+    postgres: Postgres,
+) -> None:
+    # The one message runs several statements in one transaction: the INSERT, then the
+    # pruning of command ids. If a later statement fails, the INSERT is rolled back with
+    # it, so the group must fail whole (no AppendResult for events the log does not hold).
+    schema = postgres.schema()
+    log = postgres.log(schema, command_ids=CommandIdRetention(max_ids=1))
+
+    def with_id(stream: str, command_id: str) -> Append:
+        return msgspec.structs.replace(make_append(stream, 0), command_id=command_id)
+
+    outcomes, _ = log.append_batch([with_id("a", "first"), with_id("b", "second")])
+    assert all(isinstance(o, AppendResult) for o in outcomes)
+    postgres.execute(
+        f'CREATE FUNCTION "{schema}".refuse() RETURNS trigger LANGUAGE plpgsql AS'
+        " $$ BEGIN RAISE EXCEPTION 'no pruning today'; END $$"
+    )
+    postgres.execute(
+        f'CREATE TRIGGER refuse BEFORE DELETE ON "{schema}".command_ids'
+        f' FOR EACH ROW EXECUTE FUNCTION "{schema}".refuse()'
+    )
+    head = log.head_position()
+    outcomes, stored = log.append_batch([with_id("c", "third")])  # prunes "second"
+    assert stored == [] and isinstance(outcomes[0], StorageError), outcomes
+    assert log.head_position() == head and log.stream_version("c") == 0
+    assert log.find_command("c", "third") is None
+
+
 def test_a_killed_writer_loses_no_acknowledged_append(postgres: Postgres) -> None:
     # tests/storage/crash_writer_child.py on this server, SIGKILLed after a random number of
     # acknowledgements, three times over the same schema: every acknowledged append is
