@@ -310,13 +310,12 @@ class PostgresEventLog:
         self._writer = _Connection(self._connect)
         self._reader = _Connection(self._connect)
         self._channel: HeadChannel | None = None  # opened by the first follower
-        # The writer connection that holds the schema's writer lock (see _lock_writer),
-        # and its backend's pid: the notifications of this log's own commits.
-        self._locked: psycopg.Connection[Any] | None = None
-        self._writer_pid = 0
-        # On that connection, the cursor that sends a group as one message
-        # (_commit_guarded): client-side binding, the simple query protocol.
+        # On the writer connection that holds the schema's writer lock (see _lock_writer),
+        # the cursor that sends a group as one message (_commit_guarded: client-side
+        # binding, the simple query protocol); and that connection's backend pid: the
+        # notifications of this log's own commits.
         self._guarded: psycopg.ClientCursor[Any] | None = None
+        self._writer_pid = 0
         self._channel_lock = threading.Lock()
         try:
             self._writer.run(self._initialize)
@@ -446,14 +445,15 @@ class PostgresEventLog:
         caches = {_check_name(name): cache for name, cache in projector_caches}
 
         def commit(conn: psycopg.Connection[Any]) -> tuple[list[AppendOutcome], list[StoredEvent]]:
-            if conn is not self._locked:  # a new connection: take the lock on it first
+            guarded = self._guarded
+            if guarded is None or guarded.connection is not conn:
+                # A new connection: take the lock on it first.
                 self._lock_writer(conn)
                 conn.execute(self._q.prepare_guarded)
-                self._guarded = psycopg.ClientCursor(conn)
-                self._locked = conn
+                guarded = self._guarded = psycopg.ClientCursor(conn)
                 self._writer_pid = conn.info.backend_pid
             if not (snaps or caches):
-                done = self._commit_guarded(appends)
+                done = self._commit_guarded(guarded, appends)
                 if done is not None:
                     return done
             return self._commit(conn, appends, snaps, caches)
@@ -492,7 +492,7 @@ class PostgresEventLog:
             time.sleep(0.05)
 
     def _commit_guarded(
-        self, appends: Sequence[Append]
+        self, cursor: psycopg.ClientCursor[Any], appends: Sequence[Append]
     ) -> tuple[list[AppendOutcome], list[StoredEvent]] | None:
         """Commit a group that needs no decision in one round trip, or None (nothing
         written): the group's outcome if every append passes is known before anything is
@@ -538,7 +538,7 @@ class PostgresEventLog:
             assumed = _assumed(group)
             if assumed is None:
                 return None
-            answer = self._send_guarded(group, assumed, timestamp)
+            answer = self._send_guarded(cursor, group, assumed, timestamp)
             if answer is None:
                 return None  # too big for one message, or a command id is recorded
             head, moved = answer
@@ -571,13 +571,17 @@ class PostgresEventLog:
         return results, stored
 
     def _send_guarded(
-        self, group: list[Append], assumed: dict[str, int], timestamp: float
+        self,
+        cursor: psycopg.ClientCursor[Any],
+        group: list[Append],
+        assumed: dict[str, int],
+        timestamp: float,
     ) -> tuple[int, dict[str, int]] | None:
-        """Send ``group`` as one message: the head it was written after, or the streams
-        that are not at the version ``assumed`` for them (their versions; then nothing
-        was written). None if a command id of the group is recorded (nothing written
-        either), or, sending nothing, if its payloads are over ``_ONE_MESSAGE_MOST_BYTES``
-        or its rows over ``_ONE_MESSAGE_MOST_TEXT``."""
+        """Send ``group`` as one message on ``cursor`` (the writer connection's): the head it
+        was written after, or the streams that are not at the version ``assumed`` for them
+        (their versions; then nothing was written). None if a command id of the group is
+        recorded (nothing written either), or, sending nothing, if its payloads are over
+        ``_ONE_MESSAGE_MOST_BYTES`` or its rows over ``_ONE_MESSAGE_MOST_TEXT``."""
         rows: list[_GuardedRow] = []
         recorded: list[_GuardedId] = []
         size = 0
@@ -624,8 +628,6 @@ class PostgresEventLog:
         document = _json_encode(rows)
         if len(document) > _ONE_MESSAGE_MOST_TEXT:
             return None
-        cursor = self._guarded
-        assert cursor is not None  # made with the lock, on the connection that holds it
         params = (
             _json_encode([_GuardStream(s, v) for s, v in assumed.items()]).decode(),
             document.decode(),
