@@ -32,18 +32,21 @@ appends of a stream follow one another, no command id is recorded already; what 
 commands and most commands are) and holds at most 64 KiB of payload (64 MiB as JSON) is
 one message and one round trip (``_commit_guarded``): the lock and one prepared INSERT
 (with its command ids' recording, then their pruning), sent with the simple query
-protocol, which runs them as one transaction. The INSERT writes the appends of every
-stream that is at the version the group assumes for it, unless one of its command ids
-is recorded (its rows arrive as one JSON document, one string escaped once, their
-payloads as one bytea), and numbers the positions from the head itself; the appends of
-a stream that moved are not written, and the answer says where that stream is: they are
-judged there (and fail, as the exact way fails them), the rest committed. A recorded id
-(a retry, perhaps) writes nothing and sends the group the exact way. The exact way is
-two round trips: (1) BEGIN, the lock, the versions of the group's streams with the head (one
-statement), the group's command ids that are kept, pipelined (psycopg's pipeline mode)
-and read back together; (2) the events as one ``INSERT ... SELECT FROM unnest(arrays)``,
-the command ids likewise, their bounded pruning, the snapshots and caches, on a shared
-log the NOTIFY that wakes the other processes' followers, and COMMIT, pipelined.
+protocol, which runs them as one transaction. Its rows arrive as one JSON document (one
+string escaped once), their payloads as one bytea, and the server numbers the positions
+from the head itself. If another process moved a stream of the group (the stream is not
+at the version the group assumes for it), that stream's appends are not written and the
+answer says where it is: they are judged there (and fail, as the exact way fails them).
+The rest is written in the same message by the statement a log uses after it found a
+stream moved (``actorlog_guarded_streams``), or else not at all and sent again by stream
+(``actorlog_guarded``: all or nothing, cheaper for the server where nothing moves). A
+command id recorded already (a retry, perhaps) writes nothing and sends the group the
+exact way. The exact way is two round trips: (1) BEGIN, the lock, the versions of the
+group's streams with the head (one statement), the group's command ids that are kept,
+pipelined (psycopg's pipeline mode) and read back together; (2) the events as one
+``INSERT ... SELECT FROM unnest(arrays)``, the command ids likewise, their bounded
+pruning, the snapshots and caches, on a shared log the NOTIFY that wakes the other
+processes' followers, and COMMIT, pipelined.
 Deciding in Python between the two keeps the rules (expected versions, duplicates, empty
 appends) in one language with the other backends: the one-message INSERT only checks
 that nothing moved, it decides nothing. Why not always the exact way: a group commit's
@@ -518,15 +521,17 @@ class PostgresEventLog:
         appends of every stream that is at the version the group's first append to it
         expects. The answer names the streams that moved, and where to: their appends are
         judged there by the log's rule (``_judged``, as ``_commit`` judges) and fail, as
-        ``_commit`` would fail them; the rest committed, numbered from the head in the
-        group's order as ``_commit`` numbers them. A group with anything else to decide
-        (an append with ``ANY``, one that cannot be stored, a stream whose appends do not
-        follow one another, a command id twice), one over ``_ONE_MESSAGE_MOST_BYTES`` of
-        payload or ``_ONE_MESSAGE_MOST_TEXT`` of rows, or one with a command id already
-        recorded (a retry, perhaps: only ``_commit`` answers it; nothing is written then),
-        is committed by ``_commit``, which decides it while holding the lock. Command ids
-        are recorded and pruned in the same
-        message.
+        ``_commit`` would fail them. The rest is committed, numbered from the head in the
+        group's order as ``_commit`` numbers them: in the same message if sent by stream
+        (for ``_BY_STREAM_AFTER_A_MOVE`` groups after one that found a move), else by a
+        second message, by stream (all or nothing wrote nothing).
+
+        A group with anything else to decide (an append with ``ANY``, one that cannot be
+        stored, a stream whose appends do not follow one another, a command id twice), one
+        over ``_ONE_MESSAGE_MOST_BYTES`` of payload or ``_ONE_MESSAGE_MOST_TEXT`` of rows,
+        or one with a command id already recorded (a retry, perhaps: only ``_commit``
+        answers it; nothing is written then) is committed by ``_commit``, which decides it
+        while holding the lock. Command ids are recorded and pruned in the same message.
 
         Why: a group commit's fixed cost is its CPU, paid by every group however small
         (the groups of N processes are N times smaller): see the module doc.
