@@ -25,6 +25,7 @@ Every method blocks for a round trip (or a connect): for a worker thread.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from typing import Any, Final
 
@@ -129,16 +130,30 @@ class PgLease:
             return True
 
     def release(self) -> None:
-        """Give the lease up (close the session: the server releases the lock). The next
+        """Give the lease up: another engine can take it as soon as this returns. The next
         ``try_acquire`` connects again. Idempotent."""
         with self._lock:
+            self._unlock()
             self._drop()
 
     def close(self) -> None:
         """Release the lease for good. Idempotent."""
         with self._lock:
             self._closed = True
+            self._unlock()
             self._drop()
+
+    def _unlock(self) -> None:
+        """Unlock before closing: a closed session's locks are released only once its
+        server process has exited, a moment after the close returns, and a successor
+        trying meanwhile would be refused. Best effort: a session that cannot answer
+        releases its locks when it ends anyway."""
+        conn = self._conn
+        if conn is None or conn.closed or not self._held:
+            return
+        # On failure: closed next, and the server releases the lock with the session.
+        with contextlib.suppress(psycopg.Error):
+            conn.execute("SELECT pg_advisory_unlock(hashtext(%s), hashtext(%s))", self._key)
 
     def _drop(self) -> None:
         conn, self._conn, self._held = self._conn, None, False
