@@ -1,0 +1,383 @@
+"""Review 8: adversarial tests of the PostgreSQL log's one message when some of a group's
+streams moved (``actorlog_guarded_streams``, commit b4342ca): the streams that did not
+move are written in the same message, numbered in the group's order, with their command
+ids; after a group that found a move the next ``_BY_STREAM_AFTER_A_MOVE`` groups go that
+way, others all or nothing (and, when something moved, the rest again by stream).
+
+Every test runs against a real PostgreSQL server (``ACTORLOG_TEST_POSTGRES``) and checks
+what ``append_batch`` answers and what the log holds (events, command ids, their seq
+numbers) against the log's rule written out on its own (``test_review6._model_outcomes``).
+A log starts in the all-or-nothing mode; a group that finds a move switches it to the
+by-stream mode; 16 groups that find none switch it back: the tests drive both modes through
+the public API only.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import unicodedata
+from collections.abc import Sequence
+from typing import Any, Final
+
+import pytest
+
+from actorlog import ConcurrencyError, StorageError
+from actorlog.engine._command_ids import CommandIdRetention
+from actorlog.storage import ANY, Append, AppendResult, PostgresEventLog
+from tests.storage.test_review6 import (
+    _committed,
+    _model_outcomes,
+    _noticed,
+    _observed,
+    _writer_pids,
+)
+from tests.support import Postgres
+
+_E: Final = b"\xc0"
+_QUIET: Final = 16  # groups that find no move before the log goes all or nothing again
+
+
+def _a(stream: str, expected: int, n: int = 1, cid: str | None = None, tag: str = "") -> Append:
+    events = tuple((f"{tag}{stream}.{expected}.{j}", _E) for j in range(n))
+    return Append(stream, expected, events, command_id=cid)
+
+
+class _Script:
+    """Our log and another writer on one schema, and the log's state as the rule says it
+    must be: every group's answer, the events, the command ids (found exactly when their
+    append committed, with its result) are checked against it after each group."""
+
+    def __init__(self, postgres: Postgres, **options: Any) -> None:
+        self.postgres = postgres
+        self.schema = postgres.schema()
+        self.ours = postgres.log(self.schema, shared=True, **options)
+        self.other = postgres.log(self.schema, shared=True)
+        self.versions: dict[str, int] = {}
+        self.head = 0
+        self.log: list[tuple[str, int, str]] = []
+        self.committed_ids: list[tuple[str, str, tuple[Any, ...]]] = []
+        self.max_ids = options.get("command_ids", CommandIdRetention()).max_ids
+
+    def move(self, *streams: str) -> None:
+        """The other writer appends one event to each of ``streams``."""
+        for sid in streams:
+            version = self.versions.get(sid, 0)
+            name = f"other.{sid}.{version}"
+            _committed(self.other.append_batch([Append(sid, ANY, ((name, _E),))])[0])
+            self.log.append((sid, version + 1, name))
+            self.versions[sid] = version + 1
+            self.head += 1
+
+    def quiet(self) -> None:
+        """Groups that find no move, until the log sends all or nothing again."""
+        for _ in range(_QUIET):
+            self.ours.append_batch([Append("quiet", self.versions.get("quiet", 0), ())])
+
+    def group(self, group: Sequence[Append]) -> list[tuple[Any, ...]]:
+        model, head = _model_outcomes(group, self.versions, self.head)
+        outcomes, stored = self.ours.append_batch(group)
+        assert [_observed(o) for o in outcomes] == model
+        for append, outcome in zip(group, model, strict=True):
+            if outcome[0] == "ok":
+                self.log += [
+                    (append.stream_id, outcome[2] + j, name)
+                    for j, (name, _) in enumerate(append.events)
+                ]
+                if append.command_id is not None:
+                    self.committed_ids.append((append.stream_id, append.command_id, outcome))
+            elif append.command_id is not None:
+                # A failed append's id is never recorded.
+                assert self.ours.find_command(append.stream_id, append.command_id) is None
+        assert [(e.stream_id, e.version, e.type) for e in stored] == self.log[self.head :]
+        assert [e.position for e in stored] == list(range(self.head + 1, head + 1))
+        self.head = head
+        self.check()
+        return model
+
+    def check(self) -> None:
+        events = self.ours.read_all(1, 100_000)
+        assert [e.position for e in events] == list(range(1, self.head + 1))
+        assert [(e.stream_id, e.version, e.type) for e in events] == self.log
+        kept = self.committed_ids[-self.max_ids :]
+        for sid, cid, outcome in kept:
+            found = self.ours.find_command(sid, cid)
+            assert found is not None and _observed(found) == outcome, (sid, cid)
+        rows = self.postgres.execute(
+            f'SELECT seq, stream_id, command_id FROM "{self.schema}".command_ids ORDER BY seq'
+        )
+        # Numbered with no gap from 1, the newest max_ids kept (the count pruning's bound).
+        total = len(self.committed_ids)
+        assert [r[0] for r in rows] == list(range(total - len(kept) + 1, total + 1))
+        assert [(r[1], r[2]) for r in rows] == [(s, c) for s, c, _ in kept]
+
+
+def _edge_groups(s: _Script, tag: str) -> list[list[tuple[Any, ...]]]:
+    """Groups whose command ids sit at the edges: empty appends with ids at the start and
+    the end of the group, before, after and among moved streams' rows, on moved streams,
+    several ids on one stream; a group in which every stream moved; a group of checks."""
+    v = s.versions.get
+    answers = []
+    s.move(f"{tag}b")
+    answers.append(
+        s.group(
+            [
+                _a(f"{tag}a", v(f"{tag}a", 0), 0, f"{tag}1"),  # empty, first of the group
+                _a(f"{tag}b", 0, 2, f"{tag}2"),  # moved
+                _a(f"{tag}a", 0, 1, f"{tag}3"),
+                _a(f"{tag}b", 2, 0, f"{tag}4"),  # empty, on the moved stream
+                _a(f"{tag}c", 0, 0, f"{tag}5"),  # empty, right after moved rows
+                _a(f"{tag}b", 2, 1, f"{tag}6"),  # moved
+                _a(f"{tag}a", 1, 3, f"{tag}7"),
+                _a(f"{tag}c", 0, 2),
+                _a(f"{tag}b", 3, 1, f"{tag}8"),  # moved, the group's last row
+                _a(f"{tag}c", 2, 0, f"{tag}9"),  # empty, last of the group
+            ]
+        )
+    )
+    # Every stream moved, ids on all of them: nothing written, nothing recorded.
+    s.move(f"{tag}a", f"{tag}c")
+    answers.append(
+        s.group(
+            [
+                _a(f"{tag}a", 4, 1, f"{tag}10"),
+                _a(f"{tag}c", 2, 0, f"{tag}11"),
+                _a(f"{tag}c", 2, 1, f"{tag}12"),
+            ]
+        )
+    )
+    # Checks only (empty appends), one on a moved stream, ids on both sides of it.
+    s.move(f"{tag}d")
+    answers.append(
+        s.group(
+            [
+                _a(f"{tag}a", 5, 0, f"{tag}13"),
+                _a(f"{tag}d", 0, 0, f"{tag}14"),
+                _a(f"{tag}e", 0, 0),
+                _a(f"{tag}c", 3, 0, f"{tag}15"),
+            ]
+        )
+    )
+    # The moved stream's append first and last; the kept ones between, several ids each.
+    s.move(f"{tag}a")
+    answers.append(
+        s.group(
+            [
+                _a(f"{tag}a", 5, 1, f"{tag}16"),
+                _a(f"{tag}c", 3, 1, f"{tag}17"),
+                _a(f"{tag}c", 4, 1, f"{tag}18"),
+                _a(f"{tag}d", 1, 0, f"{tag}19"),
+                _a(f"{tag}c", 5, 0, f"{tag}20"),
+                _a(f"{tag}a", 6, 2, f"{tag}21"),
+            ]
+        )
+    )
+    return answers
+
+
+@pytest.mark.parametrize("max_ids", [100_000, 3, 1])
+def test_edge_ids_in_both_modes_match_the_rule(postgres: Postgres, max_ids: int) -> None:
+    s = _Script(postgres, command_ids=CommandIdRetention(max_ids=max_ids))
+    # A fresh log sends all or nothing: the first edge group is sent whole, then by stream;
+    # the next ones by stream (a move was found just before).
+    whole_first = _edge_groups(s, "p.")
+    # The same shapes sent by stream from their first message.
+    s.move("q.warm")
+    s.group([_a("q.warm", 0)])  # ... after this one found a move
+    by_stream = _edge_groups(s, "q.")
+    assert [[o[0] for o in g] for g in whole_first] == [[o[0] for o in g] for g in by_stream]
+    # All or nothing again after quiet groups: every stream moved, then some.
+    v = s.versions
+    s.quiet()
+    s.move("p.a", "p.c")
+    s.group([_a("p.a", v["p.a"] - 1, 1, "x1"), _a("p.c", v["p.c"] - 1, 1, "x2")])
+    s.quiet()
+    s.move("p.a")
+    c = v["p.c"]
+    s.group([_a("p.c", c, 0, "x3"), _a("p.a", v["p.a"] - 1, 1, "x4"), _a("p.c", c, 1, "x5")])
+
+
+# Stream ids that one comparison or another could take for each other: case, trailing and
+# leading spaces, Unicode normal forms, ligatures and full-width letters, a lone combining
+# mark; a collation (or a trim) that equated them would fail or write the wrong stream.
+_LOOKALIKES: Final = (
+    ("x", "x ", " x", "X", "\u0078\u00a0"),
+    (unicodedata.normalize("NFC", "é"), unicodedata.normalize("NFD", "é")),
+    ("ß", "ss", "SS", "ẞ"),
+    ("ﬁ", "fi", "ｆｉ"),
+    ("\u0301", "\u00b4"),
+    ("a\tb", "a b", "a\u2028b"),
+)
+
+
+@pytest.mark.parametrize("by_stream", [False, True])
+def test_lookalike_stream_ids_are_told_apart(postgres: Postgres, by_stream: bool) -> None:
+    s = _Script(postgres)
+    if by_stream:
+        s.move("warm")
+        s.group([_a("warm", 0, 1)])
+    for k, family in enumerate(_LOOKALIKES):
+        for m, moved in enumerate(family):
+            s.move(moved)
+            v = s.versions
+            group = [_a(sid, v.get(sid, 0) - (sid == moved), 1, f"{k}.{m}") for sid in family]
+            group += [_a(sid, v.get(sid, 0) + (sid != moved), 0, f"{k}.{m}e") for sid in family]
+            answers = s.group(group)
+            assert [o[0] for o in answers] == [
+                "conflict" if a.stream_id == moved else "ok" for a in group
+            ]
+
+
+@pytest.mark.parametrize("by_stream", [False, True])
+def test_a_writer_killed_in_either_mode_loses_nothing_and_resumes(
+    postgres: Postgres, by_stream: bool
+) -> None:
+    s = _Script(postgres)
+    s.group([_a("a", 0), _a("b", 0)])
+    (pid,) = _writer_pids(postgres, s.schema)  # ours: the other has not written yet
+    if by_stream:
+        s.move("warm")
+        s.group([_a("warm", 0, 1)])
+    postgres.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,))
+    s.move("a")
+    outcomes, stored = s.ours.append_batch([_a("a", 1, cid="k1"), _a("b", 1, cid="k2")])
+    assert stored == [] and all(isinstance(o, StorageError) for o in outcomes), outcomes
+    s.check()
+    # Reconnected: both statements prepared again; a partly moved group is written.
+    s.group([_a("a", 1, cid="k1"), _a("b", 1, cid="k2")])
+    s.move("b")
+    s.group([_a("a", 2, cid="k3"), _a("b", 1, cid="k4"), _a("c", 0, cid="k5")])
+
+
+def test_a_partial_group_wakes_a_follower_and_an_all_moved_one_does_not(
+    postgres: Postgres,
+) -> None:
+    s = _Script(postgres)
+    s.group([_a("a", 0), _a("b", 0)])
+    assert not _noticed(s.other, 0.05)
+    # All or nothing, every stream moved: nothing written, silence (the other writer's
+    # own commits are not news to it).
+    s.move("a", "b")
+    s.group([_a("a", 1, cid="1"), _a("b", 1, 0, cid="2")])
+    assert not _noticed(s.other, 0.3)
+    # By stream now: only empty appends with ids committed (ids recorded, no event).
+    s.move("a")
+    s.group([_a("a", 2, cid="3"), _a("b", 2, 0, cid="4")])
+    assert not _noticed(s.other, 0.3)
+    s.move("b")
+    s.group([_a("a", 3, cid="5"), _a("b", 2, 1, cid="6")])
+    assert _noticed(s.other, 5)
+
+
+def _random_group(rng: random.Random, believed: dict[str, int], tag: str) -> list[Append]:
+    """Pipelined chains from ``believed`` versions on a few streams, interleaved; empty
+    appends among them; most appends with an id of their own (unique per tag)."""
+    chains: list[list[Append]] = []
+    for sid in rng.sample(sorted(believed), rng.randint(1, 6)):
+        version = believed[sid]
+        chain = []
+        for k in range(rng.randint(1, 3)):
+            n = rng.choice((0, 1, 1, 2))
+            cid = f"{tag}.{sid}.{k}" if rng.random() < 0.7 else None
+            events = tuple((f"{tag}.{sid}.{k}.{j}", _E) for j in range(n))
+            chain.append(Append(sid, version, events, command_id=cid))
+            version += n
+        chains.append(chain)
+    group: list[Append] = []
+    while chains:
+        chain = rng.choice(chains)
+        group.append(chain.pop(0))
+        if not chain:
+            chains.remove(chain)
+    return group
+
+
+def test_writers_racing_at_random_answer_what_the_log_holds(postgres: Postgres) -> None:
+    """Three shared logs (one ``sync=False``) in threads append random groups with ids to
+    the same few streams, learning versions from their conflicts: every append answered
+    committed is in the log at its positions, every one answered failed is not; its id is
+    recorded exactly when it committed; seq numbers have no gap."""
+    schema = postgres.schema()
+    rounds = int(os.environ.get("ACTORLOG_REVIEW8_ROUNDS", "60"))
+    streams = [f"s{i}" for i in range(6)]
+    logs = [
+        postgres.log(schema, shared=True),
+        postgres.log(schema, shared=True),
+        postgres.log(schema, shared=True, sync=False),
+    ]
+    answered: list[list[tuple[Append, object]]] = [[] for _ in logs]
+    errors: list[BaseException] = []
+
+    def writer(k: int) -> None:
+        try:
+            rng = random.Random(800 + k)
+            believed = dict.fromkeys(streams, 0)
+            for r in range(rounds):
+                group = _random_group(rng, believed, f"w{k}.{r}")
+                outcomes, _ = logs[k].append_batch(group)
+                for append, outcome in zip(group, outcomes, strict=True):
+                    answered[k].append((append, outcome))
+                    if isinstance(outcome, AppendResult):
+                        believed[append.stream_id] = outcome.last_version
+                    elif isinstance(outcome, ConcurrencyError) and not outcome.after_failed:
+                        believed[append.stream_id] = outcome.actual
+                    else:
+                        assert isinstance(outcome, ConcurrencyError), outcome
+        except BaseException as e:  # reported by the test thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(len(logs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    events = logs[0].read_all(1, 1_000_000)
+    assert [e.position for e in events] == list(range(1, len(events) + 1))
+    by_type = {e.type: e for e in events}
+    assert len(by_type) == len(events)
+    for stream in streams:
+        assert [e.version for e in events if e.stream_id == stream] == list(
+            range(1, sum(e.stream_id == stream for e in events) + 1)
+        )
+    committed = failed = 0
+    for k, pairs in enumerate(answered):
+        for append, outcome in pairs:
+            names = [name for name, _ in append.events]
+            if isinstance(outcome, AppendResult):
+                committed += 1
+                got = [by_type[name] for name in names]
+                assert [(e.stream_id, e.version, e.position) for e in got] == [
+                    (append.stream_id, outcome.first_version + j, outcome.first_position + j)
+                    for j in range(len(names))
+                ]
+                if append.command_id is not None:
+                    found = logs[k].find_command(append.stream_id, append.command_id)
+                    assert found == outcome
+            else:
+                failed += 1
+                assert not any(name in by_type for name in names), (append, outcome)
+                if append.command_id is not None:
+                    assert logs[k].find_command(append.stream_id, append.command_id) is None
+    assert committed > 50 and failed > 20, (committed, failed)
+    seqs = [r[0] for r in postgres.execute(f'SELECT seq FROM "{schema}".command_ids ORDER BY seq')]
+    assert seqs == list(range(1, len(seqs) + 1))
+
+
+@pytest.mark.parametrize("by_stream", [False, True])
+def test_a_big_group_with_half_its_streams_moved(postgres: Postgres, by_stream: bool) -> None:
+    """Many one-event appends, two a stream, half the streams moved: the kept half is
+    written in group order with its ids (ACTORLOG_REVIEW8_STREAMS for the 10,000-stream
+    size this review timed)."""
+    n = int(os.environ.get("ACTORLOG_REVIEW8_STREAMS", "500"))
+    s = _Script(postgres)
+    streams = [f"big{i:05}" for i in range(n)]
+    s.group([_a(sid, 0, 1) for sid in streams])
+    if by_stream:
+        s.move("warm")
+        s.group([_a("warm", 0, 1)])
+    s.move(*streams[::2])
+    group = [_a(sid, 1 + j, 1, f"c{j}", tag="g.") for j in range(2) for sid in streams]
+    answers = s.group(group)
+    assert sum(o[0] == "ok" for o in answers) == n
