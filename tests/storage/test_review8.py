@@ -199,6 +199,11 @@ def test_edge_ids_in_both_modes_match_the_rule(postgres: Postgres, max_ids: int)
     s.move("p.a")
     c = v["p.c"]
     s.group([_a("p.c", c, 0, "x3"), _a("p.a", v["p.a"] - 1, 1, "x4"), _a("p.c", c, 1, "x5")])
+    # A group of checks, all or nothing, one stream moved: judged, the rest checked again.
+    s.quiet()
+    s.move("p.d")
+    d, c = v["p.d"], v["p.c"]
+    s.group([_a("p.c", c, 0, "x6"), _a("p.d", d - 1, 0, "x7"), _a("p.c", c, 0, "x8")])
 
 
 # Stream ids that one comparison or another could take for each other: case, trailing and
@@ -272,6 +277,14 @@ def test_a_partial_group_wakes_a_follower_and_an_all_moved_one_does_not(
     s.move("b")
     s.group([_a("a", 3, cid="5"), _a("b", 2, 1, cid="6")])
     assert _noticed(s.other, 5)
+    # All or nothing again, partly moved: the first message writes nothing and says
+    # nothing; the second writes the rest and wakes the follower once.
+    s.quiet()
+    assert not _noticed(s.other, 0.05)
+    s.move("a")
+    s.group([_a("a", 4, cid="7"), _a("b", 3, 1, cid="8")])
+    assert _noticed(s.other, 5)
+    assert not _noticed(s.other, 0.3)
 
 
 def _random_group(rng: random.Random, believed: dict[str, int], tag: str) -> list[Append]:
