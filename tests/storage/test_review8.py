@@ -26,13 +26,14 @@ import pytest
 from actorlog import ConcurrencyError, StorageError
 from actorlog.engine._command_ids import CommandIdRetention
 from actorlog.engine._log_postgres import _ONE_MESSAGE_MOST_BYTES, _judged
-from actorlog.storage import ANY, Append, AppendResult
+from actorlog.storage import ANY, Append, AppendResult, PostgresEventLog
 from tests.storage.test_review6 import (
     _TRICKY,
     _committed,
     _model_outcomes,
     _noticed,
     _observed,
+    _with_options,
     _writer_pids,
 )
 from tests.storage.test_review7 import _payload
@@ -472,3 +473,61 @@ def test_an_append_on_a_moved_stream_never_passes_the_rule() -> None:
                         assert _judged(append, versions, chained) is not None
                         expected += n
                     assert versions == {"s": actual}
+
+
+def test_a_prepare_that_fails_closes_the_connection_and_the_next_group_prepares_again(
+    postgres: Postgres,
+) -> None:
+    """The writer connection's PREPAREs (the all-or-nothing and the by-stream statement)
+    fail behind another session's lock (``lock_timeout``): the group fails whole, nothing
+    written; the next group reconnects, prepares both and commits, by stream too."""
+    import psycopg
+
+    schema = postgres.schema()
+    ours = PostgresEventLog(_with_options(postgres.url, "-c lock_timeout=200"), schema=schema)
+    try:
+        with psycopg.connect(postgres.url) as blocker:
+            blocker.execute(f'LOCK TABLE "{schema}".command_ids IN ACCESS EXCLUSIVE MODE')
+            outcomes, stored = ours.append_batch([_a("a", 0, cid="1"), _a("b", 0)])
+            assert stored == [] and all(isinstance(o, StorageError) for o in outcomes)
+            blocker.rollback()
+        assert ours.read_all() == [] and ours.find_command("a", "1") is None
+        _committed(ours.append_batch([_a("a", 0, cid="1"), _a("b", 0)])[0])
+        # A stream that moves (the caller expects a version it is not at): by stream next.
+        outcomes, stored = ours.append_batch([_a("a", 5, cid="2"), _a("b", 1, cid="3")])
+        assert isinstance(outcomes[0], ConcurrencyError) and isinstance(outcomes[1], AppendResult)
+        outcomes, stored = ours.append_batch([_a("a", 5, cid="4"), _a("b", 2, cid="5")])
+        assert isinstance(outcomes[0], ConcurrencyError) and isinstance(outcomes[1], AppendResult)
+        assert [(e.stream_id, e.version) for e in ours.read_all()] == [
+            ("a", 1),
+            ("b", 1),
+            ("b", 2),
+            ("b", 3),
+        ]
+        assert ours.find_command("b", "5") == outcomes[1]
+    finally:
+        ours.close()
+
+
+def test_a_second_prepare_that_fails_leaves_no_first_behind(postgres: Postgres) -> None:
+    """Only the by-stream statement fails to prepare (a ``row_number()`` of another
+    schema ahead of pg_catalog on the search path: not a window function), after the
+    all-or-nothing one was prepared. The group fails whole; once the cause is gone the
+    next group prepares both again on a new connection (on the old one, the first would
+    exist already, and every group would fail)."""
+    schema, shadow = postgres.schema(), postgres.schema()
+    postgres.execute(f'CREATE SCHEMA "{shadow}"')
+    postgres.execute(
+        f'CREATE FUNCTION "{shadow}".row_number() RETURNS bigint LANGUAGE sql AS $$SELECT 1$$'
+    )
+    url = _with_options(postgres.url, f"-c search_path={shadow},pg_catalog")
+    ours = PostgresEventLog(url, schema=schema)
+    try:
+        outcomes, stored = ours.append_batch([_a("a", 0, cid="1")])
+        assert stored == [] and isinstance(outcomes[0], StorageError), outcomes
+        postgres.execute(f'DROP FUNCTION "{shadow}".row_number()')
+        _committed(ours.append_batch([_a("a", 0, cid="1")])[0])
+        assert [(e.stream_id, e.version) for e in ours.read_all()] == [("a", 1)]
+    finally:
+        ours.close()
+        postgres.execute(f'DROP SCHEMA IF EXISTS "{shadow}" CASCADE')
