@@ -326,9 +326,11 @@ def test_writers_racing_at_random_answer_what_the_log_holds(postgres: Postgres) 
     ]
     answered: list[list[tuple[Append, object]]] = [[] for _ in logs]
     errors: list[BaseException] = []
+    start = threading.Barrier(len(logs))
 
     def writer(k: int) -> None:
         try:
+            start.wait(30)
             rng = random.Random(800 + k)
             believed = dict.fromkeys(streams, 0)
             for r in range(rounds):
