@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import random
 import threading
+import time
 import unicodedata
 from collections.abc import Sequence
 from typing import Any, Final
@@ -243,6 +244,8 @@ def test_lookalike_stream_ids_are_told_apart(postgres: Postgres, by_stream: bool
 def test_a_writer_killed_in_either_mode_loses_nothing_and_resumes(
     postgres: Postgres, by_stream: bool
 ) -> None:
+    import psycopg
+
     s = _Script(postgres)
     s.group([_a("a", 0), _a("b", 0)])
     (pid,) = _writer_pids(postgres, s.schema)  # ours: the other has not written yet
@@ -251,6 +254,7 @@ def test_a_writer_killed_in_either_mode_loses_nothing_and_resumes(
         s.group([_a("warm", 0, 1)])
     postgres.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,))
     s.move("a")
+    (other_pid,) = _writer_pids(postgres, s.schema)  # ours is gone
     outcomes, stored = s.ours.append_batch([_a("a", 1, cid="k1"), _a("b", 1, cid="k2")])
     assert stored == [] and all(isinstance(o, StorageError) for o in outcomes), outcomes
     s.check()
@@ -258,6 +262,28 @@ def test_a_writer_killed_in_either_mode_loses_nothing_and_resumes(
     s.group([_a("a", 1, cid="k1"), _a("b", 1, cid="k2")])
     s.move("b")
     s.group([_a("a", 2, cid="k3"), _a("b", 1, cid="k4"), _a("c", 0, cid="k5")])
+    # By stream now; killed while its message waits behind another session's table lock.
+    (pid,) = set(_writer_pids(postgres, s.schema)) - {other_pid}
+    s.move("a")
+    result: list[Any] = []
+    group = [_a("a", 3, cid="k6"), _a("c", 1, cid="k7"), _a("b", 3, 0, cid="k8")]
+    with psycopg.connect(postgres.url) as blocker:
+        blocker.execute(f'LOCK TABLE "{s.schema}".events IN EXCLUSIVE MODE')
+        thread = threading.Thread(target=lambda: result.append(s.ours.append_batch(group)))
+        thread.start()
+        deadline = time.monotonic() + 10
+        while not postgres.execute(
+            "SELECT 1 FROM pg_stat_activity WHERE pid = %s AND wait_event_type = 'Lock'", (pid,)
+        ):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        postgres.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,))
+        thread.join(10)
+        blocker.rollback()
+    ((outcomes, stored),) = result
+    assert stored == [] and all(isinstance(o, StorageError) for o in outcomes), outcomes
+    s.check()
+    s.group(group)
 
 
 def test_a_partial_group_wakes_a_follower_and_an_all_moved_one_does_not(
