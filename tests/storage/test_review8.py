@@ -27,7 +27,7 @@ import pytest
 from actorlog import ConcurrencyError, StorageError
 from actorlog.engine._command_ids import CommandIdRetention
 from actorlog.engine._log_postgres import _ONE_MESSAGE_MOST_BYTES, _judged
-from actorlog.storage import ANY, Append, AppendResult, PostgresEventLog
+from actorlog.storage import ANY, Append, AppendResult, PostgresEventLog, Snapshot
 from tests.storage.test_review6 import (
     _TRICKY,
     _committed,
@@ -41,6 +41,7 @@ from tests.storage.test_review7 import _payload
 from tests.support import Postgres
 
 _E: Final = b"\xc0"
+_FORCE_EXACT: Final = (("zz-force-exact", Snapshot(0, 0, b"\xc0", None)),)
 _QUIET: Final = 16  # groups that find no move before the log goes all or nothing again
 
 
@@ -559,3 +560,43 @@ def test_a_second_prepare_that_fails_leaves_no_first_behind(postgres: Postgres) 
     finally:
         ours.close()
         postgres.execute(f'DROP SCHEMA IF EXISTS "{shadow}" CASCADE')
+
+
+# -- defects ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("expected", [True, 1.0])
+@pytest.mark.parametrize("by_stream", [False, True])
+def test_an_expected_version_that_is_not_an_int_fails_no_other_append(
+    postgres: Postgres, expected: Any, by_stream: bool
+) -> None:
+    """An expected version that equals an int but is not one (a bool: ``True == 1``; a
+    float) is compared as Python compares it by the exact path (and, for a bool, by the
+    LMDB and memory logs): the append commits at version 2. The one message sent it in
+    its JSON as ``true`` / ``1.0``, which the server's bigint refused: every append of the
+    group, the valid one on another stream too, failed with a StorageError."""
+    answers = []
+    for snapshots in ((), _FORCE_EXACT):  # the one message, then the exact way
+        s = _Script(postgres)
+        s.group([_a("s", 0)])
+        if by_stream:
+            s.move("warm")
+            s.group([_a("warm", 0)])
+        outcomes, stored = s.ours.append_batch(
+            [Append("s", expected, (("E", _E),)), _a("t", 0, cid="c")], snapshots=snapshots
+        )
+        answers.append(
+            (
+                [
+                    _observed(o) if isinstance(o, (AppendResult, ConcurrencyError)) else repr(o)
+                    for o in outcomes
+                ],
+                [(e.stream_id, e.version, e.position) for e in stored],
+                [(e.stream_id, e.version) for e in s.ours.read_all()],
+                s.ours.find_command("t", "c"),
+            )
+        )
+    (fast, exact) = answers
+    assert fast[:3] == exact[:3]
+    assert (fast[3] is None) == (exact[3] is None)
+    assert fast[1] == [("s", 2, 2 + by_stream), ("t", 1, 3 + by_stream)]
