@@ -540,6 +540,11 @@ class PostgresEventLog:
         for append in appends:
             if type(append.stream_id) is not str:
                 return None  # (a str subclass: msgspec encodes exact strs)
+            if type(append.expected_version) is not int:
+                # A bool or a float (True == 1, 1.0 == 1): the JSON would say true or 1.0,
+                # which the server's bigint refuses, failing the whole group; _commit
+                # compares it as Python does, as the other logs do.
+                return None
             if append.command_id is not None:
                 key = (append.stream_id, append.command_id)
                 if key in ids:
