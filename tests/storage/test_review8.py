@@ -600,3 +600,38 @@ def test_an_expected_version_that_is_not_an_int_fails_no_other_append(
     assert fast[:3] == exact[:3]
     assert (fast[3] is None) == (exact[3] is None)
     assert fast[1] == [("s", 2, 2 + by_stream), ("t", 1, 3 + by_stream)]
+
+
+@pytest.mark.parametrize(
+    "expected", [-(2**63) - 1, -(2**70), -(2**63), -5, 2**63 - 1, 2**63, 2**64 - 1]
+)
+@pytest.mark.parametrize("by_stream", [False, True])
+def test_an_expected_version_beyond_bigint_fails_alone_on_both_paths(
+    postgres: Postgres, expected: int, by_stream: bool
+) -> None:
+    """An expected version no stream can be at fails alone with a conflict, the rest of
+    its group commits, on both paths. Below bigint's range the one message sent it in its
+    JSON, which the server refused: every append of the group failed with a StorageError
+    (above the range was routed to the exact path already)."""
+    answers = []
+    for snapshots in ((), _FORCE_EXACT):
+        s = _Script(postgres)
+        s.group([_a("s", 0)])
+        if by_stream:
+            s.move("warm")
+            s.group([_a("warm", 0)])
+        outcomes, stored = s.ours.append_batch(
+            [Append("s", expected, (("E", _E),)), _a("t", 0, cid="c")], snapshots=snapshots
+        )
+        answers.append(
+            (
+                [
+                    _observed(o) if isinstance(o, (AppendResult, ConcurrencyError)) else repr(o)
+                    for o in outcomes
+                ],
+                [(e.stream_id, e.version) for e in stored],
+                [(e.stream_id, e.version) for e in s.ours.read_all()],
+            )
+        )
+    assert answers[0] == answers[1]
+    assert answers[0][0][0] == ("conflict", "s", expected, 1, False)
