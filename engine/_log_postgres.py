@@ -550,10 +550,10 @@ class PostgresEventLog:
                 if key in ids:
                     return None  # a duplicate within the group
                 ids.add(key)
-            if append.expected_version + len(append.events) > _MAX_BIGINT:
-                # A version bigint cannot hold (the writer admits up to 2**64 - 1): sent,
-                # it fails the whole group in the server; no stream is there, so _commit
-                # fails it alone with a conflict.
+            if not -_MAX_BIGINT <= append.expected_version <= _MAX_BIGINT - len(append.events):
+                # A version bigint cannot hold (the writer admits up to 2**64 - 1; below,
+                # any int): sent, it fails the whole group in the server; no stream is
+                # there, so _commit fails it alone with a conflict.
                 return None
             try:
                 _check_storable(append)
