@@ -543,7 +543,7 @@ class PostgresEventLog:
             if type(append.expected_version) is not int:
                 # A bool or a float (True == 1, 1.0 == 1): the JSON would say true or 1.0,
                 # which the server's bigint refuses, failing the whole group; _commit
-                # compares it as Python does, as the other logs do.
+                # compares it as Python does (as the LMDB and memory logs do a bool).
                 return None
             if append.command_id is not None:
                 key = (append.stream_id, append.command_id)
