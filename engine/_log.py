@@ -248,6 +248,21 @@ def check_stream_id(stream_id: object) -> str:
     return stream_id
 
 
+def check_expected_version(expected: object) -> None:
+    """Validate an append's expected version: an ``int`` (a version, or ``ANY``).
+
+    Why: a bool or a float equal to a version compares equal to it, and a log would decide
+    on it as on that int (or its server refuse it, failing the whole group).
+
+    Raises:
+        InvalidArgument: any other type (bool and int subclasses included).
+    """
+    if type(expected) is not int:
+        raise InvalidArgument(
+            f"expected version must be an int (a version, or ANY), not {describe(expected)}"
+        )
+
+
 def check_name(name: object) -> str:
     """Validate a projector name (the key of its saved cache): a non-empty str of at most
     400 UTF-8 bytes.

@@ -117,6 +117,7 @@ from ._log import (
     AppendOutcome,
     ReadBatch,
     check_command_id,
+    check_expected_version,
     check_name,
     check_stream_id,
     expected_ok,
@@ -703,6 +704,7 @@ class LmdbEventLog:
                 raise self._foreign_writer(cur.key())
             for append in appends:
                 stream_id = append.stream_id
+                check_expected_version(append.expected_version)  # raised: nothing is written
                 # The group's own heads first, then the cache, then the table.
                 head = new_heads.get(stream_id) or cached.get(stream_id)
                 if head is None:

@@ -15,6 +15,7 @@ from ._errors import DuplicateCommand, StorageError, StorageFull
 from ._log import (
     AppendOutcome,
     check_command_id,
+    check_expected_version,
     check_name,
     check_stream_id,
     expected_ok,
@@ -76,6 +77,7 @@ class MemoryEventLog:
         timestamp = time.time()
         for append in appends:
             stream_id = check_stream_id(append.stream_id)
+            check_expected_version(append.expected_version)
             pending = new_positions.get(stream_id)
             version = len(self._streams.get(stream_id, ())) + (len(pending) if pending else 0)
             cid = append.command_id

@@ -101,6 +101,7 @@ from ._log import (
     AppendOutcome,
     ReadBatch,
     check_command_id,
+    check_expected_version,
     check_name,
     check_stream_id,
     expected_ok,
@@ -455,6 +456,7 @@ class PostgresEventLog:
         # Refused before anything is sent: a group that raises leaves nothing behind.
         for append in appends:
             check_stream_id(append.stream_id)
+            check_expected_version(append.expected_version)
         snaps = {check_stream_id(stream_id): s for stream_id, s in snapshots}
         caches = {_check_name(name): cache for name, cache in projector_caches}
 
@@ -540,11 +542,6 @@ class PostgresEventLog:
         for append in appends:
             if type(append.stream_id) is not str:
                 return None  # (a str subclass: msgspec encodes exact strs)
-            if type(append.expected_version) is not int:
-                # A bool or a float (True == 1, 1.0 == 1): the JSON would say true or 1.0,
-                # which the server's bigint refuses, failing the whole group; _commit
-                # compares it as Python does (as the LMDB and memory logs do a bool).
-                return None
             if append.command_id is not None:
                 key = (append.stream_id, append.command_id)
                 if key in ids:

@@ -351,6 +351,15 @@ def _invalid_stream_ids_are_refused(log: EventLog) -> None:
     _commit(log, make_append("é" * 200, NO_STREAM))  # 400 UTF-8 bytes: the limit
 
 
+def _non_int_expected_versions_are_refused(log: EventLog) -> None:
+    # A bool or a float equals a version (True == 1) but is none: refused, as a bad id is.
+    for bad in (True, 0.0, "0", None):
+        with _raises(DefinitionError, f"append_batch() expecting {bad!r}"):
+            log.append_batch([make_append("ok", NO_STREAM), Append("s", bad, ())])  # type: ignore[arg-type]
+    _same(log.head_position(), 0, "head_position() after refused groups")
+    _commit(log, make_append("ok", NO_STREAM))
+
+
 def _closed_log_refuses_everything(log: EventLog) -> None:
     _commit(log, make_append("a", NO_STREAM))
     log.close()
@@ -415,6 +424,7 @@ _CHECKS: tuple[Callable[[EventLog], None], ...] = (
     _snapshots_keep_the_last_write,
     _projector_caches_round_trip,
     _invalid_stream_ids_are_refused,
+    _non_int_expected_versions_are_refused,
     _closed_log_refuses_everything,
     _command_ids_are_recorded_with_their_append,
 )
