@@ -468,10 +468,11 @@ class PostgresEventLog:
                 try:
                     conn.execute(self._q.prepare_guarded)
                     conn.execute(self._q.prepare_guarded_streams)
-                except psycopg.Error:
+                except psycopg.Error as e:
                     # Not on this connection again: it could hold the first one already.
+                    # (Said here: closed, it would read as a lost connection.)
                     conn.close()
-                    raise
+                    raise StorageError(f"the PostgreSQL log failed: {e}") from e
                 guarded = self._guarded = psycopg.ClientCursor(conn)
                 self._writer_pid = conn.info.backend_pid
             if not (snaps or caches):
