@@ -59,7 +59,16 @@ import anyio.to_thread
 import msgspec
 from anyio.abc import TaskGroup
 
-from ._actor import Actor, Pending, Waiters, load_state, stream_reader
+from ._actor import (
+    CURRENT,
+    UNKNOWN,
+    Actor,
+    Pending,
+    Waiters,
+    load_state,
+    replay,
+    stream_reader,
+)
 from ._codec import EventRegistry, snapshot_bytes
 from ._decide import AggregateType, decide, kind_name, restore
 from ._errors import (
@@ -108,6 +117,11 @@ class AggregatesStatistics(msgspec.Struct, frozen=True):
     redeciding: int = 0
     """``send_nowait`` commands whose outcome an engine task is settling right now (a log
     others append to: decided again after a conflict, or a rejection being confirmed)."""
+    caught_up: int = 0
+    """Of ``reloads``, those that read only the events after a state known to be durable
+    (the one the first failed append was decided on, put back exactly), instead of the
+    snapshot and every event after it: the usual recovery from a conflict on a log others
+    append to, for an aggregate whose state holds only immutable values."""
 
 
 class Aggregates:
@@ -168,6 +182,7 @@ class Aggregates:
             self._find_command = self._find_checked
         self._closed = False
         self._reloads = 0
+        self._caught_up = 0
         self._snapshot_failures = 0
         # Others append to the log (issue 15): conflicts are retried, rejections confirmed.
         self._shared = follows_others(log)
@@ -296,6 +311,7 @@ class Aggregates:
                 if must_propagate(e):
                     raise
                 actor.stale = True
+                actor.base_version = UNKNOWN  # the applier may have left half its work
                 continue
             actor.version = stored.version
             self._refreshed += 1
@@ -715,6 +731,12 @@ class Aggregates:
             if isinstance(outcome, EngineError):
                 actor.stale = True
                 actor.failures += 1
+                if actor.base_version == CURRENT:
+                    # The first failure since the state was loaded: every append before
+                    # this one committed, so the state it was decided on is durable at
+                    # ``expected``; the reload catches up from there (_catch_up_from).
+                    actor.base_state = before
+                    actor.base_version = expected
                 if isinstance(outcome, DuplicateCommand):
                     # Recorded by another writer of the log since the check in _decide:
                     # the first attempt's result is the answer, and this decision is void.
@@ -791,6 +813,8 @@ class Aggregates:
         """
         if not restore(actor.state, actor.kind, before):
             actor.stale = True
+            if actor.base_version == CURRENT:
+                actor.base_version = UNKNOWN  # changed in place: only a full reload will do
 
     # -- activation, reload, passivation --------------------------------------------------
 
@@ -918,13 +942,66 @@ class Aggregates:
         """Rebuild the state: (state, version, version of the snapshot it started from)."""
         return load_state(self._log, self._registry, kind, self._owner_names[kind], stream_id)
 
-    def _reload(self, actor: Actor) -> None:
-        """Replace a stale actor's state (nothing in flight) with one rebuilt from the log."""
-        self._reloads += 1
-        state, version, snapshot_version = self._load(actor.kind, actor.stream_id)
-        actor.state, actor.version, actor.stale = state, version, False
-        actor.snapshot_version = snapshot_version
+    def _catch_up_from(self, actor: Actor) -> int | None:
+        """For a stale actor with nothing in flight: the version its state is now known
+        durable at, to read the log after; None if it must be rebuilt from its snapshot
+        and every event after it (``_load``).
+
+        Known durable: the state the actor's first failed append was decided on
+        (``Actor.base_state``), put back if ``restore`` can do so exactly (every value
+        immutable all the way down); or the state as it is, if no append of it failed and
+        nothing changed it in a way that could not be undone (``CURRENT``: the actor was
+        marked stale only because others appended). Either way, what remains to apply is
+        what was committed after it: usually a few events of other processes, where a
+        full reload reads the whole stream.
+        """
+        base = actor.base_version
+        if base == CURRENT:
+            return actor.version
+        state, actor.base_state = actor.base_state, None
+        if base >= 0 and restore(actor.state, actor.kind, state):
+            actor.version = base
+            actor.base_version = CURRENT  # the state is the durable one at ``base`` now
+            return base
+        actor.base_version = UNKNOWN
+        return None
+
+    def _caught_up_with(self, actor: Actor, events: Sequence[StoredEvent]) -> None:
+        """Apply ``events`` (read after ``_catch_up_from``'s version) to the actor, with
+        the rule every rebuild uses (``replay``); a raise leaves it for a full reload."""
+        try:
+            actor.version = replay(
+                events,
+                self._registry,
+                actor.kind,
+                self._owner_names[actor.kind],
+                actor.stream_id,
+                actor.state,
+                actor.version,
+            )
+        except BaseException:
+            actor.base_version = UNKNOWN  # part of the events may be applied
+            raise
+
+    def _reloaded(self, actor: Actor) -> None:
+        """The stale actor's state is the log's again."""
+        actor.stale = False
+        actor.base_version, actor.base_state = CURRENT, None
         actor.hand_out()  # slots given back while it was stale
+
+    def _reload(self, actor: Actor) -> None:
+        """Bring a stale actor's state (nothing in flight) up to the log: caught up from a
+        state known durable (``_catch_up_from``), else rebuilt."""
+        self._reloads += 1
+        start = self._catch_up_from(actor)
+        if start is None:
+            state, version, snapshot_version = self._load(actor.kind, actor.stream_id)
+            actor.state, actor.version = state, version
+            actor.snapshot_version = snapshot_version
+        else:
+            self._caught_up += 1
+            self._caught_up_with(actor, self._log.read_stream(actor.stream_id, start + 1))
+        self._reloaded(actor)
 
     async def _reload_async(self, actor: Actor) -> None:
         """``_reload`` for a log whose reads block: the load runs in a worker thread, and
@@ -932,19 +1009,30 @@ class Aggregates:
         from reloading or deciding, and the actor from being passivated). Cancelled, it
         waits for the read, keeps the reloaded state, and then raises."""
         self._reloads += 1
+        start = self._catch_up_from(actor)
+        if start is not None:
+            self._caught_up += 1
         actor.reloading = True
         try:
-            state, version, snapshot_version = await anyio.to_thread.run_sync(
-                self._load, actor.kind, actor.stream_id, limiter=self._limiter
-            )
+            if start is None:
+                state, version, snapshot_version = await anyio.to_thread.run_sync(
+                    self._load, actor.kind, actor.stream_id, limiter=self._limiter
+                )
+            else:
+                events = await anyio.to_thread.run_sync(
+                    self._log.read_stream, actor.stream_id, start + 1, limiter=self._limiter
+                )
         finally:
             actor.reloading = False
             if actor.drained:
                 actor.wake_drained()  # they check again: reloaded, or reload it themselves
         if not actor.closed:
-            actor.state, actor.version, actor.stale = state, version, False
-            actor.snapshot_version = snapshot_version
-            actor.hand_out()  # slots given back while it was stale
+            if start is None:
+                actor.state, actor.version = state, version
+                actor.snapshot_version = snapshot_version
+            else:
+                self._caught_up_with(actor, events)
+            self._reloaded(actor)
         await anyio.lowlevel.checkpoint_if_cancelled()
 
     def _maybe_snapshot(self, actor: Actor) -> None:
@@ -994,6 +1082,7 @@ class Aggregates:
             activations=self._slots.activations,
             passivations=self._slots.passivations,
             reloads=self._reloads,
+            caught_up=self._caught_up,
             in_flight=sum(a.inflight for a in actors),
             waiting=sum(len(a.room) + len(a.drained) for a in actors)
             + len(self._capacity)
