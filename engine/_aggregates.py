@@ -90,11 +90,23 @@ from ._records import Append, AppendResult, Committed, Snapshot, StoredEvent
 from ._reply import Reply, must_propagate, reply_factory
 from ._writer import Writer, completing
 
-__all__ = ["CONFLICT_RETRIES", "AggregateType", "Aggregates", "AggregatesStatistics", "Pending"]
+__all__ = [
+    "CATCH_UP_INLINE",
+    "CONFLICT_RETRIES",
+    "AggregateType",
+    "Aggregates",
+    "AggregatesStatistics",
+    "Pending",
+]
 
 CONFLICT_RETRIES = 8
 """On a log others append to: how many times a command found decided on a stale aggregate
 is decided again (reloaded first) before ``send`` raises ``ConcurrencyError``."""
+
+CATCH_UP_INLINE = 64
+"""On a log whose reads block: the most events a stale aggregate's catch-up reads inline,
+on the event loop (a conflict leaves it a few behind); the rest is read in a worker
+thread, so a long way behind never blocks the loop for long."""
 
 
 class AggregatesStatistics(msgspec.Struct, frozen=True):
@@ -1004,14 +1016,27 @@ class Aggregates:
         self._reloaded(actor)
 
     async def _reload_async(self, actor: Actor) -> None:
-        """``_reload`` for a log whose reads block: the load runs in a worker thread, and
-        senders arriving meanwhile wait in ``drained`` (``reloading`` keeps anyone else
-        from reloading or deciding, and the actor from being passivated). Cancelled, it
-        waits for the read, keeps the reloaded state, and then raises."""
+        """``_reload`` for a log whose reads block.
+
+        A catch-up (``_catch_up_from``) reads up to ``CATCH_UP_INLINE`` events inline, on
+        the loop: one round trip, as the follower's reads and the writer's commits
+        already take, where a worker thread's hand-offs cost a conflict more than the
+        read (measured: docs/design.md, issue 15 session 7). An actor further behind, and
+        a full rebuild, are read in a worker thread, senders arriving meanwhile waiting
+        in ``drained`` (``reloading`` keeps anyone else from reloading or deciding, and
+        the actor from being passivated). Cancelled, it waits for the read, keeps the
+        reloaded state, and then raises."""
         self._reloads += 1
         start = self._catch_up_from(actor)
         if start is not None:
             self._caught_up += 1
+            events = self._log.read_stream(actor.stream_id, start + 1, CATCH_UP_INLINE)
+            self._caught_up_with(actor, events)
+            if len(events) < CATCH_UP_INLINE:
+                self._reloaded(actor)
+                await anyio.lowlevel.checkpoint_if_cancelled()
+                return
+            start = actor.version  # a long way behind: the rest in a worker thread
         actor.reloading = True
         try:
             if start is None:

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from actorlog import ConcurrencyError, Engine, Rejected
+from actorlog.engine._aggregates import CATCH_UP_INLINE
 from actorlog.storage import ANY, Append, PostgresEventLog
 from tests.engine.counters import (
     EVENTS,
@@ -233,3 +234,29 @@ async def test_a_rebound_then_refused_state_is_restored_without_a_reload(
             await engine.send(Counter, "c", Scribble())
         await check_live(engine, Counter, "c", log)
         assert engine.statistics().aggregates.reloads == 0
+
+
+async def test_an_aggregate_far_behind_catches_up_past_the_inline_read(
+    postgres: Postgres,
+) -> None:
+    # More events behind than one inline read takes: the rest is read in a worker thread.
+    schema = postgres.schema()
+    rival = postgres.log(schema, shared=True)
+    behind = CATCH_UP_INLINE + 6
+    async with Engine.open(log=postgres.log(schema, shared=True), aggregates=KINDS) as engine:
+        await engine.send(Counter, "c", Add("first", 1))
+        events = tuple(EVENTS.encode(Added(f"r{i}", 1)) for i in range(behind))
+        outcomes, _ = rival.append_batch([Append("c", ANY, events)])
+        assert not any(isinstance(o, Exception) for o in outcomes), outcomes
+        before = engine.statistics().aggregates
+        # Decided on version 1, its append fails; the state it was decided on is put back
+        # and caught up: CATCH_UP_INLINE events inline, the rest in a thread.
+        await engine.send(Counter, "c", Add("late", 1))
+        after = engine.statistics().aggregates
+        assert after.reloads - before.reloads == 1
+        assert after.caught_up - before.caught_up == 1
+        await check_live(engine, Counter, "c", rival)
+    assert replayed(rival, "c") == (
+        behind + 2,
+        ("first", *(f"r{i}" for i in range(behind)), "late"),
+    )
