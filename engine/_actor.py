@@ -44,8 +44,6 @@ from ._reply import Reply, must_propagate
 from ._schema import RETIRED, retired_events
 
 __all__ = [
-    "CURRENT",
-    "UNKNOWN",
     "Actor",
     "Pending",
     "Waiters",
@@ -56,15 +54,6 @@ __all__ = [
 
 Waiters = OrderedDict[Reply, None]
 """Replies of waiting senders, oldest first; the value is unused."""
-
-CURRENT = -1
-"""``Actor.base_version``: no append of the actor failed since its state was loaded, and
-nothing left a change in it that could not be undone: once nothing of it is in flight,
-its state is the durable state at its ``version`` (a stale actor is caught up from it)."""
-
-UNKNOWN = -2
-"""``Actor.base_version``: the state may hold a change that could not be undone (a
-handler or an applier that changed it in place and raised): only a full reload will do."""
 
 
 class Actor:
@@ -90,6 +79,7 @@ class Actor:
         "stale",
         "state",
         "stream_id",
+        "tainted",
         "touched",
         "version",
     )
@@ -118,11 +108,16 @@ class Actor:
         self.touched = True  # used since the last idle sweep
         self.completed = 0  # appends the writer has answered, ever (in order)
         self.failures = 0  # of which failed (then the actor is stale)
-        # What a stale actor is rebuilt from (see ``Aggregates._catch_up``): CURRENT,
-        # UNKNOWN, or the version of the state ``base_state`` holds the attributes of (the
-        # durable state the first failed append since the last load was decided on).
-        self.base_version = CURRENT
+        # What a stale actor is caught up from (``Aggregates._catch_up_from``; on a log
+        # others append to). ``tainted``: since the state was loaded, an append of it
+        # failed or something changed it that could not be undone, so it is not the
+        # durable state at ``version`` even once nothing is in flight (not tainted, it is:
+        # a stale one was only moved on by others). ``base_state``: the state's attributes
+        # as they were at the durable ``base_version`` (recorded by a decision made with
+        # nothing in flight), to put back when tainted; None if none is recorded.
+        self.tainted = False
         self.base_state: dict[str, Any] | None = None
+        self.base_version = 0
         # Rejected senders waiting for ``completed`` to reach their count (see settle). Each
         # count is ``completed + inflight`` when the sender arrived, which never decreases,
         # so the dict is in count order too: the first entry is always the next one due.
@@ -311,7 +306,7 @@ def replay(
     as every rebuild does: upcast and retired events as ``stream_reader`` reads them, each
     checked to belong to ``owner_name``. Returns the version reached. ``load_state`` runs
     it on a snapshot or a fresh state; ``Aggregates`` on a state it knows durable at
-    ``version`` (catching a stale actor up: see ``Actor.base_version``).
+    ``version`` (catching a stale actor up: see ``Actor.base_state``).
 
     Raises ``load_state``'s errors but ``StorageError`` (``events`` is read by then); after
     a raise, ``state`` may hold part of the events.

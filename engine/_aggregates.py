@@ -15,6 +15,11 @@ decision, including ones still in flight: the same state the commands would see 
 one, because the writer commits them in the same order. If any of them fails to commit,
 the later ones fail their expected-version check, and the actor is reloaded from the log
 (once nothing of it is in flight), so state that never became durable never survives.
+The reload is usually a catch-up (issue 15, session 7): every append before the first
+failed one committed, so the state that one was decided on (its ``before`` copy, below)
+is durable; when ``restore`` can put it back exactly, only the events after it are read
+and applied (``_catch_up_from``; the same ``replay`` as a full load). Otherwise (a list in
+the state, say) the snapshot and every event after it are read, as always.
 
 The actor itself (its counters and the queues of senders waiting on its mailbox) is
 ``_actor.Actor``; which actors stay in memory is ``_passivation.LiveActors``; the decide
@@ -60,8 +65,6 @@ import msgspec
 from anyio.abc import TaskGroup
 
 from ._actor import (
-    CURRENT,
-    UNKNOWN,
     Actor,
     Pending,
     Waiters,
@@ -323,7 +326,7 @@ class Aggregates:
                 if must_propagate(e):
                     raise
                 actor.stale = True
-                actor.base_version = UNKNOWN  # the applier may have left half its work
+                actor.tainted = True  # the applier may have left half its work
                 continue
             actor.version = stored.version
             self._refreshed += 1
@@ -743,12 +746,7 @@ class Aggregates:
             if isinstance(outcome, EngineError):
                 actor.stale = True
                 actor.failures += 1
-                if actor.base_version == CURRENT:
-                    # The first failure since the state was loaded: every append before
-                    # this one committed, so the state it was decided on is durable at
-                    # ``expected``; the reload catches up from there (_catch_up_from).
-                    actor.base_state = before
-                    actor.base_version = expected
+                actor.tainted = True  # holds a decision that failed: see _catch_up_from
                 if isinstance(outcome, DuplicateCommand):
                     # Recorded by another writer of the log since the check in _decide:
                     # the first attempt's result is the answer, and this decision is void.
@@ -809,6 +807,10 @@ class Aggregates:
         except BaseException:
             self._undo(actor, before)  # evolved by events that will never be written
             raise
+        if self._shared and not actor.inflight:
+            # Decided with nothing in flight: ``before`` is the durable state at
+            # ``expected``, what a conflict puts back and catches up (_catch_up_from).
+            actor.base_state, actor.base_version = before, expected
         actor.version = expected + count
         actor.inflight += 1
         if command_id is not None:
@@ -825,8 +827,7 @@ class Aggregates:
         """
         if not restore(actor.state, actor.kind, before):
             actor.stale = True
-            if actor.base_version == CURRENT:
-                actor.base_version = UNKNOWN  # changed in place: only a full reload will do
+            actor.tainted = True  # changed in place: see _catch_up_from
 
     # -- activation, reload, passivation --------------------------------------------------
 
@@ -959,23 +960,22 @@ class Aggregates:
         durable at, to read the log after; None if it must be rebuilt from its snapshot
         and every event after it (``_load``).
 
-        Known durable: the state the actor's first failed append was decided on
-        (``Actor.base_state``), put back if ``restore`` can do so exactly (every value
-        immutable all the way down); or the state as it is, if no append of it failed and
-        nothing changed it in a way that could not be undone (``CURRENT``: the actor was
-        marked stale only because others appended). Either way, what remains to apply is
-        what was committed after it: usually a few events of other processes, where a
-        full reload reads the whole stream.
+        Known durable: the state as it is, if it is not ``tainted`` (the actor was marked
+        stale only because others appended: every append of it since the load committed,
+        and nothing changed it that was not undone exactly); else the state recorded at
+        ``base_version`` (``_decide`` keeps, on a log others append to, the copy it made
+        when it decided with nothing in flight, so every append before it had committed)
+        if ``restore`` can put it back exactly: every value immutable all the way down.
+        Either way, what remains to apply is what was committed after it: usually a few
+        events, where a full reload reads the whole stream.
         """
-        base = actor.base_version
-        if base == CURRENT:
+        base, actor.base_state = actor.base_state, None  # put back below, or of no more use
+        if not actor.tainted:
             return actor.version
-        state, actor.base_state = actor.base_state, None
-        if base >= 0 and restore(actor.state, actor.kind, state):
-            actor.version = base
-            actor.base_version = CURRENT  # the state is the durable one at ``base`` now
-            return base
-        actor.base_version = UNKNOWN
+        if base is not None and restore(actor.state, actor.kind, base):
+            actor.version = actor.base_version
+            actor.tainted = False  # the durable state at base_version now
+            return actor.version
         return None
 
     def _caught_up_with(self, actor: Actor, events: Sequence[StoredEvent]) -> None:
@@ -992,13 +992,12 @@ class Aggregates:
                 actor.version,
             )
         except BaseException:
-            actor.base_version = UNKNOWN  # part of the events may be applied
+            actor.tainted = True  # part of the events may be applied
             raise
 
     def _reloaded(self, actor: Actor) -> None:
         """The stale actor's state is the log's again."""
-        actor.stale = False
-        actor.base_version, actor.base_state = CURRENT, None
+        actor.stale = actor.tainted = False
         actor.hand_out()  # slots given back while it was stale
 
     def _reload(self, actor: Actor) -> None:
