@@ -15,11 +15,11 @@ decision, including ones still in flight: the same state the commands would see 
 one, because the writer commits them in the same order. If any of them fails to commit,
 the later ones fail their expected-version check, and the actor is reloaded from the log
 (once nothing of it is in flight), so state that never became durable never survives.
-The reload is usually a catch-up (issue 15, session 7): every append before the first
-failed one committed, so the state that one was decided on (its ``before`` copy, below)
-is durable; when ``restore`` can put it back exactly, only the events after it are read
-and applied (``_catch_up_from``; the same ``replay`` as a full load). Otherwise (a list in
-the state, say) the snapshot and every event after it are read, as always.
+On a log others append to the reload is usually a catch-up (issue 15, session 7): a
+decision made with nothing in flight starts from the durable state, so its ``before``
+copy (below) is kept; when ``restore`` can put it back exactly, only the events after it
+are read and applied (``_catch_up_from``; the same ``replay`` as a full load). Otherwise
+(a list in the state, say) the snapshot and every event after it are read, as always.
 
 The actor itself (its counters and the queues of senders waiting on its mailbox) is
 ``_actor.Actor``; which actors stay in memory is ``_passivation.LiveActors``; the decide
@@ -134,7 +134,8 @@ class AggregatesStatistics(msgspec.Struct, frozen=True):
     others append to: decided again after a conflict, or a rejection being confirmed)."""
     caught_up: int = 0
     """Of ``reloads``, those that read only the events after a state known to be durable
-    (the one the first failed append was decided on, put back exactly), instead of the
+    (the cached state when only other processes moved the stream; else the state its
+    last decision with nothing in flight started from, put back exactly), instead of the
     snapshot and every event after it: the usual recovery from a conflict on a log others
     append to, for an aggregate whose state holds only immutable values."""
 
