@@ -32,7 +32,7 @@ methods here run only when someone waits.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from ._codec import EventRegistry
@@ -43,7 +43,14 @@ from ._records import Committed, StoredEvent
 from ._reply import Reply, must_propagate
 from ._schema import RETIRED, retired_events
 
-__all__ = ["Actor", "Pending", "Waiters", "load_state", "stream_reader"]
+__all__ = [
+    "Actor",
+    "Pending",
+    "Waiters",
+    "load_state",
+    "replay",
+    "stream_reader",
+]
 
 Waiters = OrderedDict[Reply, None]
 """Replies of waiting senders, oldest first; the value is unused."""
@@ -53,6 +60,8 @@ class Actor:
     """One live aggregate: its state, its version, and its mailbox counters."""
 
     __slots__ = (
+        "base_state",
+        "base_version",
         "closed",
         "commands",
         "completed",
@@ -70,6 +79,7 @@ class Actor:
         "stale",
         "state",
         "stream_id",
+        "tainted",
         "touched",
         "version",
     )
@@ -98,6 +108,16 @@ class Actor:
         self.touched = True  # used since the last idle sweep
         self.completed = 0  # appends the writer has answered, ever (in order)
         self.failures = 0  # of which failed (then the actor is stale)
+        # What a stale actor is caught up from (``Aggregates._catch_up_from``; on a log
+        # others append to). ``tainted``: since the state was loaded, an append of it
+        # failed or something changed it that could not be undone, so it is not the
+        # durable state at ``version`` even once nothing is in flight (not tainted, it is:
+        # a stale one was only moved on by others). ``base_state``: the state's attributes
+        # as they were at the durable ``base_version`` (recorded by a decision made with
+        # nothing in flight), to put back when tainted; None if none is recorded.
+        self.tainted = False
+        self.base_state: dict[str, Any] | None = None
+        self.base_version = 0
         # Rejected senders waiting for ``completed`` to reach their count (see settle). Each
         # count is ``completed + inflight`` when the sender arrived, which never decreases,
         # so the dict is in count order too: the first entry is always the next one due.
@@ -261,9 +281,39 @@ def load_state(
         if state is None:
             state = kind()
             version = 0
-        snapshot_version = version
+    except BaseException as e:
+        if must_propagate(e):
+            raise
+        raise HandlerError(
+            f"cannot rebuild {kind_name(kind)} {stream_id!r} from its events: {e!r}"
+        ) from e
+    snapshot_version = version
+    events = log.read_stream(stream_id, version + 1)
+    version = replay(events, registry, kind, owner_name, stream_id, state, version)
+    return state, version, snapshot_version
+
+
+def replay(
+    events: Iterable[StoredEvent],
+    registry: EventRegistry,
+    kind: AggregateType,
+    owner_name: str,
+    stream_id: str,
+    state: Any,
+    version: int,
+) -> int:
+    """Apply ``events`` (one stream's, in version order, from ``version + 1``) to ``state``,
+    as every rebuild does: upcast and retired events as ``stream_reader`` reads them, each
+    checked to belong to ``owner_name``. Returns the version reached. ``load_state`` runs
+    it on a snapshot or a fresh state; ``Aggregates`` on a state it knows durable at
+    ``version`` (catching a stale actor up: see ``Actor.base_state``).
+
+    Raises ``load_state``'s errors but ``StorageError`` (``events`` is read by then); after
+    a raise, ``state`` may hold part of the events.
+    """
+    try:
         decode, appliers = stream_reader(registry, kind)
-        for stored in log.read_stream(stream_id, version + 1):
+        for stored in events:
             if stored.aggregate is not None:
                 _check_owner(owner_name, stream_id, stored.aggregate)
             try:  # free until it raises (3.11's zero-cost try)
@@ -280,7 +330,7 @@ def load_state(
         raise HandlerError(
             f"cannot rebuild {kind_name(kind)} {stream_id!r} from its events: {e!r}"
         ) from e
-    return state, version, snapshot_version
+    return version
 
 
 def _skip(state: Any, event: Any) -> None:

@@ -15,6 +15,11 @@ decision, including ones still in flight: the same state the commands would see 
 one, because the writer commits them in the same order. If any of them fails to commit,
 the later ones fail their expected-version check, and the actor is reloaded from the log
 (once nothing of it is in flight), so state that never became durable never survives.
+On a log others append to the reload is usually a catch-up (issue 15, session 7): a
+decision made with nothing in flight starts from the durable state, so its ``before``
+copy (below) is kept; when ``restore`` can put it back exactly, only the events after it
+are read and applied (``_catch_up_from``; the same ``replay`` as a full load). Otherwise
+(a list in the state, say) the snapshot and every event after it are read, as always.
 
 The actor itself (its counters and the queues of senders waiting on its mailbox) is
 ``_actor.Actor``; which actors stay in memory is ``_passivation.LiveActors``; the decide
@@ -59,7 +64,14 @@ import anyio.to_thread
 import msgspec
 from anyio.abc import TaskGroup
 
-from ._actor import Actor, Pending, Waiters, load_state, stream_reader
+from ._actor import (
+    Actor,
+    Pending,
+    Waiters,
+    load_state,
+    replay,
+    stream_reader,
+)
 from ._codec import EventRegistry, snapshot_bytes
 from ._decide import AggregateType, decide, kind_name, restore
 from ._errors import (
@@ -81,11 +93,23 @@ from ._records import Append, AppendResult, Committed, Snapshot, StoredEvent
 from ._reply import Reply, must_propagate, reply_factory
 from ._writer import Writer, completing
 
-__all__ = ["CONFLICT_RETRIES", "AggregateType", "Aggregates", "AggregatesStatistics", "Pending"]
+__all__ = [
+    "CATCH_UP_INLINE",
+    "CONFLICT_RETRIES",
+    "AggregateType",
+    "Aggregates",
+    "AggregatesStatistics",
+    "Pending",
+]
 
 CONFLICT_RETRIES = 8
 """On a log others append to: how many times a command found decided on a stale aggregate
 is decided again (reloaded first) before ``send`` raises ``ConcurrencyError``."""
+
+CATCH_UP_INLINE = 64
+"""On a log whose reads block: the most events a stale aggregate's catch-up reads inline,
+on the event loop (a conflict leaves it a few behind); the rest is read in a worker
+thread, so a long way behind never blocks the loop for long."""
 
 
 class AggregatesStatistics(msgspec.Struct, frozen=True):
@@ -108,6 +132,12 @@ class AggregatesStatistics(msgspec.Struct, frozen=True):
     redeciding: int = 0
     """``send_nowait`` commands whose outcome an engine task is settling right now (a log
     others append to: decided again after a conflict, or a rejection being confirmed)."""
+    caught_up: int = 0
+    """Of ``reloads``, those that read only the events after a state known to be durable
+    (the cached state when only other processes moved the stream; else the state its
+    last decision with nothing in flight started from, put back exactly), instead of the
+    snapshot and every event after it: the usual recovery from a conflict on a log others
+    append to, for an aggregate whose state holds only immutable values."""
 
 
 class Aggregates:
@@ -168,6 +198,7 @@ class Aggregates:
             self._find_command = self._find_checked
         self._closed = False
         self._reloads = 0
+        self._caught_up = 0
         self._snapshot_failures = 0
         # Others append to the log (issue 15): conflicts are retried, rejections confirmed.
         self._shared = follows_others(log)
@@ -296,6 +327,7 @@ class Aggregates:
                 if must_propagate(e):
                     raise
                 actor.stale = True
+                actor.tainted = True  # the applier may have left half its work
                 continue
             actor.version = stored.version
             self._refreshed += 1
@@ -715,6 +747,7 @@ class Aggregates:
             if isinstance(outcome, EngineError):
                 actor.stale = True
                 actor.failures += 1
+                actor.tainted = True  # holds a decision that failed: see _catch_up_from
                 if isinstance(outcome, DuplicateCommand):
                     # Recorded by another writer of the log since the check in _decide:
                     # the first attempt's result is the answer, and this decision is void.
@@ -775,6 +808,10 @@ class Aggregates:
         except BaseException:
             self._undo(actor, before)  # evolved by events that will never be written
             raise
+        if self._shared and not actor.inflight:
+            # Decided with nothing in flight: ``before`` is the durable state at
+            # ``expected``, what a conflict puts back and catches up (_catch_up_from).
+            actor.base_state, actor.base_version = before, expected
         actor.version = expected + count
         actor.inflight += 1
         if command_id is not None:
@@ -791,6 +828,7 @@ class Aggregates:
         """
         if not restore(actor.state, actor.kind, before):
             actor.stale = True
+            actor.tainted = True  # changed in place: see _catch_up_from
 
     # -- activation, reload, passivation --------------------------------------------------
 
@@ -918,33 +956,108 @@ class Aggregates:
         """Rebuild the state: (state, version, version of the snapshot it started from)."""
         return load_state(self._log, self._registry, kind, self._owner_names[kind], stream_id)
 
-    def _reload(self, actor: Actor) -> None:
-        """Replace a stale actor's state (nothing in flight) with one rebuilt from the log."""
-        self._reloads += 1
-        state, version, snapshot_version = self._load(actor.kind, actor.stream_id)
-        actor.state, actor.version, actor.stale = state, version, False
-        actor.snapshot_version = snapshot_version
+    def _catch_up_from(self, actor: Actor) -> int | None:
+        """For a stale actor with nothing in flight: the version its state is now known
+        durable at, to read the log after; None if it must be rebuilt from its snapshot
+        and every event after it (``_load``).
+
+        Known durable: the state as it is, if it is not ``tainted`` (the actor was marked
+        stale only because others appended: every append of it since the load committed,
+        and nothing changed it that was not undone exactly); else the state recorded at
+        ``base_version`` (``_decide`` keeps, on a log others append to, the copy it made
+        when it decided with nothing in flight, so every append before it had committed)
+        if ``restore`` can put it back exactly: every value immutable all the way down.
+        Either way, what remains to apply is what was committed after it: usually a few
+        events, where a full reload reads the whole stream.
+        """
+        base, actor.base_state = actor.base_state, None  # put back below, or of no more use
+        if not actor.tainted:
+            return actor.version
+        if base is not None and restore(actor.state, actor.kind, base):
+            actor.version = actor.base_version
+            actor.tainted = False  # the durable state at base_version now
+            return actor.version
+        return None
+
+    def _caught_up_with(self, actor: Actor, events: Sequence[StoredEvent]) -> None:
+        """Apply ``events`` (read after ``_catch_up_from``'s version) to the actor, with
+        the rule every rebuild uses (``replay``); a raise leaves it for a full reload."""
+        try:
+            actor.version = replay(
+                events,
+                self._registry,
+                actor.kind,
+                self._owner_names[actor.kind],
+                actor.stream_id,
+                actor.state,
+                actor.version,
+            )
+        except BaseException:
+            actor.tainted = True  # part of the events may be applied
+            raise
+
+    def _reloaded(self, actor: Actor) -> None:
+        """The stale actor's state is the log's again."""
+        actor.stale = actor.tainted = False
         actor.hand_out()  # slots given back while it was stale
 
-    async def _reload_async(self, actor: Actor) -> None:
-        """``_reload`` for a log whose reads block: the load runs in a worker thread, and
-        senders arriving meanwhile wait in ``drained`` (``reloading`` keeps anyone else
-        from reloading or deciding, and the actor from being passivated). Cancelled, it
-        waits for the read, keeps the reloaded state, and then raises."""
+    def _reload(self, actor: Actor) -> None:
+        """Bring a stale actor's state (nothing in flight) up to the log: caught up from a
+        state known durable (``_catch_up_from``), else rebuilt."""
         self._reloads += 1
+        start = self._catch_up_from(actor)
+        if start is None:
+            state, version, snapshot_version = self._load(actor.kind, actor.stream_id)
+            actor.state, actor.version = state, version
+            actor.snapshot_version = snapshot_version
+        else:
+            self._caught_up += 1
+            self._caught_up_with(actor, self._log.read_stream(actor.stream_id, start + 1))
+        self._reloaded(actor)
+
+    async def _reload_async(self, actor: Actor) -> None:
+        """``_reload`` for a log whose reads block.
+
+        A catch-up (``_catch_up_from``) reads up to ``CATCH_UP_INLINE`` events inline, on
+        the loop: one round trip, as the follower's reads and the writer's commits
+        already take, where a worker thread's hand-offs cost a conflict more than the
+        read (measured: docs/design.md, issue 15 session 7). An actor further behind, and
+        a full rebuild, are read in a worker thread, senders arriving meanwhile waiting
+        in ``drained`` (``reloading`` keeps anyone else from reloading or deciding, and
+        the actor from being passivated). Cancelled, it waits for the read, keeps the
+        reloaded state, and then raises."""
+        self._reloads += 1
+        start = self._catch_up_from(actor)
+        if start is not None:
+            self._caught_up += 1
+            events = self._log.read_stream(actor.stream_id, start + 1, CATCH_UP_INLINE)
+            self._caught_up_with(actor, events)
+            if len(events) < CATCH_UP_INLINE:
+                self._reloaded(actor)
+                await anyio.lowlevel.checkpoint_if_cancelled()
+                return
+            start = actor.version  # a long way behind: the rest in a worker thread
         actor.reloading = True
         try:
-            state, version, snapshot_version = await anyio.to_thread.run_sync(
-                self._load, actor.kind, actor.stream_id, limiter=self._limiter
-            )
+            if start is None:
+                state, version, snapshot_version = await anyio.to_thread.run_sync(
+                    self._load, actor.kind, actor.stream_id, limiter=self._limiter
+                )
+            else:
+                events = await anyio.to_thread.run_sync(
+                    self._log.read_stream, actor.stream_id, start + 1, limiter=self._limiter
+                )
         finally:
             actor.reloading = False
             if actor.drained:
                 actor.wake_drained()  # they check again: reloaded, or reload it themselves
         if not actor.closed:
-            actor.state, actor.version, actor.stale = state, version, False
-            actor.snapshot_version = snapshot_version
-            actor.hand_out()  # slots given back while it was stale
+            if start is None:
+                actor.state, actor.version = state, version
+                actor.snapshot_version = snapshot_version
+            else:
+                self._caught_up_with(actor, events)
+            self._reloaded(actor)
         await anyio.lowlevel.checkpoint_if_cancelled()
 
     def _maybe_snapshot(self, actor: Actor) -> None:
@@ -994,6 +1107,7 @@ class Aggregates:
             activations=self._slots.activations,
             passivations=self._slots.passivations,
             reloads=self._reloads,
+            caught_up=self._caught_up,
             in_flight=sum(a.inflight for a in actors),
             waiting=sum(len(a.room) + len(a.drained) for a in actors)
             + len(self._capacity)
