@@ -19,32 +19,8 @@ from typing import Any
 from actorlog import ConcurrencyError
 from actorlog.storage import ANY, Append, AppendResult
 from tests.storage.test_review6 import _committed, _model_outcomes, _noticed, _observed
+from tests.storage.test_review8 import _random_group
 from tests.support import Postgres
-
-
-def _group_with_ids(
-    rng: random.Random, believed: dict[str, int], tag: str, streams: int
-) -> list[Append]:
-    """Pipelined chains on ``streams`` streams from the ``believed`` versions, interleaved;
-    checks (empty appends) among them; most appends carry a command id of their own."""
-    chains: list[list[Append]] = []
-    for sid in rng.sample(sorted(believed), streams):
-        version = believed[sid]
-        chain = []
-        for k in range(rng.randint(1, 3)):
-            n = rng.choice((0, 1, 1, 2, 3))
-            events = tuple((f"{tag}.{sid}.{k}.{j}", b"\xc0") for j in range(n))
-            command_id = f"{tag}.{sid}.{k}" if rng.random() < 0.7 else None
-            chain.append(Append(sid, version, events, command_id=command_id))
-            version += n
-        chains.append(chain)
-    group: list[Append] = []
-    while chains:
-        chain = rng.choice(chains)
-        group.append(chain.pop(0))
-        if not chain:
-            chains.remove(chain)
-    return group
 
 
 def test_streams_that_did_not_move_commit_with_their_ids_in_the_rule_s_order(
@@ -73,7 +49,7 @@ def test_streams_that_did_not_move_commit_with_their_ids_in_the_rule_s_order(
             ]
             versions[sid] += n
             head += n
-        group = _group_with_ids(rng, believed, f"ours.{round_}", rng.randint(1, 5))
+        group = _random_group(rng, believed, f"ours.{round_}")
         model, new_head = _model_outcomes(group, versions, head)
         outcomes, stored = ours.append_batch(group)
         assert [_observed(o) for o in outcomes] == model, round_
