@@ -284,9 +284,7 @@ def load_state(
     except BaseException as e:
         if must_propagate(e):
             raise
-        raise HandlerError(
-            f"cannot rebuild {kind_name(kind)} {stream_id!r} from its events: {e!r}"
-        ) from e
+        raise _cannot_rebuild(kind, stream_id, e) from e
     snapshot_version = version
     events = log.read_stream(stream_id, version + 1)
     version = replay(events, registry, kind, owner_name, stream_id, state, version)
@@ -327,10 +325,15 @@ def replay(
     except BaseException as e:
         if must_propagate(e):
             raise
-        raise HandlerError(
-            f"cannot rebuild {kind_name(kind)} {stream_id!r} from its events: {e!r}"
-        ) from e
+        raise _cannot_rebuild(kind, stream_id, e) from e
     return version
+
+
+def _cannot_rebuild(kind: AggregateType, stream_id: str, error: BaseException) -> HandlerError:
+    """What a rebuild raises when user code (``kind()``, an applier) raised."""
+    return HandlerError(
+        f"cannot rebuild {kind_name(kind)} {stream_id!r} from its events: {error!r}"
+    )
 
 
 def _skip(state: Any, event: Any) -> None:
