@@ -216,3 +216,30 @@ async def test_retired_events_in_the_caught_up_range() -> None:
             await crank(writer)
             await ok
             assert aggregates.statistics().caught_up == 1
+
+
+class Slotted(Counter):
+    """A Counter whose values live in slots: ``restore`` cannot put a base back."""
+
+    __slots__ = ("tags", "total")
+
+
+async def test_a_slotted_state_takes_the_full_reload() -> None:
+    """Pipelined failures on a state kept in slots: no catch-up (a base of its
+    ``__dict__`` would miss the slots), a full reload, and the log's state."""
+    aggregates, writer, log = shared_host([Slotted])
+    with trio.fail_after(10):
+        async with anyio.create_task_group() as tasks:
+            aggregates.use_task_group(tasks)
+            first = aggregates.send_nowait(Slotted, "a", Add("own0", 1), None)
+            await crank(writer)
+            await first
+            rival_add(log, "a", "r1")
+            late = [aggregates.send_nowait(Slotted, "a", Add(f"l{i}", 10), None) for i in range(2)]
+            writer.commit()
+            await crank(writer)
+            for pending in late:
+                await pending
+            await _agrees(aggregates, writer, log, Slotted, "a")
+            stats = aggregates.statistics()
+            assert stats.reloads >= 1 and stats.caught_up == 0, stats
