@@ -48,6 +48,7 @@ async def test_cancelled_while_catching_up_far_behind_with_senders_in_drained(
                     nursery.start_soon(send, f"d{round_}.{i}")
             assert len(done) == 3
             await check_live(engine, Counter, "c", rival)
+        assert engine.statistics().aggregates.caught_up > 0
     async with Engine.open(log=postgres.log(schema, shared=True), aggregates=KINDS) as fresh:
         await check_live(fresh, Counter, "c", rival)
 
