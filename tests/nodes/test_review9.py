@@ -5,6 +5,7 @@ folded from the log, and a fresh engine's replay checked too."""
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Any
 
 import trio
@@ -12,7 +13,18 @@ import trio
 from actorlog import Engine
 from actorlog.engine._aggregates import CATCH_UP_INLINE
 from actorlog.storage import ANY, Append, PostgresEventLog
-from tests.engine.counters import EVENTS, KINDS, Add, Added, Counter, SnappedCounter, Take, TooMuch
+from tests.engine.counters import (
+    EVENTS,
+    KINDS,
+    Add,
+    Added,
+    Counter,
+    Scribble,
+    SnappedCounter,
+    Take,
+    Tally,
+    TooMuch,
+)
 from tests.support import Postgres
 
 from .test_conflict_catch_up import check_live, rival_add
@@ -83,3 +95,74 @@ async def test_snapshots_and_eviction_around_catch_ups(postgres: Postgres) -> No
     async with Engine.open(log=postgres.log(schema, shared=True), aggregates=KINDS) as fresh:
         for stream_id in ("s-1", "s-2"):
             await check_live(fresh, SnappedCounter, stream_id, rival)
+
+
+async def test_random_pipelines_small_mailboxes_send_nowait_and_eviction(
+    postgres: Postgres,
+) -> None:
+    """Two engines with a mailbox of 2 and 2 live aggregates (evicting), clients mixing
+    ``send`` and ``send_nowait`` (``_Redeciding``), command ids (some sent twice), refusals
+    and handlers that change the state and refuse: every acknowledged command is in the
+    log exactly once, nothing refused or overloaded is, and every live state (and a fresh
+    engine's) is the log's."""
+    import random
+
+    from actorlog import ConcurrencyError, Overloaded, Rejected
+
+    from .test_conflict_catch_up import replayed
+
+    schema = postgres.schema()
+    oracle = postgres.log(schema, shared=True)
+    streams = [(Counter, "c-1"), (Counter, "c-2"), (SnappedCounter, "s-1"), (Tally, "t-1")]
+    acknowledged: set[str] = set()
+    absent: set[str] = set()
+    options: dict[str, Any] = {"mailbox_size": 2, "max_live_aggregates": 2}
+    async with (
+        Engine.open(log=postgres.log(schema, shared=True), aggregates=KINDS, **options) as a,
+        Engine.open(log=postgres.log(schema, shared=True), aggregates=KINDS, **options) as b,
+    ):
+
+        async def client(number: int) -> None:
+            rng = random.Random(1000 + number)
+            for i in range(int(os.environ.get("ACTORLOG_REVIEW9_COMMANDS", "25"))):
+                engine = rng.choice((a, b))
+                kind, stream_id = rng.choice(streams)
+                tag = f"{number}.{i}"
+                roll = rng.random()
+                command: Any = (
+                    Scribble()
+                    if roll < 0.05
+                    else Take(tag, rng.randint(1, 12))
+                    if roll < 0.4
+                    else Add(tag, rng.randint(1, 5))
+                )
+                ids = {"command_id": tag} if rng.random() < 0.3 else {}
+                try:
+                    if rng.random() < 0.5:
+                        await engine.send_nowait(kind, stream_id, command, **ids)
+                    else:
+                        await engine.send(kind, stream_id, command, **ids)
+                except (Rejected, Overloaded, ConcurrencyError):
+                    absent.add(tag)
+                    continue
+                acknowledged.add(tag)
+                if ids and rng.random() < 0.5:  # a retry: answered, never appended twice
+                    with contextlib.suppress(Overloaded, ConcurrencyError):
+                        await rng.choice((a, b)).send(kind, stream_id, command, **ids)
+
+        async with trio.open_nursery() as nursery:
+            for number in range(6):
+                nursery.start_soon(client, number)
+        for engine in (a, b):
+            for kind, stream_id in streams:
+                await check_live(engine, kind, stream_id, oracle)
+        stats = [engine.statistics().aggregates for engine in (a, b)]
+    # The paths under attack ran: conflicts caught up, and evictions.
+    assert sum(s.caught_up for s in stats) > 0, stats
+    assert sum(s.passivations for s in stats) > 0, stats
+    logged = [tag for _, stream_id in streams for tag in replayed(oracle, stream_id)[1]]
+    assert sorted(logged) == sorted(acknowledged)
+    assert not (set(logged) & absent)
+    async with Engine.open(log=postgres.log(schema, shared=True), aggregates=KINDS) as fresh:
+        for kind, stream_id in streams:
+            await check_live(fresh, kind, stream_id, oracle)
