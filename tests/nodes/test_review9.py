@@ -136,19 +136,20 @@ async def test_random_pipelines_small_mailboxes_send_nowait_and_eviction(
                     if roll < 0.4
                     else Add(tag, rng.randint(1, 5))
                 )
-                ids = {"command_id": tag} if rng.random() < 0.3 else {}
+                command_id = tag if rng.random() < 0.3 else None
                 try:
                     if rng.random() < 0.5:
-                        await engine.send_nowait(kind, stream_id, command, **ids)
+                        await engine.send_nowait(kind, stream_id, command, command_id=command_id)
                     else:
-                        await engine.send(kind, stream_id, command, **ids)
+                        await engine.send(kind, stream_id, command, command_id=command_id)
                 except (Rejected, Overloaded, ConcurrencyError):
                     absent.add(tag)
                     continue
                 acknowledged.add(tag)
-                if ids and rng.random() < 0.5:  # a retry: answered, never appended twice
+                if command_id and rng.random() < 0.5:  # a retry: answered, never appended twice
                     with contextlib.suppress(Overloaded, ConcurrencyError):
-                        await rng.choice((a, b)).send(kind, stream_id, command, **ids)
+                        again = rng.choice((a, b))
+                        await again.send(kind, stream_id, command, command_id=command_id)
 
         async with trio.open_nursery() as nursery:
             for number in range(6):
