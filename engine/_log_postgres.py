@@ -562,11 +562,12 @@ class PostgresEventLog:
         if assumed is None:
             return None
         outcomes: list[AppendOutcome | None] = [None] * len(appends)
-        passing = list(range(len(appends)))
+        # What is sent: the whole group (not copied), then what passes of it.
+        group: Sequence[Append] = appends
+        passing: Sequence[int] = range(len(appends))
         by_stream = self._quiet_groups < _BY_STREAM_AFTER_A_MOVE
         self._quiet_groups += 1
         while True:
-            group = [appends[i] for i in passing]
             answer = self._send_guarded(cursor, group, assumed, timestamp, by_stream)
             if answer is None:
                 return None  # too big for one message, or a command id is recorded
@@ -597,6 +598,7 @@ class PostgresEventLog:
             passing = [i for i in passing if outcomes[i] is None]
             if not passing:
                 break
+            group = [appends[i] for i in passing]
             assumed = {s: v for s, v in assumed.items() if s not in moved}
             by_stream = True
         results: list[AppendOutcome] = []
