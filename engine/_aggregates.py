@@ -292,7 +292,7 @@ class Aggregates:
 
     # -- a log others append to (issue 15) -------------------------------------------------
 
-    def apply_foreign(self, events: Sequence[StoredEvent]) -> None:
+    def apply_foreign(self, events: Sequence[StoredEvent]) -> int:
         """Bring cached actors up to date with events the follower read (committed by other
         processes; this process's own events among them are skipped by their version).
 
@@ -302,13 +302,17 @@ class Aggregates:
         moves past is marked stale (reloaded before its next decision). An event that does
         not decode or apply marks it stale too (the reload then reports it properly).
         Synchronous: it runs between two awaits of the follower, atomically on the loop.
+        Returns how many of ``events`` moved a cached actor (applied or marked stale): what
+        following the log saves, which the follower weighs against its reads.
         """
         live = self._live
         readers = self._readers
+        moved = 0
         for stored in events:
             actor = live.get(stored.stream_id)
             if actor is None or stored.version <= actor.version:
                 continue
+            moved += 1
             if (
                 stored.version != actor.version + 1
                 or actor.inflight
@@ -331,6 +335,13 @@ class Aggregates:
                 continue
             actor.version = stored.version
             self._refreshed += 1
+        return moved
+
+    @property
+    def retried(self) -> int:
+        """Commands decided again so far because they were decided on a stale aggregate
+        (a log others append to): what following the log would have saved."""
+        return self._retries
 
     def _probe(self, actor: Actor) -> Reply:
         """Submit the check that makes a rejection decided on ``actor`` final on a log

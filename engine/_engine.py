@@ -449,7 +449,14 @@ class Engine:
                 if follower is not None and (
                     projector_kinds or aggregate_kinds or processes is not None
                 ):
-                    follower.feed(hosts.apply_foreign if aggregate_kinds else None)
+                    follower.feed(
+                        hosts.apply_foreign if aggregate_kinds else None,
+                        # Only cached aggregates read others' events here: following may
+                        # rest while it saves them less than it costs.
+                        conflicts=(lambda: (hosts.retried, writer.appended))
+                        if aggregate_kinds and not projector_kinds and processes is None
+                        else None,
+                    )
                     tg.start_soon(follower.run)
                 try:
                     if wait_for_projectors:

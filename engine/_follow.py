@@ -76,6 +76,25 @@ order (``Follower.on_commit``); past it they are let go and the projectors read 
 HELD_BYTES: Final = 16 * 1024 * 1024
 """The same bound in bytes, counted as the broadcast window counts them (payload plus
 ``EVENT_OVERHEAD`` an event)."""
+REST_SAMPLE: Final = 1024
+"""Events a follower feeding only cached aggregates sees (others' it read, and this
+engine's appends) before it weighs whether following pays (``REST_RATIO``); doubled each
+time it has to resume, up to ``REST_SAMPLE_MAX``, so that a load on the edge does not flip
+it back and forth."""
+REST_SAMPLE_MAX: Final = 65536
+"""The largest sample (see ``REST_SAMPLE``)."""
+REST_RATIO: Final = 64
+"""Following pays while at least 1 in ``REST_RATIO`` of the events seen (see
+``REST_SAMPLE``) were others' that moved a cached aggregate, and is missed once more than
+1 in ``REST_RATIO`` of this engine's appends (in a ``REST_CHECK``) were decided on a stale
+aggregate. Reading an event costs a few µs of this process's and the server's CPU, a
+conflict a few hundred (decided again, caught up, resent; docs/design.md): either side
+of this ratio, the cheaper one wins."""
+REST_CHECK: Final = 0.05
+"""While resting, how often the follower looks at the conflicts (a window of them)."""
+WAKE_CONFLICTS: Final = 16
+"""The fewest conflicts in one ``REST_CHECK`` that wake a resting follower (with
+``REST_RATIO``): a few commands routed here by chance do not."""
 
 
 def follows_others(log: object) -> bool:
@@ -102,6 +121,12 @@ class FollowerStatistics(msgspec.Struct, frozen=True):
     others' events before them (``HELD_EVENTS`` at most)."""
     held_bytes: int = 0
     """Their size, counted as the broadcast window counts (``HELD_BYTES`` at most)."""
+    rests: int = 0
+    """Times the follower stopped reading others' events because they did not move this
+    engine's cached aggregates (an engine of aggregates only; see ``Follower.feed``)."""
+    resting: bool = False
+    """Resting now: others' events are not read; an aggregate they moved is caught up
+    when its append conflicts."""
 
 
 class Follower:
@@ -119,7 +144,16 @@ class Follower:
         self._notice: Callable[[float], bool] | None = getattr(log, "wait_for_notice", None)
         self._log = log
         self._broadcast = broadcast
-        self._on_events: Callable[[list[StoredEvent]], None] | None = None
+        self._on_events: Callable[[list[StoredEvent]], int] | None = None
+        # Given (an engine whose only readers of others' events are its cached
+        # aggregates): (commands decided again, appends) so far; the follower may rest.
+        self._conflicts: Callable[[], tuple[int, int]] | None = None
+        self._resting = False
+        self._sample = REST_SAMPLE
+        self._sampled = 0  # others' events read since the sample began
+        self._moved = 0  # of them, those that moved a cached aggregate
+        self._appended = 0  # this engine's appends when the sample began
+        self.rests = 0
         # Every position up to here was handed to the aggregates, or is this engine's own.
         self._followed = broadcast.head
         # This engine's batches above ``_followed`` (first, last), in order; bounded: a
@@ -156,6 +190,10 @@ class Follower:
         """
         last_read = hot_until = -math.inf
         while True:
+            if self._resting:
+                await self._rest()
+                last_read = hot_until = -math.inf
+                continue
             feeding = self._on_events is not None
             head: int | None
             if feeding and anyio.current_time() < hot_until:
@@ -207,13 +245,34 @@ class Follower:
                     self._let_held_go()
                 if self.foreign_events > seen:
                     hot_until = last_read + HOT_LINGER
+                elif self._conflicts is not None and not self._resting:
+                    self._weigh(0, 0)  # this engine's appends count towards the sample
             self._advance(self._followed if head is None else max(head, self._followed))
 
-    def feed(self, on_events: Callable[[list[StoredEvent]], None] | None) -> None:
+    def feed(
+        self,
+        on_events: Callable[[list[StoredEvent]], int] | None,
+        *,
+        conflicts: Callable[[], tuple[int, int]] | None = None,
+    ) -> None:
         """Have the follower read what others commit itself and hand it to ``on_events``
-        (the engine's cached aggregates), sharing each read with the projectors, who would
-        have read it anyway. None: only move the head (a reader engine)."""
+        (the engine's cached aggregates; it returns how many events moved one), sharing
+        each read with the projectors, who would have read it anyway. None: only move the
+        head (a reader engine).
+
+        ``conflicts`` (an engine with nothing else that reads others' events: no
+        projectors, no process managers) returns (commands decided again because decided
+        on a stale aggregate, appends) so far, and lets the follower rest: when fewer than
+        1 in ``REST_RATIO`` of the events it reads moved a cached aggregate (the host
+        routes each stream to one process), reading them costs more than the conflicts it
+        saves, and the log's expected-version check is the safety net it always was (a
+        stale aggregate's append fails, it is caught up and decides again). It resumes,
+        from the log's head, once more than 1 in ``REST_RATIO`` of the appends of a
+        ``REST_CHECK`` conflict (see ``_rest``)."""
         self._on_events = on_events
+        self._conflicts = conflicts
+        if conflicts is not None:
+            self._appended = conflicts()[1]
 
     async def _read_foreign(self, head: int | None) -> None:
         """Read what other processes committed after ``_followed``, hand it to the
@@ -253,11 +312,70 @@ class Follower:
             self._publish_read(events)
             foreign = events if not own or own[0][0] > last else self._without_own(events)
             if foreign:
-                on_events(foreign)
+                moved = on_events(foreign)
                 self.foreign_events += len(foreign)
+                if self._conflicts is not None:
+                    self._weigh(len(foreign), moved)
             self._followed = max(self._followed, last)
-            if head is None and len(events) < limit:
-                return  # caught up with the log as of this read
+            if self._resting or (head is None and len(events) < limit):
+                return  # resting now, or caught up with the log as of this read
+
+    def _weigh(self, read: int, moved: int) -> None:
+        """Count a read of others' events (none: a turn that read nothing); at the end of a
+        sample (others' events read and this engine's appends), rest if too few of them
+        were others' events that moved a cached aggregate (``REST_RATIO``): the host
+        routes by stream, or nobody else writes."""
+        assert self._conflicts is not None
+        self._sampled += read
+        self._moved += moved
+        appended = self._conflicts()[1]
+        seen = self._sampled + appended - self._appended
+        if seen < self._sample:
+            return
+        self._appended = appended
+        if self._moved * REST_RATIO < seen:
+            # From here this engine's batches are published as they commit (no projector
+            # waits for them in order): nothing stays held back.
+            self._resting = True
+            self.rests += 1
+            self._let_held_go()
+            self._own.clear()
+        self._sampled = self._moved = 0
+
+    async def _rest(self) -> None:
+        """Rest: read nothing and listen to nothing (the LISTEN connection is closed, so
+        the server queues no notifications for it) until, within one ``REST_CHECK``, at
+        least ``WAKE_CONFLICTS`` commands and more than 1 in ``REST_RATIO`` of this
+        engine's appends were decided on a stale aggregate; then resume from the log's
+        head. What others committed meanwhile is not read: an aggregate it moved is
+        caught up when its next append conflicts, as any stale one."""
+        conflicts = self._conflicts
+        assert conflicts is not None
+        stop = getattr(self._log, "stop_listening", None)
+        if stop is not None:
+            await anyio.to_thread.run_sync(stop, limiter=self._limiter)
+        retried, appended = conflicts()
+        while True:
+            await anyio.sleep(REST_CHECK)
+            now_retried, now_appended = conflicts()
+            again = now_retried - retried
+            if again >= WAKE_CONFLICTS and again * REST_RATIO > now_appended - appended:
+                break
+            retried, appended = now_retried, now_appended
+        while True:
+            try:
+                await self.refresh()
+                break
+            except StorageError as e:
+                self.failures += 1
+                self.last_error = str(e)
+                await anyio.sleep(RETRY_PAUSE)
+        self._followed = max(self._followed, self._broadcast.head)
+        self._own.clear()
+        self._resting = False
+        self._sample = min(self._sample * 2, REST_SAMPLE_MAX)
+        self._sampled = self._moved = 0
+        self._appended = conflicts()[1]
 
     def _without_own(self, events: list[StoredEvent]) -> list[StoredEvent]:
         """``events`` (gap-free, in order) without those of this engine's own batches;
@@ -372,6 +490,9 @@ class Follower:
         events = batch.events
         if not events:
             return
+        if self._resting:
+            self._broadcast.publish(batch)
+            return
         first, last = events[0].position, events[-1].position
         if first == self._followed + 1 and not self._own:
             self._followed = last
@@ -397,6 +518,8 @@ class Follower:
             self.last_error,
             self._held_events,
             self._held_bytes,
+            self.rests,
+            self._resting,
         )
 
 

@@ -956,6 +956,16 @@ class PostgresEventLog:
         moved; True if one came. Blocking: for a worker thread."""
         return self._head_channel().wait_for_notice(timeout)
 
+    def stop_listening(self) -> None:
+        """Close the LISTEN connection until the next wait reopens it: a follower that
+        rests (nothing of this process needs others' events for a while) must not leave
+        the server queueing notifications for a session that reads none (a listener that
+        never reads holds back the server's notification queue, which every NOTIFY of
+        every process shares). Blocking: for a worker thread."""
+        channel = self._channel
+        if channel is not None:
+            channel.stop_listening()
+
     def _head_channel(self) -> HeadChannel:
         self._check_open()
         channel = self._channel

@@ -141,6 +141,12 @@ class HeadChannel:
                 return True
         return False
 
+    def stop_listening(self) -> None:
+        """Close the listening connection; the next wait opens a new one (and LISTENs
+        again). For a follower that stops reading for a while."""
+        with self._listen_lock:
+            self._drop_listener()
+
     def close(self) -> None:
         """Close the listening connection. Idempotent."""
         self._closed = True

@@ -374,6 +374,11 @@ class Writer:
         """Wait until :meth:`run` has returned."""
         await self._stopped.wait()
 
+    @property
+    def appended(self) -> int:
+        """Appends committed or refused so far (each caller's, in the group commits)."""
+        return self._appended
+
     def statistics(self) -> WriterStatistics:
         """Counters since start: commits, appends, events, batch sizes, queue length."""
         return WriterStatistics(
