@@ -158,6 +158,7 @@ async def _writer_child(args: dict[str, Any]) -> None:
                 "follower_reads": 0
                 if stats.follower is None or before.follower is None
                 else stats.follower.reads - before.follower.reads,
+                "follower_rests": 0 if stats.follower is None else stats.follower.rests,
             }
         )
         await _line()  # done
@@ -342,6 +343,7 @@ def w1_round(
         "server_cpu_share": server / cpu,
         "commands_per_group": done / max(1, sum(r["groups"] for r in results)),
         "follower_reads_per_command": sum(r["follower_reads"] for r in results) / done,
+        "follower_rests": sum(r["follower_rests"] for r in results),
     }
 
 
@@ -451,7 +453,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument(
-        "--only", default="W1,W5,lag", help="W1, W1-plain (W1 without views), W5, lag"
+        "--only",
+        default="W1,W1-plain,W5,lag",
+        help="W1, W1-plain (write nodes: W1 without views), W5, lag",
     )
     parser.add_argument("--plot", type=Path, help="draw W1's ratios against processes here")
     parser.add_argument(
@@ -480,24 +484,38 @@ def main(argv: list[str] | None = None) -> int:
         # whose commits do not wait for the WAL flush (what the flush costs them). Beside
         # the same 64 clients split over N processes, N processes of 64 clients each:
         # the load a deployment of N processes is for (its capacity, not one load split).
-        configs: list[tuple[int, str, int, int, bool, bool]] = [
-            (1, "affinity", 64, 0, True, True),
-            (2, "random", 64, 0, True, True),
-            (2, "affinity", 64, 0, True, True),
-            (4, "random", 64, 0, True, True),
-            (4, "affinity", 64, 0, True, True),
-            (2, "random", 128, 0, True, True),
-            (2, "affinity", 128, 0, True, True),
-            (4, "random", 256, 0, True, True),
-            (4, "affinity", 256, 0, True, True),
-            (1, "affinity", 64, 1, True, True),
-            (1, "affinity", 64, 3, True, True),
-            (1, "affinity", 32, 0, True, True),
-            (1, "affinity", 16, 0, True, True),
-            (1, "affinity", 64, 0, False, True),
-            (1, "affinity", 64, 0, True, False),
-            (2, "affinity", 64, 0, True, False),
-        ]
+        configs: list[tuple[int, str, int, int, bool, bool]] = (
+            [
+                (1, "affinity", 64, 0, True, True),
+                (2, "random", 64, 0, True, True),
+                (2, "affinity", 64, 0, True, True),
+                (4, "random", 64, 0, True, True),
+                (4, "affinity", 64, 0, True, True),
+                (2, "random", 128, 0, True, True),
+                (2, "affinity", 128, 0, True, True),
+                (4, "random", 256, 0, True, True),
+                (4, "affinity", 256, 0, True, True),
+                (1, "affinity", 64, 1, True, True),
+                (1, "affinity", 64, 3, True, True),
+                (1, "affinity", 32, 0, True, True),
+                (1, "affinity", 16, 0, True, True),
+                (1, "affinity", 64, 0, False, True),
+                (1, "affinity", 64, 0, True, False),
+                (2, "affinity", 64, 0, True, False),
+            ]
+            if views
+            # Write nodes (aggregates only; the reads served by reader nodes, W5): what
+            # the write side alone scales to, each process with its own 64 clients, and
+            # what not following others costs or saves (the follower rests by affinity).
+            else [
+                (1, "affinity", 64, 0, True, True),
+                (2, "random", 128, 0, True, True),
+                (2, "affinity", 128, 0, True, True),
+                (4, "random", 256, 0, True, True),
+                (4, "affinity", 256, 0, True, True),
+                (1, "affinity", 64, 0, False, True),
+            ]
+        )
         samples: dict[tuple[int, str, int, int, bool, bool], list[dict[str, float]]] = {
             c: [] for c in configs
         }
@@ -529,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
         base = medians[configs[0]]
         for (processes, routing, clients, busy, shared, sync), med in medians.items():
             row: dict[str, Any] = {
-                "workload": "W1-postgres-nodes" + ("" if views else "-no-views"),
+                "workload": "W1-postgres-nodes" if views else "W1-postgres-write-nodes",
                 "processes": processes,
                 "routing": routing if processes > 1 else "-",
             }
@@ -573,6 +591,7 @@ def main(argv: list[str] | None = None) -> int:
                 "server_cpu_share": round(med["server_cpu_share"], 3),
                 "commands_per_group": round(med["commands_per_group"], 1),
                 "follower_reads_per_command": round(med["follower_reads_per_command"], 3),
+                "follower_rests": med["follower_rests"],
                 "rounds": args.rounds,
             }
             rows.append(row)
@@ -676,7 +695,7 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     for workload in sorted({r["workload"] for r in rows if r["workload"].startswith("W1")}):
         mine = [r for r in rows if r["workload"] == workload and "control" not in r]
         base = [r for r in mine if r["processes"] == 1]
-        suffix = "" if workload == "W1-postgres-nodes" else ", no views"
+        suffix = "" if workload == "W1-postgres-nodes" else ", write nodes (no views)"
         for load, style in (("64 clients in all", "-"), ("64 clients a process", ":")):
             for routing in ("random", "affinity"):
                 points = base + [

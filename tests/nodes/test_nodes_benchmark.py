@@ -44,3 +44,32 @@ def test_w5_quick_prints_lmdb_and_postgres_reader_lines(
     assert "server_busy_cores_three" not in rows["W5-lmdb-readers"]
     # The benchmark's schema is dropped afterwards.
     assert not {s for s in _schemas(postgres.url) - before if s.startswith("bench_")}
+
+
+def test_w1_write_nodes_quick_prints_a_line_per_configuration(
+    postgres: Postgres, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Write nodes (aggregates only): 1, 2 and 4 processes by both routings and the
+    # unshared control, each a real process on a fresh schema, dropped afterwards.
+    before = _schemas(postgres.url)
+    assert main(["--quick", "--rounds", "1", "--only", "W1-plain", "--dsn", postgres.url]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line]
+    assert {r["workload"] for r in rows} == {"W1-postgres-write-nodes"}
+    assert sorted((r["processes"], r["routing"], "control" in r) for r in rows) == [
+        (1, "-", False),
+        (1, "-", True),
+        (2, "affinity", False),
+        (2, "random", False),
+        (4, "affinity", False),
+        (4, "random", False),
+    ]
+    base = next(r for r in rows if r["processes"] == 1 and "control" not in r)
+    assert base["per_second_ratio"] == base["per_cpu_second_ratio"] == 1.0
+    for row in rows:
+        assert row["per_second_ratio"] > 0
+        assert row["per_cpu_second_ratio"] > 0
+        assert row["client_retries_per_command"] >= 0
+        assert row["follower_rests"] >= 0
+        if row["processes"] > 1:
+            assert row["load"] == "64 clients a process"
+    assert not {s for s in _schemas(postgres.url) - before if s.startswith("bench_")}
