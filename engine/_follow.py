@@ -86,15 +86,19 @@ REST_SAMPLE_MAX: Final = 65536
 REST_RATIO: Final = 64
 """Following pays while at least 1 in ``REST_RATIO`` of the events seen (see
 ``REST_SAMPLE``) were others' that moved a cached aggregate, and is missed once more than
-1 in ``REST_RATIO`` of this engine's appends (in a ``REST_CHECK``) were decided on a stale
-aggregate. Reading an event costs a few µs of this process's and the server's CPU, a
-conflict a few hundred (decided again, caught up, resent; docs/design.md): either side
-of this ratio, the cheaper one wins."""
+1 in ``REST_RATIO`` of this engine's appends (in a window: see ``WAKE_CONFLICTS``) were
+decided on a stale aggregate. Reading an event costs a few µs of this process's and the
+server's CPU, a conflict a few hundred (decided again, caught up, resent; docs/design.md):
+either side of this ratio, the cheaper one wins."""
 REST_CHECK: Final = 0.05
-"""While resting, how often the follower looks at the conflicts (a window of them)."""
+"""While resting, how often the follower looks at the conflicts (see ``WAKE_CONFLICTS``)."""
 WAKE_CONFLICTS: Final = 16
-"""The fewest conflicts in one ``REST_CHECK`` that wake a resting follower (with
-``REST_RATIO``): a few commands routed here by chance do not."""
+"""The fewest conflicts that wake a resting follower (with ``REST_RATIO``): a few commands
+routed here by chance do not. They are counted in a window of ``REST_CHECK``s that closes
+once it holds this many conflicts (it wakes if more than 1 in ``REST_RATIO`` of the appends
+in it conflicted) or ``WAKE_CONFLICTS * REST_RATIO`` appends (too few conflicts among
+them): a window of one ``REST_CHECK`` alone would never wake a node whose every command
+conflicts, if they come slower than this many a ``REST_CHECK`` (review 10)."""
 
 
 def follows_others(log: object) -> bool:
@@ -268,7 +272,7 @@ class Follower:
         saves, and the log's expected-version check is the safety net it always was (a
         stale aggregate's append fails, it is caught up and decides again). It resumes,
         from the log's head, once more than 1 in ``REST_RATIO`` of the appends of a
-        ``REST_CHECK`` conflict (see ``_rest``)."""
+        window conflict (see ``WAKE_CONFLICTS``)."""
         self._on_events = on_events
         self._conflicts = conflicts
         if conflicts is not None:
@@ -344,11 +348,11 @@ class Follower:
 
     async def _rest(self) -> None:
         """Rest: read nothing and listen to nothing (the LISTEN connection is closed, so
-        the server queues no notifications for it) until, within one ``REST_CHECK``, at
-        least ``WAKE_CONFLICTS`` commands and more than 1 in ``REST_RATIO`` of this
-        engine's appends were decided on a stale aggregate; then resume from the log's
-        head. What others committed meanwhile is not read: an aggregate it moved is
-        caught up when its next append conflicts, as any stale one."""
+        the server queues no notifications for it) until, within one window (see
+        ``WAKE_CONFLICTS``), at least ``WAKE_CONFLICTS`` commands and more than 1 in
+        ``REST_RATIO`` of this engine's appends were decided on a stale aggregate; then
+        resume from the log's head. What others committed meanwhile is not read: an
+        aggregate it moved is caught up when its next append conflicts, as any stale one."""
         conflicts = self._conflicts
         assert conflicts is not None
         stop = getattr(self._log, "stop_listening", None)
@@ -359,8 +363,14 @@ class Follower:
             await anyio.sleep(REST_CHECK)
             now_retried, now_appended = conflicts()
             again = now_retried - retried
-            if again >= WAKE_CONFLICTS and again * REST_RATIO > now_appended - appended:
-                break
+            if again >= WAKE_CONFLICTS:
+                if again * REST_RATIO > now_appended - appended:
+                    break
+            elif now_appended - appended < WAKE_CONFLICTS * REST_RATIO:
+                # Too few conflicts yet to judge by, and too few appends to say they are
+                # rare: the window goes on (commands that come slower than one
+                # REST_CHECK each, every one a conflict, must wake it too).
+                continue
             retried, appended = now_retried, now_appended
         while True:
             try:

@@ -279,3 +279,31 @@ async def test_flapping_between_rest_and_follow_keeps_every_command(
     logged = [t for t in replayed(rival, "mine")[1] if t.startswith("c")]
     assert logged == acknowledged
     never_overdrawn(rival, "mine")
+
+
+async def test_a_resting_node_whose_every_command_conflicts_wakes_at_a_modest_rate(
+    postgres: Postgres, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The routing changed: another process now writes every stream this node writes, and
+    # each of this node's commands conflicts (decided on a stale aggregate, caught up,
+    # decided again). Following would save every one of those conflicts, far more than 1
+    # in REST_RATIO of its appends, so the follower must wake, however slowly the
+    # commands come: a rate below WAKE_CONFLICTS a REST_CHECK (320 a second with the
+    # defaults) must not keep it resting for ever, paying a conflict per command.
+    monkeypatch.setattr(_follow, "REST_CHECK", 0.02)
+    schema = postgres.schema()
+    rival = postgres.log(schema, shared=True)
+    async with Engine.open(log=postgres.log(schema, shared=True), aggregates=KINDS) as engine:
+        await engine.send(Counter, "mine", Add("first", 1))
+        await rest(engine, rival)
+        before = engine.statistics().aggregates.retries
+        for i in range(40):
+            rival_add(rival, "mine", f"rival{i}", 1)
+            await engine.send(Counter, "mine", Add(f"own{i}", 1))
+            if not follower(engine).resting:
+                break
+            await trio.sleep(0.03)  # one command a REST_CHECK or so, each a conflict
+        else:
+            conflicts = engine.statistics().aggregates.retries - before
+            raise AssertionError(f"{conflicts} conflicts in 40 commands did not wake it")
+        await check_live(engine, Counter, "mine", rival)
