@@ -120,9 +120,14 @@ async def test_send_nowait_and_command_ids_on_stale_aggregates_while_resting(
         rival_add(rival, "mine", "r4", 1)
         later = await engine.send(Counter, "mine", Add("once", 1), command_id="cmd-2")
         assert (later.version, later.position) == (answers[0].version, answers[0].position)
+        # send_nowait of an id another process recorded meanwhile: answered from the log.
+        rival_append(rival, "mine", "rid3", "cmd-3")
+        pending = engine.send_nowait(Counter, "mine", Add("dup3", 1), command_id="cmd-3")
+        assert (await pending).version == replayed(rival, "mine")[1].index("rid3") + 1
         await check_live(engine, Counter, "mine", rival)
     tags = replayed(rival, "mine")[1]
     assert tags.count("once") == 1 and tags.count("dup") == 0 and tags.count("t") == 1
+    assert tags.count("dup3") == 0
     assert sorted(t for t in tags if t.startswith("n")) == [f"n{i}" for i in range(5)]
     never_overdrawn(rival, "mine")
 
