@@ -406,3 +406,38 @@ async def test_a_woken_follower_reads_on_from_the_head(postgres: Postgres) -> No
         )
         assert follower(engine).foreign_events - read < 200
         await check_live(engine, Counter, "mine", rival)
+
+
+async def test_a_resting_node_stays_resting_while_its_conflicts_are_rare_in_the_log(
+    postgres: Postgres,
+) -> None:
+    # Others commit far more than this node, and only now and then to a stream it caches:
+    # fewer than 1 in REST_RATIO of the log's events would move one of its aggregates,
+    # so following (reading them all) costs more than those conflicts, and it would rest
+    # again as soon as it had read a sample: it must not wake for them (flapping), even
+    # though most of its own few commands conflict.
+    schema = postgres.schema()
+    rival = postgres.log(schema, shared=True)
+    async with Engine.open(log=postgres.log(schema, shared=True), aggregates=KINDS) as engine:
+        await engine.send(Counter, "mine", Add("first", 1))
+        await rest(engine, rival)
+        before = engine.statistics().aggregates.retries
+        for i in range(4):
+            for j in range(100):
+                rival_add(rival, f"elsewhere-{j % 7}", f"busy{i}.{j}", 1)
+            rival_add(rival, "mine", f"rival{i}", 1)
+            await engine.send(Counter, "mine", Add(f"own{i}", 1))  # a conflict
+            await trio.sleep(0.06)  # a REST_CHECK or so: the follower looks
+        assert engine.statistics().aggregates.retries - before >= 4
+        assert follower(engine).resting and follower(engine).rests == 1
+        # Then the busy writer stops and the other one writes only this node's stream:
+        # now its conflicts are most of what the log gets, and a few of them wake it.
+        for i in range(4):
+            rival_add(rival, "mine", f"routed{i}", 1)
+            await engine.send(Counter, "mine", Add(f"conflict{i}", 1))
+            if not follower(engine).resting:
+                break
+            await trio.sleep(0.03)
+        else:
+            raise AssertionError("4 conflicts, most of the log's events, did not wake it")
+        await check_live(engine, Counter, "mine", rival)
