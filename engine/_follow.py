@@ -86,15 +86,15 @@ REST_SAMPLE_MAX: Final = 65536
 REST_RATIO: Final = 64
 """Following pays while at least 1 in ``REST_RATIO`` of the events seen (see
 ``REST_SAMPLE``) were others' that moved a cached aggregate, and is missed once more than
-1 in ``REST_RATIO`` of this engine's appends (in a ``REST_CHECK``) were decided on a stale
-aggregate. Reading an event costs a few µs of this process's and the server's CPU, a
-conflict a few hundred (decided again, caught up, resent; docs/design.md): either side
-of this ratio, the cheaper one wins."""
+1 in ``REST_RATIO`` of the events committed while it rests were this engine's commands
+decided on a stale aggregate (``Follower._rest``). Reading an event costs a few µs of
+this process's and the server's CPU, a conflict a few hundred (decided again, caught up,
+resent; docs/design.md): either side of this ratio, the cheaper one wins."""
 REST_CHECK: Final = 0.05
-"""While resting, how often the follower looks at the conflicts (a window of them)."""
+"""While resting, how often the follower looks at the conflicts (``Follower._rest``)."""
 WAKE_CONFLICTS: Final = 16
-"""The fewest conflicts in one ``REST_CHECK`` that wake a resting follower (with
-``REST_RATIO``): a few commands routed here by chance do not."""
+"""The fewest conflicts that wake a resting follower (with ``REST_RATIO``; see
+``Follower._rest``): a few commands routed here by chance do not."""
 
 
 def follows_others(log: object) -> bool:
@@ -267,8 +267,8 @@ class Follower:
         routes each stream to one process), reading them costs more than the conflicts it
         saves, and the log's expected-version check is the safety net it always was (a
         stale aggregate's append fails, it is caught up and decides again). It resumes,
-        from the log's head, once more than 1 in ``REST_RATIO`` of the appends of a
-        ``REST_CHECK`` conflict (see ``_rest``)."""
+        from the log's head, once more than 1 in ``REST_RATIO`` of the events committed
+        meanwhile were this engine's commands decided on a stale aggregate (``_rest``)."""
         self._on_events = on_events
         self._conflicts = conflicts
         if conflicts is not None:
@@ -344,38 +344,54 @@ class Follower:
 
     async def _rest(self) -> None:
         """Rest: read nothing and listen to nothing (the LISTEN connection is closed, so
-        the server queues no notifications for it) until, within one ``REST_CHECK``, at
-        least ``WAKE_CONFLICTS`` commands and more than 1 in ``REST_RATIO`` of this
-        engine's appends were decided on a stale aggregate; then resume from the log's
-        head. What others committed meanwhile is not read: an aggregate it moved is
-        caught up when its next append conflicts, as any stale one."""
+        the server queues no notifications for it) until at least ``WAKE_CONFLICTS``
+        commands were decided on a stale aggregate, and more than 1 in ``REST_RATIO`` of
+        the events committed to the log meanwhile (others' and this engine's, the events
+        a follower would have seen: the rule that made it rest, turned round); then
+        resume from the log's head. What others committed meanwhile is not read: an
+        aggregate it moved is caught up when its next append conflicts, as any stale one.
+
+        The conflicts are counted over as many ``REST_CHECK``s as it takes (a node whose
+        commands come slower than ``WAKE_CONFLICTS`` a ``REST_CHECK``, each a conflict,
+        wakes too), and the log's head is read only once they are that many, when this
+        engine's own appends do not already say they are rare (review 10)."""
         conflicts = self._conflicts
         assert conflicts is not None
         stop = getattr(self._log, "stop_listening", None)
         if stop is not None:
             await anyio.to_thread.run_sync(stop, limiter=self._limiter)
         retried, appended = conflicts()
+        since = max(self._followed, self._broadcast.head)  # the log's head, as last known
         while True:
             await anyio.sleep(REST_CHECK)
             now_retried, now_appended = conflicts()
             again = now_retried - retried
-            if again >= WAKE_CONFLICTS and again * REST_RATIO > now_appended - appended:
-                break
+            if again < WAKE_CONFLICTS:
+                continue  # too few to judge by yet
+            if again * REST_RATIO > now_appended - appended:
+                head = await self._read_head()
+                if again * REST_RATIO > head - since:
+                    break
+                since = head
+            else:  # rare among this engine's appends alone, so among the log's events
+                since = max(since, self._broadcast.head)
             retried, appended = now_retried, now_appended
-        while True:
-            try:
-                await self.refresh()
-                break
-            except StorageError as e:
-                self.failures += 1
-                self.last_error = str(e)
-                await anyio.sleep(RETRY_PAUSE)
         self._followed = max(self._followed, self._broadcast.head)
         self._own.clear()
         self._resting = False
         self._sample = min(self._sample * 2, REST_SAMPLE_MAX)
         self._sampled = self._moved = 0
         self._appended = conflicts()[1]
+
+    async def _read_head(self) -> int:
+        """``refresh``, retried (after ``RETRY_PAUSE``) until the log answers."""
+        while True:
+            try:
+                return await self.refresh()
+            except StorageError as e:
+                self.failures += 1
+                self.last_error = str(e)
+                await anyio.sleep(RETRY_PAUSE)
 
     def _without_own(self, events: list[StoredEvent]) -> list[StoredEvent]:
         """``events`` (gap-free, in order) without those of this engine's own batches;
