@@ -8,7 +8,12 @@ offers blocking hooks, run in worker threads:
 - ``wait_for_notice(timeout) -> bool`` (optional): wait for another process's
   notification that it committed (PostgreSQL's NOTIFY, sent by the log in each group
   commit; see ``_pg_follow.py``), without reading the head (a follower that reads the
-  log next anyway saves that query).
+  log next anyway saves that query);
+- ``drain_notices()`` (optional, non-blocking, called on the loop): drop the
+  notifications received meanwhile, for a follower that reads on its own schedule while
+  others keep committing (unread, they would hold back the server's queue);
+- ``stop_listening()`` (optional, blocking): stop receiving notifications until the next
+  wait, for a follower that rests (``Follower.feed``).
 
 The follower task only moves the broadcast's head; the projectors then read what they
 miss from the log, from ``checkpoint + 1``, checked gap-free, as after any hole in the
@@ -142,6 +147,8 @@ class Follower:
             )
         self._wait: Callable[[int, float], int] = wait
         self._notice: Callable[[float], bool] | None = getattr(log, "wait_for_notice", None)
+        # Optional, non-blocking: drop the notifications received while reading hot.
+        self._drain: Callable[[], None] | None = getattr(log, "drain_notices", None)
         self._log = log
         self._broadcast = broadcast
         self._on_events: Callable[[list[StoredEvent]], int] | None = None
@@ -205,6 +212,10 @@ class Follower:
                     await anyio.sleep(pause)
                 else:
                     await anyio.lowlevel.checkpoint()
+                if self._drain is not None:
+                    # Nothing waits for notifications while reading hot: read them here,
+                    # or they pile up until the server's queue is held back (review 10).
+                    self._drain()
                 head = None  # the read finds its own end: the log's head as of the read
             else:
                 try:

@@ -956,6 +956,14 @@ class PostgresEventLog:
         moved; True if one came. Blocking: for a worker thread."""
         return self._head_channel().wait_for_notice(timeout)
 
+    def drain_notices(self) -> None:
+        """Drop the notifications the LISTEN connection received, without waiting (for a
+        follower reading on its own schedule; see ``HeadChannel.drain_notices``). Never
+        blocks: for the event loop."""
+        channel = self._channel
+        if channel is not None:
+            channel.drain_notices()
+
     def stop_listening(self) -> None:
         """Close the LISTEN connection until the next wait reopens it: a follower that
         rests (nothing of this process needs others' events for a while) must not leave

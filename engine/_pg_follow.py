@@ -141,6 +141,29 @@ class HeadChannel:
                 return True
         return False
 
+    def drain_notices(self) -> None:
+        """Read and drop whatever notifications the listening connection has received,
+        without waiting (libpq's socket never blocks a read) and without opening it. For a
+        follower that reads the log on its own schedule while others keep committing (and
+        so does not wait for notifications): unread, they would fill the socket's buffers
+        until the server's backend blocks writing to it and holds back the server's
+        notification queue, which every NOTIFY of every process shares (review 10). Skips
+        a turn if the connection is busy in another thread."""
+        if not self._listen_lock.acquire(blocking=False):
+            return
+        try:
+            conn = self._listener
+            if conn is None or conn.closed:
+                return
+            pgconn = conn.pgconn
+            pgconn.consume_input()
+            while pgconn.notifies() is not None:
+                pass
+        except (psycopg.Error, OSError):  # the next wait reopens it, or says why not
+            self._drop_listener()
+        finally:
+            self._listen_lock.release()
+
     def stop_listening(self) -> None:
         """Close the listening connection; the next wait opens a new one (and LISTENs
         again). For a follower that stops reading for a while."""
