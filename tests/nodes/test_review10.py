@@ -20,7 +20,6 @@ import trio
 
 from actorlog import ConcurrencyError, Engine, Rejected, StorageError
 from actorlog.engine import _follow, _pg_follow
-from actorlog.engine._pg_follow import channel_name
 from actorlog.storage import ANY, Append, PostgresEventLog
 from tests.engine.counters import (
     EVENTS,
@@ -33,38 +32,13 @@ from tests.engine.counters import (
     TooMuch,
 )
 from tests.nodes.test_conflict_catch_up import check_live, replayed, rival_add
+from tests.nodes.test_follower_rest import (  # small_samples: an autouse fixture
+    follower,
+    listeners,
+    small_samples,  # noqa: F401
+    wait_until,
+)
 from tests.support import Postgres
-
-
-@pytest.fixture(autouse=True)
-def small_samples(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Rest after 32 events seen that moved nothing; wake on 2 conflicts a window."""
-    monkeypatch.setattr(_follow, "REST_SAMPLE", 32)
-    monkeypatch.setattr(_follow, "REST_CHECK", 0.05)
-    monkeypatch.setattr(_follow, "WAKE_CONFLICTS", 2)
-
-
-def listeners(postgres: Postgres, schema: str) -> int:
-    """Sessions on the server whose last statement LISTENs on the log's channel."""
-    rows = postgres.execute(
-        "SELECT count(*) FROM pg_stat_activity WHERE query = %s",
-        (f'LISTEN "{channel_name(schema)}"',),
-    )
-    return int(rows[0][0])
-
-
-async def wait_until(condition: Any, what: str, seconds: float = 10.0) -> None:
-    with trio.move_on_after(seconds):
-        while not condition():  # noqa: ASYNC110 (a condition on statistics: no event)
-            await trio.sleep(0.01)
-        return
-    raise AssertionError(f"not within {seconds} s: {what}")
-
-
-def follower(engine: Engine) -> Any:
-    stats = engine.statistics().follower
-    assert stats is not None
-    return stats
 
 
 async def rest(engine: Engine, rival: PostgresEventLog, stream: str = "elsewhere") -> None:
