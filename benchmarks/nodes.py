@@ -730,6 +730,7 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
                 [r["per_cpu_second_ratio"] for r in controls],
                 linestyle="--",
                 marker="x",
+                color="black",  # off the colour cycle: a line keeps its colour in both panels
                 label="1 process, same contention" + suffix,
             )
     for ax, title in zip(
