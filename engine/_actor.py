@@ -65,6 +65,7 @@ class Actor:
         "closed",
         "commands",
         "completed",
+        "conflicted_at",
         "drained",
         "failures",
         "handed",
@@ -74,6 +75,7 @@ class Actor:
         "reloading",
         "retrying",
         "room",
+        "seen",
         "settled",
         "snapshot_version",
         "stale",
@@ -118,6 +120,13 @@ class Actor:
         self.tainted = False
         self.base_state: dict[str, Any] | None = None
         self.base_version = 0
+        # What a catch-up may apply without reading the log (``Aggregates._seen_since``):
+        # ``seen``, committed events of this stream the follower read while the actor could
+        # not apply them (appends in flight, or stale), by version without a gap; and
+        # ``conflicted_at``, the stream's version a failed append of it found (0: none
+        # since the last reload): the events must reach it.
+        self.seen: list[StoredEvent] | None = None
+        self.conflicted_at = 0
         # Rejected senders waiting for ``completed`` to reach their count (see settle). Each
         # count is ``completed + inflight`` when the sender arrived, which never decreases,
         # so the dict is in count order too: the first entry is always the next one due.

@@ -138,6 +138,9 @@ class AggregatesStatistics(msgspec.Struct, frozen=True):
     last decision with nothing in flight started from, put back exactly), instead of the
     snapshot and every event after it: the usual recovery from a conflict on a log others
     append to, for an aggregate whose state holds only immutable values."""
+    caught_up_unread: int = 0
+    """Of ``caught_up``, those that read nothing: the events were the ones the follower had
+    read while the aggregate could not apply them (an append of it in flight)."""
 
 
 class Aggregates:
@@ -199,6 +202,7 @@ class Aggregates:
         self._closed = False
         self._reloads = 0
         self._caught_up = 0
+        self._caught_up_unread = 0
         self._snapshot_failures = 0
         # Others append to the log (issue 15): conflicts are retried, rejections confirmed.
         self._shared = follows_others(log)
@@ -310,7 +314,13 @@ class Aggregates:
         moved = 0
         for stored in events:
             actor = live.get(stored.stream_id)
-            if actor is None or stored.version <= actor.version:
+            if actor is None:
+                continue
+            if stored.version <= actor.version:
+                if actor.inflight or actor.stale:
+                    # At a version this actor's appends in flight count on (they will
+                    # fail), or one a stale actor will need: its catch-up may use it.
+                    _keep_seen(actor, stored)
                 continue
             moved += 1
             if (
@@ -320,6 +330,7 @@ class Aggregates:
                 or actor.reloading
             ):
                 actor.stale = True
+                _keep_seen(actor, stored)
                 continue
             reader = readers.get(actor.kind)
             if reader is None:
@@ -394,6 +405,8 @@ class Aggregates:
             actor = self._live.get(stream_id)
             if actor is not None and actor.kind is kind:
                 actor.stale = True  # reloaded before its next decision
+                if type(failed) is ConcurrencyError and failed.actual > actor.conflicted_at:
+                    actor.conflicted_at = failed.actual  # what a catch-up must reach
             return await self._again(kind, stream_id, command, meta, attempt, failed)
         raise rejection
 
@@ -759,6 +772,8 @@ class Aggregates:
                 actor.stale = True
                 actor.failures += 1
                 actor.tainted = True  # holds a decision that failed: see _catch_up_from
+                if type(outcome) is ConcurrencyError and outcome.actual > actor.conflicted_at:
+                    actor.conflicted_at = outcome.actual  # what a catch-up must reach
                 if isinstance(outcome, DuplicateCommand):
                     # Recorded by another writer of the log since the check in _decide:
                     # the first attempt's result is the answer, and this decision is void.
@@ -1010,6 +1025,7 @@ class Aggregates:
     def _reloaded(self, actor: Actor) -> None:
         """The stale actor's state is the log's again."""
         actor.stale = actor.tainted = False
+        actor.seen, actor.conflicted_at = None, 0
         actor.hand_out()  # slots given back while it was stale
 
     def _reload(self, actor: Actor) -> None:
@@ -1023,7 +1039,12 @@ class Aggregates:
             actor.snapshot_version = snapshot_version
         else:
             self._caught_up += 1
-            self._caught_up_with(actor, self._log.read_stream(actor.stream_id, start + 1))
+            events = _seen_since(actor, start)
+            if events is None:
+                events = self._log.read_stream(actor.stream_id, start + 1)
+            else:
+                self._caught_up_unread += 1
+            self._caught_up_with(actor, events)
         self._reloaded(actor)
 
     async def _reload_async(self, actor: Actor) -> None:
@@ -1041,6 +1062,13 @@ class Aggregates:
         start = self._catch_up_from(actor)
         if start is not None:
             self._caught_up += 1
+            seen = _seen_since(actor, start)
+            if seen is not None:  # the follower read them: no read here
+                self._caught_up_unread += 1
+                self._caught_up_with(actor, seen)
+                self._reloaded(actor)
+                await anyio.lowlevel.checkpoint_if_cancelled()
+                return
             events = self._log.read_stream(actor.stream_id, start + 1, CATCH_UP_INLINE)
             self._caught_up_with(actor, events)
             if len(events) < CATCH_UP_INLINE:
@@ -1119,6 +1147,7 @@ class Aggregates:
             passivations=self._slots.passivations,
             reloads=self._reloads,
             caught_up=self._caught_up,
+            caught_up_unread=self._caught_up_unread,
             in_flight=sum(a.inflight for a in actors),
             waiting=sum(len(a.room) + len(a.drained) for a in actors)
             + len(self._capacity)
@@ -1242,3 +1271,37 @@ def _share(reply: Reply, outcome: AppendOutcome, stream_id: str, count: int) -> 
     else:
         last = outcome.last_position if count else 0
         reply.set_result(Committed(stream_id, outcome.last_version, last, count))
+
+
+def _keep_seen(actor: Actor, stored: StoredEvent) -> None:
+    """Keep ``stored`` (committed, of the actor's stream, read by the follower) for the
+    actor's catch-up, if it follows the events kept so far without a gap; else start
+    again from it. At most ``CATCH_UP_INLINE`` (what a catch-up reads inline)."""
+    seen = actor.seen
+    if seen is None or stored.version != seen[-1].version + 1:
+        actor.seen = [stored]
+    elif len(seen) < CATCH_UP_INLINE:
+        seen.append(stored)
+
+
+def _seen_since(actor: Actor, start: int) -> list[StoredEvent] | None:
+    """The events after version ``start`` a catch-up can apply without reading the log,
+    or None (read it). A failed append or probe of the actor found the stream at
+    ``conflicted_at``; the catch-up must reach at least that version. If ``start`` (a
+    durable state) already does, none (the follower applied what moved it while no
+    append was in flight); else the events the follower kept (``_keep_seen``) if they
+    run without a gap from ``start + 1`` to it. Committed events from the durable state
+    at ``start`` make the log's state at their last version, however many the log has
+    beyond it (a later conflict catches those up, as any)."""
+    seen, actor.seen = actor.seen, None
+    target = actor.conflicted_at
+    if not target:
+        return None  # no conflict says how far to go
+    if target <= start:
+        return []
+    if seen is None or seen[-1].version < target:
+        return None
+    first = start + 1 - seen[0].version
+    if first < 0:
+        return None
+    return seen[first:]
