@@ -1287,21 +1287,24 @@ def _keep_seen(actor: Actor, stored: StoredEvent) -> None:
 def _seen_since(actor: Actor, start: int) -> list[StoredEvent] | None:
     """The events after version ``start`` a catch-up can apply without reading the log,
     or None (read it). A failed append or probe of the actor found the stream at
-    ``conflicted_at``; the catch-up must reach at least that version. If ``start`` (a
-    durable state) already does, none (the follower applied what moved it while no
-    append was in flight); else the events the follower kept (``_keep_seen``) if they
-    run without a gap from ``start + 1`` to it. Committed events from the durable state
-    at ``start`` make the log's state at their last version, however many the log has
-    beyond it (a later conflict catches those up, as any)."""
+    ``conflicted_at``; the catch-up must reach at least that version: the events the
+    follower kept (``_keep_seen``) if they run without a gap from ``start + 1`` to it,
+    all of them (even when ``start``, a durable state, is past the conflict already: the
+    follower does not hand them over again, so an aggregate caught up without them
+    would be decided on as fresh and conflict again for nothing); else, if ``start``
+    already reaches it, none (the follower applied what moved it while no append was in
+    flight). Committed events from the durable state at ``start`` make the log's state
+    at their last version, however many the log has beyond it (a later conflict catches
+    those up, as any)."""
     seen, actor.seen = actor.seen, None
     target = actor.conflicted_at
     if not target:
         return None  # no conflict says how far to go
+    if seen is not None and seen[0].version <= start + 1 <= seen[-1].version:
+        # They follow ``start`` without a gap (review 11: even past the conflict).
+        if seen[-1].version >= target:
+            return seen[start + 1 - seen[0].version :]
+        return None
     if target <= start:
         return []
-    if seen is None or seen[-1].version < target:
-        return None
-    first = start + 1 - seen[0].version
-    if first < 0:
-        return None
-    return seen[first:]
+    return None
