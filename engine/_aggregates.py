@@ -306,7 +306,8 @@ class Aggregates:
         moves past is marked stale (reloaded before its next decision). An event that does
         not decode or apply marks it stale too (the reload then reports it properly).
         Synchronous: it runs between two awaits of the follower, atomically on the loop.
-        Returns how many of ``events`` moved a cached actor (applied or marked stale): what
+        Returns how many of ``events`` moved a cached actor (applied, marked stale, or
+        kept for the catch-up of one with appends in flight, ``_keep_seen``): what
         following the log saves, which the follower weighs against its reads.
         """
         live = self._live
@@ -321,6 +322,7 @@ class Aggregates:
                     # At a version this actor's appends in flight count on (they will
                     # fail), or one a stale actor will need: its catch-up may use it.
                     _keep_seen(actor, stored)
+                    moved += 1  # it moved a cached aggregate: following paid for it
                 continue
             moved += 1
             if (

@@ -101,7 +101,7 @@ async def test_an_append_in_flight_when_the_follower_saw_the_conflict_reads_noth
         # the follower hands them over before this append is judged: kept, not applied.
         mine = aggregates.send_nowait(Counter, "a", Take("take", 1), None)
         rival_add(log, "a", "r1", "r2")
-        assert aggregates.apply_foreign(followed(log, "a", 1)) == 1  # 3 moved it; 2 kept
+        assert aggregates.apply_foreign(followed(log, "a", 1)) == 2  # both kept, both count
         reads = log.reads
         await crank(writer)  # it conflicts (actual 3): put back to 1, caught up to 3
         await mine
