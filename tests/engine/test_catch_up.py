@@ -37,8 +37,12 @@ class SharedMemoryLog(MemoryEventLog):
     others_append = True
 
 
-def shared_host(kinds: Sequence[Any]) -> tuple[Aggregates, ManualWriter, MemoryEventLog]:
-    log = SharedMemoryLog()
+def shared_host(
+    kinds: Sequence[Any], log: MemoryEventLog | None = None
+) -> tuple[Aggregates, ManualWriter, MemoryEventLog]:
+    """Aggregates of ``kinds`` on ``log`` (a new ``SharedMemoryLog`` by default), with the
+    hand-cranked writer."""
+    log = SharedMemoryLog() if log is None else log
     writer = ManualWriter(log)
     aggregates = Aggregates(
         kinds,

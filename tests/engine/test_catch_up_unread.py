@@ -9,17 +9,16 @@ under random routing."""
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
 import anyio
 
 from actorlog.engine._aggregates import CATCH_UP_INLINE, Aggregates
-from actorlog.lowlevel import EventRegistry, Writer
 from actorlog.storage import StoredEvent
 
 from .actor_host import ManualWriter
 from .counters import Add, Check, Counter, Take, Tally, TooMuch, fold
-from .test_catch_up import SharedMemoryLog, crank, rival_add
+from .test_catch_up import SharedMemoryLog, crank, rival_add, shared_host
 
 
 class CountingLog(SharedMemoryLog):
@@ -34,18 +33,17 @@ class CountingLog(SharedMemoryLog):
         return super().read_stream(stream_id, from_version, limit)
 
 
-def host(kinds: Any = (Counter, Tally)) -> tuple[Aggregates, ManualWriter, CountingLog]:
+def host() -> tuple[Aggregates, ManualWriter, CountingLog]:
     log = CountingLog()
-    writer = ManualWriter(log)
-    aggregates = Aggregates(
-        list(kinds),
-        log=log,
-        writer=cast(Writer, writer),
-        registry=EventRegistry(),
-        mailbox_size=4,
-        max_live=100,
-    )
+    aggregates, writer, _ = shared_host([Counter, Tally], log)
     return aggregates, writer, log
+
+
+async def opened(aggregates: Aggregates, writer: ManualWriter, kind: Any = Counter) -> None:
+    """Stream "a" at version 1 (``Add("own", 1)``, committed): the durable base."""
+    first = aggregates.send_nowait(kind, "a", Add("own", 1), None)
+    await crank(writer)
+    await first
 
 
 def followed(log: CountingLog, stream_id: str, after: int) -> list[StoredEvent]:
@@ -67,9 +65,7 @@ async def test_a_rejection_whose_probe_conflicts_after_the_follower_moved_it_rea
     aggregates, writer, log = host()
     async with anyio.create_task_group() as tasks:
         aggregates.use_task_group(tasks)
-        first = aggregates.send_nowait(Counter, "a", Add("own", 1), None)
-        await crank(writer)
-        await first
+        await opened(aggregates, writer)
         # Refused on version 1 (Take 3 of 1): its probe expects 1. Another process commits
         # versions 2 and 3, which the follower applies to the idle aggregate before the
         # probe is judged: the probe conflicts (actual 3), and the aggregate, already at
@@ -94,9 +90,7 @@ async def test_an_append_in_flight_when_the_follower_saw_the_conflict_reads_noth
     aggregates, writer, log = host()
     async with anyio.create_task_group() as tasks:
         aggregates.use_task_group(tasks)
-        first = aggregates.send_nowait(Counter, "a", Add("own", 1), None)
-        await crank(writer)
-        await first
+        await opened(aggregates, writer)
         # Decided on version 1, in flight; another process commits versions 2 and 3 and
         # the follower hands them over before this append is judged: kept, not applied.
         mine = aggregates.send_nowait(Counter, "a", Take("take", 1), None)
@@ -116,9 +110,7 @@ async def test_an_append_that_failed_is_caught_up_from_the_kept_events() -> None
     aggregates, writer, log = host()
     async with anyio.create_task_group() as tasks:
         aggregates.use_task_group(tasks)
-        first = aggregates.send_nowait(Counter, "a", Add("own", 1), None)
-        await crank(writer)
-        await first
+        await opened(aggregates, writer)
         # Two decisions pipelined on version 1; another process takes versions 2 and 3
         # (the memory log has no chain rule: both versions taken, both appends fail).
         pipelined = [aggregates.send_nowait(Counter, "a", Add(f"p{i}", 10), None) for i in (1, 2)]
@@ -143,9 +135,7 @@ async def test_kept_events_short_of_the_conflict_are_not_enough() -> None:
     aggregates, writer, log = host()
     async with anyio.create_task_group() as tasks:
         aggregates.use_task_group(tasks)
-        first = aggregates.send_nowait(Counter, "a", Add("own", 1), None)
-        await crank(writer)
-        await first
+        await opened(aggregates, writer)
         mine = aggregates.send_nowait(Counter, "a", Add("mine", 5), None)
         rival_add(log, "a", "r1")
         aggregates.apply_foreign(followed(log, "a", 1))
@@ -163,9 +153,7 @@ async def test_kept_events_with_a_gap_are_not_used() -> None:
     aggregates, writer, log = host()
     async with anyio.create_task_group() as tasks:
         aggregates.use_task_group(tasks)
-        first = aggregates.send_nowait(Counter, "a", Add("own", 1), None)
-        await crank(writer)
-        await first
+        await opened(aggregates, writer)
         mine = aggregates.send_nowait(Counter, "a", Add("mine", 5), None)
         rival_add(log, "a", "r1", "r2", "r3")
         events = followed(log, "a", 1)
@@ -184,9 +172,7 @@ async def test_a_state_that_cannot_be_put_back_is_rebuilt_whatever_was_kept() ->
     aggregates, writer, log = host()
     async with anyio.create_task_group() as tasks:
         aggregates.use_task_group(tasks)
-        first = aggregates.send_nowait(Tally, "a", Add("own", 1), None)
-        await crank(writer)
-        await first
+        await opened(aggregates, writer, Tally)
         mine = aggregates.send_nowait(Tally, "a", Add("mine", 5), None)
         rival_add(log, "a", "r1")
         aggregates.apply_foreign(followed(log, "a", 1))
@@ -204,9 +190,7 @@ async def test_kept_events_are_bounded_and_forgotten_once_caught_up() -> None:
     aggregates, writer, log = host()
     async with anyio.create_task_group() as tasks:
         aggregates.use_task_group(tasks)
-        first = aggregates.send_nowait(Counter, "a", Add("own", 1), None)
-        await crank(writer)
-        await first
+        await opened(aggregates, writer)
         mine = aggregates.send_nowait(Counter, "a", Add("mine", 5), None)
         rival_add(log, "a", *(f"r{i}" for i in range(CATCH_UP_INLINE + 10)))
         aggregates.apply_foreign(followed(log, "a", 1))
