@@ -37,7 +37,14 @@ from typing import Any
 
 from ._codec import EventRegistry
 from ._decide import AggregateType, kind_name
-from ._errors import CodecError, DecodeError, DefinitionError, EngineError, HandlerError
+from ._errors import (
+    CodecError,
+    ConcurrencyError,
+    DecodeError,
+    DefinitionError,
+    EngineError,
+    HandlerError,
+)
 from ._log import EventLog
 from ._records import Committed, StoredEvent
 from ._reply import Reply, must_propagate
@@ -138,6 +145,12 @@ class Actor:
         # send_nowait's commands being decided again in an engine task (a log others append
         # to): they hold mailbox slots for send_nowait, and keep the actor live.
         self.retrying = 0
+
+    def conflicted(self, error: EngineError) -> None:
+        """Note the stream's version a failed append or probe of this actor found (a
+        ``ConcurrencyError``'s ``actual``): what its catch-up must reach."""
+        if type(error) is ConcurrencyError and error.actual > self.conflicted_at:
+            self.conflicted_at = error.actual
 
     def busy(self) -> bool:
         """Commands in flight, senders waiting, or a reload under way: it must not be

@@ -407,8 +407,7 @@ class Aggregates:
             actor = self._live.get(stream_id)
             if actor is not None and actor.kind is kind:
                 actor.stale = True  # reloaded before its next decision
-                if type(failed) is ConcurrencyError and failed.actual > actor.conflicted_at:
-                    actor.conflicted_at = failed.actual  # what a catch-up must reach
+                actor.conflicted(failed)
             return await self._again(kind, stream_id, command, meta, attempt, failed)
         raise rejection
 
@@ -774,8 +773,7 @@ class Aggregates:
                 actor.stale = True
                 actor.failures += 1
                 actor.tainted = True  # holds a decision that failed: see _catch_up_from
-                if type(outcome) is ConcurrencyError and outcome.actual > actor.conflicted_at:
-                    actor.conflicted_at = outcome.actual  # what a catch-up must reach
+                actor.conflicted(outcome)
                 if isinstance(outcome, DuplicateCommand):
                     # Recorded by another writer of the log since the check in _decide:
                     # the first attempt's result is the answer, and this decision is void.
@@ -1024,6 +1022,13 @@ class Aggregates:
             actor.tainted = True  # part of the events may be applied
             raise
 
+    def _kept_since(self, actor: Actor, start: int) -> list[StoredEvent] | None:
+        """``_seen_since``, counted in ``caught_up_unread`` when it spares the read."""
+        events = _seen_since(actor, start)
+        if events is not None:
+            self._caught_up_unread += 1
+        return events
+
     def _reloaded(self, actor: Actor) -> None:
         """The stale actor's state is the log's again."""
         actor.stale = actor.tainted = False
@@ -1041,11 +1046,9 @@ class Aggregates:
             actor.snapshot_version = snapshot_version
         else:
             self._caught_up += 1
-            events = _seen_since(actor, start)
+            events = self._kept_since(actor, start)
             if events is None:
                 events = self._log.read_stream(actor.stream_id, start + 1)
-            else:
-                self._caught_up_unread += 1
             self._caught_up_with(actor, events)
         self._reloaded(actor)
 
@@ -1064,9 +1067,8 @@ class Aggregates:
         start = self._catch_up_from(actor)
         if start is not None:
             self._caught_up += 1
-            seen = _seen_since(actor, start)
+            seen = self._kept_since(actor, start)
             if seen is not None:  # the follower read them: no read here
-                self._caught_up_unread += 1
                 self._caught_up_with(actor, seen)
                 self._reloaded(actor)
                 await anyio.lowlevel.checkpoint_if_cancelled()

@@ -238,9 +238,7 @@ class Follower:
                     # for a read that may not come for a while (the listening connection
                     # refused, say, while the writer and readers work), and the
                     # projectors can read them from the log.
-                    self.failures += 1
-                    self.last_error = str(e)
-                    self._let_held_go()
+                    self._failed(e)
                     await anyio.sleep(RETRY_PAUSE)
                     continue
             if feeding and (head is None or head > self._followed):
@@ -251,9 +249,7 @@ class Follower:
                 except StorageError as e:
                     # Only a shortcut: the projectors read for themselves, and a stale
                     # aggregate is caught by its append's expected version.
-                    self.failures += 1
-                    self.last_error = str(e)
-                    self._let_held_go()
+                    self._failed(e)
                 if self.foreign_events > seen:
                     hot_until = last_read + HOT_LINGER
                 elif self._conflicts is not None and not self._resting:
@@ -283,7 +279,7 @@ class Follower:
         self._on_events = on_events
         self._conflicts = conflicts
         if conflicts is not None:
-            self._appended = conflicts()[1]
+            self._new_sample()
 
     async def _read_foreign(self, head: int | None) -> None:
         """Read what other processes committed after ``_followed``, hand it to the
@@ -391,8 +387,22 @@ class Follower:
         self._own.clear()
         self._resting = False
         self._sample = min(self._sample * 2, REST_SAMPLE_MAX)
+        self._new_sample()
+
+    def _new_sample(self) -> None:
+        """Begin a sample (``_weigh``): nothing read or moved yet, appends counted from
+        here."""
+        assert self._conflicts is not None
         self._sampled = self._moved = 0
-        self._appended = conflicts()[1]
+        self._appended = self._conflicts()[1]
+
+    def _failed(self, error: StorageError) -> None:
+        """Count a failed wait or read, and let this engine's own batches held back go
+        (they wait for a read that may not come for a while; the projectors can read
+        them from the log)."""
+        self.failures += 1
+        self.last_error = str(error)
+        self._let_held_go()
 
     async def _read_head(self) -> int:
         """``refresh``, retried (after ``RETRY_PAUSE``) until the log answers."""
@@ -400,8 +410,7 @@ class Follower:
             try:
                 return await self.refresh()
             except StorageError as e:
-                self.failures += 1
-                self.last_error = str(e)
+                self._failed(e)
                 await anyio.sleep(RETRY_PAUSE)
 
     def _without_own(self, events: list[StoredEvent]) -> list[StoredEvent]:
