@@ -275,27 +275,32 @@ def w1_round(
     busy: int = 0,
     shared: bool = True,
     sync: bool = True,
+    separate: bool = False,
 ) -> dict[str, float]:
     """One W1 run: ``clients`` split over ``processes`` write processes, beside ``busy``
     processes that only burn CPU (a control: the contention of more processes on the
     cores, without their work); ``shared=False``: one process on a log it alone writes (a
     control: what following others costs one process); ``sync=False``: the engines'
     commits do not wait for the server's WAL flush (a control: what the flush, paid once a
-    group and serialized by the log's lock, costs several processes)."""
+    group and serialized by the log's lock, costs several processes); ``separate``: each
+    process on a log of its own (a schema each, the same share of the work: a control:
+    what N engines and their server connections cost on these cores with nothing shared)."""
     schema = f"bench_nodes_{uuid.uuid4().hex[:12]}"
-    setup = PostgresEventLog(dsn, schema=schema)
+    schemas = [f"{schema}_{i}" for i in range(processes)] if separate else [schema]
     try:
 
         async def open_accounts() -> None:
-            async with Engine.open(log=setup, aggregates=[Account]) as engine:
-                await _open_accounts(engine, accounts)
+            for name in schemas:
+                setup = PostgresEventLog(dsn, schema=name)
+                async with Engine.open(log=setup, aggregates=[Account]) as engine:
+                    await _open_accounts(engine, accounts)
 
         trio.run(open_accounts)
         children = [
             _Child(
                 "writer",
                 dsn=dsn,
-                schema=schema,
+                schema=schemas[i % len(schemas)],
                 accounts=accounts,
                 commands=commands,
                 processes=processes,
@@ -332,7 +337,8 @@ def w1_round(
         import psycopg
 
         with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+            for name in schemas:
+                conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
     done = sum(r["commands"] for r in results)
     cpu = sum(r["cpu"] for r in results) + server
     return {
@@ -476,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
     for views in (True, False):
         if not args.dsn or ("W1" if views else "W1-plain") not in only:
             continue
-        # (processes, routing, clients, busy processes, shared, sync). The controls are
+        # (processes, routing, clients, busy processes, shared, sync, separate). The controls are
         # one process under the two things that change when the load is split over N
         # processes on these cores: N-1 more processes contending for the cores (busy
         # ones, burning CPU), and 64/N clients each (smaller groups); one process on a
@@ -484,39 +490,44 @@ def main(argv: list[str] | None = None) -> int:
         # whose commits do not wait for the WAL flush (what the flush costs them). Beside
         # the same 64 clients split over N processes, N processes of 64 clients each:
         # the load a deployment of N processes is for (its capacity, not one load split).
-        configs: list[tuple[int, str, int, int, bool, bool]] = (
+        # And N processes of 64 clients, each on a log of its own (nothing shared): what
+        # N engines and their server connections cost on these cores, the most any
+        # sharing of one log could give per CPU-second here.
+        configs: list[tuple[int, str, int, int, bool, bool, bool]] = (
             [
-                (1, "affinity", 64, 0, True, True),
-                (2, "random", 64, 0, True, True),
-                (2, "affinity", 64, 0, True, True),
-                (4, "random", 64, 0, True, True),
-                (4, "affinity", 64, 0, True, True),
-                (2, "random", 128, 0, True, True),
-                (2, "affinity", 128, 0, True, True),
-                (4, "random", 256, 0, True, True),
-                (4, "affinity", 256, 0, True, True),
-                (1, "affinity", 64, 1, True, True),
-                (1, "affinity", 64, 3, True, True),
-                (1, "affinity", 32, 0, True, True),
-                (1, "affinity", 16, 0, True, True),
-                (1, "affinity", 64, 0, False, True),
-                (1, "affinity", 64, 0, True, False),
-                (2, "affinity", 64, 0, True, False),
+                (1, "affinity", 64, 0, True, True, False),
+                (2, "random", 64, 0, True, True, False),
+                (2, "affinity", 64, 0, True, True, False),
+                (4, "random", 64, 0, True, True, False),
+                (4, "affinity", 64, 0, True, True, False),
+                (2, "random", 128, 0, True, True, False),
+                (2, "affinity", 128, 0, True, True, False),
+                (4, "random", 256, 0, True, True, False),
+                (4, "affinity", 256, 0, True, True, False),
+                (1, "affinity", 64, 1, True, True, False),
+                (1, "affinity", 64, 3, True, True, False),
+                (1, "affinity", 32, 0, True, True, False),
+                (1, "affinity", 16, 0, True, True, False),
+                (1, "affinity", 64, 0, False, True, False),
+                (1, "affinity", 64, 0, True, False, False),
+                (2, "affinity", 64, 0, True, False, False),
             ]
             if views
             # Write nodes (aggregates only; the reads served by reader nodes, W5): what
             # the write side alone scales to, each process with its own 64 clients, and
             # what not following others costs or saves (the follower rests by affinity).
             else [
-                (1, "affinity", 64, 0, True, True),
-                (2, "random", 128, 0, True, True),
-                (2, "affinity", 128, 0, True, True),
-                (4, "random", 256, 0, True, True),
-                (4, "affinity", 256, 0, True, True),
-                (1, "affinity", 64, 0, False, True),
+                (1, "affinity", 64, 0, True, True, False),
+                (2, "random", 128, 0, True, True, False),
+                (2, "affinity", 128, 0, True, True, False),
+                (4, "random", 256, 0, True, True, False),
+                (4, "affinity", 256, 0, True, True, False),
+                (2, "affinity", 128, 0, True, True, True),
+                (4, "affinity", 256, 0, True, True, True),
+                (1, "affinity", 64, 0, False, True, False),
             ]
         )
-        samples: dict[tuple[int, str, int, int, bool, bool], list[dict[str, float]]] = {
+        samples: dict[tuple[int, str, int, int, bool, bool, bool], list[dict[str, float]]] = {
             c: [] for c in configs
         }
         for round_ in range(args.rounds):
@@ -525,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
             # measured below one process beside a busy one).
             turn = round_ % len(configs)
             for config in configs[turn:] + configs[:turn]:
-                processes, routing, clients, busy, shared, sync = config
+                processes, routing, clients, busy, shared, sync, separate = config
                 samples[config].append(
                     w1_round(
                         args.dsn,
@@ -538,6 +549,7 @@ def main(argv: list[str] | None = None) -> int:
                         busy=busy,
                         shared=shared,
                         sync=sync,
+                        separate=separate,
                     )
                 )
         medians = {
@@ -545,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
             for c, runs in samples.items()
         }
         base = medians[configs[0]]
-        for (processes, routing, clients, busy, shared, sync), med in medians.items():
+        for (processes, routing, clients, busy, shared, sync, separate), med in medians.items():
             row: dict[str, Any] = {
                 "workload": "W1-postgres-nodes" if views else "W1-postgres-write-nodes",
                 "processes": processes,
@@ -555,9 +567,11 @@ def main(argv: list[str] | None = None) -> int:
                 row["load"] = (
                     "64 clients a process" if clients == 64 * processes else "64 clients in all"
                 )
-            if busy or (processes == 1 and clients != 64) or not shared or not sync:
+            if busy or (processes == 1 and clients != 64) or not shared or not sync or separate:
                 row["control"] = (
-                    f"one process beside {busy} busy processes"
+                    f"{processes} processes, each on a log of its own (nothing shared)"
+                    if separate
+                    else f"one process beside {busy} busy processes"
                     if busy
                     else f"one process with {clients} clients"
                     if clients != 64
@@ -569,7 +583,7 @@ def main(argv: list[str] | None = None) -> int:
                 "per_second_ratio": round(med["per_second"] / base["per_second"], 3),
                 "per_cpu_second_ratio": round(med["per_cpu_second"] / base["per_cpu_second"], 3),
             }
-            unflushed = medians.get((1, "affinity", 64, 0, True, False))
+            unflushed = medians.get((1, "affinity", 64, 0, True, False, False))
             if not sync and processes > 1 and unflushed is not None:
                 # Against one process that does not wait for the flush either.
                 row["per_second_vs_one_unflushed"] = round(
@@ -578,7 +592,15 @@ def main(argv: list[str] | None = None) -> int:
                 row["per_cpu_second_vs_one_unflushed"] = round(
                     med["per_cpu_second"] / unflushed["per_cpu_second"], 3
                 )
-            contended = medians.get((1, "affinity", 64, processes - 1, True, True))
+            apart = medians.get((processes, "affinity", clients, 0, True, True, True))
+            if processes > 1 and sync and not separate and apart is not None:
+                # Against as many processes with as many clients, each on a log of its
+                # own: what sharing one log costs, apart from running N engines here.
+                row["per_second_vs_separate"] = round(med["per_second"] / apart["per_second"], 3)
+                row["per_cpu_second_vs_separate"] = round(
+                    med["per_cpu_second"] / apart["per_cpu_second"], 3
+                )
+            contended = medians.get((1, "affinity", 64, processes - 1, True, True, False))
             if processes > 1 and sync and contended is not None:
                 # Per CPU-second against one process under the same contention for the
                 # cores: what splitting the work costs, apart from the cores' sharing.
@@ -732,6 +754,22 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
                 marker="x",
                 color="black",  # off the colour cycle: a line keeps its colour in both panels
                 label="1 process, same contention" + suffix,
+            )
+        # The other control: N processes, each on a log of its own (nothing shared).
+        apart = {
+            r["processes"]: r
+            for r in rows
+            if r["workload"] == workload and "of its own" in r.get("control", "")
+        }
+        if apart:
+            points = base + [apart[n] for n in sorted(apart)]
+            axes[1].plot(
+                [r["processes"] for r in points],
+                [r["per_cpu_second_ratio"] for r in points],
+                linestyle="-.",
+                marker="s",
+                color="dimgray",
+                label="N processes, a log each (nothing shared)" + suffix,
             )
     for ax, title in zip(
         axes, ("commands/s vs 1 process", "commands per CPU-second vs 1 process"), strict=True

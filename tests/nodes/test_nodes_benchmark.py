@@ -49,8 +49,9 @@ def test_w5_quick_prints_lmdb_and_postgres_reader_lines(
 def test_w1_write_nodes_quick_prints_a_line_per_configuration(
     postgres: Postgres, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # Write nodes (aggregates only): 1, 2 and 4 processes by both routings and the
-    # unshared control, each a real process on a fresh schema, dropped afterwards.
+    # Write nodes (aggregates only): 1, 2 and 4 processes by both routings, the unshared
+    # control, and 2 and 4 processes each on a schema of its own, each a real process on
+    # a fresh schema, dropped afterwards.
     before = _schemas(postgres.url)
     assert main(["--quick", "--rounds", "1", "--only", "W1-plain", "--dsn", postgres.url]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line]
@@ -59,8 +60,10 @@ def test_w1_write_nodes_quick_prints_a_line_per_configuration(
         (1, "-", False),
         (1, "-", True),
         (2, "affinity", False),
+        (2, "affinity", True),
         (2, "random", False),
         (4, "affinity", False),
+        (4, "affinity", True),
         (4, "random", False),
     ]
     base = next(r for r in rows if r["processes"] == 1 and "control" not in r)
@@ -72,4 +75,6 @@ def test_w1_write_nodes_quick_prints_a_line_per_configuration(
         assert row["follower_rests"] >= 0
         if row["processes"] > 1:
             assert row["load"] == "64 clients a process"
+            # Each shared configuration beside as many processes on logs of their own.
+            assert ("per_cpu_second_vs_separate" in row) is ("control" not in row)
     assert not {s for s in _schemas(postgres.url) - before if s.startswith("bench_")}
