@@ -53,6 +53,7 @@ append to (issue 15) the same counters carry the retries too: ``send``'s (``_aga
 from __future__ import annotations
 
 import copy
+import math
 import random
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Container, Sequence
@@ -111,6 +112,12 @@ CATCH_UP_INLINE = 64
 on the event loop (a conflict leaves it a few behind); the rest is read in a worker
 thread, so a long way behind never blocks the loop for long."""
 
+FOLLOWER_WAIT = 0.02
+"""On a log others append to: the longest a stale aggregate's catch-up waits for the
+follower's next read to bring the events it misses (``Aggregates._await_follower``),
+and how recently the follower must have brought others' events for it to wait at all
+(it reads every few milliseconds while others keep committing); then it reads them."""
+
 
 class AggregatesStatistics(msgspec.Struct, frozen=True):
     """Counters of the aggregate actors."""
@@ -141,6 +148,12 @@ class AggregatesStatistics(msgspec.Struct, frozen=True):
     caught_up_unread: int = 0
     """Of ``caught_up``, those that read nothing: the events were the ones the follower had
     read while the aggregate could not apply them (an append of it in flight)."""
+    caught_up_waits: int = 0
+    """Of ``caught_up``, those that waited for the follower's next read to bring the events
+    they missed (it was reading others' events as they came), instead of reading them."""
+    caught_up_wait_misses: int = 0
+    """Of ``caught_up_waits``, those the follower did not bring the events for in time
+    (``FOLLOWER_WAIT``): they read them after all."""
 
 
 class Aggregates:
@@ -208,6 +221,12 @@ class Aggregates:
         self._shared = follows_others(log)
         self._retries = 0
         self._refreshed = 0  # actors brought up to date by apply_foreign
+        # When the follower last brought others' events, and the event a catch-up waiting
+        # for its next read waits on (``_await_follower``).
+        self._foreign_at = -math.inf
+        self._foreign_read: anyio.Event | None = None
+        self._follower_waits = 0
+        self._follower_misses = 0
         # send_nowait's outcomes settled in the engine's tasks (a log others append to).
         self._task_group: TaskGroup | None = None
         self._redeciding = 0
@@ -348,6 +367,10 @@ class Aggregates:
                 continue
             actor.version = stored.version
             self._refreshed += 1
+        self._foreign_at = anyio.current_time()
+        if self._foreign_read is not None:
+            self._foreign_read.set()  # catch-ups waiting for this read look again
+            self._foreign_read = None
         return moved
 
     @property
@@ -1055,18 +1078,26 @@ class Aggregates:
     async def _reload_async(self, actor: Actor) -> None:
         """``_reload`` for a log whose reads block.
 
-        A catch-up (``_catch_up_from``) reads up to ``CATCH_UP_INLINE`` events inline, on
-        the loop: one round trip, as the follower's reads and the writer's commits
-        already take, where a worker thread's hand-offs cost a conflict more than the
-        read (measured: docs/design.md, issue 15 session 7). An actor further behind, and
-        a full rebuild, are read in a worker thread, senders arriving meanwhile waiting
-        in ``drained`` (``reloading`` keeps anyone else from reloading or deciding, and
-        the actor from being passivated). Cancelled, it waits for the read, keeps the
-        reloaded state, and then raises."""
+        A catch-up (``_catch_up_from``) applies the events the follower kept for the
+        actor if they reach the conflict's version; if they do not yet, and the follower
+        is reading others' events as they come, it waits for its next read
+        (``_await_follower``) rather than read them itself. Else it reads up to
+        ``CATCH_UP_INLINE`` events inline, on the loop: one round trip, as the follower's
+        reads and the writer's commits already take, where a worker thread's hand-offs
+        cost a conflict more than the read (measured: docs/design.md, issue 15 session
+        7). An actor further behind, and a full rebuild, are read in a worker thread,
+        senders arriving meanwhile waiting in ``drained`` (``reloading`` keeps anyone
+        else from reloading or deciding, and the actor from being passivated). Cancelled,
+        it waits for the read, keeps the reloaded state, and then raises (cancelled while
+        waiting for the follower, it leaves the actor stale, its kept events with it)."""
         self._reloads += 1
         start = self._catch_up_from(actor)
         if start is not None:
             self._caught_up += 1
+            if self._follower_brings(actor, start):
+                await self._await_follower(actor, start)
+                if actor.closed:
+                    return  # the engine closed meanwhile: the sender checks again
             seen = self._kept_since(actor, start)
             if seen is not None:  # the follower read them: no read here
                 self._caught_up_with(actor, seen)
@@ -1103,6 +1134,38 @@ class Aggregates:
             self._reloaded(actor)
         await anyio.lowlevel.checkpoint_if_cancelled()
 
+    def _follower_brings(self, actor: Actor, start: int) -> bool:
+        """Whether the events a catch-up from ``start`` misses are on their way: the
+        follower brought others' events within ``FOLLOWER_WAIT`` (it reads every few
+        milliseconds while they keep committing), the conflict found the stream beyond
+        ``start``, and what it kept so far follows ``start`` without a gap (or nothing),
+        short of the conflict's version."""
+        target = actor.conflicted_at
+        if target <= start or anyio.current_time() - self._foreign_at > FOLLOWER_WAIT:
+            return False
+        seen = actor.seen
+        return seen is None or (seen[0].version <= start + 1 and seen[-1].version < target)
+
+    async def _await_follower(self, actor: Actor, start: int) -> None:
+        """Wait, at most ``FOLLOWER_WAIT``, until the events the follower keeps for
+        ``actor`` reach its conflict's version from ``start`` (its next read brings every
+        event committed since its last: a conflict's events are committed), so that the
+        catch-up reads nothing. Senders arriving meanwhile wait in ``drained``."""
+        self._follower_waits += 1
+        actor.reloading = True
+        try:
+            with anyio.move_on_after(FOLLOWER_WAIT):
+                while not (actor.closed or _seen_reaches(actor, start)):
+                    if self._foreign_read is None:
+                        self._foreign_read = anyio.Event()
+                    await self._foreign_read.wait()
+        finally:
+            actor.reloading = False
+            if actor.drained:
+                actor.wake_drained()  # they check again once this catch-up is done
+        if not _seen_reaches(actor, start):
+            self._follower_misses += 1
+
     def _maybe_snapshot(self, actor: Actor) -> None:
         """Snapshot an actor whose state is all durable, if ``snapshot_every`` says so."""
         every = actor.kind.snapshot_every
@@ -1134,6 +1197,9 @@ class Aggregates:
         """Refuse new commands and fail every sender still waiting for room."""
         self._closed = True
         self._slots.close(lambda: EngineClosed("the engine closed before this command ran"))
+        if self._foreign_read is not None:
+            self._foreign_read.set()  # catch-ups waiting for the follower: closed actors
+            self._foreign_read = None
         for loading in self._loading.values():
             loading.finish(None)  # its waiters find the engine closed; the load ends alone
 
@@ -1152,6 +1218,8 @@ class Aggregates:
             reloads=self._reloads,
             caught_up=self._caught_up,
             caught_up_unread=self._caught_up_unread,
+            caught_up_waits=self._follower_waits,
+            caught_up_wait_misses=self._follower_misses,
             in_flight=sum(a.inflight for a in actors),
             waiting=sum(len(a.room) + len(a.drained) for a in actors)
             + len(self._capacity)
@@ -1286,6 +1354,17 @@ def _keep_seen(actor: Actor, stored: StoredEvent) -> None:
         actor.seen = [stored]
     elif len(seen) < CATCH_UP_INLINE:
         seen.append(stored)
+
+
+def _seen_reaches(actor: Actor, start: int) -> bool:
+    """Whether the events kept for ``actor`` run without a gap from ``start + 1`` to its
+    conflict's version (``_seen_since`` would apply them)."""
+    seen = actor.seen
+    return (
+        seen is not None
+        and seen[0].version <= start + 1 <= seen[-1].version
+        and seen[-1].version >= actor.conflicted_at
+    )
 
 
 def _seen_since(actor: Actor, start: int) -> list[StoredEvent] | None:
