@@ -4,7 +4,8 @@ block (the PostgreSQL path): while the follower is bringing others' events as th
 the events a failed append found the stream at are on their way, so the catch-up waits
 (at most ``FOLLOWER_WAIT``) until the events it keeps reach the conflict's version, and
 applies them; it reads the log if they do not come, and does not wait at all when the
-follower is not reading or what it kept has a gap. Either way the live state must be the
+follower is not reading or what it kept has a gap (nor when the follower already moved the aggregate
+past the conflict: ``test_catch_up_unread.py``). Either way the live state must be the
 log's, and senders arriving meanwhile wait their turn."""
 
 from __future__ import annotations
@@ -17,18 +18,12 @@ import trio.testing
 
 from actorlog import EngineClosed
 from actorlog.engine import _aggregates
-from actorlog.engine._aggregates import Aggregates
+from actorlog.engine._aggregates import Aggregates, Pending
 
 from .actor_host import ManualWriter
-from .counters import Add, Counter, Take, fold
+from .counters import Add, Counter, fold
 from .test_catch_up import SharedMemoryLog, crank, rival_add, shared_host
-from .test_catch_up_unread import CountingLog, check_live, followed, opened
-
-
-class BlockingLog(CountingLog):
-    """The counting shared log, saying its reads block: the engine's PostgreSQL path."""
-
-    blocking_reads = True
+from .test_catch_up_unread import BlockingLog, check_live, followed, opened
 
 
 def host() -> tuple[Aggregates, ManualWriter, BlockingLog]:
@@ -48,21 +43,35 @@ def live_tags(log: BlockingLog) -> tuple[int, tuple[str, ...]]:
     return fold(SharedMemoryLog.read_stream(log, "a"))
 
 
-async def test_a_catch_up_waits_for_the_follower_and_reads_nothing(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(_aggregates, "FOLLOWER_WAIT", 5.0)  # a test's pace, not a server's
+@pytest.fixture(autouse=True)
+def patient_follower(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A wait bound at a test's pace, not a server's (a test may set its own)."""
+    monkeypatch.setattr(_aggregates, "FOLLOWER_WAIT", 5.0)
+
+
+async def mine_in_flight(
+    aggregates: Aggregates, writer: ManualWriter, log: BlockingLog, *rivals: str, reading: bool
+) -> tuple[Pending, int]:
+    """Stream "a" opened at version 1, the follower reading others' events if ``reading``,
+    ``Add("mine", 5)`` decided on version 1 and in flight, and another process's commit of
+    an event a tag in ``rivals`` (versions 2, 3, ...) that the follower has not read yet;
+    and the log's stream reads so far."""
+    await opened(aggregates, writer)
+    if reading:
+        follower_reading(aggregates, log)
+    mine = aggregates.send_nowait(Counter, "a", Add("mine", 5), None)
+    rival_add(log, "a", *rivals)
+    return mine, log.reads
+
+
+async def test_a_catch_up_waits_for_the_follower_and_reads_nothing() -> None:
     aggregates, writer, log = host()
     later: list[Any] = []
     async with anyio.create_task_group() as tasks:
         aggregates.use_task_group(tasks)
-        await opened(aggregates, writer)
-        follower_reading(aggregates, log)
         # Decided on version 1; another process commits versions 2 and 3, which the
         # follower has not read yet: the append fails (actual 3) and the catch-up waits.
-        mine = aggregates.send_nowait(Counter, "a", Add("mine", 5), None)
-        rival_add(log, "a", "r1", "r2")
-        reads = log.reads
+        mine, reads = await mine_in_flight(aggregates, writer, log, "r1", "r2", reading=True)
         await crank(writer)
         actor = aggregates._live["a"]
         assert actor.reloading and actor.stale
@@ -93,11 +102,7 @@ async def test_a_catch_up_the_follower_does_not_serve_in_time_reads(
     aggregates, writer, log = host()
     async with anyio.create_task_group() as tasks:
         aggregates.use_task_group(tasks)
-        await opened(aggregates, writer)
-        follower_reading(aggregates, log)
-        mine = aggregates.send_nowait(Counter, "a", Add("mine", 5), None)
-        rival_add(log, "a", "r1")
-        reads = log.reads
+        mine, reads = await mine_in_flight(aggregates, writer, log, "r1", reading=True)
         await crank(writer)
         assert aggregates._live["a"].reloading
         await anyio.sleep(0.5)  # the follower never brings version 2: the wait ends
@@ -111,16 +116,12 @@ async def test_a_catch_up_the_follower_does_not_serve_in_time_reads(
     assert live_tags(log) == (7, ("own", "r1", "mine"))
 
 
-async def test_no_wait_when_the_follower_is_not_reading(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_aggregates, "FOLLOWER_WAIT", 5.0)
+async def test_no_wait_when_the_follower_is_not_reading() -> None:
     aggregates, writer, log = host()
     async with anyio.create_task_group() as tasks:
         aggregates.use_task_group(tasks)
-        await opened(aggregates, writer)
         # No read of others' events yet (the follower rests, say): nothing on its way.
-        mine = aggregates.send_nowait(Counter, "a", Add("mine", 5), None)
-        rival_add(log, "a", "r1")
-        reads = log.reads
+        mine, reads = await mine_in_flight(aggregates, writer, log, "r1", reading=False)
         await crank(writer)
         assert aggregates.statistics().caught_up_waits == 0
         await mine
@@ -128,19 +129,14 @@ async def test_no_wait_when_the_follower_is_not_reading(monkeypatch: pytest.Monk
         await check_live(aggregates, writer, log)
 
 
-async def test_no_wait_when_the_kept_events_have_a_gap(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_aggregates, "FOLLOWER_WAIT", 5.0)
+async def test_no_wait_when_the_kept_events_have_a_gap() -> None:
     aggregates, writer, log = host()
     async with anyio.create_task_group() as tasks:
         aggregates.use_task_group(tasks)
-        await opened(aggregates, writer)
-        follower_reading(aggregates, log)
-        mine = aggregates.send_nowait(Counter, "a", Add("mine", 5), None)
-        rival_add(log, "a", "r1", "r2", "r3")
+        mine, reads = await mine_in_flight(aggregates, writer, log, "r1", "r2", "r3", reading=True)
         # Only version 3 handed over: kept from 3, so version 2 will never be among them
         # (and the conflict found 4: short of it too).
         aggregates.apply_foreign(followed(log, "a", 2)[:1])
-        reads = log.reads
         await crank(writer)
         assert aggregates.statistics().caught_up_waits == 0
         await mine
@@ -148,10 +144,7 @@ async def test_no_wait_when_the_kept_events_have_a_gap(monkeypatch: pytest.Monke
         await check_live(aggregates, writer, log)
 
 
-async def test_a_sender_cancelled_while_its_catch_up_waits(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(_aggregates, "FOLLOWER_WAIT", 5.0)
+async def test_a_sender_cancelled_while_its_catch_up_waits() -> None:
     aggregates, writer, log = host()
     scope = anyio.CancelScope()
     async with anyio.create_task_group() as tasks:
@@ -209,26 +202,3 @@ async def test_closing_wakes_a_catch_up_waiting_for_the_follower(
         await trio.testing.wait_all_tasks_blocked()
         assert len(outcome) == 1
     assert live_tags(log) == (2, ("own", "r1"))
-
-
-async def test_no_wait_when_the_follower_already_moved_it_past_the_conflict(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(_aggregates, "FOLLOWER_WAIT", 5.0)
-    aggregates, writer, log = host()
-    async with anyio.create_task_group() as tasks:
-        aggregates.use_task_group(tasks)
-        await opened(aggregates, writer)
-        # Refused on version 1 (Take 3 of 1), its probe expecting 1; the follower applies
-        # versions 2 and 3 to the idle aggregate before the probe is judged: the probe
-        # conflicts (actual 3) with the aggregate at 3 already: nothing to wait for.
-        mine = aggregates.send_nowait(Counter, "a", Take("take", 3), None)
-        rival_add(log, "a", "r1", "r2")
-        assert aggregates.apply_foreign(followed(log, "a", 1)) == 2
-        reads = log.reads
-        await crank(writer)
-        assert aggregates.statistics().caught_up_waits == 0
-        await mine
-        assert log.reads == reads
-        await check_live(aggregates, writer, log)
-    assert live_tags(log) == (0, ("own", "r1", "r2", "take"))

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import anyio
+import pytest
 
 from actorlog.engine._aggregates import CATCH_UP_INLINE, Aggregates
 from actorlog.storage import StoredEvent
@@ -33,8 +34,15 @@ class CountingLog(SharedMemoryLog):
         return super().read_stream(stream_id, from_version, limit)
 
 
-def host() -> tuple[Aggregates, ManualWriter, CountingLog]:
-    log = CountingLog()
+class BlockingLog(CountingLog):
+    """The counting shared log, saying its reads block: the engine's PostgreSQL path (the
+    catch-up may wait for the follower's next read, ``test_catch_up_follower_wait.py``)."""
+
+    blocking_reads = True
+
+
+def host(log_type: type[CountingLog] = CountingLog) -> tuple[Aggregates, ManualWriter, Any]:
+    log = log_type()
     aggregates, writer, _ = shared_host([Counter, Tally], log)
     return aggregates, writer, log
 
@@ -59,10 +67,11 @@ async def check_live(aggregates: Aggregates, writer: ManualWriter, log: Counting
     await check
 
 
-async def test_a_rejection_whose_probe_conflicts_after_the_follower_moved_it_reads_nothing() -> (
-    None
-):
-    aggregates, writer, log = host()
+@pytest.mark.parametrize("log_type", [CountingLog, BlockingLog])
+async def test_a_rejection_whose_probe_conflicts_after_the_follower_moved_it_reads_nothing(
+    log_type: type[CountingLog],
+) -> None:
+    aggregates, writer, log = host(log_type)
     async with anyio.create_task_group() as tasks:
         aggregates.use_task_group(tasks)
         await opened(aggregates, writer)
@@ -81,6 +90,7 @@ async def test_a_rejection_whose_probe_conflicts_after_the_follower_moved_it_rea
             raise AssertionError("refused on the stale state") from None
         stats = aggregates.statistics()
         assert stats.caught_up == stats.caught_up_unread == 1
+        assert stats.caught_up_waits == 0  # the aggregate is past the conflict already
         assert log.reads == reads
         await check_live(aggregates, writer, log)
     assert fold(log.read_stream("a")) == (0, ("own", "r1", "r2", "take"))
