@@ -1144,7 +1144,7 @@ class Aggregates:
         if target <= start or anyio.current_time() - self._foreign_at > FOLLOWER_WAIT:
             return False
         seen = actor.seen
-        return seen is None or (seen[0].version <= start + 1 and seen[-1].version < target)
+        return _seen_may_reach(actor, start) and (seen is None or seen[-1].version < target)
 
     async def _await_follower(self, actor: Actor, start: int) -> None:
         """Wait, at most ``FOLLOWER_WAIT``, until the events the follower keeps for
@@ -1156,6 +1156,8 @@ class Aggregates:
         try:
             with anyio.move_on_after(FOLLOWER_WAIT):
                 while not (actor.closed or _seen_reaches(actor, start)):
+                    if not _seen_may_reach(actor, start):
+                        break  # kept from past start + 1, or full: no read brings them
                     if self._foreign_read is None:
                         self._foreign_read = anyio.Event()
                     await self._foreign_read.wait()
@@ -1365,6 +1367,15 @@ def _seen_reaches(actor: Actor, start: int) -> bool:
         and seen[0].version <= start + 1 <= seen[-1].version
         and seen[-1].version >= actor.conflicted_at
     )
+
+
+def _seen_may_reach(actor: Actor, start: int) -> bool:
+    """Whether the follower's next reads may yet make the events kept for ``actor`` reach
+    (``_seen_reaches``): nothing kept, or kept from ``start + 1`` or before and not full.
+    Kept from past it (this engine's own events in between, never handed over), they
+    only ever grow from there or start again later; full, they grow no more."""
+    seen = actor.seen
+    return seen is None or (seen[0].version <= start + 1 and len(seen) < CATCH_UP_INLINE)
 
 
 def _seen_since(actor: Actor, start: int) -> list[StoredEvent] | None:
