@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+from collections.abc import Iterator
 from typing import Any, cast
 
 import anyio
@@ -41,6 +42,18 @@ def host(max_live: int = 100) -> tuple[Aggregates, ManualWriter, BlockingLog]:
     return aggregates, writer, log
 
 
+@contextlib.contextmanager
+def guard(aggregates: Aggregates) -> Iterator[None]:
+    """Fail a test that hangs, or fails, without sitting out a shielded redecision's long
+    wait for the follower: the engine closes (which wakes it) before the task group ends."""
+    try:
+        with trio.fail_after(10):
+            yield
+    except BaseException:
+        aggregates.close()
+        raise
+
+
 def tags_of(log: BlockingLog, stream: str = "a") -> tuple[int, tuple[str, ...]]:
     return fold(SharedMemoryLog.read_stream(log, stream))
 
@@ -58,31 +71,32 @@ async def test_a_wait_the_follower_cannot_serve_ends_at_the_hand_over_that_says_
     aggregates, writer, log = host()
     async with anyio.create_task_group() as tasks:
         aggregates.use_task_group(tasks)
-        await opened(aggregates, writer)
-        follower_reading(aggregates, log)
-        first = aggregates.send_nowait(Counter, "a", Add("m1", 1), None)
-        second = aggregates.send_nowait(Counter, "a", Add("m2", 1), None)
-        writer.commit(1)  # m1: version 2
-        rival_add(log, "a", "r1")  # 3
-        writer.commit(1)  # m2 fails: actual 3
-        await trio.testing.wait_all_tasks_blocked()
-        actor = aggregates._live["a"]
-        assert actor.stale and actor.reloading  # waiting for the follower
-        # The follower's read: only the other process's 3 (its own 2 is skipped).
-        aggregates.apply_foreign([e for e in followed(log, "a", 2)])
-        await trio.testing.wait_all_tasks_blocked()
-        try:
-            assert not actor.reloading, "still waiting for events that cannot come"
-            assert writer.queue  # caught up (read), decided again, submitted
-        except AssertionError:
-            aggregates.close()  # the redecision's task is shielded: end its wait
-            raise
-        await crank(writer)
-        await first
-        await second
-        await check_live(aggregates, writer, log)
-        stats = aggregates.statistics()
-        assert stats.caught_up_waits == stats.caught_up_wait_misses == 1
+        with guard(aggregates):
+            await opened(aggregates, writer)
+            follower_reading(aggregates, log)
+            first = aggregates.send_nowait(Counter, "a", Add("m1", 1), None)
+            second = aggregates.send_nowait(Counter, "a", Add("m2", 1), None)
+            writer.commit(1)  # m1: version 2
+            rival_add(log, "a", "r1")  # 3
+            writer.commit(1)  # m2 fails: actual 3
+            await trio.testing.wait_all_tasks_blocked()
+            actor = aggregates._live["a"]
+            assert actor.stale and actor.reloading  # waiting for the follower
+            # The follower's read: only the other process's 3 (its own 2 is skipped).
+            aggregates.apply_foreign([e for e in followed(log, "a", 2)])
+            await trio.testing.wait_all_tasks_blocked()
+            try:
+                assert not actor.reloading, "still waiting for events that cannot come"
+                assert writer.queue  # caught up (read), decided again, submitted
+            except AssertionError:
+                aggregates.close()  # the redecision's task is shielded: end its wait
+                raise
+            await crank(writer)
+            await first
+            await second
+            await check_live(aggregates, writer, log)
+            stats = aggregates.statistics()
+            assert stats.caught_up_waits == stats.caught_up_wait_misses == 1
     assert tags_of(log) == (4, ("own", "m1", "r1", "m2"))
 
 
@@ -118,25 +132,26 @@ async def test_two_catch_ups_wait_on_one_read_each_served_in_turn(
     aggregates, writer, log = host()
     async with anyio.create_task_group() as tasks:
         aggregates.use_task_group(tasks)
-        await open_stream(aggregates, writer, "a")
-        await open_stream(aggregates, writer, "b")
-        follower_reading(aggregates, log)
-        a = await conflict_waiting(aggregates, writer, log, "a", tasks)
-        b = await conflict_waiting(aggregates, writer, log, "b", tasks)
-        writer.commit()  # both fail: a at 2, b at 2
-        await trio.testing.wait_all_tasks_blocked()
-        actor_a, actor_b = aggregates._live["a"], aggregates._live["b"]
-        assert actor_a.reloading and actor_b.reloading
-        # One read brings only b's event: b goes on, a waits again (on a new event).
-        aggregates.apply_foreign(followed(log, "b", 1))
-        await trio.testing.wait_all_tasks_blocked()
-        assert actor_a.reloading and not actor_b.reloading
-        aggregates.apply_foreign(followed(log, "a", 1))
-        await crank(writer)
-        assert len(a) == len(b) == 1 and not isinstance(a[0], Exception)
-        stats = aggregates.statistics()
-        assert stats.caught_up_waits == 2 and stats.caught_up_wait_misses == 0
-        await check_live(aggregates, writer, log)
+        with guard(aggregates):
+            await open_stream(aggregates, writer, "a")
+            await open_stream(aggregates, writer, "b")
+            follower_reading(aggregates, log)
+            a = await conflict_waiting(aggregates, writer, log, "a", tasks)
+            b = await conflict_waiting(aggregates, writer, log, "b", tasks)
+            writer.commit()  # both fail: a at 2, b at 2
+            await trio.testing.wait_all_tasks_blocked()
+            actor_a, actor_b = aggregates._live["a"], aggregates._live["b"]
+            assert actor_a.reloading and actor_b.reloading
+            # One read brings only b's event: b goes on, a waits again (on a new event).
+            aggregates.apply_foreign(followed(log, "b", 1))
+            await trio.testing.wait_all_tasks_blocked()
+            assert actor_a.reloading and not actor_b.reloading
+            aggregates.apply_foreign(followed(log, "a", 1))
+            await crank(writer)
+            assert len(a) == len(b) == 1 and not isinstance(a[0], Exception)
+            stats = aggregates.statistics()
+            assert stats.caught_up_waits == 2 and stats.caught_up_wait_misses == 0
+            await check_live(aggregates, writer, log)
     assert tags_of(log, "a") == (3, ("own", "ra", "ma"))
     assert tags_of(log, "b") == (3, ("own", "rb", "mb"))
 
@@ -148,19 +163,22 @@ async def test_closing_wakes_every_catch_up_waiting_for_the_follower(
     aggregates, writer, log = host()
     async with anyio.create_task_group() as tasks:
         aggregates.use_task_group(tasks)
-        await open_stream(aggregates, writer, "a")
-        await open_stream(aggregates, writer, "b")
-        follower_reading(aggregates, log)
-        a = await conflict_waiting(aggregates, writer, log, "a", tasks)
-        b = await conflict_waiting(aggregates, writer, log, "b", tasks)
-        # And a send_nowait's redecision (a shielded engine task) waiting too.
-        aggregates.apply_foreign([])  # the follower read just now
-        writer.commit()
-        await trio.testing.wait_all_tasks_blocked()
-        assert aggregates._live["a"].reloading and aggregates._live["b"].reloading
-        aggregates.close()
-        await trio.testing.wait_all_tasks_blocked()
-        assert [type(x) for x in a + b] == [EngineClosed, EngineClosed]
+        with guard(aggregates):
+            await open_stream(aggregates, writer, "a")
+            await open_stream(aggregates, writer, "b")
+            follower_reading(aggregates, log)
+            a = await conflict_waiting(aggregates, writer, log, "a", tasks)
+            b = await conflict_waiting(aggregates, writer, log, "b", tasks)
+            # And a send_nowait's redecision (a shielded engine task) waiting too.
+            aggregates.apply_foreign([])  # the follower read just now
+            writer.commit()
+            await trio.testing.wait_all_tasks_blocked()
+            assert aggregates._live["a"].reloading and aggregates._live["b"].reloading
+            reads = log.reads
+            aggregates.close()
+            await trio.testing.wait_all_tasks_blocked()
+            assert [type(x) for x in a + b] == [EngineClosed, EngineClosed]
+            assert log.reads == reads  # closed: nothing more read for it
     assert tags_of(log, "a") == (2, ("own", "ra"))
 
 
@@ -173,17 +191,18 @@ async def test_a_send_nowait_redecision_waiting_is_woken_by_close(
     aggregates, writer, log = host()
     async with anyio.create_task_group() as tasks:
         aggregates.use_task_group(tasks)
-        await opened(aggregates, writer)
-        follower_reading(aggregates, log)
-        mine = aggregates.send_nowait(Counter, "a", Add("mine", 5), None)
-        rival_add(log, "a", "r1")
-        writer.commit()
-        await trio.testing.wait_all_tasks_blocked()
-        assert aggregates._live["a"].reloading
-        aggregates.close()
-        with pytest.raises(EngineClosed):
-            await mine
-        assert not writer.queue
+        with guard(aggregates):
+            await opened(aggregates, writer)
+            follower_reading(aggregates, log)
+            mine = aggregates.send_nowait(Counter, "a", Add("mine", 5), None)
+            rival_add(log, "a", "r1")
+            writer.commit()
+            await trio.testing.wait_all_tasks_blocked()
+            assert aggregates._live["a"].reloading
+            aggregates.close()
+            with pytest.raises(EngineClosed):
+                await mine
+            assert not writer.queue
     assert tags_of(log) == (2, ("own", "r1"))
 
 
@@ -195,27 +214,28 @@ async def test_a_waiting_catch_up_is_not_evicted_and_a_sender_for_another_stream
     other: list[Any] = []
     async with anyio.create_task_group() as tasks:
         aggregates.use_task_group(tasks)
-        await opened(aggregates, writer)
-        follower_reading(aggregates, log)
-        a = await conflict_waiting(aggregates, writer, log, "a", tasks)
-        writer.commit()
-        await trio.testing.wait_all_tasks_blocked()
-        actor = aggregates._live["a"]
-        assert actor.reloading
+        with guard(aggregates):
+            await opened(aggregates, writer)
+            follower_reading(aggregates, log)
+            a = await conflict_waiting(aggregates, writer, log, "a", tasks)
+            writer.commit()
+            await trio.testing.wait_all_tasks_blocked()
+            actor = aggregates._live["a"]
+            assert actor.reloading
 
-        async def send_b() -> None:
-            other.append(await aggregates.send(Counter, "b", Add("b1", 1), None))
+            async def send_b() -> None:
+                other.append(await aggregates.send(Counter, "b", Add("b1", 1), None))
 
-        tasks.start_soon(send_b)
-        await trio.testing.wait_all_tasks_blocked()
-        assert aggregates._live.get("a") is actor and not other  # not evicted mid-wait
-        aggregates.apply_foreign(followed(log, "a", 1))
-        await crank(writer)
-        assert len(a) == 1 and not isinstance(a[0], Exception)
-        with trio.fail_after(5):  # b is loaded in a worker thread once a is idle
-            while not other:
-                await trio.sleep(0.001)
-                await crank(writer)
+            tasks.start_soon(send_b)
+            await trio.testing.wait_all_tasks_blocked()
+            assert aggregates._live.get("a") is actor and not other  # not evicted mid-wait
+            aggregates.apply_foreign(followed(log, "a", 1))
+            await crank(writer)
+            assert len(a) == 1 and not isinstance(a[0], Exception)
+            with trio.fail_after(5):  # b is loaded in a worker thread once a is idle
+                while not other:
+                    await trio.sleep(0.001)
+                    await crank(writer)
     assert tags_of(log, "a") == (3, ("own", "ra", "ma"))
     assert tags_of(log, "b") == (1, ("b1",))
 
@@ -229,31 +249,32 @@ async def test_a_probe_conflict_during_the_wait_raises_what_it_must_reach(
     aggregates, writer, log = host()
     async with anyio.create_task_group() as tasks:
         aggregates.use_task_group(tasks)
-        await opened(aggregates, writer)
-        follower_reading(aggregates, log)
-        add = aggregates.send_nowait(Counter, "a", Add("mine", 1), None)  # expects 1
-        take = aggregates.send_nowait(Counter, "a", Take("take", 50), None)  # refused: probe 2
-        rival_add(log, "a", "r1", "r2")  # 2, 3
-        writer.commit(1)  # the add fails: actual 3
-        await trio.testing.wait_all_tasks_blocked()
-        actor = aggregates._live["a"]
-        # The probe is still queued: the actor is stale with nothing counted in flight.
-        assert actor.conflicted_at == 3
-        aggregates.apply_foreign(followed(log, "a", 1)[:1])  # only 2 so far
-        rival_add(log, "a", "r3")  # 4
-        assert actor.reloading  # kept 2: short of 3
-        writer.commit(1)  # the probe (expects 2) fails: actual 4
-        await trio.testing.wait_all_tasks_blocked()
-        assert actor.conflicted_at == 4 and actor.reloading
-        aggregates.apply_foreign(followed(log, "a", 2)[:1])  # 3: what the first needed
-        await trio.testing.wait_all_tasks_blocked()
-        assert actor.reloading  # but the probe found 4: still short
-        aggregates.apply_foreign(followed(log, "a", 3))  # 4
-        await crank(writer)
-        await add
-        with pytest.raises(TooMuch):
-            await take
-        await check_live(aggregates, writer, log)
+        with guard(aggregates):
+            await opened(aggregates, writer)
+            follower_reading(aggregates, log)
+            add = aggregates.send_nowait(Counter, "a", Add("mine", 1), None)  # expects 1
+            take = aggregates.send_nowait(Counter, "a", Take("take", 50), None)  # refused: probe 2
+            rival_add(log, "a", "r1", "r2")  # 2, 3
+            writer.commit(1)  # the add fails: actual 3
+            await trio.testing.wait_all_tasks_blocked()
+            actor = aggregates._live["a"]
+            # The probe is still queued: the actor is stale with nothing counted in flight.
+            assert actor.conflicted_at == 3
+            aggregates.apply_foreign(followed(log, "a", 1)[:1])  # only 2 so far
+            rival_add(log, "a", "r3")  # 4
+            assert actor.reloading  # kept 2: short of 3
+            writer.commit(1)  # the probe (expects 2) fails: actual 4
+            await trio.testing.wait_all_tasks_blocked()
+            assert actor.conflicted_at == 4 and actor.reloading
+            aggregates.apply_foreign(followed(log, "a", 2)[:1])  # 3: what the first needed
+            await trio.testing.wait_all_tasks_blocked()
+            assert actor.reloading  # but the probe found 4: still short
+            aggregates.apply_foreign(followed(log, "a", 3))  # 4
+            await crank(writer)
+            await add
+            with pytest.raises(TooMuch):
+                await take
+            await check_live(aggregates, writer, log)
     total, tags = tags_of(log)
     assert tags == ("own", "r1", "r2", "r3", "mine") and total == 5
     stats = aggregates.statistics()
@@ -324,82 +345,86 @@ async def blocking_fuzz(seed: int, steps: int = 80) -> None:
 
     async with trio.open_nursery() as nursery:
         aggregates.use_task_group(cast(Any, nursery))
-        for _ in range(steps):
-            action = rng.random()
-            stream = rng.choice(list(STREAMS))
-            kind = STREAMS[stream]
-            if action < 0.15:
-                tags = [f"r{n + i}" for i in range(rng.randint(1, 3))]
-                n += len(tags)
-                rival_add(log, stream, *tags)
-                trace.append(f"rival {stream} {tags}")
-            elif action < 0.35:
-                events = SharedMemoryLog.read_stream(log, stream)
-                upto = rng.randint(delivered[stream], len(events))
-                handed = events[delivered[stream] : upto]
-                if rng.random() < 0.8:  # the follower skips this engine's own batches
-                    handed = [e for e in handed if not fold([e])[1][0].startswith("m")]
-                aggregates.apply_foreign(handed)
-                trace.append(f"follow {stream} {[e.version for e in handed]}")
-                delivered[stream] = upto
-            elif action < 0.62:
-                n += 1
-                pick = rng.random()
-                command: Any = (
-                    Add(f"m{n}", rng.randint(1, 5))
-                    if pick < 0.6
-                    else Take(f"m{n}", rng.randint(1, 20))
-                    if pick < 0.9
-                    else Scribble()
-                )
-                if rng.random() < 0.4:
-                    outstanding[0] += 1
-                    scope = trio.CancelScope()
-                    scopes.append(scope)
-                    nursery.start_soon(send, kind, stream, command, scope)
-                    trace.append(f"send (awaited) {stream} {command}")
-                    continue
-                try:
-                    pending.append(aggregates.send_nowait(kind, stream, command, None))
-                    trace.append(f"send {stream} {command}")
-                except Overloaded:
-                    trace.append("overloaded")
-            elif action < 0.67:
-                if scopes:
-                    scopes.pop(rng.randrange(len(scopes))).cancel()
-                    trace.append("cancel a send")
-            elif action < 0.72:
-                await trio.sleep(rng.choice([0.001, 0.01]))  # waits may time out
-                trace.append("time passes")
-            elif action < 0.92:
-                if writer.queue:
+        try:
+            for _ in range(steps):
+                action = rng.random()
+                stream = rng.choice(list(STREAMS))
+                kind = STREAMS[stream]
+                if action < 0.15:
+                    tags = [f"r{n + i}" for i in range(rng.randint(1, 3))]
+                    n += len(tags)
+                    rival_add(log, stream, *tags)
+                    trace.append(f"rival {stream} {tags}")
+                elif action < 0.35:
+                    events = SharedMemoryLog.read_stream(log, stream)
+                    upto = rng.randint(delivered[stream], len(events))
+                    handed = events[delivered[stream] : upto]
+                    if rng.random() < 0.8:  # the follower skips this engine's own batches
+                        handed = [e for e in handed if not fold([e])[1][0].startswith("m")]
+                    aggregates.apply_foreign(handed)
+                    trace.append(f"follow {stream} {[e.version for e in handed]}")
+                    delivered[stream] = upto
+                elif action < 0.62:
+                    n += 1
+                    pick = rng.random()
+                    command: Any = (
+                        Add(f"m{n}", rng.randint(1, 5))
+                        if pick < 0.6
+                        else Take(f"m{n}", rng.randint(1, 20))
+                        if pick < 0.9
+                        else Scribble()
+                    )
+                    if rng.random() < 0.4:
+                        outstanding[0] += 1
+                        scope = trio.CancelScope()
+                        scopes.append(scope)
+                        nursery.start_soon(send, kind, stream, command, scope)
+                        trace.append(f"send (awaited) {stream} {command}")
+                        continue
+                    try:
+                        pending.append(aggregates.send_nowait(kind, stream, command, None))
+                        trace.append(f"send {stream} {command}")
+                    except Overloaded:
+                        trace.append("overloaded")
+                elif action < 0.67:
+                    if scopes:
+                        scopes.pop(rng.randrange(len(scopes))).cancel()
+                        trace.append("cancel a send")
+                elif action < 0.72:
+                    await trio.sleep(rng.choice([0.001, 0.01]))  # waits may time out
+                    trace.append("time passes")
+                elif action < 0.92:
+                    if writer.queue:
+                        count = rng.randint(1, len(writer.queue))
+                        trace.append(f"commit {count}")
+                        writer.commit(count)
+                elif writer.queue:
                     count = rng.randint(1, len(writer.queue))
-                    trace.append(f"commit {count}")
-                    writer.commit(count)
-            elif writer.queue:
-                count = rng.randint(1, len(writer.queue))
-                committed = rng.random() < 0.5
-                trace.append(f"lost {count} committed={committed}")
-                writer.commit_lost(count, committed)
-            await settle()
-            check_all(aggregates, log, "\n".join(trace))
+                    committed = rng.random() < 0.5
+                    trace.append(f"lost {count} committed={committed}")
+                    writer.commit_lost(count, committed)
+                await settle()
+                check_all(aggregates, log, "\n".join(trace))
 
-        async def cranker() -> None:
-            while True:
-                await trio.sleep(0.0005)
-                if writer.queue:
-                    writer.commit()
-                    check_all(aggregates, log, "\n".join(trace))
+            async def cranker() -> None:
+                while True:
+                    await trio.sleep(0.0005)
+                    if writer.queue:
+                        writer.commit()
+                        check_all(aggregates, log, "\n".join(trace))
 
-        nursery.start_soon(cranker)
-        for p in pending:
-            with contextlib.suppress(Exception):
-                await p
-        while outstanding[0]:  # noqa: ASYNC110 (sends of tasks the test does not own)
-            await trio.sleep(0.001)
-        for stream, kind in STREAMS.items():
-            await final_check(aggregates, log, stream, kind, delivered[stream], trace)
-        BLOCKING_STATS.append(aggregates.statistics())
+            nursery.start_soon(cranker)
+            for p in pending:
+                with contextlib.suppress(Exception):
+                    await p
+            while outstanding[0]:  # noqa: ASYNC110 (sends of tasks the test does not own)
+                await trio.sleep(0.001)
+            for stream, kind in STREAMS.items():
+                await final_check(aggregates, log, stream, kind, delivered[stream], trace)
+            BLOCKING_STATS.append(aggregates.statistics())
+        except BaseException:
+            aggregates.close()  # its shielded redecisions end: the nursery can exit
+            raise
         nursery.cancel_scope.cancel()
     # Every acknowledged command is in the log exactly once; none twice.
     tags = [tag for stream in STREAMS for tag in fold(SharedMemoryLog.read_stream(log, stream))[1]]
