@@ -455,3 +455,35 @@ async def test_the_blocking_fuzz_takes_the_wait(monkeypatch: pytest.MonkeyPatch)
     misses = sum(s.caught_up_wait_misses for s in BLOCKING_STATS)
     assert waits > misses > 0, (waits, misses)
     assert sum(s.passivations for s in BLOCKING_STATS) > 0
+
+
+async def test_send_nowait_while_a_catch_up_waits_for_the_follower_is_not_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Before the wait, a stale aggregate with nothing in flight was caught up by whoever
+    # came first, inline: send_nowait (which cannot wait) then reloaded it itself and put
+    # its command in the mailbox. While a catch-up waits for the follower (a conflict's
+    # usual path on PostgreSQL, up to FOLLOWER_WAIT) it must not answer Overloaded, which
+    # says the mailbox is full: nothing is in it.
+    monkeypatch.setattr(_aggregates, "FOLLOWER_WAIT", 60.0, raising=False)
+    aggregates, writer, log = host()
+    async with anyio.create_task_group() as tasks:
+        aggregates.use_task_group(tasks)
+        with guard(aggregates):
+            await opened(aggregates, writer)
+            follower_reading(aggregates, log)
+            mine = aggregates.send_nowait(Counter, "a", Add("mine", 5), None)
+            rival_add(log, "a", "r1")
+            writer.commit()  # mine fails: actual 2; its redecision's catch-up waits
+            await trio.testing.wait_all_tasks_blocked()
+            actor = aggregates._live["a"]
+            assert actor.stale and not actor.inflight
+            nxt = aggregates.send_nowait(Counter, "a", Add("next", 1), None)
+            assert aggregates._live["a"] is actor and not actor.stale
+            await trio.testing.wait_all_tasks_blocked()
+            aggregates.apply_foreign(followed(log, "a", 1))  # the follower's read, late
+            await crank(writer)
+            await nxt
+            await mine
+            await check_live(aggregates, writer, log)
+    assert tags_of(log) == (8, ("own", "r1", "next", "mine"))
