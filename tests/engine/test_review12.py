@@ -481,9 +481,45 @@ async def test_send_nowait_while_a_catch_up_waits_for_the_follower_is_not_refuse
             nxt = aggregates.send_nowait(Counter, "a", Add("next", 1), None)
             assert aggregates._live["a"] is actor and not actor.stale
             await trio.testing.wait_all_tasks_blocked()
+            assert not actor.reloading  # the waiting sender has left its wait: taken over
+            assert aggregates.statistics().caught_up_wait_misses == 0
             aggregates.apply_foreign(followed(log, "a", 1))  # the follower's read, late
             await crank(writer)
             await nxt
             await mine
             await check_live(aggregates, writer, log)
     assert tags_of(log) == (8, ("own", "r1", "next", "mine"))
+
+
+async def test_a_catch_up_taken_over_by_send_nowait_that_conflicts_again_before_the_waiter_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # send_nowait catches the waiting actor up and decides; that append fails too (another
+    # process again) before the waiting sender runs: the waiter must not go on from the
+    # durable state it was waiting from (the actor has moved past it since), but start
+    # over, from what the new conflict says.
+    monkeypatch.setattr(_aggregates, "FOLLOWER_WAIT", 60.0)
+    aggregates, writer, log = host()
+    async with anyio.create_task_group() as tasks:
+        aggregates.use_task_group(tasks)
+        with guard(aggregates):
+            await opened(aggregates, writer)
+            follower_reading(aggregates, log)
+            mine = aggregates.send_nowait(Counter, "a", Add("mine", 5), None)
+            rival_add(log, "a", "r1")  # 2
+            writer.commit()  # mine fails: actual 2; its redecision waits
+            await trio.testing.wait_all_tasks_blocked()
+            actor = aggregates._live["a"]
+            assert actor.reloading
+            nxt = aggregates.send_nowait(Counter, "a", Add("next", 1), None)  # expects 2
+            rival_add(log, "a", "r2")  # 3
+            writer.commit()  # next fails: actual 3 (the waiter has not run yet)
+            assert actor.stale and actor.conflicted_at == 3
+            await trio.testing.wait_all_tasks_blocked()
+            aggregates.apply_foreign(followed(log, "a", 1))  # 2 and 3
+            await crank(writer)
+            await nxt
+            await mine
+            await check_live(aggregates, writer, log)
+    total, tags = tags_of(log)
+    assert sorted(tags) == sorted(("own", "r1", "r2", "next", "mine")) and total == 9
