@@ -225,6 +225,9 @@ class Aggregates:
         # for its next read waits on (``_await_follower``).
         self._foreign_at = -math.inf
         self._foreign_read: anyio.Event | None = None
+        # Actors whose catch-up waits for the follower; send_nowait (which cannot wait)
+        # takes one over, catching it up inline as it always has, and removes it here.
+        self._awaiting: set[Actor] = set()
         self._follower_waits = 0
         self._follower_misses = 0
         # send_nowait's outcomes settled in the engine's tasks (a log others append to).
@@ -368,10 +371,14 @@ class Aggregates:
             actor.version = stored.version
             self._refreshed += 1
         self._foreign_at = anyio.current_time()
-        if self._foreign_read is not None:
-            self._foreign_read.set()  # catch-ups waiting for this read look again
-            self._foreign_read = None
+        self._wake_awaiting()  # catch-ups waiting for this read look again
         return moved
+
+    def _wake_awaiting(self) -> None:
+        """Have every catch-up waiting for the follower look again."""
+        if self._foreign_read is not None:
+            self._foreign_read.set()
+            self._foreign_read = None
 
     @property
     def retried(self) -> int:
@@ -531,6 +538,12 @@ class Aggregates:
             actor = self._activate(kind, stream_id)
         if actor.stale and not actor.inflight and not actor.reloading:
             self._reload(actor)  # inline even on a blocking log: send_nowait cannot wait
+        elif actor in self._awaiting and actor.stale:
+            # Its catch-up waits for the follower (nothing in flight): take it over, inline
+            # (its sender finds it done; reloading stays set until it has left the wait).
+            self._awaiting.discard(actor)
+            self._wake_awaiting()
+            self._reload(actor)
         if actor.full():
             raise Overloaded(
                 f"the mailbox of {kind_name(kind)} {stream_id!r} is full "
@@ -1094,10 +1107,10 @@ class Aggregates:
         start = self._catch_up_from(actor)
         if start is not None:
             self._caught_up += 1
-            if self._follower_brings(actor, start):
-                await self._await_follower(actor, start)
-                if actor.closed:
-                    return  # the engine closed meanwhile: the sender checks again
+            if self._follower_brings(actor, start) and (
+                not await self._await_follower(actor, start) or actor.closed
+            ):
+                return  # send_nowait caught it up meanwhile, or the engine closed: check again
             seen = self._kept_since(actor, start)
             if seen is not None:  # the follower read them: no read here
                 self._caught_up_with(actor, seen)
@@ -1144,27 +1157,35 @@ class Aggregates:
         if target <= start or anyio.current_time() - self._foreign_at > FOLLOWER_WAIT:
             return False
         seen = actor.seen
-        return seen is None or (seen[0].version <= start + 1 and seen[-1].version < target)
+        return _seen_may_reach(actor, start) and (seen is None or seen[-1].version < target)
 
-    async def _await_follower(self, actor: Actor, start: int) -> None:
+    async def _await_follower(self, actor: Actor, start: int) -> bool:
         """Wait, at most ``FOLLOWER_WAIT``, until the events the follower keeps for
         ``actor`` reach its conflict's version from ``start`` (its next read brings every
         event committed since its last: a conflict's events are committed), so that the
-        catch-up reads nothing. Senders arriving meanwhile wait in ``drained``."""
+        catch-up reads nothing. Senders arriving meanwhile wait in ``drained``;
+        ``send_nowait`` takes it over (``_awaiting``): then False, the actor caught up."""
         self._follower_waits += 1
         actor.reloading = True
+        awaiting = self._awaiting
+        awaiting.add(actor)
         try:
             with anyio.move_on_after(FOLLOWER_WAIT):
-                while not (actor.closed or _seen_reaches(actor, start)):
+                while actor in awaiting and not (actor.closed or _seen_reaches(actor, start)):
+                    if not _seen_may_reach(actor, start):
+                        break  # kept from past start + 1, or full: no read brings them
                     if self._foreign_read is None:
                         self._foreign_read = anyio.Event()
                     await self._foreign_read.wait()
         finally:
+            mine = actor in awaiting
+            awaiting.discard(actor)
             actor.reloading = False
             if actor.drained:
                 actor.wake_drained()  # they check again once this catch-up is done
-        if not _seen_reaches(actor, start):
+        if mine and not _seen_reaches(actor, start):
             self._follower_misses += 1
+        return mine
 
     def _maybe_snapshot(self, actor: Actor) -> None:
         """Snapshot an actor whose state is all durable, if ``snapshot_every`` says so."""
@@ -1197,9 +1218,7 @@ class Aggregates:
         """Refuse new commands and fail every sender still waiting for room."""
         self._closed = True
         self._slots.close(lambda: EngineClosed("the engine closed before this command ran"))
-        if self._foreign_read is not None:
-            self._foreign_read.set()  # catch-ups waiting for the follower: closed actors
-            self._foreign_read = None
+        self._wake_awaiting()  # catch-ups waiting for the follower: closed actors
         for loading in self._loading.values():
             loading.finish(None)  # its waiters find the engine closed; the load ends alone
 
@@ -1365,6 +1384,15 @@ def _seen_reaches(actor: Actor, start: int) -> bool:
         and seen[0].version <= start + 1 <= seen[-1].version
         and seen[-1].version >= actor.conflicted_at
     )
+
+
+def _seen_may_reach(actor: Actor, start: int) -> bool:
+    """Whether the follower's next reads may yet make the events kept for ``actor`` reach
+    (``_seen_reaches``): nothing kept, or kept from ``start + 1`` or before and not full.
+    Kept from past it (this engine's own events in between, never handed over), they
+    only ever grow from there or start again later; full, they grow no more."""
+    seen = actor.seen
+    return seen is None or (seen[0].version <= start + 1 and len(seen) < CATCH_UP_INLINE)
 
 
 def _seen_since(actor: Actor, start: int) -> list[StoredEvent] | None:
