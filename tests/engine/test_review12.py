@@ -27,8 +27,8 @@ from actorlog.lowlevel import EventRegistry, Writer
 from .actor_host import ManualWriter
 from .counters import Add, Counter, Scribble, Take, TooMuch, fold
 from .test_catch_up import SharedMemoryLog, crank, rival_add, shared_host
-from .test_catch_up_follower_wait import BlockingLog, follower_reading
-from .test_catch_up_unread import check_live, followed, opened
+from .test_catch_up_follower_wait import follower_reading
+from .test_catch_up_unread import BlockingLog, check_live, followed, opened
 from .test_review11 import STREAMS, ChainedLog, FuzzWriter, final_check, settle
 
 
