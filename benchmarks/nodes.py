@@ -713,7 +713,7 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 5.8))
     for workload in sorted({r["workload"] for r in rows if r["workload"].startswith("W1")}):
         mine = [r for r in rows if r["workload"] == workload and "control" not in r]
         base = [r for r in mine if r["processes"] == 1]
@@ -779,9 +779,14 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
         ax.set_title(title)
         ax.axhline(1.0, color="grey", lw=0.8)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
+    # One legend for both panels, below them: inside, it hid the lines.
+    labelled: dict[str, Any] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            labelled.setdefault(label, handle)
+    fig.legend(list(labelled.values()), list(labelled), loc="lower center", ncol=2, fontsize=8)
     fig.suptitle("W1 (bank, durable) on many engine processes; 2-core VM shared with the server")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.035 * ((len(labelled) + 1) // 2), 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
