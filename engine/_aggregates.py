@@ -1107,10 +1107,14 @@ class Aggregates:
         start = self._catch_up_from(actor)
         if start is not None:
             self._caught_up += 1
-            if self._follower_brings(actor, start) and (
-                not await self._await_follower(actor, start) or actor.closed
-            ):
-                return  # send_nowait caught it up meanwhile, or the engine closed: check again
+            if self._follower_brings(actor, start):
+                if not await self._await_follower(actor, start):
+                    # send_nowait caught it up meanwhile, and counted that catch-up.
+                    self._reloads -= 1
+                    self._caught_up -= 1
+                    return  # the sender checks again
+                if actor.closed:
+                    return  # the engine closed meanwhile: the sender checks again
             seen = self._kept_since(actor, start)
             if seen is not None:  # the follower read them: no read here
                 self._caught_up_with(actor, seen)
