@@ -1411,15 +1411,14 @@ def _seen_since(actor: Actor, start: int) -> list[StoredEvent] | None:
     flight). Committed events from the durable state at ``start`` make the log's state
     at their last version, however many the log has beyond it (a later conflict catches
     those up, as any)."""
-    seen, actor.seen = actor.seen, None
     target = actor.conflicted_at
+    reaches = _seen_reaches(actor, start)
+    seen, actor.seen = actor.seen, None
     if not target:
         return None  # no conflict says how far to go
-    if seen is not None and seen[0].version <= start + 1 <= seen[-1].version:
+    if reaches:
         # They follow ``start`` without a gap (review 11: even past the conflict).
-        if seen[-1].version >= target:
-            return seen[start + 1 - seen[0].version :]
-        return None
-    if target <= start:
-        return []
-    return None
+        assert seen is not None
+        return seen[start + 1 - seen[0].version :]
+    # Kept events that follow ``start`` without a gap reach past it: none here.
+    return [] if target <= start else None
