@@ -504,6 +504,8 @@ def main(argv: list[str] | None = None) -> int:
                 (2, "affinity", 128, 0, True, True, False),
                 (4, "random", 256, 0, True, True, False),
                 (4, "affinity", 256, 0, True, True, False),
+                (2, "affinity", 128, 0, True, True, True),
+                (4, "affinity", 256, 0, True, True, True),
                 (1, "affinity", 64, 1, True, True, False),
                 (1, "affinity", 64, 3, True, True, False),
                 (1, "affinity", 32, 0, True, True, False),
@@ -768,7 +770,7 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
                 [r["per_cpu_second_ratio"] for r in points],
                 linestyle="-.",
                 marker="s",
-                color="dimgray",
+                color="dimgray" if suffix else "darkgray",
                 label="N processes, a log each (nothing shared)" + suffix,
             )
     for ax, title in zip(
