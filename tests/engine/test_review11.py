@@ -105,6 +105,64 @@ async def send(aggregates: Aggregates, kind: Any, stream: str, command: Any) -> 
         OUTSTANDING[0] -= 1
 
 
+def rival_step(
+    rng: random.Random, log: SharedMemoryLog, stream: str, n: int, trace: list[str]
+) -> int:
+    """Another writer commits 1-3 events to ``stream``; returns the next tag number."""
+    tags = [f"r{n + i}" for i in range(rng.randint(1, 3))]
+    rival_add(log, stream, *tags)
+    trace.append(f"rival {stream} {tags}")
+    return n + len(tags)
+
+
+def follow_step(
+    rng: random.Random,
+    aggregates: Aggregates,
+    log: SharedMemoryLog,
+    stream: str,
+    delivered: dict[str, int],
+    trace: list[str],
+    skip_own: float,
+) -> None:
+    """The follower hands over a random run of the stream's events not handed over yet,
+    without this engine's own (tags ``m...``) with probability ``skip_own``."""
+    events = SharedMemoryLog.read_stream(log, stream)
+    upto = rng.randint(delivered[stream], len(events))
+    handed = events[delivered[stream] : upto]
+    if rng.random() < skip_own:  # the follower skips this engine's own batches
+        handed = [e for e in handed if not fold([e])[1][0].startswith("m")]
+    aggregates.apply_foreign(handed)
+    trace.append(f"follow {stream} {[e.version for e in handed]}")
+    delivered[stream] = upto
+
+
+def random_command(rng: random.Random, n: int) -> Any:
+    """An ``Add``, a ``Take`` (refused beyond the total) or a ``Scribble``, tagged ``m<n>``."""
+    pick = rng.random()
+    return (
+        Add(f"m{n}", rng.randint(1, 5))
+        if pick < 0.6
+        else Take(f"m{n}", rng.randint(1, 20))
+        if pick < 0.9
+        else Scribble()
+    )
+
+
+def commit_step(rng: random.Random, writer: Any, trace: list[str], *, lost: bool) -> None:
+    """Commit part of the writer's queue; ``lost``: fail it with a StorageError instead,
+    committed or not."""
+    if not writer.queue:
+        return
+    count = rng.randint(1, len(writer.queue))
+    if lost:
+        committed = rng.random() < 0.5
+        trace.append(f"lost {count} committed={committed}")
+        writer.commit_lost(count, committed)
+    else:
+        trace.append(f"commit {count}")
+        writer.commit(count)
+
+
 async def fuzz(seed: int, steps: int = 80, max_live: int = 100) -> None:
     rng = random.Random(seed)
     log = ChainedLog()
@@ -128,29 +186,12 @@ async def fuzz(seed: int, steps: int = 80, max_live: int = 100) -> None:
             stream = rng.choice(list(STREAMS))
             kind = STREAMS[stream]
             if action < 0.15:
-                tags = [f"r{n + i}" for i in range(rng.randint(1, 3))]
-                n += len(tags)
-                rival_add(log, stream, *tags)
-                trace.append(f"rival {stream} {tags}")
+                n = rival_step(rng, log, stream, n, trace)
             elif action < 0.35:
-                events = SharedMemoryLog.read_stream(log, stream)
-                upto = rng.randint(delivered[stream], len(events))
-                handed = events[delivered[stream] : upto]
-                if rng.random() < 0.7:  # the follower skips this engine's own batches
-                    handed = [e for e in handed if not fold([e])[1][0].startswith("m")]
-                aggregates.apply_foreign(handed)
-                trace.append(f"follow {stream} {[e.version for e in handed]}")
-                delivered[stream] = upto
+                follow_step(rng, aggregates, log, stream, delivered, trace, skip_own=0.7)
             elif action < 0.65:
                 n += 1
-                pick = rng.random()
-                command: Any = (
-                    Add(f"m{n}", rng.randint(1, 5))
-                    if pick < 0.6
-                    else Take(f"m{n}", rng.randint(1, 20))
-                    if pick < 0.9
-                    else Scribble()
-                )
+                command = random_command(rng, n)
                 if rng.random() < 0.3:
                     OUTSTANDING[0] += 1
                     nursery.start_soon(send, aggregates, kind, stream, command)
@@ -161,16 +202,8 @@ async def fuzz(seed: int, steps: int = 80, max_live: int = 100) -> None:
                     trace.append(f"send {stream} {command}")
                 except Overloaded:
                     trace.append("overloaded")
-            elif action < 0.9:
-                if writer.queue:
-                    count = rng.randint(1, len(writer.queue))
-                    trace.append(f"commit {count}")
-                    writer.commit(count)
-            elif writer.queue:
-                count = rng.randint(1, len(writer.queue))
-                committed = rng.random() < 0.5
-                trace.append(f"lost {count} committed={committed}")
-                writer.commit_lost(count, committed)
+            else:
+                commit_step(rng, writer, trace, lost=action >= 0.9)
             await settle()
             check_invariant(aggregates, log, "\n".join(trace))
 

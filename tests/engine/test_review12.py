@@ -25,11 +25,21 @@ from actorlog.engine._aggregates import Aggregates
 from actorlog.lowlevel import EventRegistry, Writer
 
 from .actor_host import ManualWriter
-from .counters import Add, Counter, Scribble, Take, TooMuch, fold
+from .counters import Add, Counter, Take, TooMuch, fold
 from .test_catch_up import SharedMemoryLog, crank, rival_add, shared_host
 from .test_catch_up_follower_wait import follower_reading
 from .test_catch_up_unread import BlockingLog, check_live, followed, opened
-from .test_review11 import STREAMS, ChainedLog, FuzzWriter, final_check, settle
+from .test_review11 import (
+    STREAMS,
+    ChainedLog,
+    FuzzWriter,
+    commit_step,
+    final_check,
+    follow_step,
+    random_command,
+    rival_step,
+    settle,
+)
 
 
 def host(max_live: int = 100) -> tuple[Aggregates, ManualWriter, BlockingLog]:
@@ -351,29 +361,12 @@ async def blocking_fuzz(seed: int, steps: int = 80) -> None:
                 stream = rng.choice(list(STREAMS))
                 kind = STREAMS[stream]
                 if action < 0.15:
-                    tags = [f"r{n + i}" for i in range(rng.randint(1, 3))]
-                    n += len(tags)
-                    rival_add(log, stream, *tags)
-                    trace.append(f"rival {stream} {tags}")
+                    n = rival_step(rng, log, stream, n, trace)
                 elif action < 0.35:
-                    events = SharedMemoryLog.read_stream(log, stream)
-                    upto = rng.randint(delivered[stream], len(events))
-                    handed = events[delivered[stream] : upto]
-                    if rng.random() < 0.8:  # the follower skips this engine's own batches
-                        handed = [e for e in handed if not fold([e])[1][0].startswith("m")]
-                    aggregates.apply_foreign(handed)
-                    trace.append(f"follow {stream} {[e.version for e in handed]}")
-                    delivered[stream] = upto
+                    follow_step(rng, aggregates, log, stream, delivered, trace, skip_own=0.8)
                 elif action < 0.62:
                     n += 1
-                    pick = rng.random()
-                    command: Any = (
-                        Add(f"m{n}", rng.randint(1, 5))
-                        if pick < 0.6
-                        else Take(f"m{n}", rng.randint(1, 20))
-                        if pick < 0.9
-                        else Scribble()
-                    )
+                    command = random_command(rng, n)
                     if rng.random() < 0.4:
                         outstanding[0] += 1
                         scope = trio.CancelScope()
@@ -393,16 +386,8 @@ async def blocking_fuzz(seed: int, steps: int = 80) -> None:
                 elif action < 0.72:
                     await trio.sleep(rng.choice([0.001, 0.01]))  # waits may time out
                     trace.append("time passes")
-                elif action < 0.92:
-                    if writer.queue:
-                        count = rng.randint(1, len(writer.queue))
-                        trace.append(f"commit {count}")
-                        writer.commit(count)
-                elif writer.queue:
-                    count = rng.randint(1, len(writer.queue))
-                    committed = rng.random() < 0.5
-                    trace.append(f"lost {count} committed={committed}")
-                    writer.commit_lost(count, committed)
+                else:
+                    commit_step(rng, writer, trace, lost=action >= 0.92)
                 await settle()
                 check_all(aggregates, log, "\n".join(trace))
 
