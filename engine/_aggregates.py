@@ -538,7 +538,7 @@ class Aggregates:
             actor = self._activate(kind, stream_id)
         if actor.stale and not actor.inflight and not actor.reloading:
             self._reload(actor)  # inline even on a blocking log: send_nowait cannot wait
-        elif actor in self._awaiting and actor.stale:
+        elif actor.stale and actor in self._awaiting:  # the usual command: not stale
             # Its catch-up waits for the follower (nothing in flight): take it over, inline
             # (its sender finds it done; reloading stays set until it has left the wait).
             self._awaiting.discard(actor)

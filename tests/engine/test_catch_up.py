@@ -38,10 +38,10 @@ class SharedMemoryLog(MemoryEventLog):
 
 
 def shared_host(
-    kinds: Sequence[Any], log: MemoryEventLog | None = None
+    kinds: Sequence[Any], log: MemoryEventLog | None = None, *, max_live: int = 100
 ) -> tuple[Aggregates, ManualWriter, MemoryEventLog]:
-    """Aggregates of ``kinds`` on ``log`` (a new ``SharedMemoryLog`` by default), with the
-    hand-cranked writer."""
+    """Aggregates of ``kinds`` on ``log`` (a new ``SharedMemoryLog`` by default), at most
+    ``max_live`` of them live, with the hand-cranked writer."""
     log = SharedMemoryLog() if log is None else log
     writer = ManualWriter(log)
     aggregates = Aggregates(
@@ -50,7 +50,7 @@ def shared_host(
         writer=cast(Writer, writer),
         registry=EventRegistry(),
         mailbox_size=4,
-        max_live=100,
+        max_live=max_live,
     )
     return aggregates, writer, log
 

@@ -47,9 +47,11 @@ def host(log_type: type[CountingLog] = CountingLog) -> tuple[Aggregates, ManualW
     return aggregates, writer, log
 
 
-async def opened(aggregates: Aggregates, writer: ManualWriter, kind: Any = Counter) -> None:
-    """Stream "a" at version 1 (``Add("own", 1)``, committed): the durable base."""
-    first = aggregates.send_nowait(kind, "a", Add("own", 1), None)
+async def opened(
+    aggregates: Aggregates, writer: ManualWriter, kind: Any = Counter, stream: str = "a"
+) -> None:
+    """``stream`` at version 1 (``Add("own", 1)``, committed): the durable base."""
+    first = aggregates.send_nowait(kind, stream, Add("own", 1), None)
     await crank(writer)
     await first
 

@@ -9,6 +9,7 @@ with ``blocking_reads`` (the wait runs) checking state == fold after every step.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import random
 from collections.abc import Iterator
@@ -33,8 +34,9 @@ from .test_review11 import (
     STREAMS,
     ChainedLog,
     FuzzWriter,
+    check_invariant,
     commit_step,
-    final_check,
+    finish,
     follow_step,
     random_command,
     rival_step,
@@ -42,13 +44,16 @@ from .test_review11 import (
 )
 
 
+@pytest.fixture(autouse=True)
+def patient_follower(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A wait bound no test reaches: a wait that should have ended shows as a hang (``guard``
+    fails it), not as a read after the bound (a test may set its own)."""
+    monkeypatch.setattr(_aggregates, "FOLLOWER_WAIT", 60.0)
+
+
 def host(max_live: int = 100) -> tuple[Aggregates, ManualWriter, BlockingLog]:
     log = BlockingLog()
-    aggregates, writer, _ = shared_host([Counter], log)
-    if max_live != 100:
-        aggregates._slots = type(aggregates._slots)(max_live)
-        aggregates._live = aggregates._slots.live
-        aggregates._capacity = aggregates._slots.waiting
+    aggregates, writer, _ = shared_host([Counter], log, max_live=max_live)
     return aggregates, writer, log
 
 
@@ -68,16 +73,13 @@ def tags_of(log: BlockingLog, stream: str = "a") -> tuple[int, tuple[str, ...]]:
     return fold(SharedMemoryLog.read_stream(log, stream))
 
 
-async def test_a_wait_the_follower_cannot_serve_ends_at_the_hand_over_that_says_so(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_a_wait_the_follower_cannot_serve_ends_at_the_hand_over_that_says_so() -> None:
     # Two pipelined appends: the first commits (version 2, this engine's own), another
     # process commits 3, the second fails (actual 3). The catch-up starts from version 1
     # (the state the first was decided on) and must reach 3, but the follower never hands
     # this engine's own 2 over: once it hands 3 over (kept from 3, a gap after 1), the
     # kept events can never reach from 2, and the wait must end there and read, not sit
     # out FOLLOWER_WAIT (every such conflict would pay the whole wait).
-    monkeypatch.setattr(_aggregates, "FOLLOWER_WAIT", 60.0)
     aggregates, writer, log = host()
     async with anyio.create_task_group() as tasks:
         aggregates.use_task_group(tasks)
@@ -129,22 +131,13 @@ async def conflict_waiting(
     return outcome
 
 
-async def open_stream(aggregates: Aggregates, writer: ManualWriter, stream: str) -> None:
-    first = aggregates.send_nowait(Counter, stream, Add("own", 1), None)
-    await crank(writer)
-    await first
-
-
-async def test_two_catch_ups_wait_on_one_read_each_served_in_turn(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(_aggregates, "FOLLOWER_WAIT", 60.0)
+async def test_two_catch_ups_wait_on_one_read_each_served_in_turn() -> None:
     aggregates, writer, log = host()
     async with anyio.create_task_group() as tasks:
         aggregates.use_task_group(tasks)
         with guard(aggregates):
-            await open_stream(aggregates, writer, "a")
-            await open_stream(aggregates, writer, "b")
+            await opened(aggregates, writer, stream="a")
+            await opened(aggregates, writer, stream="b")
             follower_reading(aggregates, log)
             a = await conflict_waiting(aggregates, writer, log, "a", tasks)
             b = await conflict_waiting(aggregates, writer, log, "b", tasks)
@@ -166,16 +159,13 @@ async def test_two_catch_ups_wait_on_one_read_each_served_in_turn(
     assert tags_of(log, "b") == (3, ("own", "rb", "mb"))
 
 
-async def test_closing_wakes_every_catch_up_waiting_for_the_follower(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(_aggregates, "FOLLOWER_WAIT", 60.0)
+async def test_closing_wakes_every_catch_up_waiting_for_the_follower() -> None:
     aggregates, writer, log = host()
     async with anyio.create_task_group() as tasks:
         aggregates.use_task_group(tasks)
         with guard(aggregates):
-            await open_stream(aggregates, writer, "a")
-            await open_stream(aggregates, writer, "b")
+            await opened(aggregates, writer, stream="a")
+            await opened(aggregates, writer, stream="b")
             follower_reading(aggregates, log)
             a = await conflict_waiting(aggregates, writer, log, "a", tasks)
             b = await conflict_waiting(aggregates, writer, log, "b", tasks)
@@ -192,12 +182,9 @@ async def test_closing_wakes_every_catch_up_waiting_for_the_follower(
     assert tags_of(log, "a") == (2, ("own", "ra"))
 
 
-async def test_a_send_nowait_redecision_waiting_is_woken_by_close(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_a_send_nowait_redecision_waiting_is_woken_by_close() -> None:
     # The redecision runs shielded in the engine's task group: only the close (or the
     # follower) ends its wait; the Pending then says the engine closed, nothing appended.
-    monkeypatch.setattr(_aggregates, "FOLLOWER_WAIT", 60.0)
     aggregates, writer, log = host()
     async with anyio.create_task_group() as tasks:
         aggregates.use_task_group(tasks)
@@ -216,10 +203,7 @@ async def test_a_send_nowait_redecision_waiting_is_woken_by_close(
     assert tags_of(log) == (2, ("own", "r1"))
 
 
-async def test_a_waiting_catch_up_is_not_evicted_and_a_sender_for_another_stream_waits(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(_aggregates, "FOLLOWER_WAIT", 60.0)
+async def test_a_waiting_catch_up_is_not_evicted_and_a_sender_for_another_stream_waits() -> None:
     aggregates, writer, log = host(max_live=1)
     other: list[Any] = []
     async with anyio.create_task_group() as tasks:
@@ -250,12 +234,9 @@ async def test_a_waiting_catch_up_is_not_evicted_and_a_sender_for_another_stream
     assert tags_of(log, "b") == (1, ("b1",))
 
 
-async def test_a_probe_conflict_during_the_wait_raises_what_it_must_reach(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_a_probe_conflict_during_the_wait_raises_what_it_must_reach() -> None:
     # A rejection's probe (not counted in flight) fails while a catch-up waits: the
     # conflict's version it found is further; the wait must reach that one, not the first.
-    monkeypatch.setattr(_aggregates, "FOLLOWER_WAIT", 60.0)
     aggregates, writer, log = host()
     async with anyio.create_task_group() as tasks:
         aggregates.use_task_group(tasks)
@@ -301,25 +282,8 @@ class BlockingChainedLog(ChainedLog):
     blocking_reads = True
 
 
-def check_all(aggregates: Aggregates, log: SharedMemoryLog, where: str) -> None:
-    """State == fold of the log up to the actor's version whenever the actor claims it:
-    nothing in flight and not tainted, including while its catch-up waits for the follower
-    (the durable state it starts from is put back before the wait)."""
-    for stream in STREAMS:
-        actor = aggregates._live.get(stream)
-        if actor is None or actor.inflight or actor.tainted:
-            continue
-        events = [e for e in SharedMemoryLog.read_stream(log, stream) if e.version <= actor.version]
-        assert len(events) == actor.version, (where, stream, actor.version, len(events))
-        assert (actor.state.total, tuple(actor.state.tags)) == fold(events), (
-            where,
-            stream,
-            actor.version,
-            actor.stale,
-            actor.reloading,
-            (actor.state.total, actor.state.tags),
-            fold(events),
-        )
+# The live state is checked while a catch-up waits for the follower too.
+check_all = functools.partial(check_invariant, reloading=True)
 
 
 async def blocking_fuzz(seed: int, steps: int = 80) -> None:
@@ -390,22 +354,17 @@ async def blocking_fuzz(seed: int, steps: int = 80) -> None:
                     commit_step(rng, writer, trace, lost=action >= 0.92)
                 await settle()
                 check_all(aggregates, log, "\n".join(trace))
-
-            async def cranker() -> None:
-                while True:
-                    await trio.sleep(0.0005)
-                    if writer.queue:
-                        writer.commit()
-                        check_all(aggregates, log, "\n".join(trace))
-
-            nursery.start_soon(cranker)
-            for p in pending:
-                with contextlib.suppress(Exception):
-                    await p
-            while outstanding[0]:  # noqa: ASYNC110 (sends of tasks the test does not own)
-                await trio.sleep(0.001)
-            for stream, kind in STREAMS.items():
-                await final_check(aggregates, log, stream, kind, delivered[stream], trace)
+            await finish(
+                nursery,
+                aggregates,
+                log,
+                writer,
+                pending,
+                outstanding,
+                delivered,
+                trace,
+                check_all,
+            )
             BLOCKING_STATS.append(aggregates.statistics())
         except BaseException:
             aggregates.close()  # its shielded redecisions end: the nursery can exit
@@ -442,15 +401,12 @@ async def test_the_blocking_fuzz_takes_the_wait(monkeypatch: pytest.MonkeyPatch)
     assert sum(s.passivations for s in BLOCKING_STATS) > 0
 
 
-async def test_send_nowait_while_a_catch_up_waits_for_the_follower_is_not_refused(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_send_nowait_while_a_catch_up_waits_for_the_follower_is_not_refused() -> None:
     # Before the wait, a stale aggregate with nothing in flight was caught up by whoever
     # came first, inline: send_nowait (which cannot wait) then reloaded it itself and put
     # its command in the mailbox. While a catch-up waits for the follower (a conflict's
     # usual path on PostgreSQL, up to FOLLOWER_WAIT) it must not answer Overloaded, which
     # says the mailbox is full: nothing is in it.
-    monkeypatch.setattr(_aggregates, "FOLLOWER_WAIT", 60.0, raising=False)
     aggregates, writer, log = host()
     async with anyio.create_task_group() as tasks:
         aggregates.use_task_group(tasks)
@@ -478,14 +434,11 @@ async def test_send_nowait_while_a_catch_up_waits_for_the_follower_is_not_refuse
     assert tags_of(log) == (8, ("own", "r1", "next", "mine"))
 
 
-async def test_a_catch_up_taken_over_by_send_nowait_that_conflicts_again_before_the_waiter_runs(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_a_takeover_by_send_nowait_that_conflicts_again_before_the_waiter_runs() -> None:
     # send_nowait catches the waiting actor up and decides; that append fails too (another
     # process again) before the waiting sender runs: the waiter must not go on from the
     # durable state it was waiting from (the actor has moved past it since), but start
     # over, from what the new conflict says.
-    monkeypatch.setattr(_aggregates, "FOLLOWER_WAIT", 60.0)
     aggregates, writer, log = host()
     async with anyio.create_task_group() as tasks:
         aggregates.use_task_group(tasks)
