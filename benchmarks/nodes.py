@@ -544,7 +544,7 @@ def main(argv: list[str] | None = None) -> int:
                         args.dsn,
                         processes,
                         routing,
-                        accounts=1000,
+                        accounts=1000 // scale,
                         commands=20_000 // scale,
                         views=views,
                         clients=clients,
