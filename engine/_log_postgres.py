@@ -118,11 +118,11 @@ FORMAT: Final = "actorlog-pg-1"
 A schema holding another layout is refused at open, never misread."""
 
 MIN_SERVER_VERSION: Final = 150000
+"""PostgreSQL 15 (``server_version_num``): the oldest server the suite runs against."""
 
 WRITER_LOCK_WAIT: Final = 2.0
 """Seconds an append waits for the schema's writer lock before ``StorageLocked``: the lock
 of a writer just killed is released when the server notices its connection gone."""
-"""PostgreSQL 15 (``server_version_num``): the oldest server the suite runs against."""
 
 _PRUNE_MOST: Final = 4096
 """The most command ids one group deletes per bound (age, count), as in the LMDB log: a

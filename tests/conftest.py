@@ -45,6 +45,15 @@ async def bank_behind() -> AsyncIterator[Engine]:
 
 
 @pytest.fixture
+def quick_writer_refusal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A PostgreSQL log refuses a second writer after 0.2 s instead of the 2 s it gives a
+    killed writer's lock to go: for tests that are refused on purpose, several times."""
+    from actorlog.engine import _log_postgres
+
+    monkeypatch.setattr(_log_postgres, "WRITER_LOCK_WAIT", 0.2)
+
+
+@pytest.fixture
 def lmdb_log(tmp_path: Path) -> Iterator[LmdbEventLog]:
     """A fresh LMDB log in ``tmp_path`` (default options: durable), closed after the test."""
     log = LmdbEventLog(tmp_path)

@@ -9,6 +9,7 @@ group commits.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from pathlib import Path
 from typing import Any, Literal
 
@@ -342,7 +343,7 @@ async def test_a_base_exception_from_a_projector_applier_halts_only_that_project
 
 # -- 3. cancelling waiters is O(1) each --------------------------------------------------------
 
-WAITERS = 50_000
+WAITERS = 3_000
 
 
 class Seen2(Seen):
@@ -350,21 +351,42 @@ class Seen2(Seen):
         return len(self.totals)
 
 
-async def cancel_many_query_waiters() -> None:
-    """50,000 queries wait for a position written but not yet applied, and are cancelled at
-    once.
+async def cancel_many_query_waiters() -> int:
+    """``WAITERS`` queries wait for a position written but not yet applied, and are
+    cancelled at once; returns how many times the host compared two waiters meanwhile.
 
     Each cancelled wait used to remove itself from the waiter heap and re-heapify it, O(n)
-    each: 20,000 took 35 s, so 50,000 (~6x as long, quadratically) would overrun the 60 s
-    per-test timeout by far; marked dead and skipped, they take well under a second. After
-    the cancellations the heap is compacted: dead entries never pile up.
+    each: 20,000 took 35 s. Every waiter here waits for the same position, so any two are
+    told apart by their sequence numbers; counting the comparisons made on those (as the
+    senders' test counts them on replies) makes the test exact and fast either way: marked
+    dead and compacted once the dead outnumber the live, the waiters cost a few comparisons
+    each; removed one by one, ~WAITERS**2 / 4. Then checks that dead entries never pile up
+    and a later wait still works.
     """
     log = backlog(steps=16, event=Totalled(1))  # Seen2 is still catching up on it
     target = log.head_position()
+    comparisons = 0
+
+    class Counted(int):
+        """A waiter's sequence number, counting the comparisons made on it."""
+
+        def __eq__(self, other: object) -> bool:
+            nonlocal comparisons
+            comparisons += 1
+            return int(self) == other
+
+        def __lt__(self, other: int) -> bool:
+            nonlocal comparisons
+            comparisons += 1
+            return int(self) < other
+
+        __hash__ = int.__hash__
+
     async with Engine.open(
         log=log, aggregates=[Meddler], projectors=[Seen2], wait_for_projectors=False
     ) as engine:
-        host = engine._projectors[Seen2]  # white box: its waiter heap
+        host = engine._projectors[Seen2]  # white box: its waiter heap and their numbers
+        host._seq = map(Counted, itertools.count())
         cancelled = 0
 
         async def wait() -> None:
@@ -381,21 +403,29 @@ async def cancel_many_query_waiters() -> None:
             while len(host._waiters) < WAITERS:
                 assert stats(engine, "Seen2").checkpoint < target  # or this would never end
                 await anyio.lowlevel.checkpoint()
+            comparisons = 0
             tg.cancel_scope.cancel()
+        counted = comparisons
         # Every query was still waiting when cancelled: none was answered meanwhile.
         assert cancelled == WAITERS
         assert stats(engine, "Seen2").checkpoint < target
         assert len(host._waiters) <= 1  # compacted whenever the dead outnumbered the live
         ack = await engine.send(Meddler, "m", Add(1))  # and a later wait still works
         assert await engine.query(Seen2.positions, after=ack.position) == target + 1
+    return counted
+
+
+# Compaction heapifies the live half each time the dead outnumber it: ~2 * WAITERS entry
+# comparisons in all, each counted twice (comparing two lists tests == before <).
+LINEAR = 10 * WAITERS
 
 
 async def test_cancelling_many_query_waiters_is_linear_on_trio() -> None:
-    await cancel_many_query_waiters()
+    assert await cancel_many_query_waiters() < LINEAR
 
 
 def test_cancelling_many_query_waiters_is_linear_on_asyncio() -> None:
-    asyncio.run(cancel_many_query_waiters())
+    assert asyncio.run(cancel_many_query_waiters()) < LINEAR
 
 
 class Take(msgspec.Struct, frozen=True):

@@ -176,6 +176,7 @@ def test_one_writer_two_reader_nodes(postgres: Postgres) -> None:
             node.close()
 
 
+@pytest.mark.usefixtures("quick_writer_refusal")
 async def test_an_unshared_log_is_not_followed(postgres: Postgres) -> None:
     from actorlog import DefinitionError
     from actorlog.storage import PostgresEventLog

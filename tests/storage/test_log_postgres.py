@@ -428,6 +428,7 @@ def test_bad_options_are_refused_before_connecting(dsn: object, options: dict[st
         PostgresEventLog(dsn, **options)  # type: ignore[arg-type]
 
 
+@pytest.mark.usefixtures("quick_writer_refusal")
 def test_an_unshared_log_is_its_schemas_only_writer(postgres: Postgres) -> None:
     # The default promises one writer: a second one, shared or not, is refused at its first
     # append (StorageLocked, nothing written), while logs that only read are not.
