@@ -386,7 +386,7 @@ async def cancel_many_query_waiters() -> int:
         log=log, aggregates=[Meddler], projectors=[Seen2], wait_for_projectors=False
     ) as engine:
         host = engine._projectors[Seen2]  # white box: its waiter heap and their numbers
-        host._seq = map(Counted, itertools.count())
+        host._seq = map(Counted, itertools.count())  # type: ignore[assignment]
         cancelled = 0
 
         async def wait() -> None:
