@@ -28,12 +28,6 @@ real ``python`` process driven over pipes:
   on Linux); the lag from A's acknowledgement to B's apply, p50 and p99, on PostgreSQL
   (LISTEN/NOTIFY) and LMDB (a reader polling the head).
 
-- **W1-pair** (only when asked for, ``--only W1-pair``): one write process, two by
-  affinity on one log, and two each on a log of its own (64 clients each), run one right
-  after the other in every round, and the ratios taken within each round: the median and
-  the range of those paired ratios. One process's own rate moves by a quarter from round
-  to round on a shared VM; a ratio of two runs a minute apart does not see most of that.
-
 Rounds interleave the configurations (``--rounds``); medians are printed as one JSON
 line per figure. ``--quick`` scales the counts down.
 """
@@ -458,57 +452,6 @@ def _quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def _w1_pairs(dsn: str, rounds: int, scale: int) -> dict[str, Any]:
-    """W1-pair: each round runs one write node, two by affinity on one log, and two on logs
-    of their own, one after the other (each round starting at another), and takes the
-    ratios within the round; the JSON line of their medians and ranges."""
-    kinds = {"one": (1, False), "shared": (2, False), "separate": (2, True)}
-    names = list(kinds)
-    runs: list[dict[str, dict[str, float]]] = []
-    for round_ in range(rounds):
-        run: dict[str, dict[str, float]] = {}
-        for name in names[round_ % 3 :] + names[: round_ % 3]:
-            processes, separate = kinds[name]
-            run[name] = w1_round(
-                dsn,
-                processes,
-                "affinity",
-                accounts=1000 // scale,
-                commands=20_000 // scale,
-                views=False,
-                clients=64 * processes,
-                separate=separate,
-            )
-        runs.append(run)
-    row: dict[str, Any] = {
-        "workload": "W1-postgres-write-nodes-paired",
-        "processes": 2,
-        "routing": "affinity",
-        "load": "64 clients a process",
-    }
-    for suffix, over, under in (
-        ("_ratio", "shared", "one"),
-        ("_vs_separate", "shared", "separate"),
-    ):
-        for figure in ("per_second", "per_cpu_second"):
-            ratios = [run[over][figure] / run[under][figure] for run in runs]
-            key = figure + suffix
-            row[key] = round(statistics.median(ratios), 3)
-            row[f"{key}_range"] = [round(min(ratios), 3), round(max(ratios), 3)]
-    row["separate_per_cpu_second_ratio"] = round(
-        statistics.median(
-            r["separate"]["per_cpu_second"] / r["one"]["per_cpu_second"] for r in runs
-        ),
-        3,
-    )
-    row["one_per_second_range"] = [
-        round(min(r["one"]["per_second"] for r in runs)),
-        round(max(r["one"]["per_second"] for r in runs)),
-    ]
-    row["rounds"] = rounds
-    return row
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the measurements and print one JSON line per figure."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.nodes", description=__doc__)
@@ -518,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only",
         default="W1,W1-plain,W5,lag",
-        help="W1, W1-plain (write nodes: W1 without views), W5, lag, W1-pair (paired rounds)",
+        help="W1, W1-plain (write nodes: W1 without views), W5, lag",
     )
     parser.add_argument("--plot", type=Path, help="draw W1's ratios against processes here")
     parser.add_argument(
@@ -677,10 +620,6 @@ def main(argv: list[str] | None = None) -> int:
             }
             rows.append(row)
             print(json.dumps(row), flush=True)
-    if args.dsn and "W1-pair" in only:
-        row = _w1_pairs(args.dsn, args.rounds, scale)
-        rows.append(row)
-        print(json.dumps(row), flush=True)
     if "W5" in only:
         seconds = 0.5 if args.quick else 3.0  # each reader run
         with tempfile.TemporaryDirectory() as tmp:

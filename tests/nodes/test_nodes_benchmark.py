@@ -78,26 +78,3 @@ def test_w1_write_nodes_quick_prints_a_line_per_configuration(
             # Each shared configuration beside as many processes on logs of their own.
             assert ("per_cpu_second_vs_separate" in row) is ("control" not in row)
     assert not {s for s in _schemas(postgres.url) - before if s.startswith("bench_")}
-
-
-def test_w1_pair_quick_prints_paired_ratios(
-    postgres: Postgres, capsys: pytest.CaptureFixture[str]
-) -> None:
-    # One write node, two by affinity on one log and two on logs of their own, the ratios
-    # taken within each round: medians and their ranges.
-    before = _schemas(postgres.url)
-    assert main(["--quick", "--rounds", "1", "--only", "W1-pair", "--dsn", postgres.url]) == 0
-    (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line]
-    assert row["workload"] == "W1-postgres-write-nodes-paired"
-    assert row["rounds"] == 1
-    for key in (
-        "per_second_ratio",
-        "per_cpu_second_ratio",
-        "per_second_vs_separate",
-        "per_cpu_second_vs_separate",
-    ):
-        low, high = row[f"{key}_range"]
-        assert 0 < low <= row[key] <= high
-    assert row["separate_per_cpu_second_ratio"] > 0
-    assert 0 < row["one_per_second_range"][0] <= row["one_per_second_range"][1]
-    assert not {s for s in _schemas(postgres.url) - before if s.startswith("bench_")}
