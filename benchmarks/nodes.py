@@ -29,7 +29,10 @@ real ``python`` process driven over pipes:
   (LISTEN/NOTIFY) and LMDB (a reader polling the head).
 
 Rounds interleave the configurations (``--rounds``); medians are printed as one JSON
-line per figure. ``--quick`` scales the counts down.
+line per figure. W1's lines also hold ``paired``: the same ratios taken within each round
+(a round runs its configurations back to back), their median and range, which one
+process's own drift from round to round (up to a quarter on a shared VM) mostly does not
+reach. ``--quick`` scales the counts down.
 """
 
 from __future__ import annotations
@@ -452,6 +455,20 @@ def _quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def _paired(
+    runs: list[dict[str, float]], against: list[dict[str, float]], suffix: str
+) -> dict[str, Any]:
+    """The ratios of ``runs`` to ``against`` taken round by round (the two lists are in
+    round order): for commands a second and per CPU-second, ``per_second{suffix}`` and
+    ``per_cpu_second{suffix}`` (medians), each with its ``_range`` (lowest, highest)."""
+    out: dict[str, Any] = {}
+    for figure in ("per_second", "per_cpu_second"):
+        ratios = [run[figure] / other[figure] for run, other in zip(runs, against, strict=True)]
+        out[figure + suffix] = round(statistics.median(ratios), 3)
+        out[figure + suffix + "_range"] = [round(min(ratios), 3), round(max(ratios), 3)]
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the measurements and print one JSON line per figure."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.nodes", description=__doc__)
@@ -609,6 +626,15 @@ def main(argv: list[str] | None = None) -> int:
                 row["per_cpu_second_vs_same_contention"] = round(
                     med["per_cpu_second"] / contended["per_cpu_second"], 3
                 )
+            # The same ratios taken within each round (the configurations of a round run
+            # back to back), their median and range: one process's own rate moves by up
+            # to a quarter from round to round on a shared VM, and a ratio of two
+            # medians carries that, where a ratio within a round mostly does not.
+            config = (processes, routing, clients, busy, shared, sync, separate)
+            row["paired"] = _paired(samples[config], samples[configs[0]], "_ratio")
+            if "per_second_vs_separate" in row:
+                apart_runs = samples[(processes, "affinity", clients, 0, True, True, True)]
+                row["paired"] |= _paired(samples[config], apart_runs, "_vs_separate")
             row |= {
                 "conflicts_per_command": round(med["conflicts"], 4),
                 "client_retries_per_command": round(med["client_retries"], 5),

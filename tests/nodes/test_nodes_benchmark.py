@@ -77,4 +77,10 @@ def test_w1_write_nodes_quick_prints_a_line_per_configuration(
             assert row["load"] == "64 clients a process"
             # Each shared configuration beside as many processes on logs of their own.
             assert ("per_cpu_second_vs_separate" in row) is ("control" not in row)
+        # The ratios again, taken within each round: with one round, exactly the ratios.
+        paired = row["paired"]
+        assert paired["per_second_ratio"] == row["per_second_ratio"]
+        assert paired["per_cpu_second_ratio_range"] == [row["per_cpu_second_ratio"]] * 2
+        if "per_cpu_second_vs_separate" in row:
+            assert paired["per_cpu_second_vs_separate"] == row["per_cpu_second_vs_separate"]
     assert not {s for s in _schemas(postgres.url) - before if s.startswith("bench_")}
