@@ -87,10 +87,11 @@ def test_transfers_survive_kill_9(tmp_path: Path) -> None:
     # Two lanes, each a log of its own, share the rounds and run side by side: a round
     # mostly waits (a child starting, a kill landing), so two take about the time of one.
     master = random.Random(SEED)
-    rounds = [ROUNDS // LANES + (i < ROUNDS % LANES) for i in range(LANES)]
-    seeds = [master.randrange(1 << 62) for _ in range(LANES)]
-    paths = [tmp_path / f"lane{i}" for i in range(LANES)]
-    with ThreadPoolExecutor(LANES) as pool:
+    lanes = min(LANES, ROUNDS)  # every lane has a round
+    rounds = [ROUNDS // lanes + (i < ROUNDS % lanes) for i in range(lanes)]
+    seeds = [master.randrange(1 << 62) for _ in range(lanes)]
+    paths = [tmp_path / f"lane{i}" for i in range(lanes)]
+    with ThreadPoolExecutor(lanes) as pool:
         results = list(pool.map(_lane, paths, seeds, rounds))
     for totals in results:
         assert totals[-1] > totals[0]  # transfers did happen
