@@ -1,0 +1,200 @@
+"""Review 13: LMDB reader processes beside a writer (issue 15, part 5), attacked through map
+growth, kills, late/early readers, after= beyond or racing the head, and the promise that a
+reader writes nothing to the log's data file. Real processes, real LMDB
+(``review13_child.py``)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from actorlog.storage import LmdbEventLog
+from benchmarks._child import Child
+
+KIB = 1 << 10
+
+
+class Proc(Child):
+    def __init__(
+        self, path: Path, role: str, map_size: int, backend: str = "trio", snap: int = 0
+    ) -> None:
+        argv = [str(path), role, str(map_size), backend, str(snap)]
+        super().__init__("tests.nodes.review13_child", *argv)
+        self.ready = self.hear()
+
+    def ask(self, op: str, **args: Any) -> dict[str, Any]:
+        self.tell({"op": op, **args})
+        return self.hear()
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        if not self.proc.stdin.closed:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc.stdout.close()
+
+
+def positions_in(path: Path) -> list[int]:
+    log = LmdbEventLog(path, readonly=True)
+    try:
+        out: list[int] = []
+        position = 1
+        while batch := log.read_all(position, 4096):
+            out += [e.position for e in batch]
+            position = batch[-1].position + 1
+        return out
+    finally:
+        log.close()
+
+
+def test_readers_follow_while_the_writer_grows_a_tiny_map(tmp_path: Path) -> None:
+    """A 64 KiB map doubled many times while 3 readers (opened on the small map) follow:
+    each sees every event once, in order, and answers after= the writer's acks."""
+    procs: list[Proc] = []
+    try:
+        writer = Proc(tmp_path, "writer", 64 * KIB)
+        procs.append(writer)
+        first = writer.ask("write", n=5, pad=10, concurrency=1)
+        readers = [
+            Proc(tmp_path, "reader", 64 * KIB, backend)
+            for backend in ("trio", "asyncio", "trio")
+        ]
+        procs += readers
+        assert all(r.ask("seen", after=first["position"], timeout=5)["exact"] for r in readers)
+        sizes = [first["map"]]
+        for round_ in range(8):
+            ack = writer.ask("write", n=150, pad=2000, concurrency=8)
+            sizes.append(ack["map"])
+            for reader in readers:
+                seen = reader.ask("seen", after=ack["position"], timeout=5)
+                assert "error" not in seen, (round_, seen)
+                assert seen["exact"] and seen["last"] >= ack["position"], (round_, seen)
+        assert sizes[-1] >= 16 * sizes[0], sizes  # it doubled at least four times
+        head = writer.ask("map")["head"]
+        for reader in readers:
+            seen = reader.ask("seen", after=head, timeout=5)
+            assert seen == {"count": head, "first": 1, "last": head, "exact": True}
+            assert reader.ask("map")["map"] >= 16 * 64 * KIB
+    finally:
+        for p in procs:
+            p.close()
+
+
+def test_a_reader_opened_small_beside_a_grown_map_and_a_restarted_bigger_writer(
+    tmp_path: Path,
+) -> None:
+    """Reader opened with a 64 KiB map after the writer grew it; the writer is killed mid
+    load (possibly mid-growth) and a new writer opens with a far larger map_size: the
+    reader keeps following both."""
+    procs: list[Proc] = []
+    try:
+        writer = Proc(tmp_path, "writer", 64 * KIB)
+        procs.append(writer)
+        ack = writer.ask("write", n=300, pad=2000, concurrency=8)
+        assert ack["map"] > 64 * KIB
+        reader = Proc(tmp_path, "reader", 64 * KIB)
+        procs.append(reader)
+        assert reader.ask("seen", after=ack["position"], timeout=5)["exact"]
+        # kill -9 while a big write (several growths) is under way
+        writer.tell({"op": "write", "n": 2000, "pad": 3000, "concurrency": 16})
+        time.sleep(0.15)
+        writer.kill()
+        head_after_kill = reader.ask("map")["head"]
+        seen = reader.ask("seen", after=head_after_kill, timeout=5)
+        assert seen["exact"] and seen["last"] == head_after_kill, seen
+        successor = Proc(tmp_path, "writer", 256 << 20)
+        procs.append(successor)
+        assert successor.ready["ready"] == head_after_kill
+        ack = successor.ask("write", n=400, pad=4000, concurrency=8)
+        seen = reader.ask("seen", after=ack["position"], timeout=5)
+        assert seen["exact"] and seen["last"] == ack["position"], seen
+        assert positions_in(tmp_path) == list(range(1, ack["position"] + 1))
+    finally:
+        for p in procs:
+            p.close()
+
+
+def test_after_beyond_the_head_is_refused_and_after_racing_a_commit_waits(
+    tmp_path: Path,
+) -> None:
+    procs: list[Proc] = []
+    try:
+        writer = Proc(tmp_path, "writer", 64 * KIB)
+        procs.append(writer)
+        ack = writer.ask("write", n=3, pad=1, concurrency=1)
+        reader = Proc(tmp_path, "reader", 64 * KIB)
+        procs.append(reader)
+        beyond = reader.ask("seen", after=ack["position"] + 1000, timeout=0.5)
+        assert beyond.get("error") == "UnknownPosition", beyond
+        # Each ack, at once to the reader (it has not polled yet), growing the map.
+        for _ in range(60):
+            ack = writer.ask("write", n=4, pad=3000, concurrency=4)
+            seen = reader.ask("seen", after=ack["position"], timeout=5)
+            assert "error" not in seen, seen
+            assert seen["exact"] and seen["last"] >= ack["position"]
+    finally:
+        for p in procs:
+            p.close()
+
+
+def test_a_reader_writes_nothing_to_the_data_file(tmp_path: Path) -> None:
+    """The writer saves a projector cache (snapshot_every); readers load and follow, and
+    never touch data.mdb (its bytes, size and mtime unchanged while only readers run)."""
+    procs: list[Proc] = []
+    try:
+        writer = Proc(tmp_path, "writer", 64 * KIB, snap=20)
+        procs.append(writer)
+        ack = writer.ask("write", n=300, pad=500, concurrency=4)
+        writer.close()
+        data = tmp_path / "data.mdb"
+        before = (data.read_bytes(), os.stat(data).st_mtime_ns)
+        readers = [Proc(tmp_path, "reader", 64 * KIB, snap=20) for _ in range(3)]
+        procs += readers
+        for reader in readers:
+            seen = reader.ask("seen", after=ack["position"], timeout=5)
+            assert seen["last"] == ack["position"] and seen["exact"], seen
+        for reader in readers:
+            reader.close()
+        assert (data.read_bytes(), os.stat(data).st_mtime_ns) == before
+        assert positions_in(tmp_path)[-1] == ack["position"]
+    finally:
+        for p in procs:
+            p.close()
+
+
+def test_a_reader_killed_holding_a_read_transaction_does_not_pin_the_file(
+    tmp_path: Path,
+) -> None:
+    """kill -9 of a reader inside a read transaction: the writer is not blocked, and once a
+    heads write-back has run the stale slot no longer pins pages (the file stops growing
+    for rewrites a live-reader-free log would reuse)."""
+    procs: list[Proc] = []
+    try:
+        writer = Proc(tmp_path, "writer", 1 << 20)
+        procs.append(writer)
+        writer.ask("write", n=10, pad=10, concurrency=1)
+        reader = Proc(tmp_path, "reader", 1 << 20)
+        procs.append(reader)
+        assert reader.ask("hold")["held"]
+        reader.kill()
+        ack = writer.ask("write", n=17000, pad=1, concurrency=32)  # past one write-back
+        assert ack["position"] >= 17010
+        late = Proc(tmp_path, "reader", 1 << 20)
+        procs.append(late)
+        seen = late.ask("seen", after=ack["position"], timeout=5)
+        assert seen["exact"] and seen["last"] == ack["position"]
+    finally:
+        for p in procs:
+            p.close()
