@@ -79,11 +79,18 @@ async def main(path: str, role: str, map_size: int) -> None:
     log = LmdbEventLog(path, readonly=reader, sync=False, map_size=map_size)
     aggregates = [] if reader else [Blobs]
     seq = 0
-    async with Engine.open(log=log, aggregates=aggregates, projectors=[Seen]) as engine:
+    loading: list[anyio.CancelScope] = []
+    loaded = [0]
+    async with (
+        Engine.open(log=log, aggregates=aggregates, projectors=[Seen]) as engine,
+        anyio.create_task_group() as background,
+    ):
         say({"ready": engine.statistics().head, "map": log.map_size})
         while True:
             request = await heard()
             if request is None:
+                for scope in loading:
+                    scope.cancel()
                 return
             op = request["op"]
             try:
@@ -109,6 +116,27 @@ async def main(path: str, role: str, map_size: int) -> None:
                         Seen.summary, after=request.get("after"), timeout=request.get("timeout")
                     )
                     say(summary)
+                elif op == "load":
+                    async def loader() -> None:
+                        nonlocal seq
+                        scope = anyio.CancelScope()
+                        loading.append(scope)
+                        with scope:
+                            while True:
+                                seq += 1
+                                ack = await engine.send(
+                                    Blobs, f"b-{seq % 7}", Blob(seq, request["pad"])
+                                )
+                                loaded[0] = max(loaded[0], ack.position)
+
+                    for _ in range(request["concurrency"]):
+                        background.start_soon(loader)
+                    say({"loading": True})
+                elif op == "stop":
+                    for scope in loading:
+                        scope.cancel()
+                    await anyio.sleep(0.05)
+                    say({"position": loaded[0], "map": log.map_size})
                 elif op == "map":
                     say({"map": log.map_size, "head": log.head_position()})
                 elif op == "hold":

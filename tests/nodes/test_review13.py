@@ -198,3 +198,34 @@ def test_a_reader_killed_holding_a_read_transaction_does_not_pin_the_file(
     finally:
         for p in procs:
             p.close()
+
+
+def test_readers_started_under_load_load_the_writers_fresh_caches(tmp_path: Path) -> None:
+    """The writer saves its projector cache every 3 positions while it writes and grows
+    the map; readers started meanwhile load a cache that may be newer than the head their
+    engine read at open. Each must still see every event once, in order."""
+    procs: list[Proc] = []
+    try:
+        writer = Proc(tmp_path, "writer", 64 * KIB, snap=3)
+        procs.append(writer)
+        writer.ask("write", n=50, pad=100, concurrency=4)
+        assert writer.ask("load", pad=300, concurrency=16)["loading"]
+        for i in range(6):
+            reader = Proc(tmp_path, "reader", 64 * KIB, "trio" if i % 2 else "asyncio", snap=3)
+            procs.append(reader)
+            for _ in range(3):
+                head = reader.ask("map")["head"]
+                seen = reader.ask("seen", after=head, timeout=5)
+                assert "error" not in seen, seen
+                assert seen["exact"] and seen["last"] >= head, (i, head, seen)
+            reader.close()
+        stopped = writer.ask("stop")
+        last = writer.ask("map")["head"]
+        assert stopped["map"] > 64 * KIB and last >= stopped["position"] > 5000, stopped
+        reader = Proc(tmp_path, "reader", 64 * KIB, snap=3)
+        procs.append(reader)
+        seen = reader.ask("seen", after=last, timeout=5)
+        assert seen == {"count": last, "first": 1, "last": last, "exact": True}, seen
+    finally:
+        for p in procs:
+            p.close()
