@@ -229,3 +229,48 @@ def test_readers_started_under_load_load_the_writers_fresh_caches(tmp_path: Path
     finally:
         for p in procs:
             p.close()
+
+
+def _open_readers_while_loading(tmp_path: Path, map_size: int, seconds: float) -> list[str]:
+    """Open and close read-only logs in this process for ``seconds`` while a writer child
+    commits as fast as it can (its file growing); the errors the opens raised."""
+    from actorlog import StorageError
+
+    writer = Proc(tmp_path, "writer", 64 * KIB)
+    try:
+        writer.ask("write", n=10, pad=10, concurrency=1)
+        assert writer.ask("load", pad=200, concurrency=16)["loading"]
+        errors: list[str] = []
+        opens = 0
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                log = LmdbEventLog(tmp_path, readonly=True, map_size=map_size)
+            except StorageError as e:
+                errors.append(f"{type(e).__name__}: {e}")
+                continue
+            finally:
+                opens += 1
+            log.close()
+        writer.ask("stop")
+        assert opens > 50
+        return errors
+    finally:
+        writer.close()
+
+
+def test_a_reader_opening_beside_a_growing_file_is_not_told_it_is_truncated(
+    tmp_path: Path,
+) -> None:
+    """FAILS: ``_check_data_file`` takes the file's size before it reads the meta pages; a
+    commit in between makes a healthy, growing log look truncated ("damaged")."""
+    errors = _open_readers_while_loading(tmp_path, 1 << 30, 2.0)  # a map no commit outgrows
+    assert errors == [], f"{len(errors)} opens failed, e.g. {errors[:2]}"
+
+
+def test_a_reader_with_a_small_map_opens_beside_a_writer_under_load(tmp_path: Path) -> None:
+    """FAILS: a reader mapping less than the writer has since used gets MDB_MAP_RESIZED
+    from its first read transaction at open (outside ``_reading``, which adopts a grown
+    map), and the open fails with ``StorageError`` instead of adopting the new size."""
+    errors = _open_readers_while_loading(tmp_path, 64 * KIB, 2.0)
+    assert errors == [], f"{len(errors)} opens failed, e.g. {errors[:2]}"
