@@ -117,6 +117,8 @@ async def main(path: str, role: str, map_size: int) -> None:
                     )
                     say(summary)
                 elif op == "load":
+                    pad = request["pad"]
+
                     async def loader() -> None:
                         nonlocal seq
                         scope = anyio.CancelScope()
@@ -125,7 +127,7 @@ async def main(path: str, role: str, map_size: int) -> None:
                             while True:
                                 seq += 1
                                 ack = await engine.send(
-                                    Blobs, f"b-{seq % 7}", Blob(seq, request["pad"])
+                                    Blobs, f"b-{seq % 7}", Blob(seq, pad)
                                 )
                                 loaded[0] = max(loaded[0], ack.position)
 

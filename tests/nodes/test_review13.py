@@ -24,7 +24,11 @@ class Proc(Child):
     ) -> None:
         argv = [str(path), role, str(map_size), backend, str(snap)]
         super().__init__("tests.nodes.review13_child", *argv)
-        self.ready = self.hear()
+        try:
+            self.ready = self.hear()
+        except BaseException:
+            self.close()
+            raise
 
     def ask(self, op: str, **args: Any) -> dict[str, Any]:
         self.tell({"op": op, **args})
@@ -274,3 +278,29 @@ def test_a_reader_with_a_small_map_opens_beside_a_writer_under_load(tmp_path: Pa
     map), and the open fails with ``StorageError`` instead of adopting the new size."""
     errors = _open_readers_while_loading(tmp_path, 64 * KIB, 2.0)
     assert errors == [], f"{len(errors)} opens failed, e.g. {errors[:2]}"
+
+
+def test_the_readmes_reader_open_fails_beside_a_big_log_under_load(tmp_path: Path) -> None:
+    """FAILS: the README's reader open, ``LmdbEventLog(path, readonly=True)`` (default
+    map_size 64 MiB), on a log past 64 MiB that its writer keeps appending to: the open
+    maps exactly the pages used then, and a commit before its first read transaction
+    fails it (MDB_MAP_RESIZED outside ``_reading``), or the size check calls the log
+    truncated. A reader process (``Engine.open(log=...)``) opened then does not start."""
+    from actorlog import StorageError
+
+    writer = Proc(tmp_path, "writer", 64 * KIB)
+    try:
+        writer.ask("write", n=20_000, pad=3500, concurrency=32)  # ~80 MiB
+        assert os.path.getsize(tmp_path / "data.mdb") > 64 << 20
+        assert writer.ask("load", pad=500, concurrency=16)["loading"]
+        errors: list[str] = []
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            try:
+                LmdbEventLog(tmp_path, readonly=True).close()
+            except StorageError as e:
+                errors.append(str(e))
+        writer.ask("stop")
+        assert errors == [], f"{len(errors)} opens failed, e.g. {errors[:2]}"
+    finally:
+        writer.close()
