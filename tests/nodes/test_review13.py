@@ -195,6 +195,11 @@ def test_a_reader_killed_holding_a_read_transaction_does_not_pin_the_file(
         reader.kill()
         ack = writer.ask("write", n=17000, pad=1, concurrency=32)  # past one write-back
         assert ack["position"] >= 17010
+        # The write-back cleared the dead slot (reader_check): the pages it pinned are
+        # free again, so 16,000 more small events add no more than their own few MiB.
+        size = os.path.getsize(tmp_path / "data.mdb")
+        ack = writer.ask("write", n=16000, pad=1, concurrency=32)
+        assert os.path.getsize(tmp_path / "data.mdb") - size < 3 << 20
         late = Proc(tmp_path, "reader", 1 << 20)
         procs.append(late)
         seen = late.ask("seen", after=ack["position"], timeout=5)
@@ -304,3 +309,29 @@ def test_the_readmes_reader_open_fails_beside_a_big_log_under_load(tmp_path: Pat
         assert errors == [], f"{len(errors)} opens failed, e.g. {errors[:2]}"
     finally:
         writer.close()
+
+
+def test_a_dead_readers_slot_does_not_make_the_writer_grow_the_file(tmp_path: Path) -> None:
+    """FAILS (README: "A reader killed with kill -9 does nothing to the writer"): until the
+    next heads write-back (16,384 events) the dead reader's slot pins every page freed
+    since its snapshot, and the writer grows the map (and the file, for good: LMDB never
+    shrinks it) instead of reusing them: ~9x a control's size here. The writer could clear
+    dead slots when the map is full, before growing it."""
+    sizes = {}
+    for mode in ("control", "dead"):
+        path = tmp_path / mode
+        writer = Proc(path, "writer", 1 << 20)
+        reader = None
+        try:
+            writer.ask("write", n=10, pad=10, concurrency=1)
+            if mode == "dead":
+                reader = Proc(path, "reader", 1 << 20)
+                assert reader.ask("hold")["held"]
+                reader.kill()
+            writer.ask("write", n=15000, pad=1, concurrency=32)  # short of a write-back
+            sizes[mode] = os.path.getsize(path / "data.mdb")
+        finally:
+            writer.close()
+            if reader is not None:
+                reader.close()
+    assert sizes["dead"] < 2 * sizes["control"], sizes
