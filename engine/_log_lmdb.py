@@ -270,6 +270,11 @@ class LmdbEventLog:
         self._lock_fd = _lock_directory(self._path)
         self._data_fd = -1
         self._here: tuple[int, int] | None = None
+        # Growing the map invalidates every open transaction of this process. Reads hold
+        # this lock, and growth takes it, so a read on another thread (the protocol lets
+        # readers use any thread) never sees its transaction vanish.
+        self._remap = threading.Lock()
+        self._closed = False
         try:
             self._here = _claim_here(self._path)
             used = (self._path / MARKER).exists()
@@ -330,11 +335,6 @@ class LmdbEventLog:
         # head from the events (correct whatever the table holds).
         self._heads_at: int = heads_at
         self._checked_from: int = checked_from
-        # Growing the map invalidates every open transaction of this process. Reads hold
-        # this lock, and growth takes it, so a read on another thread (the protocol lets
-        # readers use any thread) never sees its transaction vanish.
-        self._remap = threading.Lock()
-        self._closed = False
         try:
             self._replay_heads()
         except BaseException:
@@ -367,28 +367,33 @@ class LmdbEventLog:
         self._lock_fd = _lock_readers(self._path)
         self._data_fd = -1
         self._here = None
+        self._remap = threading.Lock()
+        self._closed = False
         try:
             self._here = _claim_here(self._path)
             _check_data_file(self._path, True)
-            self._env = lmdb.open(
-                str(self._path),
-                map_size=map_size,  # LMDB takes the file's own size if that is larger
-                max_dbs=8,
-                readonly=True,
-                create=False,
-                # LMDB's reader table (lock.mdb) is what keeps the writer from reusing the
-                # pages a read transaction here still sees: required, not optional.
-                lock=True,
-                max_readers=254,
-            )
-            self._events = self._env.open_db(b"events", create=False)
-            self._heads_db = self._env.open_db(b"heads", create=False)
-            self._anchors = self._env.open_db(b"anchors", create=False)
-            self._snapshots = self._env.open_db(b"snapshots", create=False)
-            self._projections = self._env.open_db(b"projections", create=False)
-            self._meta = self._env.open_db(b"meta", create=False)
-            self._command_ids = self._env.open_db(b"command_ids", create=False)
-            with self._env.begin() as txn:
+            self._env = _open_read_only(self._path, map_size)
+            for _ in range(_REMAP_TRIES):
+                try:
+                    self._events = self._env.open_db(b"events", create=False)
+                    self._heads_db = self._env.open_db(b"heads", create=False)
+                    self._anchors = self._env.open_db(b"anchors", create=False)
+                    self._snapshots = self._env.open_db(b"snapshots", create=False)
+                    self._projections = self._env.open_db(b"projections", create=False)
+                    self._meta = self._env.open_db(b"meta", create=False)
+                    self._command_ids = self._env.open_db(b"command_ids", create=False)
+                    break
+                except lmdb.MapResizedError:
+                    # Each open reads in a transaction of its own, and the writer grew
+                    # the file since (a file bigger than map_size is mapped at exactly
+                    # its size): adopt its size and open again, as _ReadTxn does.
+                    self._env.set_mapsize(0)
+            else:
+                raise StorageError(
+                    f"cannot open the log at {self._path} read-only: its writer grew it "
+                    f"{_REMAP_TRIES} times in a row while it opened"
+                )
+            with self._reading() as txn:
                 found = txn.get(b"format", db=self._meta)
                 if found != FORMAT:
                     raise StorageError(
@@ -418,9 +423,7 @@ class LmdbEventLog:
         self._head = head
         self._heads_at = min(heads_at, head)
         self._checked_from = checked_from
-        self._remap = threading.Lock()
         self._follow_lock = threading.Lock()
-        self._closed = False
         try:
             self._replay_heads()
         except BaseException:
@@ -493,7 +496,7 @@ class LmdbEventLog:
         """
         index: dict[int, int | list[int]] = {}
         count = 0
-        with self._env.begin() as txn:
+        with self._reading() as txn:  # a reader in another process: the file may grow
             cur = txn.cursor(db=self._command_ids)
             for seq_key, value in cur:
                 entry = _readable_entry(value)
@@ -639,6 +642,11 @@ class LmdbEventLog:
             except StorageError as e:  # our own checks; the transaction was aborted
                 return _fail_all(appends, e, e.__cause__)
             except lmdb.MapFullError as e:
+                # Before growing the map for good: a dead reader's slot may be what holds
+                # the pages that would have been reused.
+                with contextlib.suppress(lmdb.Error):
+                    if self._env.reader_check():
+                        continue
                 try:
                     grown = self._grow()
                 except lmdb.Error as e2:
@@ -845,6 +853,13 @@ class LmdbEventLog:
             for name, cache in projector_caches:
                 key = check_name(name).encode()
                 _put(txn, key, seal(_snapshot_encoder.encode(cache)), self._projections)
+        # A read-only reader killed mid-transaction leaves its slot in LMDB's reader table,
+        # pinning every page freed since the snapshot it saw: the writer would grow the
+        # file (for good) instead of reusing them. Clear such slots every 1,024 events (a
+        # scan of the 254 slots: microseconds), so a dead reader pins that much at most.
+        if position >> 10 != self._head >> 10:
+            with contextlib.suppress(lmdb.Error):
+                self._env.reader_check()
         # Committed: only now may the in-memory view move forward.
         self._head = position
         if pruned is not None:
@@ -862,11 +877,6 @@ class LmdbEventLog:
         if write_back:
             self._unwritten.clear()
             self._heads_at = position
-            # A read-only reader killed mid-transaction leaves its slot in LMDB's reader
-            # table, pinning the pages it saw (the file would only grow): clear such slots
-            # here, once a write-back (the table has 254 slots: microseconds).
-            with contextlib.suppress(lmdb.Error):
-                self._env.reader_check()
         else:
             self._unwritten.update(new_heads)
         if len(self._heads) > _HEAD_CACHE_LIMIT:
@@ -1390,14 +1400,18 @@ class _ReadTxn:
         log._remap.acquire()
         try:
             log._check_open()  # closed while we waited for the lock
-            try:
-                self._txn = log._env.begin(buffers=False)
-            except lmdb.MapResizedError:
-                # A reader in another process than the writer: the writer grew the map.
-                # Adopt the file's new size (no transaction of ours is open: we hold the
-                # remap lock) and begin again.
-                log._env.set_mapsize(0)
-                self._txn = log._env.begin(buffers=False)
+            for attempt in range(_REMAP_TRIES):
+                try:
+                    self._txn = log._env.begin(buffers=False)
+                    break
+                except lmdb.MapResizedError:
+                    # A reader in another process than the writer: the writer grew the
+                    # map. Adopt the file's new size (no transaction of ours is open: we
+                    # hold the remap lock) and begin again; a writer committing fast may
+                    # grow it again in between.
+                    if attempt == _REMAP_TRIES - 1:
+                        raise
+                    log._env.set_mapsize(0)
         except BaseException as e:
             log._remap.release()
             if isinstance(e, lmdb.Error):
@@ -1689,6 +1703,39 @@ _MAGIC: Final = 0xBEEFC0DE
 _LMDB_DATA_VERSION: Final = 1
 
 
+_REMAP_TRIES: Final = 16
+"""How many times in a row a read-only log adopts its writer's growth of the file before a
+read (or its open) gives up with ``StorageError``. Once adopted, the reader maps the
+whole of the writer's map, so only the writer growing its map again in those
+microseconds sends it round once more."""
+
+
+def _open_read_only(path: Path, map_size: int) -> Any:
+    """LMDB's environment of ``path``, read-only, beside the process that writes it.
+
+    A file bigger than ``map_size`` is mapped at exactly its size, and the open reads in a
+    transaction of its own: a commit of the writer in between grows the file past the map
+    (``MapResizedError``). Opened again, it maps the new size."""
+    tries = 0
+    while True:
+        try:
+            return lmdb.open(
+                str(path),
+                map_size=map_size,  # LMDB takes the file's own size if that is larger
+                max_dbs=8,
+                readonly=True,
+                create=False,
+                # LMDB's reader table (lock.mdb) is what keeps the writer from reusing the
+                # pages a read transaction here still sees: required, not optional.
+                lock=True,
+                max_readers=254,
+            )
+        except lmdb.MapResizedError:
+            tries += 1
+            if tries == _REMAP_TRIES:
+                raise
+
+
 def _check_data_file(path: Path, used: bool) -> None:
     """Refuse (``StorageError``) a data file LMDB must not map: one shorter than its meta
     page says, one whose meta pages are not LMDB's, or (when ``used``: the marker says the
@@ -1732,6 +1779,10 @@ def _check_data_file(path: Path, used: bool) -> None:
             metas.append(meta)
         current = max(metas, key=lambda m: m[11])
         needed = (current[10] + 1) * current[9]
+        # The size again, after the meta pages: a writer commits beside a reader's open,
+        # and writes a commit's pages before its meta page, so a meta page read after the
+        # first size may count pages that size missed, but none past this one.
+        size = os.fstat(fd).st_size
         if metas[0][9] != metas[1][9] or size < needed:
             raise StorageError(
                 f"the log at {path} is damaged: data.mdb has {size} bytes, its meta page "

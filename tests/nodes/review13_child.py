@@ -98,13 +98,11 @@ async def main(path: str, role: str, map_size: int) -> None:
                     last = 0
                     todo = iter(range(request["n"]))
 
-                    async def worker() -> None:
+                    async def worker(todo: Any = todo, pad: int = request["pad"]) -> None:
                         nonlocal last, seq
                         for _ in todo:
                             seq += 1
-                            ack = await engine.send(
-                                Blobs, f"b-{seq % 7}", Blob(seq, request["pad"])
-                            )
+                            ack = await engine.send(Blobs, f"b-{seq % 7}", Blob(seq, pad))
                             last = max(last, ack.position)
 
                     async with anyio.create_task_group() as tg:
@@ -119,16 +117,14 @@ async def main(path: str, role: str, map_size: int) -> None:
                 elif op == "load":
                     pad = request["pad"]
 
-                    async def loader() -> None:
+                    async def loader(pad: int = pad) -> None:
                         nonlocal seq
                         scope = anyio.CancelScope()
                         loading.append(scope)
                         with scope:
                             while True:
                                 seq += 1
-                                ack = await engine.send(
-                                    Blobs, f"b-{seq % 7}", Blob(seq, pad)
-                                )
+                                ack = await engine.send(Blobs, f"b-{seq % 7}", Blob(seq, pad))
                                 loaded[0] = max(loaded[0], ack.position)
 
                     for _ in range(request["concurrency"]):
@@ -144,7 +140,7 @@ async def main(path: str, role: str, map_size: int) -> None:
                 elif op == "hold":
                     opened = threading.Event()
 
-                    def hold() -> None:
+                    def hold(opened: threading.Event = opened) -> None:
                         txn = log._env.begin()  # a raw read transaction, never ended
                         txn.cursor().first()
                         opened.set()
