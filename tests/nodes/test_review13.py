@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from actorlog.storage import LmdbEventLog
 from benchmarks._child import Child
 
@@ -313,7 +315,10 @@ def test_the_readmes_reader_opens_beside_a_big_log_under_load(tmp_path: Path) ->
         writer.close()
 
 
-def test_a_dead_readers_slot_does_not_make_the_writer_grow_the_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize("writer_map", [1 << 20, 64 << 20])  # growing the map; within it
+def test_a_dead_readers_slot_does_not_make_the_writer_grow_the_file(
+    tmp_path: Path, writer_map: int
+) -> None:
     """Found by review 13 (README: "A reader killed with kill -9 does nothing to the
     writer"): until the next heads write-back (16,384 events) the dead reader's slot
     pinned every page freed since its snapshot, and the writer grew the map (and the file,
@@ -323,7 +328,7 @@ def test_a_dead_readers_slot_does_not_make_the_writer_grow_the_file(tmp_path: Pa
     sizes = {}
     for mode in ("control", "dead"):
         path = tmp_path / mode
-        writer = Proc(path, "writer", 1 << 20)
+        writer = Proc(path, "writer", writer_map)
         reader = None
         try:
             writer.ask("write", n=10, pad=10, concurrency=1)
