@@ -83,10 +83,10 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Container, Sequence
+from collections.abc import Callable, Container, Sequence
 from operator import itemgetter
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import lmdb
 import msgspec
@@ -372,27 +372,10 @@ class LmdbEventLog:
         try:
             self._here = _claim_here(self._path)
             _check_data_file(self._path, True)
-            self._env = _open_read_only(self._path, map_size)
-            for _ in range(_REMAP_TRIES):
-                try:
-                    self._events = self._env.open_db(b"events", create=False)
-                    self._heads_db = self._env.open_db(b"heads", create=False)
-                    self._anchors = self._env.open_db(b"anchors", create=False)
-                    self._snapshots = self._env.open_db(b"snapshots", create=False)
-                    self._projections = self._env.open_db(b"projections", create=False)
-                    self._meta = self._env.open_db(b"meta", create=False)
-                    self._command_ids = self._env.open_db(b"command_ids", create=False)
-                    break
-                except lmdb.MapResizedError:
-                    # Each open reads in a transaction of its own, and the writer grew
-                    # the file since (a file bigger than map_size is mapped at exactly
-                    # its size): adopt its size and open again, as _ReadTxn does.
-                    self._env.set_mapsize(0)
-            else:
-                raise StorageError(
-                    f"cannot open the log at {self._path} read-only: its writer grew it "
-                    f"{_REMAP_TRIES} times in a row while it opened"
-                )
+            # LMDB's open, and each database's, reads in a transaction of its own, beside
+            # a writer that may grow the file past what this open mapped.
+            self._env = _adopting_growth(lambda: _open_read_only(self._path, map_size))
+            _adopting_growth(self._open_databases, self._env)
             with self._reading() as txn:
                 found = txn.get(b"format", db=self._meta)
                 if found != FORMAT:
@@ -482,6 +465,16 @@ class LmdbEventLog:
                 for heads in (self._unwritten, self._heads):
                     for stream_id in [k for k, (_, at) in heads.items() if at <= written]:
                         del heads[stream_id]
+
+    def _open_databases(self) -> None:
+        """A read-only log's databases (the writer creates them)."""
+        self._events = self._env.open_db(b"events", create=False)
+        self._heads_db = self._env.open_db(b"heads", create=False)
+        self._anchors = self._env.open_db(b"anchors", create=False)
+        self._snapshots = self._env.open_db(b"snapshots", create=False)
+        self._projections = self._env.open_db(b"projections", create=False)
+        self._meta = self._env.open_db(b"meta", create=False)
+        self._command_ids = self._env.open_db(b"command_ids", create=False)
 
     def _load_command_ids(self) -> None:
         """Bring the command ids' bookkeeping into memory (at open; it then moves only
@@ -1400,18 +1393,8 @@ class _ReadTxn:
         log._remap.acquire()
         try:
             log._check_open()  # closed while we waited for the lock
-            for attempt in range(_REMAP_TRIES):
-                try:
-                    self._txn = log._env.begin(buffers=False)
-                    break
-                except lmdb.MapResizedError:
-                    # A reader in another process than the writer: the writer grew the
-                    # map. Adopt the file's new size (no transaction of ours is open: we
-                    # hold the remap lock) and begin again; a writer committing fast may
-                    # grow it again in between.
-                    if attempt == _REMAP_TRIES - 1:
-                        raise
-                    log._env.set_mapsize(0)
+            # No transaction of ours is open: we hold the remap lock.
+            self._txn = _adopting_growth(lambda: log._env.begin(buffers=False), log._env)
         except BaseException as e:
             log._remap.release()
             if isinstance(e, lmdb.Error):
@@ -1703,6 +1686,8 @@ _MAGIC: Final = 0xBEEFC0DE
 _LMDB_DATA_VERSION: Final = 1
 
 
+_T = TypeVar("_T")
+
 _REMAP_TRIES: Final = 16
 """How many times in a row a read-only log adopts its writer's growth of the file before a
 read (or its open) gives up with ``StorageError``. Once adopted, the reader maps the
@@ -1710,30 +1695,38 @@ whole of the writer's map, so only the writer growing its map again in those
 microseconds sends it round once more."""
 
 
-def _open_read_only(path: Path, map_size: int) -> Any:
-    """LMDB's environment of ``path``, read-only, beside the process that writes it.
+def _adopting_growth(read: Callable[[], _T], env: Any = None) -> _T:
+    """``read()``, again after each ``MapResizedError``, at most ``_REMAP_TRIES`` times.
 
-    A file bigger than ``map_size`` is mapped at exactly its size, and the open reads in a
-    transaction of its own: a commit of the writer in between grows the file past the map
-    (``MapResizedError``). Opened again, it maps the new size."""
-    tries = 0
-    while True:
+    A read-only log lives in another process than its writer, and a file bigger than its
+    ``map_size`` is mapped at exactly its size: a commit of the writer that adds a page, or
+    grows the map, makes its next read transaction fail so. ``env``, when given, first
+    adopts the file's new size (``set_mapsize(0)``: none of its transactions may be open);
+    without it (LMDB's own open) a new try maps the new size by itself."""
+    for attempt in range(_REMAP_TRIES):
         try:
-            return lmdb.open(
-                str(path),
-                map_size=map_size,  # LMDB takes the file's own size if that is larger
-                max_dbs=8,
-                readonly=True,
-                create=False,
-                # LMDB's reader table (lock.mdb) is what keeps the writer from reusing the
-                # pages a read transaction here still sees: required, not optional.
-                lock=True,
-                max_readers=254,
-            )
+            return read()
         except lmdb.MapResizedError:
-            tries += 1
-            if tries == _REMAP_TRIES:
+            if attempt == _REMAP_TRIES - 1:
                 raise
+            if env is not None:
+                env.set_mapsize(0)
+    raise AssertionError("unreachable: the last try returned or raised")
+
+
+def _open_read_only(path: Path, map_size: int) -> Any:
+    """LMDB's environment of ``path``, read-only, beside the process that writes it."""
+    return lmdb.open(
+        str(path),
+        map_size=map_size,  # LMDB takes the file's own size if that is larger
+        max_dbs=8,
+        readonly=True,
+        create=False,
+        # LMDB's reader table (lock.mdb) is what keeps the writer from reusing the pages a
+        # read transaction here still sees: required, not optional.
+        lock=True,
+        max_readers=254,
+    )
 
 
 def _check_data_file(path: Path, used: bool) -> None:
