@@ -846,14 +846,8 @@ class LmdbEventLog:
             for name, cache in projector_caches:
                 key = check_name(name).encode()
                 _put(txn, key, seal(_snapshot_encoder.encode(cache)), self._projections)
-        # A read-only reader killed mid-transaction leaves its slot in LMDB's reader table,
-        # pinning every page freed since the snapshot it saw: the writer would grow the
-        # file (for good) instead of reusing them. Clear such slots every 1,024 events (a
-        # scan of the 254 slots: microseconds), so a dead reader pins that much at most.
-        if position >> 10 != self._head >> 10:
-            with contextlib.suppress(lmdb.Error):
-                self._env.reader_check()
         # Committed: only now may the in-memory view move forward.
+        crossed = position >> 10 != self._head >> 10  # a multiple of 1,024 (see below)
         self._head = position
         if pruned is not None:
             index, seq = id_index, self._command_seq
@@ -878,6 +872,14 @@ class LmdbEventLog:
             self._heads = {**self._unwritten, **new_heads}
         else:
             self._heads.update(new_heads)
+        if crossed:
+            # A read-only reader killed mid-transaction leaves its slot in LMDB's reader
+            # table, pinning every page freed since the snapshot it saw: the writer would
+            # grow the file (for good) instead of reusing them. Clear such slots every
+            # 1,024 events (a scan of the 254 slots: microseconds), so a dead reader pins
+            # that much at most. Last: nothing may come between a commit and the view.
+            with contextlib.suppress(lmdb.Error):
+                self._env.reader_check()
         return outcomes, stored
 
     def _recorded(self, txn: Any, ident: Ident, now: float) -> AppendResult | None:
